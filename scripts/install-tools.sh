@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the test suites need on a fresh Debian machine: FUSE (fusermount3 and the
+# library headers), libacl (pjdfstest links it), libnfs-utils (the NFS client used by the NFS
+# tests), the `tests` user pjdfstest switches to, and the pjdfstest and fsx binaries into
+# ./.tools. Idempotent: a second run installs nothing.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+pkgs=(fuse3 libfuse3-dev pkg-config libacl1-dev libnfs-utils)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing Debian packages: ${missing[*]}"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
+
+# pjdfstest's user-switching tests run as `nobody` and as `tests`.
+if [ "$(id -u)" -eq 0 ] && ! getent passwd tests >/dev/null; then
+  useradd --no-create-home --shell /usr/sbin/nologin tests
+fi
+
+tools="$repo/.tools"
+install_crate() { # name version
+  if ! "$tools/bin/$1" --version 2>/dev/null | grep -q "$2"; then
+    echo "== cargo install $1 $2"
+    cargo install --locked --quiet --root "$tools" "$1" --version "$2"
+  fi
+}
+install_crate pjdfstest 0.2.2
+install_crate fsx 0.3.2

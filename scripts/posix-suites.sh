@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# pjdfstest and fsx against a live FUSE mount of a fresh local store, then a remount to check
+# that what fsx left behind reads back identically.
+# Usage: posix-suites.sh [fsx-ops]   (default 10000; the long run is 100000)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ops="${1:-10000}"
+cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
+bin="$repo/target/release/xetmount"
+work="$(mktemp -d /tmp/xetmount-posix.XXXXXX)"
+mp="$work/mnt"
+mkdir -p "$mp"
+pid=""
+
+start_mount() {
+  "$bin" mount "$work/store" "$mp" --flush-debounce-ms 100 >"$work/mount.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do
+    if grep -q " $mp " /proc/self/mountinfo; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then cat "$work/mount.log"; echo "mount failed"; exit 1; fi
+    sleep 0.05
+  done
+  echo "mount did not appear"; exit 1
+}
+
+stop_mount() {
+  "$bin" unmount "$mp"
+  wait "$pid"
+  pid=""
+}
+
+cleanup() {
+  if [ -n "$pid" ]; then fusermount3 -u "$mp" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+start_mount
+mkdir "$mp/pjd"
+bash "$repo/scripts/run-pjdfstest.sh" "$mp/pjd"
+mkdir "$mp/fsx"
+bash "$repo/scripts/run-fsx.sh" "$mp/fsx" "$ops" 7
+sum_before="$(cd "$mp/fsx" && find . -type f -exec sha256sum {} + | sort)"
+stop_mount
+
+start_mount
+sum_after="$(cd "$mp/fsx" && find . -type f -exec sha256sum {} + | sort)"
+if [ "$sum_before" != "$sum_after" ]; then
+  echo "fsx files differ after remount"; diff <(echo "$sum_before") <(echo "$sum_after") || true; exit 1
+fi
+echo "remount: fsx files identical"
+stop_mount

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The project's test command (README): installs what the tests need, then runs every suite:
+# unit/property/VFS tests, real FUSE mount tests, pjdfstest and fsx against a live mount.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+bash scripts/install-tools.sh
+
+echo "== cargo fmt / clippy"
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+
+echo "== unit, property, VFS and mount tests"
+cargo nextest run --release --no-fail-fast
+
+echo "== POSIX suites on a live mount"
+bash scripts/posix-suites.sh

@@ -1,0 +1,3 @@
+//! Protocol adapters over the VFS: they translate, never decide.
+
+pub mod fuse;

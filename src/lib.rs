@@ -1,0 +1,8 @@
+//! xetmount: a Xet-backed bucket mounted as a POSIX filesystem.
+//!
+//! Layers, dependencies pointing down: `cli` (in the binary) → `frontend` (FUSE) → `vfs`
+//! (all POSIX decisions) → `remote` (catalog and CAS traits, the local store).
+
+pub mod frontend;
+pub mod remote;
+pub mod vfs;

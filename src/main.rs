@@ -1,0 +1,227 @@
+//! `xetmount` command line: mount, unmount.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use xetmount::frontend::fuse::{self, FuseOptions};
+use xetmount::remote::local::LocalStore;
+use xetmount::remote::{Cas, Catalog};
+use xetmount::vfs::{Vfs, VfsConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "xetmount",
+    version,
+    about = "Mount a Xet-backed bucket as a POSIX filesystem"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount the bucket stored in STORE at MOUNTPOINT (runs in the foreground until unmounted).
+    Mount(MountArgs),
+    /// Unmount a mounted bucket; the mount process commits pending writes, then exits.
+    Unmount { mountpoint: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct MountArgs {
+    /// Directory of the local store; created if missing or empty.
+    store: PathBuf,
+    /// Empty directory to mount on.
+    mountpoint: PathBuf,
+    /// Where staging files live (default: STORE/staging).
+    #[arg(long)]
+    staging_dir: Option<PathBuf>,
+    /// Quiet time after a close before the file is committed.
+    #[arg(long, default_value_t = 2000)]
+    flush_debounce_ms: u64,
+    /// How long unmount waits for pending commits.
+    #[arg(long, default_value_t = 45000)]
+    flush_shutdown_timeout_ms: u64,
+    /// Limit for one read from the store before it fails with ETIMEDOUT.
+    #[arg(long, default_value_t = 60000)]
+    read_timeout_ms: u64,
+    /// Memory for the read cache, in MiB.
+    #[arg(long, default_value_t = 128)]
+    cache_mib: u64,
+    /// Mount read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root).
+    #[arg(long)]
+    allow_other: bool,
+}
+
+/// A failure the user can act on: printed as one sentence.
+struct UserError(String);
+
+impl<E: std::fmt::Display> From<E> for UserError {
+    fn from(e: E) -> Self {
+        UserError(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "xetmount=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Mount(args) => mount(args),
+        Command::Unmount { mountpoint } => unmount(&mountpoint),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(UserError(msg)) => {
+            eprintln!("xetmount: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_mountpoint(mp: &Path) -> Result<PathBuf, UserError> {
+    let meta = std::fs::metadata(mp).map_err(|e| {
+        UserError(if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "mountpoint {} does not exist; create it with mkdir -p",
+                mp.display()
+            )
+        } else {
+            format!("cannot use mountpoint {}: {e}", mp.display())
+        })
+    })?;
+    if !meta.is_dir() {
+        return Err(UserError(format!(
+            "mountpoint {} is not a directory; pass an empty directory",
+            mp.display()
+        )));
+    }
+    let mut entries = std::fs::read_dir(mp)
+        .map_err(|e| UserError(format!("cannot read mountpoint {}: {e}", mp.display())))?;
+    if entries.next().is_some() {
+        return Err(UserError(format!(
+            "mountpoint {} is not empty (or is already mounted); pass an empty directory",
+            mp.display()
+        )));
+    }
+    Ok(mp.canonicalize()?)
+}
+
+fn check_fuse() -> Result<(), UserError> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(UserError(
+            "FUSE is not available (/dev/fuse is missing); install fuse3 (apt-get install fuse3) or load the fuse module".into(),
+        ));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let has_fusermount = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").exists()));
+    if !root && !has_fusermount {
+        return Err(UserError(
+            "fusermount3 was not found; install fuse3 (apt-get install fuse3)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn mount(args: MountArgs) -> Result<(), UserError> {
+    let mountpoint = check_mountpoint(&args.mountpoint)?;
+    check_fuse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("xetmount")
+        .enable_all()
+        .build()?;
+    let ctx = xet_runtime::core::XetContext::from_external(
+        rt.handle().clone(),
+        xet_runtime::config::XetConfig::new(),
+    );
+    let store = rt.block_on(LocalStore::open(&args.store, ctx))?;
+    let staging_dir = args
+        .staging_dir
+        .clone()
+        .unwrap_or_else(|| store.default_staging_dir());
+    let config = VfsConfig {
+        read_only: args.read_only,
+        flush_debounce: Duration::from_millis(args.flush_debounce_ms),
+        read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
+        cache_capacity: args.cache_mib << 20,
+        ..VfsConfig::new(staging_dir)
+    };
+    let catalog: Arc<dyn Catalog> = store.catalog.clone();
+    let cas: Arc<dyn Cas> = store.cas.clone();
+    let vfs = rt.block_on(Vfs::new(catalog, cas, config))?;
+    let opts = FuseOptions {
+        fs_name: format!("xetmount:{}", store.root().display()),
+        read_only: args.read_only,
+        allow_other: args.allow_other,
+        threads: 4,
+    };
+    let (session, mut unmounter) =
+        fuse::mount(vfs.clone(), rt.handle().clone(), &mountpoint, &opts)
+            .map_err(|e| UserError(format!("cannot mount on {}: {e}", mountpoint.display())))?;
+    tracing::info!(
+        "mounted {} at {}",
+        store.root().display(),
+        mountpoint.display()
+    );
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("signal received; unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::error!("unmount failed: {e}");
+        }
+    });
+    let served = session.run();
+    let left = rt.block_on(vfs.shutdown(Duration::from_millis(args.flush_shutdown_timeout_ms)));
+    served.map_err(|e| UserError(format!("the FUSE session ended with an error: {e}")))?;
+    if left > 0 {
+        return Err(UserError(format!(
+            "{left} file(s) could not be committed before the shutdown timeout; their data stays in {}",
+            vfs.config().staging_dir.display()
+        )));
+    }
+    tracing::info!("unmounted; every write is committed");
+    Ok(())
+}
+
+fn unmount(mp: &Path) -> Result<(), UserError> {
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mp)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(_) => Err(UserError(format!(
+            "could not unmount {}; is it an xetmount mount point, and is no process using it?",
+            mp.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UserError(
+            "fusermount3 was not found; install fuse3 (apt-get install fuse3)".into(),
+        )),
+        Err(e) => Err(UserError(format!("cannot run fusermount3: {e}"))),
+    }
+}

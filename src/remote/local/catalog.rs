@@ -1,0 +1,460 @@
+//! SQLite catalog of the local store.
+//!
+//! Invariant held by `commit`: every entry's parent directory has a row (the root is the row
+//! with path `""`). `Put` creates missing ancestors; `Delete` and `Rename` never remove the
+//! parent of what they touch. Listing a directory is therefore one indexed query on `parent`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::remote::{
+    Catalog, CatalogOp, Entry, EntryKind, FileId, Meta, RemoteError, RemoteResult,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    path     TEXT PRIMARY KEY,
+    parent   TEXT NOT NULL,
+    kind     INTEGER NOT NULL,
+    hash     TEXT,
+    size     INTEGER NOT NULL,
+    target   TEXT,
+    mode     INTEGER NOT NULL,
+    uid      INTEGER NOT NULL,
+    gid      INTEGER NOT NULL,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    revision INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_parent ON entries(parent);
+";
+
+pub struct SqliteCatalog {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db_err(e: rusqlite::Error) -> RemoteError {
+    RemoteError::Other(format!("catalog: {e}"))
+}
+
+pub(crate) fn parent_of(path: &str) -> &str {
+    path.rfind('/').map_or("", |i| &path[..i])
+}
+
+fn kind_code(k: EntryKind) -> i64 {
+    match k {
+        EntryKind::File => 0,
+        EntryKind::Dir => 1,
+        EntryKind::Symlink => 2,
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Upper bound (exclusive) of the keys below `dir/`: `'/' + 1 == '0'`.
+fn subtree_bounds(path: &str) -> (String, String) {
+    (format!("{path}/"), format!("{path}0"))
+}
+
+const COLUMNS: &str =
+    "path, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns";
+
+fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let kind = match row.get::<_, i64>(1)? {
+        0 => EntryKind::File,
+        1 => EntryKind::Dir,
+        _ => EntryKind::Symlink,
+    };
+    let hash: Option<String> = row.get(2)?;
+    let size: i64 = row.get(3)?;
+    Ok(Entry {
+        path: row.get(0)?,
+        kind,
+        content: hash.map(|hash| FileId {
+            hash,
+            size: size as u64,
+        }),
+        target: row.get(4)?,
+        meta: Meta {
+            mode: row.get::<_, i64>(5)? as u32,
+            uid: row.get::<_, i64>(6)? as u32,
+            gid: row.get::<_, i64>(7)? as u32,
+            atime_ns: row.get(8)?,
+            mtime_ns: row.get(9)?,
+            ctime_ns: row.get(10)?,
+        },
+    })
+}
+
+impl SqliteCatalog {
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open(path)?;
+        // WAL + FULL: a returned commit survives a crash or power loss.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        let has_root: bool = conn
+            .query_row("SELECT 1 FROM entries WHERE path = ''", [], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !has_root {
+            // SAFETY: getters without preconditions.
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            let t = now_ns();
+            let root = Entry {
+                path: String::new(),
+                kind: EntryKind::Dir,
+                content: None,
+                target: None,
+                meta: Meta {
+                    mode: 0o755,
+                    uid,
+                    gid,
+                    atime_ns: t,
+                    mtime_ns: t,
+                    ctime_ns: t,
+                },
+            };
+            put_row(&conn, &root, 0)?;
+        }
+        Ok(SqliteCatalog {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> RemoteResult<T> + Send + 'static,
+    ) -> RemoteResult<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
+            .await
+            .map_err(RemoteError::other)?
+    }
+}
+
+fn put_row(conn: &Connection, e: &Entry, revision: i64) -> rusqlite::Result<()> {
+    let size = e.size() as i64;
+    conn.execute(
+        "INSERT OR REPLACE INTO entries
+           (path, parent, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, revision)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
+            e.path,
+            parent_of(&e.path),
+            kind_code(e.kind),
+            e.content.as_ref().map(|c| c.hash.as_str()),
+            size,
+            e.target,
+            e.meta.mode as i64,
+            e.meta.uid as i64,
+            e.meta.gid as i64,
+            e.meta.atime_ns,
+            e.meta.mtime_ns,
+            e.meta.ctime_ns,
+            revision
+        ],
+    )?;
+    Ok(())
+}
+
+/// Create rows for missing ancestor directories of `path`, inheriting owner and times from
+/// `like`.
+fn ensure_ancestors(
+    tx: &Transaction<'_>,
+    path: &str,
+    like: &Meta,
+    rev: i64,
+) -> rusqlite::Result<()> {
+    let mut dir = parent_of(path);
+    while !dir.is_empty() {
+        let exists = tx
+            .query_row("SELECT 1 FROM entries WHERE path = ?1", [dir], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if exists {
+            break;
+        }
+        let e = Entry {
+            path: dir.to_string(),
+            kind: EntryKind::Dir,
+            content: None,
+            target: None,
+            meta: Meta {
+                mode: 0o755,
+                ..*like
+            },
+        };
+        put_row(tx, &e, rev)?;
+        dir = parent_of(dir);
+    }
+    Ok(())
+}
+
+fn delete_tree(tx: &Transaction<'_>, path: &str) -> rusqlite::Result<usize> {
+    let (lo, hi) = subtree_bounds(path);
+    tx.execute(
+        "DELETE FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
+        params![path, lo, hi],
+    )
+}
+
+fn apply(tx: &Transaction<'_>, op: &CatalogOp, rev: i64) -> RemoteResult<()> {
+    match op {
+        CatalogOp::Put(e) => {
+            if e.path.is_empty() && e.kind != EntryKind::Dir {
+                return Err(RemoteError::Other("the root must stay a directory".into()));
+            }
+            ensure_ancestors(tx, &e.path, &e.meta, rev).map_err(db_err)?;
+            put_row(tx, e, rev).map_err(db_err)?;
+        }
+        CatalogOp::Delete { path } => {
+            if path.is_empty() {
+                return Err(RemoteError::Other("cannot delete the root".into()));
+            }
+            delete_tree(tx, path).map_err(db_err)?;
+        }
+        CatalogOp::Rename { from, to } => {
+            if from.is_empty() || to.is_empty() || to.starts_with(&format!("{from}/")) {
+                return Err(RemoteError::Other(format!(
+                    "cannot rename {from:?} to {to:?}"
+                )));
+            }
+            if from == to {
+                return Ok(());
+            }
+            let meta: Meta = tx
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM entries WHERE path = ?1"),
+                    [from],
+                    row_to_entry,
+                )
+                .optional()
+                .map_err(db_err)?
+                .ok_or_else(|| RemoteError::NotFound(from.clone()))?
+                .meta;
+            delete_tree(tx, to).map_err(db_err)?;
+            ensure_ancestors(tx, to, &meta, rev).map_err(db_err)?;
+            tx.execute(
+                "UPDATE entries SET path = ?2, parent = ?3, revision = ?4 WHERE path = ?1",
+                params![from, to, parent_of(to), rev],
+            )
+            .map_err(db_err)?;
+            let (lo, hi) = subtree_bounds(from);
+            let n = from.len() as i64;
+            tx.execute(
+                "UPDATE entries SET
+                    path = ?1 || substr(path, ?2 + 1),
+                    parent = ?1 || substr(parent, ?2 + 1),
+                    revision = ?5
+                 WHERE path >= ?3 AND path < ?4",
+                params![to, n, lo, hi, rev],
+            )
+            .map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Catalog for SqliteCatalog {
+    async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>> {
+        let dir = dir.to_string();
+        self.with_conn(move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM entries WHERE parent = ?1 AND path != '' ORDER BY path"
+                ))
+                .map_err(db_err)?;
+            let rows = st.query_map([&dir], row_to_entry).map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn head(&self, path: &str) -> RemoteResult<Option<Entry>> {
+        let path = path.to_string();
+        self.with_conn(move |c| {
+            c.query_row(
+                &format!("SELECT {COLUMNS} FROM entries WHERE path = ?1"),
+                [&path],
+                row_to_entry,
+            )
+            .optional()
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64> {
+        self.with_conn(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let rev: i64 = tx
+                .query_row(
+                    "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'revision'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?
+                .unwrap_or(0)
+                + 1;
+            for op in &ops {
+                apply(&tx, op, rev)?;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?1)",
+                [rev.to_string()],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(rev as u64)
+        })
+        .await
+    }
+
+    async fn revision(&self) -> RemoteResult<u64> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'revision'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|r| r.unwrap_or(0) as u64)
+            .map_err(db_err)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            atime_ns: 10,
+            mtime_ns: 20,
+            ctime_ns: 30,
+        }
+    }
+
+    fn file(path: &str, hash: &str, size: u64) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            content: Some(FileId {
+                hash: hash.into(),
+                size,
+            }),
+            target: None,
+            meta: meta(),
+        }
+    }
+
+    fn names(v: &[Entry]) -> Vec<&str> {
+        v.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn put_creates_ancestors_and_lists_by_parent() {
+        let d = tempfile::tempdir().unwrap();
+        let c = SqliteCatalog::open(&d.path().join("c.db")).unwrap();
+        let r1 = c
+            .commit(vec![CatalogOp::Put(file("a/b/c.bin", "h1", 5))])
+            .await
+            .unwrap();
+        assert_eq!(names(&c.list_dir("").await.unwrap()), vec!["a"]);
+        assert_eq!(names(&c.list_dir("a").await.unwrap()), vec!["a/b"]);
+        let got = c.head("a/b/c.bin").await.unwrap().unwrap();
+        assert_eq!(got, file("a/b/c.bin", "h1", 5));
+        assert_eq!(c.head("a").await.unwrap().unwrap().kind, EntryKind::Dir);
+        let r2 = c.commit(vec![]).await.unwrap();
+        assert!(r2 > r1);
+        assert_eq!(c.revision().await.unwrap(), r2);
+    }
+
+    #[tokio::test]
+    async fn rename_moves_subtree_and_replaces_target() {
+        let d = tempfile::tempdir().unwrap();
+        let c = SqliteCatalog::open(&d.path().join("c.db")).unwrap();
+        c.commit(vec![
+            CatalogOp::Put(file("d/x", "hx", 1)),
+            CatalogOp::Put(file("d/sub/y", "hy", 2)),
+            CatalogOp::Put(file("e/old", "ho", 3)),
+            CatalogOp::Put(file("dz", "hz", 4)), // sorts between "d/" and "d0": must not move
+        ])
+        .await
+        .unwrap();
+        c.commit(vec![CatalogOp::Rename {
+            from: "d".into(),
+            to: "e".into(),
+        }])
+        .await
+        .unwrap();
+        assert!(c.head("d").await.unwrap().is_none());
+        assert!(c.head("e/old").await.unwrap().is_none());
+        assert_eq!(
+            c.head("e/sub/y")
+                .await
+                .unwrap()
+                .unwrap()
+                .content
+                .unwrap()
+                .hash,
+            "hy"
+        );
+        assert_eq!(names(&c.list_dir("e").await.unwrap()), vec!["e/sub", "e/x"]);
+        assert_eq!(names(&c.list_dir("e/sub").await.unwrap()), vec!["e/sub/y"]);
+        assert!(c.head("dz").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn failed_batch_changes_nothing_and_state_survives_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.db");
+        {
+            let c = SqliteCatalog::open(&p).unwrap();
+            c.commit(vec![CatalogOp::Put(file("keep", "hk", 1))])
+                .await
+                .unwrap();
+            let err = c
+                .commit(vec![
+                    CatalogOp::Delete {
+                        path: "keep".into(),
+                    },
+                    CatalogOp::Rename {
+                        from: "missing".into(),
+                        to: "x".into(),
+                    },
+                ])
+                .await
+                .unwrap_err();
+            assert!(matches!(err, RemoteError::NotFound(_)));
+        }
+        let c = SqliteCatalog::open(&p).unwrap();
+        assert!(c.head("keep").await.unwrap().is_some());
+        // Deleting a child keeps its (explicit) parent.
+        c.commit(vec![
+            CatalogOp::Put(file("p/q", "h", 1)),
+            CatalogOp::Delete { path: "p/q".into() },
+        ])
+        .await
+        .unwrap();
+        assert_eq!(c.head("p").await.unwrap().unwrap().kind, EntryKind::Dir);
+    }
+}

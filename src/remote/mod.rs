@@ -1,0 +1,160 @@
+//! What the VFS needs from the outside world: a [`Catalog`] (the namespace: path → entry)
+//! and a [`Cas`] (content-addressed file bodies). The VFS sees only these traits; the
+//! embedded local store and (later) the HTTP remote implement them.
+
+pub mod local;
+
+use std::ops::Range;
+use std::path::Path;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// The remote identity of a file body: its Xet Merkle hash (hex) and its size.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub hash: String,
+    pub size: u64,
+}
+
+/// Typed remote failures. Mapped to an errno in exactly one place ([`RemoteError::errno`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl RemoteError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            RemoteError::NotFound(_) => libc::ENOENT,
+            RemoteError::PermissionDenied(_) => libc::EACCES,
+            RemoteError::Quota(_) => libc::ENOSPC,
+            RemoteError::RateLimited(_) => libc::EAGAIN,
+            RemoteError::Timeout(_) => libc::ETIMEDOUT,
+            RemoteError::Integrity(_) | RemoteError::Other(_) => libc::EIO,
+        }
+    }
+
+    pub fn other(e: impl std::fmt::Display) -> Self {
+        RemoteError::Other(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for RemoteError {
+    fn from(e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => RemoteError::Quota(e.to_string()),
+            Some(libc::EACCES) | Some(libc::EPERM) => RemoteError::PermissionDenied(e.to_string()),
+            _ if e.kind() == std::io::ErrorKind::NotFound => RemoteError::NotFound(e.to_string()),
+            _ => RemoteError::Other(e.to_string()),
+        }
+    }
+}
+
+pub type RemoteResult<T> = Result<T, RemoteError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// POSIX metadata persisted with every entry. Times are nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits including setuid/setgid/sticky (no file-type bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+/// One catalog entry. `path` is relative, `/`-separated, without a leading slash; the root
+/// directory is `""`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub kind: EntryKind,
+    /// File body; `None` for an empty file, a directory or a symlink.
+    pub content: Option<FileId>,
+    /// Symlink target.
+    pub target: Option<String>,
+    pub meta: Meta,
+}
+
+impl Entry {
+    pub fn size(&self) -> u64 {
+        match self.kind {
+            EntryKind::File => self.content.as_ref().map_or(0, |c| c.size),
+            EntryKind::Symlink => self.target.as_ref().map_or(0, |t| t.len() as u64),
+            EntryKind::Dir => 0,
+        }
+    }
+}
+
+/// One mutation of the namespace. A commit applies a batch of them atomically.
+#[derive(Clone, Debug)]
+pub enum CatalogOp {
+    /// Create or replace the entry at `entry.path`. Missing ancestor directories are created.
+    Put(Entry),
+    /// Remove the entry and everything below it. The parent directory stays.
+    Delete { path: String },
+    /// Move an entry (and, for a directory, everything below it), replacing whatever was at
+    /// `to`.
+    Rename { from: String, to: String },
+}
+
+/// The namespace of a bucket.
+#[async_trait]
+pub trait Catalog: Send + Sync {
+    /// Immediate children of directory `dir` (`""` is the root).
+    async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>>;
+    async fn head(&self, path: &str) -> RemoteResult<Option<Entry>>;
+    /// Apply all ops or none; returns the new revision.
+    async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64>;
+    async fn revision(&self) -> RemoteResult<u64>;
+}
+
+/// The result of storing one file body.
+#[derive(Clone, Debug)]
+pub struct Uploaded {
+    pub id: FileId,
+    /// Bytes of new xorb data this upload added to the store (after dedup).
+    pub new_bytes: u64,
+}
+
+/// A file body to store: the first `len` bytes of the file at `path`.
+#[derive(Clone, Debug)]
+pub struct UploadItem<'a> {
+    pub path: &'a Path,
+    pub len: u64,
+}
+
+/// Content-addressed storage of file bodies.
+#[async_trait]
+pub trait Cas: Send + Sync {
+    /// Bytes `range` of file `id`; `range` must lie within `0..id.size`.
+    async fn read_range(&self, id: &FileId, range: Range<u64>) -> RemoteResult<Bytes>;
+    /// Store a batch of files in one upload session. The outer error fails the whole batch;
+    /// inner errors fail one file.
+    async fn upload_batch(
+        &self,
+        items: Vec<UploadItem<'_>>,
+    ) -> RemoteResult<Vec<RemoteResult<Uploaded>>>;
+}

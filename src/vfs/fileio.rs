@@ -1,0 +1,275 @@
+//! File data: open, read, write, truncate, close, fsync.
+//!
+//! A file opened for write gets a staging file that mirrors its committed body without
+//! downloading it (a sparse file of the right size, empty coverage). Reads of a staged file
+//! come from staging, filling holes from the body on demand; reads of an unstaged file come
+//! from the read cache.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::remote::{EntryKind, FileId};
+use crate::vfs::inode::{now_ns, Attr, Ino};
+use crate::vfs::staging::{empty_id, ReadPlan, Staged};
+use crate::vfs::{Caller, Errno, Handle, HandleEntry, Opened, ReadAhead, Vfs, VfsResult};
+
+/// Largest piece of a hole fetched into memory at once while filling staging.
+const FILL_PIECE: u64 = 8 << 20;
+
+/// Run blocking staging-file I/O off the async workers.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> VfsResult<T> + Send + 'static,
+) -> VfsResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Errno::EIO)?
+}
+
+impl Vfs {
+    pub(super) fn new_handle(&self, e: HandleEntry) -> u64 {
+        let mut h = self.handles.lock();
+        h.next += 1;
+        let fh = h.next;
+        h.map.insert(fh, e);
+        fh
+    }
+
+    /// The inode's staging, created on first need (nothing is downloaded).
+    pub(super) async fn ensure_staged(&self, ino: Ino) -> VfsResult<Arc<Staged>> {
+        loop {
+            let base = {
+                let t = self.inodes.lock();
+                let i = t.get(ino)?;
+                match i.kind {
+                    EntryKind::Dir => return Err(Errno::EISDIR),
+                    EntryKind::Symlink => return Err(Errno::EINVAL),
+                    EntryKind::File => {}
+                }
+                if let Some(s) = &i.staged {
+                    return Ok(s.clone());
+                }
+                i.remote.clone().unwrap_or_else(empty_id)
+            };
+            // Created outside the table lock (file I/O); installed only if nothing changed.
+            let fresh = self.staging.create(base.clone())?;
+            let mut t = self.inodes.lock();
+            let i = t.get_mut(ino)?;
+            if let Some(s) = &i.staged {
+                // Lost a race with another opener: ours is dropped and its file removed.
+                return Ok(s.clone());
+            }
+            if i.remote.clone().unwrap_or_else(empty_id) == base {
+                i.staged = Some(fresh.clone());
+                return Ok(fresh);
+            }
+            // The body changed meanwhile: mirror the new one.
+        }
+    }
+
+    pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> VfsResult<Opened> {
+        let kind = self.inodes.lock().get(ino)?.kind;
+        if kind == EntryKind::Dir && write {
+            return Err(Errno::EISDIR);
+        }
+        if write {
+            self.check_writable()?;
+            self.ensure_staged(ino).await?;
+            if truncate {
+                self.truncate(ino, 0).await?;
+            }
+        }
+        self.inodes.lock().get_mut(ino)?.open_handles += 1;
+        let fh = self.new_handle(HandleEntry::File(Handle {
+            ino,
+            writable: write,
+            ra: ReadAhead::default(),
+        }));
+        // Every change to a body passes through this mount (and so through the kernel's page
+        // cache), so what the kernel cached from an earlier open is still right.
+        Ok(Opened {
+            fh,
+            keep_cache: true,
+        })
+    }
+
+    /// Create and open a new regular file.
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        caller: Caller,
+    ) -> VfsResult<(Attr, Opened)> {
+        let ino = self
+            .create_entry(parent, name, EntryKind::File, mode, None, caller)
+            .await?;
+        let opened = self.open(ino, true, false).await?;
+        Ok((self.getattr(ino)?, opened))
+    }
+
+    fn handle_ino(&self, fh: u64, need_write: bool) -> VfsResult<Ino> {
+        let h = self.handles.lock();
+        match h.map.get(&fh) {
+            Some(HandleEntry::File(h)) if !need_write || h.writable => Ok(h.ino),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Bytes> {
+        let ino = self.handle_ino(fh, false)?;
+        let range = offset..offset.saturating_add(size as u64);
+        let (staged, remote) = {
+            let t = self.inodes.lock();
+            let i = t.get(ino)?;
+            if i.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            (i.staged.clone(), i.remote.clone())
+        };
+        match (staged, remote) {
+            (Some(s), _) => self.read_staged(s, range).await,
+            (None, Some(id)) => {
+                self.read_ahead(fh, &id, &range);
+                self.cache.read(&id, range).await
+            }
+            (None, None) => Ok(Bytes::new()),
+        }
+    }
+
+    /// Sequential reads grow a read-ahead window (in cache blocks); a seek resets it.
+    fn read_ahead(&self, fh: u64, id: &FileId, range: &Range<u64>) {
+        let block = self.cache.block_size();
+        let window = {
+            let mut h = self.handles.lock();
+            let Some(HandleEntry::File(h)) = h.map.get_mut(&fh) else {
+                return;
+            };
+            let ra = &mut h.ra;
+            let sequential = range.start == ra.next_offset;
+            ra.window = if sequential {
+                (ra.window * 2).clamp(1, self.config.readahead_blocks)
+            } else {
+                0
+            };
+            ra.next_offset = range.end;
+            ra.window
+        };
+        if window > 0 {
+            let next = range.end.div_ceil(block);
+            self.cache.prefetch(id, next..next + window);
+        }
+    }
+
+    async fn read_staged(&self, s: Arc<Staged>, range: Range<u64>) -> VfsResult<Bytes> {
+        loop {
+            let s2 = s.clone();
+            let r = range.clone();
+            match blocking(move || s2.read(r)).await? {
+                ReadPlan::Data(d) => return Ok(d.into()),
+                ReadPlan::Holes { base, holes } => {
+                    for h in holes {
+                        self.fill_hole(&s, &base, h).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fetch `hole` of `base` and write what is still a hole of it into staging.
+    pub(super) async fn fill_hole(
+        &self,
+        s: &Arc<Staged>,
+        base: &FileId,
+        hole: Range<u64>,
+    ) -> VfsResult<()> {
+        let mut at = hole.start;
+        while at < hole.end {
+            let end = (at + FILL_PIECE).min(hole.end);
+            let data = self.cache.read(base, at..end).await?;
+            let (s2, b2) = (s.clone(), base.clone());
+            blocking(move || s2.fill(&b2, at, &data)).await?;
+            at = end;
+        }
+        Ok(())
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> VfsResult<u32> {
+        let ino = self.handle_ino(fh, true)?;
+        let s = self.ensure_staged(ino).await?;
+        let n = blocking(move || s.write(offset, &data)).await?;
+        self.stamp_modified(ino)?;
+        Ok(n as u32)
+    }
+
+    fn stamp_modified(&self, ino: Ino) -> VfsResult<()> {
+        let now = now_ns();
+        let mut t = self.inodes.lock();
+        let i = t.get_mut(ino)?;
+        i.meta.mtime_ns = now;
+        i.meta.ctime_ns = now;
+        Ok(())
+    }
+
+    /// Change a file's size (truncate or extend with zeros).
+    pub(super) async fn truncate(&self, ino: Ino, size: u64) -> VfsResult<()> {
+        self.check_writable()?;
+        let s = self.ensure_staged(ino).await?;
+        blocking(move || s.resize(size)).await?;
+        self.stamp_modified(ino)?;
+        let idle = self.inodes.lock().get(ino)?.open_handles == 0;
+        if idle {
+            // No close will follow (truncate by path): schedule the flush now.
+            self.flusher.schedule(ino);
+        }
+        Ok(())
+    }
+
+    /// close(2) of one file descriptor: report a failure of an earlier background flush.
+    pub fn close(&self, fh: u64) -> VfsResult<()> {
+        let ino = self.handle_ino(fh, false)?;
+        match self.inodes.lock().get_mut(ino)?.flush_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Last reference to an open file handle dropped.
+    pub fn release(&self, fh: u64) -> VfsResult<()> {
+        let handle = match self.handles.lock().map.remove(&fh) {
+            Some(HandleEntry::File(h)) => h,
+            Some(other) => {
+                self.handles.lock().map.insert(fh, other);
+                return Err(Errno::EBADF);
+            }
+            None => return Err(Errno::EBADF),
+        };
+        let staged = {
+            let mut t = self.inodes.lock();
+            let i = t.get_mut(handle.ino)?;
+            i.open_handles = i.open_handles.saturating_sub(1);
+            if i.linked && i.staged.is_some() {
+                self.flusher.schedule(handle.ino);
+            }
+            t.reap(handle.ino)
+        };
+        drop(staged);
+        Ok(())
+    }
+
+    /// Commit this file's current content to the store, or return why it cannot be.
+    pub async fn fsync(&self, ino: Ino) -> VfsResult<()> {
+        loop {
+            let (_, r) = self.flush_batch(&[ino]).await.remove(0);
+            match r {
+                Ok(super::flush::Outcome::Retry) => continue,
+                Ok(_) => {
+                    self.inodes.lock().get_mut(ino)?.flush_error = None;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Flushing staged files to the store: a debounced queue, a background flusher that retries
+//! failures with exponential backoff, and `flush_batch`, which uploads a batch of files in one
+//! upload session and commits them in one catalog transaction.
+//!
+//! A commit applies only if the file's generation still equals the one snapshotted before its
+//! upload: the upload read the staging file without the io lock, so a write during it may have
+//! torn what was read. A file that changed is left dirty and flushed again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::remote::{CatalogOp, FileId, UploadItem};
+use crate::vfs::inode::Ino;
+use crate::vfs::staging::{empty_id, Staged};
+use crate::vfs::{Errno, Stats, Vfs, VfsResult};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to commit: the store already holds this content (or the file is gone).
+    Clean,
+    /// The content was committed.
+    Committed,
+    /// The file changed during the flush; flush it again.
+    Retry,
+}
+
+/// Files waiting for their debounce to expire.
+pub(super) struct FlushQueue {
+    debounce: Duration,
+    due: Mutex<HashMap<Ino, Instant>>,
+    wake: Notify,
+    stopped: AtomicBool,
+}
+
+impl FlushQueue {
+    pub fn new(debounce: Duration) -> Arc<Self> {
+        Arc::new(FlushQueue {
+            debounce,
+            due: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// Flush `ino` once it has been quiet for the debounce time.
+    pub fn schedule(&self, ino: Ino) {
+        self.schedule_at(ino, Instant::now() + self.debounce);
+    }
+
+    fn schedule_at(&self, ino: Ino, at: Instant) {
+        self.due.lock().insert(ino, at);
+        self.wake.notify_one();
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Remove and return the files due at `now`, and when the next one falls due.
+    fn take_due(&self, now: Instant) -> (Vec<Ino>, Option<Instant>) {
+        let mut g = self.due.lock();
+        let due: Vec<Ino> = g
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in &due {
+            g.remove(i);
+        }
+        (due, g.values().min().copied())
+    }
+}
+
+pub(super) fn spawn_flusher(vfs: &Arc<Vfs>) {
+    let weak = Arc::downgrade(vfs);
+    let queue = vfs.flusher.clone();
+    tokio::spawn(async move {
+        let mut backoff: HashMap<Ino, Duration> = HashMap::new();
+        loop {
+            let wake = queue.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if queue.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let (due, next) = queue.take_due(Instant::now());
+            if due.is_empty() {
+                match next {
+                    Some(at) => {
+                        tokio::select! {
+                            _ = wake => {}
+                            _ = tokio::time::sleep_until(at) => {}
+                        }
+                    }
+                    None => wake.await,
+                }
+                continue;
+            }
+            let Some(vfs) = weak.upgrade() else { return };
+            for (ino, r) in vfs.flush_batch(&due).await {
+                match r {
+                    Ok(Outcome::Retry) => queue.schedule(ino),
+                    Ok(_) => {
+                        backoff.remove(&ino);
+                    }
+                    Err(e) => {
+                        let b = backoff
+                            .get(&ino)
+                            .map_or(BACKOFF_MIN, |b| (*b * 2).min(BACKOFF_MAX));
+                        backoff.insert(ino, b);
+                        tracing::warn!(ino, "flush failed ({e}); retrying in {b:?}");
+                        if let Ok(i) = vfs.inodes.lock().get_mut(ino) {
+                            i.flush_error = Some(e);
+                        }
+                        queue.schedule_at(ino, Instant::now() + b);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// A file ready to upload: its staging content at `generation` is `size` bytes.
+struct Prepared {
+    ino: Ino,
+    staged: Arc<Staged>,
+    generation: u64,
+    size: u64,
+}
+
+impl Vfs {
+    /// Linked inodes whose staging differs from what the store holds.
+    pub(super) fn dirty_inodes(&self) -> Vec<Ino> {
+        let staged: Vec<(Ino, Arc<Staged>)> = self
+            .inodes
+            .lock()
+            .iter()
+            .filter(|i| i.linked)
+            .filter_map(|i| i.staged.clone().map(|s| (i.ino, s)))
+            .collect();
+        staged
+            .into_iter()
+            .filter(|(_, s)| s.with_io(|io| io.state.is_dirty()))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Flush the given files: one upload session, one catalog commit.
+    pub(super) async fn flush_batch(&self, inos: &[Ino]) -> Vec<(Ino, VfsResult<Outcome>)> {
+        let mut inos = inos.to_vec();
+        inos.sort_unstable();
+        inos.dedup();
+        let mut results = Vec::new();
+        let mut work = Vec::new();
+        for ino in inos {
+            let staged = {
+                let t = self.inodes.lock();
+                t.get(ino)
+                    .ok()
+                    .filter(|i| i.linked)
+                    .and_then(|i| i.staged.clone())
+            };
+            match staged {
+                Some(s) => work.push((ino, s)),
+                None => results.push((ino, Ok(Outcome::Clean))),
+            }
+        }
+        // Flush locks in ascending inode order (see the lock order in vfs/mod.rs).
+        let mut guards = Vec::with_capacity(work.len());
+        for (_, s) in &work {
+            guards.push(s.flush_lock.clone().lock_owned().await);
+        }
+        let mut ready = Vec::new();
+        for (ino, staged) in work {
+            match self.prepare(ino, staged).await {
+                Ok(Some(p)) => ready.push(p),
+                Ok(None) => results.push((ino, Ok(Outcome::Clean))),
+                Err(e) => results.push((ino, Err(e))),
+            }
+        }
+        if !ready.is_empty() {
+            results.extend(self.upload_and_commit(ready).await);
+        }
+        for (_, r) in &results {
+            if r.is_err() {
+                Stats::add(&self.stats.flush_failures, 1);
+            }
+        }
+        drop(guards);
+        results
+    }
+
+    /// Decide what to upload for one file. `None`: nothing to do.
+    async fn prepare(&self, ino: Ino, staged: Arc<Staged>) -> VfsResult<Option<Prepared>> {
+        if !staged.with_io(|io| io.state.is_dirty()) {
+            return Ok(None);
+        }
+        // Whole-file route: fill whatever of the old body staging does not hold yet.
+        loop {
+            let (base, holes) = staged.with_io(|io| {
+                let size = io.state.size();
+                (io.state.base().cloned(), io.state.holes(0..size))
+            });
+            if holes.is_empty() {
+                break;
+            }
+            let base = base.ok_or(Errno::EIO)?;
+            for h in holes {
+                self.fill_hole(&staged, &base, h).await?;
+            }
+        }
+        let (generation, size) = staged.with_io(|io| (io.state.generation(), io.state.size()));
+        Ok(Some(Prepared {
+            ino,
+            staged,
+            generation,
+            size,
+        }))
+    }
+
+    async fn upload_and_commit(&self, ready: Vec<Prepared>) -> Vec<(Ino, VfsResult<Outcome>)> {
+        let mut results = Vec::new();
+        // Upload the non-empty bodies in one session.
+        let uploads: Vec<&Prepared> = ready.iter().filter(|p| p.size > 0).collect();
+        let mut bodies: HashMap<Ino, Option<FileId>> = ready
+            .iter()
+            .filter(|p| p.size == 0)
+            .map(|p| (p.ino, None))
+            .collect();
+        if !uploads.is_empty() {
+            let items = uploads
+                .iter()
+                .map(|p| UploadItem {
+                    path: &p.staged.path,
+                    len: p.size,
+                })
+                .collect();
+            match self.cas.upload_batch(items).await {
+                Ok(res) => {
+                    for (p, r) in uploads.iter().zip(res) {
+                        match r {
+                            Ok(up) => {
+                                Stats::add(&self.stats.bytes_uploaded_new, up.new_bytes);
+                                bodies.insert(p.ino, Some(up.id));
+                            }
+                            Err(e) => results.push((p.ino, Err(e.into()))),
+                        }
+                    }
+                }
+                Err(e) => {
+                    let errno = Errno::from(e);
+                    return ready.iter().map(|p| (p.ino, Err(errno))).collect();
+                }
+            }
+        }
+
+        let _ns = self.ns_lock.lock().await;
+        let mut ops = Vec::new();
+        let mut committing = Vec::new();
+        for p in &ready {
+            let Some(body) = bodies.get(&p.ino) else {
+                continue;
+            };
+            if p.staged.with_io(|io| io.state.generation()) != p.generation {
+                results.push((p.ino, Ok(Outcome::Retry)));
+                continue;
+            }
+            let entry = {
+                let t = self.inodes.lock();
+                match t.get(p.ino) {
+                    Ok(i) if i.linked => t.entry_of(p.ino, body.clone()),
+                    // Unlinked meanwhile: an orphan is never committed.
+                    _ => {
+                        results.push((p.ino, Ok(Outcome::Clean)));
+                        continue;
+                    }
+                }
+            };
+            match entry {
+                Ok(e) => {
+                    ops.push(CatalogOp::Put(e));
+                    committing.push((p, body.clone()));
+                }
+                Err(e) => results.push((p.ino, Err(e))),
+            }
+        }
+        if committing.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.catalog.commit(ops).await {
+            let errno = Errno::from(e);
+            results.extend(committing.iter().map(|(p, _)| (p.ino, Err(errno))));
+            return results;
+        }
+        Stats::add(&self.stats.flush_commits, 1);
+        for (p, body) in committing {
+            if let Ok(i) = self.inodes.lock().get_mut(p.ino) {
+                i.remote = body.clone();
+                i.flush_error = None;
+            }
+            let base = body.unwrap_or_else(empty_id);
+            let applied = p.staged.with_io(|io| io.state.commit(base, p.generation));
+            // Not applied: written since the snapshot. The store holds the snapshot; staging
+            // keeps its dirty ranges against the old base, which stays readable in the CAS.
+            let outcome = if applied {
+                Stats::add(&self.stats.files_uploaded, u64::from(p.size > 0));
+                Outcome::Committed
+            } else {
+                Outcome::Retry
+            };
+            results.push((p.ino, Ok(outcome)));
+        }
+        results
+    }
+}

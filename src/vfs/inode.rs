@@ -1,0 +1,311 @@
+//! The inode table: the mounted namespace as the kernel sees it.
+//!
+//! A directory's `children` is `None` until it is listed from the catalog once; after that
+//! the table is authoritative for it (every namespace change goes through the VFS, which
+//! commits to the catalog and then updates the table under the namespace lock).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::remote::{Entry, EntryKind, FileId, Meta};
+use crate::vfs::errno::{Errno, VfsResult};
+use crate::vfs::staging::Staged;
+
+pub type Ino = u64;
+pub const ROOT_INO: Ino = 1;
+
+pub struct Inode {
+    pub ino: Ino,
+    pub parent: Ino,
+    pub name: String,
+    pub kind: EntryKind,
+    pub meta: Meta,
+    /// Files: the body the catalog holds for this path (`None` = empty file).
+    pub remote: Option<FileId>,
+    /// Symlinks: the target.
+    pub target: Option<String>,
+    /// Directories: name → child, once listed.
+    pub children: Option<BTreeMap<String, Ino>>,
+    /// Files opened for write, or written and not yet evicted: the staging file.
+    pub staged: Option<Arc<Staged>>,
+    pub open_handles: u32,
+    /// Kernel references (lookup count); the inode may be dropped when it reaches zero
+    /// after it was unlinked.
+    pub nlookup: u64,
+    /// False once unlinked or replaced: an orphan that lives until its last close.
+    pub linked: bool,
+    /// The last background flush failure, reported once on the next fsync or close.
+    pub flush_error: Option<Errno>,
+}
+
+/// Attributes as the frontends need them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+pub fn ns_to_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+pub fn time_to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+pub fn now_ns() -> i64 {
+    time_to_ns(SystemTime::now())
+}
+
+impl Inode {
+    fn from_entry(ino: Ino, parent: Ino, name: String, e: Entry) -> Self {
+        Inode {
+            ino,
+            parent,
+            name,
+            kind: e.kind,
+            meta: e.meta,
+            remote: e.content,
+            target: e.target,
+            children: None,
+            staged: None,
+            open_handles: 0,
+            nlookup: 0,
+            linked: true,
+            flush_error: None,
+        }
+    }
+
+    /// Attributes, given the file's current size (which lives in staging when staged).
+    pub fn attr(&self, file_size: u64) -> Attr {
+        let (size, nlink) = match self.kind {
+            EntryKind::File => (file_size, u32::from(self.linked)),
+            EntryKind::Symlink => (self.target.as_ref().map_or(0, |t| t.len() as u64), 1),
+            EntryKind::Dir => {
+                let subdirs = self.children.as_ref().map_or(0, |c| c.len());
+                (4096, 2 + subdirs as u32)
+            }
+        };
+        Attr {
+            ino: self.ino,
+            kind: self.kind,
+            size,
+            mode: self.meta.mode,
+            nlink,
+            uid: self.meta.uid,
+            gid: self.meta.gid,
+            atime: ns_to_time(self.meta.atime_ns),
+            mtime: ns_to_time(self.meta.mtime_ns),
+            ctime: ns_to_time(self.meta.ctime_ns),
+        }
+    }
+
+    /// Size of the committed body (what a file reads as when it has no staging).
+    pub fn remote_size(&self) -> u64 {
+        self.remote.as_ref().map_or(0, |r| r.size)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+}
+
+pub struct InodeTable {
+    map: HashMap<Ino, Inode>,
+    next: Ino,
+}
+
+impl InodeTable {
+    pub fn new(root: Entry) -> Self {
+        let mut map = HashMap::new();
+        let mut r = Inode::from_entry(ROOT_INO, ROOT_INO, String::new(), root);
+        r.nlookup = 1;
+        map.insert(ROOT_INO, r);
+        InodeTable {
+            map,
+            next: ROOT_INO + 1,
+        }
+    }
+
+    pub fn get(&self, ino: Ino) -> VfsResult<&Inode> {
+        self.map.get(&ino).ok_or(Errno::ENOENT)
+    }
+
+    pub fn get_mut(&mut self, ino: Ino) -> VfsResult<&mut Inode> {
+        self.map.get_mut(&ino).ok_or(Errno::ENOENT)
+    }
+
+    pub fn dir(&self, ino: Ino) -> VfsResult<&Inode> {
+        let i = self.get(ino)?;
+        if !i.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(i)
+    }
+
+    /// Catalog path of a linked inode (`""` for the root).
+    pub fn path_of(&self, ino: Ino) -> VfsResult<String> {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            let i = self.get(cur)?;
+            if !i.linked {
+                return Err(Errno::ENOENT);
+            }
+            parts.push(i.name.as_str());
+            cur = i.parent;
+        }
+        parts.reverse();
+        Ok(parts.join("/"))
+    }
+
+    /// Path of `name` inside directory `parent`.
+    pub fn child_path(&self, parent: Ino, name: &str) -> VfsResult<String> {
+        let p = self.path_of(parent)?;
+        Ok(if p.is_empty() {
+            name.to_string()
+        } else {
+            format!("{p}/{name}")
+        })
+    }
+
+    /// The child of a listed directory.
+    pub fn child(&self, parent: Ino, name: &str) -> VfsResult<Option<Ino>> {
+        let d = self.dir(parent)?;
+        Ok(d.children.as_ref().and_then(|c| c.get(name).copied()))
+    }
+
+    pub fn is_listed(&self, dir: Ino) -> bool {
+        self.map.get(&dir).is_some_and(|d| d.children.is_some())
+    }
+
+    /// Install a directory listing fetched from the catalog. A listing that lost the race
+    /// against another one is dropped: the table is already authoritative.
+    pub fn install_listing(&mut self, dir: Ino, entries: Vec<Entry>) -> VfsResult<()> {
+        if self.dir(dir)?.children.is_some() {
+            return Ok(());
+        }
+        let mut children = BTreeMap::new();
+        for e in entries {
+            let name = e.path.rsplit('/').next().unwrap_or("").to_string();
+            let ino = self.alloc();
+            self.map
+                .insert(ino, Inode::from_entry(ino, dir, name.clone(), e));
+            children.insert(name, ino);
+        }
+        self.get_mut(dir)?.children = Some(children);
+        Ok(())
+    }
+
+    fn alloc(&mut self) -> Ino {
+        let ino = self.next;
+        self.next += 1;
+        ino
+    }
+
+    /// Add a new entry under a listed directory.
+    pub fn insert_child(&mut self, parent: Ino, name: &str, e: Entry) -> VfsResult<Ino> {
+        let ino = self.alloc();
+        let mut node = Inode::from_entry(ino, parent, name.to_string(), e);
+        if node.is_dir() {
+            node.children = Some(BTreeMap::new());
+        }
+        self.map.insert(ino, node);
+        self.get_mut(parent)?
+            .children
+            .as_mut()
+            .ok_or(Errno::EIO)?
+            .insert(name.to_string(), ino);
+        Ok(ino)
+    }
+
+    /// Remove `ino` from its parent; it becomes an orphan (readable and writable through
+    /// open handles until the last close). Returns whether it can be dropped now.
+    pub fn detach(&mut self, ino: Ino) -> VfsResult<bool> {
+        let (parent, name) = {
+            let i = self.get(ino)?;
+            (i.parent, i.name.clone())
+        };
+        if let Some(c) = self.get_mut(parent)?.children.as_mut() {
+            c.remove(&name);
+        }
+        let i = self.get_mut(ino)?;
+        i.linked = false;
+        Ok(i.open_handles == 0)
+    }
+
+    /// Move a linked inode to `new_parent/new_name` (the target slot must be free).
+    pub fn move_to(&mut self, ino: Ino, new_parent: Ino, new_name: &str) -> VfsResult<()> {
+        let (parent, name) = {
+            let i = self.get(ino)?;
+            (i.parent, i.name.clone())
+        };
+        if let Some(c) = self.get_mut(parent)?.children.as_mut() {
+            c.remove(&name);
+        }
+        self.get_mut(new_parent)?
+            .children
+            .as_mut()
+            .ok_or(Errno::EIO)?
+            .insert(new_name.to_string(), ino);
+        let i = self.get_mut(ino)?;
+        i.parent = new_parent;
+        i.name = new_name.to_string();
+        Ok(())
+    }
+
+    /// Drop an orphan that nothing references any more; returns its staging, if any, so
+    /// the caller can delete the file outside the table lock.
+    pub fn reap(&mut self, ino: Ino) -> Option<Arc<Staged>> {
+        let i = self.map.get(&ino)?;
+        if i.linked || i.open_handles > 0 || i.nlookup > 0 || ino == ROOT_INO {
+            return None;
+        }
+        self.map.remove(&ino).and_then(|i| i.staged)
+    }
+
+    /// Whether `ino` is `anc` or lies below it.
+    pub fn is_within(&self, mut ino: Ino, anc: Ino) -> bool {
+        loop {
+            if ino == anc {
+                return true;
+            }
+            match self.map.get(&ino) {
+                Some(i) if ino != ROOT_INO => ino = i.parent,
+                _ => return false,
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Inode> {
+        self.map.values()
+    }
+
+    /// The catalog entry for a linked inode, with `content` as its body.
+    pub fn entry_of(&self, ino: Ino, content: Option<FileId>) -> VfsResult<Entry> {
+        let i = self.get(ino)?;
+        Ok(Entry {
+            path: self.path_of(ino)?,
+            kind: i.kind,
+            content,
+            target: i.target.clone(),
+            meta: i.meta,
+        })
+    }
+}

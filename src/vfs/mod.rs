@@ -1,0 +1,296 @@
+//! POSIX semantics over a [`Catalog`] and a [`Cas`]. Frontends (FUSE, NFS) translate their
+//! protocol to these calls and never decide anything themselves.
+//!
+//! # Lock order
+//!
+//! Take locks only in this order, and never hold a std lock across an `.await`:
+//!
+//! 1. `ns_lock` (tokio): serialises namespace changes and flush commits, so that a path is
+//!    resolved and committed without a rename or unlink in between.
+//! 2. `Staged::flush_lock` (tokio, per inode): one flush of an inode at a time.
+//! 3. `Staged` io lock (std, per inode): staging file I/O paired with its `SparseState`.
+//! 4. `inodes` (std): the inode table. Never held across file or network I/O.
+//! 5. `handles` (std): the open-handle table.
+//!
+//! Several flush locks are taken in ascending inode order.
+
+pub mod errno;
+mod fileio;
+mod flush;
+pub mod inode;
+mod namespace;
+pub mod ranges;
+pub mod readcache;
+pub mod sparse;
+pub mod staging;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+pub use errno::{Errno, VfsResult};
+use inode::InodeTable;
+pub use inode::{Attr, Ino, ROOT_INO};
+use readcache::ReadCache;
+use staging::StagingArea;
+pub use stats::{Stats, StatsSnapshot};
+
+use crate::remote::{Cas, Catalog, EntryKind};
+
+/// Longest name of one path component.
+pub const NAME_MAX: usize = 255;
+
+#[derive(Clone, Debug)]
+pub struct VfsConfig {
+    pub staging_dir: PathBuf,
+    pub read_only: bool,
+    /// Quiet time after a close before the file is flushed.
+    pub flush_debounce: Duration,
+    /// Limit for one read from the store.
+    pub read_timeout: Duration,
+    /// Read cache block size and capacity in bytes.
+    pub cache_block: u64,
+    pub cache_capacity: u64,
+    /// Largest read-ahead window, in cache blocks.
+    pub readahead_blocks: u64,
+}
+
+impl VfsConfig {
+    pub fn new(staging_dir: PathBuf) -> Self {
+        VfsConfig {
+            staging_dir,
+            read_only: false,
+            flush_debounce: Duration::from_millis(2000),
+            read_timeout: Duration::from_secs(60),
+            cache_block: 4 << 20,
+            cache_capacity: 128 << 20,
+            readahead_blocks: 8,
+        }
+    }
+}
+
+/// The identity of the process making a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Attribute changes requested by `setattr`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSet {
+    Now,
+    At(i64),
+}
+
+/// One directory entry as listed by `readdir`.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub name: String,
+    pub kind: EntryKind,
+}
+
+/// What `open`/`create` tell the frontend.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep its page cache of this file from earlier opens.
+    pub keep_cache: bool,
+}
+
+/// Sequential-read detection of one handle.
+#[derive(Default)]
+struct ReadAhead {
+    next_offset: u64,
+    window: u64,
+}
+
+struct Handle {
+    ino: Ino,
+    writable: bool,
+    ra: ReadAhead,
+}
+
+enum HandleEntry {
+    File(Handle),
+    Dir(Vec<DirEntry>),
+}
+
+#[derive(Default)]
+struct Handles {
+    next: u64,
+    map: HashMap<u64, HandleEntry>,
+}
+
+pub struct Vfs {
+    catalog: Arc<dyn Catalog>,
+    cas: Arc<dyn Cas>,
+    config: VfsConfig,
+    ns_lock: tokio::sync::Mutex<()>,
+    inodes: Mutex<InodeTable>,
+    handles: Mutex<Handles>,
+    staging: StagingArea,
+    cache: Arc<ReadCache>,
+    stats: Arc<Stats>,
+    flusher: Arc<flush::FlushQueue>,
+}
+
+impl Vfs {
+    /// Build the VFS over a catalog and a CAS. Must be called inside a tokio runtime; the
+    /// background flusher runs on it.
+    pub async fn new(
+        catalog: Arc<dyn Catalog>,
+        cas: Arc<dyn Cas>,
+        config: VfsConfig,
+    ) -> anyhow::Result<Arc<Self>> {
+        let root = catalog
+            .head("")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the catalog has no root directory"))?;
+        let staging = StagingArea::open(&config.staging_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot use staging directory {}: {e}",
+                config.staging_dir.display()
+            )
+        })?;
+        let stats = Arc::new(Stats::default());
+        let cache = Arc::new(ReadCache::new(
+            cas.clone(),
+            stats.clone(),
+            config.cache_block,
+            config.cache_capacity,
+            config.read_timeout,
+        ));
+        let vfs = Arc::new(Vfs {
+            catalog,
+            cas,
+            flusher: flush::FlushQueue::new(config.flush_debounce),
+            config,
+            ns_lock: tokio::sync::Mutex::new(()),
+            inodes: Mutex::new(InodeTable::new(root)),
+            handles: Mutex::new(Handles::default()),
+            staging,
+            cache,
+            stats,
+        });
+        flush::spawn_flusher(&vfs);
+        Ok(vfs)
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    pub fn config(&self) -> &VfsConfig {
+        &self.config
+    }
+
+    fn check_writable(&self) -> VfsResult<()> {
+        if self.config.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_name(name: &str) -> VfsResult<()> {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(Errno::EINVAL);
+        }
+        if name.len() > NAME_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        Ok(())
+    }
+
+    /// Current attributes. A staged file's size lives in its staging state.
+    pub fn getattr(&self, ino: Ino) -> VfsResult<Attr> {
+        let (staged, attr) = {
+            let t = self.inodes.lock();
+            let i = t.get(ino)?;
+            (i.staged.clone(), i.attr(i.remote_size()))
+        };
+        Ok(match staged {
+            Some(s) => Attr {
+                size: s.size(),
+                ..attr
+            },
+            None => attr,
+        })
+    }
+
+    /// Filesystem usage, from the disk that holds the staging directory.
+    pub fn statfs(&self) -> VfsResult<libc::statvfs> {
+        let path = std::ffi::CString::new(self.staging.dir().as_os_str().as_encoded_bytes())
+            .map_err(|_| Errno::EINVAL)?;
+        // SAFETY: statvfs writes into the zeroed struct; the path is a valid C string.
+        unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            if libc::statvfs(path.as_ptr(), &mut st) != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            Ok(st)
+        }
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let staged = {
+            let mut t = self.inodes.lock();
+            if let Ok(i) = t.get_mut(ino) {
+                i.nlookup = i.nlookup.saturating_sub(n);
+            }
+            t.reap(ino)
+        };
+        drop(staged);
+    }
+
+    /// Flush every dirty file and wait, up to `timeout`. Returns the number of files that are
+    /// still dirty.
+    pub async fn shutdown(&self, timeout: Duration) -> usize {
+        self.flusher.stop();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let dirty = self.dirty_inodes();
+            if dirty.is_empty() {
+                return 0;
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return dirty.len();
+            }
+            match tokio::time::timeout(remaining, self.flush_batch(&dirty)).await {
+                Ok(results) => {
+                    for (ino, r) in results {
+                        if let Err(e) = r {
+                            tracing::warn!(ino, "flush at shutdown failed: {e}");
+                        }
+                    }
+                }
+                Err(_) => return self.dirty_inodes().len(),
+            }
+            // Back off briefly so a persistently failing store is not hammered.
+            if !self.dirty_inodes().is_empty() {
+                tokio::time::sleep(Duration::from_millis(200).min(remaining)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,388 @@
+//! Namespace operations. Each mutation commits to the catalog first (one atomic batch, under
+//! `ns_lock`) and updates the inode table only once the commit succeeded, so a failed commit
+//! leaves both unchanged.
+
+use crate::remote::{CatalogOp, Entry, EntryKind, Meta};
+use crate::vfs::inode::{now_ns, Attr, Ino, InodeTable};
+use crate::vfs::{Caller, DirEntry, Errno, SetAttr, TimeSet, Vfs, VfsResult};
+
+const S_ISGID: u32 = libc::S_ISGID;
+
+impl Vfs {
+    /// Make sure directory `dir`'s children are in the table.
+    pub(super) async fn ensure_listed(&self, dir: Ino) -> VfsResult<()> {
+        let path = {
+            let t = self.inodes.lock();
+            t.dir(dir)?;
+            if t.is_listed(dir) {
+                return Ok(());
+            }
+            t.path_of(dir)?
+        };
+        let entries = self.catalog.list_dir(&path).await?;
+        self.inodes.lock().install_listing(dir, entries)
+    }
+
+    pub async fn lookup(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+        if name.len() > crate::vfs::NAME_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        self.ensure_listed(parent).await?;
+        let ino = self
+            .inodes
+            .lock()
+            .child(parent, name)?
+            .ok_or(Errno::ENOENT)?;
+        let attr = self.getattr(ino)?;
+        self.inodes.lock().get_mut(ino)?.nlookup += 1;
+        Ok(attr)
+    }
+
+    pub async fn opendir(&self, ino: Ino) -> VfsResult<u64> {
+        self.ensure_listed(ino).await?;
+        let entries = {
+            let t = self.inodes.lock();
+            let d = t.dir(ino)?;
+            let mut v = vec![
+                DirEntry {
+                    ino,
+                    name: ".".into(),
+                    kind: EntryKind::Dir,
+                },
+                DirEntry {
+                    ino: d.parent,
+                    name: "..".into(),
+                    kind: EntryKind::Dir,
+                },
+            ];
+            for (name, &child) in d.children.iter().flatten() {
+                v.push(DirEntry {
+                    ino: child,
+                    name: name.clone(),
+                    kind: t.get(child)?.kind,
+                });
+            }
+            v
+        };
+        Ok(self.new_handle(super::HandleEntry::Dir(entries)))
+    }
+
+    /// Entries of an open directory from index `offset` on (a snapshot taken at opendir).
+    pub fn readdir(&self, fh: u64, offset: u64) -> VfsResult<Vec<DirEntry>> {
+        let h = self.handles.lock();
+        match h.map.get(&fh) {
+            Some(super::HandleEntry::Dir(v)) => {
+                Ok(v.iter().skip(offset as usize).cloned().collect())
+            }
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.lock().map.remove(&fh);
+    }
+
+    pub fn readlink(&self, ino: Ino) -> VfsResult<String> {
+        let t = self.inodes.lock();
+        let i = t.get(ino)?;
+        i.target.clone().ok_or(Errno::EINVAL)
+    }
+
+    /// Metadata for a new entry created by `caller` in `parent`.
+    fn new_meta(&self, parent: Ino, mode: u32, caller: Caller) -> VfsResult<Meta> {
+        let t = self.inodes.lock();
+        let p = t.dir(parent)?;
+        let now = now_ns();
+        let inherit_gid = p.meta.mode & S_ISGID != 0;
+        Ok(Meta {
+            mode: mode & 0o7777,
+            uid: caller.uid,
+            gid: if inherit_gid { p.meta.gid } else { caller.gid },
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+        })
+    }
+
+    /// The catalog op that records directory `dir` with its mtime/ctime set to `now`.
+    fn touched_dir_op(t: &InodeTable, dir: Ino, now: i64) -> VfsResult<CatalogOp> {
+        let mut e = t.entry_of(dir, None)?;
+        e.meta.mtime_ns = now;
+        e.meta.ctime_ns = now;
+        Ok(CatalogOp::Put(e))
+    }
+
+    /// Apply what [`Self::touched_dir_op`] committed.
+    fn touch_dir(t: &mut InodeTable, dir: Ino, now: i64) -> VfsResult<()> {
+        let d = t.get_mut(dir)?;
+        d.meta.mtime_ns = now;
+        d.meta.ctime_ns = now;
+        Ok(())
+    }
+
+    /// Create a new entry `name` in `parent` (file, directory or symlink). Returns its inode.
+    pub(super) async fn create_entry(
+        &self,
+        parent: Ino,
+        name: &str,
+        kind: EntryKind,
+        mode: u32,
+        target: Option<String>,
+        caller: Caller,
+    ) -> VfsResult<Ino> {
+        self.check_writable()?;
+        Self::check_name(name)?;
+        let _ns = self.ns_lock.lock().await;
+        self.ensure_listed(parent).await?;
+        let meta = self.new_meta(parent, mode, caller)?;
+        let (entry, parent_op) = {
+            let t = self.inodes.lock();
+            if t.child(parent, name)?.is_some() {
+                return Err(Errno::EEXIST);
+            }
+            let entry = Entry {
+                path: t.child_path(parent, name)?,
+                kind,
+                content: None,
+                target,
+                meta,
+            };
+            (entry, Self::touched_dir_op(&t, parent, meta.mtime_ns)?)
+        };
+        self.catalog
+            .commit(vec![CatalogOp::Put(entry.clone()), parent_op])
+            .await?;
+        let mut t = self.inodes.lock();
+        Self::touch_dir(&mut t, parent, meta.mtime_ns)?;
+        let ino = t.insert_child(parent, name, entry)?;
+        t.get_mut(ino)?.nlookup += 1;
+        Ok(ino)
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        caller: Caller,
+    ) -> VfsResult<Attr> {
+        let ino = self
+            .create_entry(parent, name, EntryKind::Dir, mode, None, caller)
+            .await?;
+        self.getattr(ino)
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &str,
+        target: &str,
+        caller: Caller,
+    ) -> VfsResult<Attr> {
+        if target.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        if target.len() > libc::PATH_MAX as usize {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let ino = self
+            .create_entry(
+                parent,
+                name,
+                EntryKind::Symlink,
+                0o777,
+                Some(target.into()),
+                caller,
+            )
+            .await?;
+        self.getattr(ino)
+    }
+
+    /// Remove `name` from `parent`: a file or symlink (`dir == false`) or an empty directory.
+    pub async fn remove(&self, parent: Ino, name: &str, dir: bool) -> VfsResult<()> {
+        self.check_writable()?;
+        let _ns = self.ns_lock.lock().await;
+        self.ensure_listed(parent).await?;
+        let ino = self
+            .inodes
+            .lock()
+            .child(parent, name)?
+            .ok_or(Errno::ENOENT)?;
+        let is_dir = self.inodes.lock().get(ino)?.is_dir();
+        match (dir, is_dir) {
+            (true, false) => return Err(Errno::ENOTDIR),
+            (false, true) => return Err(Errno::EISDIR),
+            _ => {}
+        }
+        if is_dir {
+            self.ensure_listed(ino).await?;
+            if self
+                .inodes
+                .lock()
+                .get(ino)?
+                .children
+                .as_ref()
+                .is_some_and(|c| !c.is_empty())
+            {
+                return Err(Errno::ENOTEMPTY);
+            }
+        }
+        let now = now_ns();
+        let ops = {
+            let t = self.inodes.lock();
+            let path = t.child_path(parent, name)?;
+            vec![
+                CatalogOp::Delete { path },
+                Self::touched_dir_op(&t, parent, now)?,
+            ]
+        };
+        self.catalog.commit(ops).await?;
+        let staged = {
+            let mut t = self.inodes.lock();
+            Self::touch_dir(&mut t, parent, now)?;
+            t.get_mut(ino)?.meta.ctime_ns = now;
+            t.detach(ino)?;
+            t.reap(ino)
+        };
+        drop(staged);
+        Ok(())
+    }
+
+    /// Rename `parent/name` to `new_parent/new_name`, replacing an existing target
+    /// atomically. `noreplace` is RENAME_NOREPLACE.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+        noreplace: bool,
+    ) -> VfsResult<()> {
+        self.check_writable()?;
+        Self::check_name(new_name)?;
+        let _ns = self.ns_lock.lock().await;
+        self.ensure_listed(parent).await?;
+        self.ensure_listed(new_parent).await?;
+        let (src, dst) = {
+            let t = self.inodes.lock();
+            let src = t.child(parent, name)?.ok_or(Errno::ENOENT)?;
+            (src, t.child(new_parent, new_name)?)
+        };
+        if dst == Some(src) {
+            return Ok(());
+        }
+        let src_dir = self.inodes.lock().get(src)?.is_dir();
+        if src_dir && self.inodes.lock().is_within(new_parent, src) {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(dst) = dst {
+            if noreplace {
+                return Err(Errno::EEXIST);
+            }
+            let dst_dir = self.inodes.lock().get(dst)?.is_dir();
+            match (src_dir, dst_dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) => {
+                    self.ensure_listed(dst).await?;
+                    let t = self.inodes.lock();
+                    if t.get(dst)?.children.as_ref().is_some_and(|c| !c.is_empty()) {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                }
+                (false, false) => {}
+            }
+        }
+        let now = now_ns();
+        let ops = {
+            let t = self.inodes.lock();
+            let from = t.child_path(parent, name)?;
+            let to = t.child_path(new_parent, new_name)?;
+            let mut ops = vec![
+                CatalogOp::Rename { from, to },
+                Self::touched_dir_op(&t, parent, now)?,
+            ];
+            if new_parent != parent {
+                ops.push(Self::touched_dir_op(&t, new_parent, now)?);
+            }
+            ops
+        };
+        self.catalog.commit(ops).await?;
+        let staged = {
+            let mut t = self.inodes.lock();
+            Self::touch_dir(&mut t, parent, now)?;
+            Self::touch_dir(&mut t, new_parent, now)?;
+            let reaped = match dst {
+                Some(dst) => {
+                    t.get_mut(dst)?.meta.ctime_ns = now;
+                    t.detach(dst)?;
+                    t.reap(dst)
+                }
+                None => None,
+            };
+            t.move_to(src, new_parent, new_name)?;
+            t.get_mut(src)?.meta.ctime_ns = now;
+            reaped
+        };
+        drop(staged);
+        Ok(())
+    }
+
+    /// Change attributes. Size changes go through staging like writes; metadata changes are
+    /// committed to the catalog before they are visible.
+    pub async fn setattr(&self, ino: Ino, set: SetAttr) -> VfsResult<Attr> {
+        let meta_change = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some();
+        if meta_change || set.size.is_some() {
+            self.check_writable()?;
+        }
+        if let Some(size) = set.size {
+            self.truncate(ino, size).await?;
+        }
+        if meta_change {
+            let _ns = self.ns_lock.lock().await;
+            let now = now_ns();
+            let (meta, commit) = {
+                let t = self.inodes.lock();
+                let i = t.get(ino)?;
+                let mut m = i.meta;
+                if let Some(mode) = set.mode {
+                    m.mode = mode & 0o7777;
+                }
+                if let Some(uid) = set.uid {
+                    m.uid = uid;
+                }
+                if let Some(gid) = set.gid {
+                    m.gid = gid;
+                }
+                let at = |ts: TimeSet| match ts {
+                    TimeSet::Now => now,
+                    TimeSet::At(ns) => ns,
+                };
+                if let Some(a) = set.atime {
+                    m.atime_ns = at(a);
+                }
+                if let Some(mt) = set.mtime {
+                    m.mtime_ns = at(mt);
+                }
+                m.ctime_ns = now;
+                let commit = if i.linked {
+                    let mut e = t.entry_of(ino, i.remote.clone())?;
+                    e.meta = m;
+                    Some(e)
+                } else {
+                    None
+                };
+                (m, commit)
+            };
+            if let Some(e) = commit {
+                self.catalog.commit(vec![CatalogOp::Put(e)]).await?;
+            }
+            self.inodes.lock().get_mut(ino)?.meta = meta;
+        }
+        self.getattr(ino)
+    }
+}

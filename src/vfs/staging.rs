@@ -1,0 +1,205 @@
+//! Staging files: the local, sparse copy of a file being written.
+//!
+//! Each [`Staged`] pairs a staging file with its [`SparseState`] under one mutex, the
+//! per-inode **io lock**: a `pwrite` and its `track_write`, a `pread` and the coverage check
+//! that allowed it, a hole fill and its `track_fill`, and a `set_len` and its `resize` are each
+//! atomic with respect to one another. The io lock is a std mutex: it is never held across an
+//! `.await` or network I/O, only across local file I/O on the staging file.
+//!
+//! `flush_lock` (the per-inode staging lock) serialises flushes of one inode; it is a tokio
+//! mutex held across the upload, and is taken before the io lock.
+
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::remote::FileId;
+use crate::vfs::errno::{Errno, VfsResult};
+use crate::vfs::sparse::SparseState;
+
+/// The body of an empty file has no CAS object; this identity stands for it.
+pub fn empty_id() -> FileId {
+    FileId {
+        hash: String::new(),
+        size: 0,
+    }
+}
+
+pub struct StagedIo {
+    pub file: File,
+    pub state: SparseState,
+}
+
+pub struct Staged {
+    pub path: PathBuf,
+    io: Mutex<StagedIo>,
+    pub flush_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // The staging file belongs to this object alone; a clean one is just a cache.
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), "cannot remove staging file: {e}");
+            }
+        }
+    }
+}
+
+/// What a locked read found.
+pub enum ReadPlan {
+    Data(Vec<u8>),
+    /// These parts of the request are holes; fill them from `base` and retry.
+    Holes {
+        base: FileId,
+        holes: Vec<Range<u64>>,
+    },
+}
+
+impl Staged {
+    /// A staging file mirroring `base` with nothing downloaded: a sparse file of the base's
+    /// size with empty coverage.
+    pub fn create(path: PathBuf, base: FileId) -> std::io::Result<Arc<Self>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.set_len(base.size)?;
+        Ok(Arc::new(Staged {
+            path,
+            io: Mutex::new(StagedIo {
+                file,
+                state: SparseState::from_base(base),
+            }),
+            flush_lock: Arc::new(tokio::sync::Mutex::new(())),
+        }))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.io.lock().state.size()
+    }
+
+    /// Run `f` under the io lock.
+    pub fn with_io<T>(&self, f: impl FnOnce(&mut StagedIo) -> T) -> T {
+        f(&mut self.io.lock())
+    }
+
+    /// Read `range` (clipped to the size) if it holds no holes; otherwise say which holes.
+    pub fn read(&self, range: Range<u64>) -> VfsResult<ReadPlan> {
+        let io = self.io.lock();
+        let end = range.end.min(io.state.size());
+        if range.start >= end {
+            return Ok(ReadPlan::Data(Vec::new()));
+        }
+        let holes = io.state.holes(range.start..end);
+        if !holes.is_empty() {
+            let base = io.state.base().cloned().ok_or(Errno::EIO)?;
+            return Ok(ReadPlan::Holes { base, holes });
+        }
+        let mut buf = vec![0u8; (end - range.start) as usize];
+        io.file.read_exact_at(&mut buf, range.start)?;
+        Ok(ReadPlan::Data(buf))
+    }
+
+    /// Write bytes fetched from `base` at `offset` into the parts that are still holes (a
+    /// writer may have filled some meanwhile, a shrink may have cut them, or a commit may have
+    /// moved the base on).
+    pub fn fill(&self, base: &FileId, offset: u64, data: &[u8]) -> VfsResult<()> {
+        let mut io = self.io.lock();
+        if io.state.base() != Some(base) {
+            return Ok(());
+        }
+        let range = offset..offset + data.len() as u64;
+        for hole in io.state.holes(range) {
+            let from = (hole.start - offset) as usize;
+            let to = (hole.end - offset) as usize;
+            io.file.write_all_at(&data[from..to], hole.start)?;
+            io.state.track_fill(hole);
+        }
+        Ok(())
+    }
+
+    /// Write user bytes. A partial write (disk full) is tracked for what landed and reported as
+    /// a short count; nothing landed → the error.
+    pub fn write(&self, offset: u64, data: &[u8]) -> VfsResult<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        offset
+            .checked_add(data.len() as u64)
+            .filter(|end| *end <= i64::MAX as u64)
+            .ok_or(Errno::EFBIG)?;
+        let mut io = self.io.lock();
+        let mut done = 0usize;
+        while done < data.len() {
+            match io.file.write_at(&data[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if done == 0 {
+                        // The failed write may have extended the file; put the size back.
+                        let size = io.state.size();
+                        let _ = io.file.set_len(size);
+                        return Err(e.into());
+                    }
+                    break;
+                }
+            }
+        }
+        io.state.track_write(offset..offset + done as u64);
+        Ok(done)
+    }
+
+    /// Truncate or extend to `size`.
+    pub fn resize(&self, size: u64) -> VfsResult<()> {
+        if size > i64::MAX as u64 {
+            return Err(Errno::EFBIG);
+        }
+        let mut io = self.io.lock();
+        io.file.set_len(size)?;
+        io.state.resize(size);
+        Ok(())
+    }
+}
+
+/// The staging directory: names new staging files.
+pub struct StagingArea {
+    dir: PathBuf,
+    counter: AtomicU64,
+    /// Distinguishes this mount's files from leftovers of earlier runs.
+    epoch: u128,
+}
+
+impl StagingArea {
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Ok(StagingArea {
+            dir: dir.to_path_buf(),
+            counter: AtomicU64::new(0),
+            epoch,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn create(&self, base: FileId) -> VfsResult<Arc<Staged>> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("{}-{:x}-{n}.stg", std::process::id(), self.epoch));
+        Ok(Staged::create(path, base)?)
+    }
+}

@@ -1,0 +1,63 @@
+//! Per-mount counters. Tests and benchmarks read them to prove what crossed the wire.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Bytes read from the CAS (cache misses and hole fills).
+    pub bytes_fetched: AtomicU64,
+    /// Bytes of new chunk data stored by uploads (after dedup).
+    pub bytes_uploaded_new: AtomicU64,
+    /// Files committed by uploading their whole body.
+    pub files_uploaded: AtomicU64,
+    /// Files committed by composing the old body with the edits.
+    pub files_composed: AtomicU64,
+    /// Catalog commits made by flushes.
+    pub flush_commits: AtomicU64,
+    /// Flush attempts that failed (each retried).
+    pub flush_failures: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub bytes_fetched: u64,
+    pub bytes_uploaded_new: u64,
+    pub files_uploaded: u64,
+    pub files_composed: u64,
+    pub flush_commits: u64,
+    pub flush_failures: u64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            bytes_fetched: g(&self.bytes_fetched),
+            bytes_uploaded_new: g(&self.bytes_uploaded_new),
+            files_uploaded: g(&self.files_uploaded),
+            files_composed: g(&self.files_composed),
+            flush_commits: g(&self.flush_commits),
+            flush_failures: g(&self.flush_failures),
+        }
+    }
+}
+
+impl StatsSnapshot {
+    /// `key value` lines, the format of the stats file.
+    pub fn to_text(&self) -> String {
+        format!(
+            "bytes_fetched {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\n",
+            self.bytes_fetched,
+            self.bytes_uploaded_new,
+            self.files_uploaded,
+            self.files_composed,
+            self.flush_commits,
+            self.flush_failures
+        )
+    }
+}

@@ -1,0 +1,136 @@
+//! Real FUSE mounts of the `xetmount` binary for whole-system tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_xetmount")
+}
+
+/// Whether `path` is a mount point right now.
+pub fn is_mounted(path: &Path) -> bool {
+    let target = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| s.lines().any(|l| l.split(' ').nth(4) == Some(&*target)))
+        .unwrap_or(false)
+}
+
+/// Wait until `cond` holds, polling; panics with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Mount {
+    pub store: PathBuf,
+    pub mountpoint: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mount {
+    /// Mount `store` at `mountpoint` with extra CLI args; waits until the mount is live.
+    pub fn start(store: &Path, mountpoint: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let log = mountpoint.with_extension("log");
+        let child = Command::new(bin())
+            .arg("mount")
+            .arg(store)
+            .arg(mountpoint)
+            .args(["--flush-debounce-ms", "50"])
+            .args(extra)
+            .env("RUST_LOG", "xetmount=debug,warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn xetmount");
+        let mut m = Mount {
+            store: store.to_path_buf(),
+            mountpoint: mountpoint.canonicalize().unwrap(),
+            child: Some(child),
+            log,
+        };
+        let mp = m.mountpoint.clone();
+        let start = Instant::now();
+        while !is_mounted(&mp) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("xetmount exited with {status}: {}", m.log_text());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "mount did not appear"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+
+    /// Unmount and wait for the process to commit everything and exit; asserts exit 0.
+    pub fn stop(mut self) {
+        let status = Command::new(bin())
+            .arg("unmount")
+            .arg(&self.mountpoint)
+            .status()
+            .unwrap();
+        assert!(status.success(), "xetmount unmount failed");
+        let code = self.child.take().unwrap().wait().unwrap();
+        assert!(
+            code.success(),
+            "mount exited with {code}: {}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mountpoint)
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Run a shell script with `cwd` as working directory; panics with its output on failure.
+pub fn sh(cwd: &Path, script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "script failed: {script}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `sha256sum` of every file below `dir`, sorted by path, plus symlink targets and modes.
+pub fn tree_digest(dir: &Path) -> String {
+    sh(
+        dir,
+        "find . -mindepth 1 \\( -type f -exec sha256sum {} + \\) -o \\( -type l -printf '%p -> %l\\n' \\) -o \\( -type d -printf '%p/ %m\\n' \\) | sort",
+    )
+}
