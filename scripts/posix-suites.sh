@@ -8,12 +8,14 @@ ops="${1:-10000}"
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
 bin="$repo/target/release/xetmount"
 work="$(mktemp -d /tmp/xetmount-posix.XXXXXX)"
+# pjdfstest switches to unprivileged users, who must be able to reach the mountpoint.
+chmod 755 "$work"
 mp="$work/mnt"
 mkdir -p "$mp"
 pid=""
 
 start_mount() {
-  "$bin" mount "$work/store" "$mp" --flush-debounce-ms 100 >"$work/mount.log" 2>&1 &
+  "$bin" mount "$work/store" "$mp" --flush-debounce-ms 100 --allow-other >"$work/mount.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 600); do
     if grep -q " $mp " /proc/self/mountinfo; then return 0; fi

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+    INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -37,6 +37,10 @@ fn file_type(k: EntryKind) -> FileType {
         EntryKind::File => FileType::RegularFile,
         EntryKind::Dir => FileType::Directory,
         EntryKind::Symlink => FileType::Symlink,
+        EntryKind::Fifo => FileType::NamedPipe,
+        EntryKind::Socket => FileType::Socket,
+        EntryKind::CharDevice(_) => FileType::CharDevice,
+        EntryKind::BlockDevice(_) => FileType::BlockDevice,
     }
 }
 
@@ -54,7 +58,10 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: match a.kind {
+            EntryKind::CharDevice(r) | EntryKind::BlockDevice(r) => r as u32,
+            _ => 0,
+        },
         blksize: 4096,
         flags: 0,
     }
@@ -117,8 +124,10 @@ fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
 
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // O_TRUNC arrives with open instead of as a separate setattr.
-        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // FUSE_ATOMIC_O_TRUNC is deliberately not requested: with it the kernel sends O_TRUNC
+        // inside OPEN and checks for a running executable (ETXTBSY) only afterwards, so
+        // `open(O_TRUNC)` of a binary being executed would truncate it under the process.
+        // Without it the kernel checks first and truncates with a separate SETATTR.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
@@ -183,26 +192,19 @@ impl Filesystem for FuseFs {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        // A bucket holds regular files only: no device nodes, FIFOs or sockets.
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            return reply.error(fuser::Errno::from_i32(libc::EPERM));
-        }
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let who = caller(req);
         self.run(|vfs| async move {
-            let r = async {
-                let (attr, opened) = vfs.create(parent.0, &name, mode, who).await?;
-                vfs.release(opened.fh)?;
-                Ok(attr)
-            }
-            .await;
-            reply_entry(reply, r)
+            reply_entry(
+                reply,
+                vfs.mknod(parent.0, &name, mode, u64::from(rdev), who).await,
+            )
         });
     }
 

@@ -71,6 +71,11 @@ pub enum EntryKind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
+    /// Device nodes carry their device number (`rdev`).
+    CharDevice(u64),
+    BlockDevice(u64),
 }
 
 /// POSIX metadata persisted with every entry. Times are nanoseconds since the epoch.
@@ -103,7 +108,7 @@ impl Entry {
         match self.kind {
             EntryKind::File => self.content.as_ref().map_or(0, |c| c.size),
             EntryKind::Symlink => self.target.as_ref().map_or(0, |t| t.len() as u64),
-            EntryKind::Dir => 0,
+            _ => 0,
         }
     }
 }

@@ -44,8 +44,10 @@ impl Vfs {
                 let i = t.get(ino)?;
                 match i.kind {
                     EntryKind::Dir => return Err(Errno::EISDIR),
-                    EntryKind::Symlink => return Err(Errno::EINVAL),
                     EntryKind::File => {}
+                    // Symlinks, FIFOs, sockets and devices have no body to stage; the kernel
+                    // opens FIFOs and devices itself.
+                    _ => return Err(Errno::EINVAL),
                 }
                 if let Some(s) = &i.staged {
                     return Ok(s.clone());

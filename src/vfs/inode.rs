@@ -96,6 +96,10 @@ impl Inode {
     pub fn attr(&self, file_size: u64) -> Attr {
         let (size, nlink) = match self.kind {
             EntryKind::File => (file_size, u32::from(self.linked)),
+            EntryKind::Fifo
+            | EntryKind::Socket
+            | EntryKind::CharDevice(_)
+            | EntryKind::BlockDevice(_) => (0, u32::from(self.linked)),
             EntryKind::Symlink => (self.target.as_ref().map_or(0, |t| t.len() as u64), 1),
             EntryKind::Dir => {
                 let subdirs = self.children.as_ref().map_or(0, |c| c.len());

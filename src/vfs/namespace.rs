@@ -172,6 +172,34 @@ impl Vfs {
         self.getattr(ino)
     }
 
+    /// `mknod(2)`: `mode` carries the file type. A regular file is created empty; FIFOs,
+    /// sockets and device nodes are catalog entries without a body.
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> VfsResult<Attr> {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => {
+                let (attr, opened) = self.create(parent, name, mode, caller).await?;
+                self.release(opened.fh)?;
+                return Ok(attr);
+            }
+            libc::S_IFIFO => EntryKind::Fifo,
+            libc::S_IFSOCK => EntryKind::Socket,
+            libc::S_IFCHR => EntryKind::CharDevice(rdev),
+            libc::S_IFBLK => EntryKind::BlockDevice(rdev),
+            _ => return Err(Errno::EINVAL),
+        };
+        let ino = self
+            .create_entry(parent, name, kind, mode & 0o7777, None, caller)
+            .await?;
+        self.getattr(ino)
+    }
+
     pub async fn symlink(
         &self,
         parent: Ino,

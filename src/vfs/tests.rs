@@ -429,3 +429,55 @@ async fn concurrent_writers_on_disjoint_slots() {
         assert_eq!(&got[s..s + SLOT], &pattern(SLOT, n)[..], "slot {n}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_files_keep_type_and_device_number_across_remount() {
+    use crate::remote::EntryKind;
+    let (_d, dir) = tmp();
+    let m = mount_at(&dir).await;
+    let v = &m.vfs;
+    let dev = libc::makedev(4, 64);
+    v.mknod(ROOT_INO, "fifo", libc::S_IFIFO | 0o640, 0, ME)
+        .await
+        .unwrap();
+    v.mknod(ROOT_INO, "sock", libc::S_IFSOCK | 0o600, 0, ME)
+        .await
+        .unwrap();
+    v.mknod(ROOT_INO, "tty", libc::S_IFCHR | 0o620, dev, ME)
+        .await
+        .unwrap();
+    v.mknod(ROOT_INO, "disk", libc::S_IFBLK | 0o660, dev, ME)
+        .await
+        .unwrap();
+    v.mknod(ROOT_INO, "plain", libc::S_IFREG | 0o644, 0, ME)
+        .await
+        .unwrap();
+    assert_eq!(
+        v.mknod(ROOT_INO, "fifo", libc::S_IFIFO | 0o640, 0, ME)
+            .await
+            .unwrap_err(),
+        Errno::EEXIST
+    );
+
+    let m = remount(m, &dir).await;
+    let v = &m.vfs;
+    for (name, kind, mode) in [
+        ("fifo", EntryKind::Fifo, 0o640),
+        ("sock", EntryKind::Socket, 0o600),
+        ("tty", EntryKind::CharDevice(dev), 0o620),
+        ("disk", EntryKind::BlockDevice(dev), 0o660),
+        ("plain", EntryKind::File, 0o644),
+    ] {
+        let a = v.getattr(resolve(v, name).await.unwrap()).unwrap();
+        assert_eq!((a.kind, a.mode, a.size), (kind, mode, 0), "{name}");
+    }
+    // Special files have no body to open through the VFS (the kernel opens them itself).
+    let fifo = resolve(v, "fifo").await.unwrap();
+    assert_eq!(v.open(fifo, true, false).await.unwrap_err(), Errno::EINVAL);
+    v.remove(ROOT_INO, "tty", false).await.unwrap();
+    let m = remount(m, &dir).await;
+    assert_eq!(
+        m.vfs.lookup(ROOT_INO, "tty").await.unwrap_err(),
+        Errno::ENOENT
+    );
+}

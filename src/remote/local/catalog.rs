@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS entries (
     atime_ns INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,
+    rdev     INTEGER NOT NULL DEFAULT 0,
     revision INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_parent ON entries(parent);
@@ -47,11 +48,16 @@ pub(crate) fn parent_of(path: &str) -> &str {
     path.rfind('/').map_or("", |i| &path[..i])
 }
 
-fn kind_code(k: EntryKind) -> i64 {
+/// Kind column code and device number column.
+fn kind_code(k: EntryKind) -> (i64, i64) {
     match k {
-        EntryKind::File => 0,
-        EntryKind::Dir => 1,
-        EntryKind::Symlink => 2,
+        EntryKind::File => (0, 0),
+        EntryKind::Dir => (1, 0),
+        EntryKind::Symlink => (2, 0),
+        EntryKind::Fifo => (3, 0),
+        EntryKind::Socket => (4, 0),
+        EntryKind::CharDevice(rdev) => (5, rdev as i64),
+        EntryKind::BlockDevice(rdev) => (6, rdev as i64),
     }
 }
 
@@ -67,13 +73,21 @@ fn subtree_bounds(path: &str) -> (String, String) {
 }
 
 const COLUMNS: &str =
-    "path, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns";
+    "path, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, rdev";
 
 fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let rdev = row.get::<_, i64>(11)? as u64;
     let kind = match row.get::<_, i64>(1)? {
         0 => EntryKind::File,
         1 => EntryKind::Dir,
-        _ => EntryKind::Symlink,
+        2 => EntryKind::Symlink,
+        3 => EntryKind::Fifo,
+        4 => EntryKind::Socket,
+        5 => EntryKind::CharDevice(rdev),
+        6 => EntryKind::BlockDevice(rdev),
+        k => {
+            return Err(rusqlite::Error::IntegralValueOutOfRange(1, k));
+        }
     };
     let hash: Option<String> = row.get(2)?;
     let size: i64 = row.get(3)?;
@@ -145,14 +159,15 @@ impl SqliteCatalog {
 
 fn put_row(conn: &Connection, e: &Entry, revision: i64) -> rusqlite::Result<()> {
     let size = e.size() as i64;
+    let (kind, rdev) = kind_code(e.kind);
     conn.execute(
         "INSERT OR REPLACE INTO entries
-           (path, parent, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, revision)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+           (path, parent, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, rdev, revision)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             e.path,
             parent_of(&e.path),
-            kind_code(e.kind),
+            kind,
             e.content.as_ref().map(|c| c.hash.as_str()),
             size,
             e.target,
@@ -162,6 +177,7 @@ fn put_row(conn: &Connection, e: &Entry, revision: i64) -> rusqlite::Result<()> 
             e.meta.atime_ns,
             e.meta.mtime_ns,
             e.meta.ctime_ns,
+            rdev,
             revision
         ],
     )?;
