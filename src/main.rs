@@ -146,7 +146,7 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
         .build()?;
     let ctx = xet_runtime::core::XetContext::from_external(
         rt.handle().clone(),
-        xet_runtime::config::XetConfig::new(),
+        xetmount::remote::local::xet_config(),
     );
     let store = rt.block_on(LocalStore::open(&args.store, ctx))?;
     let staging_dir = args

@@ -19,7 +19,7 @@ struct Mounted {
 async fn mount_at(dir: &Path) -> Mounted {
     let ctx = xet_runtime::core::XetContext::from_external(
         tokio::runtime::Handle::current(),
-        xet_runtime::config::XetConfig::new(),
+        crate::remote::local::xet_config(),
     );
     let store = LocalStore::open(&dir.join("store"), ctx).await.unwrap();
     let config = VfsConfig {
@@ -338,7 +338,7 @@ async fn read_only_mount_refuses_mutation() {
     drop(m);
     let ctx = xet_runtime::core::XetContext::from_external(
         tokio::runtime::Handle::current(),
-        xet_runtime::config::XetConfig::new(),
+        crate::remote::local::xet_config(),
     );
     let store = LocalStore::open(&dir.join("store"), ctx).await.unwrap();
     let config = VfsConfig {

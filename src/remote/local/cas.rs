@@ -10,9 +10,25 @@ use tokio::io::AsyncReadExt;
 use xet_client::cas_client::{Client, LocalClient};
 use xet_data::processing::configurations::TranslatorConfig;
 use xet_data::processing::{FileDownloadSession, FileUploadSession, Sha256Policy, XetFileInfo};
+use xet_runtime::config::XetConfig;
 use xet_runtime::core::XetContext;
+use xet_runtime::utils::ByteSize;
 
 use crate::remote::{Cas, FileId, RemoteError, RemoteResult, UploadItem, Uploaded};
+
+/// xet-core settings for a mount. Its defaults are sized for bulk transfers on a big machine
+/// (download buffers of 1/16 of RAM, up to 64 xorbs of 64 MiB uploading at once); a mount
+/// process must stay small whatever the machine, so the buffers are bounded here. Measured by
+/// bench/foundation.sh (peak RSS).
+pub fn xet_config() -> XetConfig {
+    let mut c = XetConfig::new();
+    c.reconstruction.download_buffer_size = ByteSize::new(64 << 20);
+    c.reconstruction.download_buffer_perfile_size = ByteSize::new(16 << 20);
+    c.reconstruction.download_buffer_limit = ByteSize::new(128 << 20);
+    c.client.ac_initial_upload_concurrency = 1;
+    c.client.ac_max_upload_concurrency = 2;
+    c
+}
 
 /// Read size when streaming a staging file into the chunker.
 const UPLOAD_BLOCK: usize = 4 << 20;
@@ -145,10 +161,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn upload_then_ranged_reads_round_trip() {
         let d = tempfile::tempdir().unwrap();
-        let ctx = XetContext::from_external(
-            tokio::runtime::Handle::current(),
-            xet_runtime::config::XetConfig::new(),
-        );
+        let ctx = XetContext::from_external(tokio::runtime::Handle::current(), xet_config());
         let cas = XetCas::open(ctx, &d.path().join("cas")).await.unwrap();
         let data: Vec<u8> = (0..3_000_000u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)

@@ -18,7 +18,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use cas::XetCas;
+pub use cas::{xet_config, XetCas};
 pub use catalog::SqliteCatalog;
 use xet_runtime::core::XetContext;
 
