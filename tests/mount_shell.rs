@@ -97,3 +97,67 @@ fn cli_rejects_bad_input_with_one_sentence() {
     );
     m.stop();
 }
+
+#[test]
+fn read_only_mount_serves_reads_and_refuses_changes_with_erofs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mp = tmp.path().join("mnt");
+    let m = Mount::start(&store, &mp, &[]);
+    sh(&m.mountpoint, "mkdir d && echo content > d/f");
+    m.stop();
+
+    let m = Mount::start(&store, &mp, &["--read-only"]);
+    assert_eq!(sh(&m.mountpoint, "cat d/f"), "content\n");
+    for cmd in [
+        "echo x > new",
+        "echo x >> d/f",
+        "rm d/f",
+        "mkdir e",
+        "mv d/f d/g",
+        "chmod 600 d/f",
+        "truncate -s 0 d/f",
+        "ln -s d/f l",
+    ] {
+        let out = std::process::Command::new("bash")
+            .args(["-c", &format!("( {cmd} ) 2>&1")])
+            .current_dir(&m.mountpoint)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success(),
+            "{cmd} succeeded on a read-only mount"
+        );
+        assert!(text.contains("Read-only file system"), "{cmd}: {text}");
+    }
+    m.stop();
+    let m = Mount::start(&store, &mp, &[]);
+    assert_eq!(sh(&m.mountpoint, "cat d/f; ls"), "content\nd\n");
+    m.stop();
+}
+
+#[test]
+fn sigterm_commits_pending_writes_before_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mp = tmp.path().join("mnt");
+    // A long debounce: the write is still pending when the signal arrives.
+    let mut m = Mount::start(&store, &mp, &["--flush-debounce-ms", "600000"]);
+    sh(tmp.path(), "head -c 5000000 /dev/urandom > src.bin");
+    sh(&m.mountpoint, "cp ../src.bin f.bin");
+    let status = m.terminate();
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}: {}",
+        m.log_text()
+    );
+    assert!(!common::is_mounted(&m.mountpoint));
+    drop(m);
+    let m = Mount::start(&store, &mp, &[]);
+    assert_eq!(
+        std::fs::read(m.path("f.bin")).unwrap(),
+        std::fs::read(tmp.path().join("src.bin")).unwrap()
+    );
+    m.stop();
+}

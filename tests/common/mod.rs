@@ -43,7 +43,11 @@ impl Mount {
             .arg("mount")
             .arg(store)
             .arg(mountpoint)
-            .args(["--flush-debounce-ms", "50"])
+            .args(if extra.contains(&"--flush-debounce-ms") {
+                &[][..]
+            } else {
+                &["--flush-debounce-ms", "50"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "xetmount=debug,warn")
             .stdout(Stdio::null())
@@ -93,6 +97,17 @@ impl Mount {
             "mount exited with {code}: {}",
             self.log_text()
         );
+    }
+}
+
+impl Mount {
+    /// Send SIGTERM and wait for the process to exit; returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("mount already stopped");
+        let pid = child.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(ok.success());
+        child.wait().unwrap()
     }
 }
 
