@@ -151,6 +151,23 @@ pub struct UploadItem<'a> {
     pub len: u64,
 }
 
+/// One edit for [`Cas::compose`]: replace `original_range` of the base with `data`.
+#[derive(Clone, Debug)]
+pub struct ComposeEdit {
+    pub original_range: Range<u64>,
+    pub data: Bytes,
+}
+
+/// The result of composing a new body from a base and edits.
+#[derive(Clone, Debug)]
+pub struct Composed {
+    pub id: FileId,
+    /// Bytes of new xorb data this composition added to the store.
+    pub new_bytes: u64,
+    /// Bytes of the base read to re-chunk the regions around the edits.
+    pub base_bytes_read: u64,
+}
+
 /// Content-addressed storage of file bodies.
 #[async_trait]
 pub trait Cas: Send + Sync {
@@ -162,4 +179,8 @@ pub trait Cas: Send + Sync {
         &self,
         items: Vec<UploadItem<'_>>,
     ) -> RemoteResult<Vec<RemoteResult<Uploaded>>>;
+    /// Store the body that is `base` with `edits` applied (sorted, disjoint, in base
+    /// coordinates), uploading only data around the edits. The result is verified to
+    /// reconstruct to the expected size before it is returned.
+    async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed>;
 }

@@ -228,6 +228,13 @@ mod tests {
         ) -> RemoteResult<Vec<RemoteResult<Uploaded>>> {
             unreachable!("read-only test double")
         }
+        async fn compose(
+            &self,
+            _base: &FileId,
+            _edits: Vec<crate::remote::ComposeEdit>,
+        ) -> RemoteResult<crate::remote::Composed> {
+            unreachable!("read-only test double")
+        }
     }
 
     fn cache(stall: bool, capacity: u64) -> (Arc<Pattern>, ReadCache) {

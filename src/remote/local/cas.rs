@@ -1,7 +1,7 @@
 //! Xet CAS of the local store, through xet-core's `LocalClient`.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,7 +14,10 @@ use xet_runtime::config::XetConfig;
 use xet_runtime::core::XetContext;
 use xet_runtime::utils::ByteSize;
 
-use crate::remote::{Cas, FileId, RemoteError, RemoteResult, UploadItem, Uploaded};
+use super::compose;
+use crate::remote::{
+    Cas, ComposeEdit, Composed, FileId, RemoteError, RemoteResult, UploadItem, Uploaded,
+};
 
 /// xet-core settings for a mount. Its defaults are sized for bulk transfers on a big machine
 /// (download buffers of 1/16 of RAM, up to 64 xorbs of 64 MiB uploading at once); a mount
@@ -35,8 +38,13 @@ const UPLOAD_BLOCK: usize = 4 << 20;
 
 pub struct XetCas {
     ctx: XetContext,
-    config: Arc<TranslatorConfig>,
-    client: Arc<dyn Client>,
+    pub(super) config: Arc<TranslatorConfig>,
+    pub(super) client: Arc<dyn Client>,
+    /// Where `LocalClient` keeps xorb files (read for chunk hashes and new-byte accounting).
+    xorb_dir: PathBuf,
+    /// Uploads and compositions run one at a time, so the xorb bytes each adds can be
+    /// measured as the growth of `xorb_dir`.
+    upload_lock: tokio::sync::Mutex<()>,
 }
 
 fn xet_err(e: impl std::fmt::Display) -> RemoteError {
@@ -49,14 +57,16 @@ impl XetCas {
         let config = TranslatorConfig::local_config(&ctx, cas_root).map_err(xet_err)?;
         // The upload session opens `LocalClient` on exactly this path; clients on one path share
         // one database handle inside the process.
-        let client: Arc<dyn Client> =
-            LocalClient::new(ctx.clone(), cas_root.join("xet").join("xorbs"))
-                .await
-                .map_err(xet_err)?;
+        let client_dir = cas_root.join("xet").join("xorbs");
+        let client: Arc<dyn Client> = LocalClient::new(ctx.clone(), &client_dir)
+            .await
+            .map_err(xet_err)?;
         Ok(XetCas {
             ctx,
             config: Arc::new(config.disable_progress_aggregation()),
             client,
+            xorb_dir: client_dir.join("xorbs"),
+            upload_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -142,6 +152,7 @@ impl Cas for XetCas {
         &self,
         items: Vec<UploadItem<'_>>,
     ) -> RemoteResult<Vec<RemoteResult<Uploaded>>> {
+        let _one_at_a_time = self.upload_lock.lock().await;
         let session = FileUploadSession::new(self.config.clone())
             .await
             .map_err(xet_err)?;
@@ -152,6 +163,47 @@ impl Cas for XetCas {
         session.finalize().await.map_err(xet_err)?;
         Ok(results)
     }
+
+    async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {
+        let _one_at_a_time = self.upload_lock.lock().await;
+        let before = xorb_bytes(&self.xorb_dir).await?;
+        let c = compose::compose(
+            self.config.clone(),
+            self.client.clone(),
+            &self.xorb_dir,
+            base,
+            edits,
+        )
+        .await?;
+        let after = xorb_bytes(&self.xorb_dir).await?;
+        Ok(Composed {
+            id: c.id,
+            new_bytes: after.saturating_sub(before),
+            base_bytes_read: c.base_bytes_read,
+        })
+    }
+}
+
+/// Total size of the xorb files in `dir`.
+async fn xorb_bytes(dir: &Path) -> RemoteResult<u64> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> RemoteResult<u64> {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut total = 0;
+        for e in rd {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with("default.") {
+                total += e.metadata()?.len();
+            }
+        }
+        Ok(total)
+    })
+    .await
+    .map_err(RemoteError::other)?
 }
 
 #[cfg(test)]

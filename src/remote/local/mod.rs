@@ -11,6 +11,7 @@
 
 mod cas;
 mod catalog;
+mod compose;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
