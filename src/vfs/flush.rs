@@ -15,7 +15,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::remote::{CatalogOp, FileId, UploadItem};
+use crate::remote::{CatalogOp, ComposeEdit, FileId, UploadItem};
+use crate::vfs::fileio::blocking;
 use crate::vfs::inode::Ino;
 use crate::vfs::staging::{empty_id, Staged};
 use crate::vfs::{Errno, Stats, Vfs, VfsResult};
@@ -130,12 +131,28 @@ pub(super) fn spawn_flusher(vfs: &Arc<Vfs>) {
     });
 }
 
+/// Above this many dirty bytes a partly covered file is filled and uploaded whole rather
+/// than composed: composition holds the dirty bytes in memory.
+const COMPOSE_MAX_DIRTY: u64 = 256 << 20;
+
+/// How a file's new body reaches the store. Chosen from the coverage alone (DESIGN.md §3).
+enum Route {
+    /// Staging holds every byte: upload the staging file (dedup makes unchanged chunks free).
+    Whole,
+    /// Staging has holes: compose the base with the edits, snapshotted under the io lock.
+    Compose {
+        base: FileId,
+        edits: Vec<ComposeEdit>,
+    },
+}
+
 /// A file ready to upload: its staging content at `generation` is `size` bytes.
 struct Prepared {
     ino: Ino,
     staged: Arc<Staged>,
     generation: u64,
     size: u64,
+    route: Route,
 }
 
 impl Vfs {
@@ -205,40 +222,85 @@ impl Vfs {
         if !staged.with_io(|io| io.state.is_dirty()) {
             return Ok(None);
         }
-        // Whole-file route: fill whatever of the old body staging does not hold yet.
-        loop {
-            let (base, holes) = staged.with_io(|io| {
-                let size = io.state.size();
-                (io.state.base().cloned(), io.state.holes(0..size))
-            });
-            if holes.is_empty() {
-                break;
-            }
-            let base = base.ok_or(Errno::EIO)?;
-            for h in holes {
-                self.fill_hole(&staged, &base, h).await?;
+        let (covered, dirty_bytes) = staged.with_io(|io| {
+            let size = io.state.size();
+            (
+                io.state.is_fully_covered(),
+                io.state
+                    .dirty()
+                    .intersect(0..size)
+                    .iter()
+                    .map(|r| r.end - r.start)
+                    .sum::<u64>(),
+            )
+        });
+        if !covered && dirty_bytes > COMPOSE_MAX_DIRTY {
+            // Too much to hold in memory: complete the staging copy, then upload it whole.
+            loop {
+                let (base, holes) = staged.with_io(|io| {
+                    let size = io.state.size();
+                    (io.state.base().cloned(), io.state.holes(0..size))
+                });
+                if holes.is_empty() {
+                    break;
+                }
+                let base = base.ok_or(Errno::EIO)?;
+                for h in holes {
+                    self.fill_hole(&staged, &base, h).await?;
+                }
             }
         }
-        let (generation, size) = staged.with_io(|io| (io.state.generation(), io.state.size()));
+        let covered = staged.with_io(|io| io.state.is_fully_covered());
+        if covered {
+            let (generation, size) = staged.with_io(|io| (io.state.generation(), io.state.size()));
+            return Ok(Some(Prepared {
+                ino,
+                staged,
+                generation,
+                size,
+                route: Route::Whole,
+            }));
+        }
+        let s2 = staged.clone();
+        let (generation, base, edits) = blocking(move || s2.snapshot_edits()).await?;
+        let size = staged.with_io(|io| io.state.size());
         Ok(Some(Prepared {
             ino,
             staged,
             generation,
             size,
+            route: Route::Compose { base, edits },
         }))
     }
 
     async fn upload_and_commit(&self, ready: Vec<Prepared>) -> Vec<(Ino, VfsResult<Outcome>)> {
         let mut results = Vec::new();
-        // Upload the non-empty bodies in one session.
-        let uploads: Vec<&Prepared> = ready.iter().filter(|p| p.size > 0).collect();
-        let mut bodies: HashMap<Ino, Option<FileId>> = ready
-            .iter()
-            .filter(|p| p.size == 0)
-            .map(|p| (p.ino, None))
-            .collect();
-        if !uploads.is_empty() {
-            let items = uploads
+        let mut bodies: HashMap<Ino, Option<FileId>> = HashMap::new();
+        let mut whole: Vec<&Prepared> = Vec::new();
+        for p in &ready {
+            match &p.route {
+                _ if p.size == 0 => {
+                    bodies.insert(p.ino, None);
+                }
+                Route::Whole => whole.push(p),
+                Route::Compose { base, edits } => {
+                    match self.cas.compose(base, edits.clone()).await {
+                        Ok(c) => {
+                            Stats::add(&self.stats.bytes_uploaded_new, c.new_bytes);
+                            Stats::add(&self.stats.compose_base_bytes_read, c.base_bytes_read);
+                            bodies.insert(p.ino, Some(c.id));
+                        }
+                        Err(e) => {
+                            tracing::warn!(ino = p.ino, "compose failed: {e}");
+                            results.push((p.ino, Err(e.into())));
+                        }
+                    }
+                }
+            }
+        }
+        // Whole bodies go up in one upload session.
+        if !whole.is_empty() {
+            let items = whole
                 .iter()
                 .map(|p| UploadItem {
                     path: &p.staged.path,
@@ -247,7 +309,7 @@ impl Vfs {
                 .collect();
             match self.cas.upload_batch(items).await {
                 Ok(res) => {
-                    for (p, r) in uploads.iter().zip(res) {
+                    for (p, r) in whole.iter().zip(res) {
                         match r {
                             Ok(up) => {
                                 Stats::add(&self.stats.bytes_uploaded_new, up.new_bytes);
@@ -259,7 +321,7 @@ impl Vfs {
                 }
                 Err(e) => {
                     let errno = Errno::from(e);
-                    return ready.iter().map(|p| (p.ino, Err(errno))).collect();
+                    results.extend(whole.iter().map(|p| (p.ino, Err(errno))));
                 }
             }
         }
@@ -313,7 +375,11 @@ impl Vfs {
             // Not applied: written since the snapshot. The store holds the snapshot; staging
             // keeps its dirty ranges against the old base, which stays readable in the CAS.
             let outcome = if applied {
-                Stats::add(&self.stats.files_uploaded, u64::from(p.size > 0));
+                match p.route {
+                    _ if p.size == 0 => {}
+                    Route::Whole => Stats::add(&self.stats.files_uploaded, 1),
+                    Route::Compose { .. } => Stats::add(&self.stats.files_composed, 1),
+                }
                 Outcome::Committed
             } else {
                 Outcome::Retry

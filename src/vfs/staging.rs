@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::remote::FileId;
+use crate::remote::{ComposeEdit, FileId};
 use crate::vfs::errno::{Errno, VfsResult};
 use crate::vfs::sparse::SparseState;
 
@@ -106,6 +106,23 @@ impl Staged {
         let mut buf = vec![0u8; (end - range.start) as usize];
         io.file.read_exact_at(&mut buf, range.start)?;
         Ok(ReadPlan::Data(buf))
+    }
+
+    /// Copy the bytes of every edit against the base out of staging, atomically with the
+    /// generation they belong to. Returns `(generation, base, edits)`.
+    pub fn snapshot_edits(&self) -> VfsResult<(u64, FileId, Vec<ComposeEdit>)> {
+        let io = self.io.lock();
+        let base = io.state.base().cloned().ok_or(Errno::EIO)?;
+        let mut edits = Vec::new();
+        for e in io.state.edits() {
+            let mut buf = vec![0u8; (e.new_range.end - e.new_range.start) as usize];
+            io.file.read_exact_at(&mut buf, e.new_range.start)?;
+            edits.push(ComposeEdit {
+                original_range: e.original_range,
+                data: buf.into(),
+            });
+        }
+        Ok((io.state.generation(), base, edits))
     }
 
     /// Write bytes fetched from `base` at `offset` into the parts that are still holes (a

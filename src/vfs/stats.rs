@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     /// Bytes read from the CAS (cache misses and hole fills).
     pub bytes_fetched: AtomicU64,
+    /// Bytes of base read by compositions to re-chunk around edits.
+    pub compose_base_bytes_read: AtomicU64,
     /// Bytes of new chunk data stored by uploads (after dedup).
     pub bytes_uploaded_new: AtomicU64,
     /// Files committed by uploading their whole body.
@@ -22,6 +24,7 @@ pub struct Stats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub bytes_fetched: u64,
+    pub compose_base_bytes_read: u64,
     pub bytes_uploaded_new: u64,
     pub files_uploaded: u64,
     pub files_composed: u64,
@@ -38,6 +41,7 @@ impl Stats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             bytes_fetched: g(&self.bytes_fetched),
+            compose_base_bytes_read: g(&self.compose_base_bytes_read),
             bytes_uploaded_new: g(&self.bytes_uploaded_new),
             files_uploaded: g(&self.files_uploaded),
             files_composed: g(&self.files_composed),
@@ -51,8 +55,9 @@ impl StatsSnapshot {
     /// `key value` lines, the format of the stats file.
     pub fn to_text(&self) -> String {
         format!(
-            "bytes_fetched {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\n",
+            "bytes_fetched {}\ncompose_base_bytes_read {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\n",
             self.bytes_fetched,
+            self.compose_base_bytes_read,
             self.bytes_uploaded_new,
             self.files_uploaded,
             self.files_composed,

@@ -481,3 +481,6 @@ async fn special_files_keep_type_and_device_number_across_remount() {
         Errno::ENOENT
     );
 }
+
+#[path = "tests_sparse.rs"]
+mod sparse;
