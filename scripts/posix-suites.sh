@@ -14,8 +14,10 @@ mp="$work/mnt"
 mkdir -p "$mp"
 pid=""
 
-start_mount() {
-  "$bin" mount "$work/store" "$mp" --flush-debounce-ms 100 --allow-other >"$work/mount.log" 2>&1 &
+start_mount() { # [debounce-ms [extra mount options]]
+  local debounce="${1:-100}"
+  shift || true
+  "$bin" mount "$work/store" "$mp" --flush-debounce-ms "$debounce" --allow-other "$@" >>"$work/mount.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 600); do
     if grep -q " $mp " /proc/self/mountinfo; then return 0; fi
@@ -52,3 +54,17 @@ if [ "$sum_before" != "$sum_after" ]; then
 fi
 echo "remount: fsx files identical"
 stop_mount
+
+# Paranoid fsx: every close/fsync commits, is read back from the store and compared, and the
+# next reopen starts sparse (compose route).
+start_mount 0 --paranoid
+mkdir -p "$mp/paranoid"
+bash "$repo/scripts/run-fsx.sh" "$mp/paranoid" "${PARANOID_OPS:-1500}" 11 "$repo/tests/posix/fsx-paranoid.toml"
+stats="$("$bin" stats "$mp")"
+composed="$(awk '$1=="files_composed"{print $2}' <<<"$stats")"
+bad="$(awk '$1=="commit_verify_failures"{print $2}' <<<"$stats")"
+echo "paranoid: $composed files composed, $bad commits that did not read back"
+stop_mount
+if [ "$bad" != 0 ] || [ "$composed" -eq 0 ]; then
+  grep -i "error" "$work/mount.log" | tail -20; exit 1
+fi

@@ -28,6 +28,8 @@ enum Command {
     Mount(MountArgs),
     /// Unmount a mounted bucket; the mount process commits pending writes, then exits.
     Unmount { mountpoint: PathBuf },
+    /// Print a mount's counters (bytes fetched and stored, files uploaded and composed).
+    Stats { mountpoint: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -54,6 +56,10 @@ struct MountArgs {
     /// Mount read-only.
     #[arg(long)]
     read_only: bool,
+    /// Test mode: read every committed file back from the store and compare it with what was
+    /// committed, and drop clean staging copies after each commit (slow).
+    #[arg(long)]
+    paranoid: bool,
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root).
     #[arg(long)]
     allow_other: bool,
@@ -80,6 +86,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Mount(args) => mount(args),
         Command::Unmount { mountpoint } => unmount(&mountpoint),
+        Command::Stats { mountpoint } => stats(&mountpoint),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,6 +165,7 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
         flush_debounce: Duration::from_millis(args.flush_debounce_ms),
         read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
         cache_capacity: args.cache_mib << 20,
+        paranoid: args.paranoid,
         ..VfsConfig::new(staging_dir)
     };
     let catalog: Arc<dyn Catalog> = store.catalog.clone();
@@ -205,6 +213,40 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
         )));
     }
     tracing::info!("unmounted; every write is committed");
+    Ok(())
+}
+
+fn stats(mp: &Path) -> Result<(), UserError> {
+    use std::os::unix::ffi::OsStrExt;
+    let not_ours = || {
+        UserError(format!(
+            "{} is not an xetmount mount point; pass the directory a bucket is mounted on",
+            mp.display()
+        ))
+    };
+    let path = std::ffi::CString::new(mp.as_os_str().as_bytes()).map_err(|_| not_ours())?;
+    let name = std::ffi::CString::new(xetmount::vfs::STATS_XATTR).expect("no NUL in the name");
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated and `buf` is valid for `buf.len()` bytes.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Err(not_ours()),
+            _ => Err(UserError(format!(
+                "cannot read stats of {}: {e}",
+                mp.display()
+            ))),
+        };
+    }
+    print!("{}", String::from_utf8_lossy(&buf[..n as usize]));
     Ok(())
 }
 

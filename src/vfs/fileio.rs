@@ -199,10 +199,38 @@ impl Vfs {
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> VfsResult<u32> {
         let ino = self.handle_ino(fh, true)?;
-        let s = self.ensure_staged(ino).await?;
-        let n = blocking(move || s.write(offset, &data)).await?;
+        let data = Arc::new(data);
+        let n = self
+            .with_current_staging(ino, move |s| s.write(offset, &data))
+            .await?;
         self.stamp_modified(ino)?;
         Ok(n as u32)
+    }
+
+    /// Run a mutation of the inode's staging. A clean staging copy may be dropped at any time
+    /// (nothing in it is unique); if that happened before `f` took the io lock, `f` changed a
+    /// copy nobody will read, so it is run again on the current one.
+    async fn with_current_staging<T: Send + 'static>(
+        &self,
+        ino: Ino,
+        f: impl Fn(&Staged) -> VfsResult<T> + Send + Sync + 'static,
+    ) -> VfsResult<T> {
+        let f = Arc::new(f);
+        loop {
+            let s = self.ensure_staged(ino).await?;
+            let (s2, f2) = (s.clone(), f.clone());
+            let r = blocking(move || f2(&s2)).await?;
+            let current = self
+                .inodes
+                .lock()
+                .get(ino)?
+                .staged
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &s));
+            if current {
+                return Ok(r);
+            }
+        }
     }
 
     fn stamp_modified(&self, ino: Ino) -> VfsResult<()> {
@@ -217,8 +245,8 @@ impl Vfs {
     /// Change a file's size (truncate or extend with zeros).
     pub(super) async fn truncate(&self, ino: Ino, size: u64) -> VfsResult<()> {
         self.check_writable()?;
-        let s = self.ensure_staged(ino).await?;
-        blocking(move || s.resize(size)).await?;
+        self.with_current_staging(ino, move |s| s.resize(size))
+            .await?;
         self.stamp_modified(ino)?;
         let idle = self.inodes.lock().get(ino)?.open_handles == 0;
         if idle {
@@ -229,12 +257,16 @@ impl Vfs {
     }
 
     /// close(2) of one file descriptor: report a failure of an earlier background flush.
-    pub fn close(&self, fh: u64) -> VfsResult<()> {
+    /// In paranoid mode, commit (and verify) the file before close returns.
+    pub async fn close(&self, fh: u64) -> VfsResult<()> {
         let ino = self.handle_ino(fh, false)?;
-        match self.inodes.lock().get_mut(ino)?.flush_error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
+        if let Some(e) = self.inodes.lock().get_mut(ino)?.flush_error.take() {
+            return Err(e);
         }
+        if self.config.paranoid && self.handle_ino(fh, true).is_ok() {
+            self.fsync(ino).await?;
+        }
+        Ok(())
     }
 
     /// Last reference to an open file handle dropped.
@@ -257,6 +289,9 @@ impl Vfs {
             t.reap(handle.ino)
         };
         drop(staged);
+        if self.config.paranoid {
+            self.drop_clean_staging(handle.ino);
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! torn what was read. A file that changed is left dirty and flushed again.
 
 use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -370,7 +371,7 @@ impl Vfs {
                 i.remote = body.clone();
                 i.flush_error = None;
             }
-            let base = body.unwrap_or_else(empty_id);
+            let base = body.clone().unwrap_or_else(empty_id);
             let applied = p.staged.with_io(|io| io.state.commit(base, p.generation));
             // Not applied: written since the snapshot. The store holds the snapshot; staging
             // keeps its dirty ranges against the old base, which stays readable in the CAS.
@@ -384,8 +385,93 @@ impl Vfs {
             } else {
                 Outcome::Retry
             };
+            if applied && self.config.paranoid {
+                if let Some(body) = &body {
+                    if let Err(e) = self.verify_commit(p, body).await {
+                        Stats::add(&self.stats.commit_verify_failures, 1);
+                        tracing::error!(ino = p.ino, "committed body does not read back: {e}");
+                    }
+                }
+                self.drop_clean_staging(p.ino);
+            }
             results.push((p.ino, Ok(outcome)));
         }
         results
+    }
+
+    /// Paranoid mode: read `body` back from the store and compare it with staging (holes:
+    /// with the base they mirror). Stops quietly if the file changes meanwhile.
+    async fn verify_commit(&self, p: &Prepared, body: &FileId) -> Result<(), String> {
+        const PIECE: u64 = 4 << 20;
+        let old_base = match &p.route {
+            Route::Compose { base, .. } => Some(base.clone()),
+            Route::Whole => None,
+        };
+        let mut off = 0;
+        while off < body.size {
+            let end = (off + PIECE).min(body.size);
+            let stored = self
+                .cas
+                .read_range(body, off..end)
+                .await
+                .map_err(|e| e.to_string())?;
+            let local = p.staged.with_io(|io| {
+                if io.state.generation() != p.generation {
+                    return Ok(None);
+                }
+                let mut buf = vec![0u8; (end - off) as usize];
+                io.file.read_exact_at(&mut buf, off)?;
+                Ok::<_, std::io::Error>(Some((buf, io.state.holes(off..end))))
+            });
+            let Some((mut buf, holes)) = local.map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            for h in holes {
+                let base = old_base
+                    .as_ref()
+                    .ok_or_else(|| format!("hole {h:?} in a whole-file upload"))?;
+                let data = self
+                    .cas
+                    .read_range(base, h.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                buf[(h.start - off) as usize..(h.end - off) as usize].copy_from_slice(&data);
+            }
+            if buf[..] != stored[..] {
+                let at = buf.iter().zip(stored.iter()).position(|(a, b)| a != b);
+                return Err(format!("bytes differ in {off}..{end} (first at {at:?})"));
+            }
+            off = end;
+        }
+        Ok(())
+    }
+
+    /// Paranoid mode: forget a clean staging copy, even of an open file. The io lock keeps
+    /// writers out while it is checked; a writer that picked up the copy before it was
+    /// forgotten redoes its write on the new one (`with_current_staging`).
+    pub(super) fn drop_clean_staging(&self, ino: Ino) {
+        let Some(staged) = self
+            .inodes
+            .lock()
+            .get(ino)
+            .ok()
+            .and_then(|i| i.staged.clone())
+        else {
+            return;
+        };
+        staged.with_io(|io| {
+            if io.state.is_dirty() {
+                return;
+            }
+            let mut t = self.inodes.lock();
+            if let Ok(i) = t.get_mut(ino) {
+                let ours = i.staged.as_ref().is_some_and(|s| Arc::ptr_eq(s, &staged));
+                if ours && i.linked {
+                    // `staged` still holds a reference: the file goes when it is dropped,
+                    // outside these locks.
+                    i.staged = None;
+                }
+            }
+        });
     }
 }

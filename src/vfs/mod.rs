@@ -39,6 +39,9 @@ use readcache::ReadCache;
 use staging::StagingArea;
 pub use stats::{Stats, StatsSnapshot};
 
+/// The extended attribute of the mount root that holds the counters.
+pub const STATS_XATTR: &str = "user.xetmount.stats";
+
 use crate::remote::{Cas, Catalog, EntryKind};
 
 /// Longest name of one path component.
@@ -57,6 +60,10 @@ pub struct VfsConfig {
     pub cache_capacity: u64,
     /// Largest read-ahead window, in cache blocks.
     pub readahead_blocks: u64,
+    /// Test mode: after every commit read the stored body back and compare it byte for byte
+    /// with what was committed, and drop the clean staging copy so the next open starts
+    /// sparse again (every reopen then exercises the compose route).
+    pub paranoid: bool,
 }
 
 impl VfsConfig {
@@ -69,6 +76,7 @@ impl VfsConfig {
             cache_block: 4 << 20,
             cache_capacity: 128 << 20,
             readahead_blocks: 8,
+            paranoid: false,
         }
     }
 }
@@ -194,6 +202,16 @@ impl Vfs {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Extended attributes. The only one is [`STATS_XATTR`] on the root: the mount's counters
+    /// as `name value` lines (read by `xetmount stats`).
+    pub fn getxattr(&self, ino: Ino, name: &str) -> VfsResult<Vec<u8>> {
+        self.inodes.lock().get(ino)?;
+        if ino == ROOT_INO && name == STATS_XATTR {
+            return Ok(self.stats.snapshot().to_text().into_bytes());
+        }
+        Err(Errno::ENODATA)
     }
 
     pub fn config(&self) -> &VfsConfig {

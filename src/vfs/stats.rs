@@ -18,6 +18,8 @@ pub struct Stats {
     pub flush_commits: AtomicU64,
     /// Flush attempts that failed (each retried).
     pub flush_failures: AtomicU64,
+    /// Paranoid mode: committed bodies that did not read back as committed.
+    pub commit_verify_failures: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -30,6 +32,7 @@ pub struct StatsSnapshot {
     pub files_composed: u64,
     pub flush_commits: u64,
     pub flush_failures: u64,
+    pub commit_verify_failures: u64,
 }
 
 impl Stats {
@@ -47,6 +50,7 @@ impl Stats {
             files_composed: g(&self.files_composed),
             flush_commits: g(&self.flush_commits),
             flush_failures: g(&self.flush_failures),
+            commit_verify_failures: g(&self.commit_verify_failures),
         }
     }
 }
@@ -55,14 +59,15 @@ impl StatsSnapshot {
     /// `key value` lines, the format of the stats file.
     pub fn to_text(&self) -> String {
         format!(
-            "bytes_fetched {}\ncompose_base_bytes_read {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\n",
+            "bytes_fetched {}\ncompose_base_bytes_read {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\ncommit_verify_failures {}\n",
             self.bytes_fetched,
             self.compose_base_bytes_read,
             self.bytes_uploaded_new,
             self.files_uploaded,
             self.files_composed,
             self.flush_commits,
-            self.flush_failures
+            self.flush_failures,
+            self.commit_verify_failures
         )
     }
 }

@@ -58,7 +58,7 @@ async fn write_file(vfs: &Vfs, parent: u64, name: &str, data: &[u8]) -> u64 {
         );
         off += chunk.len() as u64;
     }
-    vfs.close(o.fh).unwrap();
+    vfs.close(o.fh).await.unwrap();
     vfs.release(o.fh).unwrap();
     attr.ino
 }

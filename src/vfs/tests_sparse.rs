@@ -51,7 +51,7 @@ async fn edit(v: &Vfs, path: &str, ops: &[Op], model: &mut Vec<u8>) -> StatsSnap
         }
         apply(model, op);
     }
-    v.close(o.fh).unwrap();
+    v.close(o.fh).await.unwrap();
     v.release(o.fh).unwrap();
     v.fsync(ino).await.unwrap();
     delta(before, v.stats())
@@ -66,6 +66,7 @@ fn delta(a: StatsSnapshot, b: StatsSnapshot) -> StatsSnapshot {
         files_composed: b.files_composed - a.files_composed,
         flush_commits: b.flush_commits - a.flush_commits,
         flush_failures: b.flush_failures - a.flush_failures,
+        commit_verify_failures: b.commit_verify_failures - a.commit_verify_failures,
     }
 }
 
