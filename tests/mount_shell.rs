@@ -169,7 +169,10 @@ fn patching_a_committed_file_downloads_nothing_and_composes() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let mp = tmp.path().join("mnt");
-    sh(tmp.path(), "head -c 20000000 /dev/urandom > src.bin; cp src.bin want.bin");
+    sh(
+        tmp.path(),
+        "head -c 20000000 /dev/urandom > src.bin; cp src.bin want.bin",
+    );
     let m = Mount::start(&store, &mp, &[]);
     sh(&m.mountpoint, "cp ../src.bin big.bin");
     m.stop();
@@ -180,7 +183,10 @@ fn patching_a_committed_file_downloads_nothing_and_composes() {
     sh(&m.mountpoint, &patch.replace("$T", "big.bin"));
     sh(tmp.path(), &patch.replace("$T", "want.bin"));
     sh(&m.mountpoint, "sync big.bin");
-    let stats = sh(tmp.path(), &format!("{} stats {}", common::bin(), m.mountpoint.display()));
+    let stats = sh(
+        tmp.path(),
+        &format!("{} stats {}", common::bin(), m.mountpoint.display()),
+    );
     let get = |k: &str| -> u64 {
         stats
             .lines()

@@ -166,6 +166,9 @@ pub struct Composed {
     pub new_bytes: u64,
     /// Bytes of the base read to re-chunk the regions around the edits.
     pub base_bytes_read: u64,
+    /// The edits rounded out to the base chunks they touch, plus any growth: the least a
+    /// content-defined store must write for them.
+    pub dirty_chunk_bytes: u64,
 }
 
 /// Content-addressed storage of file bodies.

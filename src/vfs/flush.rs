@@ -289,6 +289,7 @@ impl Vfs {
                         Ok(c) => {
                             Stats::add(&self.stats.bytes_uploaded_new, c.new_bytes);
                             Stats::add(&self.stats.compose_base_bytes_read, c.base_bytes_read);
+                            Stats::add(&self.stats.compose_dirty_chunk_bytes, c.dirty_chunk_bytes);
                             bodies.insert(p.ino, Some(c.id));
                         }
                         Err(e) => {

@@ -8,6 +8,8 @@ pub struct Stats {
     pub bytes_fetched: AtomicU64,
     /// Bytes of base read by compositions to re-chunk around edits.
     pub compose_base_bytes_read: AtomicU64,
+    /// Compositions' edits rounded out to the base chunks they touch.
+    pub compose_dirty_chunk_bytes: AtomicU64,
     /// Bytes of new chunk data stored by uploads (after dedup).
     pub bytes_uploaded_new: AtomicU64,
     /// Files committed by uploading their whole body.
@@ -27,6 +29,7 @@ pub struct Stats {
 pub struct StatsSnapshot {
     pub bytes_fetched: u64,
     pub compose_base_bytes_read: u64,
+    pub compose_dirty_chunk_bytes: u64,
     pub bytes_uploaded_new: u64,
     pub files_uploaded: u64,
     pub files_composed: u64,
@@ -45,6 +48,7 @@ impl Stats {
         StatsSnapshot {
             bytes_fetched: g(&self.bytes_fetched),
             compose_base_bytes_read: g(&self.compose_base_bytes_read),
+            compose_dirty_chunk_bytes: g(&self.compose_dirty_chunk_bytes),
             bytes_uploaded_new: g(&self.bytes_uploaded_new),
             files_uploaded: g(&self.files_uploaded),
             files_composed: g(&self.files_composed),
@@ -59,9 +63,10 @@ impl StatsSnapshot {
     /// `key value` lines, the format of the stats file.
     pub fn to_text(&self) -> String {
         format!(
-            "bytes_fetched {}\ncompose_base_bytes_read {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\ncommit_verify_failures {}\n",
+            "bytes_fetched {}\ncompose_base_bytes_read {}\ncompose_dirty_chunk_bytes {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\ncommit_verify_failures {}\n",
             self.bytes_fetched,
             self.compose_base_bytes_read,
+            self.compose_dirty_chunk_bytes,
             self.bytes_uploaded_new,
             self.files_uploaded,
             self.files_composed,

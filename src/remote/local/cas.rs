@@ -41,7 +41,7 @@ pub struct XetCas {
     pub(super) config: Arc<TranslatorConfig>,
     pub(super) client: Arc<dyn Client>,
     /// Where `LocalClient` keeps xorb files (read for chunk hashes and new-byte accounting).
-    xorb_dir: PathBuf,
+    pub(super) xorb_dir: PathBuf,
     /// Uploads and compositions run one at a time, so the xorb bytes each adds can be
     /// measured as the growth of `xorb_dir`.
     upload_lock: tokio::sync::Mutex<()>,
@@ -180,6 +180,7 @@ impl Cas for XetCas {
             id: c.id,
             new_bytes: after.saturating_sub(before),
             base_bytes_read: c.base_bytes_read,
+            dirty_chunk_bytes: c.dirty_chunk_bytes,
         })
     }
 }

@@ -48,6 +48,8 @@ pub struct Planned {
     pub id: FileId,
     /// Bytes of the base read to re-chunk the windows.
     pub base_bytes_read: u64,
+    /// The edits rounded out to the base chunks they touch, plus any growth.
+    pub dirty_chunk_bytes: u64,
 }
 
 fn xet_err(e: impl std::fmt::Display) -> RemoteError {
@@ -83,9 +85,21 @@ pub async fn compose(
             base.size
         )));
     }
+    let started = std::time::Instant::now();
     let view = SegmentView::load(&original, xorb_dir).await?;
+    tracing::debug!(
+        segments = original.segments.len(),
+        "compose: footers read in {:?}",
+        started.elapsed()
+    );
     let ranges: Vec<Range<u64>> = edits.iter().map(|e| e.original_range.clone()).collect();
+    let dirty_chunk_bytes = view.chunk_rounded(&edits);
     let view = view.split_at_window_ends(&ranges, base.size)?;
+    tracing::debug!(
+        segments = view.segments.len(),
+        "compose: planned in {:?}",
+        started.elapsed()
+    );
     let planned = Arc::new(PlannedClient {
         inner: client.clone(),
         file: base_hash,
@@ -110,15 +124,25 @@ pub async fn compose(
         hash: info.hash().to_string(),
         size: info.file_size().unwrap_or(expected_size),
     };
-    verify(&client, &id, expected_size).await?;
+    tracing::debug!("compose: uploaded in {:?}", started.elapsed());
+    verify(&client, xorb_dir, &id, expected_size).await?;
+    tracing::debug!("compose: verified in {:?}", started.elapsed());
     Ok(Planned {
         id,
         base_bytes_read: planned.base_bytes_read.load(Ordering::Relaxed),
+        dirty_chunk_bytes,
     })
 }
 
-/// Refuse a composed file whose stored reconstruction does not add up to `expected` bytes.
-async fn verify(client: &Arc<dyn Client>, id: &FileId, expected: u64) -> RemoteResult<()> {
+/// Refuse a composed file whose stored reconstruction does not add up to `expected` bytes:
+/// its segments must sum to the size, and every segment must match the chunks its xorb
+/// really holds (so the bytes a reader gets add up too).
+async fn verify(
+    client: &Arc<dyn Client>,
+    xorb_dir: &Path,
+    id: &FileId,
+    expected: u64,
+) -> RemoteResult<()> {
     if id.size != expected {
         return Err(RemoteError::Integrity(format!(
             "composed file {} claims {} bytes, expected {expected}",
@@ -136,25 +160,22 @@ async fn verify(client: &Arc<dyn Client>, id: &FileId, expected: u64) -> RemoteR
         .ok_or_else(|| {
             RemoteError::Integrity(format!("composed file {} was not stored", id.hash))
         })?;
-    let recon = client
-        .get_reconstruction(&hash, None)
-        .await
-        .map_err(xet_err)?
-        .ok_or_else(|| {
-            RemoteError::Integrity(format!("composed file {} has no reconstruction", id.hash))
-        })?;
-    let terms: u64 = recon
-        .terms
-        .iter()
-        .map(|t| u64::from(t.unpacked_length))
-        .sum();
-    if mdb.file_size() != expected || terms != expected {
+    if mdb.file_size() != expected {
         return Err(RemoteError::Integrity(format!(
-            "composed file {} reconstructs to {} bytes ({} in its terms), expected {expected}",
+            "composed file {} reconstructs to {} bytes, expected {expected}",
             id.hash,
-            mdb.file_size(),
-            terms
+            mdb.file_size()
         )));
+    }
+    let view = SegmentView::load(&mdb, xorb_dir).await?;
+    for (seg, chunks) in view.segments.iter().zip(&view.chunks) {
+        let held: u64 = chunks.iter().map(|(_, n)| n).sum();
+        if held != u64::from(seg.unpacked_segment_bytes) {
+            return Err(RemoteError::Integrity(format!(
+                "composed file {}: a segment of xorb {} claims {} bytes but its chunks hold {held}",
+                id.hash, seg.xorb_hash, seg.unpacked_segment_bytes
+            )));
+        }
     }
     Ok(())
 }
@@ -192,6 +213,29 @@ impl SegmentView {
             segments: mdb.segments.clone(),
             chunks,
         })
+    }
+
+    /// Bytes of the chunks the edits touch (an empty range touches the chunk holding it),
+    /// plus the bytes an edit adds beyond what it replaces.
+    fn chunk_rounded(&self, edits: &[ComposeEdit]) -> u64 {
+        let mut bounds = Vec::new(); // (start, end) of every chunk
+        let mut at = 0;
+        for (_, n) in self.chunks.iter().flatten() {
+            bounds.push((at, at + n));
+            at += n;
+        }
+        let mut total = 0;
+        for e in edits {
+            let r = &e.original_range;
+            let first = bounds.partition_point(|c| c.1 <= r.start);
+            total += bounds[first..]
+                .iter()
+                .take_while(|c| c.0 < r.end.max(r.start + 1))
+                .map(|c| c.1 - c.0)
+                .sum::<u64>();
+            total += (e.data.len() as u64).saturating_sub(r.end - r.start);
+        }
+        total
     }
 
     fn starts(&self) -> Vec<u64> {
@@ -339,9 +383,9 @@ fn xorb_path(dir: &Path, hash: &MerkleHash) -> PathBuf {
 
 fn read_footer(dir: &Path, hash: &MerkleHash) -> RemoteResult<XorbObject> {
     let path = xorb_path(dir, hash);
-    let mut f = std::fs::File::open(&path)
+    let f = std::fs::File::open(&path)
         .map_err(|e| RemoteError::Integrity(format!("xorb {} unreadable: {e}", path.display())))?;
-    XorbObject::deserialize(&mut f).map_err(xet_err)
+    XorbObject::deserialize(&mut std::io::BufReader::new(f)).map_err(xet_err)
 }
 
 /// The store's client, except that the base file is seen through the split view, and reads
@@ -595,7 +639,9 @@ mod tests {
             hash: info.hash().to_string(),
             size: base.size,
         };
-        let err = verify(&cas.client, &id, base.size).await.unwrap_err();
+        let err = verify(&cas.client, &cas.xorb_dir, &id, base.size)
+            .await
+            .unwrap_err();
         assert!(matches!(err, RemoteError::Integrity(_)), "{err}");
     }
 
