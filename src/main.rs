@@ -208,7 +208,7 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
     served.map_err(|e| UserError(format!("the FUSE session ended with an error: {e}")))?;
     if left > 0 {
         return Err(UserError(format!(
-            "{left} file(s) could not be committed before the shutdown timeout; their data stays in {}",
+            "{left} file(s) could not be committed before the shutdown timeout; their data is journaled in {} and is committed by the next mount of this store",
             vfs.config().staging_dir.display()
         )));
     }

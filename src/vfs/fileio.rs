@@ -54,8 +54,20 @@ impl Vfs {
                 }
                 i.remote.clone().unwrap_or_else(empty_id)
             };
-            // Created outside the table lock (file I/O); installed only if nothing changed.
+            // Created outside the table lock (file I/O); installed only if nothing changed. The
+            // namespace lock keeps the path journaled with it current until it is installed
+            // (renames journal the paths of installed staging files).
+            let _ns = self.ns_lock.lock().await;
             let fresh = self.staging.create(base.clone())?;
+            let path = {
+                let t = self.inodes.lock();
+                let i = t.get(ino)?;
+                i.linked.then(|| t.path_of(ino)).transpose()?
+            };
+            match path {
+                Some(p) => fresh.note_path(&p)?,
+                None => fresh.note_unlinked()?,
+            }
             let mut t = self.inodes.lock();
             let i = t.get_mut(ino)?;
             if let Some(s) = &i.staged {

@@ -373,7 +373,12 @@ impl Vfs {
                 i.flush_error = None;
             }
             let base = body.clone().unwrap_or_else(empty_id);
-            let applied = p.staged.with_io(|io| io.state.commit(base, p.generation));
+            let applied = p.staged.commit(base, p.generation).unwrap_or_else(|e| {
+                // The store has the content; only the journal entry is missing, so a crash
+                // would merely commit it again.
+                tracing::warn!(ino = p.ino, "cannot journal a commit: {e:?}");
+                false
+            });
             // Not applied: written since the snapshot. The store holds the snapshot; staging
             // keeps its dirty ranges against the old base, which stays readable in the CAS.
             let outcome = if applied {

@@ -18,9 +18,11 @@ pub mod errno;
 mod fileio;
 mod flush;
 pub mod inode;
+mod journal;
 mod namespace;
 pub mod ranges;
 pub mod readcache;
+mod recovery;
 pub mod sparse;
 pub mod staging;
 pub mod stats;
@@ -196,7 +198,28 @@ impl Vfs {
             cache,
             stats,
         });
+        let recovered = vfs
+            .recover()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot recover the staging directory: {e}"))?;
+        if !recovered.committed.is_empty() {
+            tracing::info!(
+                "recovered {} file(s) left uncommitted by an earlier run and committed them: {}",
+                recovered.committed.len(),
+                recovered.committed.join(", ")
+            );
+        }
+        if !recovered.pending.is_empty() {
+            tracing::warn!(
+                "recovered {} file(s) from an earlier run that could not be committed yet (retrying): {}",
+                recovered.pending.len(),
+                recovered.pending.join(", ")
+            );
+        }
         flush::spawn_flusher(&vfs);
+        for ino in vfs.dirty_inodes() {
+            vfs.flusher.schedule(ino);
+        }
         Ok(vfs)
     }
 

@@ -4,7 +4,9 @@
 
 use crate::remote::{CatalogOp, Entry, EntryKind, Meta};
 use crate::vfs::inode::{now_ns, Attr, Ino, InodeTable};
+use crate::vfs::staging::Staged;
 use crate::vfs::{Caller, DirEntry, Errno, SetAttr, TimeSet, Vfs, VfsResult};
+use std::sync::Arc;
 
 const S_ISGID: u32 = libc::S_ISGID;
 
@@ -265,13 +267,14 @@ impl Vfs {
             ]
         };
         self.catalog.commit(ops).await?;
-        let staged = {
+        let (gone, staged) = {
             let mut t = self.inodes.lock();
             Self::touch_dir(&mut t, parent, now)?;
             t.get_mut(ino)?.meta.ctime_ns = now;
             t.detach(ino)?;
-            t.reap(ino)
+            (t.get(ino)?.staged.clone(), t.reap(ino))
         };
+        self.journal_unlinked(gone);
         drop(staged);
         Ok(())
     }
@@ -336,24 +339,53 @@ impl Vfs {
             ops
         };
         self.catalog.commit(ops).await?;
-        let staged = {
+        let (gone, staged) = {
             let mut t = self.inodes.lock();
             Self::touch_dir(&mut t, parent, now)?;
             Self::touch_dir(&mut t, new_parent, now)?;
-            let reaped = match dst {
+            let replaced = match dst {
                 Some(dst) => {
                     t.get_mut(dst)?.meta.ctime_ns = now;
                     t.detach(dst)?;
-                    t.reap(dst)
+                    (t.get(dst)?.staged.clone(), t.reap(dst))
                 }
-                None => None,
+                None => (None, None),
             };
             t.move_to(src, new_parent, new_name)?;
             t.get_mut(src)?.meta.ctime_ns = now;
-            reaped
+            replaced
         };
+        self.journal_unlinked(gone);
         drop(staged);
+        // The renamed file, or every file below a renamed directory, has a new path.
+        self.journal_paths();
         Ok(())
+    }
+
+    /// A file left the bucket: its journal must never bring it back.
+    fn journal_unlinked(&self, staged: Option<Arc<Staged>>) {
+        if let Some(s) = staged {
+            if let Err(e) = s.note_unlinked() {
+                tracing::warn!("cannot journal an unlink: {e:?}");
+            }
+        }
+    }
+
+    /// Journal the current path of every staged file (those that did not move are skipped
+    /// cheaply).
+    fn journal_paths(&self) {
+        let staged: Vec<(Arc<Staged>, String)> = {
+            let t = self.inodes.lock();
+            t.iter()
+                .filter(|i| i.linked)
+                .filter_map(|i| Some((i.staged.clone()?, t.path_of(i.ino).ok()?)))
+                .collect()
+        };
+        for (s, p) in staged {
+            if let Err(e) = s.note_path(&p) {
+                tracing::warn!("cannot journal a rename: {e:?}");
+            }
+        }
     }
 
     /// Change attributes. Size changes go through staging like writes; metadata changes are

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use crate::remote::{ComposeEdit, FileId};
 use crate::vfs::errno::{Errno, VfsResult};
+use crate::vfs::journal::{self, Record};
 use crate::vfs::sparse::SparseState;
 
 /// The body of an empty file has no CAS object; this identity stands for it.
@@ -33,6 +34,18 @@ pub fn empty_id() -> FileId {
 pub struct StagedIo {
     pub file: File,
     pub state: SparseState,
+    /// The journal of this staging file (see `journal.rs`).
+    log: File,
+    /// The path last written to the journal.
+    journaled_path: Option<String>,
+    /// Unlinked from the bucket: its content must never be recovered.
+    unlinked: bool,
+}
+
+impl StagedIo {
+    fn journal(&mut self, r: &Record) -> std::io::Result<()> {
+        journal::append(&mut self.log, r)
+    }
 }
 
 pub struct Staged {
@@ -43,13 +56,25 @@ pub struct Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        // The staging file belongs to this object alone; a clean one is just a cache.
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.path.display(), "cannot remove staging file: {e}");
+        // A clean staging file is just a cache, an unlinked one is garbage; a dirty one (a
+        // shutdown that timed out) stays, with its journal, for the next start to commit.
+        let io = self.io.get_mut();
+        if io.state.is_dirty() && !io.unlinked {
+            return;
+        }
+        for p in [self.path.clone(), log_path(&self.path)] {
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %p.display(), "cannot remove staging file: {e}");
+                }
             }
         }
     }
+}
+
+/// The journal next to a staging file.
+pub fn log_path(staging: &Path) -> PathBuf {
+    staging.with_extension("log")
 }
 
 /// What a locked read found.
@@ -72,14 +97,93 @@ impl Staged {
             .create_new(true)
             .open(&path)?;
         file.set_len(base.size)?;
-        Ok(Arc::new(Staged {
+        let mut log = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(log_path(&path))?;
+        journal::append(&mut log, &Record::Base(base.clone()))?;
+        Ok(Self::assemble(
+            path,
+            file,
+            log,
+            SparseState::from_base(base),
+        ))
+    }
+
+    fn assemble(path: PathBuf, file: File, log: File, state: SparseState) -> Arc<Self> {
+        Arc::new(Staged {
             path,
             io: Mutex::new(StagedIo {
                 file,
-                state: SparseState::from_base(base),
+                state,
+                log,
+                journaled_path: None,
+                unlinked: false,
             }),
             flush_lock: Arc::new(tokio::sync::Mutex::new(())),
-        }))
+        })
+    }
+
+    /// Reopen a staging file left by an earlier run, as its journal describes it. `None`: the
+    /// journal does not vouch for a dirty file (missing, unreadable, clean or unlinked); the
+    /// caller removes both files.
+    pub fn recover(path: &Path) -> std::io::Result<Option<(Arc<Self>, String)>> {
+        let log = log_path(path);
+        let Some(replayed) = Record::decode_all(&journal::read(&log)?)
+            .as_deref()
+            .and_then(journal::replay)
+        else {
+            return Ok(None);
+        };
+        let Some(bucket_path) = replayed.path.filter(|_| !replayed.unlinked) else {
+            return Ok(None);
+        };
+        if !replayed.state.is_dirty() {
+            return Ok(None);
+        }
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        // An operation cut off before it was journaled was never acknowledged: the journal's
+        // size is the file's.
+        file.set_len(replayed.state.size())?;
+        let log = OpenOptions::new().append(true).open(&log)?;
+        let staged = Self::assemble(path.to_path_buf(), file, log, replayed.state);
+        staged.io.lock().journaled_path = Some(bucket_path.clone());
+        Ok(Some((staged, bucket_path)))
+    }
+
+    /// Journal the bucket path this file belongs to (first use, rename), durably.
+    pub fn note_path(&self, path: &str) -> VfsResult<()> {
+        let mut io = self.io.lock();
+        if io.journaled_path.as_deref() == Some(path) {
+            return Ok(());
+        }
+        io.journal(&Record::Path(path.to_string()))?;
+        io.log.sync_data()?;
+        io.journaled_path = Some(path.to_string());
+        Ok(())
+    }
+
+    /// Journal that the file left the bucket: it is never recovered.
+    pub fn note_unlinked(&self) -> VfsResult<()> {
+        let mut io = self.io.lock();
+        if io.unlinked {
+            return Ok(());
+        }
+        io.unlinked = true;
+        io.journal(&Record::Unlinked)?;
+        io.log.sync_data()?;
+        Ok(())
+    }
+
+    /// The content at `generation` was committed as `base`. Applies (and is journaled) only if
+    /// nothing changed since.
+    pub fn commit(&self, base: FileId, generation: u64) -> VfsResult<bool> {
+        let mut io = self.io.lock();
+        if !io.state.commit(base.clone(), generation) {
+            return Ok(false);
+        }
+        io.journal(&Record::Commit(base))?;
+        Ok(true)
     }
 
     pub fn size(&self) -> u64 {
@@ -138,7 +242,8 @@ impl Staged {
             let from = (hole.start - offset) as usize;
             let to = (hole.end - offset) as usize;
             io.file.write_all_at(&data[from..to], hole.start)?;
-            io.state.track_fill(hole);
+            io.state.track_fill(hole.clone());
+            io.journal(&Record::Fill(hole.start, hole.end))?;
         }
         Ok(())
     }
@@ -172,6 +277,7 @@ impl Staged {
             }
         }
         io.state.track_write(offset..offset + done as u64);
+        io.journal(&Record::Write(offset, offset + done as u64))?;
         Ok(done)
     }
 
@@ -183,6 +289,7 @@ impl Staged {
         let mut io = self.io.lock();
         io.file.set_len(size)?;
         io.state.resize(size);
+        io.journal(&Record::Resize(size))?;
         Ok(())
     }
 }

@@ -267,3 +267,90 @@ async fn concurrent_slots_on_a_committed_file_with_fsyncs_and_reopens() {
     let m = remount(m, &dir).await;
     assert!(read_all(&m.vfs, "f").await == model);
 }
+
+/// Mount with flushes that never fire on their own, so a "crash" (dropping the VFS without a
+/// shutdown, as `kill -9` would) leaves dirty files behind.
+async fn mount_lazy(dir: &Path) -> Mounted {
+    let ctx = xet_runtime::core::XetContext::from_external(
+        tokio::runtime::Handle::current(),
+        crate::remote::local::xet_config(),
+    );
+    let store = LocalStore::open(&dir.join("store"), ctx).await.unwrap();
+    let config = VfsConfig {
+        flush_debounce: Duration::from_secs(3600),
+        ..VfsConfig::new(dir.join("staging"))
+    };
+    let catalog: Arc<dyn Catalog> = store.catalog.clone();
+    let cas: Arc<dyn Cas> = store.cas.clone();
+    let vfs = Vfs::new(catalog, cas, config).await.unwrap();
+    Mounted { vfs, _store: store }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loses_no_acknowledged_write() {
+    let (_d, dir) = tmp();
+    let (m, big) = committed_file(&dir, 3_000_000).await;
+    drop(m);
+    let m = mount_lazy(&dir).await;
+    let v = &m.vfs;
+    // A sparse edit of a committed file, a new file, a file renamed after its write, a file
+    // in a directory renamed after the write, and a dirty file that was then unlinked.
+    let mut edited = big.clone();
+    edit_no_flush(
+        v,
+        "f",
+        &[Op::Write(1_000_000, vec![0xEE; 5000])],
+        &mut edited,
+    )
+    .await;
+    write_file(v, ROOT_INO, "new", b"brand new").await;
+    write_file(v, ROOT_INO, "before", b"renamed later").await;
+    v.rename(ROOT_INO, "before", ROOT_INO, "after", false)
+        .await
+        .unwrap();
+    let d = v.mkdir(ROOT_INO, "d", 0o755, ME).await.unwrap();
+    write_file(v, d.ino, "inner", b"inside a moved dir").await;
+    v.rename(ROOT_INO, "d", ROOT_INO, "d2", false)
+        .await
+        .unwrap();
+    write_file(v, ROOT_INO, "gone", b"unlinked while dirty").await;
+    v.remove(ROOT_INO, "gone", false).await.unwrap();
+    assert!(!v.dirty_inodes().is_empty(), "nothing was left dirty");
+    // The crash: no shutdown, no flush.
+    drop(m);
+
+    let m = mount_lazy(&dir).await;
+    let v = &m.vfs;
+    assert!(v.dirty_inodes().is_empty(), "recovery left files dirty");
+    assert!(read_all(v, "f").await == edited);
+    assert_eq!(read_all(v, "new").await, b"brand new");
+    assert_eq!(read_all(v, "after").await, b"renamed later");
+    assert_eq!(read_all(v, "d2/inner").await, b"inside a moved dir");
+    for gone in ["gone", "before", "d"] {
+        assert_eq!(
+            v.lookup(ROOT_INO, gone).await.unwrap_err(),
+            Errno::ENOENT,
+            "{gone}"
+        );
+    }
+    // The staging directory holds nothing the journal no longer needs.
+    drop(m);
+    let left: Vec<_> = std::fs::read_dir(dir.join("staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Like `edit`, without the fsync: the change stays dirty.
+async fn edit_no_flush(v: &Vfs, path: &str, ops: &[Op], model: &mut Vec<u8>) {
+    let ino = resolve(v, path).await.unwrap();
+    let o = v.open(ino, true, false).await.unwrap();
+    for op in ops {
+        if let Op::Write(off, d) = op {
+            v.write(o.fh, *off, d.clone()).await.unwrap();
+        }
+        apply(model, op);
+    }
+    v.release(o.fh).unwrap();
+}

@@ -1,0 +1,127 @@
+//! Start-up recovery: commit what an earlier run left dirty in the staging directory.
+//!
+//! Every staging file whose journal vouches for it (a base, a path, dirty ranges, not
+//! unlinked) is installed on the inode of its path (created if the path is gone) and flushed
+//! before the mount serves. The journal's base is still in the store, so the file is composed
+//! against exactly what the user edited; if the path's body changed meanwhile (another
+//! writer), the recovered content wins as the last writer and the log says so. Everything the
+//! journal does not vouch for is deleted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::remote::EntryKind;
+use crate::vfs::inode::{Ino, ROOT_INO};
+use crate::vfs::staging::{log_path, Staged};
+use crate::vfs::{Caller, Errno, Vfs, VfsResult};
+
+const RECOVERER: Caller = Caller { uid: 0, gid: 0 };
+
+/// What start-up recovery did.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Paths committed from the journal.
+    pub committed: Vec<String>,
+    /// Paths still dirty after the attempt (kept; the flusher retries).
+    pub pending: Vec<String>,
+}
+
+impl Vfs {
+    pub(super) async fn recover(&self) -> VfsResult<Recovered> {
+        let mut found: Vec<(Arc<Staged>, String)> = Vec::new();
+        let dir = self.staging.dir().to_path_buf();
+        let entries: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        for p in &entries {
+            match p.extension().and_then(|e| e.to_str()) {
+                Some("stg") => match Staged::recover(p) {
+                    Ok(Some(found_one)) => found.push(found_one),
+                    Ok(None) => remove_pair(p),
+                    Err(e) => {
+                        tracing::warn!(path = %p.display(), "unreadable staging file left as is: {e}")
+                    }
+                },
+                // A journal whose staging file is gone describes nothing.
+                Some("log") if !p.with_extension("stg").exists() => remove_pair(p),
+                _ => {}
+            }
+        }
+        let mut out = Recovered::default();
+        let mut inos = Vec::new();
+        for (staged, path) in found {
+            match self.install_recovered(&staged, &path).await {
+                Ok(ino) => inos.push((ino, path)),
+                Err(e) => tracing::error!(
+                    "cannot restore {path} from {}: {e}; the staging file is kept",
+                    staged.path.display()
+                ),
+            }
+        }
+        if inos.is_empty() {
+            return Ok(out);
+        }
+        let ids: Vec<Ino> = inos.iter().map(|(i, _)| *i).collect();
+        let results = self.flush_batch(&ids).await;
+        for (ino, path) in inos {
+            let ok = results.iter().any(|(i, r)| *i == ino && matches!(r, Ok(_)))
+                && !self.dirty_inodes().contains(&ino);
+            if ok {
+                out.committed.push(path);
+            } else {
+                out.pending.push(path);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Put a recovered staging file on the inode of `path`, creating the path if needed.
+    async fn install_recovered(&self, staged: &Arc<Staged>, path: &str) -> VfsResult<Ino> {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let (last, dirs) = parts.split_last().ok_or(Errno::EINVAL)?;
+        let mut dir = ROOT_INO;
+        for d in dirs {
+            dir = match self.lookup(dir, d).await {
+                Ok(a) if a.kind == EntryKind::Dir => a.ino,
+                Ok(_) => return Err(Errno::ENOTDIR),
+                Err(Errno::ENOENT) => self.mkdir(dir, d, 0o755, RECOVERER).await?.ino,
+                Err(e) => return Err(e),
+            };
+        }
+        let ino = match self.lookup(dir, last).await {
+            Ok(a) if a.kind == EntryKind::File => a.ino,
+            Ok(_) => return Err(Errno::EISDIR),
+            Err(Errno::ENOENT) => {
+                tracing::warn!("{path} was deleted from the store meanwhile; recreating it");
+                self.create_entry(dir, last, EntryKind::File, 0o644, None, RECOVERER)
+                    .await?
+            }
+            Err(e) => return Err(e),
+        };
+        let base = staged.with_io(|io| io.state.base().cloned());
+        let mut t = self.inodes.lock();
+        let i = t.get_mut(ino)?;
+        if i.staged.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let current = i.remote.clone();
+        if current.is_some() && base.is_some() && current != base {
+            tracing::warn!(
+                "{path} changed in the store since it was edited here; the recovered content \
+                 replaces it (last writer wins)"
+            );
+        }
+        i.staged = Some(staged.clone());
+        Ok(ino)
+    }
+}
+
+fn remove_pair(p: &std::path::Path) {
+    for f in [p.with_extension("stg"), log_path(&p.with_extension("stg"))] {
+        if let Err(e) = std::fs::remove_file(&f) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %f.display(), "cannot remove stale staging file: {e}");
+            }
+        }
+    }
+}
