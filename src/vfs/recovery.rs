@@ -64,7 +64,7 @@ impl Vfs {
         let ids: Vec<Ino> = inos.iter().map(|(i, _)| *i).collect();
         let results = self.flush_batch(&ids).await;
         for (ino, path) in inos {
-            let ok = results.iter().any(|(i, r)| *i == ino && matches!(r, Ok(_)))
+            let ok = results.iter().any(|(i, r)| *i == ino && r.is_ok())
                 && !self.dirty_inodes().contains(&ino);
             if ok {
                 out.committed.push(path);
