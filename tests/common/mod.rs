@@ -101,6 +101,21 @@ impl Mount {
 }
 
 impl Mount {
+    /// `kill -9` the mount process, then detach the dead mount point.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().expect("mount already stopped");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.mountpoint)
+            .status();
+        wait_for("the dead mount to detach", Duration::from_secs(10), || {
+            !is_mounted(&self.mountpoint)
+        });
+    }
+
     /// Send SIGTERM and wait for the process to exit; returns its status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("mount already stopped");
