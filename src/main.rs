@@ -44,6 +44,10 @@ struct MountArgs {
     /// Quiet time after a close before the file is committed.
     #[arg(long, default_value_t = 2000)]
     flush_debounce_ms: u64,
+    /// Longest a file waits for its commit however often it is closed again; files that fall
+    /// due together share one catalog commit.
+    #[arg(long, default_value_t = 30000)]
+    flush_max_batch_window_ms: u64,
     /// How long unmount waits for pending commits.
     #[arg(long, default_value_t = 45000)]
     flush_shutdown_timeout_ms: u64,
@@ -163,6 +167,7 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
     let config = VfsConfig {
         read_only: args.read_only,
         flush_debounce: Duration::from_millis(args.flush_debounce_ms),
+        flush_max_batch_window: Duration::from_millis(args.flush_max_batch_window_ms),
         read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
         cache_capacity: args.cache_mib << 20,
         paranoid: args.paranoid,

@@ -38,15 +38,19 @@ pub enum Outcome {
 /// Files waiting for their debounce to expire.
 pub(super) struct FlushQueue {
     debounce: Duration,
-    due: Mutex<HashMap<Ino, Instant>>,
+    /// A file closed again and again is still flushed this long after it first queued.
+    max_window: Duration,
+    /// When each queued file falls due, and when it first queued.
+    due: Mutex<HashMap<Ino, (Instant, Instant)>>,
     wake: Notify,
     stopped: AtomicBool,
 }
 
 impl FlushQueue {
-    pub fn new(debounce: Duration) -> Arc<Self> {
+    pub fn new(debounce: Duration, max_window: Duration) -> Arc<Self> {
         Arc::new(FlushQueue {
             debounce,
+            max_window,
             due: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
@@ -59,7 +63,11 @@ impl FlushQueue {
     }
 
     fn schedule_at(&self, ino: Ino, at: Instant) {
-        self.due.lock().insert(ino, at);
+        let now = Instant::now();
+        let mut g = self.due.lock();
+        let first = g.get(&ino).map_or(now, |(_, first)| *first);
+        g.insert(ino, (at.min(first + self.max_window), first));
+        drop(g);
         self.wake.notify_one();
     }
 
@@ -73,13 +81,13 @@ impl FlushQueue {
         let mut g = self.due.lock();
         let due: Vec<Ino> = g
             .iter()
-            .filter(|(_, t)| **t <= now)
+            .filter(|(_, (t, _))| *t <= now)
             .map(|(i, _)| *i)
             .collect();
         for i in &due {
             g.remove(i);
         }
-        (due, g.values().min().copied())
+        (due, g.values().map(|(t, _)| *t).min())
     }
 }
 
@@ -479,5 +487,32 @@ impl Vfs {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_closed_again_and_again_still_falls_due_within_the_window() {
+        let q = FlushQueue::new(Duration::from_secs(10), Duration::from_secs(30));
+        let start = Instant::now();
+        // Closed every 5 s: the debounce alone would never expire.
+        for _ in 0..6 {
+            q.schedule(7);
+            q.schedule(8);
+            tokio::time::advance(Duration::from_secs(5)).await;
+        }
+        assert!(q.take_due(start + Duration::from_secs(29)).0.is_empty());
+        let (mut due, next) = q.take_due(start + Duration::from_secs(30));
+        due.sort_unstable();
+        assert_eq!(due, vec![7, 8], "both fall due together, for one batch");
+        assert_eq!(next, None);
+        // A quiet file falls due after the debounce.
+        q.schedule(9);
+        let t = Instant::now();
+        assert!(q.take_due(t + Duration::from_secs(9)).0.is_empty());
+        assert_eq!(q.take_due(t + Duration::from_secs(10)).0, vec![9]);
     }
 }

@@ -55,6 +55,8 @@ pub struct VfsConfig {
     pub read_only: bool,
     /// Quiet time after a close before the file is flushed.
     pub flush_debounce: Duration,
+    /// Longest a queued file waits, however often it is closed again.
+    pub flush_max_batch_window: Duration,
     /// Limit for one read from the store.
     pub read_timeout: Duration,
     /// Read cache block size and capacity in bytes.
@@ -74,6 +76,7 @@ impl VfsConfig {
             staging_dir,
             read_only: false,
             flush_debounce: Duration::from_millis(2000),
+            flush_max_batch_window: Duration::from_millis(30000),
             read_timeout: Duration::from_secs(60),
             cache_block: 4 << 20,
             cache_capacity: 128 << 20,
@@ -189,7 +192,7 @@ impl Vfs {
         let vfs = Arc::new(Vfs {
             catalog,
             cas,
-            flusher: flush::FlushQueue::new(config.flush_debounce),
+            flusher: flush::FlushQueue::new(config.flush_debounce, config.flush_max_batch_window),
             config,
             ns_lock: tokio::sync::Mutex::new(()),
             inodes: Mutex::new(InodeTable::new(root)),
