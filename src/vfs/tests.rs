@@ -484,3 +484,6 @@ async fn special_files_keep_type_and_device_number_across_remount() {
 
 #[path = "tests_sparse.rs"]
 mod sparse;
+
+#[path = "tests_faults.rs"]
+mod faults;
