@@ -208,3 +208,53 @@ fn patching_a_committed_file_downloads_nothing_and_composes() {
     );
     m.stop();
 }
+
+/// Staging on a full disk: the write that cannot land fails with ENOSPC, what was written
+/// before is intact, and the mount keeps working once space is freed.
+#[test]
+fn full_staging_disk_fails_writes_with_enospc_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    // A small tmpfs as the staging disk (the test runs as root, like CI).
+    sh(
+        tmp.path(),
+        "mount -t tmpfs -o size=8m xetmount-test-staging staging",
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(staging.clone());
+    let store = tmp.path().join("store");
+    let mp = tmp.path().join("mnt");
+    let staging_arg = staging.to_str().unwrap().to_string();
+    let m = Mount::start(&store, &mp, &["--staging-dir", &staging_arg]);
+    sh(tmp.path(), "head -c 2000000 /dev/urandom > keep.bin");
+    sh(&m.mountpoint, "cp ../keep.bin keep.bin && sync keep.bin");
+
+    let out = std::process::Command::new("bash")
+        .args(["-c", "head -c 30000000 /dev/zero > too-big.bin"])
+        .current_dir(&m.mountpoint)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a 30 MB write fit in 8 MB of staging");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+
+    assert_eq!(
+        std::fs::read(m.path("keep.bin")).unwrap(),
+        std::fs::read(tmp.path().join("keep.bin")).unwrap()
+    );
+    sh(&m.mountpoint, "rm too-big.bin; echo after > after.txt; sync after.txt");
+    m.stop();
+    let m = Mount::start(&store, &mp, &["--staging-dir", &staging_arg]);
+    assert_eq!(sh(&m.mountpoint, "cat after.txt; ls"), "after\nafter.txt\nkeep.bin\n");
+    assert_eq!(
+        std::fs::read(m.path("keep.bin")).unwrap(),
+        std::fs::read(tmp.path().join("keep.bin")).unwrap()
+    );
+    m.stop();
+}
