@@ -60,6 +60,10 @@ struct MountArgs {
     /// Mount read-only.
     #[arg(long)]
     read_only: bool,
+    /// Disk budget for staging files (e.g. 20G, 500M; 0 = unlimited). Clean copies are
+    /// evicted, least recently used first; dirty, open and flushing files never are.
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    max_staging_size: u64,
     /// Test mode: read every committed file back from the store and compare it with what was
     /// committed, and drop clean staging copies after each commit (slow).
     #[arg(long)]
@@ -67,6 +71,30 @@ struct MountArgs {
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root).
     #[arg(long)]
     allow_other: bool,
+}
+
+/// `123`, `64K`, `500M`, `20G`, `1T` (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix in {s:?}; use K, M, G or T")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 500M or 20G"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// A failure the user can act on: printed as one sentence.
@@ -171,6 +199,7 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
         read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
         cache_capacity: args.cache_mib << 20,
         paranoid: args.paranoid,
+        max_staging_size: args.max_staging_size,
         ..VfsConfig::new(staging_dir)
     };
     let catalog: Arc<dyn Catalog> = store.catalog.clone();

@@ -240,7 +240,10 @@ fn full_staging_disk_fails_writes_with_enospc_and_loses_nothing() {
         .current_dir(&m.mountpoint)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "a 30 MB write fit in 8 MB of staging");
+    assert!(
+        !out.status.success(),
+        "a 30 MB write fit in 8 MB of staging"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("No space left on device"), "{err}");
 
@@ -248,10 +251,16 @@ fn full_staging_disk_fails_writes_with_enospc_and_loses_nothing() {
         std::fs::read(m.path("keep.bin")).unwrap(),
         std::fs::read(tmp.path().join("keep.bin")).unwrap()
     );
-    sh(&m.mountpoint, "rm too-big.bin; echo after > after.txt; sync after.txt");
+    sh(
+        &m.mountpoint,
+        "rm too-big.bin; echo after > after.txt; sync after.txt",
+    );
     m.stop();
     let m = Mount::start(&store, &mp, &["--staging-dir", &staging_arg]);
-    assert_eq!(sh(&m.mountpoint, "cat after.txt; ls"), "after\nafter.txt\nkeep.bin\n");
+    assert_eq!(
+        sh(&m.mountpoint, "cat after.txt; ls"),
+        "after\nafter.txt\nkeep.bin\n"
+    );
     assert_eq!(
         std::fs::read(m.path("keep.bin")).unwrap(),
         std::fs::read(tmp.path().join("keep.bin")).unwrap()

@@ -117,7 +117,9 @@ pub(super) fn spawn_flusher(vfs: &Arc<Vfs>) {
                 continue;
             }
             let Some(vfs) = weak.upgrade() else { return };
-            for (ino, r) in vfs.flush_batch(&due).await {
+            let results = vfs.flush_batch(&due).await;
+            vfs.collect_staging();
+            for (ino, r) in results {
                 match r {
                     Ok(Outcome::Retry) => queue.schedule(ino),
                     Ok(_) => {

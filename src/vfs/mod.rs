@@ -17,6 +17,7 @@
 pub mod errno;
 mod fileio;
 mod flush;
+mod gc;
 pub mod inode;
 mod journal;
 mod namespace;
@@ -68,6 +69,9 @@ pub struct VfsConfig {
     /// with what was committed, and drop the clean staging copy so the next open starts
     /// sparse again (every reopen then exercises the compose route).
     pub paranoid: bool,
+    /// Disk budget for staging files in bytes (0 = unlimited); clean copies are evicted to
+    /// stay within it.
+    pub max_staging_size: u64,
 }
 
 impl VfsConfig {
@@ -82,6 +86,7 @@ impl VfsConfig {
             cache_capacity: 128 << 20,
             readahead_blocks: 8,
             paranoid: false,
+            max_staging_size: 0,
         }
     }
 }

@@ -52,7 +52,12 @@ pub struct Staged {
     pub path: PathBuf,
     io: Mutex<StagedIo>,
     pub flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// When this copy was last read or written (a process-wide tick), for LRU eviction.
+    last_used: AtomicU64,
 }
+
+/// Orders uses of staging files; only comparisons matter.
+static TICK: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for Staged {
     fn drop(&mut self) {
@@ -121,7 +126,28 @@ impl Staged {
                 unlinked: false,
             }),
             flush_lock: Arc::new(tokio::sync::Mutex::new(())),
+            last_used: AtomicU64::new(TICK.fetch_add(1, Ordering::Relaxed)),
         })
+    }
+
+    fn touch(&self) {
+        self.last_used
+            .store(TICK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// What the staging file really occupies on disk (allocated blocks): a sparse copy with
+    /// one 4 KiB edit costs about 4 KiB.
+    pub fn allocated_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.io
+            .lock()
+            .file
+            .metadata()
+            .map_or(0, |m| m.blocks() * 512)
     }
 
     /// Reopen a staging file left by an earlier run, as its journal describes it. `None`: the
@@ -197,6 +223,7 @@ impl Staged {
 
     /// Read `range` (clipped to the size) if it holds no holes; otherwise say which holes.
     pub fn read(&self, range: Range<u64>) -> VfsResult<ReadPlan> {
+        self.touch();
         let io = self.io.lock();
         let end = range.end.min(io.state.size());
         if range.start >= end {
@@ -258,6 +285,7 @@ impl Staged {
             .checked_add(data.len() as u64)
             .filter(|end| *end <= i64::MAX as u64)
             .ok_or(Errno::EFBIG)?;
+        self.touch();
         let mut io = self.io.lock();
         let mut done = 0usize;
         while done < data.len() {

@@ -22,6 +22,10 @@ pub struct Stats {
     pub flush_failures: AtomicU64,
     /// Paranoid mode: committed bodies that did not read back as committed.
     pub commit_verify_failures: AtomicU64,
+    /// Disk space staging files occupied at the last collection (allocated blocks).
+    pub staging_bytes: AtomicU64,
+    /// Clean staging copies evicted to stay within `--max-staging-size`.
+    pub staging_evictions: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -36,11 +40,17 @@ pub struct StatsSnapshot {
     pub flush_commits: u64,
     pub flush_failures: u64,
     pub commit_verify_failures: u64,
+    pub staging_bytes: u64,
+    pub staging_evictions: u64,
 }
 
 impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicU64, v: u64) {
+        gauge.store(v, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -55,6 +65,8 @@ impl Stats {
             flush_commits: g(&self.flush_commits),
             flush_failures: g(&self.flush_failures),
             commit_verify_failures: g(&self.commit_verify_failures),
+            staging_bytes: g(&self.staging_bytes),
+            staging_evictions: g(&self.staging_evictions),
         }
     }
 }
@@ -63,7 +75,7 @@ impl StatsSnapshot {
     /// `key value` lines, the format of the stats file.
     pub fn to_text(&self) -> String {
         format!(
-            "bytes_fetched {}\ncompose_base_bytes_read {}\ncompose_dirty_chunk_bytes {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\ncommit_verify_failures {}\n",
+            "bytes_fetched {}\ncompose_base_bytes_read {}\ncompose_dirty_chunk_bytes {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\ncommit_verify_failures {}\nstaging_bytes {}\nstaging_evictions {}\n",
             self.bytes_fetched,
             self.compose_base_bytes_read,
             self.compose_dirty_chunk_bytes,
@@ -72,7 +84,9 @@ impl StatsSnapshot {
             self.files_composed,
             self.flush_commits,
             self.flush_failures,
-            self.commit_verify_failures
+            self.commit_verify_failures,
+            self.staging_bytes,
+            self.staging_evictions
         )
     }
 }

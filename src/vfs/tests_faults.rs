@@ -147,11 +147,16 @@ async fn failed_uploads_surface_at_fsync_and_close_and_are_retried() {
     let f = mount_faulty(&dir).await;
     let v = &f.m.vfs;
     // fsync reports the store's answer itself.
-    f.faults.upload.fail(1, RemoteError::Quota("bucket full".into()));
+    f.faults
+        .upload
+        .fail(1, RemoteError::Quota("bucket full".into()));
     let data = pattern(500_000, 1);
     let ino = write_file(v, ROOT_INO, "a", &data).await;
     assert_eq!(v.fsync(ino).await.unwrap_err(), Errno(libc::ENOSPC));
-    assert!(v.dirty_inodes().contains(&ino), "a failure cleared dirty data");
+    assert!(
+        v.dirty_inodes().contains(&ino),
+        "a failure cleared dirty data"
+    );
     v.fsync(ino).await.unwrap();
 
     // A background failure is reported by the next close of the file.
@@ -173,7 +178,10 @@ async fn failed_uploads_surface_at_fsync_and_close_and_are_retried() {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert!(!v.dirty_inodes().contains(&ino_b), "never retried to success");
+    assert!(
+        !v.dirty_inodes().contains(&ino_b),
+        "never retried to success"
+    );
     v.fsync(ino_b).await.unwrap();
 
     let m = remount(f.m, &dir).await;
@@ -231,7 +239,9 @@ async fn failing_and_hanging_reads_return_errors_not_wedges() {
     let v = &f.m.vfs;
     let ino = resolve(v, "r").await.unwrap();
     let o = v.open(ino, false, false).await.unwrap();
-    f.faults.read.fail(1, RemoteError::Other("disk error".into()));
+    f.faults
+        .read
+        .fail(1, RemoteError::Other("disk error".into()));
     assert_eq!(v.read(o.fh, 0, 100).await.unwrap_err(), Errno::EIO);
     f.faults.read.hang.store(true, Ordering::SeqCst);
     assert_eq!(

@@ -68,6 +68,8 @@ fn delta(a: StatsSnapshot, b: StatsSnapshot) -> StatsSnapshot {
         flush_commits: b.flush_commits - a.flush_commits,
         flush_failures: b.flush_failures - a.flush_failures,
         commit_verify_failures: b.commit_verify_failures - a.commit_verify_failures,
+        staging_bytes: b.staging_bytes,
+        staging_evictions: b.staging_evictions - a.staging_evictions,
     }
 }
 
@@ -353,4 +355,77 @@ async fn edit_no_flush(v: &Vfs, path: &str, ops: &[Op], model: &mut Vec<u8>) {
         apply(model, op);
     }
     v.release(o.fh).unwrap();
+}
+
+async fn mount_with_budget(dir: &Path, budget: u64) -> Mounted {
+    let ctx = xet_runtime::core::XetContext::from_external(
+        tokio::runtime::Handle::current(),
+        crate::remote::local::xet_config(),
+    );
+    let store = LocalStore::open(&dir.join("store"), ctx).await.unwrap();
+    let config = VfsConfig {
+        flush_debounce: Duration::from_millis(20),
+        max_staging_size: budget,
+        ..VfsConfig::new(dir.join("staging"))
+    };
+    let catalog: Arc<dyn Catalog> = store.catalog.clone();
+    let cas: Arc<dyn Cas> = store.cas.clone();
+    let vfs = Vfs::new(catalog, cas, config).await.unwrap();
+    Mounted { vfs, _store: store }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_stays_within_its_budget_without_evicting_dirty_or_open_files() {
+    let (_d, dir) = tmp();
+    const MB: usize = 1 << 20;
+    let m = mount_with_budget(&dir, 3 * MB as u64).await;
+    let v = &m.vfs;
+    // An open file with unflushed writes: never evicted, whatever the budget says.
+    let (held, o) = v.create(ROOT_INO, "held", 0o644, ME).await.unwrap();
+    let held_data = random(MB, 99);
+    v.write(o.fh, 0, held_data.clone()).await.unwrap();
+    let mut files = Vec::new();
+    for n in 0..8 {
+        let data = random(MB, n);
+        let ino = write_file(v, ROOT_INO, &format!("f{n}"), &data).await;
+        v.fsync(ino).await.unwrap();
+        v.collect_staging();
+        let s = v.stats();
+        assert!(
+            s.staging_bytes <= 3 * MB as u64 + MB as u64,
+            "after file {n}: staging holds {} bytes",
+            s.staging_bytes
+        );
+        files.push(data);
+    }
+    let s = v.stats();
+    assert!(s.staging_evictions >= 4, "{s:?}");
+    assert!(
+        v.dirty_inodes().contains(&held.ino),
+        "the open dirty file lost its staging"
+    );
+    assert_eq!(
+        &v.read(o.fh, 0, MB as u32).await.unwrap()[..],
+        &held_data[..]
+    );
+    for (n, data) in files.iter().enumerate() {
+        assert!(&read_all(v, &format!("f{n}")).await == data, "f{n}");
+    }
+    v.release(o.fh).unwrap();
+    v.fsync(held.ino).await.unwrap();
+
+    // Sparse copies are charged what they occupy: a 4 KiB edit of a 3 MB file, not 3 MB.
+    let big = random(3 * MB, 7);
+    let ino = write_file(v, ROOT_INO, "big", &big).await;
+    v.fsync(ino).await.unwrap();
+    drop(m);
+    let m = mount_with_budget(&dir, 3 * MB as u64).await;
+    let v = &m.vfs;
+    let mut model = big;
+    edit(v, "big", &[Op::Write(MB as u64, vec![1; 4096])], &mut model).await;
+    v.collect_staging();
+    assert!(v.stats().staging_bytes < 64 * 1024, "{:?}", v.stats());
+    assert_eq!(v.stats().staging_evictions, 0);
+    let m = remount(m, &dir).await;
+    assert!(read_all(&m.vfs, "big").await == model);
 }

@@ -1,0 +1,77 @@
+//! Staging garbage collection: keep what staging files occupy on disk within
+//! `--max-staging-size` by forgetting clean copies, least recently used first.
+//!
+//! Never evicted: a dirty file (its staging copy is the only copy of the user's bytes), a file
+//! with open handles, a file being flushed (its flush lock is held), an unlinked file. Usage is
+//! charged as allocated blocks, the same way when it is measured and when it is released, so a
+//! sparse copy holding one 4 KiB edit costs about 4 KiB.
+
+use std::sync::Arc;
+
+use crate::vfs::inode::Ino;
+use crate::vfs::staging::Staged;
+use crate::vfs::{Stats, Vfs};
+
+impl Vfs {
+    /// Evict clean staging copies until usage is within the budget (no-op without one).
+    pub(super) fn collect_staging(&self) {
+        let budget = self.config.max_staging_size;
+        let staged: Vec<(Ino, Arc<Staged>, bool)> = {
+            let t = self.inodes.lock();
+            t.iter()
+                .filter_map(|i| {
+                    let s = i.staged.clone()?;
+                    Some((i.ino, s, i.open_handles == 0 && i.linked))
+                })
+                .collect()
+        };
+        let sizes: Vec<u64> = staged.iter().map(|(_, s, _)| s.allocated_bytes()).collect();
+        let mut usage: u64 = sizes.iter().sum();
+        if budget > 0 && usage > budget {
+            let mut candidates: Vec<(usize, u64)> = staged
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, _, idle))| *idle)
+                .map(|(k, (_, s, _))| (k, s.last_used()))
+                .collect();
+            candidates.sort_by_key(|(_, used)| *used);
+            for (k, _) in candidates {
+                if usage <= budget {
+                    break;
+                }
+                let (ino, s, _) = &staged[k];
+                // A flush in progress holds this; skip the file rather than wait.
+                let Ok(_flushing) = s.flush_lock.try_lock() else {
+                    continue;
+                };
+                if self.evict(*ino, s) {
+                    usage = usage.saturating_sub(sizes[k]);
+                    Stats::add(&self.stats.staging_evictions, 1);
+                }
+            }
+        }
+        Stats::set(&self.stats.staging_bytes, usage);
+        // `staged` drops here, outside every lock: evicted files are removed now.
+    }
+
+    /// Forget `s` as `ino`'s staging copy if it is clean, unopened and still current.
+    fn evict(&self, ino: Ino, s: &Arc<Staged>) -> bool {
+        s.with_io(|io| {
+            if io.state.is_dirty() {
+                return false;
+            }
+            let mut t = self.inodes.lock();
+            match t.get_mut(ino) {
+                Ok(i)
+                    if i.open_handles == 0
+                        && i.linked
+                        && i.staged.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) =>
+                {
+                    i.staged = None;
+                    true
+                }
+                _ => false,
+            }
+        })
+    }
+}
