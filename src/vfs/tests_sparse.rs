@@ -429,3 +429,41 @@ async fn staging_stays_within_its_budget_without_evicting_dirty_or_open_files() 
     let m = remount(m, &dir).await;
     assert!(read_all(&m.vfs, "big").await == model);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_or_unlink_of_a_dirty_file_never_resurrects_the_old_path() {
+    let (_d, dir) = tmp();
+    let m = mount_lazy(&dir).await;
+    let v = &m.vfs;
+    // Written, renamed, then flushed: only the new path exists, with the content.
+    let a = write_file(v, ROOT_INO, "old-name", b"payload").await;
+    v.rename(ROOT_INO, "old-name", ROOT_INO, "new-name", false)
+        .await
+        .unwrap();
+    v.fsync(a).await.unwrap();
+    // Open, written, unlinked while open, then flushed: nothing is committed.
+    let (b, o) = v.create(ROOT_INO, "doomed", 0o644, ME).await.unwrap();
+    v.write(o.fh, 0, b"never committed".to_vec()).await.unwrap();
+    v.remove(ROOT_INO, "doomed", false).await.unwrap();
+    // Still readable through the open handle (orphan semantics).
+    assert_eq!(&v.read(o.fh, 0, 100).await.unwrap()[..], b"never committed");
+    v.fsync(b.ino).await.unwrap();
+    v.release(o.fh).unwrap();
+    // Rename over a dirty target: the target's pending content is gone for good.
+    write_file(v, ROOT_INO, "target", b"pending").await;
+    write_file(v, ROOT_INO, "winner", b"winner").await;
+    v.rename(ROOT_INO, "winner", ROOT_INO, "target", false)
+        .await
+        .unwrap();
+    let m = remount(m, &dir).await;
+    let v = &m.vfs;
+    assert_eq!(read_all(v, "new-name").await, b"payload");
+    assert_eq!(read_all(v, "target").await, b"winner");
+    for gone in ["old-name", "doomed", "winner"] {
+        assert_eq!(
+            v.lookup(ROOT_INO, gone).await.unwrap_err(),
+            Errno::ENOENT,
+            "{gone}"
+        );
+    }
+}
