@@ -219,6 +219,16 @@ impl Vfs {
         Ok(n as u32)
     }
 
+    /// Make what was written to `ino` durable in its staging file and journal (it survives a
+    /// crash of this process or of the machine, and is committed by recovery).
+    pub async fn sync_staging(&self, ino: Ino) -> VfsResult<()> {
+        let staged = self.inodes.lock().get(ino)?.staged.clone();
+        match staged {
+            Some(s) => blocking(move || s.sync()).await,
+            None => Ok(()),
+        }
+    }
+
     /// Run a mutation of the inode's staging. A clean staging copy may be dropped at any time
     /// (nothing in it is unique); if that happened before `f` took the io lock, `f` changed a
     /// copy nobody will read, so it is run again on the current one.

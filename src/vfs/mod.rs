@@ -18,6 +18,7 @@ pub mod errno;
 mod fileio;
 mod flush;
 mod gc;
+pub mod handle_pool;
 pub mod inode;
 mod journal;
 mod namespace;

@@ -177,6 +177,14 @@ impl Staged {
         Ok(Some((staged, bucket_path)))
     }
 
+    /// Make the staging file and its journal durable on the local disk.
+    pub fn sync(&self) -> VfsResult<()> {
+        let io = self.io.lock();
+        io.file.sync_data()?;
+        io.log.sync_data()?;
+        Ok(())
+    }
+
     /// Journal the bucket path this file belongs to (first use, rename), durably.
     pub fn note_path(&self, path: &str) -> VfsResult<()> {
         let mut io = self.io.lock();

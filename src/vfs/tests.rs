@@ -9,14 +9,14 @@ use crate::remote::local::LocalStore;
 use crate::remote::{Cas, Catalog};
 use crate::vfs::{Caller, Errno, SetAttr, TimeSet, Vfs, VfsConfig, ROOT_INO};
 
-const ME: Caller = Caller { uid: 0, gid: 0 };
+pub(crate) const ME: Caller = Caller { uid: 0, gid: 0 };
 
-struct Mounted {
-    vfs: Arc<Vfs>,
-    _store: LocalStore,
+pub(crate) struct Mounted {
+    pub(crate) vfs: Arc<Vfs>,
+    pub(crate) _store: LocalStore,
 }
 
-async fn mount_at(dir: &Path) -> Mounted {
+pub(crate) async fn mount_at(dir: &Path) -> Mounted {
     let ctx = xet_runtime::core::XetContext::from_external(
         tokio::runtime::Handle::current(),
         crate::remote::local::xet_config(),
@@ -33,14 +33,14 @@ async fn mount_at(dir: &Path) -> Mounted {
 }
 
 /// Drain, drop and reopen: what the next mount sees.
-async fn remount(m: Mounted, dir: &Path) -> Mounted {
+pub(crate) async fn remount(m: Mounted, dir: &Path) -> Mounted {
     assert_eq!(m.vfs.shutdown(Duration::from_secs(30)).await, 0);
     drop(m);
     mount_at(dir).await
 }
 
 /// Resolve a `/`-separated path to an inode.
-async fn resolve(vfs: &Vfs, path: &str) -> Result<u64, Errno> {
+pub(crate) async fn resolve(vfs: &Vfs, path: &str) -> Result<u64, Errno> {
     let mut ino = ROOT_INO;
     for part in path.split('/').filter(|p| !p.is_empty()) {
         ino = vfs.lookup(ino, part).await?.ino;
@@ -48,7 +48,7 @@ async fn resolve(vfs: &Vfs, path: &str) -> Result<u64, Errno> {
     Ok(ino)
 }
 
-async fn write_file(vfs: &Vfs, parent: u64, name: &str, data: &[u8]) -> u64 {
+pub(crate) async fn write_file(vfs: &Vfs, parent: u64, name: &str, data: &[u8]) -> u64 {
     let (attr, o) = vfs.create(parent, name, 0o644, ME).await.unwrap();
     let mut off = 0;
     for chunk in data.chunks(100_000) {
@@ -63,7 +63,7 @@ async fn write_file(vfs: &Vfs, parent: u64, name: &str, data: &[u8]) -> u64 {
     attr.ino
 }
 
-async fn read_all(vfs: &Vfs, path: &str) -> Vec<u8> {
+pub(crate) async fn read_all(vfs: &Vfs, path: &str) -> Vec<u8> {
     let ino = resolve(vfs, path).await.unwrap();
     let size = vfs.getattr(ino).unwrap().size;
     let o = vfs.open(ino, false, false).await.unwrap();
@@ -78,13 +78,13 @@ async fn read_all(vfs: &Vfs, path: &str) -> Vec<u8> {
     out
 }
 
-fn pattern(n: usize, seed: u32) -> Vec<u8> {
+pub(crate) fn pattern(n: usize, seed: u32) -> Vec<u8> {
     (0..n as u32)
         .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 11) as u8)
         .collect()
 }
 
-fn tmp() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn tmp() -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().to_path_buf();
     (d, p)
