@@ -1,5 +1,6 @@
-//! `xetmount` command line: mount, unmount.
+//! `xetmount` command line: mount (FUSE or NFS), serve-nfs, unmount, stats.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use xetmount::frontend::fuse::{self, FuseOptions};
+use xetmount::frontend::nfs::NfsFs;
 use xetmount::remote::local::LocalStore;
 use xetmount::remote::{Cas, Catalog};
 use xetmount::vfs::{Vfs, VfsConfig};
@@ -30,14 +32,42 @@ enum Command {
     Unmount { mountpoint: PathBuf },
     /// Print a mount's counters (bytes fetched and stored, files uploaded and composed).
     Stats { mountpoint: PathBuf },
+    /// Serve the bucket over NFSv3 on 127.0.0.1 without mounting it (for machines with a
+    /// user-space NFS client only); prints the mount command and the libnfs URL.
+    ServeNfs(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// TCP port (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
 }
 
 #[derive(clap::Args)]
 struct MountArgs {
-    /// Directory of the local store; created if missing or empty.
-    store: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Empty directory to mount on.
     mountpoint: PathBuf,
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root).
+    #[arg(long)]
+    allow_other: bool,
+    /// Serve over NFSv3 on 127.0.0.1 and mount with the kernel's NFS client instead of FUSE.
+    #[arg(long)]
+    nfs: bool,
+    /// With --nfs: the server's TCP port (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    nfs_port: u16,
+}
+
+/// The bucket and how the VFS serves it (shared by every frontend).
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Directory of the local store; created if missing or empty.
+    store: PathBuf,
     /// Where staging files live (default: STORE/staging).
     #[arg(long)]
     staging_dir: Option<PathBuf>,
@@ -68,9 +98,6 @@ struct MountArgs {
     /// committed, and drop clean staging copies after each commit (slow).
     #[arg(long)]
     paranoid: bool,
-    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root).
-    #[arg(long)]
-    allow_other: bool,
 }
 
 /// `123`, `64K`, `500M`, `20G`, `1T` (powers of 1024).
@@ -119,6 +146,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => mount(args),
         Command::Unmount { mountpoint } => unmount(&mountpoint),
         Command::Stats { mountpoint } => stats(&mountpoint),
+        Command::ServeNfs(args) => serve_nfs(args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,9 +203,15 @@ fn check_fuse() -> Result<(), UserError> {
     Ok(())
 }
 
-fn mount(args: MountArgs) -> Result<(), UserError> {
-    let mountpoint = check_mountpoint(&args.mountpoint)?;
-    check_fuse()?;
+/// The runtime, the open store and the VFS over it.
+struct Served {
+    rt: tokio::runtime::Runtime,
+    store: LocalStore,
+    vfs: Arc<Vfs>,
+    shutdown_timeout: Duration,
+}
+
+fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("xetmount")
@@ -205,49 +239,184 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
     let catalog: Arc<dyn Catalog> = store.catalog.clone();
     let cas: Arc<dyn Cas> = store.cas.clone();
     let vfs = rt.block_on(Vfs::new(catalog, cas, config))?;
+    Ok(Served {
+        rt,
+        store,
+        vfs,
+        shutdown_timeout: Duration::from_millis(args.flush_shutdown_timeout_ms),
+    })
+}
+
+impl Served {
+    /// Commit everything pending; the error names what is left in the journal.
+    fn drain(&self) -> Result<(), UserError> {
+        let left = self.rt.block_on(self.vfs.shutdown(self.shutdown_timeout));
+        if left > 0 {
+            return Err(UserError(format!(
+                "{left} file(s) could not be committed before the shutdown timeout; their data is journaled in {} and is committed by the next mount of this store",
+                self.vfs.config().staging_dir.display()
+            )));
+        }
+        tracing::info!("every write is committed");
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            futures::future::pending::<()>().await
+        }
+    }
+}
+
+fn mount(args: MountArgs) -> Result<(), UserError> {
+    let mountpoint = check_mountpoint(&args.mountpoint)?;
+    if args.nfs {
+        return mount_nfs(&args, &mountpoint);
+    }
+    check_fuse()?;
+    let served = open_store(&args.store)?;
     let opts = FuseOptions {
-        fs_name: format!("xetmount:{}", store.root().display()),
-        read_only: args.read_only,
+        fs_name: format!("xetmount:{}", served.store.root().display()),
+        read_only: args.store.read_only,
         allow_other: args.allow_other,
         threads: 4,
     };
-    let (session, mut unmounter) =
-        fuse::mount(vfs.clone(), rt.handle().clone(), &mountpoint, &opts)
-            .map_err(|e| UserError(format!("cannot mount on {}: {e}", mountpoint.display())))?;
+    let (session, mut unmounter) = fuse::mount(
+        served.vfs.clone(),
+        served.rt.handle().clone(),
+        &mountpoint,
+        &opts,
+    )
+    .map_err(|e| UserError(format!("cannot mount on {}: {e}", mountpoint.display())))?;
     tracing::info!(
         "mounted {} at {}",
-        store.root().display(),
+        served.store.root().display(),
         mountpoint.display()
     );
-    rt.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
+    served.rt.spawn(async move {
+        wait_for_signal().await;
         tracing::info!("signal received; unmounting");
         if let Err(e) = unmounter.unmount() {
             tracing::error!("unmount failed: {e}");
         }
     });
-    let served = session.run();
-    let left = rt.block_on(vfs.shutdown(Duration::from_millis(args.flush_shutdown_timeout_ms)));
-    served.map_err(|e| UserError(format!("the FUSE session ended with an error: {e}")))?;
-    if left > 0 {
-        return Err(UserError(format!(
-            "{left} file(s) could not be committed before the shutdown timeout; their data is journaled in {} and is committed by the next mount of this store",
-            vfs.config().staging_dir.display()
-        )));
+    let result = session.run();
+    let drained = served.drain();
+    result.map_err(|e| UserError(format!("the FUSE session ended with an error: {e}")))?;
+    drained
+}
+
+/// Start the NFS server; returns its port.
+fn start_nfs(served: &Served, port: u16) -> Result<(NfsFs, u16), UserError> {
+    use nfsserve::tcp::{NFSTcp, NFSTcpListener};
+    let fs = NfsFs::new(served.vfs.clone());
+    let mut listener = served
+        .rt
+        .block_on(NFSTcpListener::bind(
+            &format!("127.0.0.1:{port}"),
+            fs.clone(),
+        ))
+        .map_err(|e| {
+            UserError(format!(
+                "cannot listen on 127.0.0.1:{port}: {e}; pick another --port"
+            ))
+        })?;
+    listener.with_export_name(NFS_EXPORT);
+    let port = listener.get_listen_port();
+    served.rt.spawn(async move {
+        if let Err(e) = listener.handle_forever().await {
+            tracing::error!("NFS server stopped: {e}");
+        }
+    });
+    Ok((fs, port))
+}
+
+/// The export path clients mount (`127.0.0.1:/bucket`).
+const NFS_EXPORT: &str = "bucket";
+
+fn nfs_url(port: u16) -> String {
+    format!("nfs://127.0.0.1/{NFS_EXPORT}/?version=3&nfsport={port}&mountport={port}")
+}
+
+fn nfs_mount_command(port: u16, mp: &Path) -> String {
+    format!(
+        "mount -t nfs -o vers=3,tcp,port={port},mountport={port},nolock 127.0.0.1:/{NFS_EXPORT} {}",
+        mp.display()
+    )
+}
+
+fn serve_nfs(args: ServeArgs) -> Result<(), UserError> {
+    let served = open_store(&args.store)?;
+    let (fs, port) = start_nfs(&served, args.port)?;
+    tracing::info!(
+        "serving {} over NFSv3 on 127.0.0.1:{port}",
+        served.store.root().display()
+    );
+    // A closed stdout (the caller stopped reading) must not stop the server.
+    let _ = writeln!(
+        std::io::stdout(),
+        "NFSv3 server for {} on 127.0.0.1:{port}\nmount with:  {}\nlibnfs URL:  {}",
+        served.store.root().display(),
+        nfs_mount_command(port, Path::new("<mountpoint>")),
+        nfs_url(port)
+    );
+    served.rt.block_on(wait_for_signal());
+    tracing::info!("signal received; stopping");
+    fs.close_handles();
+    served.drain()
+}
+
+fn mount_nfs(args: &MountArgs, mountpoint: &Path) -> Result<(), UserError> {
+    let served = open_store(&args.store)?;
+    let (fs, port) = start_nfs(&served, args.nfs_port)?;
+    let status = std::process::Command::new("mount")
+        .args(["-t", "nfs", "-o"])
+        .arg(format!("vers=3,tcp,port={port},mountport={port},nolock"))
+        .arg(format!("127.0.0.1:/{NFS_EXPORT}"))
+        .arg(mountpoint)
+        .output();
+    match status {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            fs.close_handles();
+            served.drain()?;
+            return Err(UserError(format!(
+                "the kernel NFS client could not mount the bucket ({}); install nfs-common, or run `xetmount serve-nfs` and use a user-space client",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )));
+        }
+        Err(e) => {
+            fs.close_handles();
+            served.drain()?;
+            return Err(UserError(format!(
+                "cannot run mount ({e}); run `xetmount serve-nfs` and mount with a user-space client"
+            )));
+        }
     }
-    tracing::info!("unmounted; every write is committed");
-    Ok(())
+    tracing::info!(
+        "mounted {} at {} over NFSv3 (port {port})",
+        served.store.root().display(),
+        mountpoint.display()
+    );
+    served.rt.block_on(wait_for_signal());
+    let _ = std::process::Command::new("umount")
+        .arg(mountpoint)
+        .status();
+    fs.close_handles();
+    served.drain()
 }
 
 fn stats(mp: &Path) -> Result<(), UserError> {
@@ -280,7 +449,11 @@ fn stats(mp: &Path) -> Result<(), UserError> {
             ))),
         };
     }
-    print!("{}", String::from_utf8_lossy(&buf[..n as usize]));
+    let _ = write!(
+        std::io::stdout(),
+        "{}",
+        String::from_utf8_lossy(&buf[..n as usize])
+    );
     Ok(())
 }
 

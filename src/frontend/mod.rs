@@ -1,3 +1,4 @@
 //! Protocol adapters over the VFS: they translate, never decide.
 
 pub mod fuse;
+pub mod nfs;

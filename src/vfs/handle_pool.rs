@@ -71,7 +71,9 @@ impl HandlePool {
             let mut g = self.slots.lock();
             g.1 += 1;
             let tick = g.1;
-            let keep_existing = g.0.get(&ino).is_some_and(|s| s.handle.writable || !h.writable);
+            let keep_existing =
+                g.0.get(&ino)
+                    .is_some_and(|s| s.handle.writable || !h.writable);
             if keep_existing {
                 return;
             }
@@ -83,12 +85,11 @@ impl HandlePool {
                 },
             );
             if g.0.len() > self.capacity {
-                let oldest = g
-                    .0
-                    .iter()
-                    .filter(|(i, _)| **i != ino)
-                    .min_by_key(|(_, s)| s.last_used)
-                    .map(|(i, _)| *i);
+                let oldest =
+                    g.0.iter()
+                        .filter(|(i, _)| **i != ino)
+                        .min_by_key(|(_, s)| s.last_used)
+                        .map(|(i, _)| *i);
                 if let Some(o) = oldest {
                     out = out.or(g.0.remove(&o));
                 }
@@ -196,18 +197,27 @@ mod tests {
         assert_eq!((&d[..], eof), (&b"0123"[..], false));
         assert_eq!(pool.writable(ino), Some(false));
         // The regression: a WRITE after a READ must upgrade, not fail.
-        assert_eq!(v.pool_write(&pool, ino, 2, b"ab".to_vec()).await.unwrap(), 2);
+        assert_eq!(
+            v.pool_write(&pool, ino, 2, b"ab".to_vec()).await.unwrap(),
+            2
+        );
         assert_eq!(pool.writable(ino), Some(true));
         let fh = pool.lend(ino, true).unwrap().fh;
         v.pool_write(&pool, ino, 8, b"YZ!".to_vec()).await.unwrap();
-        assert_eq!(pool.lend(ino, true).unwrap().fh, fh, "a second write reopened");
+        assert_eq!(
+            pool.lend(ino, true).unwrap().fh,
+            fh,
+            "a second write reopened"
+        );
         // A read is served by the writable handle too.
         let (d, eof) = v.pool_read(&pool, ino, 0, 100).await.unwrap();
         assert_eq!((&d[..], eof), (&b"01ab4567YZ!"[..], true));
         // A write with no prior read.
         let (g, o) = v.create(ROOT_INO, "g", 0o644, ME).await.unwrap();
         v.release(o.fh).unwrap();
-        v.pool_write(&pool, g.ino, 0, b"fresh".to_vec()).await.unwrap();
+        v.pool_write(&pool, g.ino, 0, b"fresh".to_vec())
+            .await
+            .unwrap();
         assert_eq!(pool.writable(g.ino), Some(true));
         pool.clear();
         let m = remount(m, &dir).await;
@@ -266,5 +276,32 @@ mod tests {
         for (i, chunk) in got.chunks(1000).enumerate() {
             assert!(chunk.iter().all(|b| *b == (i % 8) as u8 + 1), "slot {i}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nfs_writes_to_a_committed_file_are_sparse() {
+        let (_d, dir) = tmp();
+        let m = mount_at(&dir).await;
+        let data: Vec<u8> = (0..2_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let ino = write_file(&m.vfs, ROOT_INO, "f", &data).await;
+        m.vfs.fsync(ino).await.unwrap();
+        let m = remount(m, &dir).await;
+        let v = m.vfs.clone();
+        let ino = crate::vfs::tests::resolve(&v, "f").await.unwrap();
+        let pool = HandlePool::new(4);
+        v.pool_write(&pool, ino, 1_234_567, b"nfs edit".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(v.stats().bytes_fetched, 0, "the write downloaded data");
+        pool.clear();
+        v.fsync(ino).await.unwrap();
+        assert_eq!(v.stats().files_composed, 1);
+        let mut want = data;
+        want[1_234_567..1_234_575].copy_from_slice(b"nfs edit");
+        drop(v);
+        let m = remount(m, &dir).await;
+        assert!(read_all(&m.vfs, "f").await == want);
     }
 }

@@ -84,6 +84,11 @@ impl Vfs {
         self.handles.lock().map.remove(&fh);
     }
 
+    /// The directory holding `ino` (the root is its own parent).
+    pub fn parent_of(&self, ino: Ino) -> VfsResult<Ino> {
+        Ok(self.inodes.lock().get(ino)?.parent)
+    }
+
     pub fn readlink(&self, ino: Ino) -> VfsResult<String> {
         let t = self.inodes.lock();
         let i = t.get(ino)?;

@@ -1,0 +1,379 @@
+//! NFSv3 frontend (nfsserve): a thin adapter from the protocol's stateless calls to the VFS.
+//! READ and WRITE borrow handles from the VFS's [`HandlePool`]; every decision (staging,
+//! flushing, durability) stays in `vfs`.
+//!
+//! Stability: nfsserve 0.11 answers every WRITE as `FILE_SYNC` and does not route COMMIT to
+//! the file system. The VFS makes that answer true: `pool_write` returns only once the bytes
+//! and the journal record are fsync'd in staging, from where a restart recovers and commits
+//! them (DESIGN.md §4); the commit to the store follows through the debounced flusher.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use nfsserve::nfs::{
+    fattr3, fileid3, filename3, ftype3, nfspath3, nfsstat3, nfstime3, sattr3, set_atime, set_gid3,
+    set_mode3, set_mtime, set_size3, set_uid3, specdata3,
+};
+use nfsserve::vfs::{DirEntry, NFSFileSystem, ReadDirResult, VFSCapabilities};
+
+use crate::remote::EntryKind;
+use crate::vfs::handle_pool::HandlePool;
+use crate::vfs::{Attr, Caller, Errno, SetAttr, TimeSet, Vfs, ROOT_INO};
+
+/// Inodes with a pooled handle at a time.
+const POOL_CAPACITY: usize = 1024;
+
+/// Cheap to clone: the server and the shutdown path share one pool.
+#[derive(Clone)]
+pub struct NfsFs {
+    vfs: Arc<Vfs>,
+    pool: Arc<HandlePool>,
+    /// Who owns what NFS clients create (nfsserve passes no credentials).
+    owner: Caller,
+}
+
+impl NfsFs {
+    pub fn new(vfs: Arc<Vfs>) -> Self {
+        // SAFETY: geteuid/getegid have no preconditions.
+        let owner = unsafe {
+            Caller {
+                uid: libc::geteuid(),
+                gid: libc::getegid(),
+            }
+        };
+        NfsFs {
+            vfs,
+            pool: Arc::new(HandlePool::new(POOL_CAPACITY)),
+            owner,
+        }
+    }
+
+    /// Release every pooled handle (before shutdown, so their flushes are scheduled).
+    pub fn close_handles(&self) {
+        self.pool.clear();
+    }
+}
+
+/// errno → NFS status. EBADF (a handle problem of ours) is never reported as STALE: the
+/// file handle the client holds is fine.
+fn stat(e: Errno) -> nfsstat3 {
+    match e.0 {
+        libc::ENOENT => nfsstat3::NFS3ERR_NOENT,
+        libc::EACCES => nfsstat3::NFS3ERR_ACCES,
+        libc::EPERM => nfsstat3::NFS3ERR_PERM,
+        libc::ENOSPC => nfsstat3::NFS3ERR_NOSPC,
+        libc::EDQUOT => nfsstat3::NFS3ERR_DQUOT,
+        libc::EEXIST => nfsstat3::NFS3ERR_EXIST,
+        libc::ENOTDIR => nfsstat3::NFS3ERR_NOTDIR,
+        libc::EISDIR => nfsstat3::NFS3ERR_ISDIR,
+        libc::ENOTEMPTY => nfsstat3::NFS3ERR_NOTEMPTY,
+        libc::ENAMETOOLONG => nfsstat3::NFS3ERR_NAMETOOLONG,
+        libc::EROFS => nfsstat3::NFS3ERR_ROFS,
+        libc::EINVAL => nfsstat3::NFS3ERR_INVAL,
+        libc::EFBIG => nfsstat3::NFS3ERR_FBIG,
+        libc::EXDEV => nfsstat3::NFS3ERR_XDEV,
+        libc::EAGAIN | libc::ETIMEDOUT => nfsstat3::NFS3ERR_JUKEBOX,
+        _ => nfsstat3::NFS3ERR_IO,
+    }
+}
+
+fn name(n: &filename3) -> Result<String, nfsstat3> {
+    String::from_utf8(n.0.clone()).map_err(|_| nfsstat3::NFS3ERR_INVAL)
+}
+
+fn nfs_time(t: SystemTime) -> nfstime3 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    nfstime3 {
+        seconds: d.as_secs() as u32,
+        nseconds: d.subsec_nanos(),
+    }
+}
+
+fn fattr(a: &Attr) -> fattr3 {
+    let (ftype, rdev) = match a.kind {
+        EntryKind::File => (ftype3::NF3REG, 0),
+        EntryKind::Dir => (ftype3::NF3DIR, 0),
+        EntryKind::Symlink => (ftype3::NF3LNK, 0),
+        EntryKind::Fifo => (ftype3::NF3FIFO, 0),
+        EntryKind::Socket => (ftype3::NF3SOCK, 0),
+        EntryKind::CharDevice(r) => (ftype3::NF3CHR, r),
+        EntryKind::BlockDevice(r) => (ftype3::NF3BLK, r),
+    };
+    fattr3 {
+        ftype,
+        mode: a.mode & 0o7777,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        size: a.size,
+        used: a.size.div_ceil(4096) * 4096,
+        rdev: specdata3 {
+            specdata1: libc::major(rdev),
+            specdata2: libc::minor(rdev),
+        },
+        fsid: 0,
+        fileid: a.ino,
+        atime: nfs_time(a.atime),
+        mtime: nfs_time(a.mtime),
+        ctime: nfs_time(a.ctime),
+    }
+}
+
+fn set_time(t: &nfstime3) -> TimeSet {
+    TimeSet::At(i64::from(t.seconds) * 1_000_000_000 + i64::from(t.nseconds))
+}
+
+fn setattr_of(s: &sattr3) -> SetAttr {
+    SetAttr {
+        mode: match s.mode {
+            set_mode3::mode(m) => Some(m),
+            set_mode3::Void => None,
+        },
+        uid: match s.uid {
+            set_uid3::uid(u) => Some(u),
+            set_uid3::Void => None,
+        },
+        gid: match s.gid {
+            set_gid3::gid(g) => Some(g),
+            set_gid3::Void => None,
+        },
+        size: match s.size {
+            set_size3::size(n) => Some(n),
+            set_size3::Void => None,
+        },
+        atime: match &s.atime {
+            set_atime::DONT_CHANGE => None,
+            set_atime::SET_TO_SERVER_TIME => Some(TimeSet::Now),
+            set_atime::SET_TO_CLIENT_TIME(t) => Some(set_time(t)),
+        },
+        mtime: match &s.mtime {
+            set_mtime::DONT_CHANGE => None,
+            set_mtime::SET_TO_SERVER_TIME => Some(TimeSet::Now),
+            set_mtime::SET_TO_CLIENT_TIME(t) => Some(set_time(t)),
+        },
+    }
+}
+
+fn is_noop(s: &SetAttr) -> bool {
+    s.mode.is_none()
+        && s.uid.is_none()
+        && s.gid.is_none()
+        && s.size.is_none()
+        && s.atime.is_none()
+        && s.mtime.is_none()
+}
+
+#[async_trait]
+impl NFSFileSystem for NfsFs {
+    fn capabilities(&self) -> VFSCapabilities {
+        if self.vfs.config().read_only {
+            VFSCapabilities::ReadOnly
+        } else {
+            VFSCapabilities::ReadWrite
+        }
+    }
+
+    fn root_dir(&self) -> fileid3 {
+        ROOT_INO
+    }
+
+    async fn lookup(&self, dirid: fileid3, filename: &filename3) -> Result<fileid3, nfsstat3> {
+        let n = name(filename)?;
+        match n.as_str() {
+            "." => Ok(dirid),
+            ".." => self.vfs.parent_of(dirid).map_err(stat),
+            _ => self
+                .vfs
+                .lookup(dirid, &n)
+                .await
+                .map(|a| a.ino)
+                .map_err(stat),
+        }
+    }
+
+    async fn getattr(&self, id: fileid3) -> Result<fattr3, nfsstat3> {
+        self.vfs.getattr(id).map(|a| fattr(&a)).map_err(stat)
+    }
+
+    async fn setattr(&self, id: fileid3, setattr: sattr3) -> Result<fattr3, nfsstat3> {
+        let s = setattr_of(&setattr);
+        if is_noop(&s) {
+            return self.getattr(id).await;
+        }
+        let a = self.vfs.setattr(id, s).await.map_err(stat)?;
+        Ok(fattr(&a))
+    }
+
+    async fn read(
+        &self,
+        id: fileid3,
+        offset: u64,
+        count: u32,
+    ) -> Result<(Vec<u8>, bool), nfsstat3> {
+        let (data, eof) = self
+            .vfs
+            .pool_read(&self.pool, id, offset, count)
+            .await
+            .map_err(stat)?;
+        Ok((data.to_vec(), eof))
+    }
+
+    async fn write(&self, id: fileid3, offset: u64, data: &[u8]) -> Result<fattr3, nfsstat3> {
+        self.vfs
+            .pool_write(&self.pool, id, offset, data.to_vec())
+            .await
+            .map_err(stat)?;
+        self.getattr(id).await
+    }
+
+    async fn create(
+        &self,
+        dirid: fileid3,
+        filename: &filename3,
+        attr: sattr3,
+    ) -> Result<(fileid3, fattr3), nfsstat3> {
+        let n = name(filename)?;
+        let mut s = setattr_of(&attr);
+        let mode = s.mode.take().unwrap_or(0o644);
+        // nfsserve has already refused GUARDED creates of an existing name, so an existing
+        // file here is an UNCHECKED create: it is opened as is, with the given attributes
+        // (typically size 0) applied.
+        let a = match self.vfs.create(dirid, &n, mode, self.owner).await {
+            Ok((a, o)) => {
+                self.vfs.release(o.fh).map_err(stat)?;
+                a
+            }
+            Err(Errno::EEXIST) => {
+                let a = self.vfs.lookup(dirid, &n).await.map_err(stat)?;
+                if a.kind != EntryKind::File {
+                    return Err(nfsstat3::NFS3ERR_EXIST);
+                }
+                a
+            }
+            Err(e) => return Err(stat(e)),
+        };
+        let a = if is_noop(&s) {
+            a
+        } else {
+            self.vfs.setattr(a.ino, s).await.map_err(stat)?
+        };
+        Ok((a.ino, fattr(&a)))
+    }
+
+    async fn create_exclusive(
+        &self,
+        dirid: fileid3,
+        filename: &filename3,
+    ) -> Result<fileid3, nfsstat3> {
+        let n = name(filename)?;
+        let (a, o) = self
+            .vfs
+            .create(dirid, &n, 0o644, self.owner)
+            .await
+            .map_err(stat)?;
+        self.vfs.release(o.fh).map_err(stat)?;
+        Ok(a.ino)
+    }
+
+    async fn mkdir(
+        &self,
+        dirid: fileid3,
+        dirname: &filename3,
+    ) -> Result<(fileid3, fattr3), nfsstat3> {
+        let n = name(dirname)?;
+        let a = self
+            .vfs
+            .mkdir(dirid, &n, 0o755, self.owner)
+            .await
+            .map_err(stat)?;
+        Ok((a.ino, fattr(&a)))
+    }
+
+    async fn remove(&self, dirid: fileid3, filename: &filename3) -> Result<(), nfsstat3> {
+        let n = name(filename)?;
+        let a = self.vfs.lookup(dirid, &n).await.map_err(stat)?;
+        let is_dir = a.kind == EntryKind::Dir;
+        // NFS has no close: let go of the pooled handle so the orphan can be reaped.
+        self.pool.forget(a.ino);
+        self.vfs.remove(dirid, &n, is_dir).await.map_err(stat)
+    }
+
+    async fn rename(
+        &self,
+        from_dirid: fileid3,
+        from_filename: &filename3,
+        to_dirid: fileid3,
+        to_filename: &filename3,
+    ) -> Result<(), nfsstat3> {
+        let (from, to) = (name(from_filename)?, name(to_filename)?);
+        if let Ok(replaced) = self.vfs.lookup(to_dirid, &to).await {
+            self.pool.forget(replaced.ino);
+        }
+        self.vfs
+            .rename(from_dirid, &from, to_dirid, &to, false)
+            .await
+            .map_err(stat)
+    }
+
+    async fn readdir(
+        &self,
+        dirid: fileid3,
+        start_after: fileid3,
+        max_entries: usize,
+    ) -> Result<ReadDirResult, nfsstat3> {
+        let fh = self.vfs.opendir(dirid).await.map_err(stat)?;
+        let listed = self.vfs.readdir(fh, 0);
+        self.vfs.releasedir(fh);
+        let entries: Vec<_> = listed
+            .map_err(stat)?
+            .into_iter()
+            .filter(|e| e.name != "." && e.name != "..")
+            .collect();
+        let start = if start_after == 0 {
+            0
+        } else {
+            entries
+                .iter()
+                .position(|e| e.ino == start_after)
+                .map(|p| p + 1)
+                .ok_or(nfsstat3::NFS3ERR_BAD_COOKIE)?
+        };
+        let mut out = ReadDirResult::default();
+        for e in entries.iter().skip(start) {
+            if out.entries.len() >= max_entries {
+                return Ok(out);
+            }
+            let attr = self.vfs.getattr(e.ino).map_err(stat)?;
+            out.entries.push(DirEntry {
+                fileid: e.ino,
+                name: e.name.as_bytes().to_vec().into(),
+                attr: fattr(&attr),
+            });
+        }
+        out.end = true;
+        Ok(out)
+    }
+
+    async fn symlink(
+        &self,
+        dirid: fileid3,
+        linkname: &filename3,
+        symlink: &nfspath3,
+        _attr: &sattr3,
+    ) -> Result<(fileid3, fattr3), nfsstat3> {
+        let n = name(linkname)?;
+        let target = name(symlink)?;
+        let a = self
+            .vfs
+            .symlink(dirid, &n, &target, self.owner)
+            .await
+            .map_err(stat)?;
+        Ok((a.ino, fattr(&a)))
+    }
+
+    async fn readlink(&self, id: fileid3) -> Result<nfspath3, nfsstat3> {
+        let t = self.vfs.readlink(id).map_err(stat)?;
+        Ok(t.into_bytes().into())
+    }
+}
