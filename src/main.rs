@@ -395,7 +395,11 @@ fn mount_nfs(args: &MountArgs, mountpoint: &Path) -> Result<(), UserError> {
             served.drain()?;
             return Err(UserError(format!(
                 "the kernel NFS client could not mount the bucket ({}); install nfs-common, or run `xetmount serve-nfs` and use a user-space client",
-                String::from_utf8_lossy(&o.stderr).trim()
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("no reason given")
+                    .trim()
             )));
         }
         Err(e) => {

@@ -88,6 +88,21 @@ fn cli_rejects_bad_input_with_one_sentence() {
     let err = run(&["mount", full.to_str().unwrap(), mp.to_str().unwrap()]);
     assert!(err.contains("neither empty nor an xetmount store"), "{err}");
 
+    // --nfs on a machine without a kernel NFS client says what to do instead.
+    if !std::path::Path::new("/sbin/mount.nfs").exists() {
+        let nfs_mp = tmp.path().join("nfs-mp");
+        std::fs::create_dir_all(&nfs_mp).unwrap();
+        let err = run(&[
+            "mount",
+            "--nfs",
+            tmp.path().join("nfs-store").to_str().unwrap(),
+            nfs_mp.to_str().unwrap(),
+        ]);
+        let said: Vec<&str> = err.lines().filter(|l| l.starts_with("xetmount:")).collect();
+        assert_eq!(said.len(), 1, "{err}");
+        assert!(said[0].contains("serve-nfs"), "{err}");
+    }
+
     // A store in use by a live mount names the holder's pid.
     let m = Mount::start(&store, &tmp.path().join("m1"), &[]);
     let err = run(&["mount", store.to_str().unwrap(), mp.to_str().unwrap()]);
