@@ -9,6 +9,8 @@
 # Usage: bench/foundation.sh [SIZE-MIB]   (default 2048; needs root to drop the page cache)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 size_mib="${1:-2048}"
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount --example xet_download
 bin="$repo/target/release/xetmount"
@@ -36,14 +38,7 @@ record_peak() { # phase
   return 0
 }
 start_mount() {
-  "$bin" mount "$work/store" "$mp" >>"$work/mount.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 600); do
-    grep -q " $mp " /proc/self/mountinfo && return 0
-    kill -0 "$pid" 2>/dev/null || { cat "$work/mount.log"; exit 1; }
-    sleep 0.05
-  done
-  echo "mount did not appear"; exit 1
+  mount_bg "$work/store" "$mp" "$work/mount.log"
 }
 stop_mount() { # phase
   record_peak "$1"

@@ -7,6 +7,8 @@
 # Usage: bench/nfs.sh [SIZE-MIB]   (default 256; needs root and libnfs-utils)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 size_mib="${1:-256}"
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount
 bin="$repo/target/release/xetmount"
@@ -24,10 +26,7 @@ head -c "$((size_mib << 20))" /dev/urandom >"$work/src.bin"
 mkdir -p "$work/mnt"
 
 fuse_start() {
-  "$bin" mount "$work/fuse-store" "$work/mnt" >>"$work/fuse.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 600); do grep -q " $work/mnt " /proc/self/mountinfo && return 0; sleep 0.05; done
-  echo "mount did not appear"; exit 1
+  mount_bg "$work/fuse-store" "$work/mnt" "$work/fuse.log"
 }
 fuse_stop() { "$bin" unmount "$work/mnt"; wait "$pid"; pid=""; }
 nfs_start() {

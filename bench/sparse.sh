@@ -10,6 +10,8 @@
 # Usage: bench/sparse.sh [SIZE-MIB]   (default 1024; needs root to drop the page cache)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 size_mib="${1:-1024}"
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount
 bin="$repo/target/release/xetmount"
@@ -24,14 +26,7 @@ cleanup() {
 trap cleanup EXIT
 start_mount() {
   sync; echo 3 > /proc/sys/vm/drop_caches
-  "$bin" mount "$work/store" "$mp" >>"$work/mount.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 600); do
-    grep -q " $mp " /proc/self/mountinfo && return 0
-    kill -0 "$pid" 2>/dev/null || { cat "$work/mount.log"; exit 1; }
-    sleep 0.05
-  done
-  echo "mount did not appear"; exit 1
+  mount_bg "$work/store" "$mp" "$work/mount.log"
 }
 stop_mount() { "$bin" unmount "$mp"; wait "$pid"; pid=""; }
 stat_of() { awk -v k="$1" '$1==k{print $2}' <<<"$2"; }

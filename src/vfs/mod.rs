@@ -343,4 +343,4 @@ impl Vfs {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

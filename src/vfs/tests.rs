@@ -17,19 +17,47 @@ pub(crate) struct Mounted {
 }
 
 pub(crate) async fn mount_at(dir: &Path) -> Mounted {
+    mount_with(dir, |_| {}, |c, s| (c, s)).await
+}
+
+/// The store under `dir`, opened on the test's runtime.
+pub(crate) async fn open_store(dir: &Path) -> LocalStore {
     let ctx = xet_runtime::core::XetContext::from_external(
         tokio::runtime::Handle::current(),
         crate::remote::local::xet_config(),
     );
-    let store = LocalStore::open(&dir.join("store"), ctx).await.unwrap();
-    let config = VfsConfig {
+    LocalStore::open(&dir.join("store"), ctx).await.unwrap()
+}
+
+/// A VFS over the store under `dir`: `tune` adjusts the configuration (20 ms debounce by
+/// default), `wrap` may put the remote traits behind test wrappers.
+pub(crate) async fn mount_with(
+    dir: &Path,
+    tune: impl FnOnce(&mut VfsConfig),
+    wrap: impl FnOnce(Arc<dyn Catalog>, Arc<dyn Cas>) -> (Arc<dyn Catalog>, Arc<dyn Cas>),
+) -> Mounted {
+    let store = open_store(dir).await;
+    let mut config = VfsConfig {
         flush_debounce: Duration::from_millis(20),
         ..VfsConfig::new(dir.join("staging"))
     };
-    let catalog: Arc<dyn Catalog> = store.catalog.clone();
-    let cas: Arc<dyn Cas> = store.cas.clone();
+    tune(&mut config);
+    let (catalog, cas) = wrap(store.catalog.clone(), store.cas.clone());
     let vfs = Vfs::new(catalog, cas, config).await.unwrap();
     Mounted { vfs, _store: store }
+}
+
+/// Incompressible bytes, so that big files really span several xorbs and segments.
+pub(crate) fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 /// Drain, drop and reopen: what the next mount sees.

@@ -103,30 +103,25 @@ struct Faulty {
 }
 
 async fn mount_faulty(dir: &Path) -> Faulty {
-    let ctx = xet_runtime::core::XetContext::from_external(
-        tokio::runtime::Handle::current(),
-        crate::remote::local::xet_config(),
-    );
-    let store = LocalStore::open(&dir.join("store"), ctx).await.unwrap();
     let faults = Arc::new(Faults::default());
-    let config = VfsConfig {
-        flush_debounce: Duration::from_millis(20),
-        read_timeout: Duration::from_millis(300),
-        ..VfsConfig::new(dir.join("staging"))
-    };
-    let catalog: Arc<dyn Catalog> = Arc::new(FaultyCatalog {
-        inner: store.catalog.clone(),
-        faults: faults.clone(),
-    });
-    let cas: Arc<dyn Cas> = Arc::new(FaultyCas {
-        inner: store.cas.clone(),
-        faults: faults.clone(),
-    });
-    let vfs = Vfs::new(catalog, cas, config).await.unwrap();
-    Faulty {
-        m: Mounted { vfs, _store: store },
-        faults,
-    }
+    let f = faults.clone();
+    let m = mount_with(
+        dir,
+        |c| c.read_timeout = Duration::from_millis(300),
+        move |catalog, cas| {
+            let catalog: Arc<dyn Catalog> = Arc::new(FaultyCatalog {
+                inner: catalog,
+                faults: f.clone(),
+            });
+            let cas: Arc<dyn Cas> = Arc::new(FaultyCas {
+                inner: cas,
+                faults: f,
+            });
+            (catalog, cas)
+        },
+    )
+    .await;
+    Faulty { m, faults }
 }
 
 /// Poll (on the mount's own counters, not on time) until the background flusher has failed

@@ -73,19 +73,6 @@ fn delta(a: StatsSnapshot, b: StatsSnapshot) -> StatsSnapshot {
     }
 }
 
-/// Incompressible bytes, so that big files really span several xorbs and segments.
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 async fn committed_file(dir: &Path, len: usize) -> (Mounted, Vec<u8>) {
     let m = mount_at(dir).await;
     let data = random(len, 11);
@@ -273,19 +260,12 @@ async fn concurrent_slots_on_a_committed_file_with_fsyncs_and_reopens() {
 /// Mount with flushes that never fire on their own, so a "crash" (dropping the VFS without a
 /// shutdown, as `kill -9` would) leaves dirty files behind.
 async fn mount_lazy(dir: &Path) -> Mounted {
-    let ctx = xet_runtime::core::XetContext::from_external(
-        tokio::runtime::Handle::current(),
-        crate::remote::local::xet_config(),
-    );
-    let store = LocalStore::open(&dir.join("store"), ctx).await.unwrap();
-    let config = VfsConfig {
-        flush_debounce: Duration::from_secs(3600),
-        ..VfsConfig::new(dir.join("staging"))
-    };
-    let catalog: Arc<dyn Catalog> = store.catalog.clone();
-    let cas: Arc<dyn Cas> = store.cas.clone();
-    let vfs = Vfs::new(catalog, cas, config).await.unwrap();
-    Mounted { vfs, _store: store }
+    mount_with(
+        dir,
+        |c| c.flush_debounce = Duration::from_secs(3600),
+        |c, s| (c, s),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,20 +338,7 @@ async fn edit_no_flush(v: &Vfs, path: &str, ops: &[Op], model: &mut Vec<u8>) {
 }
 
 async fn mount_with_budget(dir: &Path, budget: u64) -> Mounted {
-    let ctx = xet_runtime::core::XetContext::from_external(
-        tokio::runtime::Handle::current(),
-        crate::remote::local::xet_config(),
-    );
-    let store = LocalStore::open(&dir.join("store"), ctx).await.unwrap();
-    let config = VfsConfig {
-        flush_debounce: Duration::from_millis(20),
-        max_staging_size: budget,
-        ..VfsConfig::new(dir.join("staging"))
-    };
-    let catalog: Arc<dyn Catalog> = store.catalog.clone();
-    let cas: Arc<dyn Cas> = store.cas.clone();
-    let vfs = Vfs::new(catalog, cas, config).await.unwrap();
-    Mounted { vfs, _store: store }
+    mount_with(dir, |c| c.max_staging_size = budget, |c, s| (c, s)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -535,19 +535,7 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::vfs::tests::random;
 
     async fn store_with(dir: &Path, data: &[u8]) -> (XetCas, FileId) {
         let ctx = XetContext::from_external(tokio::runtime::Handle::current(), xet_config());
