@@ -434,3 +434,58 @@ async fn rename_or_unlink_of_a_dirty_file_never_resurrects_the_old_path() {
         );
     }
 }
+
+/// Many files edited at once: flushes of several files share batches (one upload session,
+/// one catalog commit), some files compose and some upload whole, while writers keep going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_across_files_share_flush_batches() {
+    let (_d, dir) = tmp();
+    let m = mount_at(&dir).await;
+    let mut models = Vec::new();
+    for f in 0..4u64 {
+        let data = random(600_000, 50 + f);
+        let ino = write_file(&m.vfs, ROOT_INO, &format!("f{f}"), &data).await;
+        m.vfs.fsync(ino).await.unwrap();
+        models.push(data);
+    }
+    // A fresh mount: every file starts sparse.
+    let m = remount(m, &dir).await;
+    let v = m.vfs.clone();
+    let commits_before = v.stats().flush_commits;
+    let mut tasks = Vec::new();
+    for f in 0..4u64 {
+        let ino = resolve(&v, &format!("f{f}")).await.unwrap();
+        for w in 0..3u64 {
+            let v = v.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut writes = Vec::new();
+                for k in 0..12u64 {
+                    let off = (k * 3 + w) * 15_000 + 7;
+                    let data = random(3_000, f * 1000 + w * 100 + k);
+                    let o = v.open(ino, true, false).await.unwrap();
+                    v.write(o.fh, off, data.clone()).await.unwrap();
+                    v.release(o.fh).unwrap();
+                    if k % 5 == 4 {
+                        v.fsync(ino).await.unwrap();
+                    }
+                    writes.push((off, data));
+                }
+                (f, writes)
+            }));
+        }
+    }
+    for t in tasks {
+        let (f, writes) = t.await.unwrap();
+        for (off, data) in writes {
+            models[f as usize][off as usize..off as usize + data.len()].copy_from_slice(&data);
+        }
+    }
+    let s = v.stats();
+    drop(v);
+    let m = remount(m, &dir).await;
+    for (f, model) in models.iter().enumerate() {
+        assert!(&read_all(&m.vfs, &format!("f{f}")).await == model, "f{f}");
+    }
+    assert!(s.files_composed > 0, "{s:?}");
+    assert!(s.flush_commits > commits_before);
+}
