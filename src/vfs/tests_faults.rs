@@ -20,6 +20,8 @@ use crate::remote::{
 struct Fault {
     remaining: AtomicU32,
     hang: AtomicBool,
+    /// Added to every call.
+    delay_ms: std::sync::atomic::AtomicU64,
     error: parking_lot::Mutex<Option<RemoteError>>,
 }
 
@@ -30,6 +32,10 @@ impl Fault {
     }
 
     async fn check(&self) -> RemoteResult<()> {
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         if self.hang.load(Ordering::SeqCst) {
             futures::future::pending::<()>().await;
         }
@@ -261,4 +267,33 @@ async fn a_hung_store_at_shutdown_leaves_the_file_journaled_for_the_next_start()
     let m = mount_at(&dir).await;
     assert!(m.vfs.dirty_inodes().is_empty());
     assert_eq!(read_all(&m.vfs, "stuck").await, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_delays_commits_without_blocking_other_files() {
+    let (_d, dir) = tmp();
+    let f = mount_faulty(&dir).await;
+    let v = f.m.vfs.clone();
+    let quick = write_file(&v, ROOT_INO, "quick", b"already here").await;
+    v.fsync(quick).await.unwrap();
+    f.faults.upload.delay_ms.store(1500, Ordering::SeqCst);
+    let data = pattern(300_000, 9);
+    let slow = write_file(&v, ROOT_INO, "slow", &data).await;
+    let v2 = v.clone();
+    let pending = tokio::spawn(async move { v2.fsync(slow).await });
+    // While the upload crawls, other files stay readable and writable.
+    assert_eq!(read_all(&v, "quick").await, b"already here");
+    let o = v.open(quick, true, false).await.unwrap();
+    v.write(o.fh, 0, b"ALREADY".to_vec()).await.unwrap();
+    v.release(o.fh).unwrap();
+    assert!(
+        !pending.is_finished(),
+        "the other file waited for the slow upload"
+    );
+    pending.await.unwrap().unwrap();
+    f.faults.upload.delay_ms.store(0, Ordering::SeqCst);
+    drop(v);
+    let m = remount(f.m, &dir).await;
+    assert_eq!(read_all(&m.vfs, "slow").await, data);
+    assert_eq!(read_all(&m.vfs, "quick").await, b"ALREADY here");
 }

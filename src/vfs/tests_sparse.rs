@@ -489,3 +489,50 @@ async fn concurrent_edits_across_files_share_flush_batches() {
     assert!(s.files_composed > 0, "{s:?}");
     assert!(s.flush_commits > commits_before);
 }
+
+/// Another writer changed the file while this mount was down with an uncommitted edit: the
+/// recovered edit is composed against the body it was made on and wins as the last writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_the_store_changed_meanwhile_lets_the_recovered_content_win() {
+    let (_d, dir) = tmp();
+    let (m, big) = committed_file(&dir, 1_000_000).await;
+    drop(m);
+    let m = mount_lazy(&dir).await;
+    let mut edited = big.clone();
+    edit_no_flush(
+        &m.vfs,
+        "f",
+        &[Op::Write(500_000, vec![0xAA; 100])],
+        &mut edited,
+    )
+    .await;
+    drop(m); // crash with the edit uncommitted
+
+    // Another writer replaces the file in the store meanwhile.
+    {
+        let store = open_store(&dir).await;
+        let other = dir.join("other.bin");
+        std::fs::write(&other, random(700_000, 77)).unwrap();
+        let up = store
+            .cas
+            .upload_batch(vec![crate::remote::UploadItem {
+                path: &other,
+                len: 700_000,
+            }])
+            .await
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        let mut e = store.catalog.head("f").await.unwrap().unwrap();
+        e.content = Some(up.id);
+        store
+            .catalog
+            .commit(vec![crate::remote::CatalogOp::Put(e)])
+            .await
+            .unwrap();
+    }
+
+    let m = mount_lazy(&dir).await;
+    assert!(m.vfs.dirty_inodes().is_empty());
+    assert!(read_all(&m.vfs, "f").await == edited);
+}
