@@ -266,10 +266,18 @@ fn full_staging_disk_fails_writes_with_enospc_and_loses_nothing() {
         std::fs::read(m.path("keep.bin")).unwrap(),
         std::fs::read(tmp.path().join("keep.bin")).unwrap()
     );
-    sh(
-        &m.mountpoint,
-        "rm too-big.bin; echo after > after.txt; sync after.txt",
+    sh(&m.mountpoint, "rm too-big.bin");
+    // The kernel releases the file after `rm` returns; its staging copy goes with the
+    // release. Wait for the space to come back, then write again.
+    common::wait_for(
+        "staging space to be freed",
+        std::time::Duration::from_secs(20),
+        || {
+            let avail = sh(tmp.path(), "df -B1 --output=avail staging | tail -1");
+            avail.trim().parse::<u64>().unwrap() > 4 << 20
+        },
     );
+    sh(&m.mountpoint, "echo after > after.txt; sync after.txt");
     m.stop();
     let m = Mount::start(&store, &mp, &["--staging-dir", &staging_arg]);
     assert_eq!(
