@@ -350,6 +350,14 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // Most writes land in an existing staging copy: do those right here, without a copy
+        // of the data or a hop to the runtime.
+        if let Some(r) = self.vfs.try_write_now(fh.0, offset, data) {
+            return match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
         let data = data.to_vec();
         self.run(|vfs| async move {
             match vfs.write(fh.0, offset, data).await {

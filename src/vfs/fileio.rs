@@ -229,6 +229,34 @@ impl Vfs {
         }
     }
 
+    /// A write served on the caller's thread when the file already has its staging copy (the
+    /// common case: every write after the first of an open). `None`: take the async path.
+    /// It blocks only on the local staging file, like the async path's blocking section.
+    pub fn try_write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<VfsResult<u32>> {
+        let ino = match self.handle_ino(fh, true) {
+            Ok(i) => i,
+            Err(e) => return Some(Err(e)),
+        };
+        let s = self.inodes.lock().get(ino).ok()?.staged.clone()?;
+        let r = s.write(offset, data);
+        let current = self
+            .inodes
+            .lock()
+            .get(ino)
+            .ok()?
+            .staged
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &s));
+        if !current {
+            // The copy was dropped meanwhile (see `with_current_staging`): redo it there.
+            return None;
+        }
+        Some(r.and_then(|n| {
+            self.stamp_modified(ino)?;
+            Ok(n as u32)
+        }))
+    }
+
     /// Run a mutation of the inode's staging. A clean staging copy may be dropped at any time
     /// (nothing in it is unique); if that happened before `f` took the io lock, `f` changed a
     /// copy nobody will read, so it is run again on the current one.
