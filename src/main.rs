@@ -137,7 +137,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "xetmount=info,warn".into()),
+                .unwrap_or_else(|_| "xetmount=info,fuser=error,warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
