@@ -388,39 +388,35 @@ fn mount_nfs(args: &MountArgs, mountpoint: &Path) -> Result<(), UserError> {
         .arg(format!("127.0.0.1:/{NFS_EXPORT}"))
         .arg(mountpoint)
         .output();
-    match status {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            fs.close_handles();
-            served.drain()?;
-            return Err(UserError(format!(
-                "the kernel NFS client could not mount the bucket ({}); install nfs-common, or run `xetmount serve-nfs` and use a user-space client",
-                String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .next()
-                    .unwrap_or("no reason given")
-                    .trim()
-            )));
-        }
-        Err(e) => {
-            fs.close_handles();
-            served.drain()?;
-            return Err(UserError(format!(
-                "cannot run mount ({e}); run `xetmount serve-nfs` and mount with a user-space client"
-            )));
-        }
+    let mounted = match status {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(UserError(format!(
+            "the kernel NFS client could not mount the bucket ({}); install nfs-common, or run `xetmount serve-nfs` and use a user-space client",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or("no reason given")
+                .trim()
+        ))),
+        Err(e) => Err(UserError(format!(
+            "cannot run mount ({e}); run `xetmount serve-nfs` and mount with a user-space client"
+        ))),
+    };
+    if mounted.is_ok() {
+        tracing::info!(
+            "mounted {} at {} over NFSv3 (port {port})",
+            served.store.root().display(),
+            mountpoint.display()
+        );
+        served.rt.block_on(wait_for_signal());
+        let _ = std::process::Command::new("umount")
+            .arg(mountpoint)
+            .status();
     }
-    tracing::info!(
-        "mounted {} at {} over NFSv3 (port {port})",
-        served.store.root().display(),
-        mountpoint.display()
-    );
-    served.rt.block_on(wait_for_signal());
-    let _ = std::process::Command::new("umount")
-        .arg(mountpoint)
-        .status();
+    // Mounted or not, the server may hold handles and dirty files: commit them before exit.
     fs.close_handles();
-    served.drain()
+    served.drain()?;
+    mounted
 }
 
 fn stats(mp: &Path) -> Result<(), UserError> {

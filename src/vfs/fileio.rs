@@ -239,15 +239,7 @@ impl Vfs {
         };
         let s = self.inodes.lock().get(ino).ok()?.staged.clone()?;
         let r = s.write(offset, data);
-        let current = self
-            .inodes
-            .lock()
-            .get(ino)
-            .ok()?
-            .staged
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, &s));
-        if !current {
+        if !self.inodes.lock().get(ino).ok()?.holds(&s) {
             // The copy was dropped meanwhile (see `with_current_staging`): redo it there.
             return None;
         }
@@ -270,14 +262,7 @@ impl Vfs {
             let s = self.ensure_staged(ino).await?;
             let (s2, f2) = (s.clone(), f.clone());
             let r = blocking(move || f2(&s2)).await?;
-            let current = self
-                .inodes
-                .lock()
-                .get(ino)?
-                .staged
-                .as_ref()
-                .is_some_and(|c| Arc::ptr_eq(c, &s));
-            if current {
+            if self.inodes.lock().get(ino)?.holds(&s) {
                 return Ok(r);
             }
         }

@@ -233,18 +233,8 @@ impl Vfs {
         if !staged.with_io(|io| io.state.is_dirty()) {
             return Ok(None);
         }
-        let (covered, dirty_bytes) = staged.with_io(|io| {
-            let size = io.state.size();
-            (
-                io.state.is_fully_covered(),
-                io.state
-                    .dirty()
-                    .intersect(0..size)
-                    .iter()
-                    .map(|r| r.end - r.start)
-                    .sum::<u64>(),
-            )
-        });
+        let (covered, dirty_bytes) =
+            staged.with_io(|io| (io.state.is_fully_covered(), io.state.dirty().len_bytes()));
         if !covered && dirty_bytes > COMPOSE_MAX_DIRTY {
             // Too much to hold in memory: complete the staging copy, then upload it whole.
             loop {
@@ -462,33 +452,20 @@ impl Vfs {
         Ok(())
     }
 
-    /// Paranoid mode: forget a clean staging copy, even of an open file. The io lock keeps
-    /// writers out while it is checked; a writer that picked up the copy before it was
-    /// forgotten redoes its write on the new one (`with_current_staging`).
+    /// Paranoid mode: forget a clean staging copy, even of an open file. A writer that picked
+    /// up the copy before it was forgotten redoes its write on the new one
+    /// (`with_current_staging`).
     pub(super) fn drop_clean_staging(&self, ino: Ino) {
-        let Some(staged) = self
+        let staged = self
             .inodes
             .lock()
             .get(ino)
             .ok()
-            .and_then(|i| i.staged.clone())
-        else {
-            return;
-        };
-        staged.with_io(|io| {
-            if io.state.is_dirty() {
-                return;
-            }
-            let mut t = self.inodes.lock();
-            if let Ok(i) = t.get_mut(ino) {
-                let ours = i.staged.as_ref().is_some_and(|s| Arc::ptr_eq(s, &staged));
-                if ours && i.linked {
-                    // `staged` still holds a reference: the file goes when it is dropped,
-                    // outside these locks.
-                    i.staged = None;
-                }
-            }
-        });
+            .and_then(|i| i.staged.clone());
+        if let Some(s) = staged {
+            // `s` still holds a reference: the file goes when it is dropped, outside the locks.
+            self.forget_clean_copy(ino, &s, true);
+        }
     }
 }
 

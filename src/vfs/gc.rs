@@ -44,7 +44,7 @@ impl Vfs {
                 let Ok(_flushing) = s.flush_lock.try_lock() else {
                     continue;
                 };
-                if self.evict(*ino, s) {
+                if self.forget_clean_copy(*ino, s, false) {
                     usage = usage.saturating_sub(sizes[k]);
                     Stats::add(&self.stats.staging_evictions, 1);
                 }
@@ -54,19 +54,17 @@ impl Vfs {
         // `staged` drops here, outside every lock: evicted files are removed now.
     }
 
-    /// Forget `s` as `ino`'s staging copy if it is clean, unopened and still current.
-    fn evict(&self, ino: Ino, s: &Arc<Staged>) -> bool {
+    /// Forget `s` as `ino`'s staging copy if it is clean, still current, linked, and (unless
+    /// `even_if_open`) unopened. The io lock keeps writers out while it is checked, the inode
+    /// table lock keeps openers out. Returns whether it was forgotten.
+    pub(super) fn forget_clean_copy(&self, ino: Ino, s: &Arc<Staged>, even_if_open: bool) -> bool {
         s.with_io(|io| {
             if io.state.is_dirty() {
                 return false;
             }
             let mut t = self.inodes.lock();
             match t.get_mut(ino) {
-                Ok(i)
-                    if i.open_handles == 0
-                        && i.linked
-                        && i.staged.as_ref().is_some_and(|c| Arc::ptr_eq(c, s)) =>
-                {
+                Ok(i) if (even_if_open || i.open_handles == 0) && i.linked && i.holds(s) => {
                     i.staged = None;
                     true
                 }

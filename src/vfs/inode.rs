@@ -125,6 +125,11 @@ impl Inode {
         self.remote.as_ref().map_or(0, |r| r.size)
     }
 
+    /// Whether `s` is this inode's current staging copy (it may have been replaced).
+    pub fn holds(&self, s: &Arc<Staged>) -> bool {
+        self.staged.as_ref().is_some_and(|c| Arc::ptr_eq(c, s))
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == EntryKind::Dir
     }

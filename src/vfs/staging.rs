@@ -112,17 +112,24 @@ impl Staged {
             file,
             log,
             SparseState::from_base(base),
+            None,
         ))
     }
 
-    fn assemble(path: PathBuf, file: File, log: File, state: SparseState) -> Arc<Self> {
+    fn assemble(
+        path: PathBuf,
+        file: File,
+        log: File,
+        state: SparseState,
+        journaled_path: Option<String>,
+    ) -> Arc<Self> {
         Arc::new(Staged {
             path,
             io: Mutex::new(StagedIo {
                 file,
                 state,
                 log,
-                journaled_path: None,
+                journaled_path,
                 unlinked: false,
             }),
             flush_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -172,8 +179,13 @@ impl Staged {
         // size is the file's.
         file.set_len(replayed.state.size())?;
         let log = OpenOptions::new().append(true).open(&log)?;
-        let staged = Self::assemble(path.to_path_buf(), file, log, replayed.state);
-        staged.io.lock().journaled_path = Some(bucket_path.clone());
+        let staged = Self::assemble(
+            path.to_path_buf(),
+            file,
+            log,
+            replayed.state,
+            Some(bucket_path.clone()),
+        );
         Ok(Some((staged, bucket_path)))
     }
 

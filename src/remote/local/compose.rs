@@ -104,6 +104,7 @@ pub async fn compose(
         inner: client.clone(),
         file: base_hash,
         mdb: view.mdb(&original),
+        boundaries: view.starts(),
         shard,
         chunks: view.chunks.iter().flatten().copied().collect(),
         base_bytes_read: AtomicU64::new(0),
@@ -394,6 +395,8 @@ struct PlannedClient {
     inner: Arc<dyn Client>,
     file: MerkleHash,
     mdb: MDBFileInfo,
+    /// Byte offsets where the view's segments start, and its end.
+    boundaries: Vec<u64>,
     shard: Option<MerkleHash>,
     chunks: ChunkHashList,
     base_bytes_read: AtomicU64,
@@ -507,15 +510,12 @@ impl Client for PlannedClient {
         let resp =
             build_file_chunk_hashes_response(&self.mdb, dirty_ranges, self.chunks.iter().copied())?;
         // Composition splices whole segments: a window ending inside one would lose data.
-        let mut ends = std::collections::HashSet::new();
-        let mut acc = 0u64;
-        ends.insert(0);
-        for s in &self.mdb.segments {
-            acc += u64::from(s.unpacked_segment_bytes);
-            ends.insert(acc);
-        }
         for w in &resp.windows {
-            if !ends.contains(&w.dirty_byte_range[1]) {
+            if self
+                .boundaries
+                .binary_search(&w.dirty_byte_range[1])
+                .is_err()
+            {
                 return Err(ClientError::Other(format!(
                     "window ends at {} inside a segment; refusing to compose",
                     w.dirty_byte_range[1]
