@@ -49,6 +49,20 @@ impl NfsFs {
         }
     }
 
+    /// NFS keeps no kernel-style references: drop the one a creation took, so an unlinked
+    /// file is reaped when its last handle goes.
+    fn unref(&self, ino: u64) {
+        self.vfs.forget(ino, 1);
+    }
+
+    /// Create an empty regular file; NFS keeps neither the handle nor the reference.
+    async fn create_file(&self, dirid: fileid3, name: &str, mode: u32) -> Result<Attr, Errno> {
+        let (a, o) = self.vfs.create(dirid, name, mode, self.owner).await?;
+        self.vfs.release(o.fh)?;
+        self.unref(a.ino);
+        Ok(a)
+    }
+
     /// Release every pooled handle (before shutdown, so their flushes are scheduled).
     pub fn close_handles(&self) {
         self.pool.clear();
@@ -183,12 +197,7 @@ impl NFSFileSystem for NfsFs {
         match n.as_str() {
             "." => Ok(dirid),
             ".." => self.vfs.parent_of(dirid).map_err(stat),
-            _ => self
-                .vfs
-                .lookup(dirid, &n)
-                .await
-                .map(|a| a.ino)
-                .map_err(stat),
+            _ => self.vfs.find(dirid, &n).await.map(|a| a.ino).map_err(stat),
         }
     }
 
@@ -239,13 +248,10 @@ impl NFSFileSystem for NfsFs {
         // nfsserve has already refused GUARDED creates of an existing name, so an existing
         // file here is an UNCHECKED create: it is opened as is, with the given attributes
         // (typically size 0) applied.
-        let a = match self.vfs.create(dirid, &n, mode, self.owner).await {
-            Ok((a, o)) => {
-                self.vfs.release(o.fh).map_err(stat)?;
-                a
-            }
+        let a = match self.create_file(dirid, &n, mode).await {
+            Ok(a) => a,
             Err(Errno::EEXIST) => {
-                let a = self.vfs.lookup(dirid, &n).await.map_err(stat)?;
+                let a = self.vfs.find(dirid, &n).await.map_err(stat)?;
                 if a.kind != EntryKind::File {
                     return Err(nfsstat3::NFS3ERR_EXIST);
                 }
@@ -267,12 +273,7 @@ impl NFSFileSystem for NfsFs {
         filename: &filename3,
     ) -> Result<fileid3, nfsstat3> {
         let n = name(filename)?;
-        let (a, o) = self
-            .vfs
-            .create(dirid, &n, 0o644, self.owner)
-            .await
-            .map_err(stat)?;
-        self.vfs.release(o.fh).map_err(stat)?;
+        let a = self.create_file(dirid, &n, 0o644).await.map_err(stat)?;
         Ok(a.ino)
     }
 
@@ -287,12 +288,13 @@ impl NFSFileSystem for NfsFs {
             .mkdir(dirid, &n, 0o755, self.owner)
             .await
             .map_err(stat)?;
+        self.unref(a.ino);
         Ok((a.ino, fattr(&a)))
     }
 
     async fn remove(&self, dirid: fileid3, filename: &filename3) -> Result<(), nfsstat3> {
         let n = name(filename)?;
-        let a = self.vfs.lookup(dirid, &n).await.map_err(stat)?;
+        let a = self.vfs.find(dirid, &n).await.map_err(stat)?;
         let is_dir = a.kind == EntryKind::Dir;
         // NFS has no close: let go of the pooled handle so the orphan can be reaped.
         self.pool.forget(a.ino);
@@ -307,7 +309,7 @@ impl NFSFileSystem for NfsFs {
         to_filename: &filename3,
     ) -> Result<(), nfsstat3> {
         let (from, to) = (name(from_filename)?, name(to_filename)?);
-        if let Ok(replaced) = self.vfs.lookup(to_dirid, &to).await {
+        if let Ok(replaced) = self.vfs.find(to_dirid, &to).await {
             self.pool.forget(replaced.ino);
         }
         self.vfs
@@ -369,11 +371,46 @@ impl NFSFileSystem for NfsFs {
             .symlink(dirid, &n, &target, self.owner)
             .await
             .map_err(stat)?;
+        self.unref(a.ino);
         Ok((a.ino, fattr(&a)))
     }
 
     async fn readlink(&self, id: fileid3) -> Result<nfspath3, nfsstat3> {
         let t = self.vfs.readlink(id).map_err(stat)?;
         Ok(t.into_bytes().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vfs::tests::{mount_at, tmp};
+
+    fn staging_files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir.join("staging")).unwrap().count()
+    }
+
+    /// NFS never sends FORGET: lookups and creations must not pin inodes, or a removed file
+    /// would keep its staging copy (and its inode) until unmount.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_removed_over_nfs_leaves_nothing_behind() {
+        let (_d, dir) = tmp();
+        let m = mount_at(&dir).await;
+        let fs = NfsFs::new(m.vfs.clone());
+        let name: filename3 = b"f".to_vec().into();
+        let (ino, _) = fs.create(ROOT_INO, &name, sattr3::default()).await.unwrap();
+        fs.write(ino, 0, b"some bytes").await.unwrap();
+        assert_eq!(fs.lookup(ROOT_INO, &name).await.unwrap(), ino);
+        assert!(staging_files(&dir) > 0);
+        fs.remove(ROOT_INO, &name).await.unwrap();
+        assert_eq!(
+            staging_files(&dir),
+            0,
+            "the removed file's staging copy lingers"
+        );
+        assert!(matches!(
+            fs.getattr(ino).await,
+            Err(nfsstat3::NFS3ERR_NOENT)
+        ));
     }
 }

@@ -25,7 +25,16 @@ impl Vfs {
         self.inodes.lock().install_listing(dir, entries)
     }
 
+    /// FUSE LOOKUP: `name` in `parent`, taking one kernel reference (released by `forget`).
     pub async fn lookup(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+        let attr = self.find(parent, name).await?;
+        self.inodes.lock().get_mut(attr.ino)?.nlookup += 1;
+        Ok(attr)
+    }
+
+    /// `name` in `parent` without a kernel reference: for stateless frontends and internal
+    /// path walks, which never send `forget` (a reference would pin unlinked inodes forever).
+    pub async fn find(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
         if name.len() > crate::vfs::NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
@@ -35,9 +44,7 @@ impl Vfs {
             .lock()
             .child(parent, name)?
             .ok_or(Errno::ENOENT)?;
-        let attr = self.getattr(ino)?;
-        self.inodes.lock().get_mut(ino)?.nlookup += 1;
-        Ok(attr)
+        self.getattr(ino)
     }
 
     pub async fn opendir(&self, ino: Ino) -> VfsResult<u64> {

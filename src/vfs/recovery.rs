@@ -81,20 +81,27 @@ impl Vfs {
         let (last, dirs) = parts.split_last().ok_or(Errno::EINVAL)?;
         let mut dir = ROOT_INO;
         for d in dirs {
-            dir = match self.lookup(dir, d).await {
+            dir = match self.find(dir, d).await {
                 Ok(a) if a.kind == EntryKind::Dir => a.ino,
                 Ok(_) => return Err(Errno::ENOTDIR),
-                Err(Errno::ENOENT) => self.mkdir(dir, d, 0o755, RECOVERER).await?.ino,
+                Err(Errno::ENOENT) => {
+                    let ino = self.mkdir(dir, d, 0o755, RECOVERER).await?.ino;
+                    self.forget(ino, 1); // creation took a kernel reference; no kernel here
+                    ino
+                }
                 Err(e) => return Err(e),
             };
         }
-        let ino = match self.lookup(dir, last).await {
+        let ino = match self.find(dir, last).await {
             Ok(a) if a.kind == EntryKind::File => a.ino,
             Ok(_) => return Err(Errno::EISDIR),
             Err(Errno::ENOENT) => {
                 tracing::warn!("{path} was deleted from the store meanwhile; recreating it");
-                self.create_entry(dir, last, EntryKind::File, 0o644, None, RECOVERER)
-                    .await?
+                let ino = self
+                    .create_entry(dir, last, EntryKind::File, 0o644, None, RECOVERER)
+                    .await?;
+                self.forget(ino, 1);
+                ino
             }
             Err(e) => return Err(e),
         };
