@@ -327,9 +327,7 @@ impl Vfs {
         if self.config.paranoid {
             self.drop_clean_staging(handle.ino);
         }
-        if self.config.max_staging_size > 0 {
-            self.collect_staging();
-        }
+        self.collect_staging();
         Ok(())
     }
 

@@ -16,6 +16,9 @@ impl Vfs {
     /// Evict clean staging copies until usage is within the budget (no-op without one).
     pub(super) fn collect_staging(&self) {
         let budget = self.config.max_staging_size;
+        if budget == 0 {
+            return;
+        }
         let staged: Vec<(Ino, Arc<Staged>, bool)> = {
             let t = self.inodes.lock();
             t.iter()
@@ -27,7 +30,7 @@ impl Vfs {
         };
         let sizes: Vec<u64> = staged.iter().map(|(_, s, _)| s.allocated_bytes()).collect();
         let mut usage: u64 = sizes.iter().sum();
-        if budget > 0 && usage > budget {
+        if usage > budget {
             let mut candidates: Vec<(usize, u64)> = staged
                 .iter()
                 .enumerate()

@@ -62,11 +62,11 @@ impl Vfs {
             return Ok(out);
         }
         let ids: Vec<Ino> = inos.iter().map(|(i, _)| *i).collect();
-        let results = self.flush_batch(&ids).await;
+        // A failed or retried flush leaves the file dirty; the flusher takes it from there.
+        self.flush_batch(&ids).await;
+        let still_dirty = self.dirty_inodes();
         for (ino, path) in inos {
-            let ok = results.iter().any(|(i, r)| *i == ino && r.is_ok())
-                && !self.dirty_inodes().contains(&ino);
-            if ok {
+            if !still_dirty.contains(&ino) {
                 out.committed.push(path);
             } else {
                 out.pending.push(path);

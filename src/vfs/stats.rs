@@ -22,7 +22,8 @@ pub struct Stats {
     pub flush_failures: AtomicU64,
     /// Paranoid mode: committed bodies that did not read back as committed.
     pub commit_verify_failures: AtomicU64,
-    /// Disk space staging files occupied at the last collection (allocated blocks).
+    /// Disk space staging files occupied at the last collection (allocated blocks); collected
+    /// only under a `--max-staging-size` budget.
     pub staging_bytes: AtomicU64,
     /// Clean staging copies evicted to stay within `--max-staging-size`.
     pub staging_evictions: AtomicU64,
