@@ -23,6 +23,6 @@ skipped="$(sed -E 's/.* ([0-9]+) skipped.*/\1/' <<<"$summary")"
 passed="$(sed -E 's/.* ([0-9]+) passed.*/\1/' <<<"$summary")"
 expected="$(sed -E 's/.* ([0-9]+) expected failures.*/\1/' <<<"$summary")"
 echo "pjdfstest: $passed passed, $failed failed, $skipped skipped," \
-  "$expected expected failures (hard links; see tests/posix/pjdfstest.toml)"
+  "$expected expected failures (see tests/posix/pjdfstest.toml)"
 rm -f "$log"
 [ "$status" -eq 0 ] && [ "$failed" -eq 0 ]

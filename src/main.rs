@@ -84,6 +84,10 @@ struct StoreArgs {
     /// Limit for one read from the store before it fails with ETIMEDOUT.
     #[arg(long, default_value_t = 60000)]
     read_timeout_ms: u64,
+    /// Limit for one upload, composition or catalog commit (plus 1 s per 8 MiB it carries);
+    /// a call that takes longer fails and is retried.
+    #[arg(long, default_value_t = 120000)]
+    write_timeout_ms: u64,
     /// Memory for the read cache, in MiB.
     #[arg(long, default_value_t = 128)]
     cache_mib: u64,
@@ -231,6 +235,7 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
         flush_debounce: Duration::from_millis(args.flush_debounce_ms),
         flush_max_batch_window: Duration::from_millis(args.flush_max_batch_window_ms),
         read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
+        write_timeout: Duration::from_millis(args.write_timeout_ms.max(1)),
         cache_capacity: args.cache_mib << 20,
         paranoid: args.paranoid,
         max_staging_size: args.max_staging_size,

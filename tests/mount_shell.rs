@@ -290,3 +290,88 @@ fn full_staging_disk_fails_writes_with_enospc_and_loses_nothing() {
     );
     m.stop();
 }
+
+/// fallocate(1) in every supported mode, on new files and on a committed file (sparse
+/// staging: the punched range is composed into the stored body), compared with the same
+/// commands on a local directory, after remounts.
+#[test]
+fn fallocate_modes_match_a_local_file_system_after_remount() {
+    const NEW_FILES: &str = r#"
+fallocate -l 1M grown
+head -c 300000 ../src.bin > punched
+fallocate -p -o 4096 -l 8192 punched
+fallocate -z -o 100000 -l 5000 punched
+fallocate -z -o 290000 -l 20000 punched
+fallocate -n -o 0 -l 2M punched
+fallocate -z -n -o 305000 -l 100000 punched
+cp ../src.bin committed
+"#;
+    const COMMITTED: &str = r#"
+fallocate -p -o 1000000 -l 70000 committed
+fallocate -z -o 2999000 -l 4000 committed
+fallocate -o 0 -l 100 committed
+"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mp = tmp.path().join("mnt");
+    let reference = tmp.path().join("ref");
+    std::fs::create_dir_all(&reference).unwrap();
+    sh(tmp.path(), "head -c 3000000 /dev/urandom > src.bin");
+    sh(&reference, NEW_FILES);
+    sh(&reference, COMMITTED);
+    let want = tree_digest(&reference);
+    let sizes = "stat -c '%n %s' grown punched committed";
+    let want_sizes = sh(&reference, sizes);
+
+    let m = Mount::start(&store, &mp, &[]);
+    sh(&m.mountpoint, NEW_FILES);
+    m.stop();
+    let m = Mount::start(&store, &mp, &[]);
+    sh(&m.mountpoint, COMMITTED);
+    assert_eq!(tree_digest(&m.mountpoint), want, "live mount differs");
+    m.stop();
+
+    let m = Mount::start(&store, &mp, &[]);
+    assert_eq!(tree_digest(&m.mountpoint), want, "remounted tree differs");
+    assert_eq!(sh(&m.mountpoint, sizes), want_sizes);
+    // Other modes are refused, as on file systems without them.
+    let out = std::process::Command::new("fallocate")
+        .args(["--insert-range", "-o", "0", "-l", "4096"])
+        .arg(m.path("grown"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not supported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.stop();
+}
+
+/// Hard links with ln(1): one inode, several names, link count, edits through either name,
+/// across remounts.
+#[test]
+fn hard_links_keep_one_inode_across_remounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mp = tmp.path().join("mnt");
+    let m = Mount::start(&store, &mp, &[]);
+    sh(
+        &m.mountpoint,
+        "mkdir d && echo one > a && ln a d/b && ln d/b c && echo two >> d/b && rm c",
+    );
+    m.stop();
+    let m = Mount::start(&store, &mp, &[]);
+    let out = sh(
+        &m.mountpoint,
+        "stat -c '%h' a; [ \"$(stat -c %i a)\" = \"$(stat -c %i d/b)\" ] && echo same; cat a",
+    );
+    assert_eq!(out, "2\nsame\none\ntwo\n");
+    sh(&m.mountpoint, "rm a && echo three >> d/b");
+    m.stop();
+    let m = Mount::start(&store, &mp, &[]);
+    let out = sh(&m.mountpoint, "stat -c '%h' d/b; cat d/b; ls");
+    assert_eq!(out, "1\none\ntwo\nthree\nd\n");
+    m.stop();
+}

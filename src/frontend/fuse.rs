@@ -291,13 +291,18 @@ impl Filesystem for FuseFs {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        // A bucket path names one file body; there are no hard links.
-        reply.error(fuser::Errno::from_i32(libc::EPERM));
+        let name = match utf8(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.run(
+            |vfs| async move { reply_entry(reply, vfs.link(ino.0, newparent.0, &name).await) },
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -400,6 +405,21 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.run(|vfs| async move { reply_empty(reply, vfs.fsync(ino.0).await) });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.run(|vfs| async move {
+            reply_empty(reply, vfs.fallocate(fh.0, offset, length, mode).await)
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -48,6 +48,16 @@ impl RemoteError {
         }
     }
 
+    /// Whether trying again later may succeed without anyone acting: a timeout, a rate limit,
+    /// an unclassified failure (a dropped connection, a server error). Permission, quota,
+    /// integrity and not-found need a change first (a new token, space, another route).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::RateLimited(_) | RemoteError::Timeout(_) | RemoteError::Other(_)
+        )
+    }
+
     pub fn other(e: impl std::fmt::Display) -> Self {
         RemoteError::Other(e.to_string())
     }
@@ -101,6 +111,9 @@ pub struct Entry {
     /// Symlink target.
     pub target: Option<String>,
     pub meta: Meta,
+    /// Hard links: entries with the same `link` are names of one file and share its body and
+    /// metadata (see [`CatalogOp::Link`]). `None` for a file that never had a second name.
+    pub link: Option<u64>,
 }
 
 impl Entry {
@@ -117,7 +130,12 @@ impl Entry {
 #[derive(Clone, Debug)]
 pub enum CatalogOp {
     /// Create or replace the entry at `entry.path`. Missing ancestor directories are created.
+    /// The path keeps its hard-link group (`entry.link` is ignored), and the body and
+    /// metadata reach every name of the group.
     Put(Entry),
+    /// Make `to` (which must not exist) another name of the file at `from` (not a
+    /// directory): a hard link. Only for catalogs whose capabilities include hard links.
+    Link { from: String, to: String },
     /// Remove the entry and everything below it. The parent directory stays.
     Delete { path: String },
     /// Move an entry (and, for a directory, everything below it), replacing whatever was at
@@ -125,9 +143,23 @@ pub enum CatalogOp {
     Rename { from: String, to: String },
 }
 
+/// What a catalog can represent beyond paths, bodies and POSIX metadata.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Several names for one file ([`CatalogOp::Link`], [`Catalog::link_paths`]).
+    pub hard_links: bool,
+}
+
 /// The namespace of a bucket.
 #[async_trait]
 pub trait Catalog: Send + Sync {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    /// Every name of hard-link group `link`.
+    async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
+        Err(RemoteError::NotFound(format!("hard-link group {link}")))
+    }
     /// Immediate children of directory `dir` (`""` is the root).
     async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>>;
     async fn head(&self, path: &str) -> RemoteResult<Option<Entry>>;

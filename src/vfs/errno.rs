@@ -22,6 +22,7 @@ impl Errno {
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
     pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
     pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ENODATA: Errno = Errno(libc::ENODATA);
     pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
 }

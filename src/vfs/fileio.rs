@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::remote::{EntryKind, FileId};
 use crate::vfs::inode::{now_ns, Attr, Ino};
-use crate::vfs::staging::{empty_id, ReadPlan, Staged};
+use crate::vfs::staging::{empty_id, Falloc, ReadPlan, Staged};
 use crate::vfs::{Caller, Errno, Handle, HandleEntry, Opened, ReadAhead, Vfs, VfsResult};
 
 /// Largest piece of a hole fetched into memory at once while filling staging.
@@ -99,6 +99,9 @@ impl Vfs {
             ino,
             writable: write,
             ra: ReadAhead::default(),
+            // O_TRUNC changed the file.
+            wrote_at: truncate.then(|| self.next_event()),
+            reported_at: 0,
         }));
         // Every change to a body passes through this mount (and so through the kernel's page
         // cache), so what the kernel cached from an earlier open is still right.
@@ -127,6 +130,21 @@ impl Vfs {
         let h = self.handles.lock();
         match h.map.get(&fh) {
             Some(HandleEntry::File(h)) if !need_write || h.writable => Ok(h.ino),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    /// The inode of a writable handle about to change the file; from now on the handle is
+    /// told about flush failures.
+    fn writer_ino(&self, fh: u64) -> VfsResult<Ino> {
+        let mut h = self.handles.lock();
+        match h.map.get_mut(&fh) {
+            Some(HandleEntry::File(h)) if h.writable => {
+                if h.wrote_at.is_none() {
+                    h.wrote_at = Some(self.next_event());
+                }
+                Ok(h.ino)
+            }
             _ => Err(Errno::EBADF),
         }
     }
@@ -210,13 +228,36 @@ impl Vfs {
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> VfsResult<u32> {
-        let ino = self.handle_ino(fh, true)?;
+        let ino = self.writer_ino(fh)?;
         let data = Arc::new(data);
         let n = self
             .with_current_staging(ino, move |s| s.write(offset, &data))
             .await?;
         self.stamp_modified(ino)?;
         Ok(n as u32)
+    }
+
+    /// `fallocate(2)` through a writable handle: mode 0 and `FALLOC_FL_KEEP_SIZE` reserve
+    /// space, `PUNCH_HOLE | KEEP_SIZE` and `ZERO_RANGE` zero a range (that is the user's data
+    /// and is committed); other modes are not supported.
+    pub async fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> VfsResult<()> {
+        self.check_writable()?;
+        let op = Falloc::from_mode(mode).ok_or(Errno::EOPNOTSUPP)?;
+        if length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or(Errno::EFBIG)?;
+        let ino = self.writer_ino(fh)?;
+        let changed = self
+            .with_current_staging(ino, move |s| s.fallocate(offset..end, op))
+            .await?;
+        if changed {
+            self.stamp_modified(ino)?;
+        }
+        Ok(())
     }
 
     /// Make what was written to `ino` durable in its staging file and journal (it survives a
@@ -233,7 +274,7 @@ impl Vfs {
     /// common case: every write after the first of an open). `None`: take the async path.
     /// It blocks only on the local staging file, like the async path's blocking section.
     pub fn try_write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<VfsResult<u32>> {
-        let ino = match self.handle_ino(fh, true) {
+        let ino = match self.writer_ino(fh) {
             Ok(i) => i,
             Err(e) => return Some(Err(e)),
         };
@@ -291,17 +332,32 @@ impl Vfs {
         Ok(())
     }
 
-    /// close(2) of one file descriptor: report a failure of an earlier background flush.
-    /// In paranoid mode, commit (and verify) the file before close returns.
+    /// close(2) of one file descriptor. Reports a background flush failure that put this
+    /// handle's writes at risk (once per handle); a handle that only read, or that wrote
+    /// after the failure, is not told. In paranoid mode, commit (and verify) the file first.
     pub async fn close(&self, fh: u64) -> VfsResult<()> {
         let ino = self.handle_ino(fh, false)?;
-        if let Some(e) = self.inodes.lock().get_mut(ino)?.flush_error.take() {
-            return Err(e);
-        }
         if self.config.paranoid && self.handle_ino(fh, true).is_ok() {
             self.fsync(ino).await?;
         }
-        Ok(())
+        self.take_flush_error(fh, ino)
+    }
+
+    /// The flush failure this handle has not been told about yet, if it concerns its writes.
+    fn take_flush_error(&self, fh: u64, ino: Ino) -> VfsResult<()> {
+        let Some(err) = self.inodes.lock().get(ino)?.flush_error else {
+            return Ok(());
+        };
+        let mut h = self.handles.lock();
+        let Some(HandleEntry::File(h)) = h.map.get_mut(&fh) else {
+            return Err(Errno::EBADF);
+        };
+        let concerned = h.wrote_at.is_some_and(|w| w < err.at) && h.reported_at < err.at;
+        if !concerned {
+            return Ok(());
+        }
+        h.reported_at = err.at;
+        Err(err.errno)
     }
 
     /// Last reference to an open file handle dropped.
@@ -341,7 +397,29 @@ impl Vfs {
                     self.inodes.lock().get_mut(ino)?.flush_error = None;
                     return Ok(());
                 }
-                Err(e) => return Err(e),
+                Err(f) => {
+                    let path = self.inodes.lock().path_of(ino).unwrap_or_default();
+                    tracing::warn!(ino, "fsync of /{path}: {f}");
+                    return Err(f.errno);
+                }
+            }
+        }
+    }
+
+    /// Fill every hole of a staged file from its base (until none is left: a commit may move
+    /// the base on meanwhile).
+    pub(super) async fn fill_all_holes(&self, staged: &Arc<Staged>) -> VfsResult<()> {
+        loop {
+            let (base, holes) = staged.with_io(|io| {
+                let size = io.state.size();
+                (io.state.base().cloned(), io.state.holes(0..size))
+            });
+            if holes.is_empty() {
+                return Ok(());
+            }
+            let base = base.ok_or(Errno::EIO)?;
+            for h in holes {
+                self.fill_hole(staged, &base, h).await?;
             }
         }
     }

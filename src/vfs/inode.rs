@@ -3,6 +3,11 @@
 //! A directory's `children` is `None` until it is listed from the catalog once; after that
 //! the table is authoritative for it (every namespace change goes through the VFS, which
 //! commits to the catalog and then updates the table under the namespace lock).
+//!
+//! Hard links: a file inode has a primary name (`parent`, `name`: the path its commits use)
+//! and `other_names`. Invariant: once an inode of a hard-link group is in the table, every
+//! name of the group is (the VFS lists the directories holding them, `Vfs::ensure_listed`),
+//! so the link count is the number of names and unlinking one name never strands the file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,8 +22,13 @@ pub const ROOT_INO: Ino = 1;
 
 pub struct Inode {
     pub ino: Ino,
+    /// The primary name.
     pub parent: Ino,
     pub name: String,
+    /// Further names (hard links), as (directory, name).
+    pub other_names: Vec<(Ino, String)>,
+    /// The catalog's hard-link group of this file, once it has had a second name.
+    pub link: Option<u64>,
     pub kind: EntryKind,
     pub meta: Meta,
     /// Files: the body the catalog holds for this path (`None` = empty file).
@@ -33,10 +43,19 @@ pub struct Inode {
     /// Kernel references (lookup count); the inode may be dropped when it reaches zero
     /// after it was unlinked.
     pub nlookup: u64,
-    /// False once unlinked or replaced: an orphan that lives until its last close.
+    /// False once its last name was unlinked or replaced: an orphan that lives until its
+    /// last close.
     pub linked: bool,
-    /// The last background flush failure, reported once on the next fsync or close.
-    pub flush_error: Option<Errno>,
+    /// The last background flush failure, until a commit succeeds. Reported once to each
+    /// handle that wrote before it happened (see `Vfs::close`).
+    pub flush_error: Option<FlushError>,
+}
+
+/// A failed background flush: its errno and when it happened (a `Vfs` event number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushError {
+    pub errno: Errno,
+    pub at: u64,
 }
 
 /// Attributes as the frontends need them.
@@ -79,6 +98,8 @@ impl Inode {
             ino,
             parent,
             name,
+            other_names: Vec::new(),
+            link: e.link,
             kind: e.kind,
             meta: e.meta,
             remote: e.content,
@@ -94,13 +115,18 @@ impl Inode {
 
     /// Attributes, given the file's current size (which lives in staging when staged).
     pub fn attr(&self, file_size: u64) -> Attr {
+        let names = if self.linked {
+            1 + self.other_names.len() as u32
+        } else {
+            0
+        };
         let (size, nlink) = match self.kind {
-            EntryKind::File => (file_size, u32::from(self.linked)),
+            EntryKind::File => (file_size, names),
             EntryKind::Fifo
             | EntryKind::Socket
             | EntryKind::CharDevice(_)
-            | EntryKind::BlockDevice(_) => (0, u32::from(self.linked)),
-            EntryKind::Symlink => (self.target.as_ref().map_or(0, |t| t.len() as u64), 1),
+            | EntryKind::BlockDevice(_) => (0, names),
+            EntryKind::Symlink => (self.target.as_ref().map_or(0, |t| t.len() as u64), names),
             EntryKind::Dir => {
                 let subdirs = self.children.as_ref().map_or(0, |c| c.len());
                 (4096, 2 + subdirs as u32)
@@ -138,6 +164,8 @@ impl Inode {
 pub struct InodeTable {
     map: HashMap<Ino, Inode>,
     next: Ino,
+    /// The inode of each hard-link group in the table.
+    by_link: HashMap<u64, Ino>,
 }
 
 impl InodeTable {
@@ -149,6 +177,7 @@ impl InodeTable {
         InodeTable {
             map,
             next: ROOT_INO + 1,
+            by_link: HashMap::new(),
         }
     }
 
@@ -205,21 +234,38 @@ impl InodeTable {
     }
 
     /// Install a directory listing fetched from the catalog. A listing that lost the race
-    /// against another one is dropped: the table is already authoritative.
-    pub fn install_listing(&mut self, dir: Ino, entries: Vec<Entry>) -> VfsResult<()> {
+    /// against another one is dropped: the table is already authoritative. A name of a
+    /// hard-link group already in the table becomes another name of its inode. Returns the
+    /// groups new to the table (the caller loads their other names).
+    pub fn install_listing(&mut self, dir: Ino, entries: Vec<Entry>) -> VfsResult<Vec<u64>> {
         if self.dir(dir)?.children.is_some() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut children = BTreeMap::new();
+        let mut new_links = Vec::new();
         for e in entries {
             let name = e.path.rsplit('/').next().unwrap_or("").to_string();
-            let ino = self.alloc();
-            self.map
-                .insert(ino, Inode::from_entry(ino, dir, name.clone(), e));
+            let known = e.link.and_then(|l| self.by_link.get(&l).copied());
+            let ino = match known {
+                Some(ino) => {
+                    self.get_mut(ino)?.other_names.push((dir, name.clone()));
+                    ino
+                }
+                None => {
+                    let ino = self.alloc();
+                    if let Some(l) = e.link {
+                        self.by_link.insert(l, ino);
+                        new_links.push(l);
+                    }
+                    self.map
+                        .insert(ino, Inode::from_entry(ino, dir, name.clone(), e));
+                    ino
+                }
+            };
             children.insert(name, ino);
         }
         self.get_mut(dir)?.children = Some(children);
-        Ok(())
+        Ok(new_links)
     }
 
     fn alloc(&mut self) -> Ino {
@@ -244,29 +290,50 @@ impl InodeTable {
         Ok(ino)
     }
 
-    /// Remove `ino` from its parent; it becomes an orphan (readable and writable through
-    /// open handles until the last close). Returns whether it can be dropped now.
-    pub fn detach(&mut self, ino: Ino) -> VfsResult<bool> {
-        let (parent, name) = {
-            let i = self.get(ino)?;
-            (i.parent, i.name.clone())
-        };
+    /// Remove the name `parent/name` of `ino`. Without names left the inode is an orphan
+    /// (readable and writable through open handles until the last close). Returns whether it
+    /// is still linked.
+    pub fn unlink_name(&mut self, ino: Ino, parent: Ino, name: &str) -> VfsResult<bool> {
         if let Some(c) = self.get_mut(parent)?.children.as_mut() {
-            c.remove(&name);
+            c.remove(name);
         }
         let i = self.get_mut(ino)?;
-        i.linked = false;
-        Ok(i.open_handles == 0)
+        if i.parent == parent && i.name == name {
+            if i.other_names.is_empty() {
+                i.linked = false;
+            } else {
+                (i.parent, i.name) = i.other_names.remove(0);
+            }
+        } else {
+            i.other_names.retain(|(p, n)| !(*p == parent && n == name));
+        }
+        Ok(i.linked)
     }
 
-    /// Move a linked inode to `new_parent/new_name` (the target slot must be free).
-    pub fn move_to(&mut self, ino: Ino, new_parent: Ino, new_name: &str) -> VfsResult<()> {
-        let (parent, name) = {
-            let i = self.get(ino)?;
-            (i.parent, i.name.clone())
-        };
+    /// Add `parent/name` (a free slot of a listed directory) as another name of `ino`, a
+    /// member of hard-link group `link`.
+    pub fn add_name(&mut self, ino: Ino, parent: Ino, name: &str, link: u64) -> VfsResult<()> {
+        self.get_mut(parent)?
+            .children
+            .as_mut()
+            .ok_or(Errno::EIO)?
+            .insert(name.to_string(), ino);
+        let i = self.get_mut(ino)?;
+        i.other_names.push((parent, name.to_string()));
+        i.link = Some(link);
+        self.by_link.insert(link, ino);
+        Ok(())
+    }
+
+    /// Move the name `parent/name` of `ino` to `new_parent/new_name` (a free slot).
+    pub fn move_name(
+        &mut self,
+        ino: Ino,
+        (parent, name): (Ino, &str),
+        (new_parent, new_name): (Ino, &str),
+    ) -> VfsResult<()> {
         if let Some(c) = self.get_mut(parent)?.children.as_mut() {
-            c.remove(&name);
+            c.remove(name);
         }
         self.get_mut(new_parent)?
             .children
@@ -274,9 +341,33 @@ impl InodeTable {
             .ok_or(Errno::EIO)?
             .insert(new_name.to_string(), ino);
         let i = self.get_mut(ino)?;
-        i.parent = new_parent;
-        i.name = new_name.to_string();
+        let slot = if i.parent == parent && i.name == name {
+            Some((&mut i.parent, &mut i.name))
+        } else {
+            i.other_names
+                .iter_mut()
+                .find(|(p, n)| *p == parent && n == name)
+                .map(|(p, n)| (p, n))
+        };
+        let (p, n) = slot.ok_or(Errno::ENOENT)?;
+        *p = new_parent;
+        *n = new_name.to_string();
         Ok(())
+    }
+
+    /// The path of a name of `ino` other than `parent/name`, if it has one.
+    pub fn other_path(&self, ino: Ino, parent: Ino, name: &str) -> VfsResult<Option<String>> {
+        let i = self.get(ino)?;
+        if !i.linked {
+            return Ok(None);
+        }
+        if !(i.parent == parent && i.name == name) {
+            return self.path_of(ino).map(Some);
+        }
+        match i.other_names.first() {
+            Some((p, n)) => self.child_path(*p, n).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Drop an orphan that nothing references any more; returns its staging, if any, so
@@ -286,7 +377,13 @@ impl InodeTable {
         if i.linked || i.open_handles > 0 || i.nlookup > 0 || ino == ROOT_INO {
             return None;
         }
-        self.map.remove(&ino).and_then(|i| i.staged)
+        let i = self.map.remove(&ino)?;
+        if let Some(l) = i.link {
+            if self.by_link.get(&l) == Some(&ino) {
+                self.by_link.remove(&l);
+            }
+        }
+        i.staged
     }
 
     /// Whether `ino` is `anc` or lies below it.
@@ -315,6 +412,7 @@ impl InodeTable {
             content,
             target: i.target.clone(),
             meta: i.meta,
+            link: i.link,
         })
     }
 }

@@ -61,6 +61,9 @@ pub struct VfsConfig {
     pub flush_max_batch_window: Duration,
     /// Limit for one read from the store.
     pub read_timeout: Duration,
+    /// Limit for one upload, composition or catalog commit, stretched by 1 s per 8 MiB the
+    /// call carries: a hung call fails and is retried instead of holding its files forever.
+    pub write_timeout: Duration,
     /// Read cache block size and capacity in bytes.
     pub cache_block: u64,
     pub cache_capacity: u64,
@@ -83,6 +86,7 @@ impl VfsConfig {
             flush_debounce: Duration::from_millis(2000),
             flush_max_batch_window: Duration::from_millis(30000),
             read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(120),
             cache_block: 4 << 20,
             cache_capacity: 128 << 20,
             readahead_blocks: 8,
@@ -143,6 +147,11 @@ struct Handle {
     ino: Ino,
     writable: bool,
     ra: ReadAhead,
+    /// When this handle first changed the file (a `Vfs` event number): flush failures after
+    /// that concern its data.
+    wrote_at: Option<u64>,
+    /// The last flush failure reported to this handle (each is reported once).
+    reported_at: u64,
 }
 
 enum HandleEntry {
@@ -167,6 +176,8 @@ pub struct Vfs {
     cache: Arc<ReadCache>,
     stats: Arc<Stats>,
     flusher: Arc<flush::FlushQueue>,
+    /// Orders writes through handles and flush failures (see `Handle::wrote_at`).
+    events: std::sync::atomic::AtomicU64,
 }
 
 impl Vfs {
@@ -206,6 +217,7 @@ impl Vfs {
             staging,
             cache,
             stats,
+            events: std::sync::atomic::AtomicU64::new(0),
         });
         let recovered = vfs
             .recover()
@@ -244,6 +256,12 @@ impl Vfs {
             return Ok(self.stats.snapshot().to_text().into_bytes());
         }
         Err(Errno::ENODATA)
+    }
+
+    fn next_event(&self) -> u64 {
+        self.events
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
     }
 
     pub fn config(&self) -> &VfsConfig {
@@ -328,7 +346,8 @@ impl Vfs {
                 Ok(results) => {
                     for (ino, r) in results {
                         if let Err(e) = r {
-                            tracing::warn!(ino, "flush at shutdown failed: {e}");
+                            let path = self.inodes.lock().path_of(ino).unwrap_or_default();
+                            tracing::warn!(ino, "flush of /{path} at shutdown failed: {e}");
                         }
                     }
                 }

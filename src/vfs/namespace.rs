@@ -3,7 +3,7 @@
 //! leaves both unchanged.
 
 use crate::remote::{CatalogOp, Entry, EntryKind, Meta};
-use crate::vfs::inode::{now_ns, Attr, Ino, InodeTable};
+use crate::vfs::inode::{now_ns, Attr, Ino, InodeTable, ROOT_INO};
 use crate::vfs::staging::Staged;
 use crate::vfs::{Caller, DirEntry, Errno, SetAttr, TimeSet, Vfs, VfsResult};
 use std::sync::Arc;
@@ -11,7 +11,8 @@ use std::sync::Arc;
 const S_ISGID: u32 = libc::S_ISGID;
 
 impl Vfs {
-    /// Make sure directory `dir`'s children are in the table.
+    /// Make sure directory `dir`'s children are in the table, and every name of the
+    /// hard-linked files among them (see the invariant in `inode.rs`).
     pub(super) async fn ensure_listed(&self, dir: Ino) -> VfsResult<()> {
         let path = {
             let t = self.inodes.lock();
@@ -22,7 +23,25 @@ impl Vfs {
             t.path_of(dir)?
         };
         let entries = self.catalog.list_dir(&path).await?;
-        self.inodes.lock().install_listing(dir, entries)
+        let new_links = self.inodes.lock().install_listing(dir, entries)?;
+        for link in new_links {
+            for other in self.catalog.link_paths(link).await? {
+                let parent = other.rfind('/').map_or("", |i| &other[..i]);
+                Box::pin(self.ensure_path_listed(parent)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// List every directory from the root down to the directory at `path`.
+    async fn ensure_path_listed(&self, path: &str) -> VfsResult<()> {
+        let mut dir = ROOT_INO;
+        self.ensure_listed(dir).await?;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            dir = self.inodes.lock().child(dir, part)?.ok_or(Errno::ENOENT)?;
+            self.ensure_listed(dir).await?;
+        }
+        Ok(())
     }
 
     /// FUSE LOOKUP: `name` in `parent`, taking one kernel reference (released by `forget`).
@@ -160,6 +179,7 @@ impl Vfs {
                 content: None,
                 target,
                 meta,
+                link: None,
             };
             (entry, Self::touched_dir_op(&t, parent, meta.mtime_ns)?)
         };
@@ -273,22 +293,110 @@ impl Vfs {
         let ops = {
             let t = self.inodes.lock();
             let path = t.child_path(parent, name)?;
-            vec![
+            let mut ops = vec![
                 CatalogOp::Delete { path },
                 Self::touched_dir_op(&t, parent, now)?,
-            ]
+            ];
+            // A file with other names stays, with a new ctime.
+            ops.extend(Self::survivor_op(&t, ino, (parent, name), now)?);
+            ops
         };
         self.catalog.commit(ops).await?;
-        let (gone, staged) = {
+        let (still_linked, staged, reaped) = {
             let mut t = self.inodes.lock();
             Self::touch_dir(&mut t, parent, now)?;
             t.get_mut(ino)?.meta.ctime_ns = now;
-            t.detach(ino)?;
-            (t.get(ino)?.staged.clone(), t.reap(ino))
+            let still_linked = t.unlink_name(ino, parent, name)?;
+            (still_linked, t.get(ino)?.staged.clone(), t.reap(ino))
         };
-        self.journal_unlinked(gone);
-        drop(staged);
+        self.journal_name_change(still_linked, staged);
+        drop(reaped);
         Ok(())
+    }
+
+    /// For a file losing the name `parent/name`: the op recording its new ctime under a name
+    /// it keeps, if it keeps one.
+    fn survivor_op(
+        t: &InodeTable,
+        ino: Ino,
+        (parent, name): (Ino, &str),
+        now: i64,
+    ) -> VfsResult<Option<CatalogOp>> {
+        let Some(path) = t.other_path(ino, parent, name)? else {
+            return Ok(None);
+        };
+        let i = t.get(ino)?;
+        let mut e = t.entry_of(ino, i.remote.clone())?;
+        e.path = path;
+        e.meta.ctime_ns = now;
+        Ok(Some(CatalogOp::Put(e)))
+    }
+
+    /// After a file lost a name: journal that it left the bucket, or the path it keeps.
+    fn journal_name_change(&self, still_linked: bool, staged: Option<Arc<Staged>>) {
+        if still_linked {
+            self.journal_paths();
+        } else {
+            self.journal_unlinked(staged);
+        }
+    }
+
+    /// `link(2)`: `new_parent/new_name` becomes another name of file `ino`, taking one kernel
+    /// reference like a lookup. Only where the catalog can keep hard links.
+    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &str) -> VfsResult<Attr> {
+        self.check_writable()?;
+        Self::check_name(new_name)?;
+        if !self.catalog.capabilities().hard_links {
+            tracing::warn!(
+                "link(2) refused with EPERM: this store keeps one name per file (no hard links)"
+            );
+            return Err(Errno::EPERM);
+        }
+        let _ns = self.ns_lock.lock().await;
+        self.ensure_listed(new_parent).await?;
+        let now = now_ns();
+        let (ops, to) = {
+            let t = self.inodes.lock();
+            let i = t.get(ino)?;
+            if i.is_dir() {
+                return Err(Errno::EPERM);
+            }
+            if !i.linked {
+                return Err(Errno::ENOENT);
+            }
+            if t.child(new_parent, new_name)?.is_some() {
+                return Err(Errno::EEXIST);
+            }
+            let from = t.path_of(ino)?;
+            let to = t.child_path(new_parent, new_name)?;
+            let mut e = t.entry_of(ino, i.remote.clone())?;
+            e.meta.ctime_ns = now;
+            let ops = vec![
+                CatalogOp::Link {
+                    from,
+                    to: to.clone(),
+                },
+                CatalogOp::Put(e),
+                Self::touched_dir_op(&t, new_parent, now)?,
+            ];
+            (ops, to)
+        };
+        self.catalog.commit(ops).await?;
+        let link = self
+            .catalog
+            .head(&to)
+            .await?
+            .and_then(|e| e.link)
+            .ok_or(Errno::EIO)?;
+        {
+            let mut t = self.inodes.lock();
+            Self::touch_dir(&mut t, new_parent, now)?;
+            t.add_name(ino, new_parent, new_name, link)?;
+            let i = t.get_mut(ino)?;
+            i.meta.ctime_ns = now;
+            i.nlookup += 1;
+        }
+        self.getattr(ino)
     }
 
     /// Rename `parent/name` to `new_parent/new_name`, replacing an existing target
@@ -348,27 +456,33 @@ impl Vfs {
             if new_parent != parent {
                 ops.push(Self::touched_dir_op(&t, new_parent, now)?);
             }
+            if let Some(dst) = dst {
+                // A replaced file with other names stays, with a new ctime.
+                ops.extend(Self::survivor_op(&t, dst, (new_parent, new_name), now)?);
+            }
             ops
         };
         self.catalog.commit(ops).await?;
-        let (gone, staged) = {
+        let (replaced, reaped) = {
             let mut t = self.inodes.lock();
             Self::touch_dir(&mut t, parent, now)?;
             Self::touch_dir(&mut t, new_parent, now)?;
             let replaced = match dst {
                 Some(dst) => {
                     t.get_mut(dst)?.meta.ctime_ns = now;
-                    t.detach(dst)?;
-                    (t.get(dst)?.staged.clone(), t.reap(dst))
+                    let still_linked = t.unlink_name(dst, new_parent, new_name)?;
+                    (still_linked, t.get(dst)?.staged.clone(), t.reap(dst))
                 }
-                None => (None, None),
+                None => (true, None, None),
             };
-            t.move_to(src, new_parent, new_name)?;
+            t.move_name(src, (parent, name), (new_parent, new_name))?;
             t.get_mut(src)?.meta.ctime_ns = now;
-            replaced
+            ((replaced.0, replaced.1), replaced.2)
         };
-        self.journal_unlinked(gone);
-        drop(staged);
+        if !replaced.0 {
+            self.journal_unlinked(replaced.1);
+        }
+        drop(reaped);
         // The renamed file, or every file below a renamed directory, has a new path.
         self.journal_paths();
         Ok(())

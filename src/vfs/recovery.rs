@@ -63,7 +63,15 @@ impl Vfs {
         }
         let ids: Vec<Ino> = inos.iter().map(|(i, _)| *i).collect();
         // A failed or retried flush leaves the file dirty; the flusher takes it from there.
-        self.flush_batch(&ids).await;
+        for (ino, r) in self.flush_batch(&ids).await {
+            if let Err(f) = r {
+                let path = inos
+                    .iter()
+                    .find(|(i, _)| *i == ino)
+                    .map(|(_, p)| p.as_str());
+                tracing::warn!(ino, "recovered /{}: {f}", path.unwrap_or_default());
+            }
+        }
         let still_dirty = self.dirty_inodes();
         for (ino, path) in inos {
             if !still_dirty.contains(&ino) {

@@ -13,7 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -54,6 +54,8 @@ pub struct Staged {
     pub flush_lock: Arc<tokio::sync::Mutex<()>>,
     /// When this copy was last read or written (a process-wide tick), for LRU eviction.
     last_used: AtomicU64,
+    /// The store refused to compose this file (verification failed): flush it whole.
+    compose_refused: AtomicBool,
 }
 
 /// Orders uses of staging files; only comparisons matter.
@@ -134,12 +136,21 @@ impl Staged {
             }),
             flush_lock: Arc::new(tokio::sync::Mutex::new(())),
             last_used: AtomicU64::new(TICK.fetch_add(1, Ordering::Relaxed)),
+            compose_refused: AtomicBool::new(false),
         })
     }
 
     fn touch(&self) {
         self.last_used
             .store(TICK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    pub fn refuse_compose(&self) {
+        self.compose_refused.store(true, Ordering::Relaxed);
+    }
+
+    pub fn compose_refused(&self) -> bool {
+        self.compose_refused.load(Ordering::Relaxed)
     }
 
     pub fn last_used(&self) -> u64 {
@@ -329,6 +340,36 @@ impl Staged {
         Ok(done)
     }
 
+    /// `fallocate(2)` on the file. Reserving space reserves it in the staging file (so later
+    /// writes there do not run out of disk); zeroing punches the staging file (it stays
+    /// sparse) and makes the range user data, committed like a write of zeros. Returns whether
+    /// the file's content or size changed.
+    pub fn fallocate(&self, range: Range<u64>, op: Falloc) -> VfsResult<bool> {
+        self.touch();
+        let mut io = self.io.lock();
+        let size = io.state.size();
+        let grow_to = (!op.keep_size() && range.end > size).then_some(range.end);
+        match op {
+            Falloc::Allocate { .. } => {
+                reserve(&io.file, range.clone())?;
+            }
+            Falloc::Zero { .. } => {
+                let zero = range.start.min(size)..range.end.min(size);
+                if !zero.is_empty() {
+                    punch(&io.file, zero.clone())?;
+                    io.state.track_write(zero.clone());
+                    io.journal(&Record::Write(zero.start, zero.end))?;
+                }
+            }
+        }
+        if let Some(end) = grow_to {
+            io.file.set_len(end)?;
+            io.state.resize(end);
+            io.journal(&Record::Resize(end))?;
+        }
+        Ok(grow_to.is_some() || matches!(op, Falloc::Zero { .. }) && range.start < size)
+    }
+
     /// Truncate or extend to `size`.
     pub fn resize(&self, size: u64) -> VfsResult<()> {
         if size > i64::MAX as u64 {
@@ -340,6 +381,92 @@ impl Staged {
         io.journal(&Record::Resize(size))?;
         Ok(())
     }
+}
+
+/// What `fallocate(2)` asks of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Falloc {
+    /// Mode 0 or `FALLOC_FL_KEEP_SIZE`: reserve space (growing the file unless `keep_size`).
+    Allocate { keep_size: bool },
+    /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`, or `FALLOC_FL_ZERO_RANGE` (growing the
+    /// file unless `keep_size`): the range reads as zeros.
+    Zero { keep_size: bool },
+}
+
+impl Falloc {
+    /// Decode a `fallocate(2)` mode; `None` for modes xetmount does not support.
+    pub fn from_mode(mode: i32) -> Option<Falloc> {
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        Some(match mode {
+            0 => Falloc::Allocate { keep_size: false },
+            KEEP => Falloc::Allocate { keep_size: true },
+            m if m == PUNCH | KEEP => Falloc::Zero { keep_size: true },
+            ZERO => Falloc::Zero { keep_size: false },
+            m if m == ZERO | KEEP => Falloc::Zero { keep_size: true },
+            _ => return None,
+        })
+    }
+
+    fn keep_size(self) -> bool {
+        match self {
+            Falloc::Allocate { keep_size } | Falloc::Zero { keep_size } => keep_size,
+        }
+    }
+}
+
+/// Reserve disk blocks for `range` of `file` without changing its size or content. A
+/// staging file system that cannot reserve simply does not (nothing is promised then).
+fn reserve(file: &File, range: Range<u64>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open fd; the range was checked to fit in an off_t.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            range.start as libc::off_t,
+            (range.end - range.start) as libc::off_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// Make `range` of `file` read as zeros, deallocating it where the file system can.
+fn punch(file: &File, range: Range<u64>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: as in `reserve`.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            range.start as libc::off_t,
+            (range.end - range.start) as libc::off_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    // No hole punching here: write the zeros.
+    let zeros = vec![0u8; (1 << 20).min(range.end - range.start) as usize];
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// The staging directory: names new staging files.

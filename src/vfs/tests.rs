@@ -515,3 +515,6 @@ mod sparse;
 
 #[path = "tests_faults.rs"]
 mod faults;
+
+#[path = "tests_links.rs"]
+mod links;

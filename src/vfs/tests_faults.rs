@@ -18,6 +18,10 @@ use crate::remote::{
 /// Fails the next `n` calls of a kind with a given error; can also hang them.
 #[derive(Default)]
 struct Fault {
+    /// Calls made so far.
+    calls: AtomicU32,
+    /// Bumped to let go of the calls hung so far.
+    released: AtomicU32,
     remaining: AtomicU32,
     hang: AtomicBool,
     /// Added to every call.
@@ -26,18 +30,29 @@ struct Fault {
 }
 
 impl Fault {
+    /// New calls no longer hang, and those hung so far return.
+    fn release(&self) {
+        self.hang.store(false, Ordering::SeqCst);
+        self.released.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn fail(&self, n: u32, e: RemoteError) {
         *self.error.lock() = Some(e);
         self.remaining.store(n, Ordering::SeqCst);
     }
 
     async fn check(&self) -> RemoteResult<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let delay = self.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
+        // A call made while `hang` is set stays hung until `release` (or forever).
         if self.hang.load(Ordering::SeqCst) {
-            futures::future::pending::<()>().await;
+            let r = self.released.load(Ordering::SeqCst);
+            while self.released.load(Ordering::SeqCst) == r {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         let took = self
             .remaining
@@ -88,6 +103,12 @@ struct FaultyCatalog {
 
 #[async_trait]
 impl Catalog for FaultyCatalog {
+    fn capabilities(&self) -> crate::remote::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
+        self.inner.link_paths(link).await
+    }
     async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>> {
         self.inner.list_dir(dir).await
     }
@@ -109,25 +130,61 @@ struct Faulty {
 }
 
 async fn mount_faulty(dir: &Path) -> Faulty {
+    mount_faulty_with(dir, |c| c.read_timeout = Duration::from_millis(300)).await
+}
+
+async fn mount_faulty_with(dir: &Path, tune: impl FnOnce(&mut VfsConfig)) -> Faulty {
     let faults = Arc::new(Faults::default());
     let f = faults.clone();
-    let m = mount_with(
-        dir,
-        |c| c.read_timeout = Duration::from_millis(300),
-        move |catalog, cas| {
-            let catalog: Arc<dyn Catalog> = Arc::new(FaultyCatalog {
-                inner: catalog,
-                faults: f.clone(),
-            });
-            let cas: Arc<dyn Cas> = Arc::new(FaultyCas {
-                inner: cas,
-                faults: f,
-            });
-            (catalog, cas)
-        },
-    )
+    let m = mount_with(dir, tune, move |catalog, cas| {
+        let catalog: Arc<dyn Catalog> = Arc::new(FaultyCatalog {
+            inner: catalog,
+            faults: f.clone(),
+        });
+        let cas: Arc<dyn Cas> = Arc::new(FaultyCas {
+            inner: cas,
+            faults: f,
+        });
+        (catalog, cas)
+    })
     .await;
     Faulty { m, faults }
+}
+
+/// Poll until `cond` holds (on state, not on time); panics after ~10 s.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..5000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// A committed file `f` of `size` bytes, on a fresh faulty mount, with `edit` overwritten
+/// (0xC3) and not yet committed: its flush composes. Returns the expected content.
+async fn committed_then_edited(
+    dir: &Path,
+    size: usize,
+    edit: Range<usize>,
+) -> (Faulty, crate::vfs::Ino, Vec<u8>) {
+    let mut model = pattern(size, 2);
+    let m = mount_at(dir).await;
+    let ino = write_file(&m.vfs, ROOT_INO, "f", &model).await;
+    m.vfs.fsync(ino).await.unwrap();
+    assert_eq!(m.vfs.shutdown(Duration::from_secs(30)).await, 0);
+    drop(m);
+    let f = mount_faulty(dir).await;
+    let v = &f.m.vfs;
+    let ino = resolve(v, "f").await.unwrap();
+    let o = v.open(ino, true, false).await.unwrap();
+    v.write(o.fh, edit.start as u64, vec![0xC3; edit.len()])
+        .await
+        .unwrap();
+    model[edit].fill(0xC3);
+    v.release(o.fh).unwrap();
+    (f, ino, model)
 }
 
 /// Poll (on the mount's own counters, not on time) until the background flusher has failed
@@ -160,16 +217,27 @@ async fn failed_uploads_surface_at_fsync_and_close_and_are_retried() {
     );
     v.fsync(ino).await.unwrap();
 
-    // A background failure is reported by the next close of the file.
+    // A background failure is reported by the next close of a handle that wrote before it,
+    // once; a reader's close is not concerned.
     f.faults
         .upload
         .fail(3, RemoteError::RateLimited("slow down".into()));
     let before = v.stats().flush_failures;
-    let ino_b = write_file(v, ROOT_INO, "b", b"second file").await;
+    let (attr, writer) = v.create(ROOT_INO, "b", 0o644, ME).await.unwrap();
+    let ino_b = attr.ino;
+    v.write(writer.fh, 0, b"second file".to_vec())
+        .await
+        .unwrap();
+    let reader = v.open(ino_b, false, false).await.unwrap();
+    // Another handle's close queues the flush while the writer stays open.
+    let other = v.open(ino_b, false, false).await.unwrap();
+    v.release(other.fh).unwrap();
     until_failures(v, before + 1).await;
-    let o = v.open(ino_b, false, false).await.unwrap();
-    assert_eq!(v.close(o.fh).await.unwrap_err(), Errno(libc::EAGAIN));
-    v.release(o.fh).unwrap();
+    v.close(reader.fh).await.unwrap();
+    v.release(reader.fh).unwrap();
+    assert_eq!(v.close(writer.fh).await.unwrap_err(), Errno(libc::EAGAIN));
+    v.close(writer.fh).await.unwrap();
+    v.release(writer.fh).unwrap();
     // fsync answers with the store's current error...
     assert_eq!(v.fsync(ino_b).await.unwrap_err(), Errno(libc::EAGAIN));
     // ...and the flusher's backoff keeps retrying until the store accepts the file.
@@ -190,23 +258,154 @@ async fn failed_uploads_surface_at_fsync_and_close_and_are_retried() {
     assert_eq!(read_all(&m.vfs, "b").await, b"second file");
 }
 
+/// Log lines, captured for the whole test process (nextest runs each test in its own).
+fn capture_logs() -> Arc<parking_lot::Mutex<Vec<u8>>> {
+    #[derive(Clone)]
+    struct Sink(Arc<parking_lot::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .try_init()
+        .expect("the only log subscriber of this test process");
+    buf
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_compositions_and_commits_keep_the_edit() {
+async fn a_permanent_failure_reaches_the_writer_only_and_says_why() {
+    let logs = capture_logs();
     let (_d, dir) = tmp();
     let f = mount_faulty(&dir).await;
     let v = &f.m.vfs;
-    let mut model = pattern(2_000_000, 2);
-    let ino = write_file(v, ROOT_INO, "f", &model).await;
+    let dir_ino = v.mkdir(ROOT_INO, "runs", 0o755, ME).await.unwrap().ino;
+    let (attr, writer) = v.create(dir_ino, "model.bin", 0o644, ME).await.unwrap();
+    let ino = attr.ino;
+    let data = pattern(300_000, 5);
+    v.write(writer.fh, 0, data.clone()).await.unwrap();
+    let reader = v.open(ino, false, false).await.unwrap();
+    // A writer that only opened the file has not changed it.
+    let idle_writer = v.open(ino, true, false).await.unwrap();
+
+    f.faults.commit.fail(
+        u32::MAX,
+        RemoteError::PermissionDenied("token lacks write scope".into()),
+    );
+    let before = v.stats().flush_failures;
+    let other = v.open(ino, false, false).await.unwrap();
+    v.release(other.fh).unwrap();
+    until_failures(v, before + 1).await;
+    // Permanent: the flusher retries at its longest interval instead of hammering.
+    until("the retry is scheduled", || v.flusher.due_in(ino).is_some()).await;
+    let retry = v.flusher.due_in(ino).unwrap();
+    assert!(retry > Duration::from_secs(50), "retried after {retry:?}");
+
+    v.close(reader.fh).await.unwrap();
+    v.release(reader.fh).unwrap();
+    v.close(idle_writer.fh).await.unwrap();
+    v.release(idle_writer.fh).unwrap();
+    assert_eq!(v.close(writer.fh).await.unwrap_err(), Errno::EACCES);
+    // Reported once per handle.
+    v.close(writer.fh).await.unwrap();
+    v.release(writer.fh).unwrap();
+    // fsync reports the store's current answer.
+    assert_eq!(v.fsync(ino).await.unwrap_err(), Errno::EACCES);
+    let text = String::from_utf8_lossy(&logs.lock()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("/runs/model.bin"))
+        .unwrap_or_else(|| panic!("no log line names the file:\n{text}"));
+    assert!(
+        line.contains("catalog commit") && line.contains("token lacks write scope"),
+        "the log line does not say which step failed and why: {line}"
+    );
+    // Once the store accepts again, nothing was lost.
+    f.faults.commit.fail(0, RemoteError::Other("unused".into()));
     v.fsync(ino).await.unwrap();
     let m = remount(f.m, &dir).await;
-    drop(m);
-    let f = mount_faulty(&dir).await;
+    assert!(read_all(&m.vfs, "runs/model.bin").await == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_composition_falls_back_to_a_whole_upload() {
+    let (_d, dir) = tmp();
+    let (f, ino, model) = committed_then_edited(&dir, 1_500_000, 1000..1100).await;
     let v = &f.m.vfs;
-    let ino = resolve(v, "f").await.unwrap();
-    let o = v.open(ino, true, false).await.unwrap();
-    v.write(o.fh, 700_000, vec![0xC3; 3000]).await.unwrap();
-    model[700_000..703_000].fill(0xC3);
-    v.release(o.fh).unwrap();
+    f.faults.compose.fail(
+        u32::MAX,
+        RemoteError::Integrity("composed size mismatch".into()),
+    );
+    // The first attempt is refused; the next one fills the holes and uploads whole.
+    assert_eq!(v.fsync(ino).await.unwrap_err(), Errno::EIO);
+    v.fsync(ino).await.unwrap();
+    assert_eq!(v.stats().files_composed, 0);
+    assert_eq!(v.stats().files_uploaded, 1);
+    let m = remount(f.m, &dir).await;
+    assert!(read_all(&m.vfs, "f").await == model);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upload_times_out() {
+    let (_d, dir) = tmp();
+    let f = mount_faulty_with(&dir, |c| c.write_timeout = Duration::from_millis(300)).await;
+    let v = &f.m.vfs;
+    f.faults.upload.hang.store(true, Ordering::SeqCst);
+    let stuck = write_file(v, ROOT_INO, "stuck", b"waiting").await;
+    assert_eq!(v.fsync(stuck).await.unwrap_err(), Errno::ETIMEDOUT);
+    assert!(v.dirty_inodes().contains(&stuck));
+    f.faults.upload.release();
+    v.fsync(stuck).await.unwrap();
+    let m = remount(f.m, &dir).await;
+    assert_eq!(read_all(&m.vfs, "stuck").await, b"waiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_background_upload_does_not_hold_back_other_files() {
+    let (_d, dir) = tmp();
+    let f = mount_faulty(&dir).await;
+    let v = f.m.vfs.clone();
+    f.faults.upload.hang.store(true, Ordering::SeqCst);
+    let calls = f.faults.upload.calls.load(Ordering::SeqCst);
+    let stuck = write_file(&v, ROOT_INO, "stuck", b"waiting").await;
+    until("the stuck file's upload started", || {
+        f.faults.upload.calls.load(Ordering::SeqCst) > calls
+    })
+    .await;
+    // New calls go through; the one already made stays hung.
+    f.faults.upload.hang.store(false, Ordering::SeqCst);
+    let other = write_file(&v, ROOT_INO, "other", b"fine").await;
+    until("the other file committed", || {
+        !v.dirty_inodes().contains(&other)
+    })
+    .await;
+    assert!(
+        v.dirty_inodes().contains(&stuck),
+        "the hung upload finished: the test proved nothing"
+    );
+    // The stuck file commits once its call returns.
+    f.faults.upload.release();
+    v.fsync(stuck).await.unwrap();
+    drop(v);
+    let m = remount(f.m, &dir).await;
+    assert_eq!(read_all(&m.vfs, "stuck").await, b"waiting");
+    assert_eq!(read_all(&m.vfs, "other").await, b"fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_compositions_and_commits_keep_the_edit() {
+    let (_d, dir) = tmp();
+    let (f, ino, model) = committed_then_edited(&dir, 2_000_000, 700_000..703_000).await;
+    let v = &f.m.vfs;
 
     f.faults
         .compose

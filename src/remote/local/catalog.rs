@@ -3,6 +3,9 @@
 //! Invariant held by `commit`: every entry's parent directory has a row (the root is the row
 //! with path `""`). `Put` creates missing ancestors; `Delete` and `Rename` never remove the
 //! parent of what they touch. Listing a directory is therefore one indexed query on `parent`.
+//!
+//! Hard links: rows with the same `link` are names of one file. Every row of a group holds the
+//! same body and metadata: `Link` copies the row, `Put` writes to all rows of the path's group.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::remote::{
-    Catalog, CatalogOp, Entry, EntryKind, FileId, Meta, RemoteError, RemoteResult,
+    Capabilities, Catalog, CatalogOp, Entry, EntryKind, FileId, Meta, RemoteError, RemoteResult,
 };
 
 const SCHEMA: &str = "
@@ -31,10 +34,16 @@ CREATE TABLE IF NOT EXISTS entries (
     mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,
     rdev     INTEGER NOT NULL DEFAULT 0,
-    revision INTEGER NOT NULL
+    revision INTEGER NOT NULL,
+    link     INTEGER
 );
 CREATE INDEX IF NOT EXISTS entries_parent ON entries(parent);
 ";
+
+/// Stores of format 1 have no `link` column.
+const LINK_MIGRATION: &str = "ALTER TABLE entries ADD COLUMN link INTEGER";
+const LINK_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS entries_link ON entries(link) WHERE link IS NOT NULL";
 
 pub struct SqliteCatalog {
     conn: Arc<Mutex<Connection>>,
@@ -73,7 +82,7 @@ fn subtree_bounds(path: &str) -> (String, String) {
 }
 
 const COLUMNS: &str =
-    "path, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, rdev";
+    "path, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, rdev, link";
 
 fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     let rdev = row.get::<_, i64>(11)? as u64;
@@ -107,6 +116,7 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
             mtime_ns: row.get(9)?,
             ctime_ns: row.get(10)?,
         },
+        link: row.get::<_, Option<i64>>(12)?.map(|l| l as u64),
     })
 }
 
@@ -117,6 +127,18 @@ impl SqliteCatalog {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        let has_link: bool = conn
+            .query_row(
+                "SELECT 1 FROM pragma_table_info('entries') WHERE name = 'link'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !has_link {
+            conn.execute_batch(LINK_MIGRATION)?;
+        }
+        conn.execute_batch(LINK_INDEX)?;
         let has_root: bool = conn
             .query_row("SELECT 1 FROM entries WHERE path = ''", [], |_| Ok(()))
             .optional()?
@@ -138,6 +160,7 @@ impl SqliteCatalog {
                     mtime_ns: t,
                     ctime_ns: t,
                 },
+                link: None,
             };
             put_row(&conn, &root, 0)?;
         }
@@ -162,8 +185,8 @@ fn put_row(conn: &Connection, e: &Entry, revision: i64) -> rusqlite::Result<()> 
     let (kind, rdev) = kind_code(e.kind);
     conn.execute(
         "INSERT OR REPLACE INTO entries
-           (path, parent, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, rdev, revision)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+           (path, parent, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, rdev, revision, link)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         params![
             e.path,
             parent_of(&e.path),
@@ -178,9 +201,38 @@ fn put_row(conn: &Connection, e: &Entry, revision: i64) -> rusqlite::Result<()> 
             e.meta.mtime_ns,
             e.meta.ctime_ns,
             rdev,
-            revision
+            revision,
+            e.link.map(|l| l as i64)
         ],
     )?;
+    Ok(())
+}
+
+/// The row at `path`, if any.
+fn get_row(tx: &Transaction<'_>, path: &str) -> rusqlite::Result<Option<Entry>> {
+    tx.query_row(
+        &format!("SELECT {COLUMNS} FROM entries WHERE path = ?1"),
+        [path],
+        row_to_entry,
+    )
+    .optional()
+}
+
+/// Write `e`'s body and metadata to every row of hard-link group `link` (each keeps its
+/// own path).
+fn put_group(tx: &Transaction<'_>, e: &Entry, link: u64, revision: i64) -> rusqlite::Result<()> {
+    let paths: Vec<String> = tx
+        .prepare_cached("SELECT path FROM entries WHERE link = ?1")?
+        .query_map([link as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for path in paths {
+        let named = Entry {
+            path,
+            link: Some(link),
+            ..e.clone()
+        };
+        put_row(tx, &named, revision)?;
+    }
     Ok(())
 }
 
@@ -210,6 +262,7 @@ fn ensure_ancestors(
                 mode: 0o755,
                 ..*like
             },
+            link: None,
         };
         put_row(tx, &e, rev)?;
         dir = parent_of(dir);
@@ -232,7 +285,49 @@ fn apply(tx: &Transaction<'_>, op: &CatalogOp, rev: i64) -> RemoteResult<()> {
                 return Err(RemoteError::Other("the root must stay a directory".into()));
             }
             ensure_ancestors(tx, &e.path, &e.meta, rev).map_err(db_err)?;
-            put_row(tx, e, rev).map_err(db_err)?;
+            let link = get_row(tx, &e.path)
+                .map_err(db_err)?
+                .and_then(|old| old.link);
+            match link {
+                Some(link) => put_group(tx, e, link, rev).map_err(db_err)?,
+                None => put_row(tx, e, rev).map_err(db_err)?,
+            }
+        }
+        CatalogOp::Link { from, to } => {
+            let src = get_row(tx, from)
+                .map_err(db_err)?
+                .ok_or_else(|| RemoteError::NotFound(from.clone()))?;
+            if src.kind == EntryKind::Dir || to.is_empty() {
+                return Err(RemoteError::Other(format!(
+                    "cannot link {from:?} to {to:?}"
+                )));
+            }
+            if get_row(tx, to).map_err(db_err)?.is_some() {
+                return Err(RemoteError::Other(format!("link target {to:?} exists")));
+            }
+            let link = match src.link {
+                Some(l) => l,
+                None => {
+                    let next: i64 = tx
+                        .query_row("SELECT COALESCE(MAX(link), 0) + 1 FROM entries", [], |r| {
+                            r.get(0)
+                        })
+                        .map_err(db_err)?;
+                    tx.execute(
+                        "UPDATE entries SET link = ?2 WHERE path = ?1",
+                        params![from, next],
+                    )
+                    .map_err(db_err)?;
+                    next as u64
+                }
+            };
+            ensure_ancestors(tx, to, &src.meta, rev).map_err(db_err)?;
+            let named = Entry {
+                path: to.clone(),
+                link: Some(link),
+                ..src
+            };
+            put_row(tx, &named, rev).map_err(db_err)?;
         }
         CatalogOp::Delete { path } => {
             if path.is_empty() {
@@ -293,6 +388,23 @@ impl Catalog for SqliteCatalog {
                 ))
                 .map_err(db_err)?;
             let rows = st.query_map([&dir], row_to_entry).map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { hard_links: true }
+    }
+
+    async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
+        self.with_conn(move |c| {
+            let mut st = c
+                .prepare_cached("SELECT path FROM entries WHERE link = ?1 ORDER BY path")
+                .map_err(db_err)?;
+            let rows = st
+                .query_map([link as i64], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
         })
         .await
@@ -379,6 +491,7 @@ mod tests {
             }),
             target: None,
             meta: meta(),
+            link: None,
         }
     }
 
@@ -472,5 +585,82 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(c.head("p").await.unwrap().unwrap().kind, EntryKind::Dir);
+    }
+
+    #[tokio::test]
+    async fn hard_links_share_body_and_metadata_until_the_last_name_goes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.db");
+        {
+            let c = SqliteCatalog::open(&p).unwrap();
+            c.commit(vec![CatalogOp::Put(file("a/f", "h1", 5))])
+                .await
+                .unwrap();
+            c.commit(vec![CatalogOp::Link {
+                from: "a/f".into(),
+                to: "b/g".into(),
+            }])
+            .await
+            .unwrap();
+            let link = c.head("a/f").await.unwrap().unwrap().link.unwrap();
+            assert_eq!(c.head("b/g").await.unwrap().unwrap().link, Some(link));
+            assert_eq!(c.link_paths(link).await.unwrap(), vec!["a/f", "b/g"]);
+            // A put through either name reaches both (its own `link` field is ignored).
+            let mut e = file("b/g", "h2", 9);
+            e.meta.mode = 0o600;
+            c.commit(vec![CatalogOp::Put(e)]).await.unwrap();
+            let f = c.head("a/f").await.unwrap().unwrap();
+            assert_eq!(f.content.unwrap().hash, "h2");
+            assert_eq!(f.meta.mode, 0o600);
+            // Linking over an existing name or a directory is refused.
+            for (from, to) in [("a/f", "b/g"), ("a", "c")] {
+                let r = c
+                    .commit(vec![CatalogOp::Link {
+                        from: from.into(),
+                        to: to.into(),
+                    }])
+                    .await;
+                assert!(r.is_err(), "{from} -> {to}");
+            }
+            c.commit(vec![
+                CatalogOp::Rename {
+                    from: "b/g".into(),
+                    to: "b/h".into(),
+                },
+                CatalogOp::Delete { path: "a/f".into() },
+            ])
+            .await
+            .unwrap();
+        }
+        let c = SqliteCatalog::open(&p).unwrap();
+        let h = c.head("b/h").await.unwrap().unwrap();
+        assert_eq!(c.link_paths(h.link.unwrap()).await.unwrap(), vec!["b/h"]);
+        assert_eq!(h.content.unwrap().hash, "h2");
+    }
+
+    #[tokio::test]
+    async fn a_format_1_catalog_gains_the_link_column() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.db");
+        {
+            let conn = Connection::open(&p).unwrap();
+            conn.execute_batch(&SCHEMA.replace(",\n    link     INTEGER", ""))
+                .unwrap();
+            conn.execute(
+                "INSERT INTO entries (path, parent, kind, size, mode, uid, gid, atime_ns,
+                   mtime_ns, ctime_ns, revision) VALUES ('old', '', 0, 0, 420, 0, 0, 1, 1, 1, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let c = SqliteCatalog::open(&p).unwrap();
+        assert_eq!(c.head("old").await.unwrap().unwrap().link, None);
+        c.commit(vec![CatalogOp::Link {
+            from: "old".into(),
+            to: "new".into(),
+        }])
+        .await
+        .unwrap();
+        assert!(c.head("new").await.unwrap().unwrap().link.is_some());
     }
 }

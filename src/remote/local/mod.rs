@@ -24,7 +24,8 @@ pub use catalog::SqliteCatalog;
 use xet_runtime::core::XetContext;
 
 /// Store format written by this build. Stores with a larger number are refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: hard links (the catalog's `link` column, added to format 1 stores when opened).
+pub const FORMAT_VERSION: u32 = 2;
 const MARKER: &str = "XETMOUNT_STORE";
 
 /// Why a store could not be opened; each variant's message is one sentence for the user.
@@ -124,6 +125,10 @@ fn prepare_dir(root: &Path) -> Result<PathBuf, StoreError> {
             })?;
             if found > FORMAT_VERSION {
                 return Err(StoreError::NewerFormat { path: root, found });
+            }
+            if found < FORMAT_VERSION {
+                // The catalog upgrades itself when opened; older builds must then refuse it.
+                write_marker(&marker).map_err(io_err(&root))?;
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

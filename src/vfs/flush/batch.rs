@@ -1,0 +1,361 @@
+//! One flush of a batch of files: prepare each (pick its route), store the bodies (one upload
+//! session for whole files, compositions beside it, each under a timeout), commit them in one
+//! catalog transaction, settle the staging state.
+//!
+//! A commit applies only if the file's generation still equals the one snapshotted before its
+//! upload: the upload read the staging file without the io lock, so a write during it may have
+//! torn what was read. For the same reason a failed upload of a file that changed meanwhile
+//! (typically `O_TRUNC` while the old content was uploading) is no failure: it is retried
+//! with the new content, and nobody is told about it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::remote::{CatalogOp, ComposeEdit, FileId, RemoteError, RemoteResult, UploadItem};
+use crate::vfs::fileio::blocking;
+use crate::vfs::inode::Ino;
+use crate::vfs::staging::{empty_id, Staged};
+use crate::vfs::{Stats, Vfs};
+
+use super::failure::{FlushFailure, Step};
+use super::Outcome;
+
+pub(in crate::vfs) type FlushResult = Result<Outcome, FlushFailure>;
+
+/// Above this many dirty bytes a partly covered file is filled and uploaded whole rather
+/// than composed: composition holds the dirty bytes in memory.
+const COMPOSE_MAX_DIRTY: u64 = 256 << 20;
+
+/// Store calls get the configured write timeout plus this long per byte they carry, so a
+/// hung call fails while a large healthy one is not cut off (at least 8 MiB/s).
+const MIN_STORE_RATE: u64 = 8 << 20;
+
+/// How a file's new body reaches the store. Chosen from the coverage alone (DESIGN.md §3).
+pub(super) enum Route {
+    /// Staging holds every byte: upload the staging file (dedup makes unchanged chunks free).
+    Whole,
+    /// Staging has holes: compose the base with the edits, snapshotted under the io lock.
+    Compose {
+        base: FileId,
+        edits: Vec<ComposeEdit>,
+    },
+}
+
+/// A file ready to upload: its staging content at `generation` is `size` bytes.
+pub(super) struct Prepared {
+    pub ino: Ino,
+    pub staged: Arc<Staged>,
+    pub generation: u64,
+    pub size: u64,
+    pub route: Route,
+}
+
+impl Vfs {
+    /// Linked inodes whose staging differs from what the store holds.
+    pub(in crate::vfs) fn dirty_inodes(&self) -> Vec<Ino> {
+        let staged: Vec<(Ino, Arc<Staged>)> = self
+            .inodes
+            .lock()
+            .iter()
+            .filter(|i| i.linked)
+            .filter_map(|i| i.staged.clone().map(|s| (i.ino, s)))
+            .collect();
+        staged
+            .into_iter()
+            .filter(|(_, s)| s.with_io(|io| io.state.is_dirty()))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Flush the given files: one upload session, one catalog commit.
+    pub(in crate::vfs) async fn flush_batch(&self, inos: &[Ino]) -> Vec<(Ino, FlushResult)> {
+        let mut inos = inos.to_vec();
+        inos.sort_unstable();
+        inos.dedup();
+        let mut results = Vec::new();
+        let mut work = Vec::new();
+        for ino in inos {
+            let staged = {
+                let t = self.inodes.lock();
+                t.get(ino)
+                    .ok()
+                    .filter(|i| i.linked)
+                    .and_then(|i| i.staged.clone())
+            };
+            match staged {
+                Some(s) => work.push((ino, s)),
+                None => results.push((ino, Ok(Outcome::Clean))),
+            }
+        }
+        // Flush locks in ascending inode order (see the lock order in vfs/mod.rs).
+        let mut guards = Vec::with_capacity(work.len());
+        for (_, s) in &work {
+            guards.push(s.flush_lock.clone().lock_owned().await);
+        }
+        let mut ready = Vec::new();
+        for (ino, staged) in work {
+            match self.prepare(ino, staged).await {
+                Ok(Some(p)) => ready.push(p),
+                Ok(None) => results.push((ino, Ok(Outcome::Clean))),
+                Err(e) => results.push((ino, Err(FlushFailure::local(Step::Prepare, e)))),
+            }
+        }
+        if !ready.is_empty() {
+            results.extend(self.upload_and_commit(ready).await);
+        }
+        for (_, r) in &results {
+            if r.is_err() {
+                Stats::add(&self.stats.flush_failures, 1);
+            }
+        }
+        drop(guards);
+        results
+    }
+
+    /// Decide what to upload for one file. `None`: nothing to do.
+    async fn prepare(
+        &self,
+        ino: Ino,
+        staged: Arc<Staged>,
+    ) -> crate::vfs::VfsResult<Option<Prepared>> {
+        if !staged.with_io(|io| io.state.is_dirty()) {
+            return Ok(None);
+        }
+        let (covered, dirty_bytes) =
+            staged.with_io(|io| (io.state.is_fully_covered(), io.state.dirty().len_bytes()));
+        if !covered && (dirty_bytes > COMPOSE_MAX_DIRTY || staged.compose_refused()) {
+            // Too much to hold in memory, or the store refused the composition: complete the
+            // staging copy, then upload it whole.
+            self.fill_all_holes(&staged).await?;
+        }
+        let covered = staged.with_io(|io| io.state.is_fully_covered());
+        if covered {
+            let (generation, size) = staged.with_io(|io| (io.state.generation(), io.state.size()));
+            return Ok(Some(Prepared {
+                ino,
+                staged,
+                generation,
+                size,
+                route: Route::Whole,
+            }));
+        }
+        let s2 = staged.clone();
+        let (generation, base, edits) = blocking(move || s2.snapshot_edits()).await?;
+        let size = staged.with_io(|io| io.state.size());
+        Ok(Some(Prepared {
+            ino,
+            staged,
+            generation,
+            size,
+            route: Route::Compose { base, edits },
+        }))
+    }
+
+    /// A store call bounded by the write timeout, stretched for the bytes it carries.
+    async fn bounded<T>(
+        &self,
+        bytes: u64,
+        what: &str,
+        call: impl Future<Output = RemoteResult<T>>,
+    ) -> RemoteResult<T> {
+        let limit = self.config.write_timeout + Duration::from_secs(bytes / MIN_STORE_RATE);
+        match tokio::time::timeout(limit, call).await {
+            Ok(r) => r,
+            Err(_) => Err(RemoteError::Timeout(format!(
+                "{what} did not finish within {limit:?}"
+            ))),
+        }
+    }
+
+    /// Whether `p` no longer describes the file: written, truncated or replaced since it was
+    /// prepared. A failure to store such a snapshot loses nothing.
+    fn superseded(&self, p: &Prepared) -> bool {
+        p.staged.with_io(|io| io.state.generation()) != p.generation
+            || !self
+                .inodes
+                .lock()
+                .get(p.ino)
+                .is_ok_and(|i| i.linked && i.holds(&p.staged))
+    }
+
+    /// Store the bodies of `ready`: compositions and one upload session for whole files run
+    /// side by side.
+    async fn store_bodies(
+        &self,
+        ready: &[Prepared],
+    ) -> HashMap<Ino, Result<Option<FileId>, FlushFailure>> {
+        let mut bodies = HashMap::new();
+        let mut whole: Vec<&Prepared> = Vec::new();
+        let mut composes = Vec::new();
+        for p in ready {
+            match &p.route {
+                _ if p.size == 0 => {
+                    bodies.insert(p.ino, Ok(None));
+                }
+                Route::Whole => whole.push(p),
+                Route::Compose { base, edits } => {
+                    let bytes: u64 = edits.iter().map(|e| e.data.len() as u64).sum();
+                    composes.push(async move {
+                        let r = self
+                            .bounded(bytes, "compose", self.cas.compose(base, edits.clone()))
+                            .await;
+                        (p, r)
+                    });
+                }
+            }
+        }
+        let upload = async {
+            if whole.is_empty() {
+                return Ok(Vec::new());
+            }
+            let bytes = whole.iter().map(|p| p.size).sum();
+            let items = whole
+                .iter()
+                .map(|p| UploadItem {
+                    path: &p.staged.path,
+                    len: p.size,
+                })
+                .collect();
+            self.bounded(bytes, "upload", self.cas.upload_batch(items))
+                .await
+        };
+        let (composed, uploaded) = futures::join!(futures::future::join_all(composes), upload);
+        for (p, r) in composed {
+            let r = match r {
+                Ok(c) => {
+                    Stats::add(&self.stats.bytes_uploaded_new, c.new_bytes);
+                    Stats::add(&self.stats.compose_base_bytes_read, c.base_bytes_read);
+                    Stats::add(&self.stats.compose_dirty_chunk_bytes, c.dirty_chunk_bytes);
+                    Ok(Some(c.id))
+                }
+                Err(e) => {
+                    let refused = matches!(e, RemoteError::Integrity(_));
+                    let mut f = FlushFailure::remote(Step::Compose, e);
+                    if refused {
+                        // The next attempt fills the holes and uploads the file whole.
+                        p.staged.refuse_compose();
+                        f.permanent = false;
+                    }
+                    Err(f)
+                }
+            };
+            bodies.insert(p.ino, r);
+        }
+        match uploaded {
+            Ok(res) => {
+                for (p, r) in whole.iter().zip(res) {
+                    let r = match r {
+                        Ok(up) => {
+                            Stats::add(&self.stats.bytes_uploaded_new, up.new_bytes);
+                            Ok(Some(up.id))
+                        }
+                        Err(e) => Err(FlushFailure::remote(Step::Upload, e)),
+                    };
+                    bodies.insert(p.ino, r);
+                }
+            }
+            Err(e) => {
+                for p in &whole {
+                    bodies.insert(p.ino, Err(FlushFailure::remote(Step::Upload, e.clone())));
+                }
+            }
+        }
+        bodies
+    }
+
+    async fn upload_and_commit(&self, ready: Vec<Prepared>) -> Vec<(Ino, FlushResult)> {
+        let mut results = Vec::new();
+        let mut bodies = self.store_bodies(&ready).await;
+
+        let _ns = self.ns_lock.lock().await;
+        let mut ops = Vec::new();
+        let mut committing = Vec::new();
+        for p in &ready {
+            let body = match bodies.remove(&p.ino) {
+                Some(Ok(body)) => body,
+                Some(Err(e)) => {
+                    if self.superseded(p) {
+                        tracing::debug!(
+                            ino = p.ino,
+                            "{e} for content replaced meanwhile; retrying"
+                        );
+                        results.push((p.ino, Ok(Outcome::Retry)));
+                    } else {
+                        results.push((p.ino, Err(e)));
+                    }
+                    continue;
+                }
+                None => continue,
+            };
+            if p.staged.with_io(|io| io.state.generation()) != p.generation {
+                results.push((p.ino, Ok(Outcome::Retry)));
+                continue;
+            }
+            let entry = {
+                let t = self.inodes.lock();
+                match t.get(p.ino) {
+                    Ok(i) if i.linked => t.entry_of(p.ino, body.clone()),
+                    // Unlinked meanwhile: an orphan is never committed.
+                    _ => {
+                        results.push((p.ino, Ok(Outcome::Clean)));
+                        continue;
+                    }
+                }
+            };
+            match entry {
+                Ok(e) => {
+                    ops.push(CatalogOp::Put(e));
+                    committing.push((p, body));
+                }
+                Err(e) => results.push((p.ino, Err(FlushFailure::local(Step::Commit, e)))),
+            }
+        }
+        if committing.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.bounded(0, "commit", self.catalog.commit(ops)).await {
+            let f = FlushFailure::remote(Step::Commit, e);
+            results.extend(committing.iter().map(|(p, _)| (p.ino, Err(f.clone()))));
+            return results;
+        }
+        Stats::add(&self.stats.flush_commits, 1);
+        for (p, body) in committing {
+            if let Ok(i) = self.inodes.lock().get_mut(p.ino) {
+                i.remote = body.clone();
+                i.flush_error = None;
+            }
+            let base = body.clone().unwrap_or_else(empty_id);
+            let applied = p.staged.commit(base, p.generation).unwrap_or_else(|e| {
+                // The store has the content; only the journal entry is missing, so a crash
+                // would merely commit it again.
+                tracing::warn!(ino = p.ino, "cannot journal a commit: {e:?}");
+                false
+            });
+            // Not applied: written since the snapshot. The store holds the snapshot; staging
+            // keeps its dirty ranges against the old base, which stays readable in the CAS.
+            let outcome = if applied {
+                match p.route {
+                    _ if p.size == 0 => {}
+                    Route::Whole => Stats::add(&self.stats.files_uploaded, 1),
+                    Route::Compose { .. } => Stats::add(&self.stats.files_composed, 1),
+                }
+                Outcome::Committed
+            } else {
+                Outcome::Retry
+            };
+            if applied && self.config.paranoid {
+                if let Some(body) = &body {
+                    if let Err(e) = self.verify_commit(p, body).await {
+                        Stats::add(&self.stats.commit_verify_failures, 1);
+                        tracing::error!(ino = p.ino, "committed body does not read back: {e}");
+                    }
+                }
+                self.drop_clean_staging(p.ino);
+            }
+            results.push((p.ino, Ok(outcome)));
+        }
+        results
+    }
+}

@@ -1,0 +1,231 @@
+//! Flushing staged files to the store: a debounced queue and a background flusher that runs
+//! due files in batches (several batches in flight, so one slow store call does not hold back
+//! other files), retries failures with backoff and records them for the files' writers.
+//!
+//! - `batch.rs`: one batch: prepare, upload/compose, commit, settle.
+//! - `failure.rs`: what a failure was, for the log and for the writers it is reported to.
+//! - `verify.rs`: paranoid mode's read-back of every commit.
+
+mod batch;
+mod failure;
+mod verify;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+pub(super) use batch::FlushResult;
+
+use crate::vfs::inode::{FlushError, Ino};
+use crate::vfs::Vfs;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Also the retry interval after a permanent failure: the data is kept and retried now and
+/// then (and at once when the file is written or synced again), but the store is not hammered.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Batches the background flusher runs at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to commit: the store already holds this content (or the file is gone).
+    Clean,
+    /// The content was committed.
+    Committed,
+    /// The file changed during the flush; flush it again.
+    Retry,
+}
+
+/// Files waiting for their debounce to expire.
+pub(super) struct FlushQueue {
+    debounce: Duration,
+    /// A file closed again and again is still flushed this long after it first queued.
+    max_window: Duration,
+    /// When each queued file falls due, and when it first queued.
+    due: Mutex<HashMap<Ino, (Instant, Instant)>>,
+    /// The current retry delay of files whose last flush failed.
+    backoff: Mutex<HashMap<Ino, Duration>>,
+    wake: Notify,
+    stopped: AtomicBool,
+}
+
+impl FlushQueue {
+    pub fn new(debounce: Duration, max_window: Duration) -> Arc<Self> {
+        Arc::new(FlushQueue {
+            debounce,
+            max_window,
+            due: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// Flush `ino` once it has been quiet for the debounce time.
+    pub fn schedule(&self, ino: Ino) {
+        self.schedule_at(ino, Instant::now() + self.debounce);
+    }
+
+    fn schedule_at(&self, ino: Ino, at: Instant) {
+        let now = Instant::now();
+        let mut g = self.due.lock();
+        let first = g.get(&ino).map_or(now, |(_, first)| *first);
+        g.insert(ino, (at.min(first + self.max_window), first));
+        drop(g);
+        self.wake.notify_one();
+    }
+
+    /// Retry `ino` at `at` (a backoff: the batch window does not shorten it).
+    fn retry_at(&self, ino: Ino, at: Instant) {
+        self.due.lock().insert(ino, (at, at));
+        self.wake.notify_one();
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Remove and return the files due at `now`, and when the next one falls due.
+    fn take_due(&self, now: Instant) -> (Vec<Ino>, Option<Instant>) {
+        let mut g = self.due.lock();
+        let due: Vec<Ino> = g
+            .iter()
+            .filter(|(_, (t, _))| *t <= now)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in &due {
+            g.remove(i);
+        }
+        (due, g.values().map(|(t, _)| *t).min())
+    }
+
+    /// How long until `ino` falls due, if it is queued.
+    #[cfg(test)]
+    pub fn due_in(&self, ino: Ino) -> Option<Duration> {
+        let g = self.due.lock();
+        g.get(&ino)
+            .map(|(at, _)| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// The delay before retrying a file that just failed.
+    fn next_backoff(&self, ino: Ino, permanent: bool) -> Duration {
+        let mut g = self.backoff.lock();
+        let b = if permanent {
+            BACKOFF_MAX
+        } else {
+            g.get(&ino)
+                .map_or(BACKOFF_MIN, |b| (*b * 2).min(BACKOFF_MAX))
+        };
+        g.insert(ino, b);
+        b
+    }
+}
+
+pub(super) fn spawn_flusher(vfs: &Arc<Vfs>) {
+    let weak = Arc::downgrade(vfs);
+    let queue = vfs.flusher.clone();
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    tokio::spawn(async move {
+        loop {
+            let wake = queue.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if queue.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            let (due, next) = queue.take_due(Instant::now());
+            if due.is_empty() {
+                match next {
+                    Some(at) => {
+                        tokio::select! {
+                            _ = wake => {}
+                            _ = tokio::time::sleep_until(at) => {}
+                        }
+                    }
+                    None => wake.await,
+                }
+                continue;
+            }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(vfs) = weak.upgrade() else { return };
+            tokio::spawn(async move {
+                let results = vfs.flush_batch(&due).await;
+                vfs.collect_staging();
+                vfs.settle(results);
+                drop(slot);
+            });
+        }
+    });
+}
+
+impl Vfs {
+    /// After a background flush: reschedule what changed meanwhile, back off and record what
+    /// failed (for the next `close`/`fsync` of the file's writers).
+    fn settle(&self, results: Vec<(Ino, FlushResult)>) {
+        let queue = &self.flusher;
+        for (ino, r) in results {
+            match r {
+                Ok(Outcome::Retry) => queue.schedule(ino),
+                Ok(_) => {
+                    queue.backoff.lock().remove(&ino);
+                }
+                Err(f) => {
+                    let b = queue.next_backoff(ino, f.permanent);
+                    let at = self.next_event();
+                    let path = {
+                        let mut t = self.inodes.lock();
+                        let path = t.path_of(ino).unwrap_or_else(|_| "(unlinked)".into());
+                        if let Ok(i) = t.get_mut(ino) {
+                            i.flush_error = Some(FlushError { errno: f.errno, at });
+                        }
+                        path
+                    };
+                    if f.permanent {
+                        tracing::error!(
+                            ino,
+                            "cannot commit /{path}: {f}; the data is kept in staging and retried every {b:?}"
+                        );
+                    } else {
+                        tracing::warn!(ino, "cannot commit /{path} yet: {f}; retrying in {b:?}");
+                    }
+                    queue.retry_at(ino, Instant::now() + b);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_closed_again_and_again_still_falls_due_within_the_window() {
+        let q = FlushQueue::new(Duration::from_secs(10), Duration::from_secs(30));
+        let start = Instant::now();
+        // Closed every 5 s: the debounce alone would never expire.
+        for _ in 0..6 {
+            q.schedule(7);
+            q.schedule(8);
+            tokio::time::advance(Duration::from_secs(5)).await;
+        }
+        assert!(q.take_due(start + Duration::from_secs(29)).0.is_empty());
+        let (mut due, next) = q.take_due(start + Duration::from_secs(30));
+        due.sort_unstable();
+        assert_eq!(due, vec![7, 8], "both fall due together, for one batch");
+        assert_eq!(next, None);
+        // A quiet file falls due after the debounce.
+        q.schedule(9);
+        let t = Instant::now();
+        assert!(q.take_due(t + Duration::from_secs(9)).0.is_empty());
+        assert_eq!(q.take_due(t + Duration::from_secs(10)).0, vec![9]);
+    }
+}
