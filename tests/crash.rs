@@ -7,7 +7,9 @@ use std::time::Duration;
 use common::{sh, tree_digest, Mount};
 
 /// The same edits, run in the mount and in a reference directory: new files small and large,
-/// sparse edits of a committed file, appends, a truncate, renames of a file and a directory.
+/// sparse edits of a committed file, appends, a truncate, renames of a file and a directory,
+/// namespace changes alone (a deep tree made and renamed, chmod, symlink, hard link, unlink,
+/// rmdir).
 fn workload(round: u32) -> String {
     format!(
         r#"
@@ -19,6 +21,10 @@ echo "line {round}" >> log.txt
 mkdir -p dir-{round} && echo inner > dir-{round}/f && mv dir-{round} moved-{round}
 cp small-{round}.txt tmp-{round} && mv tmp-{round} renamed-{round}.txt
 truncate -s {trunc} big-{round}.bin
+mkdir -p deep-{round}/a/b/c/d && echo deep > deep-{round}/a/b/c/d/leaf && mv deep-{round} deeper-{round}
+chmod 640 small-{round}.txt && chmod 700 moved-{round}
+ln -s renamed-{round}.txt link-{round} && ln renamed-{round}.txt hard-{round}.txt
+echo gone > gone-{round} && rm gone-{round} && mkdir empty-{round} && rmdir empty-{round}
 "#,
         small = 1000 + round * 777,
         off1 = 1_000_000 + u64::from(round) * 2_345_678,

@@ -88,6 +88,35 @@ pub enum EntryKind {
     BlockDevice(u64),
 }
 
+impl EntryKind {
+    /// A stable number for the kind, and the device number (0 for non-devices): how stores
+    /// and journals persist it.
+    pub fn code(self) -> (u8, u64) {
+        match self {
+            EntryKind::File => (0, 0),
+            EntryKind::Dir => (1, 0),
+            EntryKind::Symlink => (2, 0),
+            EntryKind::Fifo => (3, 0),
+            EntryKind::Socket => (4, 0),
+            EntryKind::CharDevice(rdev) => (5, rdev),
+            EntryKind::BlockDevice(rdev) => (6, rdev),
+        }
+    }
+
+    pub fn from_code(code: u8, rdev: u64) -> Option<EntryKind> {
+        Some(match code {
+            0 => EntryKind::File,
+            1 => EntryKind::Dir,
+            2 => EntryKind::Symlink,
+            3 => EntryKind::Fifo,
+            4 => EntryKind::Socket,
+            5 => EntryKind::CharDevice(rdev),
+            6 => EntryKind::BlockDevice(rdev),
+            _ => return None,
+        })
+    }
+}
+
 /// POSIX metadata persisted with every entry. Times are nanoseconds since the epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meta {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::remote::{EntryKind, FileId};
+use crate::vfs::flush::NS_INO;
 use crate::vfs::inode::{now_ns, Attr, Ino};
 use crate::vfs::staging::{empty_id, Falloc, ReadPlan, Staged};
 use crate::vfs::{Caller, Errno, Handle, HandleEntry, Opened, ReadAhead, Vfs, VfsResult};
@@ -65,9 +66,12 @@ impl Vfs {
                 i.linked.then(|| t.path_of(ino)).transpose()?
             };
             match path {
-                Some(p) => fresh.note_path(&p)?,
+                Some(p) => {
+                    fresh.note_path(&p)?;
+                }
                 None => fresh.note_unlinked()?,
             }
+            self.staging.journal_changed(&fresh);
             let mut t = self.inodes.lock();
             let i = t.get_mut(ino)?;
             if let Some(s) = &i.staged {
@@ -390,7 +394,15 @@ impl Vfs {
     /// Commit this file's current content to the store, or return why it cannot be.
     pub async fn fsync(&self, ino: Ino) -> VfsResult<()> {
         loop {
-            let (_, r) = self.flush_batch(&[ino]).await.remove(0);
+            let results = self.flush_batch(&[ino]).await;
+            // The file's own result, or the failure of the namespace changes it depends on.
+            let mine = results.iter().find(|(i, _)| *i == ino).map(|(_, r)| r);
+            let ns = results.iter().find(|(i, _)| *i == NS_INO).map(|(_, r)| r);
+            let r = match (mine, ns) {
+                (Some(Err(f)), _) | (_, Some(Err(f))) => Err(f.clone()),
+                (Some(Ok(o)), _) => Ok(*o),
+                (None, _) => Ok(super::flush::Outcome::Clean),
+            };
             match r {
                 Ok(super::flush::Outcome::Retry) => continue,
                 Ok(_) => {

@@ -310,18 +310,18 @@ impl InodeTable {
         Ok(i.linked)
     }
 
-    /// Add `parent/name` (a free slot of a listed directory) as another name of `ino`, a
-    /// member of hard-link group `link`.
-    pub fn add_name(&mut self, ino: Ino, parent: Ino, name: &str, link: u64) -> VfsResult<()> {
+    /// Add `parent/name` (a free slot of a listed directory) as another name of `ino`. (The
+    /// catalog assigns the group's number when it commits the link; the table learns it at the
+    /// next mount: every name is in the table already.)
+    pub fn add_name(&mut self, ino: Ino, parent: Ino, name: &str) -> VfsResult<()> {
         self.get_mut(parent)?
             .children
             .as_mut()
             .ok_or(Errno::EIO)?
             .insert(name.to_string(), ino);
-        let i = self.get_mut(ino)?;
-        i.other_names.push((parent, name.to_string()));
-        i.link = Some(link);
-        self.by_link.insert(link, ino);
+        self.get_mut(ino)?
+            .other_names
+            .push((parent, name.to_string()));
         Ok(())
     }
 

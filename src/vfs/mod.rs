@@ -5,14 +5,20 @@
 //!
 //! Take locks only in this order, and never hold a std lock across an `.await`:
 //!
-//! 1. `ns_lock` (tokio): serialises namespace changes and flush commits, so that a path is
-//!    resolved and committed without a rename or unlink in between.
-//! 2. `Staged::flush_lock` (tokio, per inode): one flush of an inode at a time.
-//! 3. `Staged` io lock (std, per inode): staging file I/O paired with its `SparseState`.
-//! 4. `inodes` (std): the inode table. Never held across file or network I/O.
-//! 5. `handles` (std): the open-handle table.
+//! 1. `Staged::flush_lock` (tokio, per inode): one flush of an inode at a time. Several are
+//!    taken in ascending inode order.
+//! 2. `commit_lock` (tokio): one catalog commit at a time, so pending namespace ops reach the
+//!    catalog in order. Held across the commit; never taken while holding `ns_lock`.
+//! 3. `ns_lock` (tokio): serialises namespace changes (table update + `nslog` append) and the
+//!    snapshot a commit takes of them with the file entries. Never held across store I/O.
+//! 4. `Staged` io lock (std, per inode): staging file I/O paired with its `SparseState`.
+//! 5. `inodes` (std): the inode table. Never held across file or network I/O.
+//! 6. `nslog` (std): pending namespace ops; taken alone.
+//! 7. `handles` (std): the open-handle table.
 //!
-//! Several flush locks are taken in ascending inode order.
+//! Namespace changes are local first (`nslog.rs`): they never wait for the store. A catalog
+//! read (listing a directory not yet in the table) first commits the pending ops, so that the
+//! catalog and the table agree on every path.
 
 pub mod errno;
 mod fileio;
@@ -22,6 +28,7 @@ pub mod handle_pool;
 pub mod inode;
 mod journal;
 mod namespace;
+mod nslog;
 pub mod ranges;
 pub mod readcache;
 mod recovery;
@@ -170,9 +177,11 @@ pub struct Vfs {
     cas: Arc<dyn Cas>,
     config: VfsConfig,
     ns_lock: tokio::sync::Mutex<()>,
+    commit_lock: tokio::sync::Mutex<()>,
+    nslog: Mutex<nslog::NsLog>,
     inodes: Mutex<InodeTable>,
     handles: Mutex<Handles>,
-    staging: StagingArea,
+    staging: Arc<StagingArea>,
     cache: Arc<ReadCache>,
     stats: Arc<Stats>,
     flusher: Arc<flush::FlushQueue>,
@@ -198,6 +207,15 @@ impl Vfs {
                 config.staging_dir.display()
             )
         })?;
+        let (nslog, left) = nslog::NsLog::open(&config.staging_dir).map_err(|e| {
+            anyhow::anyhow!("cannot open the namespace log in the staging directory: {e}")
+        })?;
+        if !left.is_empty() {
+            let ops = left.into_replay(catalog.revision().await?);
+            replay_namespace(catalog.as_ref(), ops).await?;
+        }
+        // Re-read the root: the replay may have changed it.
+        let root = catalog.head("").await?.unwrap_or(root);
         let stats = Arc::new(Stats::default());
         let cache = Arc::new(ReadCache::new(
             cas.clone(),
@@ -212,9 +230,11 @@ impl Vfs {
             flusher: flush::FlushQueue::new(config.flush_debounce, config.flush_max_batch_window),
             config,
             ns_lock: tokio::sync::Mutex::new(()),
+            commit_lock: tokio::sync::Mutex::new(()),
+            nslog: Mutex::new(nslog),
             inodes: Mutex::new(InodeTable::new(root)),
             handles: Mutex::new(Handles::default()),
-            staging,
+            staging: Arc::new(staging),
             cache,
             stats,
             events: std::sync::atomic::AtomicU64::new(0),
@@ -236,6 +256,9 @@ impl Vfs {
                 recovered.pending.len(),
                 recovered.pending.join(", ")
             );
+        }
+        if let Err(e) = vfs.nslog.lock().clear_leftovers() {
+            tracing::warn!("cannot empty the namespace log: {e}");
         }
         flush::spawn_flusher(&vfs);
         for ino in vfs.dirty_inodes() {
@@ -328,19 +351,21 @@ impl Vfs {
         drop(staged);
     }
 
-    /// Flush every dirty file and wait, up to `timeout`. Returns the number of files that are
-    /// still dirty.
+    /// Flush every dirty file and pending namespace change and wait, up to `timeout`.
+    /// Returns the number of files still dirty (pending namespace changes count as one).
     pub async fn shutdown(&self, timeout: Duration) -> usize {
         self.flusher.stop();
         let deadline = tokio::time::Instant::now() + timeout;
+        let unsettled = || self.dirty_inodes().len() + usize::from(!self.nslog.lock().is_empty());
         loop {
-            let dirty = self.dirty_inodes();
-            if dirty.is_empty() {
+            let mut dirty = self.dirty_inodes();
+            if dirty.is_empty() && self.nslog.lock().is_empty() {
                 return 0;
             }
+            dirty.push(flush::NS_INO);
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
-                return dirty.len();
+                return unsettled();
             }
             match tokio::time::timeout(remaining, self.flush_batch(&dirty)).await {
                 Ok(results) => {
@@ -351,14 +376,41 @@ impl Vfs {
                         }
                     }
                 }
-                Err(_) => return self.dirty_inodes().len(),
+                Err(_) => return unsettled(),
             }
             // Back off briefly so a persistently failing store is not hammered.
-            if !self.dirty_inodes().is_empty() {
+            if unsettled() > 0 {
                 tokio::time::sleep(Duration::from_millis(200).min(remaining)).await;
             }
         }
     }
+}
+
+/// Commit namespace ops an earlier run left in its log. Ops that no longer apply (the run
+/// committed them but died before marking them) are skipped one by one.
+/// A store that is unreachable now fails the start and keeps the log.
+async fn replay_namespace(
+    catalog: &dyn Catalog,
+    ops: Vec<crate::remote::CatalogOp>,
+) -> anyhow::Result<()> {
+    let n = ops.len();
+    if n == 0 {
+        return Ok(());
+    }
+    if catalog.commit(ops.clone()).await.is_ok() {
+        tracing::info!("committed {n} namespace change(s) left by an earlier run");
+        return Ok(());
+    }
+    for op in ops {
+        match catalog.commit(vec![op.clone()]).await {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => anyhow::bail!(
+                "cannot commit the namespace changes an earlier run left ({e}); they are kept for the next start"
+            ),
+            Err(e) => tracing::warn!("namespace change left by an earlier run skipped ({e}): {op:?}"),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

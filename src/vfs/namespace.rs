@@ -1,8 +1,10 @@
-//! Namespace operations. Each mutation commits to the catalog first (one atomic batch, under
-//! `ns_lock`) and updates the inode table only once the commit succeeded, so a failed commit
-//! leaves both unchanged.
+//! Namespace operations. Each mutation is validated against the inode table and applied to it
+//! under `ns_lock`, together with the append of its catalog ops to the namespace log
+//! (`nslog.rs`); the flusher commits them. Directories an operation needs are listed before
+//! `ns_lock` is taken (a listing may commit pending ops first, which takes `commit_lock`).
 
 use crate::remote::{CatalogOp, Entry, EntryKind, Meta};
+use crate::vfs::flush::NS_INO;
 use crate::vfs::inode::{now_ns, Attr, Ino, InodeTable, ROOT_INO};
 use crate::vfs::staging::Staged;
 use crate::vfs::{Caller, DirEntry, Errno, SetAttr, TimeSet, Vfs, VfsResult};
@@ -12,17 +14,27 @@ const S_ISGID: u32 = libc::S_ISGID;
 
 impl Vfs {
     /// Make sure directory `dir`'s children are in the table, and every name of the
-    /// hard-linked files among them (see the invariant in `inode.rs`).
+    /// hard-linked files among them (see the invariant in `inode.rs`). Never called with
+    /// `ns_lock` held.
     pub(super) async fn ensure_listed(&self, dir: Ino) -> VfsResult<()> {
-        let path = {
-            let t = self.inodes.lock();
-            t.dir(dir)?;
-            if t.is_listed(dir) {
-                return Ok(());
+        let entries = loop {
+            {
+                let t = self.inodes.lock();
+                t.dir(dir)?;
+                if t.is_listed(dir) {
+                    return Ok(());
+                }
             }
-            t.path_of(dir)?
+            // The catalog is read only once it holds every change made here.
+            self.drain_namespace().await?;
+            let renames = self.nslog.lock().renames();
+            let path = self.inodes.lock().path_of(dir)?;
+            let entries = self.catalog.list_dir(&path).await?;
+            if self.nslog.lock().renames() == renames {
+                break entries;
+            }
+            // A rename meanwhile may have moved the directory: list it again.
         };
-        let entries = self.catalog.list_dir(&path).await?;
         let new_links = self.inodes.lock().install_listing(dir, entries)?;
         for link in new_links {
             for other in self.catalog.link_paths(link).await? {
@@ -30,6 +42,27 @@ impl Vfs {
                 Box::pin(self.ensure_path_listed(parent)).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Commit every pending namespace change now.
+    pub(super) async fn drain_namespace(&self) -> VfsResult<()> {
+        if self.nslog.lock().is_empty() {
+            return Ok(());
+        }
+        for (ino, r) in self.flush_batch(&[NS_INO]).await {
+            if ino == NS_INO {
+                r.map_err(|f| f.errno)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Record a namespace change: journaled before this returns, committed by the flusher.
+    /// Called under `ns_lock`, after the change was validated and before the table shows it.
+    fn push_ns(&self, ops: Vec<CatalogOp>) -> VfsResult<()> {
+        self.nslog.lock().push(ops)?;
+        self.flusher.schedule(NS_INO);
         Ok(())
     }
 
@@ -165,8 +198,8 @@ impl Vfs {
     ) -> VfsResult<Ino> {
         self.check_writable()?;
         Self::check_name(name)?;
-        let _ns = self.ns_lock.lock().await;
         self.ensure_listed(parent).await?;
+        let _ns = self.ns_lock.lock().await;
         let meta = self.new_meta(parent, mode, caller)?;
         let (entry, parent_op) = {
             let t = self.inodes.lock();
@@ -183,9 +216,7 @@ impl Vfs {
             };
             (entry, Self::touched_dir_op(&t, parent, meta.mtime_ns)?)
         };
-        self.catalog
-            .commit(vec![CatalogOp::Put(entry.clone()), parent_op])
-            .await?;
+        self.push_ns(vec![CatalogOp::Put(entry.clone()), parent_op])?;
         let mut t = self.inodes.lock();
         Self::touch_dir(&mut t, parent, meta.mtime_ns)?;
         let ino = t.insert_child(parent, name, entry)?;
@@ -263,31 +294,39 @@ impl Vfs {
     /// Remove `name` from `parent`: a file or symlink (`dir == false`) or an empty directory.
     pub async fn remove(&self, parent: Ino, name: &str, dir: bool) -> VfsResult<()> {
         self.check_writable()?;
-        let _ns = self.ns_lock.lock().await;
-        self.ensure_listed(parent).await?;
-        let ino = self
-            .inodes
-            .lock()
-            .child(parent, name)?
-            .ok_or(Errno::ENOENT)?;
-        let is_dir = self.inodes.lock().get(ino)?.is_dir();
+        let (_ns, ino, is_dir) = loop {
+            self.ensure_listed(parent).await?;
+            let child = self.inodes.lock().child(parent, name)?;
+            if let Some(c) = child {
+                if self.inodes.lock().get(c)?.is_dir() {
+                    self.ensure_listed(c).await?;
+                }
+            }
+            let ns = self.ns_lock.lock().await;
+            let t = self.inodes.lock();
+            let ino = t.child(parent, name)?.ok_or(Errno::ENOENT)?;
+            let is_dir = t.get(ino)?.is_dir();
+            if !is_dir || t.is_listed(ino) {
+                break (ns, ino, is_dir);
+            }
+            // Replaced by an unlisted directory meanwhile: list it first.
+        };
         match (dir, is_dir) {
             (true, false) => return Err(Errno::ENOTDIR),
             (false, true) => return Err(Errno::EISDIR),
             _ => {}
         }
-        if is_dir {
-            self.ensure_listed(ino).await?;
-            if self
+        let nonempty = |c: &std::collections::BTreeMap<String, Ino>| !c.is_empty();
+        if is_dir
+            && self
                 .inodes
                 .lock()
                 .get(ino)?
                 .children
                 .as_ref()
-                .is_some_and(|c| !c.is_empty())
-            {
-                return Err(Errno::ENOTEMPTY);
-            }
+                .is_some_and(nonempty)
+        {
+            return Err(Errno::ENOTEMPTY);
         }
         let now = now_ns();
         let ops = {
@@ -301,7 +340,7 @@ impl Vfs {
             ops.extend(Self::survivor_op(&t, ino, (parent, name), now)?);
             ops
         };
-        self.catalog.commit(ops).await?;
+        self.push_ns(ops)?;
         let (still_linked, staged, reaped) = {
             let mut t = self.inodes.lock();
             Self::touch_dir(&mut t, parent, now)?;
@@ -352,10 +391,10 @@ impl Vfs {
             );
             return Err(Errno::EPERM);
         }
-        let _ns = self.ns_lock.lock().await;
         self.ensure_listed(new_parent).await?;
+        let _ns = self.ns_lock.lock().await;
         let now = now_ns();
-        let (ops, to) = {
+        let ops = {
             let t = self.inodes.lock();
             let i = t.get(ino)?;
             if i.is_dir() {
@@ -371,27 +410,17 @@ impl Vfs {
             let to = t.child_path(new_parent, new_name)?;
             let mut e = t.entry_of(ino, i.remote.clone())?;
             e.meta.ctime_ns = now;
-            let ops = vec![
-                CatalogOp::Link {
-                    from,
-                    to: to.clone(),
-                },
+            vec![
+                CatalogOp::Link { from, to },
                 CatalogOp::Put(e),
                 Self::touched_dir_op(&t, new_parent, now)?,
-            ];
-            (ops, to)
+            ]
         };
-        self.catalog.commit(ops).await?;
-        let link = self
-            .catalog
-            .head(&to)
-            .await?
-            .and_then(|e| e.link)
-            .ok_or(Errno::EIO)?;
+        self.push_ns(ops)?;
         {
             let mut t = self.inodes.lock();
             Self::touch_dir(&mut t, new_parent, now)?;
-            t.add_name(ino, new_parent, new_name, link)?;
+            t.add_name(ino, new_parent, new_name)?;
             let i = t.get_mut(ino)?;
             i.meta.ctime_ns = now;
             i.nlookup += 1;
@@ -411,13 +440,23 @@ impl Vfs {
     ) -> VfsResult<()> {
         self.check_writable()?;
         Self::check_name(new_name)?;
-        let _ns = self.ns_lock.lock().await;
-        self.ensure_listed(parent).await?;
-        self.ensure_listed(new_parent).await?;
-        let (src, dst) = {
+        let (_ns, src, dst) = loop {
+            self.ensure_listed(parent).await?;
+            self.ensure_listed(new_parent).await?;
+            let dst = self.inodes.lock().child(new_parent, new_name)?;
+            if let Some(d) = dst {
+                if self.inodes.lock().get(d)?.is_dir() {
+                    self.ensure_listed(d).await?;
+                }
+            }
+            let ns = self.ns_lock.lock().await;
             let t = self.inodes.lock();
             let src = t.child(parent, name)?.ok_or(Errno::ENOENT)?;
-            (src, t.child(new_parent, new_name)?)
+            let dst = t.child(new_parent, new_name)?;
+            let unlisted_dir = |i: Ino| t.get(i).is_ok_and(|n| n.is_dir() && !t.is_listed(i));
+            if t.is_listed(new_parent) && !dst.is_some_and(unlisted_dir) {
+                break (ns, src, dst);
+            }
         };
         if dst == Some(src) {
             return Ok(());
@@ -435,7 +474,6 @@ impl Vfs {
                 (true, false) => return Err(Errno::ENOTDIR),
                 (false, true) => return Err(Errno::EISDIR),
                 (true, true) => {
-                    self.ensure_listed(dst).await?;
                     let t = self.inodes.lock();
                     if t.get(dst)?.children.as_ref().is_some_and(|c| !c.is_empty()) {
                         return Err(Errno::ENOTEMPTY);
@@ -462,7 +500,7 @@ impl Vfs {
             }
             ops
         };
-        self.catalog.commit(ops).await?;
+        self.push_ns(ops)?;
         let (replaced, reaped) = {
             let mut t = self.inodes.lock();
             Self::touch_dir(&mut t, parent, now)?;
@@ -494,6 +532,7 @@ impl Vfs {
             if let Err(e) = s.note_unlinked() {
                 tracing::warn!("cannot journal an unlink: {e:?}");
             }
+            self.staging.journal_changed(&s);
         }
     }
 
@@ -508,14 +547,16 @@ impl Vfs {
                 .collect()
         };
         for (s, p) in staged {
-            if let Err(e) = s.note_path(&p) {
-                tracing::warn!("cannot journal a rename: {e:?}");
+            match s.note_path(&p) {
+                Ok(true) => self.staging.journal_changed(&s),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot journal a rename: {e:?}"),
             }
         }
     }
 
     /// Change attributes. Size changes go through staging like writes; metadata changes are
-    /// committed to the catalog before they are visible.
+    /// namespace changes (local first, committed by the flusher).
     pub async fn setattr(&self, ino: Ino, set: SetAttr) -> VfsResult<Attr> {
         let meta_change = set.mode.is_some()
             || set.uid.is_some()
@@ -565,7 +606,7 @@ impl Vfs {
                 (m, commit)
             };
             if let Some(e) = commit {
-                self.catalog.commit(vec![CatalogOp::Put(e)]).await?;
+                self.push_ns(vec![CatalogOp::Put(e)])?;
             }
             self.inodes.lock().get_mut(ino)?.meta = meta;
         }

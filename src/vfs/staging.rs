@@ -208,19 +208,21 @@ impl Staged {
         Ok(())
     }
 
-    /// Journal the bucket path this file belongs to (first use, rename), durably.
-    pub fn note_path(&self, path: &str) -> VfsResult<()> {
+    /// Journal the bucket path this file belongs to (first use, rename). Made durable before
+    /// the catalog sees the change ([`StagingArea::sync_journals`]).
+    /// Returns whether a record was added.
+    pub fn note_path(&self, path: &str) -> VfsResult<bool> {
         let mut io = self.io.lock();
         if io.journaled_path.as_deref() == Some(path) {
-            return Ok(());
+            return Ok(false);
         }
         io.journal(&Record::Path(path.to_string()))?;
-        io.log.sync_data()?;
         io.journaled_path = Some(path.to_string());
-        Ok(())
+        Ok(true)
     }
 
-    /// Journal that the file left the bucket: it is never recovered.
+    /// Journal that the file left the bucket: it is never recovered. Made durable like
+    /// [`Self::note_path`].
     pub fn note_unlinked(&self) -> VfsResult<()> {
         let mut io = self.io.lock();
         if io.unlinked {
@@ -228,7 +230,6 @@ impl Staged {
         }
         io.unlinked = true;
         io.journal(&Record::Unlinked)?;
-        io.log.sync_data()?;
         Ok(())
     }
 
@@ -472,6 +473,8 @@ fn punch(file: &File, range: Range<u64>) -> std::io::Result<()> {
 /// The staging directory: names new staging files.
 pub struct StagingArea {
     dir: PathBuf,
+    /// Journals with a path or unlink record that may not be on disk yet.
+    unsynced: Mutex<Vec<std::sync::Weak<Staged>>>,
     counter: AtomicU64,
     /// Distinguishes this mount's files from leftovers of earlier runs.
     epoch: u128,
@@ -485,6 +488,7 @@ impl StagingArea {
             .map_or(0, |d| d.as_nanos());
         Ok(StagingArea {
             dir: dir.to_path_buf(),
+            unsynced: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
             epoch,
         })
@@ -492,6 +496,40 @@ impl StagingArea {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `s`'s journal got a path or unlink record (`Staged::note_path`, `note_unlinked`).
+    pub fn journal_changed(&self, s: &Arc<Staged>) {
+        self.unsynced.lock().push(Arc::downgrade(s));
+    }
+
+    /// Make every journal's path and unlink records durable, before the catalog commits the
+    /// namespace changes they follow: after a power loss the store is never ahead of them (a
+    /// recovered file would come back under an old name, or come back after its unlink).
+    /// A few journals are synced one by one; many (an untar) with one `syncfs` of the staging
+    /// file system.
+    pub fn sync_journals(&self) -> std::io::Result<()> {
+        const ONE_BY_ONE: usize = 32;
+        let changed = std::mem::take(&mut *self.unsynced.lock());
+        let result = if changed.len() > ONE_BY_ONE {
+            use std::os::fd::AsRawFd;
+            let dir = File::open(&self.dir)?;
+            // SAFETY: plain syscall on an open fd.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        } else {
+            changed
+                .iter()
+                .filter_map(|w| w.upgrade())
+                .try_for_each(|s| s.io.lock().log.sync_data())
+        };
+        if result.is_err() {
+            self.unsynced.lock().extend(changed);
+        }
+        result
     }
 
     pub fn create(&self, base: FileId) -> VfsResult<Arc<Staged>> {

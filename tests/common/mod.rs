@@ -157,10 +157,11 @@ pub fn sh(cwd: &Path, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `sha256sum` of every file below `dir`, sorted by path, plus symlink targets and modes.
+/// `sha256sum` of every file below `dir`, sorted by path, plus file modes and link counts,
+/// symlink targets and directory modes.
 pub fn tree_digest(dir: &Path) -> String {
     sh(
         dir,
-        "find . -mindepth 1 \\( -type f -exec sha256sum {} + \\) -o \\( -type l -printf '%p -> %l\\n' \\) -o \\( -type d -printf '%p/ %m\\n' \\) | sort",
+        "find . -mindepth 1 \\( -type f -exec sha256sum {} + -printf '%p %m %n\\n' \\) -o \\( -type l -printf '%p -> %l\\n' \\) -o \\( -type d -printf '%p/ %m\\n' \\) | sort",
     )
 }

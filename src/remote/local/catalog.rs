@@ -59,15 +59,8 @@ pub(crate) fn parent_of(path: &str) -> &str {
 
 /// Kind column code and device number column.
 fn kind_code(k: EntryKind) -> (i64, i64) {
-    match k {
-        EntryKind::File => (0, 0),
-        EntryKind::Dir => (1, 0),
-        EntryKind::Symlink => (2, 0),
-        EntryKind::Fifo => (3, 0),
-        EntryKind::Socket => (4, 0),
-        EntryKind::CharDevice(rdev) => (5, rdev as i64),
-        EntryKind::BlockDevice(rdev) => (6, rdev as i64),
-    }
+    let (code, rdev) = k.code();
+    (i64::from(code), rdev as i64)
 }
 
 fn now_ns() -> i64 {
@@ -86,18 +79,11 @@ const COLUMNS: &str =
 
 fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     let rdev = row.get::<_, i64>(11)? as u64;
-    let kind = match row.get::<_, i64>(1)? {
-        0 => EntryKind::File,
-        1 => EntryKind::Dir,
-        2 => EntryKind::Symlink,
-        3 => EntryKind::Fifo,
-        4 => EntryKind::Socket,
-        5 => EntryKind::CharDevice(rdev),
-        6 => EntryKind::BlockDevice(rdev),
-        k => {
-            return Err(rusqlite::Error::IntegralValueOutOfRange(1, k));
-        }
-    };
+    let code = row.get::<_, i64>(1)?;
+    let kind = u8::try_from(code)
+        .ok()
+        .and_then(|c| EntryKind::from_code(c, rdev))
+        .ok_or(rusqlite::Error::IntegralValueOutOfRange(1, code))?;
     let hash: Option<String> = row.get(2)?;
     let size: i64 = row.get(3)?;
     Ok(Entry {

@@ -20,7 +20,7 @@ use crate::vfs::staging::{empty_id, Staged};
 use crate::vfs::{Stats, Vfs};
 
 use super::failure::{FlushFailure, Step};
-use super::Outcome;
+use super::{Outcome, NS_INO};
 
 pub(in crate::vfs) type FlushResult = Result<Outcome, FlushFailure>;
 
@@ -69,7 +69,8 @@ impl Vfs {
             .collect()
     }
 
-    /// Flush the given files: one upload session, one catalog commit.
+    /// Flush the given files: one upload session, one catalog commit that also carries every
+    /// pending namespace change. [`NS_INO`] stands for the namespace changes alone.
     pub(in crate::vfs) async fn flush_batch(&self, inos: &[Ino]) -> Vec<(Ino, FlushResult)> {
         let mut inos = inos.to_vec();
         inos.sort_unstable();
@@ -77,6 +78,9 @@ impl Vfs {
         let mut results = Vec::new();
         let mut work = Vec::new();
         for ino in inos {
+            if ino == NS_INO {
+                continue;
+            }
             let staged = {
                 let t = self.inodes.lock();
                 t.get(ino)
@@ -102,7 +106,7 @@ impl Vfs {
                 Err(e) => results.push((ino, Err(FlushFailure::local(Step::Prepare, e)))),
             }
         }
-        if !ready.is_empty() {
+        if !ready.is_empty() || !self.nslog.lock().is_empty() {
             results.extend(self.upload_and_commit(ready).await);
         }
         for (_, r) in &results {
@@ -269,8 +273,12 @@ impl Vfs {
         let mut results = Vec::new();
         let mut bodies = self.store_bodies(&ready).await;
 
-        let _ns = self.ns_lock.lock().await;
-        let mut ops = Vec::new();
+        // Commits in order: the pending namespace ops, then the bodies at the paths those ops
+        // lead to, snapshotted together under the namespace lock and committed after it.
+        let _commit = self.commit_lock.lock().await;
+        let ns = self.ns_lock.lock().await;
+        let (mut ops, ns_seq) = self.nslog.lock().snapshot();
+        let ns_ops = ops.len();
         let mut committing = Vec::new();
         for p in &ready {
             let body = match bodies.remove(&p.ino) {
@@ -312,15 +320,51 @@ impl Vfs {
                 Err(e) => results.push((p.ino, Err(FlushFailure::local(Step::Commit, e)))),
             }
         }
-        if committing.is_empty() {
+        drop(ns);
+        if ops.is_empty() {
             return results;
+        }
+        if ns_ops > 0 {
+            let staging = self.staging.clone();
+            if let Err(e) = blocking(move || Ok(staging.sync_journals()?)).await {
+                let f = FlushFailure::local(Step::Commit, e);
+                results.extend(committing.iter().map(|(p, _)| (p.ino, Err(f.clone()))));
+                results.push((NS_INO, Err(f)));
+                return results;
+            }
+        }
+        if ns_ops > 0 {
+            // Where this commit starts, so that a crash before its end is decided right.
+            let mark = match self.bounded(0, "revision", self.catalog.revision()).await {
+                Ok(rev) => self
+                    .nslog
+                    .lock()
+                    .committing(ns_seq, rev)
+                    .map_err(|e| FlushFailure::local(Step::Commit, e.into())),
+                Err(e) => Err(FlushFailure::remote(Step::Commit, e)),
+            };
+            if let Err(f) = mark {
+                results.extend(committing.iter().map(|(p, _)| (p.ino, Err(f.clone()))));
+                results.push((NS_INO, Err(f)));
+                return results;
+            }
         }
         if let Err(e) = self.bounded(0, "commit", self.catalog.commit(ops)).await {
             let f = FlushFailure::remote(Step::Commit, e);
             results.extend(committing.iter().map(|(p, _)| (p.ino, Err(f.clone()))));
+            if ns_ops > 0 {
+                results.push((NS_INO, Err(f)));
+            }
             return results;
         }
         Stats::add(&self.stats.flush_commits, 1);
+        if ns_ops > 0 {
+            if let Err(e) = self.nslog.lock().committed(ns_seq) {
+                // Committed; only the mark is missing, so a crash would merely replay them.
+                tracing::warn!("cannot mark namespace changes committed: {e}");
+            }
+            results.push((NS_INO, Ok(Outcome::Committed)));
+        }
         for (p, body) in committing {
             if let Ok(i) = self.inodes.lock().get_mut(p.ino) {
                 i.remote = body.clone();

@@ -24,6 +24,10 @@ pub(super) use batch::FlushResult;
 use crate::vfs::inode::{FlushError, Ino};
 use crate::vfs::Vfs;
 
+/// Stands for the pending namespace changes in the flush queue and in flush results (no inode
+/// has number 0).
+pub(super) const NS_INO: Ino = 0;
+
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Also the retry interval after a permanent failure: the data is kept and retried now and
 /// then (and at once when the file is written or synced again), but the store is not hammered.
@@ -182,7 +186,10 @@ impl Vfs {
                     let at = self.next_event();
                     let path = {
                         let mut t = self.inodes.lock();
-                        let path = t.path_of(ino).unwrap_or_else(|_| "(unlinked)".into());
+                        let path = match ino {
+                            NS_INO => "(namespace changes)".into(),
+                            _ => t.path_of(ino).unwrap_or_else(|_| "(unlinked)".into()),
+                        };
                         if let Ok(i) = t.get_mut(ino) {
                             i.flush_error = Some(FlushError { errno: f.errno, at });
                         }
