@@ -3,9 +3,10 @@
 #   xetmount (embedded local store), rclone mount (--vfs-cache-mode full, local backend),
 #   bindfs (a plain FUSE passthrough) and the raw disk,
 # each printed with its ratio to bindfs:
-#   untar     tar -xf of /usr/share/doc (a tarball made once) until durable: xetmount and
-#             rclone until their unmount returns (every file committed / written back), bindfs
-#             and the disk until sync returns
+#   untar     tar -xf of /usr/share/doc (a tarball made once) until durable: xetmount until
+#             its unmount returns (every file committed), rclone until its backing directory
+#             holds every byte (it uploads after close, in the background) and it unmounted,
+#             bindfs and the disk until sync returns
 #   randread  cold 4 KiB random reads of a SIZE file, fio psync for 15 s (fresh mount, page
 #             cache dropped)
 #   seqwrite  dd of a SIZE file with conv=fsync, until durable as above
@@ -39,6 +40,7 @@ cleanup() {
 trap cleanup EXIT
 
 now() { date +%s.%N; }
+file_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}'; }
 secs() { echo "$2 - $1" | bc -l; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 wait_mounted() { # mountpoint
@@ -68,7 +70,13 @@ stop() {
   case "$1" in
     disk) sync ;;
     bindfs) sync; fusermount3 -u "$mp" ;;
-    rclone) fusermount3 -u "$mp"; wait "$pid"; pid=""; sync ;;
+    rclone)
+      # Written back once the backing directory holds all the bytes written so far.
+      for _ in $(seq 1 6000); do
+        [ "$(file_bytes "$work/rclone-data")" -ge "$expect_bytes" ] && break
+        sleep 0.05
+      done
+      fusermount3 -u "$mp"; wait "$pid"; pid=""; sync ;;
     xetmount) "$bin" unmount "$mp"; wait "$pid"; pid="" ;;
   esac
 }
@@ -79,6 +87,10 @@ head -c "$((size_mib << 20))" /dev/urandom >"$work/src.bin"
 tar -ch --hard-dereference -f "$work/doc.tar" -C /usr/share doc 2>/dev/null || true
 entries="$(tar -tf "$work/doc.tar" | wc -l)"
 bytes=$((size_mib << 20))
+mkdir "$work/ref-doc" && tar -xf "$work/doc.tar" -C "$work/ref-doc"
+doc_bytes="$(file_bytes "$work/ref-doc")"
+rm -rf "$work/ref-doc"
+expect_bytes=0
 
 declare -A untar randread seqwrite seqread reread
 targets=(xetmount rclone bindfs disk)
@@ -87,11 +99,13 @@ for t in "${targets[@]}"; do
   start "$t"
   mkdir "$mp/doc"
   cat "$work/doc.tar" >/dev/null
+  expect_bytes=$doc_bytes
   t0=$(now); tar -xf "$work/doc.tar" -C "$mp/doc"; stop "$t"; t1=$(now)
   untar[$t]=$(secs "$t0" "$t1")
 
   start "$t"
   cat "$work/src.bin" >/dev/null
+  expect_bytes=$((doc_bytes + bytes))
   t0=$(now); dd if="$work/src.bin" of="$mp/big.bin" bs=4M conv=fsync status=none; stop "$t"; t1=$(now)
   seqwrite[$t]=$(echo "$size_mib / $(secs "$t0" "$t1")" | bc -l)
 

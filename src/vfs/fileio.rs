@@ -174,9 +174,11 @@ impl Vfs {
         }
     }
 
-    /// Sequential reads grow a read-ahead window (in cache blocks); a seek resets it.
+    /// Sequential reads grow a read-ahead window (in cache blocks, from 1 MiB up to
+    /// `readahead_blocks`); a seek resets it, so random reads fetch only what they touch.
     fn read_ahead(&self, fh: u64, id: &FileId, range: &Range<u64>) {
         let block = self.cache.block_size();
+        let min_window = ((1 << 20) / block).clamp(1, self.config.readahead_blocks);
         let window = {
             let mut h = self.handles.lock();
             let Some(HandleEntry::File(h)) = h.map.get_mut(&fh) else {
@@ -185,7 +187,7 @@ impl Vfs {
             let ra = &mut h.ra;
             let sequential = range.start == ra.next_offset;
             ra.window = if sequential {
-                (ra.window * 2).clamp(1, self.config.readahead_blocks)
+                (ra.window * 2).clamp(min_window, self.config.readahead_blocks)
             } else {
                 0
             };

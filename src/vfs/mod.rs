@@ -94,9 +94,9 @@ impl VfsConfig {
             flush_max_batch_window: Duration::from_millis(30000),
             read_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(120),
-            cache_block: 4 << 20,
+            cache_block: 64 << 10,
             cache_capacity: 128 << 20,
-            readahead_blocks: 8,
+            readahead_blocks: 512,
             paranoid: false,
             max_staging_size: 0,
         }

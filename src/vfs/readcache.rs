@@ -1,7 +1,13 @@
-//! Read cache for committed file bodies: fixed-size blocks keyed by (content hash, block),
-//! bounded in bytes, evicted least-recently-used. Concurrent misses on one block share one
-//! fetch. Every fetch has a timeout, so a stalled store fails reads instead of wedging the
-//! threads that wait on them.
+//! Read cache for committed file bodies: small fixed-size blocks keyed by (content hash,
+//! block), bounded in bytes, evicted least-recently-used.
+//!
+//! Reads are sized to the access pattern: a read fetches only the blocks it touches (a cold
+//! 4 KiB random read costs one 64 KiB fetch), and consecutive missing blocks — a large read,
+//! or the read-ahead of a sequential stream — are fetched as one run of up to [`MAX_RUN`]
+//! bytes. Concurrent misses on a block share its run's fetch; the fetch itself files every
+//! block of its run into the cache, so read-ahead that nobody waited for is kept too. Every
+//! fetch has a timeout, so a stalled store fails reads instead of wedging the threads that
+//! wait on them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -16,12 +22,23 @@ use crate::remote::{Cas, FileId, RemoteError};
 use crate::vfs::errno::{Errno, VfsResult};
 use crate::vfs::stats::Stats;
 
+/// Largest fetch of consecutive blocks in one store call.
+pub const MAX_RUN: u64 = 4 << 20;
+
 type Key = (Arc<str>, u64);
 type Fetch = Shared<BoxFuture<'static, Result<Bytes, Errno>>>;
 
 enum Slot {
-    Ready { data: Bytes, tick: u64 },
-    Loading(Fetch),
+    Ready {
+        data: Bytes,
+        tick: u64,
+    },
+    /// Part of run `run`, whose bytes start at this block's offset minus `at`.
+    Loading {
+        run: u64,
+        fetch: Fetch,
+        at: usize,
+    },
 }
 
 #[derive(Default)]
@@ -31,15 +48,35 @@ struct Inner {
     lru: BTreeMap<u64, Key>,
     used: u64,
     tick: u64,
+    runs: u64,
+}
+
+impl Inner {
+    fn evict(&mut self, capacity: u64) {
+        while self.used > capacity {
+            let Some((_, key)) = self.lru.pop_first() else {
+                break;
+            };
+            if let Some(Slot::Ready { data, .. }) = self.slots.remove(&key) {
+                self.used -= data.len() as u64;
+            }
+        }
+    }
 }
 
 pub struct ReadCache {
     cas: Arc<dyn Cas>,
     stats: Arc<Stats>,
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     block: u64,
     capacity: u64,
     timeout: Duration,
+}
+
+/// What a block needs: its bytes, or a wait for a run.
+enum Need {
+    Ready(Bytes),
+    Wait(Fetch, usize),
 }
 
 impl ReadCache {
@@ -53,7 +90,7 @@ impl ReadCache {
         ReadCache {
             cas,
             stats,
-            inner: Mutex::new(Inner::default()),
+            inner: Arc::new(Mutex::new(Inner::default())),
             block,
             capacity,
             timeout,
@@ -72,46 +109,55 @@ impl ReadCache {
         }
         let first = range.start / self.block;
         let last = (end - 1) / self.block;
-        let hash: Arc<str> = Arc::from(id.hash.as_str());
-        if first == last {
-            let b = self.block_data(&hash, id.size, first).await?;
-            let off = first * self.block;
-            return Ok(b.slice((range.start - off) as usize..(end - off) as usize));
-        }
-        let blocks = futures::future::try_join_all(
-            (first..=last).map(|i| self.block_data(&hash, id.size, i)),
-        )
+        let needs = self.claim(id, first..last + 1, true);
+        // Every run this read waits for is fetched at the same time.
+        let blocks = futures::future::try_join_all((first..=last).zip(needs).map(|(i, need)| {
+            let len = self.block_len(id.size, i) as usize;
+            async move {
+                match need {
+                    Need::Ready(d) => Ok(d),
+                    Need::Wait(fetch, at) => Ok::<_, Errno>(fetch.await?.slice(at..at + len)),
+                }
+            }
+        }))
         .await?;
         let mut out = BytesMut::with_capacity((end - range.start) as usize);
-        for (i, b) in (first..=last).zip(blocks) {
+        for (i, data) in (first..=last).zip(blocks) {
             let off = i * self.block;
             let lo = range.start.max(off) - off;
-            let hi = end.min(off + b.len() as u64) - off;
-            out.extend_from_slice(&b[lo as usize..hi as usize]);
+            let hi = end.min(off + data.len() as u64) - off;
+            if first == last {
+                return Ok(data.slice(lo as usize..hi as usize));
+            }
+            out.extend_from_slice(&data[lo as usize..hi as usize]);
         }
         Ok(out.freeze())
     }
 
     /// Start fetching blocks `blocks` of `id` in the background (read-ahead).
-    pub fn prefetch(self: &Arc<Self>, id: &FileId, blocks: Range<u64>) {
-        let hash: Arc<str> = Arc::from(id.hash.as_str());
+    pub fn prefetch(&self, id: &FileId, blocks: Range<u64>) {
         let nblocks = id.size.div_ceil(self.block);
-        for i in blocks.start..blocks.end.min(nblocks) {
-            if self.inner.lock().slots.contains_key(&(hash.clone(), i)) {
-                continue;
-            }
-            let this = self.clone();
-            let (h, size) = (hash.clone(), id.size);
-            tokio::spawn(async move {
-                let _ = this.block_data(&h, size, i).await;
-            });
+        let blocks = blocks.start.min(nblocks)..blocks.end.min(nblocks);
+        if !blocks.is_empty() {
+            self.claim(id, blocks, false);
         }
     }
 
-    async fn block_data(&self, hash: &Arc<str>, size: u64, idx: u64) -> VfsResult<Bytes> {
-        let key = (hash.clone(), idx);
-        let fetch = {
-            let mut g = self.inner.lock();
+    fn block_len(&self, size: u64, idx: u64) -> u64 {
+        ((idx + 1) * self.block).min(size) - idx * self.block
+    }
+
+    /// For each block of `blocks`: its bytes, or the run fetch to wait for. Missing blocks are
+    /// grouped into runs of consecutive blocks, each fetched by one store call. With `want`
+    /// false (read-ahead) nothing is returned.
+    fn claim(&self, id: &FileId, blocks: Range<u64>, want: bool) -> Vec<Need> {
+        let hash: Arc<str> = Arc::from(id.hash.as_str());
+        let per_run = (MAX_RUN / self.block).max(1);
+        let mut needs = Vec::new();
+        let mut g = self.inner.lock();
+        let mut run: Option<(u64, Range<u64>, Fetch)> = None;
+        for i in blocks {
+            let key = (hash.clone(), i);
             g.tick += 1;
             let tick = g.tick;
             match g.slots.get_mut(&key) {
@@ -120,79 +166,120 @@ impl ReadCache {
                     let data = data.clone();
                     g.lru.remove(&old);
                     g.lru.insert(tick, key);
-                    return Ok(data);
+                    run = None;
+                    needs.push(Need::Ready(data));
                 }
-                Some(Slot::Loading(f)) => f.clone(),
+                Some(Slot::Loading { fetch, at, .. }) => {
+                    needs.push(Need::Wait(fetch.clone(), *at));
+                    run = None;
+                }
                 None => {
-                    let f = self.fetch(hash, size, idx);
-                    g.slots.insert(key.clone(), Slot::Loading(f.clone()));
-                    f
-                }
-            }
-        };
-        let res = fetch.await;
-        let mut g = self.inner.lock();
-        let still_loading = matches!(g.slots.get(&key), Some(Slot::Loading(_)));
-        if still_loading {
-            match &res {
-                Ok(data) => {
-                    g.tick += 1;
-                    let tick = g.tick;
-                    g.used += data.len() as u64;
-                    g.lru.insert(tick, key.clone());
+                    let extend = run
+                        .as_ref()
+                        .is_some_and(|(_, r, _)| r.end == i && r.end - r.start < per_run);
+                    if !extend {
+                        g.runs += 1;
+                        let n = g.runs;
+                        let span = i..(i + per_run).min(id.size.div_ceil(self.block));
+                        run = Some((n, i..i, self.fetch(&hash, id.size, n, span)));
+                    }
+                    let (n, r, fetch) = run.as_mut().expect("a run was just started");
+                    let at = ((i - r.start) * self.block) as usize;
+                    r.end = i + 1;
                     g.slots.insert(
                         key,
-                        Slot::Ready {
-                            data: data.clone(),
-                            tick,
+                        Slot::Loading {
+                            run: *n,
+                            fetch: fetch.clone(),
+                            at,
                         },
                     );
-                    self.evict(&mut g);
-                }
-                Err(_) => {
-                    g.slots.remove(&key);
+                    needs.push(Need::Wait(fetch.clone(), at));
                 }
             }
         }
-        res
+        drop(g);
+        if !want {
+            // Read-ahead: the runs must make progress with nobody awaiting them.
+            for need in needs {
+                if let Need::Wait(fetch, 0) = need {
+                    tokio::spawn(async move {
+                        let _ = fetch.await;
+                    });
+                }
+            }
+            return Vec::new();
+        }
+        needs
     }
 
-    fn fetch(&self, hash: &Arc<str>, size: u64, idx: u64) -> Fetch {
+    /// The fetch of run `run`: blocks `span` of the body `hash` (a run may end up claiming
+    /// fewer blocks than its span; it fetches only those, as its slots say when it starts).
+    fn fetch(&self, hash: &Arc<str>, size: u64, run: u64, span: Range<u64>) -> Fetch {
         let cas = self.cas.clone();
         let stats = self.stats.clone();
-        let id = FileId {
-            hash: hash.to_string(),
-            size,
-        };
-        let range = idx * self.block..((idx + 1) * self.block).min(size);
-        let timeout = self.timeout;
+        let inner = self.inner.clone();
+        let (block, capacity, timeout) = (self.block, self.capacity, self.timeout);
+        let hash = hash.clone();
         async move {
-            let data = tokio::time::timeout(timeout, cas.read_range(&id, range.clone()))
-                .await
-                .map_err(|_| {
-                    tracing::warn!(hash = %id.hash, ?range, "read from the store timed out");
-                    Errno::from(RemoteError::Timeout(format!("{range:?}")))
-                })?
-                .map_err(|e| {
-                    tracing::warn!(hash = %id.hash, ?range, "read from the store failed: {e}");
-                    Errno::from(e)
-                })?;
+            // The blocks this run claimed (consecutive from the span's start).
+            let claimed = {
+                let g = inner.lock();
+                span.clone()
+                    .take_while(|i| {
+                        matches!(g.slots.get(&(hash.clone(), *i)),
+                            Some(Slot::Loading { run: r, .. }) if *r == run)
+                    })
+                    .count() as u64
+            };
+            let range = span.start * block..((span.start + claimed) * block).min(size);
+            let id = FileId {
+                hash: hash.to_string(),
+                size,
+            };
+            let result =
+                match tokio::time::timeout(timeout, cas.read_range(&id, range.clone())).await {
+                    Err(_) => {
+                        tracing::warn!(hash = %id.hash, ?range, "read from the store timed out");
+                        Err(Errno::from(RemoteError::Timeout(format!("{range:?}"))))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(hash = %id.hash, ?range, "read from the store failed: {e}");
+                        Err(Errno::from(e))
+                    }
+                    Ok(Ok(data)) => Ok(data),
+                };
+            // File the run's blocks (or drop them, on failure) where they still wait for it.
+            let mut g = inner.lock();
+            for i in span.start..span.start + claimed {
+                let key = (hash.clone(), i);
+                if !matches!(g.slots.get(&key), Some(Slot::Loading { run: r, .. }) if *r == run) {
+                    continue;
+                }
+                match &result {
+                    Ok(data) => {
+                        let lo = ((i - span.start) * block) as usize;
+                        let hi = (lo + block as usize).min(data.len());
+                        let piece = data.slice(lo..hi);
+                        g.tick += 1;
+                        let tick = g.tick;
+                        g.used += piece.len() as u64;
+                        g.lru.insert(tick, key.clone());
+                        g.slots.insert(key, Slot::Ready { data: piece, tick });
+                    }
+                    Err(_) => {
+                        g.slots.remove(&key);
+                    }
+                }
+            }
+            g.evict(capacity);
+            drop(g);
+            let data = result?;
             Stats::add(&stats.bytes_fetched, data.len() as u64);
             Ok(data)
         }
         .boxed()
         .shared()
-    }
-
-    fn evict(&self, g: &mut Inner) {
-        while g.used > self.capacity {
-            let Some((_, key)) = g.lru.pop_first() else {
-                break;
-            };
-            if let Some(Slot::Ready { data, .. }) = g.slots.remove(&key) {
-                g.used -= data.len() as u64;
-            }
-        }
     }
 
     #[cfg(test)]
@@ -263,10 +350,15 @@ mod tests {
             hash: "h".into(),
             size: 95,
         };
+        // Four missing blocks: one run, one store call.
         assert_eq!(&c.read(&id, 5..37).await.unwrap()[..], &expect(5..37)[..]);
-        assert_eq!(cas.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(cas.calls.load(Ordering::SeqCst), 1);
         assert_eq!(&c.read(&id, 12..18).await.unwrap()[..], &expect(12..18)[..]);
-        assert_eq!(cas.calls.load(Ordering::SeqCst), 4, "second read must hit");
+        assert_eq!(cas.calls.load(Ordering::SeqCst), 1, "second read must hit");
+        // A read around a cached block fetches the missing blocks on each side separately.
+        assert_eq!(&c.read(&id, 45..52).await.unwrap()[..], &expect(45..52)[..]);
+        assert_eq!(&c.read(&id, 25..62).await.unwrap()[..], &expect(25..62)[..]);
+        assert_eq!(cas.calls.load(Ordering::SeqCst), 3);
         // Clipped at EOF, and the last block is short.
         assert_eq!(
             &c.read(&id, 90..200).await.unwrap()[..],
@@ -302,6 +394,34 @@ mod tests {
             cas.calls.load(Ordering::SeqCst),
             2,
             "a failed fetch is not cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn read_ahead_is_fetched_in_runs_and_kept_without_a_reader() {
+        let (cas, c) = cache(false, 10_000);
+        let id = FileId {
+            hash: "h".into(),
+            size: 2000,
+        };
+        c.prefetch(&id, 0..100);
+        // The runs complete in the background and land in the cache.
+        for _ in 0..1000 {
+            if c.used() == 1000 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(c.used(), 1000);
+        let calls = cas.calls.load(Ordering::SeqCst);
+        assert_eq!(
+            &c.read(&id, 0..1000).await.unwrap()[..],
+            &expect(0..1000)[..]
+        );
+        assert_eq!(
+            cas.calls.load(Ordering::SeqCst),
+            calls,
+            "read-ahead was not kept"
         );
     }
 }
