@@ -473,8 +473,8 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Namespace changes are committed before they return.
-        reply.ok();
+        // The directory's entries are namespace changes: commit them.
+        self.run(|vfs| async move { reply_empty(reply, vfs.sync_namespace().await) });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -56,6 +56,12 @@ impl NfsFs {
     }
 
     /// Create an empty regular file; NFS keeps neither the handle nor the reference.
+    /// NFSv3 namespace replies promise stable storage: the change is journaled durably (the
+    /// store commit follows through the flusher, as for writes).
+    async fn stable(&self) -> Result<(), nfsstat3> {
+        self.vfs.sync_namespace_journal().await.map_err(stat)
+    }
+
     async fn create_file(&self, dirid: fileid3, name: &str, mode: u32) -> Result<Attr, Errno> {
         let (a, o) = self.vfs.create(dirid, name, mode, self.owner).await?;
         self.vfs.release(o.fh)?;
@@ -211,6 +217,7 @@ impl NFSFileSystem for NfsFs {
             return self.getattr(id).await;
         }
         let a = self.vfs.setattr(id, s).await.map_err(stat)?;
+        self.stable().await?;
         Ok(fattr(&a))
     }
 
@@ -264,6 +271,7 @@ impl NFSFileSystem for NfsFs {
         } else {
             self.vfs.setattr(a.ino, s).await.map_err(stat)?
         };
+        self.stable().await?;
         Ok((a.ino, fattr(&a)))
     }
 
@@ -274,6 +282,7 @@ impl NFSFileSystem for NfsFs {
     ) -> Result<fileid3, nfsstat3> {
         let n = name(filename)?;
         let a = self.create_file(dirid, &n, 0o644).await.map_err(stat)?;
+        self.stable().await?;
         Ok(a.ino)
     }
 
@@ -289,6 +298,7 @@ impl NFSFileSystem for NfsFs {
             .await
             .map_err(stat)?;
         self.unref(a.ino);
+        self.stable().await?;
         Ok((a.ino, fattr(&a)))
     }
 
@@ -298,7 +308,8 @@ impl NFSFileSystem for NfsFs {
         let is_dir = a.kind == EntryKind::Dir;
         // NFS has no close: let go of the pooled handle so the orphan can be reaped.
         self.pool.forget(a.ino);
-        self.vfs.remove(dirid, &n, is_dir).await.map_err(stat)
+        self.vfs.remove(dirid, &n, is_dir).await.map_err(stat)?;
+        self.stable().await
     }
 
     async fn rename(
@@ -315,7 +326,8 @@ impl NFSFileSystem for NfsFs {
         self.vfs
             .rename(from_dirid, &from, to_dirid, &to, false)
             .await
-            .map_err(stat)
+            .map_err(stat)?;
+        self.stable().await
     }
 
     async fn readdir(
@@ -372,6 +384,7 @@ impl NFSFileSystem for NfsFs {
             .await
             .map_err(stat)?;
         self.unref(a.ino);
+        self.stable().await?;
         Ok((a.ino, fattr(&a)))
     }
 

@@ -175,29 +175,36 @@ impl Vfs {
     }
 
     /// Sequential reads grow a read-ahead window (in cache blocks, from 1 MiB up to
-    /// `readahead_blocks`); a seek resets it, so random reads fetch only what they touch.
+    /// `readahead_blocks`); a seek resets it, so random reads fetch only what they touch. The
+    /// window is refilled once half of it was consumed, so read-ahead goes out in large runs
+    /// rather than one small fetch per read.
     fn read_ahead(&self, fh: u64, id: &FileId, range: &Range<u64>) {
         let block = self.cache.block_size();
         let min_window = ((1 << 20) / block).clamp(1, self.config.readahead_blocks);
-        let window = {
+        let claim = {
             let mut h = self.handles.lock();
             let Some(HandleEntry::File(h)) = h.map.get_mut(&fh) else {
                 return;
             };
             let ra = &mut h.ra;
             let sequential = range.start == ra.next_offset;
-            ra.window = if sequential {
-                (ra.window * 2).clamp(min_window, self.config.readahead_blocks)
-            } else {
-                0
-            };
             ra.next_offset = range.end;
-            ra.window
-        };
-        if window > 0 {
+            if !sequential {
+                ra.window = 0;
+                ra.claimed_to = 0;
+                return;
+            }
+            ra.window = (ra.window * 2).clamp(min_window, self.config.readahead_blocks);
             let next = range.end.div_ceil(block);
-            self.cache.prefetch(id, next..next + window);
-        }
+            let from = ra.claimed_to.max(next);
+            let to = next + ra.window;
+            if to.saturating_sub(from) < ra.window.div_ceil(2) {
+                return;
+            }
+            ra.claimed_to = to;
+            from..to
+        };
+        self.cache.prefetch(id, claim);
     }
 
     async fn read_staged(&self, s: Arc<Staged>, range: Range<u64>) -> VfsResult<Bytes> {

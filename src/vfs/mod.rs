@@ -147,7 +147,10 @@ pub struct Opened {
 #[derive(Default)]
 struct ReadAhead {
     next_offset: u64,
+    /// Read-ahead window in cache blocks (0: not sequential).
     window: u64,
+    /// Blocks before this one have been requested by read-ahead already.
+    claimed_to: u64,
 }
 
 struct Handle {

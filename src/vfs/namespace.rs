@@ -45,6 +45,18 @@ impl Vfs {
         Ok(())
     }
 
+    /// `fsyncdir`: commit every namespace change made so far to the store.
+    pub async fn sync_namespace(&self) -> VfsResult<()> {
+        self.drain_namespace().await
+    }
+
+    /// Make the namespace changes made so far survive a power loss (not yet committed): for
+    /// NFS, whose namespace replies promise stable storage.
+    pub async fn sync_namespace_journal(&self) -> VfsResult<()> {
+        let file = self.nslog.lock().handle()?;
+        super::fileio::blocking(move || Ok(file.sync_data()?)).await
+    }
+
     /// Commit every pending namespace change now.
     pub(super) async fn drain_namespace(&self) -> VfsResult<()> {
         if self.nslog.lock().is_empty() {

@@ -87,6 +87,12 @@ impl NsLog {
         Ok(())
     }
 
+    /// A handle to make every appended op durable on the local disk (`sync_data`), for use
+    /// outside the lock.
+    pub fn handle(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
     pub fn renames(&self) -> u64 {
         self.renames
     }

@@ -32,6 +32,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Also the retry interval after a permanent failure: the data is kept and retried now and
 /// then (and at once when the file is written or synced again), but the store is not hammered.
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Most files in one batch (one upload session, one catalog commit).
+const MAX_BATCH: usize = 1024;
 /// Batches the background flusher runs at once.
 const BATCHES_IN_FLIGHT: usize = 4;
 
@@ -95,18 +97,28 @@ impl FlushQueue {
         self.wake.notify_one();
     }
 
-    /// Remove and return the files due at `now`, and when the next one falls due.
+    /// Remove and return the files of the next batch, and when the next one falls due. Once
+    /// a file is due, files due within a quarter of the debounce join it, so that thousands
+    /// of files closed one after another (an untar, a dataset export) go out in a few large
+    /// batches instead of one per wake-up; a batch holds at most [`MAX_BATCH`] files.
     fn take_due(&self, now: Instant) -> (Vec<Ino>, Option<Instant>) {
         let mut g = self.due.lock();
-        let due: Vec<Ino> = g
+        if !g.values().any(|(t, _)| *t <= now) {
+            return (Vec::new(), g.values().map(|(t, _)| *t).min());
+        }
+        let horizon = now + self.debounce / 4;
+        let mut due: Vec<(Instant, Ino)> = g
             .iter()
-            .filter(|(_, (t, _))| *t <= now)
-            .map(|(i, _)| *i)
+            .filter(|(_, (t, _))| *t <= horizon)
+            .map(|(i, (t, _))| (*t, *i))
             .collect();
-        for i in &due {
+        due.sort_unstable();
+        due.truncate(MAX_BATCH);
+        for (_, i) in &due {
             g.remove(i);
         }
-        (due, g.values().map(|(t, _)| *t).min())
+        let next = g.values().map(|(t, _)| *t).min();
+        (due.into_iter().map(|(_, i)| i).collect(), next)
     }
 
     /// How long until `ino` falls due, if it is queued.
@@ -234,5 +246,23 @@ mod tests {
         let t = Instant::now();
         assert!(q.take_due(t + Duration::from_secs(9)).0.is_empty());
         assert_eq!(q.take_due(t + Duration::from_secs(10)).0, vec![9]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn files_closed_one_after_another_share_a_batch() {
+        let q = FlushQueue::new(Duration::from_secs(2), Duration::from_secs(30));
+        let start = Instant::now();
+        // A file closed every 10 ms: the first falls due at 2 s, those closed within the next
+        // 0.5 s join it; the rest wait for their own batch.
+        for ino in 1..=100 {
+            q.schedule(ino);
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        assert!(q.take_due(start + Duration::from_millis(1999)).0.is_empty());
+        let (first, next) = q.take_due(start + Duration::from_secs(2));
+        assert_eq!(first, (1..=51).collect::<Vec<_>>());
+        assert_eq!(next, Some(start + Duration::from_millis(2510)));
+        let (second, _) = q.take_due(start + Duration::from_millis(2510));
+        assert_eq!(second, (52..=100).collect::<Vec<_>>());
     }
 }
