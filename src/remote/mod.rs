@@ -162,6 +162,10 @@ pub enum CatalogOp {
     /// The path keeps its hard-link group (`entry.link` is ignored), and the body and
     /// metadata reach every name of the group.
     Put(Entry),
+    /// Replace the metadata of the entry at `path` (and of every name of its hard-link
+    /// group), keeping its body: a metadata change never carries a body that may be stale by
+    /// the time it is committed.
+    SetMeta { path: String, meta: Meta },
     /// Make `to` (which must not exist) another name of the file at `from` (not a
     /// directory): a hard link. Only for catalogs whose capabilities include hard links.
     Link { from: String, to: String },

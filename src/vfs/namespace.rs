@@ -376,11 +376,9 @@ impl Vfs {
         let Some(path) = t.other_path(ino, parent, name)? else {
             return Ok(None);
         };
-        let i = t.get(ino)?;
-        let mut e = t.entry_of(ino, i.remote.clone())?;
-        e.path = path;
-        e.meta.ctime_ns = now;
-        Ok(Some(CatalogOp::Put(e)))
+        let mut meta = t.get(ino)?.meta;
+        meta.ctime_ns = now;
+        Ok(Some(CatalogOp::SetMeta { path, meta }))
     }
 
     /// After a file lost a name: journal that it left the bucket, or the path it keeps.
@@ -420,11 +418,14 @@ impl Vfs {
             }
             let from = t.path_of(ino)?;
             let to = t.child_path(new_parent, new_name)?;
-            let mut e = t.entry_of(ino, i.remote.clone())?;
-            e.meta.ctime_ns = now;
+            let mut meta = i.meta;
+            meta.ctime_ns = now;
             vec![
-                CatalogOp::Link { from, to },
-                CatalogOp::Put(e),
+                CatalogOp::Link {
+                    from: from.clone(),
+                    to,
+                },
+                CatalogOp::SetMeta { path: from, meta },
                 Self::touched_dir_op(&t, new_parent, now)?,
             ]
         };
@@ -609,16 +610,17 @@ impl Vfs {
                 }
                 m.ctime_ns = now;
                 let commit = if i.linked {
-                    let mut e = t.entry_of(ino, i.remote.clone())?;
-                    e.meta = m;
-                    Some(e)
+                    Some(CatalogOp::SetMeta {
+                        path: t.path_of(ino)?,
+                        meta: m,
+                    })
                 } else {
                     None
                 };
                 (m, commit)
             };
-            if let Some(e) = commit {
-                self.push_ns(vec![CatalogOp::Put(e)])?;
+            if let Some(op) = commit {
+                self.push_ns(vec![op])?;
             }
             self.inodes.lock().get_mut(ino)?.meta = meta;
         }

@@ -28,6 +28,7 @@ const RENAME: u8 = 3;
 const LINK: u8 = 4;
 const COMMITTED: u8 = 5;
 const COMMITTING: u8 = 6;
+const SETMETA: u8 = 7;
 
 /// Disk space kept allocated for the log, so that `rm` and `mv` still work on a full staging
 /// disk (appends land in blocks the log already owns). The log is emptied once nothing is
@@ -183,6 +184,15 @@ fn put_opt_str(p: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+fn put_meta(p: &mut Vec<u8>, m: &Meta) {
+    for v in [m.mode as u64, m.uid as u64, m.gid as u64] {
+        put_u64(p, v);
+    }
+    for v in [m.atime_ns, m.mtime_ns, m.ctime_ns] {
+        put_u64(p, v as u64);
+    }
+}
+
 fn encode_op(out: &mut Vec<u8>, seq: u64, op: &CatalogOp) {
     let mut p = Vec::new();
     put_u64(&mut p, seq);
@@ -195,14 +205,14 @@ fn encode_op(out: &mut Vec<u8>, seq: u64, op: &CatalogOp) {
             put_opt_str(&mut p, e.content.as_ref().map(|c| c.hash.as_str()));
             put_u64(&mut p, e.content.as_ref().map_or(0, |c| c.size));
             put_opt_str(&mut p, e.target.as_deref());
-            for v in [e.meta.mode as u64, e.meta.uid as u64, e.meta.gid as u64] {
-                put_u64(&mut p, v);
-            }
-            for v in [e.meta.atime_ns, e.meta.mtime_ns, e.meta.ctime_ns] {
-                put_u64(&mut p, v as u64);
-            }
+            put_meta(&mut p, &e.meta);
             put_u64(&mut p, e.link.map_or(0, |l| l + 1));
             PUT
+        }
+        CatalogOp::SetMeta { path, meta } => {
+            put_str(&mut p, path);
+            put_meta(&mut p, meta);
+            SETMETA
         }
         CatalogOp::Delete { path } => {
             put_str(&mut p, path);
@@ -241,6 +251,20 @@ impl Reader<'_> {
         let n = u32::from_le_bytes(self.bytes(4)?.try_into().ok()?) as usize;
         String::from_utf8(self.bytes(n)?.to_vec()).ok()
     }
+    fn meta(&mut self) -> Option<Meta> {
+        let (mode, uid, gid) = (self.u64()? as u32, self.u64()? as u32, self.u64()? as u32);
+        let (atime_ns, mtime_ns, ctime_ns) =
+            (self.u64()? as i64, self.u64()? as i64, self.u64()? as i64);
+        Some(Meta {
+            mode,
+            uid,
+            gid,
+            atime_ns,
+            mtime_ns,
+            ctime_ns,
+        })
+    }
+
     fn opt_str(&mut self) -> Option<Option<String>> {
         match self.u8()? {
             0 => Some(None),
@@ -260,26 +284,21 @@ fn decode_op(kind: u8, r: &mut Reader<'_>) -> Option<CatalogOp> {
             let hash = r.opt_str()?;
             let size = r.u64()?;
             let target = r.opt_str()?;
-            let (mode, uid, gid) = (r.u64()? as u32, r.u64()? as u32, r.u64()? as u32);
-            let (atime_ns, mtime_ns, ctime_ns) =
-                (r.u64()? as i64, r.u64()? as i64, r.u64()? as i64);
+            let meta = r.meta()?;
             let link = r.u64()?.checked_sub(1);
             CatalogOp::Put(Entry {
                 path,
                 kind,
                 content: hash.map(|hash| FileId { hash, size }),
                 target,
-                meta: Meta {
-                    mode,
-                    uid,
-                    gid,
-                    atime_ns,
-                    mtime_ns,
-                    ctime_ns,
-                },
+                meta,
                 link,
             })
         }
+        SETMETA => CatalogOp::SetMeta {
+            path: r.str()?,
+            meta: r.meta()?,
+        },
         DELETE => CatalogOp::Delete { path: r.str()? },
         RENAME => CatalogOp::Rename {
             from: r.str()?,
@@ -393,6 +412,17 @@ mod tests {
             CatalogOp::Link {
                 from: "é/c/b".into(),
                 to: "l".into(),
+            },
+            CatalogOp::SetMeta {
+                path: "l".into(),
+                meta: Meta {
+                    mode: 0o600,
+                    uid: 1,
+                    gid: 2,
+                    atime_ns: 3,
+                    mtime_ns: -4,
+                    ctime_ns: 5,
+                },
             },
         ];
         log.push(second.clone()).unwrap();

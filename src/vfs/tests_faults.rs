@@ -559,3 +559,50 @@ async fn a_hung_catalog_commit_blocks_no_namespace_change_read_or_write() {
     assert_eq!(resolve(v, "first").await.unwrap_err(), Errno::ENOENT);
     assert!(resolve(v, "docs/sub").await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_changes_during_a_commit_never_commit_a_stale_body() {
+    let (_d, dir) = tmp();
+    let f = mount_faulty(&dir).await;
+    let v = f.m.vfs.clone();
+    let data = pattern(200_000, 8);
+    // The commit of the file's body crawls; a hard link and a chmod are made meanwhile,
+    // while the file's committed body is not known yet.
+    f.faults.commit.delay_ms.store(600, Ordering::SeqCst);
+    let calls = f.faults.commit.calls.load(Ordering::SeqCst);
+    let ino = write_file(&v, ROOT_INO, "f", &data).await;
+    until("the commit started", || {
+        f.faults.commit.calls.load(Ordering::SeqCst) > calls
+    })
+    .await;
+    v.link(ino, ROOT_INO, "g").await.unwrap();
+    v.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let uploading = tokio::spawn({
+        let v = v.clone();
+        async move { v.fsync(ino).await }
+    });
+    uploading.await.unwrap().unwrap();
+    f.faults.commit.delay_ms.store(0, Ordering::SeqCst);
+    drop(v);
+    let m = remount(f.m, &dir).await;
+    assert!(
+        read_all(&m.vfs, "f").await == data,
+        "a stale body replaced the committed one"
+    );
+    assert!(read_all(&m.vfs, "g").await == data);
+    assert_eq!(
+        m.vfs
+            .getattr(resolve(&m.vfs, "g").await.unwrap())
+            .unwrap()
+            .mode,
+        0o600
+    );
+}

@@ -279,6 +279,16 @@ fn apply(tx: &Transaction<'_>, op: &CatalogOp, rev: i64) -> RemoteResult<()> {
                 None => put_row(tx, e, rev).map_err(db_err)?,
             }
         }
+        CatalogOp::SetMeta { path, meta } => {
+            let row = get_row(tx, path)
+                .map_err(db_err)?
+                .ok_or_else(|| RemoteError::NotFound(path.clone()))?;
+            let e = Entry { meta: *meta, ..row };
+            match e.link {
+                Some(link) => put_group(tx, &e, link, rev).map_err(db_err)?,
+                None => put_row(tx, &e, rev).map_err(db_err)?,
+            }
+        }
         CatalogOp::Link { from, to } => {
             let src = get_row(tx, from)
                 .map_err(db_err)?
