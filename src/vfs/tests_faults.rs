@@ -442,10 +442,12 @@ async fn failing_and_hanging_reads_return_errors_not_wedges() {
     let v = &f.m.vfs;
     let ino = resolve(v, "r").await.unwrap();
     let o = v.open(ino, false, false).await.unwrap();
+    // Every read fails (read-ahead fetches race the read itself for the store).
     f.faults
         .read
-        .fail(1, RemoteError::Other("disk error".into()));
+        .fail(u32::MAX, RemoteError::Other("disk error".into()));
     assert_eq!(v.read(o.fh, 0, 100).await.unwrap_err(), Errno::EIO);
+    f.faults.read.fail(0, RemoteError::Other("unused".into()));
     f.faults.read.hang.store(true, Ordering::SeqCst);
     assert_eq!(
         v.read(o.fh, 0, 100).await.unwrap_err(),
