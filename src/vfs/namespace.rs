@@ -57,6 +57,37 @@ impl Vfs {
         super::fileio::blocking(move || Ok(file.sync_data()?)).await
     }
 
+    /// Take `ns_lock` with every directory a change needs in the table: `dirs`, and the entry
+    /// at `slot` if that is a directory. Listing may commit pending ops (`commit_lock`), so it
+    /// happens before the lock is taken, and again if the slot became an unlisted directory
+    /// meanwhile. Returns the guard and the entry at `slot`.
+    async fn lock_listed(
+        &self,
+        dirs: &[Ino],
+        (dir, name): (Ino, &str),
+    ) -> VfsResult<(tokio::sync::MutexGuard<'_, ()>, Option<Ino>)> {
+        let unlisted_dir =
+            |t: &InodeTable, i: Ino| t.get(i).is_ok_and(|n| n.is_dir() && !t.is_listed(i));
+        loop {
+            for d in dirs {
+                self.ensure_listed(*d).await?;
+            }
+            let child = self.inodes.lock().child(dir, name)?;
+            if let Some(c) = child.filter(|c| unlisted_dir(&self.inodes.lock(), *c)) {
+                self.ensure_listed(c).await?;
+            }
+            let ns = self.ns_lock.lock().await;
+            let child = {
+                let t = self.inodes.lock();
+                let child = t.child(dir, name)?;
+                (!child.is_some_and(|c| unlisted_dir(&t, c))).then_some(child)
+            };
+            if let Some(child) = child {
+                return Ok((ns, child));
+            }
+        }
+    }
+
     /// Commit every pending namespace change now.
     pub(super) async fn drain_namespace(&self) -> VfsResult<()> {
         if self.nslog.lock().is_empty() {
@@ -306,23 +337,9 @@ impl Vfs {
     /// Remove `name` from `parent`: a file or symlink (`dir == false`) or an empty directory.
     pub async fn remove(&self, parent: Ino, name: &str, dir: bool) -> VfsResult<()> {
         self.check_writable()?;
-        let (_ns, ino, is_dir) = loop {
-            self.ensure_listed(parent).await?;
-            let child = self.inodes.lock().child(parent, name)?;
-            if let Some(c) = child {
-                if self.inodes.lock().get(c)?.is_dir() {
-                    self.ensure_listed(c).await?;
-                }
-            }
-            let ns = self.ns_lock.lock().await;
-            let t = self.inodes.lock();
-            let ino = t.child(parent, name)?.ok_or(Errno::ENOENT)?;
-            let is_dir = t.get(ino)?.is_dir();
-            if !is_dir || t.is_listed(ino) {
-                break (ns, ino, is_dir);
-            }
-            // Replaced by an unlisted directory meanwhile: list it first.
-        };
+        let (_ns, ino) = self.lock_listed(&[parent], (parent, name)).await?;
+        let ino = ino.ok_or(Errno::ENOENT)?;
+        let is_dir = self.inodes.lock().get(ino)?.is_dir();
         match (dir, is_dir) {
             (true, false) => return Err(Errno::ENOTDIR),
             (false, true) => return Err(Errno::EISDIR),
@@ -453,24 +470,14 @@ impl Vfs {
     ) -> VfsResult<()> {
         self.check_writable()?;
         Self::check_name(new_name)?;
-        let (_ns, src, dst) = loop {
-            self.ensure_listed(parent).await?;
-            self.ensure_listed(new_parent).await?;
-            let dst = self.inodes.lock().child(new_parent, new_name)?;
-            if let Some(d) = dst {
-                if self.inodes.lock().get(d)?.is_dir() {
-                    self.ensure_listed(d).await?;
-                }
-            }
-            let ns = self.ns_lock.lock().await;
-            let t = self.inodes.lock();
-            let src = t.child(parent, name)?.ok_or(Errno::ENOENT)?;
-            let dst = t.child(new_parent, new_name)?;
-            let unlisted_dir = |i: Ino| t.get(i).is_ok_and(|n| n.is_dir() && !t.is_listed(i));
-            if t.is_listed(new_parent) && !dst.is_some_and(unlisted_dir) {
-                break (ns, src, dst);
-            }
-        };
+        let (_ns, dst) = self
+            .lock_listed(&[parent, new_parent], (new_parent, new_name))
+            .await?;
+        let src = self
+            .inodes
+            .lock()
+            .child(parent, name)?
+            .ok_or(Errno::ENOENT)?;
         if dst == Some(src) {
             return Ok(());
         }

@@ -269,6 +269,24 @@ impl Vfs {
         bodies
     }
 
+    /// Before a commit carrying the namespace ops up to `ns_seq`: the staging journals'
+    /// path and unlink records are made durable, and the log records the catalog revision
+    /// the commit starts from, so that a crash before its end is decided right.
+    async fn before_namespace_commit(&self, ns_seq: u64) -> Result<(), FlushFailure> {
+        let staging = self.staging.clone();
+        blocking(move || Ok(staging.sync_journals()?))
+            .await
+            .map_err(|e| FlushFailure::local(Step::Commit, e))?;
+        let rev = self
+            .bounded(0, "revision", self.catalog.revision())
+            .await
+            .map_err(|e| FlushFailure::remote(Step::Commit, e))?;
+        self.nslog
+            .lock()
+            .committing(ns_seq, rev)
+            .map_err(|e| FlushFailure::local(Step::Commit, e.into()))
+    }
+
     async fn upload_and_commit(&self, ready: Vec<Prepared>) -> Vec<(Ino, FlushResult)> {
         let mut results = Vec::new();
         let mut bodies = self.store_bodies(&ready).await;
@@ -324,33 +342,15 @@ impl Vfs {
         if ops.is_empty() {
             return results;
         }
-        if ns_ops > 0 {
-            let staging = self.staging.clone();
-            if let Err(e) = blocking(move || Ok(staging.sync_journals()?)).await {
-                let f = FlushFailure::local(Step::Commit, e);
-                results.extend(committing.iter().map(|(p, _)| (p.ino, Err(f.clone()))));
-                results.push((NS_INO, Err(f)));
-                return results;
+        let commit = async {
+            if ns_ops > 0 {
+                self.before_namespace_commit(ns_seq).await?;
             }
-        }
-        if ns_ops > 0 {
-            // Where this commit starts, so that a crash before its end is decided right.
-            let mark = match self.bounded(0, "revision", self.catalog.revision()).await {
-                Ok(rev) => self
-                    .nslog
-                    .lock()
-                    .committing(ns_seq, rev)
-                    .map_err(|e| FlushFailure::local(Step::Commit, e.into())),
-                Err(e) => Err(FlushFailure::remote(Step::Commit, e)),
-            };
-            if let Err(f) = mark {
-                results.extend(committing.iter().map(|(p, _)| (p.ino, Err(f.clone()))));
-                results.push((NS_INO, Err(f)));
-                return results;
-            }
-        }
-        if let Err(e) = self.bounded(0, "commit", self.catalog.commit(ops)).await {
-            let f = FlushFailure::remote(Step::Commit, e);
+            self.bounded(0, "commit", self.catalog.commit(ops))
+                .await
+                .map_err(|e| FlushFailure::remote(Step::Commit, e))
+        };
+        if let Err(f) = commit.await {
             results.extend(committing.iter().map(|(p, _)| (p.ino, Err(f.clone()))));
             if ns_ops > 0 {
                 results.push((NS_INO, Err(f)));
@@ -360,7 +360,7 @@ impl Vfs {
         Stats::add(&self.stats.flush_commits, 1);
         if ns_ops > 0 {
             if let Err(e) = self.nslog.lock().committed(ns_seq) {
-                // Committed; only the mark is missing, so a crash would merely replay them.
+                // Committed; a crash before the mark is decided by the `Committing` mark.
                 tracing::warn!("cannot mark namespace changes committed: {e}");
             }
             results.push((NS_INO, Ok(Outcome::Committed)));
