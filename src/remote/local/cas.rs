@@ -5,16 +5,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use xet_client::cas_client::{Client, LocalClient};
 use xet_data::processing::configurations::TranslatorConfig;
-use xet_data::processing::{FileDownloadSession, FileUploadSession, Sha256Policy, XetFileInfo};
+use xet_data::processing::{FileUploadSession, Sha256Policy};
 use xet_runtime::config::XetConfig;
 use xet_runtime::core::XetContext;
 use xet_runtime::utils::ByteSize;
 
 use super::compose;
+use super::reader::ChunkReader;
 use crate::remote::{
     Cas, ComposeEdit, Composed, FileId, RemoteError, RemoteResult, UploadItem, Uploaded,
 };
@@ -37,7 +38,6 @@ pub fn xet_config() -> XetConfig {
 const UPLOAD_BLOCK: usize = 4 << 20;
 
 pub struct XetCas {
-    ctx: XetContext,
     pub(super) config: Arc<TranslatorConfig>,
     pub(super) client: Arc<dyn Client>,
     /// Where `LocalClient` keeps xorb files (read for chunk hashes and new-byte accounting).
@@ -45,6 +45,7 @@ pub struct XetCas {
     /// Uploads and compositions run one at a time, so the xorb bytes each adds can be
     /// measured as the growth of `xorb_dir`.
     upload_lock: tokio::sync::Mutex<()>,
+    reader: ChunkReader,
 }
 
 fn xet_err(e: impl std::fmt::Display) -> RemoteError {
@@ -61,11 +62,12 @@ impl XetCas {
         let client: Arc<dyn Client> = LocalClient::new(ctx.clone(), &client_dir)
             .await
             .map_err(xet_err)?;
+        let xorb_dir = client_dir.join("xorbs");
         Ok(XetCas {
-            ctx,
+            reader: ChunkReader::new(client.clone(), xorb_dir.clone()),
             config: Arc::new(config.disable_progress_aggregation()),
             client,
-            xorb_dir: client_dir.join("xorbs"),
+            xorb_dir,
             upload_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -124,28 +126,17 @@ impl Cas for XetCas {
                 id.size
             )));
         }
-        let want = (range.end - range.start) as usize;
-        // A short-lived session per read: a long-lived one keeps per-stream state forever.
-        let session = FileDownloadSession::from_client(&self.ctx, self.client.clone(), None);
-        let info = XetFileInfo::new(id.hash.clone(), id.size);
-        let (_sid, mut stream) = session
-            .download_stream(&info, Some(range.clone()))
-            .await
-            .map_err(xet_err)?;
-        let mut out = BytesMut::with_capacity(want);
-        while let Some(chunk) = stream.next().await.map_err(xet_err)? {
-            out.extend_from_slice(&chunk);
-        }
-        drop(stream);
-        let _ = session.finalize().await;
-        if out.len() != want {
+        let want = range.end - range.start;
+        let hash = compose::parse_hash(&id.hash)?;
+        let out = self.reader.read(id, hash, range.clone()).await?;
+        if out.len() as u64 != want {
             return Err(RemoteError::Integrity(format!(
                 "read {range:?} of {} returned {} bytes, expected {want}",
                 id.hash,
                 out.len()
             )));
         }
-        Ok(out.freeze())
+        Ok(out)
     }
 
     async fn upload_batch(

@@ -56,7 +56,7 @@ fn xet_err(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::Other(format!("xet compose: {e}"))
 }
 
-fn parse_hash(hex: &str) -> RemoteResult<MerkleHash> {
+pub(super) fn parse_hash(hex: &str) -> RemoteResult<MerkleHash> {
     MerkleHash::from_hex(hex).map_err(|e| RemoteError::Other(format!("bad file hash {hex}: {e}")))
 }
 
@@ -377,7 +377,7 @@ impl SegmentView {
     }
 }
 
-fn xorb_path(dir: &Path, hash: &MerkleHash) -> PathBuf {
+pub(super) fn xorb_path(dir: &Path, hash: &MerkleHash) -> PathBuf {
     // LocalClient's naming: `default.<hex>`.
     dir.join(format!("default.{hash:?}"))
 }
@@ -527,7 +527,7 @@ impl Client for PlannedClient {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::remote::local::{xet_config, XetCas};
     use crate::remote::{Cas, UploadItem};
@@ -537,7 +537,7 @@ mod tests {
 
     use crate::vfs::tests::random;
 
-    async fn store_with(dir: &Path, data: &[u8]) -> (XetCas, FileId) {
+    pub(in crate::remote::local) async fn store_with(dir: &Path, data: &[u8]) -> (XetCas, FileId) {
         let ctx = XetContext::from_external(tokio::runtime::Handle::current(), xet_config());
         let cas = XetCas::open(ctx, &dir.join("cas")).await.unwrap();
         let src = dir.join("src");

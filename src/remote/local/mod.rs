@@ -12,6 +12,7 @@
 mod cas;
 mod catalog;
 mod compose;
+mod reader;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};

@@ -1,0 +1,389 @@
+//! Ranged reads of stored bodies straight from the local store's xorb files.
+//!
+//! A body is a list of terms (a xorb and a range of its chunks). Both the list (the file's
+//! reconstruction plan) and each xorb's footer (where every chunk starts, packed and
+//! unpacked) are immutable, so both are cached after their first use. A read then costs one
+//! `pread` of exactly the chunks that hold the range and their decompression — no
+//! reconstruction session, no whole-xorb read. xet-core's download session, by contrast,
+//! rebuilds its plan and reads per call (about 1.6 ms for a 64 KiB read here).
+//!
+//! Every term is checked against the xorb's footer, and every chunk's unpacked length against
+//! its header, so a damaged store fails the read with an integrity error instead of returning
+//! wrong bytes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::Hash;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use xet_client::cas_client::Client;
+use xet_core_structures::merklehash::MerkleHash;
+use xet_core_structures::xorb_object::{
+    parse_chunk_header, CompressionScheme, XorbObject, XORB_CHUNK_HEADER_LENGTH,
+};
+
+use super::compose::xorb_path;
+use crate::remote::{FileId, RemoteError, RemoteResult};
+
+/// Plans kept (one per body read recently; a few KiB each for a multi-GiB body).
+const PLANS: usize = 4096;
+/// Xorb footers kept, each with an open file (about 12 bytes per chunk, ~1,000 chunks).
+const XORBS: usize = 256;
+
+/// One run of a body: unpacked bytes `start..start + len` of the file are chunks `chunks`
+/// of `xorb`.
+struct Term {
+    xorb: MerkleHash,
+    chunks: Range<u32>,
+    start: u64,
+    len: u64,
+}
+
+struct Plan {
+    terms: Vec<Term>,
+}
+
+/// What a read needs of a xorb: its file and where its chunks start.
+struct Xorb {
+    file: File,
+    /// Packed end offset of every chunk (header included).
+    packed_ends: Vec<u32>,
+    /// Unpacked end offset of every chunk.
+    unpacked_ends: Vec<u32>,
+}
+
+impl Xorb {
+    fn open(path: &Path) -> RemoteResult<Xorb> {
+        let file = File::open(path).map_err(|e| {
+            RemoteError::Integrity(format!("xorb {} unreadable: {e}", path.display()))
+        })?;
+        let footer = XorbObject::deserialize(&mut std::io::BufReader::new(&file)).map_err(|e| {
+            RemoteError::Integrity(format!("xorb {} has a bad footer: {e}", path.display()))
+        })?;
+        let info = footer.info;
+        let n = info.num_chunks as usize;
+        if info.chunk_boundary_offsets.len() != n || info.unpacked_chunk_offsets.len() != n {
+            return Err(RemoteError::Integrity(format!(
+                "xorb {} footer lists {n} chunks but {} / {} offsets",
+                path.display(),
+                info.chunk_boundary_offsets.len(),
+                info.unpacked_chunk_offsets.len()
+            )));
+        }
+        Ok(Xorb {
+            file,
+            packed_ends: info.chunk_boundary_offsets,
+            unpacked_ends: info.unpacked_chunk_offsets,
+        })
+    }
+
+    fn unpacked_start(&self, chunk: u32) -> u64 {
+        match chunk {
+            0 => 0,
+            c => u64::from(self.unpacked_ends[c as usize - 1]),
+        }
+    }
+
+    fn packed_start(&self, chunk: u32) -> u64 {
+        match chunk {
+            0 => 0,
+            c => u64::from(self.packed_ends[c as usize - 1]),
+        }
+    }
+
+    /// Bytes `lo..hi` (relative to the term's first byte) of the term `chunks`, whose
+    /// unpacked length the plan says is `len`; appended to `out`.
+    fn read_term(
+        &self,
+        chunks: &Range<u32>,
+        len: u64,
+        lo: u64,
+        hi: u64,
+        out: &mut BytesMut,
+    ) -> RemoteResult<()> {
+        let n = self.unpacked_ends.len() as u32;
+        if chunks.start >= chunks.end || chunks.end > n {
+            return Err(RemoteError::Integrity(format!(
+                "a term names chunks {chunks:?} of a xorb with {n}"
+            )));
+        }
+        let base = self.unpacked_start(chunks.start);
+        let term_len = u64::from(self.unpacked_ends[chunks.end as usize - 1]) - base;
+        if term_len != len {
+            return Err(RemoteError::Integrity(format!(
+                "a term of chunks {chunks:?} holds {term_len} bytes, the file's plan says {len}"
+            )));
+        }
+        let ends = &self.unpacked_ends[chunks.start as usize..chunks.end as usize];
+        // First chunk ending past `lo`; first chunk ending at or past `hi`.
+        let first = chunks.start + ends.partition_point(|&e| u64::from(e) <= base + lo) as u32;
+        let last = chunks.start + ends.partition_point(|&e| u64::from(e) < base + hi) as u32;
+        for c in first..=last {
+            let (u0, u1) = (self.unpacked_start(c), self.unpacked_start(c + 1));
+            let want = (base + lo).max(u0) - u0..(base + hi).min(u1) - u0;
+            self.read_chunk(c, u1 - u0, want, out)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes `want` of chunk `c` (which unpacks to `len` bytes), appended to `out`. A chunk
+    /// stored uncompressed (as incompressible data is) is read for just those bytes.
+    fn read_chunk(
+        &self,
+        c: u32,
+        len: u64,
+        want: Range<u64>,
+        out: &mut BytesMut,
+    ) -> RemoteResult<()> {
+        let at = self.packed_start(c);
+        let packed = u64::from(self.packed_ends[c as usize]) - at;
+        let mut head = [0u8; XORB_CHUNK_HEADER_LENGTH];
+        self.file.read_exact_at(&mut head, at)?;
+        let bad = |what: String| RemoteError::Integrity(format!("chunk {c}: {what}"));
+        let header = parse_chunk_header(head).map_err(|e| bad(e.to_string()))?;
+        let stored = u64::from(header.get_compressed_length());
+        if u64::from(header.get_uncompressed_length()) != len
+            || stored + XORB_CHUNK_HEADER_LENGTH as u64 != packed
+        {
+            return Err(bad(format!(
+                "header says {stored} bytes packing {}, the footer {packed} packing {len}",
+                header.get_uncompressed_length()
+            )));
+        }
+        let data_at = at + XORB_CHUNK_HEADER_LENGTH as u64;
+        let scheme = header
+            .get_compression_scheme()
+            .map_err(|e| bad(e.to_string()))?;
+        if scheme == CompressionScheme::None {
+            if stored != len {
+                return Err(bad(format!("stores {stored} raw bytes for {len}")));
+            }
+            let start = out.len();
+            out.resize(start + (want.end - want.start) as usize, 0);
+            self.file
+                .read_exact_at(&mut out[start..], data_at + want.start)?;
+            return Ok(());
+        }
+        let mut packed = vec![0u8; stored as usize];
+        self.file.read_exact_at(&mut packed, data_at)?;
+        let mut data = Vec::with_capacity(len as usize);
+        scheme
+            .decompress_from_reader(&mut &packed[..], &mut data)
+            .map_err(|e| bad(e.to_string()))?;
+        if data.len() as u64 != len {
+            return Err(bad(format!(
+                "unpacks to {} bytes, expected {len}",
+                data.len()
+            )));
+        }
+        out.extend_from_slice(&data[want.start as usize..want.end as usize]);
+        Ok(())
+    }
+}
+
+/// A bounded map evicting the least recently used entry.
+struct Lru<K, V> {
+    map: HashMap<K, (V, u64)>,
+    tick: u64,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
+    fn new(cap: usize) -> Self {
+        Lru {
+            map: HashMap::new(),
+            tick: 0,
+            cap,
+        }
+    }
+
+    fn get(&mut self, k: &K) -> Option<V> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.map.get_mut(k).map(|(v, t)| {
+            *t = tick;
+            v.clone()
+        })
+    }
+
+    fn insert(&mut self, k: K, v: V) {
+        if self.map.len() >= self.cap && !self.map.contains_key(&k) {
+            // A linear scan, only when a miss finds the map full.
+            if let Some(old) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            {
+                self.map.remove(&old);
+            }
+        }
+        self.tick += 1;
+        self.map.insert(k, (v, self.tick));
+    }
+}
+
+pub struct ChunkReader {
+    client: Arc<dyn Client>,
+    xorb_dir: PathBuf,
+    plans: Mutex<Lru<MerkleHash, Arc<Plan>>>,
+    xorbs: Mutex<Lru<MerkleHash, Arc<Xorb>>>,
+}
+
+impl ChunkReader {
+    pub fn new(client: Arc<dyn Client>, xorb_dir: PathBuf) -> Self {
+        ChunkReader {
+            client,
+            xorb_dir,
+            plans: Mutex::new(Lru::new(PLANS)),
+            xorbs: Mutex::new(Lru::new(XORBS)),
+        }
+    }
+
+    /// Bytes `range` of `id`, which must lie within the body.
+    pub async fn read(
+        &self,
+        id: &FileId,
+        hash: MerkleHash,
+        range: Range<u64>,
+    ) -> RemoteResult<Bytes> {
+        let plan = self.plan(id, hash).await?;
+        let first = plan
+            .terms
+            .partition_point(|t| t.start + t.len <= range.start);
+        let terms: Vec<_> = plan.terms[first..]
+            .iter()
+            .take_while(|t| t.start < range.end)
+            .collect();
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        for t in terms {
+            let xorb = self.xorb(&t.xorb)?;
+            let lo = range.start.max(t.start) - t.start;
+            let hi = range.end.min(t.start + t.len) - t.start;
+            xorb.read_term(&t.chunks, t.len, lo, hi, &mut out)?;
+        }
+        Ok(out.freeze())
+    }
+
+    async fn plan(&self, id: &FileId, hash: MerkleHash) -> RemoteResult<Arc<Plan>> {
+        if let Some(p) = self.plans.lock().get(&hash) {
+            return Ok(p);
+        }
+        let (info, _shard) = self
+            .client
+            .get_file_reconstruction_info(&hash)
+            .await
+            .map_err(|e| RemoteError::Other(format!("xet: {e}")))?
+            .ok_or_else(|| RemoteError::NotFound(format!("file body {}", id.hash)))?;
+        let mut terms = Vec::with_capacity(info.segments.len());
+        let mut at = 0u64;
+        for s in &info.segments {
+            let len = u64::from(s.unpacked_segment_bytes);
+            terms.push(Term {
+                xorb: s.xorb_hash,
+                chunks: s.chunk_index_start..s.chunk_index_end,
+                start: at,
+                len,
+            });
+            at += len;
+        }
+        if at != id.size {
+            return Err(RemoteError::Integrity(format!(
+                "body {} reconstructs to {at} bytes, expected {}",
+                id.hash, id.size
+            )));
+        }
+        let plan = Arc::new(Plan { terms });
+        self.plans.lock().insert(hash, plan.clone());
+        Ok(plan)
+    }
+
+    fn xorb(&self, hash: &MerkleHash) -> RemoteResult<Arc<Xorb>> {
+        if let Some(x) = self.xorbs.lock().get(hash) {
+            return Ok(x);
+        }
+        let x = Arc::new(Xorb::open(&xorb_path(&self.xorb_dir, hash))?);
+        self.xorbs.lock().insert(*hash, x.clone());
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::compose::tests::store_with;
+    use crate::remote::{Cas, RemoteError};
+    use crate::vfs::tests::random;
+
+    /// Text-like bytes: chunks of it are stored LZ4-compressed.
+    fn compressible(len: usize, seed: u64) -> Vec<u8> {
+        let words = ["tensor ", "layer.", "weight ", "bias\n", "0.125 ", "epoch "];
+        let r = random(len / 4 + 1, seed);
+        let mut out = Vec::with_capacity(len + 8);
+        let mut i = 0;
+        while out.len() < len {
+            out.extend_from_slice(words[r[i % r.len()] as usize % words.len()].as_bytes());
+            i += 1;
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_range_reads_the_stored_bytes_compressed_or_not() {
+        let d = tempfile::tempdir().unwrap();
+        let mut data = compressible(3 << 20, 1);
+        data.extend_from_slice(&random(3 << 20, 2));
+        data.extend_from_slice(&compressible(1 << 20, 3));
+        let (cas, id) = store_with(d.path(), &data).await;
+        let n = data.len() as u64;
+        let stored: u64 = std::fs::read_dir(&cas.xorb_dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(stored < n * 3 / 4, "the text was not stored compressed");
+        let pick = random(4 * 400, 9);
+        let mut ranges = vec![0..1, n - 1..n, 0..n, (3 << 20) - 10..(3 << 20) + 10];
+        for p in pick.chunks(4) {
+            let start = u64::from(u32::from_le_bytes([p[0], p[1], p[2], p[3]])) % n;
+            let len = 1 + u64::from(p[1]) * u64::from(p[2]) * 5;
+            ranges.push(start..(start + len).min(n));
+        }
+        for r in ranges {
+            let got = cas.read_range(&id, r.clone()).await.unwrap();
+            assert!(
+                got[..] == data[r.start as usize..r.end as usize],
+                "range {r:?} differs"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_chunk_fails_the_read_instead_of_returning_wrong_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let data = random(1 << 20, 5);
+        let (cas, id) = store_with(d.path(), &data).await;
+        let xorb = std::fs::read_dir(&cas.xorb_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("default.")
+            })
+            .unwrap();
+        // Byte 5 is the low byte of the first chunk's unpacked length.
+        let mut bytes = std::fs::read(&xorb).unwrap();
+        bytes[5] ^= 0x40;
+        std::fs::write(&xorb, &bytes).unwrap();
+        match cas.read_range(&id, 0..4096).await {
+            Err(RemoteError::Integrity(_)) => {}
+            other => panic!("expected an integrity error, got {other:?}"),
+        }
+    }
+}
