@@ -112,6 +112,7 @@ impl SqliteCatalog {
         // WAL + FULL: a returned commit survives a crash or power loss.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)?;
         let has_link: bool = conn
             .query_row(
@@ -166,10 +167,26 @@ impl SqliteCatalog {
     }
 }
 
+/// `Connection::execute` through the statement cache: commits run the same few statements
+/// thousands of times, and parsing them each time cost more than running them.
+fn exec(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(p)
+}
+
+/// `Connection::query_row` through the statement cache.
+fn one<T>(
+    conn: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(p, f)
+}
+
 fn put_row(conn: &Connection, e: &Entry, revision: i64) -> rusqlite::Result<()> {
     let size = e.size() as i64;
     let (kind, rdev) = kind_code(e.kind);
-    conn.execute(
+    exec(conn,
         "INSERT OR REPLACE INTO entries
            (path, parent, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, rdev, revision, link)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
@@ -196,7 +213,8 @@ fn put_row(conn: &Connection, e: &Entry, revision: i64) -> rusqlite::Result<()> 
 
 /// The row at `path`, if any.
 fn get_row(tx: &Transaction<'_>, path: &str) -> rusqlite::Result<Option<Entry>> {
-    tx.query_row(
+    one(
+        tx,
         &format!("SELECT {COLUMNS} FROM entries WHERE path = ?1"),
         [path],
         row_to_entry,
@@ -232,10 +250,11 @@ fn ensure_ancestors(
 ) -> rusqlite::Result<()> {
     let mut dir = parent_of(path);
     while !dir.is_empty() {
-        let exists = tx
-            .query_row("SELECT 1 FROM entries WHERE path = ?1", [dir], |_| Ok(()))
-            .optional()?
-            .is_some();
+        let exists = one(tx, "SELECT 1 FROM entries WHERE path = ?1", [dir], |_| {
+            Ok(())
+        })
+        .optional()?
+        .is_some();
         if exists {
             break;
         }
@@ -258,7 +277,8 @@ fn ensure_ancestors(
 
 fn delete_tree(tx: &Transaction<'_>, path: &str) -> rusqlite::Result<usize> {
     let (lo, hi) = subtree_bounds(path);
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
         params![path, lo, hi],
     )
@@ -304,12 +324,15 @@ fn apply(tx: &Transaction<'_>, op: &CatalogOp, rev: i64) -> RemoteResult<()> {
             let link = match src.link {
                 Some(l) => l,
                 None => {
-                    let next: i64 = tx
-                        .query_row("SELECT COALESCE(MAX(link), 0) + 1 FROM entries", [], |r| {
-                            r.get(0)
-                        })
-                        .map_err(db_err)?;
-                    tx.execute(
+                    let next: i64 = one(
+                        tx,
+                        "SELECT COALESCE(MAX(link), 0) + 1 FROM entries",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err)?;
+                    exec(
+                        tx,
                         "UPDATE entries SET link = ?2 WHERE path = ?1",
                         params![from, next],
                     )
@@ -340,26 +363,28 @@ fn apply(tx: &Transaction<'_>, op: &CatalogOp, rev: i64) -> RemoteResult<()> {
             if from == to {
                 return Ok(());
             }
-            let meta: Meta = tx
-                .query_row(
-                    &format!("SELECT {COLUMNS} FROM entries WHERE path = ?1"),
-                    [from],
-                    row_to_entry,
-                )
-                .optional()
-                .map_err(db_err)?
-                .ok_or_else(|| RemoteError::NotFound(from.clone()))?
-                .meta;
+            let meta: Meta = one(
+                tx,
+                &format!("SELECT {COLUMNS} FROM entries WHERE path = ?1"),
+                [from],
+                row_to_entry,
+            )
+            .optional()
+            .map_err(db_err)?
+            .ok_or_else(|| RemoteError::NotFound(from.clone()))?
+            .meta;
             delete_tree(tx, to).map_err(db_err)?;
             ensure_ancestors(tx, to, &meta, rev).map_err(db_err)?;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE entries SET path = ?2, parent = ?3, revision = ?4 WHERE path = ?1",
                 params![from, to, parent_of(to), rev],
             )
             .map_err(db_err)?;
             let (lo, hi) = subtree_bounds(from);
             let n = from.len() as i64;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE entries SET
                     path = ?1 || substr(path, ?2 + 1),
                     parent = ?1 || substr(parent, ?2 + 1),
@@ -409,7 +434,8 @@ impl Catalog for SqliteCatalog {
     async fn head(&self, path: &str) -> RemoteResult<Option<Entry>> {
         let path = path.to_string();
         self.with_conn(move |c| {
-            c.query_row(
+            one(
+                c,
                 &format!("SELECT {COLUMNS} FROM entries WHERE path = ?1"),
                 [&path],
                 row_to_entry,
@@ -423,20 +449,21 @@ impl Catalog for SqliteCatalog {
     async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64> {
         self.with_conn(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            let rev: i64 = tx
-                .query_row(
-                    "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'revision'",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db_err)?
-                .unwrap_or(0)
+            let rev: i64 = one(
+                &tx,
+                "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'revision'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?
+            .unwrap_or(0)
                 + 1;
             for op in &ops {
                 apply(&tx, op, rev)?;
             }
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?1)",
                 [rev.to_string()],
             )
@@ -449,7 +476,8 @@ impl Catalog for SqliteCatalog {
 
     async fn revision(&self) -> RemoteResult<u64> {
         self.with_conn(|c| {
-            c.query_row(
+            one(
+                c,
                 "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'revision'",
                 [],
                 |r| r.get::<_, i64>(0),

@@ -10,7 +10,7 @@ mod batch;
 mod failure;
 mod verify;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,13 +47,31 @@ pub enum Outcome {
     Retry,
 }
 
+/// The queued files: when each falls due and when it first queued, and the same ordered by due
+/// time (the flusher takes from the front; both always hold the same files).
+#[derive(Default)]
+struct Due {
+    times: HashMap<Ino, (Instant, Instant)>,
+    order: BTreeSet<(Instant, Ino)>,
+}
+
+impl Due {
+    /// Queue (or requeue) `ino` due at `at`; returns whether it is now the earliest.
+    fn insert(&mut self, ino: Ino, at: Instant, first: Instant) -> bool {
+        if let Some((old, _)) = self.times.insert(ino, (at, first)) {
+            self.order.remove(&(old, ino));
+        }
+        self.order.insert((at, ino));
+        self.order.first() == Some(&(at, ino))
+    }
+}
+
 /// Files waiting for their debounce to expire.
 pub(super) struct FlushQueue {
     debounce: Duration,
     /// A file closed again and again is still flushed this long after it first queued.
     max_window: Duration,
-    /// When each queued file falls due, and when it first queued.
-    due: Mutex<HashMap<Ino, (Instant, Instant)>>,
+    due: Mutex<Due>,
     /// The current retry delay of files whose last flush failed.
     backoff: Mutex<HashMap<Ino, Duration>>,
     wake: Notify,
@@ -65,7 +83,7 @@ impl FlushQueue {
         Arc::new(FlushQueue {
             debounce,
             max_window,
-            due: Mutex::new(HashMap::new()),
+            due: Mutex::new(Due::default()),
             backoff: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
@@ -80,16 +98,20 @@ impl FlushQueue {
     fn schedule_at(&self, ino: Ino, at: Instant) {
         let now = Instant::now();
         let mut g = self.due.lock();
-        let first = g.get(&ino).map_or(now, |(_, first)| *first);
-        g.insert(ino, (at.min(first + self.max_window), first));
+        let first = g.times.get(&ino).map_or(now, |(_, first)| *first);
+        let earliest = g.insert(ino, at.min(first + self.max_window), first);
         drop(g);
-        self.wake.notify_one();
+        // The flusher sleeps until the earliest due time; it needs waking only for an earlier one.
+        if earliest {
+            self.wake.notify_one();
+        }
     }
 
     /// Retry `ino` at `at` (a backoff: the batch window does not shorten it).
     fn retry_at(&self, ino: Ino, at: Instant) {
-        self.due.lock().insert(ino, (at, at));
-        self.wake.notify_one();
+        if self.due.lock().insert(ino, at, at) {
+            self.wake.notify_one();
+        }
     }
 
     pub fn stop(&self) {
@@ -103,29 +125,30 @@ impl FlushQueue {
     /// batches instead of one per wake-up; a batch holds at most [`MAX_BATCH`] files.
     fn take_due(&self, now: Instant) -> (Vec<Ino>, Option<Instant>) {
         let mut g = self.due.lock();
-        if !g.values().any(|(t, _)| *t <= now) {
-            return (Vec::new(), g.values().map(|(t, _)| *t).min());
+        if g.order.first().is_none_or(|(t, _)| *t > now) {
+            return (Vec::new(), g.order.first().map(|(t, _)| *t));
         }
         let horizon = now + self.debounce / 4;
-        let mut due: Vec<(Instant, Ino)> = g
-            .iter()
-            .filter(|(_, (t, _))| *t <= horizon)
-            .map(|(i, (t, _))| (*t, *i))
-            .collect();
-        due.sort_unstable();
-        due.truncate(MAX_BATCH);
-        for (_, i) in &due {
-            g.remove(i);
+        let mut due = Vec::new();
+        while due.len() < MAX_BATCH {
+            match g.order.first() {
+                Some(&(t, ino)) if t <= horizon => {
+                    g.order.pop_first();
+                    g.times.remove(&ino);
+                    due.push(ino);
+                }
+                _ => break,
+            }
         }
-        let next = g.values().map(|(t, _)| *t).min();
-        (due.into_iter().map(|(_, i)| i).collect(), next)
+        (due, g.order.first().map(|(t, _)| *t))
     }
 
     /// How long until `ino` falls due, if it is queued.
     #[cfg(test)]
     pub fn due_in(&self, ino: Ino) -> Option<Duration> {
         let g = self.due.lock();
-        g.get(&ino)
+        g.times
+            .get(&ino)
             .map(|(at, _)| at.saturating_duration_since(Instant::now()))
     }
 
