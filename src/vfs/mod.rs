@@ -94,7 +94,7 @@ impl VfsConfig {
             flush_max_batch_window: Duration::from_millis(30000),
             read_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(120),
-            cache_block: 64 << 10,
+            cache_block: 16 << 10,
             cache_capacity: 128 << 20,
             readahead_blocks: 512,
             paranoid: false,
@@ -366,6 +366,7 @@ impl Vfs {
                 return 0;
             }
             dirty.push(flush::NS_INO);
+            tracing::info!("committing {} file(s) before exit", dirty.len() - 1);
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
                 return unsettled();

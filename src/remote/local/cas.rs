@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use xet_client::cas_client::{Client, LocalClient};
 use xet_data::processing::configurations::TranslatorConfig;
@@ -33,6 +34,18 @@ pub fn xet_config() -> XetConfig {
     c.client.ac_max_upload_concurrency = 2;
     c
 }
+
+/// A spawned upload that stops when the batch that wants it is dropped (a timeout).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Files of one upload batch processed at once.
+const FILES_IN_FLIGHT: usize = 8;
 
 /// Read size when streaming a staging file into the chunker.
 const UPLOAD_BLOCK: usize = 4 << 20;
@@ -73,9 +86,11 @@ impl XetCas {
     }
 
     async fn upload_one(
-        session: &Arc<FileUploadSession>,
-        item: &UploadItem<'_>,
+        session: Arc<FileUploadSession>,
+        path: PathBuf,
+        len: u64,
     ) -> RemoteResult<Uploaded> {
+        let item = UploadItem { path: &path, len };
         let mut file = tokio::fs::File::open(item.path).await?;
         let name: Arc<str> = Arc::from(item.path.to_string_lossy().as_ref());
         let (_id, mut cleaner) = session
@@ -147,8 +162,22 @@ impl Cas for XetCas {
         let session = FileUploadSession::new(self.config.clone())
             .await
             .map_err(xet_err)?;
-        let results =
-            futures::future::join_all(items.iter().map(|it| Self::upload_one(&session, it))).await;
+        // Each file on its own task, a few at a time: the cleaner does much of its work (dedup,
+        // xorb assembly, compression) on the task that drives it, so files driven from one task
+        // used one core for the whole batch.
+        let jobs: Vec<(PathBuf, u64)> = items
+            .iter()
+            .map(|it| (it.path.to_path_buf(), it.len))
+            .collect();
+        let s = session.clone();
+        let results: Vec<RemoteResult<Uploaded>> =
+            futures::stream::iter(jobs.into_iter().map(move |(path, len)| {
+                let mut task = AbortOnDrop(tokio::spawn(Self::upload_one(s.clone(), path, len)));
+                async move { (&mut task.0).await.map_err(RemoteError::other)? }
+            }))
+            .buffered(FILES_IN_FLIGHT)
+            .collect()
+            .await;
         // Finalize uploads the shard that makes the new files reconstructible; until it
         // succeeds none of them may be committed.
         session.finalize().await.map_err(xet_err)?;

@@ -16,6 +16,7 @@ use std::fs::File;
 use std::hash::Hash;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -163,11 +164,12 @@ impl Xorb {
             if stored != len {
                 return Err(bad(format!("stores {stored} raw bytes for {len}")));
             }
-            let start = out.len();
-            out.resize(start + (want.end - want.start) as usize, 0);
-            self.file
-                .read_exact_at(&mut out[start..], data_at + want.start)?;
-            return Ok(());
+            return append_at(
+                &self.file,
+                out,
+                (want.end - want.start) as usize,
+                data_at + want.start,
+            );
         }
         let mut packed = vec![0u8; stored as usize];
         self.file.read_exact_at(&mut packed, data_at)?;
@@ -184,6 +186,48 @@ impl Xorb {
         out.extend_from_slice(&data[want.start as usize..want.end as usize]);
         Ok(())
     }
+}
+
+/// Append `len` bytes of `file` at `offset` to `out`, reading straight into its spare
+/// capacity: zeroing the buffer first cost as much as the read (cold random reads are mostly
+/// this copy).
+fn append_at(file: &File, out: &mut BytesMut, len: usize, offset: u64) -> RemoteResult<()> {
+    out.reserve(len);
+    let mut done = 0;
+    while done < len {
+        let spare = out.spare_capacity_mut();
+        // SAFETY: `spare` has room for `len - done` more bytes (reserved above, and each pass
+        // commits what it read); pread writes at most that many into it, and only the bytes
+        // it reports written are made part of `out`.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => {
+                // SAFETY: pread initialised the first `n` spare bytes.
+                unsafe { out.set_len(out.len() + n as usize) };
+                done += n as usize;
+            }
+            0 => {
+                return Err(RemoteError::Integrity(format!(
+                    "a xorb ends {} bytes short of a chunk",
+                    len - done
+                )))
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A bounded map evicting the least recently used entry.
