@@ -71,8 +71,10 @@ struct StoreArgs {
     /// Where staging files live (default: STORE/staging).
     #[arg(long)]
     staging_dir: Option<PathBuf>,
-    /// Quiet time after a close before the file is committed.
-    #[arg(long, default_value_t = 2000)]
+    /// Quiet time after a close before the file is committed. Short enough that a bulk
+    /// extraction uploads while it writes (a 2 s debounce left a 2 s untar's whole upload for
+    /// the end: 6 s until durable, against 3 s at 1 s).
+    #[arg(long, default_value_t = 1000)]
     flush_debounce_ms: u64,
     /// Longest a file waits for its commit however often it is closed again; files that fall
     /// due together share one catalog commit.

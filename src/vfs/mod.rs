@@ -90,7 +90,7 @@ impl VfsConfig {
         VfsConfig {
             staging_dir,
             read_only: false,
-            flush_debounce: Duration::from_millis(2000),
+            flush_debounce: Duration::from_millis(1000),
             flush_max_batch_window: Duration::from_millis(30000),
             read_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(120),
