@@ -234,6 +234,8 @@ pub struct Composed {
     /// The edits rounded out to the base chunks they touch, plus any growth: the least a
     /// content-defined store must write for them.
     pub dirty_chunk_bytes: u64,
+    /// Terms (runs of one xorb's chunks) the new body is made of: how fragmented it is.
+    pub terms: u64,
 }
 
 /// Content-addressed storage of file bodies.

@@ -10,6 +10,10 @@ pub struct Stats {
     pub compose_base_bytes_read: AtomicU64,
     /// Compositions' edits rounded out to the base chunks they touch.
     pub compose_dirty_chunk_bytes: AtomicU64,
+    /// Terms of the body the last composition stored, and the most any composition stored:
+    /// how fragmented repeated edits leave a file (bounded by the defragmentation rule).
+    pub compose_terms_last: AtomicU64,
+    pub compose_terms_max: AtomicU64,
     /// Bytes of new chunk data stored by uploads (after dedup).
     pub bytes_uploaded_new: AtomicU64,
     /// Files committed by uploading their whole body.
@@ -35,6 +39,8 @@ pub struct StatsSnapshot {
     pub bytes_fetched: u64,
     pub compose_base_bytes_read: u64,
     pub compose_dirty_chunk_bytes: u64,
+    pub compose_terms_last: u64,
+    pub compose_terms_max: u64,
     pub bytes_uploaded_new: u64,
     pub files_uploaded: u64,
     pub files_composed: u64,
@@ -60,6 +66,8 @@ impl Stats {
             bytes_fetched: g(&self.bytes_fetched),
             compose_base_bytes_read: g(&self.compose_base_bytes_read),
             compose_dirty_chunk_bytes: g(&self.compose_dirty_chunk_bytes),
+            compose_terms_last: g(&self.compose_terms_last),
+            compose_terms_max: g(&self.compose_terms_max),
             bytes_uploaded_new: g(&self.bytes_uploaded_new),
             files_uploaded: g(&self.files_uploaded),
             files_composed: g(&self.files_composed),
@@ -76,10 +84,12 @@ impl StatsSnapshot {
     /// `key value` lines, the format of the stats file.
     pub fn to_text(&self) -> String {
         format!(
-            "bytes_fetched {}\ncompose_base_bytes_read {}\ncompose_dirty_chunk_bytes {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\ncommit_verify_failures {}\nstaging_bytes {}\nstaging_evictions {}\n",
+            "bytes_fetched {}\ncompose_base_bytes_read {}\ncompose_dirty_chunk_bytes {}\ncompose_terms_last {}\ncompose_terms_max {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\ncommit_verify_failures {}\nstaging_bytes {}\nstaging_evictions {}\n",
             self.bytes_fetched,
             self.compose_base_bytes_read,
             self.compose_dirty_chunk_bytes,
+            self.compose_terms_last,
+            self.compose_terms_max,
             self.bytes_uploaded_new,
             self.files_uploaded,
             self.files_composed,

@@ -62,6 +62,8 @@ fn delta(a: StatsSnapshot, b: StatsSnapshot) -> StatsSnapshot {
         bytes_fetched: b.bytes_fetched - a.bytes_fetched,
         compose_base_bytes_read: b.compose_base_bytes_read - a.compose_base_bytes_read,
         compose_dirty_chunk_bytes: b.compose_dirty_chunk_bytes - a.compose_dirty_chunk_bytes,
+        compose_terms_last: b.compose_terms_last,
+        compose_terms_max: b.compose_terms_max,
         bytes_uploaded_new: b.bytes_uploaded_new - a.bytes_uploaded_new,
         files_uploaded: b.files_uploaded - a.files_uploaded,
         files_composed: b.files_composed - a.files_composed,

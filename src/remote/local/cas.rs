@@ -59,6 +59,12 @@ pub struct XetCas {
     /// measured as the growth of `xorb_dir`.
     upload_lock: tokio::sync::Mutex<()>,
     reader: ChunkReader,
+    /// For compositions that rewrite a fragmented region (see defrag.rs): xet-core's
+    /// deduplication would otherwise find the region's chunks where they already are and
+    /// reference them again, piece by piece (519 terms became 317). Its fragmentation guard,
+    /// estimated over the last 4 ranges against a target of 1,000 chunks per range, refuses
+    /// those short ranges, so the region is stored afresh (22 terms).
+    rewrite_config: Arc<TranslatorConfig>,
 }
 
 fn xet_err(e: impl std::fmt::Display) -> RemoteError {
@@ -76,7 +82,17 @@ impl XetCas {
             .await
             .map_err(xet_err)?;
         let xorb_dir = client_dir.join("xorbs");
+        let mut rewrite = ctx.config.as_ref().clone();
+        rewrite
+            .deduplication
+            .nranges_in_streaming_fragmentation_estimator = 4;
+        rewrite.deduplication.min_n_chunks_per_range = 1000.0;
+        let rewrite_ctx = XetContext::from_external(tokio::runtime::Handle::current(), rewrite);
+        let rewrite_config = TranslatorConfig::local_config(&rewrite_ctx, cas_root)
+            .map_err(xet_err)?
+            .disable_progress_aggregation();
         Ok(XetCas {
+            rewrite_config: Arc::new(rewrite_config),
             reader: ChunkReader::new(client.clone(), xorb_dir.clone()),
             config: Arc::new(config.disable_progress_aggregation()),
             client,
@@ -188,8 +204,9 @@ impl Cas for XetCas {
         let _one_at_a_time = self.upload_lock.lock().await;
         let before = xorb_bytes(&self.xorb_dir).await?;
         let c = compose::compose(
-            self.config.clone(),
+            [self.config.clone(), self.rewrite_config.clone()],
             self.client.clone(),
+            &self.reader,
             &self.xorb_dir,
             base,
             edits,
@@ -201,6 +218,7 @@ impl Cas for XetCas {
             new_bytes: after.saturating_sub(before),
             base_bytes_read: c.base_bytes_read,
             dirty_chunk_bytes: c.dirty_chunk_bytes,
+            terms: c.terms,
         })
     }
 }

@@ -41,6 +41,8 @@ use xet_core_structures::xorb_object::{SerializedXorbObject, XorbObject};
 use xet_data::processing::configurations::TranslatorConfig;
 use xet_data::processing::{upload_ranges, DirtyInput};
 
+use super::defrag;
+use super::reader::ChunkReader;
 use crate::remote::{ComposeEdit, FileId, RemoteError, RemoteResult};
 
 /// Outcome of one composition.
@@ -50,6 +52,8 @@ pub struct Planned {
     pub base_bytes_read: u64,
     /// The edits rounded out to the base chunks they touch, plus any growth.
     pub dirty_chunk_bytes: u64,
+    /// Terms of the composed body.
+    pub terms: u64,
 }
 
 fn xet_err(e: impl std::fmt::Display) -> RemoteError {
@@ -61,9 +65,12 @@ pub(super) fn parse_hash(hex: &str) -> RemoteResult<MerkleHash> {
 }
 
 /// Compose `base` with `edits` (sorted, disjoint, in base coordinates).
+/// `configs`: the usual upload settings, and those for a composition that rewrites a
+/// fragmented region.
 pub async fn compose(
-    config: Arc<TranslatorConfig>,
+    configs: [Arc<TranslatorConfig>; 2],
     client: Arc<dyn Client>,
+    reader: &ChunkReader,
     xorb_dir: &Path,
     base: &FileId,
     edits: Vec<ComposeEdit>,
@@ -92,9 +99,14 @@ pub async fn compose(
         "compose: footers read in {:?}",
         started.elapsed()
     );
-    let ranges: Vec<Range<u64>> = edits.iter().map(|e| e.original_range.clone()).collect();
     let dirty_chunk_bytes = view.chunk_rounded(&edits);
-    let view = view.split_at_window_ends(&ranges, base.size)?;
+    let (edits, defrag_read) = defrag::apply_rule(reader, base, &original, edits).await?;
+    let [usual, rewrite] = configs;
+    let config = if defrag_read > 0 { rewrite } else { usual };
+    let ranges: Vec<Range<u64>> = edits.iter().map(|e| e.original_range.clone()).collect();
+    let view = view
+        .split_around(&ranges, base.size)?
+        .split_at_window_ends(&ranges, base.size)?;
     tracing::debug!(
         segments = view.segments.len(),
         "compose: planned in {:?}",
@@ -126,24 +138,25 @@ pub async fn compose(
         size: info.file_size().unwrap_or(expected_size),
     };
     tracing::debug!("compose: uploaded in {:?}", started.elapsed());
-    verify(&client, xorb_dir, &id, expected_size).await?;
+    let terms = verify(&client, xorb_dir, &id, expected_size).await?;
     tracing::debug!("compose: verified in {:?}", started.elapsed());
     Ok(Planned {
         id,
-        base_bytes_read: planned.base_bytes_read.load(Ordering::Relaxed),
+        base_bytes_read: planned.base_bytes_read.load(Ordering::Relaxed) + defrag_read,
         dirty_chunk_bytes,
+        terms,
     })
 }
 
 /// Refuse a composed file whose stored reconstruction does not add up to `expected` bytes:
 /// its segments must sum to the size, and every segment must match the chunks its xorb
-/// really holds (so the bytes a reader gets add up too).
+/// really holds (so the bytes a reader gets add up too). Returns the file's term count.
 async fn verify(
     client: &Arc<dyn Client>,
     xorb_dir: &Path,
     id: &FileId,
     expected: u64,
-) -> RemoteResult<()> {
+) -> RemoteResult<u64> {
     if id.size != expected {
         return Err(RemoteError::Integrity(format!(
             "composed file {} claims {} bytes, expected {expected}",
@@ -151,7 +164,7 @@ async fn verify(
         )));
     }
     if expected == 0 {
-        return Ok(());
+        return Ok(0);
     }
     let hash = parse_hash(&id.hash)?;
     let (mdb, _) = client
@@ -178,7 +191,7 @@ async fn verify(
             )));
         }
     }
-    Ok(())
+    Ok(view.segments.len() as u64)
 }
 
 /// The base's segments with the (hash, size) of every chunk in each.
@@ -274,6 +287,43 @@ impl SegmentView {
             }
         }
         out.into_iter().map(|(s, e)| FileRange::new(s, e)).collect()
+    }
+
+    /// Split segments at the chunk boundaries that enclose each edit, so that `upload_ranges`,
+    /// which snaps every edit out to whole segments, snaps it only to the chunks it touches:
+    /// the re-chunked window is those chunks plus the few the chunker needs to re-sync,
+    /// instead of the whole (up to 64 MiB) segment around the edit. Splitting at a chunk
+    /// boundary is exact: the chunker restarts at every boundary, so re-chunking from one
+    /// gives the boundaries a clean upload of the new bytes would.
+    fn split_around(mut self, edits: &[Range<u64>], size: u64) -> RemoteResult<Self> {
+        let mut ends = Vec::new(); // end offset of every chunk
+        let mut at = 0;
+        for (_, n) in self.chunks.iter().flatten() {
+            at += n;
+            ends.push(at);
+        }
+        let mut cuts = Vec::new();
+        for r in edits {
+            // The chunks holding the edit; a pure insert, the chunk holding its position (at
+            // EOF, the last chunk).
+            let (first, last) = match (r.start == r.end, r.start >= size) {
+                (true, true) => (size.saturating_sub(1), size.saturating_sub(1)),
+                (true, false) => (r.start, r.start),
+                (false, _) => (r.start, r.end - 1),
+            };
+            let i = ends.partition_point(|&e| e <= first);
+            let j = ends.partition_point(|&e| e <= last);
+            cuts.push(if i == 0 { 0 } else { ends[i - 1] });
+            cuts.push(ends.get(j).copied().unwrap_or(size));
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        for cut in cuts {
+            if cut > 0 && cut < size && self.starts().binary_search(&cut).is_err() {
+                self.split(cut)?;
+            }
+        }
+        Ok(self)
     }
 
     /// Split segments until every window the builder returns ends on a segment boundary.
@@ -530,7 +580,7 @@ impl Client for PlannedClient {
 pub(super) mod tests {
     use super::*;
     use crate::remote::local::{xet_config, XetCas};
-    use crate::remote::{Cas, UploadItem};
+    use crate::remote::{Cas, Composed, UploadItem};
     use xet_runtime::core::XetContext;
 
     const MIB: u64 = 1 << 20;
@@ -633,18 +683,34 @@ pub(super) mod tests {
         assert!(matches!(err, RemoteError::Integrity(_)), "{err}");
     }
 
+    /// Every edit of a fresh multi-segment file, composed: the content and identity of a
+    /// clean upload of the same bytes, at the cost of the chunks around the edit.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn compose_is_exact_and_reads_only_around_the_edits() {
+    async fn compose_is_exact_and_reads_only_the_chunks_around_the_edits() {
         let d = tempfile::tempdir().unwrap();
         let data = random((150 * MIB) as usize, 2);
         let (cas, base) = store_with(d.path(), &data).await;
         let size = base.size;
+        let (mdb, _) = cas
+            .client
+            .get_file_reconstruction_info(&parse_hash(&base.hash).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let seg_end = u64::from(mdb.segments[0].unpacked_segment_bytes);
+        assert!(mdb.segments.len() >= 2 && seg_end < size);
         let cases: Vec<(&str, Vec<ComposeEdit>)> = vec![
-            ("start", vec![edit(0..4096, 4096, 3)]),
+            ("offset 0", vec![edit(0..4096, 4096, 3)]),
             ("middle", vec![edit(70 * MIB..70 * MIB + 4096, 4096, 4)]),
-            ("end", vec![edit(size - 4096..size, 4096, 5)]),
+            ("EOF-1", vec![edit(size - 1..size, 1, 5)]),
+            (
+                "across a segment boundary",
+                vec![edit(seg_end - 2048..seg_end + 2048, 4096, 10)],
+            ),
             ("append", vec![edit(size..size, 1_000_000, 6)]),
-            ("truncate", vec![edit(size - 3 * MIB..size, 0, 0)]),
+            ("shrink", vec![edit(size - 3 * MIB..size, 0, 0)]),
+            ("grow in place", vec![edit(MIB..MIB + 100, 5000, 11)]),
+            ("insert", vec![edit(90 * MIB..90 * MIB, 777, 12)]),
             (
                 "scattered",
                 vec![
@@ -654,39 +720,154 @@ pub(super) mod tests {
                 ],
             ),
         ];
-        let mut current = (base.clone(), data.clone());
         for (name, edits) in cases {
-            let want = apply(&current.1, &edits);
-            let c = cas.compose(&current.0, edits).await.unwrap();
+            let want = apply(&data, &edits);
+            let n = edits.len() as u64;
+            let c = cas.compose(&base, edits).await.unwrap();
             assert_eq!(c.id.size, want.len() as u64, "{name}");
             assert!(
                 read_back(&cas, &c.id).await == want,
                 "{name}: content differs"
             );
-            // A clean upload of the same bytes gets the same identity.
-            if name == "start" {
-                let (_, clean) = store_with(&d.path().join("clean"), &want).await;
-                assert_eq!(clean.hash, c.id.hash, "{name}: composed hash differs");
-            }
-            // Re-chunking covers the edited segments and a few chunks, never the whole file.
+            let (_, clean) = store_with(&d.path().join(name), &want).await;
+            assert_eq!(clean.hash, c.id.hash, "{name}: composed hash differs");
+            eprintln!(
+                "{name}: base read {} KiB, new {} KiB, {} terms",
+                c.base_bytes_read >> 10,
+                c.new_bytes >> 10,
+                c.terms
+            );
+            // The chunks around each edit and the few after it the chunker needs to re-sync.
             assert!(
-                c.base_bytes_read <= 2 * 64 * MIB + 2 * MIB,
+                c.base_bytes_read <= n * MIB,
                 "{name}: read {} bytes of the base",
                 c.base_bytes_read
             );
-            // New data is about the changed chunks, not the file.
             assert!(
-                c.new_bytes <= 4 * MIB,
+                c.new_bytes <= n * MIB + 1_000_000,
                 "{name}: stored {} new bytes",
                 c.new_bytes
             );
-            eprintln!(
-                "{name}: base read {} MiB, new {} KiB",
-                c.base_bytes_read / MIB,
-                c.new_bytes / 1024
-            );
-            current = (c.id, want);
         }
+    }
+
+    /// The defragmentation rule: a region that many edits cut into more than
+    /// `defrag::MAX_TERMS` terms is rewritten whole by the next edit inside it; other regions
+    /// are left alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fragmented_region_is_rewritten_by_the_next_edit_inside_it() {
+        let d = tempfile::tempdir().unwrap();
+        let data = random((80 * MIB) as usize, 20);
+        let (cas, base) = store_with(d.path(), &data).await;
+        // Rounds of 150 small edits 400 KiB apart (far enough that their windows stay apart),
+        // all in the first region, each round between the earlier ones' edits, until the
+        // region is over the limit.
+        let (mut id, mut want1, mut c1) = (base.clone(), data.clone(), None);
+        for round in 0..10u64 {
+            if c1
+                .as_ref()
+                .is_some_and(|c: &Composed| c.terms > defrag::MAX_TERMS as u64)
+            {
+                break;
+            }
+            let scattered: Vec<ComposeEdit> = (0..150u64)
+                .map(|i| {
+                    let at = MIB + i * 400 * 1024 + (round * 137 * 1024) % (400 * 1024);
+                    edit(at..at + 100, 100, 100 + i + 1000 * round)
+                })
+                .collect();
+            want1 = apply(&want1, &scattered);
+            let c = cas.compose(&id, scattered).await.unwrap();
+            id = c.id.clone();
+            c1 = Some(c);
+        }
+        let c1 = c1.unwrap();
+        assert!(
+            c1.terms > defrag::MAX_TERMS as u64,
+            "the first region should be fragmented: {} terms",
+            c1.terms
+        );
+        // One more edit in that region rewrites it whole...
+        let e2 = vec![edit(30 * MIB..30 * MIB + 4096, 4096, 21)];
+        let want2 = apply(&want1, &e2);
+        let c2 = cas.compose(&c1.id, e2).await.unwrap();
+        assert!(
+            c2.terms <= defrag::MAX_TERMS as u64 / 4,
+            "{} terms after the rewrite",
+            c2.terms
+        );
+        assert!(
+            c2.base_bytes_read >= defrag::REGION - MIB
+                && c2.base_bytes_read <= defrag::REGION + 2 * MIB,
+            "read {} bytes rewriting a region",
+            c2.base_bytes_read
+        );
+        assert!(read_back(&cas, &c2.id).await == want2, "content differs");
+        let (_, clean) = store_with(&d.path().join("clean"), &want2).await;
+        assert_eq!(clean.hash, c2.id.hash, "composed hash differs");
+        // ...and an edit in the unfragmented region does not.
+        let e3 = vec![edit(70 * MIB..70 * MIB + 4096, 4096, 22)];
+        let want3 = apply(&want2, &e3);
+        let c3 = cas.compose(&c2.id, e3).await.unwrap();
+        assert!(c3.base_bytes_read <= MIB, "read {}", c3.base_bytes_read);
+        assert!(read_back(&cas, &c3.id).await == want3, "content differs");
+    }
+
+    /// Random edits of an already-composed (multi-term) base: content and identity always
+    /// those of a clean upload of the same bytes.
+    #[test]
+    fn composed_identity_equals_a_clean_upload_for_random_edits() {
+        use proptest::prelude::*;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let data = random(3 << 20, 30);
+        let (cas, base, data) = rt.block_on(async {
+            let (cas, fresh) = store_with(d.path(), &data).await;
+            let first = vec![edit(MIB..MIB + 3000, 2000, 31)];
+            let want = apply(&data, &first);
+            let c = cas.compose(&fresh, first).await.unwrap();
+            assert!(c.terms > 1);
+            (cas, c.id, want)
+        });
+        let size = data.len() as u64;
+        let edits = proptest::collection::vec((0..size, 0u64..20_000, 0usize..20_000), 1..4);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 12,
+            ..ProptestConfig::default()
+        });
+        let n = std::sync::atomic::AtomicU64::new(0);
+        runner
+            .run(&edits, |raw| {
+                // Sorted, disjoint edits from random (offset, removed, inserted).
+                let mut raw = raw;
+                raw.sort();
+                let mut list = Vec::new();
+                let mut next_free = 0;
+                for (at, removed, inserted) in raw {
+                    if at < next_free {
+                        continue;
+                    }
+                    let end = (at + removed).min(size);
+                    list.push(edit(at..end, inserted, at ^ removed));
+                    next_free = end + 1;
+                }
+                let want = apply(&data, &list);
+                let k = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (got, clean) = rt.block_on(async {
+                    let c = cas.compose(&base, list).await.unwrap();
+                    let got = read_back(&cas, &c.id).await;
+                    let (_, clean) = store_with(&d.path().join(format!("clean{k}")), &want).await;
+                    (c.id, (got == want, clean))
+                });
+                prop_assert!(clean.0, "content differs");
+                prop_assert_eq!(got.hash, clean.1.hash);
+                Ok(())
+            })
+            .unwrap();
     }
 
     fn edit(original_range: Range<u64>, len: usize, seed: u64) -> ComposeEdit {

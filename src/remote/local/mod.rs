@@ -12,6 +12,7 @@
 mod cas;
 mod catalog;
 mod compose;
+mod defrag;
 mod reader;
 
 use std::fs::{File, OpenOptions};
