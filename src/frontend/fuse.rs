@@ -107,11 +107,12 @@ impl FuseFs {
         let _runtime = self.rt.enter();
         let mut fut = Box::pin(f(self.vfs.clone()));
         let waker = futures::task::noop_waker();
-        if fut
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_pending()
-        {
+        // A panic must not unwind the FUSE thread (a spawned task's panic is contained by the
+        // runtime); the request's reply is dropped with its future, which answers EIO.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fut.as_mut().poll(&mut Context::from_waker(&waker))
+        }));
+        if matches!(polled, Ok(std::task::Poll::Pending)) {
             self.rt.spawn(fut);
         }
     }
