@@ -79,22 +79,14 @@ impl Record {
             Record::Unlinked => UNLINKED,
         };
         let mut out = Vec::with_capacity(5 + payload.len());
-        out.push(kind);
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&payload);
+        frame(&mut out, kind, &payload);
         out
     }
 
     /// Every complete record of a log, in order. `None` if a complete record is malformed.
     pub fn decode_all(bytes: &[u8]) -> Option<Vec<Record>> {
         let mut out = Vec::new();
-        let mut at = 0;
-        while at + 5 <= bytes.len() {
-            let kind = bytes[at];
-            let len = u32::from_le_bytes(bytes[at + 1..at + 5].try_into().ok()?) as usize;
-            let Some(p) = bytes.get(at + 5..at + 5 + len) else {
-                break; // torn last record
-            };
+        for (kind, p) in frames(bytes) {
             let u64_at = |i: usize| -> Option<u64> {
                 Some(u64::from_le_bytes(p.get(i..i + 8)?.try_into().ok()?))
             };
@@ -114,10 +106,30 @@ impl Record {
                 UNLINKED => Record::Unlinked,
                 _ => return None,
             });
-            at += 5 + len;
         }
         Some(out)
     }
+}
+
+/// Append one record, framed `[kind u8][payload length u32 LE][payload]`: the framing of
+/// both the staging journals and the namespace log.
+pub(super) fn frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The complete records of a framed log, in order, as (kind, payload); a torn last record
+/// (a crash mid-append: its operation was never acknowledged) ends the sequence.
+pub(super) fn frames(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let head = bytes.get(at..at + 5)?;
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let payload = bytes.get(at + 5..at + 5 + len)?;
+        at += 5 + len;
+        Some((head[0], payload))
+    })
 }
 
 /// What a log says about its staging file.

@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::remote::{CatalogOp, Entry, EntryKind, FileId, Meta};
+use crate::vfs::journal::{frame, frames};
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
@@ -114,7 +115,7 @@ impl NsLog {
         put_u64(&mut p, seq);
         put_u64(&mut p, revision);
         let mut buf = Vec::new();
-        record(&mut buf, COMMITTING, &p);
+        frame(&mut buf, COMMITTING, &p);
         self.file.write_all(&buf)
     }
 
@@ -122,7 +123,7 @@ impl NsLog {
     pub fn committed(&mut self, seq: u64) -> std::io::Result<()> {
         self.pending.retain(|(s, _)| *s > seq);
         let mut buf = Vec::new();
-        record(&mut buf, COMMITTED, &seq.to_le_bytes());
+        frame(&mut buf, COMMITTED, &seq.to_le_bytes());
         self.file.write_all(&buf)?;
         if self.pending.is_empty() && self.file.metadata()?.len() > RESERVE / 2 {
             self.empty()?;
@@ -157,12 +158,6 @@ fn reserve(file: &File) {
             RESERVE as libc::off_t,
         );
     }
-}
-
-fn record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
-    out.push(kind);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(payload);
 }
 
 fn put_str(p: &mut Vec<u8>, s: &str) {
@@ -229,7 +224,7 @@ fn encode_op(out: &mut Vec<u8>, seq: u64, op: &CatalogOp) {
             LINK
         }
     };
-    record(out, kind, &p);
+    frame(out, kind, &p);
 }
 
 /// A cursor over one record's payload.
@@ -345,13 +340,7 @@ impl Leftovers {
 fn decode(bytes: &[u8]) -> Option<Leftovers> {
     let mut ops: Vec<(u64, CatalogOp)> = Vec::new();
     let mut in_flight = None;
-    let mut at = 0;
-    while at + 5 <= bytes.len() {
-        let kind = bytes[at];
-        let len = u32::from_le_bytes(bytes[at + 1..at + 5].try_into().ok()?) as usize;
-        let Some(payload) = bytes.get(at + 5..at + 5 + len) else {
-            break; // torn last record
-        };
+    for (kind, payload) in frames(bytes) {
         let mut r = Reader(payload);
         let seq = r.u64()?;
         match kind {
@@ -362,7 +351,6 @@ fn decode(bytes: &[u8]) -> Option<Leftovers> {
             COMMITTING => in_flight = Some((seq, r.u64()?)),
             _ => ops.push((seq, decode_op(kind, &mut r)?)),
         }
-        at += 5 + len;
     }
     Some(Leftovers { ops, in_flight })
 }
@@ -461,7 +449,7 @@ mod tests {
     #[test]
     fn a_malformed_record_is_refused() {
         let mut bytes = Vec::new();
-        record(&mut bytes, 42, &1u64.to_le_bytes());
+        frame(&mut bytes, 42, &1u64.to_le_bytes());
         assert!(decode(&bytes).is_none());
     }
 
