@@ -91,6 +91,18 @@ pub(crate) async fn write_file(vfs: &Vfs, parent: u64, name: &str, data: &[u8]) 
     attr.ino
 }
 
+pub(crate) async fn chmod(vfs: &Vfs, ino: u64, mode: u32) {
+    vfs.setattr(
+        ino,
+        SetAttr {
+            mode: Some(mode),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
 pub(crate) async fn read_all(vfs: &Vfs, path: &str) -> Vec<u8> {
     let ino = resolve(vfs, path).await.unwrap();
     let size = vfs.getattr(ino).unwrap().size;

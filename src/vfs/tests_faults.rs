@@ -523,15 +523,7 @@ async fn a_hung_catalog_commit_blocks_no_namespace_change_read_or_write() {
     let sub = v.mkdir(docs, "sub", 0o700, ME).await.unwrap().ino;
     let n = write_file(&v, sub, "note", b"written meanwhile").await;
     v.rename(sub, "note", docs, "note", false).await.unwrap();
-    v.setattr(
-        n,
-        SetAttr {
-            mode: Some(0o600),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    chmod(&v, n, 0o600).await;
     v.remove(ROOT_INO, "first", false).await.unwrap();
     assert_eq!(read_all(&v, "kept").await, b"committed before");
     assert_eq!(read_all(&v, "docs/note").await, b"written meanwhile");
@@ -578,15 +570,7 @@ async fn metadata_changes_during_a_commit_never_commit_a_stale_body() {
     })
     .await;
     v.link(ino, ROOT_INO, "g").await.unwrap();
-    v.setattr(
-        ino,
-        SetAttr {
-            mode: Some(0o600),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    chmod(&v, ino, 0o600).await;
     let uploading = tokio::spawn({
         let v = v.clone();
         async move { v.fsync(ino).await }

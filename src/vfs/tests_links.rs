@@ -28,15 +28,7 @@ async fn names_share_one_inode_its_body_and_metadata_across_remounts() {
         .unwrap();
     v.write(o.fh, 0, b"SECOND".to_vec()).await.unwrap();
     v.release(o.fh).unwrap();
-    v.setattr(
-        ino,
-        SetAttr {
-            mode: Some(0o600),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    chmod(v, ino, 0o600).await;
     assert_eq!(read_all(v, "h").await, b"SECONDbody");
 
     let m = remount(m, &dir).await;
