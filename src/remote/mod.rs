@@ -2,7 +2,9 @@
 //! and a [`Cas`] (content-addressed file bodies). The VFS sees only these traits; the
 //! embedded local store and (later) the HTTP remote implement them.
 
+pub mod assemble;
 pub mod local;
+pub mod rechunk;
 
 use std::ops::Range;
 use std::path::Path;

@@ -58,13 +58,8 @@ pub struct XetCas {
     /// Uploads and compositions run one at a time, so the xorb bytes each adds can be
     /// measured as the growth of `xorb_dir`.
     upload_lock: tokio::sync::Mutex<()>,
-    reader: ChunkReader,
-    /// For compositions that rewrite a fragmented region (see defrag.rs): xet-core's
-    /// deduplication would otherwise find the region's chunks where they already are and
-    /// reference them again, piece by piece (519 terms became 317). Its fragmentation guard,
-    /// estimated over the last 4 ranges against a target of 1,000 chunks per range, refuses
-    /// those short ranges, so the region is stored afresh (22 terms).
-    rewrite_config: Arc<TranslatorConfig>,
+    reader: Arc<ChunkReader>,
+    xorbs: crate::remote::assemble::XorbSettings,
 }
 
 fn xet_err(e: impl std::fmt::Display) -> RemoteError {
@@ -82,18 +77,14 @@ impl XetCas {
             .await
             .map_err(xet_err)?;
         let xorb_dir = client_dir.join("xorbs");
-        let mut rewrite = ctx.config.as_ref().clone();
-        rewrite
-            .deduplication
-            .nranges_in_streaming_fragmentation_estimator = 4;
-        rewrite.deduplication.min_n_chunks_per_range = 1000.0;
-        let rewrite_ctx = XetContext::from_external(tokio::runtime::Handle::current(), rewrite);
-        let rewrite_config = TranslatorConfig::local_config(&rewrite_ctx, cas_root)
-            .map_err(xet_err)?
-            .disable_progress_aggregation();
+        let xorbs = crate::remote::assemble::XorbSettings {
+            prefix: ctx.config.data.default_prefix.clone(),
+            compression: ctx.config.xorb.compression_policy.as_str().to_string(),
+            retest_interval: ctx.config.xorb.compression_scheme_retest_interval,
+        };
         Ok(XetCas {
-            rewrite_config: Arc::new(rewrite_config),
-            reader: ChunkReader::new(client.clone(), xorb_dir.clone()),
+            xorbs,
+            reader: Arc::new(ChunkReader::new(client.clone(), xorb_dir.clone())),
             config: Arc::new(config.disable_progress_aggregation()),
             client,
             xorb_dir,
@@ -204,7 +195,7 @@ impl Cas for XetCas {
         let _one_at_a_time = self.upload_lock.lock().await;
         let before = xorb_bytes(&self.xorb_dir).await?;
         let c = compose::compose(
-            [self.config.clone(), self.rewrite_config.clone()],
+            &self.xorbs,
             self.client.clone(),
             &self.reader,
             &self.xorb_dir,

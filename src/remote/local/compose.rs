@@ -1,48 +1,33 @@
-//! Composing an edited file from its base without re-uploading it: xet-core's `upload_ranges`
-//! re-chunks only the segments around the edits and splices them between the base's untouched
-//! segments.
+//! Composing an edited file from its base without re-uploading it: the base's chunks are
+//! read from its xorb footers, only the windows around the edits are re-chunked (see
+//! `remote::rechunk`), the new chunks are packed into fresh xorbs and the file is described
+//! as runs of old and new chunks (see `remote::assemble`).
 //!
-//! The trap (xet-core 1.8.0): after an edit, the chunk-window builder extends each window past
-//! the requested segment end until the chunker re-syncs, so the window ends a few chunks
-//! *inside* the next segment. `upload_ranges` splices whole segments only: it drops the
-//! segment the window ends in, and the stored file silently loses up to a segment of data.
-//! Widening the request to the next segment end does not help (the window overshoots again,
-//! all the way to EOF).
+//! xet-core's own `upload_ranges` is not used: in 1.8.0 it silently truncates a composed file
+//! whose re-chunked window ends inside a later segment (the regression test below keeps
+//! watching that), and it opens an upload session, a cleaner and a xorb per window, which made
+//! a 1% scattered patch of a 1 GiB file slower than rewriting it.
 //!
-//! What we do instead: plan the windows ourselves with the same window builder, and hand
-//! `upload_ranges` a view of the base in which every segment a window ends inside is split at
-//! the window end (two segments over the same xorb, with verification hashes computed from
-//! the xorb's chunk hashes). Every window then ends on a segment boundary, composition keeps
-//! the tail piece, and the re-chunked region stays the edited segments plus a few chunks.
-//! The result is checked against the expected size before anyone may commit it.
+//! Whatever builds it, a composed file is checked before anyone may commit it: its stored
+//! reconstruction must add up to the expected size, every term must match the chunks its xorb
+//! really holds, and those chunks must hash to the file's identity.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use xet_client::cas_client::adaptive_concurrency::ConnectionPermit;
-use xet_client::cas_client::chunk_window_builder::build_file_chunk_hashes_response;
-use xet_client::cas_client::{Client, ProgressCallback, ShardUploadProgressCallback, URLProvider};
-use xet_client::cas_types::{
-    BatchQueryReconstructionResponse, FileChunkHashesResponse, FileRange,
-    QueryReconstructionResponseV2,
-};
-use xet_client::error::{ClientError, Result as ClientResult};
-use xet_core_structures::merklehash::{ChunkHashList, MerkleHash};
-use xet_core_structures::metadata_shard::chunk_verification::range_hash_from_chunks;
-use xet_core_structures::metadata_shard::file_structs::{
-    FileDataSequenceEntry, FileDataSequenceHeader, FileVerificationEntry, MDBFileInfo,
-};
-use xet_core_structures::xorb_object::{SerializedXorbObject, XorbObject};
-use xet_data::processing::configurations::TranslatorConfig;
-use xet_data::processing::{upload_ranges, DirtyInput};
+use xet_client::cas_client::Client;
+use xet_core_structures::merklehash::{file_hash, ChunkHashList, MerkleHash};
+use xet_core_structures::metadata_shard::file_structs::{FileDataSequenceEntry, MDBFileInfo};
+use xet_core_structures::xorb_object::XorbObject;
 
 use super::defrag;
 use super::reader::ChunkReader;
+use crate::remote::assemble::{Assembler, ChunkRef, Packer, XorbSettings};
+use crate::remote::rechunk::{self, BaseBytes, BaseChunk};
 use crate::remote::{ComposeEdit, FileId, RemoteError, RemoteResult};
 
 /// Outcome of one composition.
@@ -64,13 +49,25 @@ pub(super) fn parse_hash(hex: &str) -> RemoteResult<MerkleHash> {
     MerkleHash::from_hex(hex).map_err(|e| RemoteError::Other(format!("bad file hash {hex}: {e}")))
 }
 
+/// The base's bytes, through the chunk reader.
+struct Base {
+    reader: Arc<ChunkReader>,
+    id: FileId,
+    hash: MerkleHash,
+}
+
+#[async_trait]
+impl BaseBytes for Base {
+    async fn read(&self, range: Range<u64>) -> RemoteResult<Bytes> {
+        self.reader.read(&self.id, self.hash, range).await
+    }
+}
+
 /// Compose `base` with `edits` (sorted, disjoint, in base coordinates).
-/// `configs`: the usual upload settings, and those for a composition that rewrites a
-/// fragmented region.
 pub async fn compose(
-    configs: [Arc<TranslatorConfig>; 2],
+    settings: &XorbSettings,
     client: Arc<dyn Client>,
-    reader: &ChunkReader,
+    reader: &Arc<ChunkReader>,
     xorb_dir: &Path,
     base: &FileId,
     edits: Vec<ComposeEdit>,
@@ -79,7 +76,7 @@ pub async fn compose(
     let expected_size = edits.iter().fold(base.size, |s, e| {
         s - (e.original_range.end - e.original_range.start) + e.data.len() as u64
     });
-    let (original, shard) = client
+    let (original, _shard) = client
         .get_file_reconstruction_info(&base_hash)
         .await
         .map_err(xet_err)?
@@ -94,63 +91,60 @@ pub async fn compose(
     }
     let started = std::time::Instant::now();
     let view = SegmentView::load(&original, xorb_dir).await?;
-    tracing::debug!(
-        segments = original.segments.len(),
-        "compose: footers read in {:?}",
-        started.elapsed()
-    );
     let dirty_chunk_bytes = view.chunk_rounded(&edits);
     let (edits, defrag_read) = defrag::apply_rule(reader, base, &original, edits).await?;
-    let [usual, rewrite] = configs;
-    let config = if defrag_read > 0 { rewrite } else { usual };
-    let ranges: Vec<Range<u64>> = edits.iter().map(|e| e.original_range.clone()).collect();
-    let view = view
-        .split_around(&ranges, base.size)?
-        .split_at_window_ends(&ranges, base.size)?;
+    let mut chunks = Vec::new();
+    let mut refs = Vec::new();
+    for (seg, list) in view.segments.iter().zip(&view.chunks) {
+        for (j, &(hash, len)) in list.iter().enumerate() {
+            chunks.push(BaseChunk { hash, len });
+            refs.push(ChunkRef {
+                xorb: seg.xorb_hash,
+                flags: seg.xorb_flags,
+                index: seg.chunk_index_start + j as u32,
+            });
+        }
+    }
+    let source = Arc::new(Base {
+        reader: reader.clone(),
+        id: base.clone(),
+        hash: base_hash,
+    });
+    let packer = Packer::new(&chunks, &refs, defrag_read == 0);
+    let mut sink = Assembler::new(packer, client.clone(), settings.clone());
+    let r = rechunk::rechunk(&chunks, &edits, source, &mut sink).await?;
     tracing::debug!(
-        segments = view.segments.len(),
-        "compose: planned in {:?}",
+        windows = r.windows,
+        base_bytes_read = r.base_bytes_read,
+        "compose: re-chunked in {:?}",
         started.elapsed()
     );
-    let planned = Arc::new(PlannedClient {
-        inner: client.clone(),
-        file: base_hash,
-        mdb: view.mdb(&original),
-        boundaries: view.starts(),
-        shard,
-        chunks: view.chunks.iter().flatten().copied().collect(),
-        base_bytes_read: AtomicU64::new(0),
-    });
-    let inputs = edits
-        .into_iter()
-        .map(|e| DirtyInput {
-            original_range: e.original_range,
-            new_length: e.data.len() as u64,
-            reader: Box::pin(std::io::Cursor::new(e.data)),
-        })
-        .collect();
-    let planned_dyn: Arc<dyn Client> = planned.clone();
-    let info = upload_ranges(config, planned_dyn, base_hash, base.size, inputs)
-        .await
-        .map_err(xet_err)?;
+    let (a, _sent) = sink.finish().await?;
+    if a.size != expected_size {
+        return Err(RemoteError::Integrity(format!(
+            "composed {} bytes, expected {expected_size}",
+            a.size
+        )));
+    }
     let id = FileId {
-        hash: info.hash().to_string(),
-        size: info.file_size().unwrap_or(expected_size),
+        hash: a.hash().hex(),
+        size: a.size,
     };
     tracing::debug!("compose: uploaded in {:?}", started.elapsed());
     let terms = verify(&client, xorb_dir, &id, expected_size).await?;
     tracing::debug!("compose: verified in {:?}", started.elapsed());
     Ok(Planned {
         id,
-        base_bytes_read: planned.base_bytes_read.load(Ordering::Relaxed) + defrag_read,
+        base_bytes_read: r.base_bytes_read + defrag_read,
         dirty_chunk_bytes,
         terms,
     })
 }
 
 /// Refuse a composed file whose stored reconstruction does not add up to `expected` bytes:
-/// its segments must sum to the size, and every segment must match the chunks its xorb
-/// really holds (so the bytes a reader gets add up too). Returns the file's term count.
+/// its segments must sum to the size, every segment must match the chunks its xorb really
+/// holds (so the bytes a reader gets add up too), and those chunks must hash to the file's
+/// identity. Returns the file's term count.
 async fn verify(
     client: &Arc<dyn Client>,
     xorb_dir: &Path,
@@ -190,6 +184,14 @@ async fn verify(
                 id.hash, seg.xorb_hash, seg.unpacked_segment_bytes
             )));
         }
+    }
+    let all: Vec<(MerkleHash, u64)> = view.chunks.iter().flatten().copied().collect();
+    if file_hash(&all) != hash {
+        return Err(RemoteError::Integrity(format!(
+            "composed file {}: its stored chunks hash to {}",
+            id.hash,
+            file_hash(&all)
+        )));
     }
     Ok(view.segments.len() as u64)
 }
@@ -251,180 +253,6 @@ impl SegmentView {
         }
         total
     }
-
-    fn starts(&self) -> Vec<u64> {
-        let mut acc = 0;
-        let mut v = vec![0];
-        for s in &self.segments {
-            acc += u64::from(s.unpacked_segment_bytes);
-            v.push(acc);
-        }
-        v
-    }
-
-    /// The ranges `upload_ranges` will ask windows for: each edit snapped out to whole
-    /// segments (a pure insert to the segment holding it, or the last one at EOF), merged.
-    fn snapped(&self, edits: &[Range<u64>], size: u64) -> Vec<FileRange> {
-        let starts = self.starts();
-        let n = self.segments.len();
-        let seg_of = |b: u64| {
-            starts
-                .partition_point(|&s| s <= b)
-                .saturating_sub(1)
-                .min(n - 1)
-        };
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        for r in edits {
-            let (s, e) = if r.start == r.end && r.start == size {
-                (starts[n - 1], starts[n])
-            } else {
-                let last = if r.start == r.end { r.start } else { r.end - 1 };
-                (starts[seg_of(r.start)], starts[seg_of(last) + 1])
-            };
-            match out.last_mut() {
-                Some(prev) if s <= prev.1 => prev.1 = prev.1.max(e),
-                _ => out.push((s, e)),
-            }
-        }
-        out.into_iter().map(|(s, e)| FileRange::new(s, e)).collect()
-    }
-
-    /// Split segments at the chunk boundaries that enclose each edit, so that `upload_ranges`,
-    /// which snaps every edit out to whole segments, snaps it only to the chunks it touches:
-    /// the re-chunked window is those chunks plus the few the chunker needs to re-sync,
-    /// instead of the whole (up to 64 MiB) segment around the edit. Splitting at a chunk
-    /// boundary is exact: the chunker restarts at every boundary, so re-chunking from one
-    /// gives the boundaries a clean upload of the new bytes would.
-    fn split_around(mut self, edits: &[Range<u64>], size: u64) -> RemoteResult<Self> {
-        let mut ends = Vec::new(); // end offset of every chunk
-        let mut at = 0;
-        for (_, n) in self.chunks.iter().flatten() {
-            at += n;
-            ends.push(at);
-        }
-        let mut cuts = Vec::new();
-        for r in edits {
-            // The chunks holding the edit; a pure insert, the chunk holding its position (at
-            // EOF, the last chunk).
-            let (first, last) = match (r.start == r.end, r.start >= size) {
-                (true, true) => (size.saturating_sub(1), size.saturating_sub(1)),
-                (true, false) => (r.start, r.start),
-                (false, _) => (r.start, r.end - 1),
-            };
-            let i = ends.partition_point(|&e| e <= first);
-            let j = ends.partition_point(|&e| e <= last);
-            cuts.push(if i == 0 { 0 } else { ends[i - 1] });
-            cuts.push(ends.get(j).copied().unwrap_or(size));
-        }
-        cuts.sort_unstable();
-        cuts.dedup();
-        for cut in cuts {
-            if cut > 0 && cut < size && self.starts().binary_search(&cut).is_err() {
-                self.split(cut)?;
-            }
-        }
-        Ok(self)
-    }
-
-    /// Split segments until every window the builder returns ends on a segment boundary.
-    fn split_at_window_ends(mut self, edits: &[Range<u64>], size: u64) -> RemoteResult<Self> {
-        // Each pass splits at least one segment; a window end can only move forward.
-        for _ in 0..=self.segments.len() + edits.len() + 2 {
-            let resp = self.respond(self.snapped(edits, size))?;
-            let starts = self.starts();
-            let inside: Vec<u64> = resp
-                .windows
-                .iter()
-                .map(|w| w.dirty_byte_range[1])
-                .filter(|end| starts.binary_search(end).is_err())
-                .collect();
-            if inside.is_empty() {
-                return Ok(self);
-            }
-            for end in inside {
-                self.split(end)?;
-            }
-        }
-        Err(RemoteError::Other(
-            "compose planning did not converge on segment-aligned windows".into(),
-        ))
-    }
-
-    /// Split the segment holding byte `at` (a chunk boundary) into two.
-    fn split(&mut self, at: u64) -> RemoteResult<()> {
-        let starts = self.starts();
-        let j = starts.partition_point(|&s| s <= at) - 1;
-        let mut off = starts[j];
-        let list = &self.chunks[j];
-        let mut k = 0;
-        while off < at && k < list.len() {
-            off += list[k].1;
-            k += 1;
-        }
-        if off != at || k == 0 || k == list.len() {
-            return Err(RemoteError::Integrity(format!(
-                "window end {at} is not a chunk boundary inside segment {j}"
-            )));
-        }
-        let seg = &self.segments[j];
-        let head_bytes = (off - starts[j]) as u32;
-        let head = FileDataSequenceEntry {
-            unpacked_segment_bytes: head_bytes,
-            chunk_index_end: seg.chunk_index_start + k as u32,
-            ..seg.clone()
-        };
-        let tail = FileDataSequenceEntry {
-            unpacked_segment_bytes: seg.unpacked_segment_bytes - head_bytes,
-            chunk_index_start: seg.chunk_index_start + k as u32,
-            ..seg.clone()
-        };
-        let (a, b) = list.split_at(k);
-        let (a, b) = (a.to_vec(), b.to_vec());
-        self.segments.splice(j..=j, [head, tail]);
-        self.chunks.splice(j..=j, [a, b]);
-        Ok(())
-    }
-
-    fn respond(&self, ranges: Vec<FileRange>) -> RemoteResult<FileChunkHashesResponse> {
-        build_file_chunk_hashes_response(
-            &self.mdb_raw(),
-            ranges,
-            self.chunks.iter().flatten().copied(),
-        )
-        .map_err(xet_err)
-    }
-
-    /// The view as file info, with a verification entry per segment computed from its chunks.
-    fn mdb_with(&self, hash: MerkleHash, ext: Option<&MDBFileInfo>) -> MDBFileInfo {
-        let verification = self
-            .chunks
-            .iter()
-            .map(|c| {
-                let hashes: Vec<MerkleHash> = c.iter().map(|(h, _)| *h).collect();
-                FileVerificationEntry::new(range_hash_from_chunks(&hashes))
-            })
-            .collect();
-        let metadata_ext = ext.and_then(|m| m.metadata_ext.clone());
-        MDBFileInfo {
-            metadata: FileDataSequenceHeader::new(
-                hash,
-                self.segments.len(),
-                true,
-                metadata_ext.is_some(),
-            ),
-            segments: self.segments.clone(),
-            verification,
-            metadata_ext,
-        }
-    }
-
-    fn mdb_raw(&self) -> MDBFileInfo {
-        self.mdb_with(MerkleHash::default(), None)
-    }
-
-    fn mdb(&self, original: &MDBFileInfo) -> MDBFileInfo {
-        self.mdb_with(original.metadata.file_hash, Some(original))
-    }
 }
 
 pub(super) fn xorb_path(dir: &Path, hash: &MerkleHash) -> PathBuf {
@@ -439,148 +267,13 @@ fn read_footer(dir: &Path, hash: &MerkleHash) -> RemoteResult<XorbObject> {
     XorbObject::deserialize(&mut std::io::BufReader::new(f)).map_err(xet_err)
 }
 
-/// The store's client, except that the base file is seen through the split view, and reads
-/// of base data are counted.
-struct PlannedClient {
-    inner: Arc<dyn Client>,
-    file: MerkleHash,
-    mdb: MDBFileInfo,
-    /// Byte offsets where the view's segments start, and its end.
-    boundaries: Vec<u64>,
-    shard: Option<MerkleHash>,
-    chunks: ChunkHashList,
-    base_bytes_read: AtomicU64,
-}
-
-#[async_trait]
-impl Client for PlannedClient {
-    async fn get_file_reconstruction_info(
-        &self,
-        file_hash: &MerkleHash,
-    ) -> ClientResult<Option<(MDBFileInfo, Option<MerkleHash>)>> {
-        if *file_hash == self.file {
-            return Ok(Some((self.mdb.clone(), self.shard)));
-        }
-        self.inner.get_file_reconstruction_info(file_hash).await
-    }
-
-    async fn get_reconstruction(
-        &self,
-        file_id: &MerkleHash,
-        bytes_range: Option<FileRange>,
-    ) -> ClientResult<Option<QueryReconstructionResponseV2>> {
-        self.inner.get_reconstruction(file_id, bytes_range).await
-    }
-
-    async fn batch_get_reconstruction(
-        &self,
-        file_ids: &[MerkleHash],
-    ) -> ClientResult<BatchQueryReconstructionResponse> {
-        self.inner.batch_get_reconstruction(file_ids).await
-    }
-
-    async fn acquire_download_permit(&self) -> ClientResult<ConnectionPermit> {
-        self.inner.acquire_download_permit().await
-    }
-
-    async fn get_file_term_data(
-        &self,
-        url_info: Box<dyn URLProvider>,
-        download_permit: ConnectionPermit,
-        progress_callback: Option<ProgressCallback>,
-        uncompressed_size_if_known: Option<usize>,
-    ) -> ClientResult<(Bytes, Vec<u32>)> {
-        let r = self
-            .inner
-            .get_file_term_data(
-                url_info,
-                download_permit,
-                progress_callback,
-                uncompressed_size_if_known,
-            )
-            .await?;
-        self.base_bytes_read
-            .fetch_add(r.0.len() as u64, Ordering::Relaxed);
-        Ok(r)
-    }
-
-    async fn query_for_global_dedup_shard(
-        &self,
-        prefix: &str,
-        chunk_hash: &MerkleHash,
-    ) -> ClientResult<Option<Bytes>> {
-        self.inner
-            .query_for_global_dedup_shard(prefix, chunk_hash)
-            .await
-    }
-
-    async fn acquire_upload_permit(&self) -> ClientResult<ConnectionPermit> {
-        self.inner.acquire_upload_permit().await
-    }
-
-    async fn upload_shard(
-        &self,
-        shard_data: Bytes,
-        upload_permit: ConnectionPermit,
-        progress_callback: Option<ShardUploadProgressCallback>,
-    ) -> ClientResult<Option<MerkleHash>> {
-        self.inner
-            .upload_shard(shard_data, upload_permit, progress_callback)
-            .await
-    }
-
-    async fn upload_xorb(
-        &self,
-        prefix: &str,
-        serialized_xorb_object: SerializedXorbObject,
-        progress_callback: Option<ProgressCallback>,
-        upload_permit: ConnectionPermit,
-    ) -> ClientResult<u64> {
-        self.inner
-            .upload_xorb(
-                prefix,
-                serialized_xorb_object,
-                progress_callback,
-                upload_permit,
-            )
-            .await
-    }
-
-    async fn get_file_chunk_hashes(
-        &self,
-        file_id: &MerkleHash,
-        dirty_ranges: Vec<FileRange>,
-    ) -> ClientResult<FileChunkHashesResponse> {
-        if *file_id != self.file {
-            return self
-                .inner
-                .get_file_chunk_hashes(file_id, dirty_ranges)
-                .await;
-        }
-        let resp =
-            build_file_chunk_hashes_response(&self.mdb, dirty_ranges, self.chunks.iter().copied())?;
-        // Composition splices whole segments: a window ending inside one would lose data.
-        for w in &resp.windows {
-            if self
-                .boundaries
-                .binary_search(&w.dirty_byte_range[1])
-                .is_err()
-            {
-                return Err(ClientError::Other(format!(
-                    "window ends at {} inside a segment; refusing to compose",
-                    w.dirty_byte_range[1]
-                )));
-            }
-        }
-        Ok(resp)
-    }
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
     use crate::remote::local::{xet_config, XetCas};
+    use crate::remote::rechunk::tests::{apply, disjoint_edits};
     use crate::remote::{Cas, Composed, UploadItem};
+    use xet_data::processing::{upload_ranges, DirtyInput};
     use xet_runtime::core::XetContext;
 
     const MIB: u64 = 1 << 20;
@@ -612,18 +305,6 @@ pub(super) mod tests {
             out.extend_from_slice(&cas.read_range(id, off..end).await.unwrap());
             off = end;
         }
-        out
-    }
-
-    fn apply(model: &[u8], edits: &[ComposeEdit]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut pos = 0usize;
-        for e in edits {
-            out.extend_from_slice(&model[pos..e.original_range.start as usize]);
-            out.extend_from_slice(&e.data);
-            pos = e.original_range.end as usize;
-        }
-        out.extend_from_slice(&model[pos..]);
         out
     }
 
@@ -842,19 +523,7 @@ pub(super) mod tests {
         let n = std::sync::atomic::AtomicU64::new(0);
         runner
             .run(&edits, |raw| {
-                // Sorted, disjoint edits from random (offset, removed, inserted).
-                let mut raw = raw;
-                raw.sort();
-                let mut list = Vec::new();
-                let mut next_free = 0;
-                for (at, removed, inserted) in raw {
-                    if at < next_free {
-                        continue;
-                    }
-                    let end = (at + removed).min(size);
-                    list.push(edit(at..end, inserted, at ^ removed));
-                    next_free = end + 1;
-                }
+                let list = disjoint_edits(raw, size);
                 let want = apply(&data, &list);
                 let k = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (got, clean) = rt.block_on(async {

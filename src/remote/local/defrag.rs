@@ -5,8 +5,8 @@
 //! shards. The rule that bounds it: the file is cut into aligned regions of [`REGION`] bytes;
 //! a region whose base holds more than [`MAX_TERMS`] terms (on average less than two 64 KiB
 //! chunks per term) is rewritten whole by the next composition that edits inside it: its
-//! bytes are re-chunked into fresh chunks, a few dozen terms (xet-core's deduplication is
-//! told to refuse short ranges for it, or it would point back at the old pieces). So a
+//! bytes are re-chunked and stored afresh, contiguously, a few terms (such a composition does
+//! not deduplicate against the base, or it would point back at the old pieces). So a
 //! region holds at most [`MAX_TERMS`] plus what one composition adds; the price, one
 //! region's bytes re-read and stored, is paid once per few hundred edits of that region.
 //! Regions nobody edits keep their terms and cost nothing.
