@@ -2,7 +2,8 @@
 # Installs what the test suites need on a fresh Debian machine: FUSE (fusermount3 and the
 # library headers), libacl (pjdfstest links it), libnfs-utils (the NFS client used by the NFS
 # tests), the `tests` user pjdfstest switches to, and the pjdfstest and fsx binaries into
-# ./.tools. Idempotent: a second run installs nothing.
+# ./.tools, and a Python venv with the official Hugging Face clients (.tools/hf-venv).
+# Idempotent: a second run installs nothing.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -32,3 +33,18 @@ install_crate() { # name version
 }
 install_crate pjdfstest 0.2.2
 install_crate fsx 0.3.2
+
+# The official Hugging Face clients, the judge of `xetmount serve`'s protocol compatibility.
+venv="$tools/hf-venv"
+want_hf='import importlib.metadata as m; assert m.version("huggingface-hub") == "2.4.0" and m.version("hf-xet") == "1.8.0"'
+if ! "$venv/bin/python" -c "$want_hf" 2>/dev/null; then
+  echo "== venv with huggingface-hub 2.4.0 and hf-xet 1.8.0"
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q python3 python3-venv
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check huggingface-hub==2.4.0 hf-xet==1.8.0
+  "$venv/bin/python" -c "$want_hf"
+fi

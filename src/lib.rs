@@ -5,4 +5,5 @@
 
 pub mod frontend;
 pub mod remote;
+pub mod server;
 pub mod vfs;

@@ -35,6 +35,31 @@ enum Command {
     /// Serve the bucket over NFSv3 on 127.0.0.1 without mounting it (for machines with a
     /// user-space NFS client only); prints the mount command and the libnfs URL.
     ServeNfs(ServeArgs),
+    /// Host buckets over HTTP from DIR: the Hugging Face bucket API and the Xet CAS API on one
+    /// address, for `huggingface_hub`/`hf` clients and for `xetmount mount hf://buckets/...`.
+    Serve(HttpServeArgs),
+}
+
+#[derive(clap::Args)]
+struct HttpServeArgs {
+    /// Directory holding the served buckets; created if missing or empty.
+    dir: PathBuf,
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Bearer tokens, one per line: `TOKEN USER read|write [BUCKET-PATTERN ...]`. Without it
+    /// the server is open: whoever reaches the address reads and writes every bucket.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Without --token-file: the user every caller is (the namespace `me` stands for).
+    #[arg(long, default_value = "local")]
+    user: String,
+    /// URL clients reach this server at, if not http://LISTEN (behind a proxy).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Lifetime of the CAS tokens the token routes hand out, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    cas_token_ttl_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +189,7 @@ fn main() -> ExitCode {
         Command::Unmount { mountpoint } => unmount(&mountpoint),
         Command::Stats { mountpoint } => stats(&mountpoint),
         Command::ServeNfs(args) => serve_nfs(args),
+        Command::Serve(args) => serve_http(args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -492,4 +518,44 @@ fn unmount(mp: &Path) -> Result<(), UserError> {
         )),
         Err(e) => Err(UserError(format!("cannot run fusermount3: {e}"))),
     }
+}
+
+fn serve_http(args: HttpServeArgs) -> Result<(), UserError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("xetmount-serve")
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| {
+                UserError(format!(
+                    "cannot listen on {}: {e}; choose another address with --listen",
+                    args.listen
+                ))
+            })?;
+        let addr = listener.local_addr()?;
+        let ctx = xet_runtime::core::XetContext::from_external(
+            tokio::runtime::Handle::current(),
+            xetmount::remote::local::xet_config(),
+        );
+        let opts = xetmount::server::ServeOptions {
+            token_file: args.token_file.clone(),
+            user: args.user.clone(),
+            public_url: args
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}")),
+            cas_token_ttl_secs: args.cas_token_ttl_secs,
+        };
+        let server = xetmount::server::Server::open(&args.dir, ctx, opts)
+            .await
+            .map_err(|e| UserError(e.to_string()))?;
+        println!("xetmount serve: listening on {}", server.public_url);
+        std::io::stdout().flush()?;
+        xetmount::server::run(listener, server, wait_for_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
 }

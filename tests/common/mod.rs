@@ -165,3 +165,72 @@ pub fn tree_digest(dir: &Path) -> String {
         "find . -mindepth 1 \\( -type f -exec sha256sum {} + -printf '%p %m %n\\n' \\) -o \\( -type l -printf '%p -> %l\\n' \\) -o \\( -type d -printf '%p/ %m\\n' \\) | sort",
     )
 }
+
+/// A running `xetmount serve` on 127.0.0.1 (any free port), stopped with SIGTERM on drop.
+pub struct Serve {
+    child: Option<std::process::Child>,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl Serve {
+    pub fn start(dir: &Path, log: &Path, extra: &[&str]) -> Serve {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin())
+            .args(["serve", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let url = first
+            .split_whitespace()
+            .last()
+            .filter(|u| u.starts_with("http://"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "serve printed {first:?}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Serve {
+            child: Some(child),
+            url,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill on a pid we own.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The venv with the official Hugging Face clients (scripts/install-tools.sh makes it).
+pub fn hf_venv() -> PathBuf {
+    let v = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/hf-venv/bin");
+    assert!(
+        v.join("python").exists(),
+        "{} is missing: run scripts/install-tools.sh (it installs huggingface-hub 2.4.0 and hf-xet 1.8.0)",
+        v.display()
+    );
+    v
+}

@@ -67,6 +67,16 @@ fn xet_err(e: impl std::fmt::Display) -> RemoteError {
 }
 
 impl XetCas {
+    /// xet-core's client over the store's CAS (for a server speaking the CAS protocol).
+    pub fn client(&self) -> &Arc<dyn Client> {
+        &self.client
+    }
+
+    /// Direct reads of the stored xorbs.
+    pub fn reader(&self) -> &Arc<ChunkReader> {
+        &self.reader
+    }
+
     pub async fn open(ctx: XetContext, cas_root: &Path) -> RemoteResult<Self> {
         std::fs::create_dir_all(cas_root)?;
         let config = TranslatorConfig::local_config(&ctx, cas_root).map_err(xet_err)?;

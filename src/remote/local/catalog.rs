@@ -156,6 +156,54 @@ impl SqliteCatalog {
         })
     }
 
+    /// Every file at `path` or below it (`""`: the whole tree), in path order.
+    pub async fn files_under(&self, path: &str) -> RemoteResult<Vec<Entry>> {
+        let (lo, hi) = subtree_bounds(path);
+        let path = path.to_string();
+        self.with_conn(move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM entries WHERE kind = 0 AND path != '' AND \
+                     (path = ?1 OR ?1 = '' OR (path >= ?2 AND path < ?3)) ORDER BY path"
+                ))
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![path, lo, hi], row_to_entry)
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    /// Number of files and their total size.
+    pub async fn totals(&self) -> RemoteResult<(u64, u64)> {
+        self.with_conn(move |c| {
+            one(
+                c,
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries WHERE kind = 0",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    /// Whether any file lies below directory `dir`.
+    pub async fn has_file_under(&self, dir: &str) -> RemoteResult<bool> {
+        let (lo, hi) = subtree_bounds(dir);
+        self.with_conn(move |c| {
+            one(
+                c,
+                "SELECT EXISTS(SELECT 1 FROM entries WHERE kind = 0 AND path >= ?1 AND path < ?2)",
+                params![lo, hi],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(db_err)
+        })
+        .await
+    }
+
     async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> RemoteResult<T> + Send + 'static,

@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use cas::{xet_config, XetCas};
+pub(crate) use catalog::parent_of;
 pub use catalog::SqliteCatalog;
+pub use reader::{ChunkReader, Located, LocatedTerm};
 use xet_runtime::core::XetContext;
 
 /// Store format written by this build. Stores with a larger number are refused.
@@ -164,7 +166,7 @@ fn write_marker(path: &Path) -> std::io::Result<()> {
 
 /// Take the store's exclusive lock (flock, released by the kernel when the process dies) and
 /// record our pid in it so a second user can be told who holds it.
-fn lock_store(root: &Path) -> Result<File, StoreError> {
+pub(crate) fn lock_store(root: &Path) -> Result<File, StoreError> {
     let path = root.join("lock");
     let mut f = OpenOptions::new()
         .read(true)

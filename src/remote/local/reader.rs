@@ -47,6 +47,27 @@ struct Term {
 
 struct Plan {
     terms: Vec<Term>,
+    size: u64,
+}
+
+/// Where bytes of a body are stored (see [`ChunkReader::locate`]).
+#[derive(Debug)]
+pub struct Located {
+    /// Size of the whole body.
+    pub size: u64,
+    /// Where the wanted range starts in the first term's bytes.
+    pub offset_into_first: u64,
+    pub terms: Vec<LocatedTerm>,
+}
+
+/// A run of whole chunks of one xorb.
+#[derive(Debug)]
+pub struct LocatedTerm {
+    pub xorb: MerkleHash,
+    pub chunks: Range<u32>,
+    pub unpacked_len: u64,
+    /// Where those chunks (headers included) lie in the stored xorb.
+    pub packed: Range<u64>,
 }
 
 /// What a read needs of a xorb: its file and where its chunks start.
@@ -296,7 +317,7 @@ impl ChunkReader {
         hash: MerkleHash,
         range: Range<u64>,
     ) -> RemoteResult<Bytes> {
-        let plan = self.plan(id, hash).await?;
+        let plan = self.plan(hash, Some(id.size)).await?;
         let first = plan
             .terms
             .partition_point(|t| t.start + t.len <= range.start);
@@ -314,7 +335,8 @@ impl ChunkReader {
         Ok(out.freeze())
     }
 
-    async fn plan(&self, id: &FileId, hash: MerkleHash) -> RemoteResult<Arc<Plan>> {
+    /// The body's terms; `size`, when known, is checked against them.
+    async fn plan(&self, hash: MerkleHash, size: Option<u64>) -> RemoteResult<Arc<Plan>> {
         if let Some(p) = self.plans.lock().get(&hash) {
             return Ok(p);
         }
@@ -323,7 +345,7 @@ impl ChunkReader {
             .get_file_reconstruction_info(&hash)
             .await
             .map_err(|e| RemoteError::Other(format!("xet: {e}")))?
-            .ok_or_else(|| RemoteError::NotFound(format!("file body {}", id.hash)))?;
+            .ok_or_else(|| RemoteError::NotFound(format!("file body {}", hash.hex())))?;
         let mut terms = Vec::with_capacity(info.segments.len());
         let mut at = 0u64;
         for s in &info.segments {
@@ -336,15 +358,101 @@ impl ChunkReader {
             });
             at += len;
         }
-        if at != id.size {
+        if size.is_some_and(|n| n != at) {
             return Err(RemoteError::Integrity(format!(
-                "body {} reconstructs to {at} bytes, expected {}",
-                id.hash, id.size
+                "body {} reconstructs to {at} bytes, expected {size:?}",
+                hash.hex()
             )));
         }
-        let plan = Arc::new(Plan { terms });
+        let plan = Arc::new(Plan { terms, size: at });
         self.plans.lock().insert(hash, plan.clone());
         Ok(plan)
+    }
+
+    /// The whole chunks that hold bytes `range` of body `hash` (clamped to its size; `None`
+    /// for the whole body), with where they are stored; `None` when the range starts past the
+    /// end.
+    pub async fn locate(
+        &self,
+        hash: MerkleHash,
+        range: Option<Range<u64>>,
+    ) -> RemoteResult<Option<Located>> {
+        let plan = self.plan(hash, None).await?;
+        let range = match range {
+            Some(r) => r.start..r.end.min(plan.size),
+            None => 0..plan.size,
+        };
+        if range.start >= range.end {
+            return Ok(None);
+        }
+        let first = plan
+            .terms
+            .partition_point(|t| t.start + t.len <= range.start);
+        let mut out = Located {
+            size: plan.size,
+            offset_into_first: 0,
+            terms: Vec::new(),
+        };
+        for t in plan.terms[first..]
+            .iter()
+            .take_while(|t| t.start < range.end)
+        {
+            let x = self.xorb(&t.xorb)?;
+            let base = x.unpacked_start(t.chunks.start);
+            let lo = base + range.start.max(t.start) - t.start;
+            let hi = base + range.end.min(t.start + t.len) - t.start;
+            let ends = &x.unpacked_ends[t.chunks.start as usize..t.chunks.end as usize];
+            let c0 = t.chunks.start + ends.partition_point(|&e| u64::from(e) <= lo) as u32;
+            let c1 = t.chunks.start + ends.partition_point(|&e| u64::from(e) < hi) as u32 + 1;
+            if out.terms.is_empty() {
+                out.offset_into_first = lo - x.unpacked_start(c0);
+            }
+            out.terms.push(LocatedTerm {
+                xorb: t.xorb,
+                chunks: c0..c1,
+                unpacked_len: x.unpacked_start(c1) - x.unpacked_start(c0),
+                packed: x.packed_start(c0)..x.packed_start(c1),
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// Bytes `range` of stored xorb `hash` as they are stored (chunk headers and packed
+    /// data), within its chunks.
+    pub fn raw(&self, hash: &MerkleHash, range: Range<u64>) -> RemoteResult<Bytes> {
+        let x = self.xorb(hash)?;
+        let end = x.packed_ends.last().map_or(0, |&e| u64::from(e));
+        if range.start > range.end || range.end > end {
+            return Err(RemoteError::NotFound(format!(
+                "bytes {range:?} of xorb {} (it holds {end})",
+                hash.hex()
+            )));
+        }
+        let mut out = BytesMut::new();
+        append_at(
+            &x.file,
+            &mut out,
+            (range.end - range.start) as usize,
+            range.start,
+        )?;
+        Ok(out.freeze())
+    }
+
+    /// Bytes of chunk data in stored xorb `hash`.
+    pub fn raw_len(&self, hash: &MerkleHash) -> RemoteResult<u64> {
+        if !self.has_xorb(hash) {
+            return Err(RemoteError::NotFound(format!("xorb {}", hash.hex())));
+        }
+        Ok(self
+            .xorb(hash)?
+            .packed_ends
+            .last()
+            .map_or(0, |&e| u64::from(e)))
+    }
+
+    /// Whether the store holds xorb `hash`.
+    pub fn has_xorb(&self, hash: &MerkleHash) -> bool {
+        xorb_path(&self.xorb_dir, hash).exists()
     }
 
     fn xorb(&self, hash: &MerkleHash) -> RemoteResult<Arc<Xorb>> {

@@ -1,0 +1,259 @@
+//! The buckets a server hosts: a registry (`server.db`: id, visibility, creation and update
+//! times) and one SQLite catalog per bucket (`buckets/<ns>/<name>/catalog.db`). Every
+//! bucket's bodies live in the server's one CAS.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::remote::local::SqliteCatalog;
+use crate::remote::{RemoteError, RemoteResult};
+
+/// One hosted bucket.
+pub struct Bucket {
+    pub id: String,
+    pub catalog: SqliteCatalog,
+    /// Held while a batch is validated and applied: batches of one bucket run one at a time.
+    pub batch_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BucketInfo {
+    pub id: String,
+    pub private: bool,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+pub struct Buckets {
+    root: PathBuf,
+    db: Mutex<Connection>,
+    open: Mutex<HashMap<String, Arc<Bucket>>>,
+}
+
+fn db_err(e: rusqlite::Error) -> RemoteError {
+    RemoteError::Other(format!("server registry: {e}"))
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Whether `s` is a valid namespace or bucket name (the Hub's repository-name rules).
+pub fn valid_name(s: &str) -> bool {
+    (1..=96).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !s.starts_with(['-', '.'])
+        && !s.ends_with(['-', '.'])
+        && !s.contains("--")
+        && !s.contains("..")
+}
+
+impl Buckets {
+    pub fn open(root: &Path) -> RemoteResult<Self> {
+        std::fs::create_dir_all(root.join("buckets"))?;
+        let db = Connection::open(root.join("server.db")).map_err(db_err)?;
+        db.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE IF NOT EXISTS buckets (
+                 id TEXT PRIMARY KEY, private INTEGER NOT NULL,
+                 created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);",
+        )
+        .map_err(db_err)?;
+        Ok(Buckets {
+            root: root.to_path_buf(),
+            db: Mutex::new(db),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join("buckets").join(id)
+    }
+
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BucketInfo> {
+        Ok(BucketInfo {
+            id: r.get(0)?,
+            private: r.get(1)?,
+            created_ms: r.get(2)?,
+            updated_ms: r.get(3)?,
+        })
+    }
+
+    pub fn info(&self, id: &str) -> RemoteResult<Option<BucketInfo>> {
+        self.db
+            .lock()
+            .query_row(
+                "SELECT id, private, created_ms, updated_ms FROM buckets WHERE id = ?1",
+                [id],
+                Self::row,
+            )
+            .optional()
+            .map_err(db_err)
+    }
+
+    /// Create bucket `id`; `false` if it exists.
+    pub fn create(&self, id: &str, private: bool) -> RemoteResult<bool> {
+        std::fs::create_dir_all(self.dir(id))?;
+        let now = now_ms();
+        let n = self
+            .db
+            .lock()
+            .execute(
+                "INSERT OR IGNORE INTO buckets VALUES (?1, ?2, ?3, ?3)",
+                params![id, private, now],
+            )
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
+    /// Buckets of namespace `ns` whose name contains `search`.
+    pub fn list(&self, ns: &str, search: &str) -> RemoteResult<Vec<BucketInfo>> {
+        let db = self.db.lock();
+        let mut st = db
+            .prepare("SELECT id, private, created_ms, updated_ms FROM buckets WHERE id >= ?1 AND id < ?2 ORDER BY id")
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![format!("{ns}/"), format!("{ns}0")], Self::row)
+            .map_err(db_err)?;
+        let all = rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?;
+        Ok(all
+            .into_iter()
+            .filter(|b| b.id[ns.len() + 1..].contains(search))
+            .collect())
+    }
+
+    pub fn set_private(&self, id: &str, private: bool) -> RemoteResult<()> {
+        self.db
+            .lock()
+            .execute(
+                "UPDATE buckets SET private = ?2 WHERE id = ?1",
+                params![id, private],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Record a change of bucket `id` now.
+    pub fn touch(&self, id: &str) -> RemoteResult<()> {
+        self.db
+            .lock()
+            .execute(
+                "UPDATE buckets SET updated_ms = max(updated_ms + 1, ?2) WHERE id = ?1",
+                params![id, now_ms()],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn delete(&self, id: &str) -> RemoteResult<bool> {
+        let n = self
+            .db
+            .lock()
+            .execute("DELETE FROM buckets WHERE id = ?1", [id])
+            .map_err(db_err)?;
+        self.open.lock().remove(id);
+        if n == 1 {
+            match std::fs::remove_dir_all(self.dir(id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(n == 1)
+    }
+
+    /// Rename bucket `from` to `to` (which must not exist); `false` if `from` is missing.
+    pub fn rename(&self, from: &str, to: &str) -> RemoteResult<bool> {
+        let db = self.db.lock();
+        let mut open = self.open.lock();
+        let exists = |id: &str| -> RemoteResult<bool> {
+            db.query_row("SELECT 1 FROM buckets WHERE id = ?1", [id], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+                .map_err(db_err)
+        };
+        if !exists(from)? {
+            return Ok(false);
+        }
+        if exists(to)? {
+            return Err(RemoteError::Other(format!("bucket {to} already exists")));
+        }
+        open.remove(from);
+        std::fs::create_dir_all(self.dir(to).parent().expect("bucket dirs have a parent"))?;
+        std::fs::rename(self.dir(from), self.dir(to))?;
+        db.execute("UPDATE buckets SET id = ?2 WHERE id = ?1", [from, to])
+            .map_err(db_err)?;
+        Ok(true)
+    }
+
+    /// The open catalog of bucket `id` (which must exist).
+    pub fn bucket(&self, id: &str) -> RemoteResult<Arc<Bucket>> {
+        if let Some(b) = self.open.lock().get(id) {
+            return Ok(b.clone());
+        }
+        let path = self.dir(id).join("catalog.db");
+        let catalog = SqliteCatalog::open(&path)
+            .map_err(|e| RemoteError::Other(format!("catalog of {id}: {e}")))?;
+        let b = Arc::new(Bucket {
+            id: id.to_string(),
+            catalog,
+            batch_lock: tokio::sync::Mutex::new(()),
+        });
+        Ok(self.open.lock().entry(id.to_string()).or_insert(b).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_hub_rules() {
+        for ok in ["a", "my-bucket", "x_1.2", "A9"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a.",
+            "a--b",
+            "a..b",
+            "a/b",
+            "a b",
+            &"x".repeat(97),
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_registry_survives_a_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let b = Buckets::open(d.path()).unwrap();
+        assert!(b.create("alice/one", false).unwrap());
+        assert!(!b.create("alice/one", true).unwrap());
+        assert!(b.create("alice/two", true).unwrap());
+        assert!(b.create("alicex/three", false).unwrap());
+        let before = b.info("alice/one").unwrap().unwrap().updated_ms;
+        b.touch("alice/one").unwrap();
+        assert!(b.info("alice/one").unwrap().unwrap().updated_ms > before);
+        drop(b);
+        let b = Buckets::open(d.path()).unwrap();
+        let ids: Vec<String> = b
+            .list("alice", "")
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, ["alice/one", "alice/two"]);
+        assert_eq!(b.list("alice", "tw").unwrap().len(), 1);
+        assert!(b.rename("alice/two", "bob/two").unwrap());
+        assert!(b.info("bob/two").unwrap().unwrap().private);
+        assert!(b.delete("bob/two").unwrap());
+        assert!(!b.delete("bob/two").unwrap());
+    }
+}

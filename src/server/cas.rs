@@ -1,0 +1,447 @@
+//! The Xet CAS routes xet-client 1.8.0's `RemoteClient` calls (shared/protocol/
+//! XET_CAS_AND_HUB_CLIENTS.md §2.3), over the store's `LocalClient` and its xorb files.
+//!
+//! Reconstructions name whole chunks narrowed to the requested range, and hand out fetch URLs
+//! signed with an expiry (no bearer token needed, as for a presigned storage URL). Upload
+//! grants are not offered (the client falls back to direct xorb uploads). A shard is accepted
+//! only if every xorb its files use is stored, so a file the catalog can name is always
+//! reconstructible.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use xet_client::cas_types::FileRange;
+use xet_core_structures::merklehash::MerkleHash;
+use xet_core_structures::metadata_shard::streaming_shard::MDBMinimalShard;
+use xet_core_structures::xorb_object::SerializedXorbObject;
+
+use super::auth::{now_secs, Scope};
+use super::hub::{bearer, error};
+use super::Server;
+use crate::remote::RemoteError;
+
+/// Lifetime of a fetch URL.
+const FETCH_TTL_SECS: u64 = 3600;
+
+type S = State<Arc<Server>>;
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::warn!("serve cas: {e}");
+    error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string())
+}
+
+fn remote_err(e: RemoteError) -> Response {
+    match e {
+        RemoteError::NotFound(m) => error(StatusCode::NOT_FOUND, None, m),
+        e => internal(e),
+    }
+}
+
+fn parse_hash(h: &str) -> Result<MerkleHash, Response> {
+    MerkleHash::from_hex(h)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, None, format!("{h} is not a hash")))
+}
+
+/// `Range: bytes=S-E` / `bytes=S-` against a body of `size` bytes, as a half-open range;
+/// `None` without the header; 416 for a range starting past the end.
+pub fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>, Response> {
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let bad = || {
+        error(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            None,
+            "unsatisfiable range",
+        )
+    };
+    let spec = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().strip_prefix("bytes="))
+        .ok_or_else(bad)?;
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let (start, end) = if a.is_empty() {
+        // The last N bytes.
+        let n: u64 = b.trim().parse().map_err(|_| bad())?;
+        (size.saturating_sub(n), size)
+    } else {
+        let start: u64 = a.trim().parse().map_err(|_| bad())?;
+        let end = if b.trim().is_empty() {
+            size
+        } else {
+            b.trim()
+                .parse::<u64>()
+                .map_err(|_| bad())?
+                .saturating_add(1)
+                .min(size)
+        };
+        (start, end)
+    };
+    if start >= size || start >= end {
+        return Err(bad());
+    }
+    Ok(Some(start..end))
+}
+
+impl Server {
+    /// 401 without a valid CAS token, 403 when it cannot `need`.
+    fn cas_access(&self, headers: &HeaderMap, need: Scope) -> Result<(), Response> {
+        let Some((_, scope)) = bearer(headers).and_then(|t| self.auth.check_cas_token(t)) else {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                None,
+                "missing, invalid or expired CAS token",
+            ));
+        };
+        if scope < need {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                None,
+                "this CAS token is read-only",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Size of stored file `hash`, `None` if the CAS does not know it.
+    pub async fn file_size(&self, hash: &str) -> Result<Option<u64>, RemoteError> {
+        let h = MerkleHash::from_hex(hash)
+            .map_err(|_| RemoteError::NotFound(format!("{hash} is not a hash")))?;
+        match self.cas.client().get_file_reconstruction_info(&h).await {
+            Ok(Some((mdb, _))) => Ok(Some(mdb.file_size())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(RemoteError::Other(e.to_string())),
+        }
+    }
+
+    fn fetch_url(&self, xorb: &str) -> String {
+        let exp = now_secs() + FETCH_TTL_SECS;
+        format!(
+            "{}/fetch/{xorb}?{}",
+            self.public_url,
+            self.auth.sign_fetch(xorb, exp)
+        )
+    }
+}
+
+async fn reconstruction(s: Arc<Server>, file: String, headers: HeaderMap, v2: bool) -> Response {
+    if let Err(r) = s.cas_access(&headers, Scope::Read) {
+        return r;
+    }
+    let hash = match parse_hash(&file) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let size = match s.file_size(&file).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                None,
+                format!("file {file} not found"),
+            )
+        }
+        Err(e) => return remote_err(e),
+    };
+    let range = match parse_range(&headers, size) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let located = match s.cas.reader().locate(hash, range).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                None,
+                "range past the end",
+            )
+        }
+        Err(e) => return remote_err(e),
+    };
+    let mut terms = Vec::new();
+    let mut per_xorb: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for t in &located.terms {
+        let h = t.xorb.hex();
+        let chunks = json!({"start": t.chunks.start, "end": t.chunks.end});
+        terms.push(json!({"hash": h, "unpacked_length": t.unpacked_len, "range": chunks}));
+        let bytes = json!({"start": t.packed.start, "end": t.packed.end - 1});
+        per_xorb.entry(h).or_default().push(if v2 {
+            json!({"chunks": chunks, "bytes": bytes})
+        } else {
+            json!({"range": chunks, "url_range": bytes})
+        });
+    }
+    let body = if v2 {
+        let xorbs: serde_json::Map<String, Value> = per_xorb
+            .into_iter()
+            .map(|(h, ranges)| {
+                let url = s.fetch_url(&h);
+                (h, json!([{"url": url, "ranges": ranges}]))
+            })
+            .collect();
+        json!({"offset_into_first_range": located.offset_into_first, "terms": terms, "xorbs": xorbs})
+    } else {
+        let fetch: serde_json::Map<String, Value> = per_xorb
+            .into_iter()
+            .map(|(h, ranges)| {
+                let url = s.fetch_url(&h);
+                let list: Vec<Value> = ranges
+                    .into_iter()
+                    .map(|mut r| {
+                        r["url"] = json!(url);
+                        r
+                    })
+                    .collect();
+                (h, json!(list))
+            })
+            .collect();
+        json!({"offset_into_first_range": located.offset_into_first, "terms": terms, "fetch_info": fetch})
+    };
+    axum::Json(body).into_response()
+}
+
+pub async fn reconstruction_v2(
+    State(s): S,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reconstruction(s, file, headers, true).await
+}
+
+pub async fn reconstruction_v1(
+    State(s): S,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reconstruction(s, file, headers, false).await
+}
+
+#[derive(Deserialize)]
+pub struct FetchQuery {
+    exp: u64,
+    sig: String,
+}
+
+/// A signed fetch of stored xorb bytes (`Range` honoured).
+pub async fn fetch(
+    State(s): S,
+    Path(xorb): Path<String>,
+    Query(q): Query<FetchQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !s.auth.check_fetch(&xorb, q.exp, &q.sig) {
+        return error(
+            StatusCode::FORBIDDEN,
+            None,
+            "fetch URL expired or not signed by this server",
+        );
+    }
+    let hash = match parse_hash(&xorb) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let reader = s.cas.reader().clone();
+    let len = match reader.raw_len(&hash) {
+        Ok(n) => n,
+        Err(e) => return remote_err(e),
+    };
+    let range = match parse_range(&headers, len) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let span = range.clone().unwrap_or(0..len);
+    let bytes = match tokio::task::spawn_blocking(move || reader.raw(&hash, span)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return remote_err(e),
+        Err(e) => return internal(e),
+    };
+    match range {
+        Some(r) => (
+            StatusCode::PARTIAL_CONTENT,
+            [(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{len}", r.start, r.end - 1),
+            )],
+            bytes,
+        )
+            .into_response(),
+        None => bytes.into_response(),
+    }
+}
+
+pub async fn dedup(
+    State(s): S,
+    Path((prefix, chunk)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = s.cas_access(&headers, Scope::Read) {
+        return r;
+    }
+    let hash = match parse_hash(&chunk) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    match s
+        .cas
+        .client()
+        .query_for_global_dedup_shard(&prefix, &hash)
+        .await
+    {
+        Ok(Some(shard)) => shard.into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// Grants are not offered: the client uploads straight to `/v1/xorbs`.
+pub async fn no_grants() -> Response {
+    StatusCode::NOT_FOUND.into_response()
+}
+
+pub async fn upload_xorb(
+    State(s): S,
+    Path((prefix, xorb)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = s.cas_access(&headers, Scope::Write) {
+        return r;
+    }
+    let hash = match parse_hash(&xorb) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let existed = s.cas.reader().has_xorb(&hash);
+    let obj = SerializedXorbObject {
+        raw_num_bytes: body.len() as u64,
+        serialized_data: body.to_vec(),
+        hash,
+        num_chunks: 0,
+        footer_start: None,
+    };
+    let client = s.cas.client();
+    let permit = match client.acquire_upload_permit().await {
+        Ok(p) => p,
+        Err(e) => return internal(e),
+    };
+    match client.upload_xorb(&prefix, obj, None, permit).await {
+        Ok(_) => axum::Json(json!({"was_inserted": !existed})).into_response(),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!("xorb {xorb} refused: {e}"),
+        ),
+    }
+}
+
+/// Check that every xorb the shard's files use is stored, then keep the shard.
+async fn store_shard(s: &Server, body: Bytes) -> Result<(), Response> {
+    let shard = MDBMinimalShard::from_reader(&mut std::io::Cursor::new(&body), true, true)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("not a shard: {e}")))?;
+    for i in 0..shard.num_files() {
+        let f = shard.file(i).expect("index below num_files");
+        for k in 0..f.num_entries() {
+            let x = f.entry(k).xorb_hash;
+            if !s.cas.reader().has_xorb(&x) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    format!("shard names xorb {} which is not stored", x.hex()),
+                ));
+            }
+        }
+    }
+    let client = s.cas.client();
+    let permit = client.acquire_upload_permit().await.map_err(internal)?;
+    client
+        .upload_shard(body, permit, None)
+        .await
+        .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("shard refused: {e}")))?;
+    Ok(())
+}
+
+pub async fn shard_v2(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = s.cas_access(&headers, Scope::Write) {
+        return r;
+    }
+    match store_shard(&s, body).await {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            )],
+            "{\"type\":\"result\"}\n",
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+pub async fn shard_v1(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = s.cas_access(&headers, Scope::Write) {
+        return r;
+    }
+    match store_shard(&s, body).await {
+        Ok(()) => axum::Json(json!({"result": 1})).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v2/file-chunk-hashes/{file}` with `X-Range-Dirty: bytes=a-b,c-d` (inclusive ends).
+pub async fn file_chunk_hashes(
+    State(s): S,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = s.cas_access(&headers, Scope::Read) {
+        return r;
+    }
+    let hash = match parse_hash(&file) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let bad = || {
+        error(
+            StatusCode::BAD_REQUEST,
+            None,
+            "X-Range-Dirty must be bytes=a-b[,c-d...]",
+        )
+    };
+    let Some(spec) = headers
+        .get("x-range-dirty")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return bad();
+    };
+    let mut ranges = Vec::new();
+    for part in spec.split(',') {
+        let Some((a, b)) = part.trim().split_once('-') else {
+            return bad();
+        };
+        let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
+            return bad();
+        };
+        if b < a {
+            return bad();
+        }
+        ranges.push(FileRange::new(a, b + 1));
+    }
+    ranges.sort_by_key(|r| r.start);
+    match s.cas.client().get_file_chunk_hashes(&hash, ranges).await {
+        Ok(resp) => axum::Json(resp).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, None, e.to_string()),
+    }
+}
+
+pub async fn telemetry() -> Response {
+    StatusCode::OK.into_response()
+}

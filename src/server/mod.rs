@@ -1,0 +1,186 @@
+//! `xetmount serve`: hosts buckets from one store directory and speaks both protocols a
+//! bucket client needs: the Hugging Face bucket API (hub.rs) and the Xet CAS API (cas.rs),
+//! on one listener. Layout of the directory:
+//!
+//! ```text
+//! <dir>/XETMOUNT_SERVE          marker with the format version
+//! <dir>/server.db               bucket registry (visibility, creation and update times)
+//! <dir>/buckets/<ns>/<name>/    one SQLite catalog per bucket
+//! <dir>/cas/                    the Xet CAS every bucket's bodies live in
+//! <dir>/secret                  key for CAS tokens and fetch URLs (0600)
+//! <dir>/lock                    flock'ed by the serving process
+//! ```
+
+// Route helpers return `Result<_, Response>` so a handler can answer an error with `?`-like
+// early returns; the response is the error, and boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+pub mod auth;
+pub mod buckets;
+pub mod cas;
+pub mod hub;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use xet_runtime::core::XetContext;
+
+use crate::remote::local::{lock_store, XetCas};
+
+const MARKER: &str = "XETMOUNT_SERVE";
+const FORMAT_VERSION: u32 = 1;
+
+pub struct ServeOptions {
+    pub token_file: Option<PathBuf>,
+    /// The user of an open server (no token file).
+    pub user: String,
+    /// Base URL clients reach this server at (default: http://<listen address>).
+    pub public_url: String,
+    pub cas_token_ttl_secs: u64,
+}
+
+/// Why `serve` could not start: one sentence for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "{0} is neither empty nor a store made by `xetmount serve`; pass a new or empty directory"
+    )]
+    NotAServeStore(PathBuf),
+    #[error("{path} was written by a newer xetmount (serve format {found}); upgrade xetmount")]
+    Newer { path: PathBuf, found: u32 },
+    #[error("cannot use {path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Store(#[from] crate::remote::local::StoreError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+}
+
+pub struct Server {
+    pub buckets: buckets::Buckets,
+    pub cas: Arc<XetCas>,
+    pub auth: auth::Auth,
+    pub public_url: String,
+    _lock: File,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
+    move |e| ServeError::Io {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+impl Server {
+    /// Open (or create) the served store at `root`. Must run inside the runtime `ctx` wraps.
+    pub async fn open(
+        root: &Path,
+        ctx: XetContext,
+        opts: ServeOptions,
+    ) -> Result<Arc<Self>, ServeError> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let root = root.canonicalize().map_err(io(root))?;
+        let marker = root.join(MARKER);
+        match std::fs::read_to_string(&marker) {
+            Ok(text) => {
+                let found: u32 = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("format "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| ServeError::NotAServeStore(root.clone()))?;
+                if found > FORMAT_VERSION {
+                    return Err(ServeError::Newer { path: root, found });
+                }
+            }
+            Err(_) => {
+                let empty = std::fs::read_dir(&root)
+                    .map_err(io(&root))?
+                    .next()
+                    .is_none();
+                if !empty {
+                    return Err(ServeError::NotAServeStore(root));
+                }
+                std::fs::write(
+                    &marker,
+                    format!("xetmount serve store\nformat {FORMAT_VERSION}\n"),
+                )
+                .map_err(io(&root))?;
+            }
+        }
+        let lock = lock_store(&root)?;
+        let cas_root = root.join("cas");
+        let cas = XetCas::open(ctx, &cas_root)
+            .await
+            .map_err(|e| ServeError::Io {
+                path: cas_root.clone(),
+                detail: e.to_string(),
+            })?;
+        let buckets = buckets::Buckets::open(&root).map_err(|e| ServeError::Io {
+            path: root.join("server.db"),
+            detail: e.to_string(),
+        })?;
+        let auth = auth::Auth::new(
+            opts.token_file.as_deref(),
+            opts.user,
+            &root.join("secret"),
+            opts.cas_token_ttl_secs,
+        )?;
+        Ok(Arc::new(Server {
+            buckets,
+            cas: Arc::new(cas),
+            auth,
+            public_url: opts.public_url.trim_end_matches('/').to_string(),
+            _lock: lock,
+        }))
+    }
+}
+
+/// Every route of both protocols.
+pub fn router(state: Arc<Server>) -> Router {
+    let b = "/api/buckets/{ns}/{name}";
+    Router::new()
+        // Hub: bucket API.
+        .route("/api/buckets/{ns}", get(hub::list))
+        .route(b, get(hub::info).post(hub::create).delete(hub::delete))
+        .route(&format!("{b}/settings"), axum::routing::put(hub::settings))
+        .route(&format!("{b}/tree"), get(hub::tree_root))
+        .route(&format!("{b}/tree/{{*prefix}}"), get(hub::tree))
+        .route(&format!("{b}/paths-info"), post(hub::paths_info))
+        .route(&format!("{b}/batch"), post(hub::batch))
+        .route(&format!("{b}/xet-read-token"), get(hub::read_token))
+        .route(&format!("{b}/xet-write-token"), get(hub::write_token))
+        .route("/api/repos/move", post(hub::move_repo))
+        .route(
+            "/buckets/{ns}/{name}/resolve/{*path}",
+            get(hub::resolve).head(hub::resolve),
+        )
+        // CAS.
+        .route("/v2/reconstructions/{file}", get(cas::reconstruction_v2))
+        .route("/v1/reconstructions/{file}", get(cas::reconstruction_v1))
+        .route("/fetch/{xorb}", get(cas::fetch))
+        .route("/v1/chunks/{prefix}/{chunk}", get(cas::dedup))
+        .route("/v1/xorb-grants/{prefix}/{xorb}", post(cas::no_grants))
+        .route("/v1/xorbs/{prefix}/{xorb}", post(cas::upload_xorb))
+        .route("/v2/shards", post(cas::shard_v2))
+        .route("/v1/shards", post(cas::shard_v1))
+        .route("/v2/file-chunk-hashes/{file}", get(cas::file_chunk_hashes))
+        .route("/v1/telemetry", post(cas::telemetry))
+        // Xorbs are up to 64 MiB, shards a few MiB; NDJSON batches of 1,000 ops are small.
+        .layer(DefaultBodyLimit::max(80 << 20))
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: Arc<Server>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
