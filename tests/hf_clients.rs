@@ -36,27 +36,37 @@ fn the_official_clients_create_upload_list_and_download_byte_exact() {
     );
     let scratch = d.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
-    let mut cmd = Command::new(venv.join("python"));
-    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf/conformance.py"))
-        .arg(&scratch)
-        .env("READ_TOKEN", "reader-token");
-    hf_env(
-        &mut cmd,
-        &server.url,
-        &d.path().join("hfhome"),
-        "alice-token",
+    let run = |server: &Serve, phase: &str| {
+        let mut cmd = Command::new(venv.join("python"));
+        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf/conformance.py"))
+            .arg(&scratch)
+            .arg(phase)
+            .env("READ_TOKEN", "reader-token");
+        // A fresh HF_HOME per phase: nothing comes from the client's own caches.
+        let home = d.path().join(format!("hfhome-{phase}"));
+        hf_env(&mut cmd, &server.url, &home, "alice-token");
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{phase}: {text}\nserver log:\n{}",
+            std::fs::read_to_string(&server.log).unwrap_or_default()
+        );
+        eprintln!("{text}");
+    };
+    run(&server, "first");
+    // A restarted server (same directory, same port or not) keeps everything committed, and
+    // the clients' cached dedup state still matches it.
+    server.stop();
+    let server = Serve::start(
+        &d.path().join("srv"),
+        &d.path().join("serve2.log"),
+        &["--token-file", tokens.to_str().unwrap()],
     );
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{text}\nserver log:\n{}",
-        std::fs::read_to_string(&server.log).unwrap_or_default()
-    );
-    eprintln!("{text}");
+    run(&server, "after-restart");
     server.stop();
 }

@@ -14,6 +14,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import BucketNotFoundError, HfHubHTTPError
 
 scratch = Path(sys.argv[1])
+phase = sys.argv[2] if len(sys.argv) > 2 else "first"
 api = HfApi(endpoint=os.environ["HF_ENDPOINT"], token=os.environ["HF_TOKEN"])
 hf = str(Path(sys.executable).parent / "hf")
 checks = 0
@@ -39,6 +40,18 @@ def tree(bucket, prefix=None, recursive=None):
         for e in api.list_bucket_tree(bucket, prefix, recursive=recursive)
     )
 
+
+if phase == "after-restart":
+    # Everything committed before the server restarted is still there, byte for byte.
+    expected = (scratch / "expected-tree.txt").read_text().splitlines()
+    got = [p for _, p in tree("alice/data", recursive=True)]
+    check(got == expected, f"tree after restart {got}")
+    again = scratch / "again"
+    again.mkdir()
+    run("buckets", "cp", "hf://buckets/alice/data/big.bin", str(again / "big.bin"))
+    check((again / "big.bin").read_bytes() == (scratch / "big.bin").read_bytes(), "big.bin after restart")
+    print(f"conformance after restart: {checks} checks passed")
+    sys.exit(0)
 
 # --- buckets ---------------------------------------------------------------------------
 run("buckets", "create", "alice/data")
@@ -156,6 +169,22 @@ check(api.bucket_info("alice/renamed").total_files == 1, "move")
 api.delete_bucket("alice/renamed")
 api.delete_bucket("alice/renamed", missing_ok=True)
 
+# --- concurrent batches to one bucket all land ---------------------------------------------
+from concurrent.futures import ThreadPoolExecutor
+
+def add_many(k):
+    HfApi(endpoint=os.environ["HF_ENDPOINT"], token=os.environ["HF_TOKEN"]).batch_bucket_files(
+        "alice/data", add=[(f"writer {k} file {i}\n".encode(), f"conc/{k}/{i}.txt") for i in range(5)]
+    )
+
+with ThreadPoolExecutor(4) as pool:
+    list(pool.map(add_many, range(4)))
+conc = [p for _, p in tree("alice/data", "conc", recursive=True)]
+check(len(conc) == 20, f"concurrent batches: {len(conc)} of 20 files")
+api.download_bucket_files("alice/data", [("conc/3/4.txt", out / "c.txt")])
+check((out / "c.txt").read_bytes() == b"writer 3 file 4\n", "concurrent batch content")
+api.batch_bucket_files("alice/data", delete=conc)
+
 # --- permissions ---------------------------------------------------------------------------
 reader = HfApi(endpoint=os.environ["HF_ENDPOINT"], token=os.environ["READ_TOKEN"])
 check(len(list(reader.list_bucket_tree("alice/data", recursive=True))) == 4, "reader lists")
@@ -171,4 +200,7 @@ try:
 except HfHubHTTPError as e:
     check(e.response.status_code == 401, f"unknown token: {e}")
 
+(scratch / "expected-tree.txt").write_text(
+    "\n".join(p for _, p in tree("alice/data", recursive=True)) + "\n"
+)
 print(f"conformance: {checks} checks passed")
