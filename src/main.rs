@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use xetmount::frontend::fuse::{self, FuseOptions};
 use xetmount::frontend::nfs::NfsFs;
+use xetmount::remote::http::{find_token, BucketUri};
 use xetmount::remote::local::LocalStore;
-use xetmount::remote::{Cas, Catalog};
+use xetmount::remote::{Cas, Catalog, RemoteError};
 use xetmount::vfs::{Vfs, VfsConfig};
 
 #[derive(Parser)]
@@ -91,8 +92,20 @@ struct MountArgs {
 /// The bucket and how the VFS serves it (shared by every frontend).
 #[derive(clap::Args)]
 struct StoreArgs {
-    /// Directory of the local store; created if missing or empty.
+    /// Directory of the local store (created if missing or empty), or a remote bucket
+    /// `hf://buckets/NAMESPACE/NAME[/PATH]`.
     store: PathBuf,
+    /// For hf:// buckets: the Hub endpoint (default $HF_ENDPOINT, else https://huggingface.co).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// For hf:// buckets: a file holding the token (default $HF_TOKEN, else the token
+    /// `hf auth login` saved).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// For hf:// buckets: where xet caches and (by default) staging live
+    /// (default ~/.cache/xetmount/NAMESPACE/NAME).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// Where staging files live (default: STORE/staging).
     #[arg(long)]
     staging_dir: Option<PathBuf>,
@@ -249,7 +262,10 @@ fn check_fuse() -> Result<(), UserError> {
 /// The runtime, the open store and the VFS over it.
 struct Served {
     rt: tokio::runtime::Runtime,
-    store: LocalStore,
+    /// What is mounted: the store directory or the bucket URI.
+    source: String,
+    /// Keeps the store (or the staging directory) locked while the VFS runs.
+    _hold: Box<dyn std::any::Any>,
     vfs: Arc<Vfs>,
     shutdown_timeout: Duration,
 }
@@ -264,11 +280,52 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
         rt.handle().clone(),
         xetmount::remote::local::xet_config(),
     );
-    let store = rt.block_on(LocalStore::open(&args.store, ctx))?;
-    let staging_dir = args
-        .staging_dir
-        .clone()
-        .unwrap_or_else(|| store.default_staging_dir());
+    let store_arg = args.store.to_string_lossy().to_string();
+    let (catalog, cas, staging_dir, source, hold): Opened = if store_arg.starts_with("hf://") {
+        let uri = BucketUri::parse(&store_arg).map_err(UserError)?;
+        let endpoint = args
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok())
+            .unwrap_or_else(|| "https://huggingface.co".to_string());
+        let token = find_token(args.token_file.as_deref()).map_err(UserError)?;
+        let cache = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| default_cache_dir(&uri));
+        let staging_dir = args
+            .staging_dir
+            .clone()
+            .unwrap_or_else(|| cache.join("staging"));
+        std::fs::create_dir_all(&staging_dir).map_err(|e| {
+            UserError(format!(
+                "cannot create the staging directory {}: {e}",
+                staging_dir.display()
+            ))
+        })?;
+        let lock = xetmount::remote::local::lock_store(&staging_dir)?;
+        let (catalog, cas) = rt
+            .block_on(xetmount::remote::http::open(
+                ctx,
+                &endpoint,
+                token,
+                &uri,
+                !args.read_only,
+                &cache,
+            ))
+            .map_err(|e| remote_open_error(&e, &uri, &endpoint))?;
+        (catalog, cas, staging_dir, store_arg, Box::new(lock))
+    } else {
+        let store = rt.block_on(LocalStore::open(&args.store, ctx))?;
+        let staging_dir = args
+            .staging_dir
+            .clone()
+            .unwrap_or_else(|| store.default_staging_dir());
+        let catalog: Arc<dyn Catalog> = store.catalog.clone();
+        let cas: Arc<dyn Cas> = store.cas.clone();
+        let source = store.root().display().to_string();
+        (catalog, cas, staging_dir, source, Box::new(store))
+    };
     let config = VfsConfig {
         read_only: args.read_only,
         flush_debounce: Duration::from_millis(args.flush_debounce_ms),
@@ -281,14 +338,51 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
         max_staging_size: args.max_staging_size,
         ..VfsConfig::new(staging_dir)
     };
-    let catalog: Arc<dyn Catalog> = store.catalog.clone();
-    let cas: Arc<dyn Cas> = store.cas.clone();
     let vfs = rt.block_on(Vfs::new(catalog, cas, config))?;
     Ok(Served {
         rt,
-        store,
+        source,
+        _hold: hold,
         vfs,
         shutdown_timeout: Duration::from_millis(args.flush_shutdown_timeout_ms),
+    })
+}
+
+/// A bucket opened for the VFS: its catalog and CAS, the staging directory, what to call it,
+/// and what keeps it locked.
+type Opened = (
+    Arc<dyn Catalog>,
+    Arc<dyn Cas>,
+    PathBuf,
+    String,
+    Box<dyn std::any::Any>,
+);
+
+/// `~/.cache/xetmount/<ns>/<name>` (or under `$XDG_CACHE_HOME`).
+fn default_cache_dir(uri: &BucketUri) -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    base.join("xetmount").join(&uri.namespace).join(&uri.name)
+}
+
+/// One sentence for a remote bucket that could not be opened.
+fn remote_open_error(e: &RemoteError, uri: &BucketUri, endpoint: &str) -> UserError {
+    UserError(match e {
+        RemoteError::NotFound(_) => format!(
+            "bucket {} does not exist on {endpoint} (or your token cannot see it); create it with `hf buckets create {}`",
+            uri.id(),
+            uri.id()
+        ),
+        RemoteError::PermissionDenied(_) => format!(
+            "{endpoint} refused the token for bucket {}; pass a valid one with --token-file or HF_TOKEN",
+            uri.id()
+        ),
+        RemoteError::Other(m) if m.contains("error sending request") || m.contains("connect") => {
+            format!("cannot reach {endpoint}: {m}; check --endpoint / HF_ENDPOINT and the network")
+        }
+        e => format!("cannot open bucket {} on {endpoint}: {e}", uri.id()),
     })
 }
 
@@ -334,7 +428,7 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
     check_fuse()?;
     let served = open_store(&args.store)?;
     let opts = FuseOptions {
-        fs_name: format!("xetmount:{}", served.store.root().display()),
+        fs_name: format!("xetmount:{}", served.source),
         read_only: args.store.read_only,
         allow_other: args.allow_other,
         threads: 4,
@@ -346,11 +440,7 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
         &opts,
     )
     .map_err(|e| UserError(format!("cannot mount on {}: {e}", mountpoint.display())))?;
-    tracing::info!(
-        "mounted {} at {}",
-        served.store.root().display(),
-        mountpoint.display()
-    );
+    tracing::info!("mounted {} at {}", served.source, mountpoint.display());
     served.rt.spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received; unmounting");
@@ -406,15 +496,12 @@ fn nfs_mount_command(port: u16, mp: &Path) -> String {
 fn serve_nfs(args: ServeArgs) -> Result<(), UserError> {
     let served = open_store(&args.store)?;
     let (fs, port) = start_nfs(&served, args.port)?;
-    tracing::info!(
-        "serving {} over NFSv3 on 127.0.0.1:{port}",
-        served.store.root().display()
-    );
+    tracing::info!("serving {} over NFSv3 on 127.0.0.1:{port}", served.source);
     // A closed stdout (the caller stopped reading) must not stop the server.
     let _ = writeln!(
         std::io::stdout(),
         "NFSv3 server for {} on 127.0.0.1:{port}\nmount with:  {}\nlibnfs URL:  {}",
-        served.store.root().display(),
+        served.source,
         nfs_mount_command(port, Path::new("<mountpoint>")),
         nfs_url(port)
     );
@@ -450,7 +537,7 @@ fn mount_nfs(args: &MountArgs, mountpoint: &Path) -> Result<(), UserError> {
     if mounted.is_ok() {
         tracing::info!(
             "mounted {} at {} over NFSv3 (port {port})",
-            served.store.root().display(),
+            served.source,
             mountpoint.display()
         );
         served.rt.block_on(wait_for_signal());

@@ -3,8 +3,11 @@
 //! embedded local store and (later) the HTTP remote implement them.
 
 pub mod assemble;
+pub mod http;
 pub mod local;
 pub mod rechunk;
+pub mod wire;
+pub mod xet;
 
 use std::ops::Range;
 use std::path::Path;

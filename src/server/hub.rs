@@ -115,7 +115,7 @@ impl Server {
     }
 
     /// The open bucket, if the caller may `need` it (see [`Server::access`]).
-    fn open_bucket(
+    pub(super) fn open_bucket(
         &self,
         headers: &HeaderMap,
         id: &str,

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod buckets;
 pub mod cas;
 pub mod hub;
+pub mod native;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -154,6 +155,12 @@ pub fn router(state: Arc<Server>) -> Router {
         .route(&format!("{b}/xet-read-token"), get(hub::read_token))
         .route(&format!("{b}/xet-write-token"), get(hub::write_token))
         .route("/api/repos/move", post(hub::move_repo))
+        // xetmount's own catalog routes.
+        .route(&format!("{b}/xetmount/list"), get(native::list))
+        .route(&format!("{b}/xetmount/head"), get(native::head))
+        .route(&format!("{b}/xetmount/links"), get(native::link_paths))
+        .route(&format!("{b}/xetmount/revision"), get(native::revision))
+        .route(&format!("{b}/xetmount/commit"), post(native::commit))
         .route(
             "/buckets/{ns}/{name}/resolve/{*path}",
             get(hub::resolve).head(hub::resolve),

@@ -6,11 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio::io::AsyncReadExt;
 use xet_client::cas_client::{Client, LocalClient};
 use xet_data::processing::configurations::TranslatorConfig;
-use xet_data::processing::{FileUploadSession, Sha256Policy};
 use xet_runtime::config::XetConfig;
 use xet_runtime::core::XetContext;
 use xet_runtime::utils::ByteSize;
@@ -34,21 +31,6 @@ pub fn xet_config() -> XetConfig {
     c.client.ac_max_upload_concurrency = 2;
     c
 }
-
-/// A spawned upload that stops when the batch that wants it is dropped (a timeout).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Files of one upload batch processed at once.
-const FILES_IN_FLIGHT: usize = 8;
-
-/// Read size when streaming a staging file into the chunker.
-const UPLOAD_BLOCK: usize = 4 << 20;
 
 pub struct XetCas {
     pub(super) config: Arc<TranslatorConfig>,
@@ -101,62 +83,13 @@ impl XetCas {
             upload_lock: tokio::sync::Mutex::new(()),
         })
     }
-
-    async fn upload_one(
-        session: Arc<FileUploadSession>,
-        path: PathBuf,
-        len: u64,
-    ) -> RemoteResult<Uploaded> {
-        let item = UploadItem { path: &path, len };
-        let mut file = tokio::fs::File::open(item.path).await?;
-        let name: Arc<str> = Arc::from(item.path.to_string_lossy().as_ref());
-        let (_id, mut cleaner) = session
-            .start_clean(Some(name), Some(item.len), Sha256Policy::Skip)
-            .map_err(xet_err)?;
-        let mut remaining = item.len;
-        let mut buf = vec![0u8; UPLOAD_BLOCK.min(item.len as usize).max(1)];
-        while remaining > 0 {
-            let want = buf.len().min(remaining as usize);
-            let n = file.read(&mut buf[..want]).await?;
-            if n == 0 {
-                return Err(RemoteError::Other(format!(
-                    "{} is shorter than expected ({} bytes missing)",
-                    item.path.display(),
-                    remaining
-                )));
-            }
-            cleaner.add_data(&buf[..n]).await.map_err(xet_err)?;
-            remaining -= n as u64;
-        }
-        let (info, metrics) = cleaner.finish().await.map_err(xet_err)?;
-        let size = info.file_size.unwrap_or(item.len);
-        if size != item.len {
-            return Err(RemoteError::Integrity(format!(
-                "stored {size} bytes for a {} byte file",
-                item.len
-            )));
-        }
-        Ok(Uploaded {
-            id: FileId {
-                hash: info.hash,
-                size,
-            },
-            new_bytes: metrics.new_bytes,
-        })
-    }
 }
 
 #[async_trait]
 impl Cas for XetCas {
     async fn read_range(&self, id: &FileId, range: Range<u64>) -> RemoteResult<Bytes> {
-        if range.start >= range.end {
+        if !crate::remote::xet::check_read(id, &range)? {
             return Ok(Bytes::new());
-        }
-        if range.end > id.size {
-            return Err(RemoteError::Other(format!(
-                "read {range:?} past the end of a {} byte file",
-                id.size
-            )));
         }
         let want = range.end - range.start;
         let hash = compose::parse_hash(&id.hash)?;
@@ -176,29 +109,7 @@ impl Cas for XetCas {
         items: Vec<UploadItem<'_>>,
     ) -> RemoteResult<Vec<RemoteResult<Uploaded>>> {
         let _one_at_a_time = self.upload_lock.lock().await;
-        let session = FileUploadSession::new(self.config.clone())
-            .await
-            .map_err(xet_err)?;
-        // Each file on its own task, a few at a time: the cleaner does much of its work (dedup,
-        // xorb assembly, compression) on the task that drives it, so files driven from one task
-        // used one core for the whole batch.
-        let jobs: Vec<(PathBuf, u64)> = items
-            .iter()
-            .map(|it| (it.path.to_path_buf(), it.len))
-            .collect();
-        let s = session.clone();
-        let results: Vec<RemoteResult<Uploaded>> =
-            futures::stream::iter(jobs.into_iter().map(move |(path, len)| {
-                let mut task = AbortOnDrop(tokio::spawn(Self::upload_one(s.clone(), path, len)));
-                async move { (&mut task.0).await.map_err(RemoteError::other)? }
-            }))
-            .buffered(FILES_IN_FLIGHT)
-            .collect()
-            .await;
-        // Finalize uploads the shard that makes the new files reconstructible; until it
-        // succeeds none of them may be committed.
-        session.finalize().await.map_err(xet_err)?;
-        Ok(results)
+        crate::remote::xet::upload_files(self.config.clone(), &items).await
     }
 
     async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {

@@ -166,7 +166,7 @@ fn write_marker(path: &Path) -> std::io::Result<()> {
 
 /// Take the store's exclusive lock (flock, released by the kernel when the process dies) and
 /// record our pid in it so a second user can be told who holds it.
-pub(crate) fn lock_store(root: &Path) -> Result<File, StoreError> {
+pub fn lock_store(root: &Path) -> Result<File, StoreError> {
     let path = root.join("lock");
     let mut f = OpenOptions::new()
         .read(true)

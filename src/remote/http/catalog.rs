@@ -1,0 +1,157 @@
+//! A bucket's namespace over HTTP, through xetmount's own catalog routes on `xetmount serve`
+//! (`/api/buckets/{id}/xetmount/...`, see `remote::wire`): full POSIX metadata, symlinks,
+//! special files, empty directories, hard links, all-or-nothing commits. Paths are relative
+//! to the mounted prefix.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::hub::Hub;
+use crate::remote::wire::{WireEntry, WireOp};
+use crate::remote::{Capabilities, Catalog, CatalogOp, Entry, RemoteError, RemoteResult};
+
+pub struct HttpCatalog {
+    hub: Arc<Hub>,
+    /// Mounted sub-directory of the bucket (`""`: the whole bucket), no slashes at the ends.
+    prefix: String,
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::Other(format!("{what}: bad answer: {e}"))
+}
+
+/// Percent-encode a query value.
+fn q(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl HttpCatalog {
+    pub fn new(hub: Arc<Hub>, prefix: &str) -> Self {
+        HttpCatalog {
+            hub,
+            prefix: prefix.trim_matches('/').to_string(),
+        }
+    }
+
+    fn full(&self, path: &str) -> String {
+        match (self.prefix.is_empty(), path.is_empty()) {
+            (true, _) => path.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}/{path}", self.prefix),
+        }
+    }
+
+    fn local(&self, mut e: Entry) -> Entry {
+        if !self.prefix.is_empty() {
+            e.path = e
+                .path
+                .strip_prefix(&self.prefix)
+                .map(|p| p.trim_start_matches('/').to_string())
+                .unwrap_or(e.path);
+        }
+        e
+    }
+
+    fn entry(&self, w: WireEntry) -> RemoteResult<Entry> {
+        let path = w.path.clone();
+        w.entry().map(|e| self.local(e)).ok_or_else(|| {
+            RemoteError::Other(format!("{path} has an entry kind this build does not know"))
+        })
+    }
+
+    fn map_op(&self, op: &CatalogOp) -> WireOp {
+        let mut w = WireOp::from(op);
+        match &mut w {
+            WireOp::Put { entry } => entry.path = self.full(&entry.path),
+            WireOp::SetMeta { path, meta } => {
+                *path = self.full(path);
+                meta.path = path.clone();
+            }
+            WireOp::Delete { path } => *path = self.full(path),
+            WireOp::Link { from, to } | WireOp::Rename { from, to } => {
+                *from = self.full(from);
+                *to = self.full(to);
+            }
+        }
+        w
+    }
+}
+
+#[async_trait]
+impl Catalog for HttpCatalog {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { hard_links: true }
+    }
+
+    async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
+        let url = self.hub.api(&format!("/xetmount/links?link={link}"));
+        let v = self.hub.get_json("hard links", &url).await?;
+        let paths: Vec<String> = serde_json::from_value(v).map_err(|e| bad("hard links", e))?;
+        Ok(paths
+            .into_iter()
+            .filter_map(|p| {
+                if self.prefix.is_empty() {
+                    Some(p)
+                } else {
+                    p.strip_prefix(&format!("{}/", self.prefix))
+                        .map(str::to_string)
+                }
+            })
+            .collect())
+    }
+
+    async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>> {
+        let url = self
+            .hub
+            .api(&format!("/xetmount/list?dir={}", q(&self.full(dir))));
+        let v = self.hub.get_json("list", &url).await?;
+        let list: Vec<WireEntry> = serde_json::from_value(v).map_err(|e| bad("list", e))?;
+        list.into_iter().map(|w| self.entry(w)).collect()
+    }
+
+    async fn head(&self, path: &str) -> RemoteResult<Option<Entry>> {
+        let url = self
+            .hub
+            .api(&format!("/xetmount/head?path={}", q(&self.full(path))));
+        match self.hub.get_json("head", &url).await {
+            Ok(v) => {
+                let w: WireEntry = serde_json::from_value(v).map_err(|e| bad("head", e))?;
+                Ok(Some(self.entry(w)?))
+            }
+            Err(RemoteError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64> {
+        let wire: Vec<WireOp> = ops.iter().map(|o| self.map_op(o)).collect();
+        let body = serde_json::to_value(&wire).map_err(RemoteError::other)?;
+        let v = self
+            .hub
+            .post_json("commit", &self.hub.api("/xetmount/commit"), &body)
+            .await?;
+        v.get("revision")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("commit", &v))
+    }
+
+    async fn revision(&self) -> RemoteResult<u64> {
+        let v = self
+            .hub
+            .get_json("revision", &self.hub.api("/xetmount/revision"))
+            .await?;
+        v.get("revision")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("revision", &v))
+    }
+}

@@ -1,0 +1,145 @@
+//! A remote bucket over HTTP: `hf://buckets/NS/NAME[/PREFIX]` on a Hugging Face endpoint or on
+//! `xetmount serve`. The namespace goes through the endpoint's catalog routes (hub.rs,
+//! catalog.rs), file bodies through the Xet CAS its token route names (cas.rs).
+
+pub mod cas;
+pub mod catalog;
+pub mod hub;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use xet_runtime::core::XetContext;
+
+use crate::remote::{Catalog, CatalogOp, Entry, EntryKind, Meta, RemoteError, RemoteResult};
+
+/// A parsed `hf://buckets/NS/NAME[/PREFIX]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketUri {
+    pub namespace: String,
+    pub name: String,
+    pub prefix: String,
+}
+
+impl BucketUri {
+    /// `Err` is one sentence saying what is wrong.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let usage = "write it as hf://buckets/NAMESPACE/NAME[/PATH]";
+        let body = s
+            .strip_prefix("hf://buckets/")
+            .ok_or_else(|| format!("{s} is not a bucket URI; {usage}"))?;
+        let body = body.trim_matches('/');
+        let mut parts = body.splitn(3, '/');
+        let ns = parts.next().unwrap_or("");
+        let name = parts.next().unwrap_or("");
+        let prefix = parts.next().unwrap_or("");
+        let ok = |x: &str| crate::server::buckets::valid_name(x);
+        if !ok(ns) || !ok(name) {
+            return Err(format!(
+                "{s} does not name a bucket (NAMESPACE/NAME); {usage}"
+            ));
+        }
+        if prefix.split('/').any(|seg| seg == ".." || seg == ".") || prefix.contains("//") {
+            return Err(format!("{s} has an invalid path after the bucket; {usage}"));
+        }
+        Ok(BucketUri {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where a mount finds its token: `--token-file`, else `HF_TOKEN`, else the file
+/// `huggingface_hub` saves (`$HF_HOME/token`, `~/.cache/huggingface/token`).
+pub fn find_token(token_file: Option<&Path>) -> Result<Option<String>, String> {
+    if let Some(p) = token_file {
+        return std::fs::read_to_string(p)
+            .map(|t| Some(t.trim().to_string()))
+            .map_err(|e| format!("cannot read the token file {}: {e}", p.display()));
+    }
+    if let Ok(t) = std::env::var("HF_TOKEN") {
+        if !t.trim().is_empty() {
+            return Ok(Some(t.trim().to_string()));
+        }
+    }
+    let home = std::env::var_os("HF_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface")));
+    Ok(home
+        .and_then(|h| std::fs::read_to_string(h.join("token")).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
+}
+
+/// Open bucket `uri` on `endpoint`: its catalog and CAS. `cache` holds the xet caches.
+pub async fn open(
+    ctx: XetContext,
+    endpoint: &str,
+    token: Option<String>,
+    uri: &BucketUri,
+    write: bool,
+    cache: &Path,
+) -> RemoteResult<(Arc<dyn Catalog>, Arc<cas::HttpCas>)> {
+    let hub = Arc::new(hub::Hub::new(endpoint, token, &uri.id())?);
+    let info = hub.info().await?;
+    if info.get("xetmount").is_none() {
+        return Err(RemoteError::Other(format!(
+            "{endpoint} serves bucket {} only through the plain bucket API; this build mounts buckets served by `xetmount serve`",
+            uri.id()
+        )));
+    }
+    let catalog = catalog::HttpCatalog::new(hub.clone(), &uri.prefix);
+    if !uri.prefix.is_empty() && catalog.head("").await?.is_none() {
+        // Mounting a folder that does not exist yet creates it.
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        catalog
+            .commit(vec![CatalogOp::Put(Entry {
+                path: String::new(),
+                kind: EntryKind::Dir,
+                content: None,
+                target: None,
+                meta: Meta {
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    atime_ns: now,
+                    mtime_ns: now,
+                    ctime_ns: now,
+                },
+                link: None,
+            })])
+            .await?;
+    }
+    let cas = cas::HttpCas::open(ctx, hub, write, cache).await?;
+    Ok((Arc::new(catalog), Arc::new(cas)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_uris_parse_or_say_what_is_wrong() {
+        let u = BucketUri::parse("hf://buckets/alice/data/ckpt/run1/").unwrap();
+        assert_eq!(
+            (u.id(), u.prefix.as_str()),
+            ("alice/data".into(), "ckpt/run1")
+        );
+        assert_eq!(BucketUri::parse("hf://buckets/a/b").unwrap().prefix, "");
+        for bad in [
+            "hf://bucket/a/b",
+            "s3://x/y",
+            "hf://buckets/a",
+            "hf://buckets/a/b/../c",
+            "hf://buckets/-a/b",
+        ] {
+            let e = BucketUri::parse(bad).unwrap_err();
+            assert!(e.contains("hf://buckets/NAMESPACE/NAME"), "{bad}: {e}");
+        }
+    }
+}

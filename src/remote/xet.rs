@@ -1,0 +1,114 @@
+//! xet-core glue shared by every `Cas` built on xet-core's client (the local store and the
+//! HTTP remote): uploading whole files through an upload session.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use xet_data::processing::configurations::TranslatorConfig;
+use xet_data::processing::{FileUploadSession, Sha256Policy};
+
+use super::{FileId, RemoteError, RemoteResult, UploadItem, Uploaded};
+
+/// Files of one upload batch processed at once.
+const FILES_IN_FLIGHT: usize = 8;
+
+/// Read size when streaming a staging file into the chunker.
+const UPLOAD_BLOCK: usize = 4 << 20;
+
+fn xet_err(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::Other(format!("xet: {e}"))
+}
+
+/// A spawned upload that stops when the batch that wants it is dropped (a timeout).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Whether a read of `range` of `id` has bytes to return; an error if it runs past the end.
+pub fn check_read(id: &FileId, range: &std::ops::Range<u64>) -> RemoteResult<bool> {
+    if range.end > id.size {
+        return Err(RemoteError::Other(format!(
+            "read {range:?} past the end of a {} byte file",
+            id.size
+        )));
+    }
+    Ok(range.start < range.end)
+}
+
+/// Store `items` in one upload session. The outer error fails the whole batch (nothing of it
+/// may be committed); inner errors fail one file.
+pub async fn upload_files(
+    config: Arc<TranslatorConfig>,
+    items: &[UploadItem<'_>],
+) -> RemoteResult<Vec<RemoteResult<Uploaded>>> {
+    let session = FileUploadSession::new(config).await.map_err(xet_err)?;
+    // Each file on its own task, a few at a time: the cleaner does much of its work (dedup,
+    // xorb assembly, compression) on the task that drives it, so files driven from one task
+    // used one core for the whole batch.
+    let jobs: Vec<(PathBuf, u64)> = items
+        .iter()
+        .map(|it| (it.path.to_path_buf(), it.len))
+        .collect();
+    let s = session.clone();
+    let results: Vec<RemoteResult<Uploaded>> =
+        futures::stream::iter(jobs.into_iter().map(move |(path, len)| {
+            let mut task = AbortOnDrop(tokio::spawn(upload_one(s.clone(), path, len)));
+            async move { (&mut task.0).await.map_err(RemoteError::other)? }
+        }))
+        .buffered(FILES_IN_FLIGHT)
+        .collect()
+        .await;
+    // Finalize uploads the shard that makes the new files reconstructible; until it
+    // succeeds none of them may be committed.
+    session.finalize().await.map_err(xet_err)?;
+    Ok(results)
+}
+
+async fn upload_one(
+    session: Arc<FileUploadSession>,
+    path: PathBuf,
+    len: u64,
+) -> RemoteResult<Uploaded> {
+    let item = UploadItem { path: &path, len };
+    let mut file = tokio::fs::File::open(item.path).await?;
+    let name: Arc<str> = Arc::from(item.path.to_string_lossy().as_ref());
+    let (_id, mut cleaner) = session
+        .start_clean(Some(name), Some(item.len), Sha256Policy::Skip)
+        .map_err(xet_err)?;
+    let mut remaining = item.len;
+    let mut buf = vec![0u8; UPLOAD_BLOCK.min(item.len as usize).max(1)];
+    while remaining > 0 {
+        let want = buf.len().min(remaining as usize);
+        let n = file.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(RemoteError::Other(format!(
+                "{} is shorter than expected ({} bytes missing)",
+                item.path.display(),
+                remaining
+            )));
+        }
+        cleaner.add_data(&buf[..n]).await.map_err(xet_err)?;
+        remaining -= n as u64;
+    }
+    let (info, metrics) = cleaner.finish().await.map_err(xet_err)?;
+    let size = info.file_size.unwrap_or(item.len);
+    if size != item.len {
+        return Err(RemoteError::Integrity(format!(
+            "stored {size} bytes for a {} byte file",
+            item.len
+        )));
+    }
+    Ok(Uploaded {
+        id: FileId {
+            hash: info.hash,
+            size,
+        },
+        new_bytes: metrics.new_bytes,
+    })
+}

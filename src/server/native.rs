@@ -1,0 +1,180 @@
+//! xetmount's own catalog routes (`/api/buckets/{id}/xetmount/...`): the full namespace of a
+//! bucket (POSIX metadata, symlinks, special files, empty directories, hard links) and
+//! all-or-nothing commits, for `xetmount mount` against this server. A bucket's info
+//! advertises them (`"xetmount": {"revision": N}`); the bucket API stays the plain view.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Scope;
+use super::hub::error;
+use super::Server;
+use crate::remote::wire::{WireEntry, WireOp};
+use crate::remote::{Catalog, RemoteError};
+
+type S = State<Arc<Server>>;
+
+fn remote_err(e: RemoteError) -> Response {
+    match e {
+        RemoteError::NotFound(m) => error(StatusCode::NOT_FOUND, Some("EntryNotFound"), m),
+        RemoteError::Other(m) | RemoteError::Integrity(m) => error(StatusCode::CONFLICT, None, m),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DirQuery {
+    #[serde(default)]
+    dir: String,
+}
+
+pub async fn list(
+    State(s): S,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<DirQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match b.catalog.list_dir(&q.dir).await {
+        Ok(v) => axum::Json(v.iter().map(WireEntry::from).collect::<Vec<_>>()).into_response(),
+        Err(e) => remote_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PathQuery {
+    #[serde(default)]
+    path: String,
+}
+
+pub async fn head(
+    State(s): S,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<PathQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match b.catalog.head(&q.path).await {
+        Ok(Some(e)) => axum::Json(WireEntry::from(&e)).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            Some("EntryNotFound"),
+            format!("{} does not exist", q.path),
+        ),
+        Err(e) => remote_err(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LinkQuery {
+    link: u64,
+}
+
+pub async fn link_paths(
+    State(s): S,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<LinkQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match b.catalog.link_paths(q.link).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => remote_err(e),
+    }
+}
+
+pub async fn revision(
+    State(s): S,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match b.catalog.revision().await {
+        Ok(r) => axum::Json(json!({ "revision": r })).into_response(),
+        Err(e) => remote_err(e),
+    }
+}
+
+/// Apply a JSON array of ops, all or none; answers the new revision.
+pub async fn commit(
+    State(s): S,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let id = format!("{ns}/{name}");
+    let b = match s.open_bucket(&headers, &id, Scope::Write) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let wire: Vec<WireOp> = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, None, format!("bad ops: {e}")),
+    };
+    let mut ops = Vec::with_capacity(wire.len());
+    for w in wire {
+        match w.op() {
+            Some(op) => ops.push(op),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    "an entry has an unknown kind",
+                )
+            }
+        }
+    }
+    // Every body an op names must be readable from this server's CAS.
+    for op in &ops {
+        if let crate::remote::CatalogOp::Put(e) = op {
+            if let Some(c) = &e.content {
+                match s.file_size(&c.hash).await {
+                    Ok(Some(n)) if n == c.size => {}
+                    Ok(Some(n)) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            None,
+                            format!("{} is {n} bytes, not {}", c.hash, c.size),
+                        )
+                    }
+                    Ok(None) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            None,
+                            format!("xet hash {} not found", c.hash),
+                        )
+                    }
+                    Err(e) => return remote_err(e),
+                }
+            }
+        }
+    }
+    let _one_batch_at_a_time = b.batch_lock.lock().await;
+    match b.catalog.commit(ops).await {
+        Ok(rev) => {
+            if let Err(e) = s.buckets.touch(&id) {
+                return remote_err(e);
+            }
+            axum::Json(json!({ "revision": rev })).into_response()
+        }
+        Err(e) => remote_err(e),
+    }
+}
