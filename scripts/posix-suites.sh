@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# pjdfstest and fsx against a live FUSE mount of a fresh local store, then a remount to check
-# that what fsx left behind reads back identically.
-# Usage: posix-suites.sh [fsx-ops]   (default 10000; the long run is 100000)
+# pjdfstest and fsx against a live FUSE mount of a fresh bucket, then a remount to check that
+# what fsx left behind reads back identically, then paranoid fsx (every commit read back).
+# Usage: posix-suites.sh [fsx-ops] [local|served]
+#   fsx-ops: default 10000; the long run is 100000
+#   local:   the bucket is a local store directory (default)
+#   served:  the bucket is hosted by `xetmount serve` on 127.0.0.1 and mounted over HTTP
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ops="${1:-10000}"
+target="${2:-local}"
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
 bin="$repo/target/release/xetmount"
 work="$(mktemp -d /tmp/xetmount-posix.XXXXXX)"
@@ -13,11 +17,26 @@ chmod 755 "$work"
 mp="$work/mnt"
 mkdir -p "$mp"
 pid=""
+serve_pid=""
+
+case "$target" in
+  local) source=("$work/store") ;;
+  served)
+    "$bin" serve "$work/srv" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.log" &
+    serve_pid=$!
+    for _ in $(seq 1 200); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
+    url="$(grep -o 'http://[0-9.:]*' "$work/serve.out")"
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1] + "/api/buckets/local/posix", data=b"{}", method="POST"))' "$url"
+    source=("hf://buckets/local/posix" --endpoint "$url" --cache-dir "$work/cache")
+    echo "== served bucket at $url"
+    ;;
+  *) echo "usage: posix-suites.sh [fsx-ops] [local|served]"; exit 2 ;;
+esac
 
 start_mount() { # [debounce-ms [extra mount options]]
   local debounce="${1:-100}"
   shift || true
-  "$bin" mount "$work/store" "$mp" --flush-debounce-ms "$debounce" --allow-other "$@" >>"$work/mount.log" 2>&1 &
+  "$bin" mount "${source[@]}" "$mp" --flush-debounce-ms "$debounce" --allow-other "$@" >>"$work/mount.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 600); do
     if grep -q " $mp " /proc/self/mountinfo; then return 0; fi
@@ -35,6 +54,7 @@ stop_mount() {
 
 cleanup() {
   if [ -n "$pid" ]; then fusermount3 -u "$mp" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT

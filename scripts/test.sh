@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs what the tests need, then runs every suite:
-# unit/property/VFS tests, real FUSE mount tests, pjdfstest and fsx against a live mount.
+# unit/property/VFS tests, real FUSE mount tests, pjdfstest and fsx against a live mount of a
+# local store and of a bucket served over HTTP.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -14,5 +15,8 @@ cargo clippy --release --all-targets -- -D warnings
 echo "== unit, property, VFS and mount tests"
 cargo nextest run --release --no-fail-fast
 
-echo "== POSIX suites on a live mount"
-bash scripts/posix-suites.sh
+echo "== POSIX suites on a live mount of a local store"
+bash scripts/posix-suites.sh 10000 local
+
+echo "== POSIX suites on a live mount of a bucket served over HTTP by xetmount serve"
+bash scripts/posix-suites.sh 10000 served
