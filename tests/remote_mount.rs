@@ -73,6 +73,7 @@ fn a_served_bucket_mounts_and_what_either_side_writes_the_other_reads_byte_exact
         "mkdir -p a/w/deep && head -c 5000000 /dev/urandom > w5.bin && cp w5.bin a/w/deep/w5.bin \
          && printf 'secret\\n' > a/w/private.txt && chmod 600 a/w/private.txt \
          && ln -s deep/w5.bin a/w/link && mkdir a/w/empty \
+         && head -c 1000000 /dev/urandom > blk && cat blk blk blk > rep.bin && cp rep.bin a/w/rep.bin \
          && head -c $((256 << 20)) /dev/urandom > big.bin && cp big.bin a/big.bin",
     );
     a.stop();
@@ -86,6 +87,16 @@ fn a_served_bucket_mounts_and_what_either_side_writes_the_other_reads_byte_exact
     );
     let stats = sh(d, &format!("{} stats a", common::bin()));
     assert!(stats.contains("files_composed 1"), "{stats}");
+    // Composed chunk by chunk over HTTP: the chunks around the edit, not the 256 MiB body.
+    let stat = |k: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {stats}"))
+    };
+    assert!(stat("compose_base_bytes_read") <= 1 << 20, "{stats}");
+    assert!(stat("bytes_uploaded_new") <= 2 << 20, "{stats}");
     let digest_a = tree_digest(&a.mountpoint.join("w"));
     a.stop();
     hf(
@@ -105,7 +116,8 @@ fn a_served_bucket_mounts_and_what_either_side_writes_the_other_reads_byte_exact
     );
     sh(
         d,
-        "cmp big.bin dl-big.bin && cmp w5.bin dl-w/deep/w5.bin && printf 'secret\\n' | cmp - dl-w/private.txt",
+        "cmp big.bin dl-big.bin && cmp w5.bin dl-w/deep/w5.bin && printf 'secret\\n' | cmp - dl-w/private.txt \
+         && cmp rep.bin dl-w/rep.bin",
     );
 
     // A second mount (its own staging and caches) sees all of it, metadata included.

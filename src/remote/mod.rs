@@ -3,6 +3,8 @@
 //! embedded local store and (later) the HTTP remote implement them.
 
 pub mod assemble;
+pub mod compose;
+pub mod defrag;
 pub mod http;
 pub mod local;
 pub mod rechunk;

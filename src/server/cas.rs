@@ -132,6 +132,17 @@ impl Server {
     }
 }
 
+/// A xorb chunk range and where those chunks are stored in it.
+type Span = (Range<u32>, Range<u64>);
+
+fn no_file(file: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        None,
+        format!("file {file} not found"),
+    )
+}
+
 async fn reconstruction(s: Arc<Server>, file: String, headers: HeaderMap, v2: bool) -> Response {
     if let Err(r) = s.cas_access(&headers, Scope::Read) {
         return r;
@@ -142,13 +153,7 @@ async fn reconstruction(s: Arc<Server>, file: String, headers: HeaderMap, v2: bo
     };
     let size = match s.file_size(&file).await {
         Ok(Some(n)) => n,
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                None,
-                format!("file {file} not found"),
-            )
-        }
+        Ok(None) => return no_file(&file),
         Err(e) => return remote_err(e),
     };
     let range = match parse_range(&headers, size) {
@@ -167,17 +172,50 @@ async fn reconstruction(s: Arc<Server>, file: String, headers: HeaderMap, v2: bo
         Err(e) => return remote_err(e),
     };
     let mut terms = Vec::new();
-    let mut per_xorb: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    // Per xorb, the chunk ranges to fetch (with their stored byte ranges), merged where they
+    // overlap or touch: a body may use a xorb's chunks in several terms, even the same chunks
+    // twice, and the client wants each xorb's fetch ranges disjoint.
+    let mut spans: BTreeMap<String, Vec<Span>> = BTreeMap::new();
     for t in &located.terms {
         let h = t.xorb.hex();
-        let chunks = json!({"start": t.chunks.start, "end": t.chunks.end});
-        terms.push(json!({"hash": h, "unpacked_length": t.unpacked_len, "range": chunks}));
-        let bytes = json!({"start": t.packed.start, "end": t.packed.end - 1});
-        per_xorb.entry(h).or_default().push(if v2 {
-            json!({"chunks": chunks, "bytes": bytes})
-        } else {
-            json!({"range": chunks, "url_range": bytes})
-        });
+        terms.push(json!({
+            "hash": h,
+            "unpacked_length": t.unpacked_len,
+            "range": {"start": t.chunks.start, "end": t.chunks.end},
+        }));
+        spans
+            .entry(h)
+            .or_default()
+            .push((t.chunks.clone(), t.packed.clone()));
+    }
+    let mut per_xorb: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (h, mut list) in spans {
+        list.sort_by_key(|(c, _)| c.start);
+        let mut merged: Vec<Span> = Vec::new();
+        for (c, b) in list {
+            match merged.last_mut() {
+                Some((mc, mb)) if c.start <= mc.end => {
+                    mc.end = mc.end.max(c.end);
+                    mb.end = mb.end.max(b.end);
+                }
+                _ => merged.push((c, b)),
+            }
+        }
+        per_xorb.insert(
+            h,
+            merged
+                .into_iter()
+                .map(|(c, b)| {
+                    let chunks = json!({"start": c.start, "end": c.end});
+                    let bytes = json!({"start": b.start, "end": b.end - 1});
+                    if v2 {
+                        json!({"chunks": chunks, "bytes": bytes})
+                    } else {
+                        json!({"range": chunks, "url_range": bytes})
+                    }
+                })
+                .collect(),
+        );
     }
     let body = if v2 {
         let xorbs: serde_json::Map<String, Value> = per_xorb
@@ -444,4 +482,38 @@ pub async fn file_chunk_hashes(
 
 pub async fn telemetry() -> Response {
     StatusCode::OK.into_response()
+}
+
+/// `GET /v1/xetmount/chunks/{file}` (xetmount's own route): the file's terms with the hash
+/// and size of every chunk in each, so a remote client can compose an edited file from it
+/// chunk by chunk.
+pub async fn chunk_lists(State(s): S, Path(file): Path<String>, headers: HeaderMap) -> Response {
+    use crate::remote::compose::ChunkMap;
+    if let Err(r) = s.cas_access(&headers, Scope::Read) {
+        return r;
+    }
+    let hash = match parse_hash(&file) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let lists = match s.cas.chunk_map().chunk_lists(&hash).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return no_file(&file),
+        Err(e) => return remote_err(e),
+    };
+    let segments: Vec<Value> = lists
+        .segments
+        .iter()
+        .zip(&lists.chunks)
+        .map(|(seg, chunks)| {
+            json!({
+                "xorb": seg.xorb_hash.hex(),
+                "flags": seg.xorb_flags,
+                "start": seg.chunk_index_start,
+                "end": seg.chunk_index_end,
+                "chunks": chunks.iter().map(|(h, n)| json!([h.hex(), n])).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "segments": segments })).into_response()
 }

@@ -176,6 +176,7 @@ pub fn router(state: Arc<Server>) -> Router {
         .route("/v1/shards", post(cas::shard_v1))
         .route("/v2/file-chunk-hashes/{file}", get(cas::file_chunk_hashes))
         .route("/v1/telemetry", post(cas::telemetry))
+        .route("/v1/xetmount/chunks/{file}", get(cas::chunk_lists))
         // Xorbs are up to 64 MiB, shards a few MiB; NDJSON batches of 1,000 ops are small.
         .layer(DefaultBodyLimit::max(80 << 20))
         .with_state(state)

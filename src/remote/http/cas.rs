@@ -2,9 +2,11 @@
 //! bucket's token route names, with CAS tokens fetched (and refreshed before they expire)
 //! from that route.
 //!
-//! Compositions are not yet done remotely: `compose` reads the base, applies the edits and
-//! uploads the result whole (content-defined chunking still stores only the changed chunks;
-//! the cost is reading the base). `compose_fallbacks` counts them.
+//! Compositions run chunk by chunk (`remote::compose`) where the CAS says which chunks a body
+//! is made of (`xetmount serve`'s `/v1/xetmount/chunks/{file}`): only the chunks around each
+//! edit are downloaded and uploaded. A CAS without that route gets the base read and the
+//! result uploaded whole (content-defined chunking still stores only the changed chunks; the
+//! cost is reading the base); `compose_fallbacks` counts those.
 
 use std::io::Write;
 use std::ops::Range;
@@ -19,12 +21,16 @@ use xet_client::cas_client::auth::{AuthConfig, AuthError, TokenInfo, TokenRefres
 use xet_client::cas_client::Client;
 use xet_client::cas_types::FileRange;
 use xet_core_structures::merklehash::MerkleHash;
+use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 use xet_data::file_reconstruction::FileReconstructor;
 use xet_data::processing::configurations::{SessionContext, TranslatorConfig};
 use xet_data::processing::create_remote_client;
 use xet_runtime::core::XetContext;
 
 use super::hub::Hub;
+use crate::remote::assemble::XorbSettings;
+use crate::remote::compose::{parse_hash, ChunkLists, ChunkMap};
+use crate::remote::rechunk::BaseBytes;
 use crate::remote::{
     Cas, ComposeEdit, Composed, FileId, RemoteError, RemoteResult, UploadItem, Uploaded,
 };
@@ -47,10 +53,148 @@ impl TokenRefresher for HubTokens {
     }
 }
 
-pub struct HttpCas {
+/// Reads of stored bodies through the reconstruction routes.
+struct Reader {
     ctx: XetContext,
+    client: Arc<dyn Client>,
+}
+
+impl Reader {
+    async fn read(&self, id: &FileId, range: Range<u64>) -> RemoteResult<Bytes> {
+        if !crate::remote::xet::check_read(id, &range)? {
+            return Ok(Bytes::new());
+        }
+        let hash = parse_hash(&id.hash)?;
+        let sink = Sink::default();
+        FileReconstructor::new(&self.ctx, &self.client, hash)
+            .with_byte_range(FileRange::new(range.start, range.end))
+            .reconstruct_to_writer(sink.clone())
+            .await
+            .map_err(xet_err)?;
+        let out = std::mem::take(&mut *sink.0.lock());
+        let want = range.end - range.start;
+        if out.len() as u64 != want {
+            return Err(RemoteError::Integrity(format!(
+                "read {range:?} of {} returned {} bytes, expected {want}",
+                id.hash,
+                out.len()
+            )));
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+/// One body's bytes, for the composer.
+struct BaseReader {
+    reader: Arc<Reader>,
+    id: FileId,
+}
+
+#[async_trait]
+impl BaseBytes for BaseReader {
+    async fn read(&self, range: Range<u64>) -> RemoteResult<Bytes> {
+        self.reader.read(&self.id, range).await
+    }
+}
+
+/// Chunk lists from the CAS's `/v1/xetmount/chunks/{file}`, with a CAS token of our own.
+struct RemoteChunks {
+    hub: Arc<Hub>,
+    write: bool,
+    cas_url: String,
+    http: reqwest::Client,
+    token: Mutex<Option<(String, u64)>>,
+}
+
+impl RemoteChunks {
+    async fn token(&self) -> RemoteResult<String> {
+        let now = crate::server::auth::now_secs();
+        if let Some((t, exp)) = self.token.lock().clone() {
+            if exp > now + 30 {
+                return Ok(t);
+            }
+        }
+        let (_, t, exp) = self.hub.cas_token(self.write).await?;
+        *self.token.lock() = Some((t.clone(), exp));
+        Ok(t)
+    }
+}
+
+#[async_trait]
+impl ChunkMap for RemoteChunks {
+    async fn chunk_lists(&self, hash: &MerkleHash) -> RemoteResult<Option<ChunkLists>> {
+        let url = format!("{}/v1/xetmount/chunks/{}", self.cas_url, hash.hex());
+        let r = self
+            .http
+            .get(&url)
+            .bearer_auth(self.token().await?)
+            .send()
+            .await
+            .map_err(|e| RemoteError::Other(format!("chunk lists: {e}")))?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !r.status().is_success() {
+            return Err(RemoteError::Other(format!(
+                "chunk lists: HTTP {}",
+                r.status()
+            )));
+        }
+        let v: serde_json::Value = r
+            .json()
+            .await
+            .map_err(|e| RemoteError::Other(format!("chunk lists: {e}")))?;
+        let bad =
+            || RemoteError::Other(format!("chunk lists: unexpected answer for {}", hash.hex()));
+        let mut out = ChunkLists {
+            segments: Vec::new(),
+            chunks: Vec::new(),
+        };
+        for seg in v
+            .get("segments")
+            .and_then(|s| s.as_array())
+            .ok_or_else(bad)?
+        {
+            let num = |k: &str| seg.get(k).and_then(|x| x.as_u64()).ok_or_else(bad);
+            let xorb = seg
+                .get("xorb")
+                .and_then(|x| x.as_str())
+                .and_then(|h| MerkleHash::from_hex(h).ok())
+                .ok_or_else(bad)?;
+            let mut list = Vec::new();
+            for c in seg
+                .get("chunks")
+                .and_then(|c| c.as_array())
+                .ok_or_else(bad)?
+            {
+                let h = c
+                    .get(0)
+                    .and_then(|x| x.as_str())
+                    .and_then(|h| MerkleHash::from_hex(h).ok())
+                    .ok_or_else(bad)?;
+                let n = c.get(1).and_then(|x| x.as_u64()).ok_or_else(bad)?;
+                list.push((h, n));
+            }
+            let bytes: u64 = list.iter().map(|(_, n)| n).sum();
+            out.segments.push(FileDataSequenceEntry {
+                xorb_hash: xorb,
+                xorb_flags: num("flags")? as u32,
+                unpacked_segment_bytes: u32::try_from(bytes).map_err(|_| bad())?,
+                chunk_index_start: num("start")? as u32,
+                chunk_index_end: num("end")? as u32,
+            });
+            out.chunks.push(list);
+        }
+        Ok(Some(out))
+    }
+}
+
+pub struct HttpCas {
     config: Arc<TranslatorConfig>,
     client: Arc<dyn Client>,
+    reader: Arc<Reader>,
+    chunks: RemoteChunks,
+    xorbs: XorbSettings,
     staging: PathBuf,
     /// Compositions done by reading the base and uploading the result whole.
     pub compose_fallbacks: AtomicU64,
@@ -99,6 +243,13 @@ impl HttpCas {
     ) -> RemoteResult<Self> {
         let (cas_url, tok, exp) = hub.cas_token(write).await?;
         std::fs::create_dir_all(cache)?;
+        let chunks = RemoteChunks {
+            hub: hub.clone(),
+            write,
+            cas_url: cas_url.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+            token: Mutex::new(Some((tok.clone(), exp))),
+        };
         let refresher: Arc<dyn TokenRefresher> = Arc::new(HubTokens { hub, write });
         let session_id = uuid::Uuid::now_v7().to_string();
         let session = SessionContext {
@@ -119,10 +270,20 @@ impl HttpCas {
             .map_err(xet_err)?;
         let staging = cache.join("compose");
         std::fs::create_dir_all(&staging)?;
+        let xorbs = XorbSettings {
+            prefix: ctx.config.data.default_prefix.clone(),
+            compression: ctx.config.xorb.compression_policy.as_str().to_string(),
+            retest_interval: ctx.config.xorb.compression_scheme_retest_interval,
+        };
         Ok(HttpCas {
-            ctx,
+            reader: Arc::new(Reader {
+                ctx,
+                client: client.clone(),
+            }),
             config,
             client,
+            chunks,
+            xorbs,
             staging,
             compose_fallbacks: AtomicU64::new(0),
         })
@@ -151,27 +312,7 @@ impl HttpCas {
 #[async_trait]
 impl Cas for HttpCas {
     async fn read_range(&self, id: &FileId, range: Range<u64>) -> RemoteResult<Bytes> {
-        if !crate::remote::xet::check_read(id, &range)? {
-            return Ok(Bytes::new());
-        }
-        let hash = MerkleHash::from_hex(&id.hash)
-            .map_err(|e| RemoteError::Other(format!("bad file hash {}: {e}", id.hash)))?;
-        let sink = Sink::default();
-        FileReconstructor::new(&self.ctx, &self.client, hash)
-            .with_byte_range(FileRange::new(range.start, range.end))
-            .reconstruct_to_writer(sink.clone())
-            .await
-            .map_err(xet_err)?;
-        let out = std::mem::take(&mut *sink.0.lock());
-        let want = range.end - range.start;
-        if out.len() as u64 != want {
-            return Err(RemoteError::Integrity(format!(
-                "read {range:?} of {} returned {} bytes, expected {want}",
-                id.hash,
-                out.len()
-            )));
-        }
-        Ok(Bytes::from(out))
+        self.reader.read(id, range).await
     }
 
     async fn upload_batch(
@@ -182,7 +323,36 @@ impl Cas for HttpCas {
     }
 
     async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {
-        // The new body, written out: base pieces between the edits, and the edits.
+        let hash = parse_hash(&base.hash)?;
+        if self
+            .chunks
+            .chunk_lists(&hash)
+            .await
+            .is_ok_and(|l| l.is_some())
+        {
+            let bytes = Arc::new(BaseReader {
+                reader: self.reader.clone(),
+                id: base.clone(),
+            });
+            let c = crate::remote::compose::compose(
+                &self.xorbs,
+                self.client.clone(),
+                &self.chunks,
+                bytes,
+                base,
+                edits,
+            )
+            .await?;
+            return Ok(Composed {
+                id: c.id,
+                new_bytes: c.sent,
+                base_bytes_read: c.base_bytes_read,
+                dirty_chunk_bytes: c.dirty_chunk_bytes,
+                terms: c.terms,
+            });
+        }
+        // No chunk lists: the new body, written out (base pieces between the edits, and the
+        // edits) and uploaded whole.
         let path = self.staging.join(uuid::Uuid::now_v7().to_string());
         let result = async {
             let mut f = std::fs::File::create(&path)?;

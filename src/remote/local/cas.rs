@@ -54,6 +54,14 @@ impl XetCas {
         &self.client
     }
 
+    /// Which chunks stored bodies are made of.
+    pub fn chunk_map(&self) -> compose::LocalChunks {
+        compose::LocalChunks {
+            client: self.client.clone(),
+            xorb_dir: self.xorb_dir.clone(),
+        }
+    }
+
     /// Direct reads of the stored xorbs.
     pub fn reader(&self) -> &Arc<ChunkReader> {
         &self.reader
@@ -115,11 +123,16 @@ impl Cas for XetCas {
     async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {
         let _one_at_a_time = self.upload_lock.lock().await;
         let before = xorb_bytes(&self.xorb_dir).await?;
-        let c = compose::compose(
+        let bytes = Arc::new(compose::Base {
+            reader: self.reader.clone(),
+            id: base.clone(),
+            hash: compose::parse_hash(&base.hash)?,
+        });
+        let c = crate::remote::compose::compose(
             &self.xorbs,
             self.client.clone(),
-            &self.reader,
-            &self.xorb_dir,
+            &self.chunk_map(),
+            bytes,
             base,
             edits,
         )

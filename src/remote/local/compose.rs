@@ -1,16 +1,5 @@
-//! Composing an edited file from its base without re-uploading it: the base's chunks are
-//! read from its xorb footers, only the windows around the edits are re-chunked (see
-//! `remote::rechunk`), the new chunks are packed into fresh xorbs and the file is described
-//! as runs of old and new chunks (see `remote::assemble`).
-//!
-//! xet-core's own `upload_ranges` is not used: in 1.8.0 it silently truncates a composed file
-//! whose re-chunked window ends inside a later segment (the regression test below keeps
-//! watching that), and it opens an upload session, a cleaner and a xorb per window, which made
-//! a 1% scattered patch of a 1 GiB file slower than rewriting it.
-//!
-//! Whatever builds it, a composed file is checked before anyone may commit it: its stored
-//! reconstruction must add up to the expected size, every term must match the chunks its xorb
-//! really holds, and those chunks must hash to the file's identity.
+//! The local store's side of composing (see `remote::compose`): which chunks a stored body
+//! is made of, read from its xorbs' footers, and the base's bytes through the chunk reader.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -20,40 +9,26 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use xet_client::cas_client::Client;
-use xet_core_structures::merklehash::{file_hash, ChunkHashList, MerkleHash};
-use xet_core_structures::metadata_shard::file_structs::{FileDataSequenceEntry, MDBFileInfo};
+use xet_core_structures::merklehash::{ChunkHashList, MerkleHash};
+use xet_core_structures::metadata_shard::file_structs::MDBFileInfo;
 use xet_core_structures::xorb_object::XorbObject;
 
-use super::defrag;
 use super::reader::ChunkReader;
-use crate::remote::assemble::{Assembler, ChunkRef, Packer, XorbSettings};
-use crate::remote::rechunk::{self, BaseBytes, BaseChunk};
-use crate::remote::{ComposeEdit, FileId, RemoteError, RemoteResult};
-
-/// Outcome of one composition.
-pub struct Planned {
-    pub id: FileId,
-    /// Bytes of the base read to re-chunk the windows.
-    pub base_bytes_read: u64,
-    /// The edits rounded out to the base chunks they touch, plus any growth.
-    pub dirty_chunk_bytes: u64,
-    /// Terms of the composed body.
-    pub terms: u64,
-}
+use crate::remote::compose::{ChunkLists, ChunkMap};
+use crate::remote::rechunk::BaseBytes;
+use crate::remote::{FileId, RemoteError, RemoteResult};
 
 fn xet_err(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::Other(format!("xet compose: {e}"))
 }
 
-pub(super) fn parse_hash(hex: &str) -> RemoteResult<MerkleHash> {
-    MerkleHash::from_hex(hex).map_err(|e| RemoteError::Other(format!("bad file hash {hex}: {e}")))
-}
+pub(super) use crate::remote::compose::parse_hash;
 
-/// The base's bytes, through the chunk reader.
-struct Base {
-    reader: Arc<ChunkReader>,
-    id: FileId,
-    hash: MerkleHash,
+/// A body's bytes, through the chunk reader.
+pub struct Base {
+    pub reader: Arc<ChunkReader>,
+    pub id: FileId,
+    pub hash: MerkleHash,
 }
 
 #[async_trait]
@@ -63,196 +38,53 @@ impl BaseBytes for Base {
     }
 }
 
-/// Compose `base` with `edits` (sorted, disjoint, in base coordinates).
-pub async fn compose(
-    settings: &XorbSettings,
-    client: Arc<dyn Client>,
-    reader: &Arc<ChunkReader>,
-    xorb_dir: &Path,
-    base: &FileId,
-    edits: Vec<ComposeEdit>,
-) -> RemoteResult<Planned> {
-    let base_hash = parse_hash(&base.hash)?;
-    let expected_size = edits.iter().fold(base.size, |s, e| {
-        s - (e.original_range.end - e.original_range.start) + e.data.len() as u64
-    });
-    let (original, _shard) = client
-        .get_file_reconstruction_info(&base_hash)
-        .await
-        .map_err(xet_err)?
-        .ok_or_else(|| RemoteError::NotFound(format!("base {} is not in the store", base.hash)))?;
-    if original.file_size() != base.size {
-        return Err(RemoteError::Integrity(format!(
-            "base {} reconstructs to {} bytes, expected {}",
-            base.hash,
-            original.file_size(),
-            base.size
-        )));
+/// Chunk lists from the store's file infos and xorb footers.
+pub struct LocalChunks {
+    pub client: Arc<dyn Client>,
+    pub xorb_dir: PathBuf,
+}
+
+#[async_trait]
+impl ChunkMap for LocalChunks {
+    async fn chunk_lists(&self, hash: &MerkleHash) -> RemoteResult<Option<ChunkLists>> {
+        let Some((mdb, _)) = self
+            .client
+            .get_file_reconstruction_info(hash)
+            .await
+            .map_err(xet_err)?
+        else {
+            return Ok(None);
+        };
+        load(&mdb, &self.xorb_dir).await.map(Some)
     }
-    let started = std::time::Instant::now();
-    let view = SegmentView::load(&original, xorb_dir).await?;
-    let dirty_chunk_bytes = view.chunk_rounded(&edits);
-    let (edits, defrag_read) = defrag::apply_rule(reader, base, &original, edits).await?;
-    let mut chunks = Vec::new();
-    let mut refs = Vec::new();
-    for (seg, list) in view.segments.iter().zip(&view.chunks) {
-        for (j, &(hash, len)) in list.iter().enumerate() {
-            chunks.push(BaseChunk { hash, len });
-            refs.push(ChunkRef {
-                xorb: seg.xorb_hash,
-                flags: seg.xorb_flags,
-                index: seg.chunk_index_start + j as u32,
-            });
+}
+
+async fn load(mdb: &MDBFileInfo, xorb_dir: &Path) -> RemoteResult<ChunkLists> {
+    let segments = mdb.segments.clone();
+    let dir = xorb_dir.to_path_buf();
+    let chunks = tokio::task::spawn_blocking(move || -> RemoteResult<Vec<ChunkHashList>> {
+        let mut footers: HashMap<MerkleHash, XorbObject> = HashMap::new();
+        let mut out = Vec::with_capacity(segments.len());
+        for s in &segments {
+            let footer = match footers.entry(s.xorb_hash) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(read_footer(&dir, &s.xorb_hash)?)
+                }
+            };
+            let list = footer
+                .chunk_hash_sizes(s.chunk_index_start, s.chunk_index_end)
+                .map_err(xet_err)?;
+            out.push(list);
         }
-    }
-    let source = Arc::new(Base {
-        reader: reader.clone(),
-        id: base.clone(),
-        hash: base_hash,
-    });
-    let packer = Packer::new(&chunks, &refs, defrag_read == 0);
-    let mut sink = Assembler::new(packer, client.clone(), settings.clone());
-    let r = rechunk::rechunk(&chunks, &edits, source, &mut sink).await?;
-    tracing::debug!(
-        windows = r.windows,
-        base_bytes_read = r.base_bytes_read,
-        "compose: re-chunked in {:?}",
-        started.elapsed()
-    );
-    let (a, _sent) = sink.finish().await?;
-    if a.size != expected_size {
-        return Err(RemoteError::Integrity(format!(
-            "composed {} bytes, expected {expected_size}",
-            a.size
-        )));
-    }
-    let id = FileId {
-        hash: a.hash().hex(),
-        size: a.size,
-    };
-    tracing::debug!("compose: uploaded in {:?}", started.elapsed());
-    let terms = verify(&client, xorb_dir, &id, expected_size).await?;
-    tracing::debug!("compose: verified in {:?}", started.elapsed());
-    Ok(Planned {
-        id,
-        base_bytes_read: r.base_bytes_read + defrag_read,
-        dirty_chunk_bytes,
-        terms,
+        Ok(out)
     })
-}
-
-/// Refuse a composed file whose stored reconstruction does not add up to `expected` bytes:
-/// its segments must sum to the size, every segment must match the chunks its xorb really
-/// holds (so the bytes a reader gets add up too), and those chunks must hash to the file's
-/// identity. Returns the file's term count.
-async fn verify(
-    client: &Arc<dyn Client>,
-    xorb_dir: &Path,
-    id: &FileId,
-    expected: u64,
-) -> RemoteResult<u64> {
-    if id.size != expected {
-        return Err(RemoteError::Integrity(format!(
-            "composed file {} claims {} bytes, expected {expected}",
-            id.hash, id.size
-        )));
-    }
-    if expected == 0 {
-        return Ok(0);
-    }
-    let hash = parse_hash(&id.hash)?;
-    let (mdb, _) = client
-        .get_file_reconstruction_info(&hash)
-        .await
-        .map_err(xet_err)?
-        .ok_or_else(|| {
-            RemoteError::Integrity(format!("composed file {} was not stored", id.hash))
-        })?;
-    if mdb.file_size() != expected {
-        return Err(RemoteError::Integrity(format!(
-            "composed file {} reconstructs to {} bytes, expected {expected}",
-            id.hash,
-            mdb.file_size()
-        )));
-    }
-    let view = SegmentView::load(&mdb, xorb_dir).await?;
-    for (seg, chunks) in view.segments.iter().zip(&view.chunks) {
-        let held: u64 = chunks.iter().map(|(_, n)| n).sum();
-        if held != u64::from(seg.unpacked_segment_bytes) {
-            return Err(RemoteError::Integrity(format!(
-                "composed file {}: a segment of xorb {} claims {} bytes but its chunks hold {held}",
-                id.hash, seg.xorb_hash, seg.unpacked_segment_bytes
-            )));
-        }
-    }
-    let all: Vec<(MerkleHash, u64)> = view.chunks.iter().flatten().copied().collect();
-    if file_hash(&all) != hash {
-        return Err(RemoteError::Integrity(format!(
-            "composed file {}: its stored chunks hash to {}",
-            id.hash,
-            file_hash(&all)
-        )));
-    }
-    Ok(view.segments.len() as u64)
-}
-
-/// The base's segments with the (hash, size) of every chunk in each.
-struct SegmentView {
-    segments: Vec<FileDataSequenceEntry>,
-    chunks: Vec<ChunkHashList>,
-}
-
-impl SegmentView {
-    async fn load(mdb: &MDBFileInfo, xorb_dir: &Path) -> RemoteResult<Self> {
-        let segments = mdb.segments.clone();
-        let dir = xorb_dir.to_path_buf();
-        let chunks = tokio::task::spawn_blocking(move || -> RemoteResult<Vec<ChunkHashList>> {
-            let mut footers: HashMap<MerkleHash, XorbObject> = HashMap::new();
-            let mut out = Vec::with_capacity(segments.len());
-            for s in &segments {
-                let footer = match footers.entry(s.xorb_hash) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(read_footer(&dir, &s.xorb_hash)?)
-                    }
-                };
-                let list = footer
-                    .chunk_hash_sizes(s.chunk_index_start, s.chunk_index_end)
-                    .map_err(xet_err)?;
-                out.push(list);
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(RemoteError::other)??;
-        Ok(SegmentView {
-            segments: mdb.segments.clone(),
-            chunks,
-        })
-    }
-
-    /// Bytes of the chunks the edits touch (an empty range touches the chunk holding it),
-    /// plus the bytes an edit adds beyond what it replaces.
-    fn chunk_rounded(&self, edits: &[ComposeEdit]) -> u64 {
-        let mut bounds = Vec::new(); // (start, end) of every chunk
-        let mut at = 0;
-        for (_, n) in self.chunks.iter().flatten() {
-            bounds.push((at, at + n));
-            at += n;
-        }
-        let mut total = 0;
-        for e in edits {
-            let r = &e.original_range;
-            let first = bounds.partition_point(|c| c.1 <= r.start);
-            total += bounds[first..]
-                .iter()
-                .take_while(|c| c.0 < r.end.max(r.start + 1))
-                .map(|c| c.1 - c.0)
-                .sum::<u64>();
-            total += (e.data.len() as u64).saturating_sub(r.end - r.start);
-        }
-        total
-    }
+    .await
+    .map_err(RemoteError::other)??;
+    Ok(ChunkLists {
+        segments: mdb.segments.clone(),
+        chunks,
+    })
 }
 
 pub(super) fn xorb_path(dir: &Path, hash: &MerkleHash) -> PathBuf {
@@ -272,7 +104,8 @@ pub(super) mod tests {
     use super::*;
     use crate::remote::local::{xet_config, XetCas};
     use crate::remote::rechunk::tests::{apply, disjoint_edits};
-    use crate::remote::{Cas, Composed, UploadItem};
+    use crate::remote::{Cas, ComposeEdit, Composed, UploadItem};
+    use bytes::Bytes;
     use xet_data::processing::{upload_ranges, DirtyInput};
     use xet_runtime::core::XetContext;
 
@@ -358,7 +191,7 @@ pub(super) mod tests {
             hash: info.hash().to_string(),
             size: base.size,
         };
-        let err = verify(&cas.client, &cas.xorb_dir, &id, base.size)
+        let err = crate::remote::compose::verify(&cas.chunk_map(), &id, base.size)
             .await
             .unwrap_err();
         assert!(matches!(err, RemoteError::Integrity(_)), "{err}");
@@ -433,7 +266,7 @@ pub(super) mod tests {
     }
 
     /// The defragmentation rule: a region that many edits cut into more than
-    /// `defrag::MAX_TERMS` terms is rewritten whole by the next edit inside it; other regions
+    /// `crate::remote::defrag::MAX_TERMS` terms is rewritten whole by the next edit inside it; other regions
     /// are left alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fragmented_region_is_rewritten_by_the_next_edit_inside_it() {
@@ -447,7 +280,7 @@ pub(super) mod tests {
         for round in 0..10u64 {
             if c1
                 .as_ref()
-                .is_some_and(|c: &Composed| c.terms > defrag::MAX_TERMS as u64)
+                .is_some_and(|c: &Composed| c.terms > crate::remote::defrag::MAX_TERMS as u64)
             {
                 break;
             }
@@ -464,7 +297,7 @@ pub(super) mod tests {
         }
         let c1 = c1.unwrap();
         assert!(
-            c1.terms > defrag::MAX_TERMS as u64,
+            c1.terms > crate::remote::defrag::MAX_TERMS as u64,
             "the first region should be fragmented: {} terms",
             c1.terms
         );
@@ -473,13 +306,13 @@ pub(super) mod tests {
         let want2 = apply(&want1, &e2);
         let c2 = cas.compose(&c1.id, e2).await.unwrap();
         assert!(
-            c2.terms <= defrag::MAX_TERMS as u64 / 4,
+            c2.terms <= crate::remote::defrag::MAX_TERMS as u64 / 4,
             "{} terms after the rewrite",
             c2.terms
         );
         assert!(
-            c2.base_bytes_read >= defrag::REGION - MIB
-                && c2.base_bytes_read <= defrag::REGION + 2 * MIB,
+            c2.base_bytes_read >= crate::remote::defrag::REGION - MIB
+                && c2.base_bytes_read <= crate::remote::defrag::REGION + 2 * MIB,
             "read {} bytes rewriting a region",
             c2.base_bytes_read
         );

@@ -12,7 +12,6 @@
 mod cas;
 mod catalog;
 mod compose;
-mod defrag;
 mod reader;
 
 use std::fs::{File, OpenOptions};

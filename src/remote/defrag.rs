@@ -14,10 +14,10 @@
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
-use xet_core_structures::metadata_shard::file_structs::MDBFileInfo;
+use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 
-use super::reader::ChunkReader;
-use crate::remote::{ComposeEdit, FileId, RemoteResult};
+use super::rechunk::BaseBytes;
+use super::{ComposeEdit, RemoteResult};
 
 /// Size of a defragmentation region (the size of a full xorb).
 pub const REGION: u64 = 64 << 20;
@@ -28,11 +28,15 @@ pub const REGION: u64 = 64 << 20;
 pub const MAX_TERMS: usize = 512;
 
 /// The regions edited by `edits` that hold too many terms in `base`, as byte ranges.
-fn fragmented_regions(base: &MDBFileInfo, size: u64, edits: &[ComposeEdit]) -> Vec<Range<u64>> {
+fn fragmented_regions(
+    segments: &[FileDataSequenceEntry],
+    size: u64,
+    edits: &[ComposeEdit],
+) -> Vec<Range<u64>> {
     let nregions = size.div_ceil(REGION).max(1) as usize;
     let mut terms = vec![0usize; nregions];
     let mut at = 0u64;
-    for s in &base.segments {
+    for s in segments {
         let end = at + u64::from(s.unpacked_segment_bytes);
         if end > at {
             for count in &mut terms[(at / REGION) as usize..=((end - 1) / REGION) as usize] {
@@ -78,12 +82,12 @@ fn touches(span: &Range<u64>, r: &Range<u64>) -> bool {
 /// turned into one edit that rewrites the whole region: the region's base bytes, read here,
 /// with the edits inside applied. Returns the new edits and the base bytes read.
 pub async fn apply_rule(
-    reader: &ChunkReader,
-    base: &FileId,
-    mdb: &MDBFileInfo,
+    bytes: &dyn BaseBytes,
+    size: u64,
+    segments: &[FileDataSequenceEntry],
     edits: Vec<ComposeEdit>,
 ) -> RemoteResult<(Vec<ComposeEdit>, u64)> {
-    let regions = fragmented_regions(mdb, base.size, &edits);
+    let regions = fragmented_regions(segments, size, &edits);
     if regions.is_empty() {
         return Ok((edits, 0));
     }
@@ -120,7 +124,6 @@ pub async fn apply_rule(
             break;
         }
     }
-    let hash = super::compose::parse_hash(&base.hash)?;
     let mut read = 0u64;
     let mut out = Vec::with_capacity(edits.len());
     let mut pending = edits.into_iter().peekable();
@@ -132,19 +135,17 @@ pub async fn apply_rule(
         let mut cursor = span.start;
         while let Some(e) = pending.next_if(|e| touches(&span, &e.original_range)) {
             if cursor < e.original_range.start {
-                let bytes = reader
-                    .read(base, hash, cursor..e.original_range.start)
-                    .await?;
-                read += bytes.len() as u64;
-                data.extend_from_slice(&bytes);
+                let piece = bytes.read(cursor..e.original_range.start).await?;
+                read += piece.len() as u64;
+                data.extend_from_slice(&piece);
             }
             data.extend_from_slice(&e.data);
             cursor = e.original_range.end;
         }
         if cursor < span.end {
-            let bytes = reader.read(base, hash, cursor..span.end).await?;
-            read += bytes.len() as u64;
-            data.extend_from_slice(&bytes);
+            let piece = bytes.read(cursor..span.end).await?;
+            read += piece.len() as u64;
+            data.extend_from_slice(&piece);
         }
         tracing::debug!(?span, "compose: rewriting a fragmented region whole");
         out.push(ComposeEdit {
@@ -160,9 +161,7 @@ pub async fn apply_rule(
 mod tests {
     use super::*;
     use xet_core_structures::merklehash::MerkleHash;
-    use xet_core_structures::metadata_shard::file_structs::{
-        FileDataSequenceEntry, FileDataSequenceHeader,
-    };
+    use xet_core_structures::metadata_shard::file_structs::{FileDataSequenceHeader, MDBFileInfo};
 
     /// A file of `n` equal terms of `len` bytes each.
     fn mdb(n: usize, len: u32) -> MDBFileInfo {
@@ -194,20 +193,20 @@ mod tests {
         let m = mdb(2000, 64 << 10);
         let size = 2000 * (64 << 10);
         assert_eq!(
-            fragmented_regions(&m, size, &[edit(10..20)]),
+            fragmented_regions(&m.segments, size, &[edit(10..20)]),
             vec![0..REGION]
         );
         assert_eq!(
-            fragmented_regions(&m, size, &[edit(size..size)]),
+            fragmented_regions(&m.segments, size, &[edit(size..size)]),
             vec![REGION..size]
         );
         assert_eq!(
-            fragmented_regions(&m, size, &[edit(REGION - 1..REGION + 1)]),
+            fragmented_regions(&m.segments, size, &[edit(REGION - 1..REGION + 1)]),
             vec![0..REGION, REGION..size]
         );
         // 1,000 terms of 128 KiB: 512 per region, at the limit, nothing to rewrite.
         let m = mdb(1000, 128 << 10);
-        assert!(fragmented_regions(&m, 1000 << 17, &[edit(0..1)]).is_empty());
+        assert!(fragmented_regions(&m.segments, 1000 << 17, &[edit(0..1)]).is_empty());
     }
 
     #[test]
