@@ -6,42 +6,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
-use common::{sh, tree_digest, Mount, Serve};
-
-/// Run the `hf` CLI against `url` in directory `d`, with its state in `d/hfhome`.
-fn hf(url: &str, d: &Path, args: &[&str]) -> String {
-    let out = Command::new(common::hf_venv().join("hf"))
-        .args(args)
-        .current_dir(d)
-        .env("HF_ENDPOINT", url)
-        .env("HF_TOKEN", "anything")
-        .env("HF_HOME", d.join("hfhome"))
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .env("HF_HUB_DISABLE_UPDATE_CHECK", "1")
-        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "hf {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn mount(url: &str, d: &Path, name: &str) -> Mount {
-    let cache = d.join(format!("cache-{name}"));
-    Mount::start(
-        Path::new("hf://buckets/local/data"),
-        &d.join(name),
-        &["--endpoint", url, "--cache-dir", cache.to_str().unwrap()],
-    )
-}
+use common::{hf_cli as hf, mount_served, sh, tree_digest, Serve};
 
 #[test]
 fn a_served_bucket_mounts_and_what_either_side_writes_the_other_reads_byte_exact() {
@@ -61,7 +26,7 @@ fn a_served_bucket_mounts_and_what_either_side_writes_the_other_reads_byte_exact
         d,
         &["buckets", "sync", "up", "hf://buckets/local/data/up"],
     );
-    let a = mount(&url, d, "a");
+    let a = mount_served(&url, d, "a", &[]);
     sh(
         d,
         "cmp up/a.txt a/up/a.txt && cmp up/sub/r.bin a/up/sub/r.bin",
@@ -77,7 +42,7 @@ fn a_served_bucket_mounts_and_what_either_side_writes_the_other_reads_byte_exact
          && head -c $((256 << 20)) /dev/urandom > big.bin && cp big.bin a/big.bin",
     );
     a.stop();
-    let a = mount(&url, d, "a");
+    let a = mount_served(&url, d, "a", &[]);
     // A sparse 4 KiB edit of the 256 MiB file, committed by fsync.
     sh(
         d,
@@ -121,7 +86,7 @@ fn a_served_bucket_mounts_and_what_either_side_writes_the_other_reads_byte_exact
     );
 
     // A second mount (its own staging and caches) sees all of it, metadata included.
-    let b = mount(&url, d, "b");
+    let b = mount_served(&url, d, "b", &[]);
     assert_eq!(tree_digest(&b.mountpoint.join("w")), digest_a);
     sh(d, "cmp big.bin b/big.bin && test \"$(stat -c %a b/w/private.txt)\" = 600 && test -d b/w/empty");
     b.stop();

@@ -175,9 +175,15 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(dir: &Path, log: &Path, extra: &[&str]) -> Serve {
+        Self::start_on(dir, log, 0, extra)
+    }
+
+    /// On a given port (0: any free port).
+    pub fn start_on(dir: &Path, log: &Path, port: u16, extra: &[&str]) -> Serve {
         use std::io::BufRead;
+        let listen = format!("127.0.0.1:{port}");
         let mut child = std::process::Command::new(bin())
-            .args(["serve", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["serve", dir.to_str().unwrap(), "--listen", &listen])
             .args(extra)
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(log).unwrap())
@@ -205,14 +211,27 @@ impl Serve {
         }
     }
 
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
     pub fn stop(mut self) {
         self.terminate();
     }
 
+    /// SIGKILL: the server dies mid-request, as in a crash.
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+    }
+
     fn terminate(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    fn signal(&mut self, sig: i32) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill on a pid we own.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(c.id() as i32, sig) };
             let _ = c.wait();
         }
     }
@@ -233,4 +252,36 @@ pub fn hf_venv() -> PathBuf {
         v.display()
     );
     v
+}
+
+/// Run the official `hf` CLI against `url` in directory `cwd` (its state in `cwd/hfhome`);
+/// panics with its output on failure.
+pub fn hf_cli(url: &str, cwd: &Path, args: &[&str]) -> String {
+    let out = Command::new(hf_venv().join("hf"))
+        .args(args)
+        .current_dir(cwd)
+        .env("HF_ENDPOINT", url)
+        .env("HF_TOKEN", "anything")
+        .env("HF_HOME", cwd.join("hfhome"))
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("HF_HUB_DISABLE_UPDATE_CHECK", "1")
+        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hf {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Mount `hf://buckets/local/data` from `url` at `d/name`, with caches in `d/cache-name`.
+pub fn mount_served(url: &str, d: &Path, name: &str, extra: &[&str]) -> Mount {
+    let cache = d.join(format!("cache-{name}"));
+    let mut args = vec!["--endpoint", url, "--cache-dir", cache.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Mount::start(Path::new("hf://buckets/local/data"), &d.join(name), &args)
 }
