@@ -61,6 +61,9 @@ struct HttpServeArgs {
     /// Lifetime of the CAS tokens the token routes hand out, in seconds.
     #[arg(long, default_value_t = 3600)]
     cas_token_ttl_secs: u64,
+    /// Bucket-API requests per second before callers get 429 with Retry-After (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    hub_rate_limit: u32,
 }
 
 #[derive(clap::Args)]
@@ -635,6 +638,7 @@ fn serve_http(args: HttpServeArgs) -> Result<(), UserError> {
                 .clone()
                 .unwrap_or_else(|| format!("http://{addr}")),
             cas_token_ttl_secs: args.cas_token_ttl_secs,
+            hub_rate_limit: args.hub_rate_limit,
         };
         let server = xetmount::server::Server::open(&args.dir, ctx, opts)
             .await

@@ -109,3 +109,35 @@ fn a_refused_token_fails_the_mount_with_one_sentence() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     server.stop();
 }
+
+#[test]
+fn a_rate_limited_server_is_waited_for_and_nothing_fails() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let server = Serve::start(
+        &d.join("srv"),
+        &d.join("serve.log"),
+        &["--hub-rate-limit", "5"],
+    );
+    let url = server.url.clone();
+    hf_cli(&url, d, &["buckets", "create", "local/data"]);
+    let m = mount_served(&url, d, "a", &[]);
+    sh(
+        d,
+        "for i in $(seq 1 40); do mkdir -p a/d$i && echo \"file $i\" > a/d$i/f; done",
+    );
+    m.stop();
+    // A fresh mount lists every directory: more bucket-API requests than the server admits
+    // per second, so some are answered 429 and retried after the time it asks for.
+    let m = mount_served(&url, d, "b", &[]);
+    let listing = sh(d, "cd b && for i in $(seq 1 40); do cat d$i/f; done");
+    let want: String = (1..=40).map(|i| format!("file {i}\n")).collect();
+    assert_eq!(listing, want);
+    let log = m.log_text();
+    m.stop();
+    assert!(
+        log.contains("429") && log.contains("retrying"),
+        "the server never answered 429: {log}"
+    );
+    server.stop();
+}

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod buckets;
 pub mod cas;
 pub mod hub;
+pub mod limit;
 pub mod native;
 
 use std::fs::File;
@@ -42,6 +43,8 @@ pub struct ServeOptions {
     /// Base URL clients reach this server at (default: http://<listen address>).
     pub public_url: String,
     pub cas_token_ttl_secs: u64,
+    /// Bucket-API requests per second (0: unlimited).
+    pub hub_rate_limit: u32,
 }
 
 /// Why `serve` could not start: one sentence for the user.
@@ -66,6 +69,7 @@ pub struct Server {
     pub cas: Arc<XetCas>,
     pub auth: auth::Auth,
     pub public_url: String,
+    hub_rate_limit: u32,
     _lock: File,
 }
 
@@ -135,6 +139,7 @@ impl Server {
             cas: Arc::new(cas),
             auth,
             public_url: opts.public_url.trim_end_matches('/').to_string(),
+            hub_rate_limit: opts.hub_rate_limit,
             _lock: lock,
         }))
     }
@@ -143,7 +148,8 @@ impl Server {
 /// Every route of both protocols.
 pub fn router(state: Arc<Server>) -> Router {
     let b = "/api/buckets/{ns}/{name}";
-    Router::new()
+    let limit = state.hub_rate_limit;
+    let r = Router::new()
         // Hub: bucket API.
         .route("/api/buckets/{ns}", get(hub::list))
         .route(b, get(hub::info).post(hub::create).delete(hub::delete))
@@ -179,7 +185,14 @@ pub fn router(state: Arc<Server>) -> Router {
         .route("/v1/xetmount/chunks/{file}", get(cas::chunk_lists))
         // Xorbs are up to 64 MiB, shards a few MiB; NDJSON batches of 1,000 ops are small.
         .layer(DefaultBodyLimit::max(80 << 20))
-        .with_state(state)
+        .with_state(state);
+    if limit == 0 {
+        return r;
+    }
+    r.layer(axum::middleware::from_fn_with_state(
+        Arc::new(limit::RateLimit::new(limit)),
+        limit::limit,
+    ))
 }
 
 /// Serve on `listener` until `shutdown` resolves.
