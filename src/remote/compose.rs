@@ -95,15 +95,27 @@ pub async fn compose(
     base: &FileId,
     edits: Vec<ComposeEdit>,
 ) -> RemoteResult<Planned> {
-    let base_hash = parse_hash(&base.hash)?;
+    let view = map
+        .chunk_lists(&parse_hash(&base.hash)?)
+        .await?
+        .ok_or_else(|| RemoteError::NotFound(format!("base {} is not in the store", base.hash)))?;
+    compose_with(settings, client, map, view, bytes, base, edits).await
+}
+
+/// [`compose`], given the base's chunk lists (`view`) already.
+pub async fn compose_with(
+    settings: &XorbSettings,
+    client: Arc<dyn Client>,
+    map: &dyn ChunkMap,
+    view: ChunkLists,
+    bytes: Arc<dyn BaseBytes>,
+    base: &FileId,
+    edits: Vec<ComposeEdit>,
+) -> RemoteResult<Planned> {
     let expected_size = edits.iter().fold(base.size, |s, e| {
         s - (e.original_range.end - e.original_range.start) + e.data.len() as u64
     });
     let started = std::time::Instant::now();
-    let view = map
-        .chunk_lists(&base_hash)
-        .await?
-        .ok_or_else(|| RemoteError::NotFound(format!("base {} is not in the store", base.hash)))?;
     if view.size() != base.size {
         return Err(RemoteError::Integrity(format!(
             "base {} reconstructs to {} bytes, expected {}",

@@ -136,6 +136,23 @@ pub struct Meta {
     pub ctime_ns: i64,
 }
 
+impl Meta {
+    /// `mode`, `uid` and `gid`, with every time set to now.
+    pub fn now(mode: u32, uid: u32, gid: u32) -> Meta {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        Meta {
+            mode,
+            uid,
+            gid,
+            atime_ns: t,
+            mtime_ns: t,
+            ctime_ns: t,
+        }
+    }
+}
+
 /// One catalog entry. `path` is relative, `/`-separated, without a leading slash; the root
 /// directory is `""`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +170,18 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A directory at `path`.
+    pub fn dir(path: String, meta: Meta) -> Entry {
+        Entry {
+            path,
+            kind: EntryKind::Dir,
+            content: None,
+            target: None,
+            meta,
+            link: None,
+        }
+    }
+
     pub fn size(&self) -> u64 {
         match self.kind {
             EntryKind::File => self.content.as_ref().map_or(0, |c| c.size),

@@ -115,10 +115,10 @@ impl Server {
     pub async fn file_size(&self, hash: &str) -> Result<Option<u64>, RemoteError> {
         let h = MerkleHash::from_hex(hash)
             .map_err(|_| RemoteError::NotFound(format!("{hash} is not a hash")))?;
-        match self.cas.client().get_file_reconstruction_info(&h).await {
-            Ok(Some((mdb, _))) => Ok(Some(mdb.file_size())),
-            Ok(None) => Ok(None),
-            Err(e) => Err(RemoteError::Other(e.to_string())),
+        match self.cas.reader().body_size(h).await {
+            Ok(n) => Ok(Some(n)),
+            Err(RemoteError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -604,10 +604,13 @@ pub async fn batch(
                     Ok(e) => e,
                     Err(e) => return internal(e),
                 };
-                match kind_at(&path, &overlay).await {
-                    Ok(Some(EntryKind::Dir)) => blocked = Some(format!("{path} is a directory")),
-                    Err(e) => return internal(e),
-                    _ => {}
+                // What the path is once the batch's earlier ops are applied.
+                let kind = match overlay.get(&path) {
+                    Some(k) => *k,
+                    None => existing.as_ref().map(|e| e.kind),
+                };
+                if kind == Some(EntryKind::Dir) {
+                    blocked = Some(format!("{path} is a directory"));
                 }
                 if let Some(msg) = blocked {
                     fail(msg);

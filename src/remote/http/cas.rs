@@ -323,21 +323,18 @@ impl Cas for HttpCas {
     }
 
     async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {
-        let hash = parse_hash(&base.hash)?;
-        if self
-            .chunks
-            .chunk_lists(&hash)
-            .await
-            .is_ok_and(|l| l.is_some())
-        {
+        // Ok(None): this CAS cannot list a body's chunks; any other failure is reported, so a
+        // transient one is retried rather than turned into a download of the whole base.
+        if let Some(view) = self.chunks.chunk_lists(&parse_hash(&base.hash)?).await? {
             let bytes = Arc::new(BaseReader {
                 reader: self.reader.clone(),
                 id: base.clone(),
             });
-            let c = crate::remote::compose::compose(
+            let c = crate::remote::compose::compose_with(
                 &self.xorbs,
                 self.client.clone(),
                 &self.chunks,
+                view,
                 bytes,
                 base,
                 edits,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use xet_runtime::core::XetContext;
 
-use crate::remote::{Catalog, CatalogOp, Entry, EntryKind, Meta, RemoteError, RemoteResult};
+use crate::remote::{Catalog, CatalogOp, Entry, Meta, RemoteError, RemoteResult};
 
 /// A parsed `hf://buckets/NS/NAME[/PREFIX]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,23 +96,11 @@ pub async fn open(
     let catalog = catalog::HttpCatalog::new(hub.clone(), &uri.prefix);
     if !uri.prefix.is_empty() && catalog.head("").await?.is_none() {
         // Mounting a folder that does not exist yet creates it.
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         catalog
-            .commit(vec![CatalogOp::Put(Entry {
-                path: String::new(),
-                kind: EntryKind::Dir,
-                content: None,
-                target: None,
-                meta: Meta {
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                    atime_ns: now,
-                    mtime_ns: now,
-                    ctime_ns: now,
-                },
-                link: None,
-            })])
+            .commit(vec![CatalogOp::Put(Entry::dir(
+                String::new(),
+                Meta::now(0o755, 0, 0),
+            ))])
             .await?;
     }
     let cas = cas::HttpCas::open(ctx, hub, write, cache).await?;

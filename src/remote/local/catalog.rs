@@ -63,12 +63,6 @@ fn kind_code(k: EntryKind) -> (i64, i64) {
     (i64::from(code), rdev as i64)
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
-
 /// Upper bound (exclusive) of the keys below `dir/`: `'/' + 1 == '0'`.
 fn subtree_bounds(path: &str) -> (String, String) {
     (format!("{path}/"), format!("{path}0"))
@@ -133,22 +127,7 @@ impl SqliteCatalog {
         if !has_root {
             // SAFETY: getters without preconditions.
             let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-            let t = now_ns();
-            let root = Entry {
-                path: String::new(),
-                kind: EntryKind::Dir,
-                content: None,
-                target: None,
-                meta: Meta {
-                    mode: 0o755,
-                    uid,
-                    gid,
-                    atime_ns: t,
-                    mtime_ns: t,
-                    ctime_ns: t,
-                },
-                link: None,
-            };
+            let root = Entry::dir(String::new(), Meta::now(0o755, uid, gid));
             put_row(&conn, &root, 0)?;
         }
         Ok(SqliteCatalog {
@@ -306,17 +285,13 @@ fn ensure_ancestors(
         if exists {
             break;
         }
-        let e = Entry {
-            path: dir.to_string(),
-            kind: EntryKind::Dir,
-            content: None,
-            target: None,
-            meta: Meta {
+        let e = Entry::dir(
+            dir.to_string(),
+            Meta {
                 mode: 0o755,
                 ..*like
             },
-            link: None,
-        };
+        );
         put_row(tx, &e, rev)?;
         dir = parent_of(dir);
     }

@@ -438,6 +438,11 @@ impl ChunkReader {
         Ok(out.freeze())
     }
 
+    /// Size of stored body `hash` (its plan is cached, as for reads).
+    pub async fn body_size(&self, hash: MerkleHash) -> RemoteResult<u64> {
+        Ok(self.plan(hash, None).await?.size)
+    }
+
     /// Bytes of chunk data in stored xorb `hash`.
     pub fn raw_len(&self, hash: &MerkleHash) -> RemoteResult<u64> {
         if !self.has_xorb(hash) {
