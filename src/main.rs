@@ -64,6 +64,10 @@ struct HttpServeArgs {
     /// Bucket-API requests per second before callers get 429 with Retry-After (0: no limit).
     #[arg(long, default_value_t = 0)]
     hub_rate_limit: u32,
+    /// Answer only what the Hugging Face Hub answers: no xetmount catalog or chunk-list
+    /// routes, so clients see a plain bucket (for testing mounts against a Hub-like server).
+    #[arg(long)]
+    hub_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -639,6 +643,7 @@ fn serve_http(args: HttpServeArgs) -> Result<(), UserError> {
                 .unwrap_or_else(|| format!("http://{addr}")),
             cas_token_ttl_secs: args.cas_token_ttl_secs,
             hub_rate_limit: args.hub_rate_limit,
+            hub_only: args.hub_only,
         };
         let server = xetmount::server::Server::open(&args.dir, ctx, opts)
             .await

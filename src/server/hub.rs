@@ -133,15 +133,18 @@ impl Server {
         let b = self.buckets.bucket(&info.id).map_err(internal)?;
         let (files, size) = b.catalog.totals().await.map_err(internal)?;
         let revision = b.catalog.revision().await.map_err(internal)?;
-        Ok(json!({
+        let mut v = json!({
             "id": info.id,
             "private": info.private,
             "createdAt": iso(info.created_ms),
             "updatedAt": iso(info.updated_ms),
             "size": size,
             "totalFiles": files,
-            "xetmount": { "revision": revision },
-        }))
+        });
+        if !self.hub_only {
+            v["xetmount"] = json!({ "revision": revision });
+        }
+        Ok(v)
     }
 }
 

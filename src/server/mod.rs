@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub cas_token_ttl_secs: u64,
     /// Bucket-API requests per second (0: unlimited).
     pub hub_rate_limit: u32,
+    /// Leave out xetmount's own routes (catalog, chunk lists): a plain, Hub-like bucket.
+    pub hub_only: bool,
 }
 
 /// Why `serve` could not start: one sentence for the user.
@@ -70,6 +72,7 @@ pub struct Server {
     pub auth: auth::Auth,
     pub public_url: String,
     hub_rate_limit: u32,
+    pub hub_only: bool,
     _lock: File,
 }
 
@@ -140,6 +143,7 @@ impl Server {
             auth,
             public_url: opts.public_url.trim_end_matches('/').to_string(),
             hub_rate_limit: opts.hub_rate_limit,
+            hub_only: opts.hub_only,
             _lock: lock,
         }))
     }
@@ -149,7 +153,7 @@ impl Server {
 pub fn router(state: Arc<Server>) -> Router {
     let b = "/api/buckets/{ns}/{name}";
     let limit = state.hub_rate_limit;
-    let r = Router::new()
+    let mut r = Router::new()
         // Hub: bucket API.
         .route("/api/buckets/{ns}", get(hub::list))
         .route(b, get(hub::info).post(hub::create).delete(hub::delete))
@@ -161,12 +165,6 @@ pub fn router(state: Arc<Server>) -> Router {
         .route(&format!("{b}/xet-read-token"), get(hub::read_token))
         .route(&format!("{b}/xet-write-token"), get(hub::write_token))
         .route("/api/repos/move", post(hub::move_repo))
-        // xetmount's own catalog routes.
-        .route(&format!("{b}/xetmount/list"), get(native::list))
-        .route(&format!("{b}/xetmount/head"), get(native::head))
-        .route(&format!("{b}/xetmount/links"), get(native::link_paths))
-        .route(&format!("{b}/xetmount/revision"), get(native::revision))
-        .route(&format!("{b}/xetmount/commit"), post(native::commit))
         .route(
             "/buckets/{ns}/{name}/resolve/{*path}",
             get(hub::resolve).head(hub::resolve),
@@ -181,11 +179,19 @@ pub fn router(state: Arc<Server>) -> Router {
         .route("/v2/shards", post(cas::shard_v2))
         .route("/v1/shards", post(cas::shard_v1))
         .route("/v2/file-chunk-hashes/{file}", get(cas::file_chunk_hashes))
-        .route("/v1/telemetry", post(cas::telemetry))
-        .route("/v1/xetmount/chunks/{file}", get(cas::chunk_lists))
-        // Xorbs are up to 64 MiB, shards a few MiB; NDJSON batches of 1,000 ops are small.
-        .layer(DefaultBodyLimit::max(80 << 20))
-        .with_state(state);
+        .route("/v1/telemetry", post(cas::telemetry));
+    if !state.hub_only {
+        r = r
+            // xetmount's own catalog routes.
+            .route(&format!("{b}/xetmount/list"), get(native::list))
+            .route(&format!("{b}/xetmount/head"), get(native::head))
+            .route(&format!("{b}/xetmount/links"), get(native::link_paths))
+            .route(&format!("{b}/xetmount/revision"), get(native::revision))
+            .route(&format!("{b}/xetmount/commit"), post(native::commit))
+            .route("/v1/xetmount/chunks/{file}", get(cas::chunk_lists));
+    }
+    // Xorbs are up to 64 MiB, shards a few MiB; NDJSON batches of 1,000 ops are small.
+    let r = r.layer(DefaultBodyLimit::max(80 << 20)).with_state(state);
     if limit == 0 {
         return r;
     }
