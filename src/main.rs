@@ -9,9 +9,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use xetmount::frontend::fuse::{self, FuseOptions};
 use xetmount::frontend::nfs::NfsFs;
-use xetmount::remote::http::{find_token, BucketUri};
+use xetmount::remote::http::{find_token, BucketUri, RemoteOptions};
 use xetmount::remote::local::LocalStore;
-use xetmount::remote::{Cas, Catalog, RemoteError};
+use xetmount::remote::{Cas, Catalog, FixedOwner, RemoteError};
 use xetmount::vfs::{Vfs, VfsConfig};
 
 #[derive(Parser)]
@@ -113,6 +113,23 @@ struct StoreArgs {
     /// (default ~/.cache/xetmount/NAMESPACE/NAME).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// For hf:// buckets: disk for the chunk cache in the cache directory (e.g. 10G, 500M;
+    /// 0 = none): what was downloaded once is read from there, across remounts too.
+    #[arg(long, default_value = "10G", value_parser = parse_size)]
+    cache_size: u64,
+    /// For plain buckets (which keep no owner or mode): the owner every entry shows
+    /// (default: the user running xetmount).
+    #[arg(long)]
+    uid: Option<u32>,
+    /// For plain buckets: the group every entry shows (default: the mounting user's group).
+    #[arg(long)]
+    gid: Option<u32>,
+    /// For plain buckets: the permission bits every file shows, in octal.
+    #[arg(long, default_value = "644", value_parser = parse_mode)]
+    file_mode: u32,
+    /// For plain buckets: the permission bits every directory shows, in octal.
+    #[arg(long, default_value = "755", value_parser = parse_mode)]
+    dir_mode: u32,
     /// Where staging files live (default: STORE/staging).
     #[arg(long)]
     staging_dir: Option<PathBuf>,
@@ -153,6 +170,14 @@ struct StoreArgs {
     /// committed, and drop clean staging copies after each commit (slow).
     #[arg(long)]
     paranoid: bool,
+}
+
+/// Permission bits in octal (`644`, `0750`).
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim(), 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode such as 644 or 0755")),
+    }
 }
 
 /// `123`, `64K`, `500M`, `20G`, `1T` (powers of 1024).
@@ -314,11 +339,21 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
         let (catalog, cas) = rt
             .block_on(xetmount::remote::http::open(
                 ctx,
-                &endpoint,
-                token,
                 &uri,
-                !args.read_only,
-                &cache,
+                &RemoteOptions {
+                    endpoint: endpoint.clone(),
+                    token,
+                    write: !args.read_only,
+                    cache_dir: cache,
+                    chunk_cache_bytes: args.cache_size,
+                    owner: FixedOwner {
+                        // SAFETY: getuid/getgid cannot fail.
+                        uid: args.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
+                        gid: args.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
+                        file_mode: args.file_mode,
+                        dir_mode: args.dir_mode,
+                    },
+                },
             ))
             .map_err(|e| remote_open_error(&e, &uri, &endpoint))?;
         (catalog, cas, staging_dir, store_arg, Box::new(lock))

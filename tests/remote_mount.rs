@@ -92,3 +92,40 @@ fn a_served_bucket_mounts_and_what_either_side_writes_the_other_reads_byte_exact
     b.stop();
     server.stop();
 }
+
+/// What a mount downloaded once stays in its chunk cache (`--cache-size`): a remount reads it
+/// again without fetching a byte of xorb data from the server; without the cache it would.
+#[test]
+fn a_remount_reads_from_the_chunk_cache_instead_of_downloading_again() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let server = Serve::start(&d.join("srv"), &d.join("serve.log"), &[]);
+    let url = server.url.clone();
+    hf(&url, d, &["buckets", "create", "local/data"]);
+    sh(d, "head -c 20000000 /dev/urandom > r.bin");
+    hf(
+        &url,
+        d,
+        &["buckets", "cp", "r.bin", "hf://buckets/local/data/r.bin"],
+    );
+    let fetched = || common::serve_metrics(&url)["fetch_bytes"];
+
+    let before = fetched();
+    let m = mount_served(&url, d, "m", &[]);
+    sh(d, "cmp r.bin m/r.bin");
+    m.stop();
+    let first = fetched() - before;
+    assert!(first >= 20_000_000, "the first read fetched {first} bytes");
+
+    let m = mount_served(&url, d, "m", &[]);
+    sh(d, "cmp r.bin m/r.bin");
+    m.stop();
+    assert_eq!(fetched() - before, first, "the remount downloaded again");
+
+    // The same remount without a chunk cache downloads it all again.
+    let m = mount_served(&url, d, "m", &["--cache-size", "0"]);
+    sh(d, "cmp r.bin m/r.bin");
+    m.stop();
+    assert!(fetched() - before >= 2 * first - 1_000_000);
+    server.stop();
+}

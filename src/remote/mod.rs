@@ -212,18 +212,61 @@ pub enum CatalogOp {
     Rename { from: String, to: String },
 }
 
-/// What a catalog can represent beyond paths, bodies and POSIX metadata.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a catalog can keep beyond paths, file bodies and file modification times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
     /// Several names for one file ([`CatalogOp::Link`], [`Catalog::link_paths`]).
     pub hard_links: bool,
+    pub symlinks: bool,
+    /// FIFOs, sockets and device nodes.
+    pub special_files: bool,
+    /// Directories with nothing below them. Without this a directory exists while a file lies
+    /// below it; an empty one lives only in the mount that made it.
+    pub empty_dirs: bool,
+    /// `None`: every entry keeps its mode, owner and times. `Some`: the catalog keeps none of
+    /// them but a file's mtime, and every entry shows this owner and mode.
+    pub fixed_owner: Option<FixedOwner>,
+}
+
+impl Capabilities {
+    /// Everything a POSIX file system keeps.
+    pub const POSIX: Capabilities = Capabilities {
+        hard_links: true,
+        symlinks: true,
+        special_files: true,
+        empty_dirs: true,
+        fixed_owner: None,
+    };
+}
+
+/// The owner and modes every entry of a catalog without POSIX metadata shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedOwner {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits of files and of directories.
+    pub file_mode: u32,
+    pub dir_mode: u32,
+}
+
+impl FixedOwner {
+    /// The mode an entry of `kind` shows.
+    pub fn mode(&self, kind: EntryKind) -> u32 {
+        match kind {
+            EntryKind::Dir => self.dir_mode,
+            _ => self.file_mode,
+        }
+    }
 }
 
 /// The namespace of a bucket.
 #[async_trait]
 pub trait Catalog: Send + Sync {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        Capabilities {
+            hard_links: false,
+            ..Capabilities::POSIX
+        }
     }
     /// Every name of hard-link group `link`.
     async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {

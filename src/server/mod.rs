@@ -20,6 +20,7 @@ pub mod buckets;
 pub mod cas;
 pub mod hub;
 pub mod limit;
+pub mod metrics;
 pub mod native;
 
 use std::fs::File;
@@ -73,6 +74,7 @@ pub struct Server {
     pub public_url: String,
     hub_rate_limit: u32,
     pub hub_only: bool,
+    pub metrics: metrics::Metrics,
     _lock: File,
 }
 
@@ -144,6 +146,7 @@ impl Server {
             public_url: opts.public_url.trim_end_matches('/').to_string(),
             hub_rate_limit: opts.hub_rate_limit,
             hub_only: opts.hub_only,
+            metrics: metrics::Metrics::default(),
             _lock: lock,
         }))
     }
@@ -191,7 +194,14 @@ pub fn router(state: Arc<Server>) -> Router {
             .route("/v1/xetmount/chunks/{file}", get(cas::chunk_lists));
     }
     // Xorbs are up to 64 MiB, shards a few MiB; NDJSON batches of 1,000 ops are small.
-    let r = r.layer(DefaultBodyLimit::max(80 << 20)).with_state(state);
+    let r = r
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count,
+        ))
+        .route("/v1/xetmount/metrics", get(metrics::render))
+        .layer(DefaultBodyLimit::max(80 << 20))
+        .with_state(state);
     if limit == 0 {
         return r;
     }

@@ -197,20 +197,32 @@ impl Vfs {
         i.target.clone().ok_or(Errno::EINVAL)
     }
 
-    /// Metadata for a new entry created by `caller` in `parent`.
-    fn new_meta(&self, parent: Ino, mode: u32, caller: Caller) -> VfsResult<Meta> {
+    /// Metadata for a new entry of `kind` created by `caller` in `parent`. Where the catalog
+    /// keeps no owner or mode, the entry shows what every other entry shows.
+    fn new_meta(&self, parent: Ino, kind: EntryKind, mode: u32, caller: Caller) -> VfsResult<Meta> {
+        if let Some(fixed) = self.catalog.capabilities().fixed_owner {
+            return Ok(Meta::now(fixed.mode(kind), fixed.uid, fixed.gid));
+        }
         let t = self.inodes.lock();
         let p = t.dir(parent)?;
-        let now = now_ns();
         let inherit_gid = p.meta.mode & S_ISGID != 0;
-        Ok(Meta {
-            mode: mode & 0o7777,
-            uid: caller.uid,
-            gid: if inherit_gid { p.meta.gid } else { caller.gid },
-            atime_ns: now,
-            mtime_ns: now,
-            ctime_ns: now,
-        })
+        let gid = if inherit_gid { p.meta.gid } else { caller.gid };
+        Ok(Meta::now(mode & 0o7777, caller.uid, gid))
+    }
+
+    /// EPERM, with one log line saying why, for an entry `kind` the catalog cannot keep.
+    fn check_storable(&self, kind: EntryKind) -> VfsResult<()> {
+        let caps = self.catalog.capabilities();
+        let what = match kind {
+            EntryKind::Symlink if !caps.symlinks => "symbolic links",
+            EntryKind::Fifo | EntryKind::Socket if !caps.special_files => "FIFOs and sockets",
+            EntryKind::CharDevice(_) | EntryKind::BlockDevice(_) if !caps.special_files => {
+                "device nodes"
+            }
+            _ => return Ok(()),
+        };
+        tracing::warn!("refused with EPERM: this bucket cannot store {what}");
+        Err(Errno::EPERM)
     }
 
     /// The catalog op that records directory `dir` with its mtime/ctime set to `now`.
@@ -241,9 +253,10 @@ impl Vfs {
     ) -> VfsResult<Ino> {
         self.check_writable()?;
         Self::check_name(name)?;
+        self.check_storable(kind)?;
         self.ensure_listed(parent).await?;
         let _ns = self.ns_lock.lock().await;
-        let meta = self.new_meta(parent, mode, caller)?;
+        let meta = self.new_meta(parent, kind, mode, caller)?;
         let (entry, parent_op) = {
             let t = self.inodes.lock();
             if t.child(parent, name)?.is_some() {
@@ -585,6 +598,21 @@ impl Vfs {
             || set.mtime.is_some();
         if meta_change || set.size.is_some() {
             self.check_writable()?;
+        }
+        if let Some(fixed) = self.catalog.capabilities().fixed_owner {
+            // Owner and mode are the mount's; setting them to what they are is allowed (cp -p,
+            // tar and rsync do), changing them is not.
+            let kind = self.inodes.lock().get(ino)?.kind;
+            let changes = set.mode.is_some_and(|m| m & 0o7777 != fixed.mode(kind))
+                || set.uid.is_some_and(|u| u != fixed.uid)
+                || set.gid.is_some_and(|g| g != fixed.gid);
+            if changes {
+                tracing::warn!(
+                    "chmod/chown refused with EPERM: this bucket keeps no owner or mode (every entry shows uid {} gid {} mode {:o}/{:o}, set at mount)",
+                    fixed.uid, fixed.gid, fixed.file_mode, fixed.dir_mode
+                );
+                return Err(Errno::EPERM);
+            }
         }
         if let Some(size) = set.size {
             self.truncate(ino, size).await?;

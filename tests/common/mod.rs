@@ -285,3 +285,25 @@ pub fn mount_served(url: &str, d: &Path, name: &str, extra: &[&str]) -> Mount {
     args.extend_from_slice(extra);
     Mount::start(Path::new("hf://buckets/local/data"), &d.join(name), &args)
 }
+
+/// `xetmount serve`'s request counts and fetched bytes (`GET /v1/xetmount/metrics`), as
+/// `route → count` plus `fetch_bytes`.
+pub fn serve_metrics(url: &str) -> std::collections::BTreeMap<String, u64> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /v1/xetmount/metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    body.lines()
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use xet_client::cas_client::auth::{AuthConfig, AuthError, TokenInfo, TokenRefresher};
 use xet_client::cas_client::Client;
 use xet_client::cas_types::FileRange;
+use xet_client::chunk_cache::{get_cache, CacheConfig, ChunkCache};
 use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 use xet_data::file_reconstruction::FileReconstructor;
@@ -53,10 +54,13 @@ impl TokenRefresher for HubTokens {
     }
 }
 
-/// Reads of stored bodies through the reconstruction routes.
+/// Reads of stored bodies through the reconstruction routes, with xorb ranges kept in an
+/// on-disk chunk cache (if any) so that what was read once is not downloaded again, across
+/// remounts too.
 struct Reader {
     ctx: XetContext,
     client: Arc<dyn Client>,
+    chunk_cache: Option<Arc<dyn ChunkCache>>,
 }
 
 impl Reader {
@@ -66,9 +70,12 @@ impl Reader {
         }
         let hash = parse_hash(&id.hash)?;
         let sink = Sink::default();
-        FileReconstructor::new(&self.ctx, &self.client, hash)
-            .with_byte_range(FileRange::new(range.start, range.end))
-            .reconstruct_to_writer(sink.clone())
+        let mut r = FileReconstructor::new(&self.ctx, &self.client, hash)
+            .with_byte_range(FileRange::new(range.start, range.end));
+        if let Some(c) = &self.chunk_cache {
+            r = r.with_chunk_cache(c.clone());
+        }
+        r.reconstruct_to_writer(sink.clone())
             .await
             .map_err(xet_err)?;
         let out = std::mem::take(&mut *sink.0.lock());
@@ -233,13 +240,15 @@ impl Write for Sink {
 }
 
 impl HttpCas {
-    /// Connect to the CAS of the bucket `hub` names; `cache` holds xet-core's shard cache and
-    /// the scratch files of composed uploads.
+    /// Connect to the CAS of the bucket `hub` names; `cache` holds xet-core's shard cache, the
+    /// chunk cache (at most `chunk_cache_bytes`; 0: none) and the scratch files of composed
+    /// uploads.
     pub async fn open(
         ctx: XetContext,
         hub: Arc<Hub>,
         write: bool,
         cache: &Path,
+        chunk_cache_bytes: u64,
     ) -> RemoteResult<Self> {
         let (cas_url, tok, exp) = hub.cas_token(write).await?;
         std::fs::create_dir_all(cache)?;
@@ -275,10 +284,23 @@ impl HttpCas {
             compression: ctx.config.xorb.compression_policy.as_str().to_string(),
             retest_interval: ctx.config.xorb.compression_scheme_retest_interval,
         };
+        let chunk_cache = if chunk_cache_bytes == 0 {
+            None
+        } else {
+            let dir = cache.join("chunks");
+            let config = CacheConfig {
+                cache_directory: dir.clone(),
+                cache_size: chunk_cache_bytes,
+            };
+            Some(get_cache(&ctx.config, &config).map_err(|e| {
+                RemoteError::Other(format!("cannot use the chunk cache {}: {e}", dir.display()))
+            })?)
+        };
         Ok(HttpCas {
             reader: Arc::new(Reader {
                 ctx,
                 client: client.clone(),
+                chunk_cache,
             }),
             config,
             client,

@@ -9,55 +9,34 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::hub::Hub;
+use super::{q, Prefix};
 use crate::remote::wire::{WireEntry, WireOp};
 use crate::remote::{Capabilities, Catalog, CatalogOp, Entry, RemoteError, RemoteResult};
 
 pub struct HttpCatalog {
     hub: Arc<Hub>,
-    /// Mounted sub-directory of the bucket (`""`: the whole bucket), no slashes at the ends.
-    prefix: String,
+    prefix: Prefix,
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> RemoteError {
     RemoteError::Other(format!("{what}: bad answer: {e}"))
 }
 
-/// Percent-encode a query value.
-fn q(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 impl HttpCatalog {
     pub fn new(hub: Arc<Hub>, prefix: &str) -> Self {
         HttpCatalog {
             hub,
-            prefix: prefix.trim_matches('/').to_string(),
+            prefix: Prefix::new(prefix),
         }
     }
 
     fn full(&self, path: &str) -> String {
-        match (self.prefix.is_empty(), path.is_empty()) {
-            (true, _) => path.to_string(),
-            (false, true) => self.prefix.clone(),
-            (false, false) => format!("{}/{path}", self.prefix),
-        }
+        self.prefix.full(path)
     }
 
     fn local(&self, mut e: Entry) -> Entry {
-        if !self.prefix.is_empty() {
-            e.path = e
-                .path
-                .strip_prefix(&self.prefix)
-                .map(|p| p.trim_start_matches('/').to_string())
-                .unwrap_or(e.path);
+        if let Some(p) = self.prefix.local(&e.path) {
+            e.path = p;
         }
         e
     }
@@ -90,7 +69,7 @@ impl HttpCatalog {
 #[async_trait]
 impl Catalog for HttpCatalog {
     fn capabilities(&self) -> Capabilities {
-        Capabilities { hard_links: true }
+        Capabilities::POSIX
     }
 
     async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
@@ -99,14 +78,7 @@ impl Catalog for HttpCatalog {
         let paths: Vec<String> = serde_json::from_value(v).map_err(|e| bad("hard links", e))?;
         Ok(paths
             .into_iter()
-            .filter_map(|p| {
-                if self.prefix.is_empty() {
-                    Some(p)
-                } else {
-                    p.strip_prefix(&format!("{}/", self.prefix))
-                        .map(str::to_string)
-                }
-            })
+            .filter_map(|p| self.prefix.local(&p))
             .collect())
     }
 

@@ -40,6 +40,23 @@ fn asked_wait(r: &Response) -> Option<Duration> {
     t.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// The `rel="next"` target of a `Link` header.
+fn next_link(r: &Response) -> Option<String> {
+    let link = r.headers().get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim().trim_start_matches("rel=").trim_matches('"') == "next")
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    })
+}
+
 fn status_error(status: StatusCode, what: &str, body: &str) -> RemoteError {
     let msg = format!(
         "{what}: HTTP {status}: {}",
@@ -136,6 +153,40 @@ impl Hub {
             .json()
             .await
             .map_err(|e| RemoteError::Other(format!("{what}: bad answer: {e}")))
+    }
+
+    /// Every page of a `Link`-paginated JSON array, starting at `url`.
+    pub async fn get_pages(&self, what: &str, url: &str) -> RemoteResult<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut next = Some(url.to_string());
+        while let Some(url) = next.take() {
+            let r = self.send(what, |c| c.get(&url)).await?;
+            next = next_link(&r);
+            match r.json::<Value>().await {
+                Ok(Value::Array(items)) => out.extend(items),
+                Ok(v) => return Err(RemoteError::Other(format!("{what}: bad answer: {v}"))),
+                Err(e) => return Err(RemoteError::Other(format!("{what}: bad answer: {e}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// POST an NDJSON body (one JSON value per line).
+    pub async fn post_ndjson(&self, what: &str, url: &str, lines: &[Value]) -> RemoteResult<Value> {
+        let mut body = String::new();
+        for l in lines {
+            body.push_str(&l.to_string());
+            body.push('\n');
+        }
+        self.send(what, |c| {
+            c.request(Method::POST, url)
+                .header("content-type", "application/x-ndjson")
+                .body(body.clone())
+        })
+        .await?
+        .json()
+        .await
+        .map_err(|e| RemoteError::Other(format!("{what}: bad answer: {e}")))
     }
 
     /// The bucket's info (`GET /api/buckets/{id}`).

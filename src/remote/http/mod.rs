@@ -5,13 +5,14 @@
 pub mod cas;
 pub mod catalog;
 pub mod hub;
+pub mod plain;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use xet_runtime::core::XetContext;
 
-use crate::remote::{Catalog, CatalogOp, Entry, Meta, RemoteError, RemoteResult};
+use crate::remote::{Catalog, CatalogOp, Entry, FixedOwner, Meta, RemoteResult};
 
 /// A parsed `hf://buckets/NS/NAME[/PREFIX]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +55,58 @@ impl BucketUri {
     }
 }
 
+/// The mounted sub-directory of a bucket (`""`: the whole bucket), no slashes at the ends:
+/// maps mount paths to bucket paths and back.
+#[derive(Clone, Debug)]
+pub struct Prefix(String);
+
+impl Prefix {
+    pub fn new(prefix: &str) -> Self {
+        Prefix(prefix.trim_matches('/').to_string())
+    }
+
+    /// The bucket path of mount path `path`.
+    pub fn full(&self, path: &str) -> String {
+        match (self.0.is_empty(), path.is_empty()) {
+            (true, _) => path.to_string(),
+            (false, true) => self.0.clone(),
+            (false, false) => format!("{}/{path}", self.0),
+        }
+    }
+
+    /// The mount path of bucket path `full`; `None` if it lies outside the prefix.
+    pub fn local(&self, full: &str) -> Option<String> {
+        if self.0.is_empty() {
+            return Some(full.to_string());
+        }
+        match full.strip_prefix(&self.0)? {
+            "" => Some(String::new()),
+            rest => rest.strip_prefix('/').map(str::to_string),
+        }
+    }
+}
+
+/// Percent-encode a query value (or, with `keep_slash == false`, one path segment).
+pub fn encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'.' | b'~')
+            || (keep_slash && b == b'/')
+        {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Percent-encode a query value.
+pub fn q(s: &str) -> String {
+    encode(s, true)
+}
+
 /// Where a mount finds its token: `--token-file`, else `HF_TOKEN`, else the file
 /// `huggingface_hub` saves (`$HF_HOME/token`, `~/.cache/huggingface/token`).
 pub fn find_token(token_file: Option<&Path>) -> Result<Option<String>, String> {
@@ -76,22 +129,33 @@ pub fn find_token(token_file: Option<&Path>) -> Result<Option<String>, String> {
         .filter(|t| !t.is_empty()))
 }
 
-/// Open bucket `uri` on `endpoint`: its catalog and CAS. `cache` holds the xet caches.
+/// How to reach a remote bucket and what to keep locally.
+pub struct RemoteOptions {
+    pub endpoint: String,
+    pub token: Option<String>,
+    pub write: bool,
+    /// Holds the xet caches.
+    pub cache_dir: PathBuf,
+    /// Disk for the chunk cache (0: none).
+    pub chunk_cache_bytes: u64,
+    /// What entries of a plain bucket (which keeps no mode or owner) show.
+    pub owner: FixedOwner,
+}
+
+/// Open bucket `uri`: its catalog and CAS.
 pub async fn open(
     ctx: XetContext,
-    endpoint: &str,
-    token: Option<String>,
     uri: &BucketUri,
-    write: bool,
-    cache: &Path,
+    o: &RemoteOptions,
 ) -> RemoteResult<(Arc<dyn Catalog>, Arc<cas::HttpCas>)> {
-    let hub = Arc::new(hub::Hub::new(endpoint, token, &uri.id())?);
+    let hub = Arc::new(hub::Hub::new(&o.endpoint, o.token.clone(), &uri.id())?);
     let info = hub.info().await?;
+    let cas =
+        cas::HttpCas::open(ctx, hub.clone(), o.write, &o.cache_dir, o.chunk_cache_bytes).await?;
     if info.get("xetmount").is_none() {
-        return Err(RemoteError::Other(format!(
-            "{endpoint} serves bucket {} only through the plain bucket API; this build mounts buckets served by `xetmount serve`",
-            uri.id()
-        )));
+        // A plain bucket: files only, with the mount's owner and modes.
+        let catalog = plain::PlainCatalog::new(hub, &uri.prefix, o.owner);
+        return Ok((Arc::new(catalog), Arc::new(cas)));
     }
     let catalog = catalog::HttpCatalog::new(hub.clone(), &uri.prefix);
     if !uri.prefix.is_empty() && catalog.head("").await?.is_none() {
@@ -103,7 +167,6 @@ pub async fn open(
             ))])
             .await?;
     }
-    let cas = cas::HttpCas::open(ctx, hub, write, cache).await?;
     Ok((Arc::new(catalog), Arc::new(cas)))
 }
 

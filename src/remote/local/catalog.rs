@@ -438,7 +438,7 @@ impl Catalog for SqliteCatalog {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { hard_links: true }
+        Capabilities::POSIX
     }
 
     async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
