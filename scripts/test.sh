@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs what the tests need, then runs every suite:
 # unit/property/VFS tests, real FUSE mount tests, pjdfstest and fsx against a live mount of a
-# local store and of a bucket served over HTTP.
+# local store and of a bucket served over HTTP (with xetmount's catalog, and as a plain bucket).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -20,3 +20,6 @@ bash scripts/posix-suites.sh 10000 local
 
 echo "== POSIX suites on a live mount of a bucket served over HTTP by xetmount serve"
 bash scripts/posix-suites.sh 10000 served
+
+echo "== fsx on a live mount of a plain bucket (xetmount serve --hub-only, as the Hugging Face Hub)"
+bash scripts/posix-suites.sh 10000 plain
