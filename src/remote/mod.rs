@@ -8,6 +8,7 @@ pub mod defrag;
 pub mod http;
 pub mod local;
 pub mod rechunk;
+pub mod window_compose;
 pub mod wire;
 pub mod xet;
 

@@ -4,9 +4,12 @@
 //!
 //! Compositions run chunk by chunk (`remote::compose`) where the CAS says which chunks a body
 //! is made of (`xetmount serve`'s `/v1/xetmount/chunks/{file}`): only the chunks around each
-//! edit are downloaded and uploaded. A CAS without that route gets the base read and the
-//! result uploaded whole (content-defined chunking still stores only the changed chunks; the
-//! cost is reading the base); `compose_fallbacks` counts those.
+//! edit are downloaded and uploaded. A CAS with only the official routes composes by windows
+//! (`remote::window_compose`, over `GET /v2/file-chunk-hashes/{file}`): only the terms the
+//! edits touch are read and only new chunks uploaded. A CAS without either route, or a
+//! window composition that does not verify, gets the base read and the result uploaded whole
+//! (content-defined chunking still stores only the changed chunks; the cost is reading the
+//! base); `compose_fallbacks` counts those.
 
 use std::io::Write;
 use std::ops::Range;
@@ -19,7 +22,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use xet_client::cas_client::auth::{AuthConfig, AuthError, TokenInfo, TokenRefresher};
 use xet_client::cas_client::Client;
-use xet_client::cas_types::FileRange;
+use xet_client::cas_types::{FileChunkHashesResponse, FileRange};
 use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 use xet_data::file_reconstruction::FileReconstructor;
@@ -31,6 +34,7 @@ use super::hub::Hub;
 use crate::remote::assemble::XorbSettings;
 use crate::remote::compose::{parse_hash, ChunkLists, ChunkMap};
 use crate::remote::rechunk::BaseBytes;
+use crate::remote::window_compose::{self, ChunkHashes};
 use crate::remote::{
     Cas, ComposeEdit, Composed, FileId, RemoteError, RemoteResult, UploadItem, Uploaded,
 };
@@ -186,6 +190,54 @@ impl ChunkMap for RemoteChunks {
             out.chunks.push(list);
         }
         Ok(Some(out))
+    }
+}
+
+/// `X-Range-Dirty` for byte ranges: `bytes=a-b,c-d` with inclusive ends.
+fn range_dirty(dirty: &[Range<u64>]) -> String {
+    let parts: Vec<String> = dirty
+        .iter()
+        .map(|r| format!("{}-{}", r.start, r.end - 1))
+        .collect();
+    format!("bytes={}", parts.join(","))
+}
+
+#[async_trait]
+impl ChunkHashes for RemoteChunks {
+    async fn file_chunk_hashes(
+        &self,
+        file: &MerkleHash,
+        dirty: &[Range<u64>],
+    ) -> RemoteResult<Option<FileChunkHashesResponse>> {
+        let url = format!("{}/v2/file-chunk-hashes/{}", self.cas_url, file.hex());
+        let r = self
+            .http
+            .get(&url)
+            .bearer_auth(self.token().await?)
+            .header("X-Range-Dirty", range_dirty(dirty))
+            .send()
+            .await
+            .map_err(|e| RemoteError::Other(format!("file chunk hashes: {e}")))?;
+        let status = r.status();
+        // 404 (no such route, or a file this token's bucket does not know) and 501 mean the
+        // route cannot help: the caller uploads the result whole, as huggingface.js does.
+        if status == reqwest::StatusCode::NOT_FOUND
+            || status == reqwest::StatusCode::NOT_IMPLEMENTED
+        {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let msg = format!("file chunk hashes: HTTP {status}");
+            return Err(match status.as_u16() {
+                401 | 403 => RemoteError::PermissionDenied(msg),
+                429 => RemoteError::RateLimited(msg),
+                _ => RemoteError::Other(msg),
+            });
+        }
+        r.json()
+            .await
+            .map(Some)
+            .map_err(|e| RemoteError::Other(format!("file chunk hashes: {e}")))
     }
 }
 
@@ -348,7 +400,25 @@ impl Cas for HttpCas {
                 terms: c.terms,
             });
         }
-        // No chunk lists: the new body, written out (base pieces between the edits, and the
+        // No chunk lists: compose by windows over the official route, unless the CAS lacks
+        // it or what it composed does not verify (then nothing refers to what was stored).
+        match window_compose::compose(
+            &self.xorbs,
+            self.client.clone(),
+            &self.chunks,
+            base,
+            edits.clone(),
+        )
+        .await
+        {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => {}
+            Err(RemoteError::Integrity(e)) => {
+                tracing::warn!("compose of {}: {e}; uploading it whole", base.hash);
+            }
+            Err(e) => return Err(e),
+        }
+        // The new body, written out (base pieces between the edits, and the
         // edits) and uploaded whole.
         let path = self.staging.join(uuid::Uuid::now_v7().to_string());
         let result = async {
