@@ -27,7 +27,8 @@ fn a_plain_bucket_keeps_files_and_refuses_what_it_cannot_store() {
         d,
         "mkdir -p up/logs up/keep/deep && printf 'hello\\n' > up/a.txt && : > up/empty \
          && head -c 3000000 /dev/urandom > up/logs/r.bin && printf 'x' > up/logs.json \
-         && head -c 70000 /dev/urandom > up/keep/deep/k.bin && printf 'gone' > up/keep/del.txt",
+         && head -c 70000 /dev/urandom > up/keep/deep/k.bin && printf 'gone' > up/keep/del.txt \
+         && head -c $((48 << 20)) /dev/urandom > up/big.bin",
     );
     hf(
         &url,
@@ -93,6 +94,19 @@ fn a_plain_bucket_keeps_files_and_refuses_what_it_cannot_store() {
     );
     sh(d, "sync -f m/a.txt");
     assert_eq!(files(&m.mountpoint), files(&d.join("want")));
+
+    // A sparse 4 KiB edit of the 48 MiB file hf uploaded: composed over the official
+    // file-chunk-hashes route (no xetmount chunk lists on a plain bucket), not uploaded whole.
+    sh(
+        d,
+        "head -c 4096 /dev/urandom > patch \
+         && dd if=patch of=m/big.bin bs=4096 seek=3000 conv=notrunc,fsync status=none \
+         && dd if=patch of=want/big.bin bs=4096 seek=3000 conv=notrunc status=none",
+    );
+    let stats = sh(d, &format!("{} stats m", common::bin()));
+    assert!(stats.contains("files_composed "), "{stats}");
+    assert!(!stats.contains("files_composed 0\n"), "{stats}");
+    assert!(stats.contains("compose_fallbacks 0\n"), "{stats}");
     // An empty directory lives in the mount that made it.
     sh(d, "test -d m/only-here && test -d m/keep");
     m.stop();

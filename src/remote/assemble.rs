@@ -66,6 +66,8 @@ enum Loc {
         xorb: usize,
         index: u32,
     },
+    /// The `k`-th whole stored term given by [`Packer::push_term`].
+    Term(usize),
 }
 
 /// Packs the new file's chunks, in order: new chunks into xorbs (each handed out as soon as
@@ -83,6 +85,9 @@ pub struct Packer<'a> {
     /// Hashes of the xorbs handed out so far.
     closed: Vec<MerkleHash>,
     list: Vec<(MerkleHash, u64, Loc)>,
+    /// Whole stored terms taken as they are, with their verification hashes: a composer that
+    /// does not know their chunks (see `window_compose`) still describes the file through them.
+    terms: Vec<(FileDataSequenceEntry, MerkleHash)>,
 }
 
 impl<'a> Packer<'a> {
@@ -101,7 +106,18 @@ impl<'a> Packer<'a> {
             open_bytes: 0,
             closed: Vec::new(),
             list: Vec::with_capacity(base.len()),
+            terms: Vec::new(),
         }
+    }
+
+    /// Take a whole stored term next, whose chunks the caller does not know: it becomes one
+    /// term of the file with the verification hash given, and the file's identity must then
+    /// be given to [`Packer::finish_with_hash`].
+    pub fn push_term(&mut self, term: FileDataSequenceEntry, verification: MerkleHash) {
+        let len = u64::from(term.unpacked_segment_bytes);
+        self.list
+            .push((MerkleHash::default(), len, Loc::Term(self.terms.len())));
+        self.terms.push((term, verification));
     }
 
     /// Take the next chunk; returns a xorb that is now full.
@@ -145,7 +161,16 @@ impl<'a> Packer<'a> {
     }
 
     /// The last, partly filled xorb (if any) and the file.
-    pub fn finish(mut self) -> RemoteResult<(Option<RawXorbData>, Assembled)> {
+    pub fn finish(self) -> RemoteResult<(Option<RawXorbData>, Assembled)> {
+        self.finish_with_hash(None)
+    }
+
+    /// [`Packer::finish`], with the file's identity computed by the caller (`Some`), which
+    /// it must be when whole terms were taken: their chunk hashes are not known here.
+    pub fn finish_with_hash(
+        mut self,
+        hash: Option<MerkleHash>,
+    ) -> RemoteResult<(Option<RawXorbData>, Assembled)> {
         let last = (!self.open.is_empty()).then(|| self.close());
         let resolve = |loc: Loc| match loc {
             Loc::Stored(r) => r,
@@ -154,17 +179,33 @@ impl<'a> Packer<'a> {
                 flags: 0,
                 index,
             },
+            Loc::Term(_) => unreachable!("whole terms are taken before resolving"),
         };
         // Runs of consecutive chunks of one xorb become one term.
         let mut segments: Vec<FileDataSequenceEntry> = Vec::new();
         let mut verification = Vec::new();
         let mut run: Vec<MerkleHash> = Vec::new();
         let mut size = 0u64;
+        // The segment last pushed is a whole term: nothing may extend it (its verification
+        // hash covers exactly its chunks).
+        let mut after_term = false;
         for &(hash, len, loc) in &self.list {
+            if let Loc::Term(k) = loc {
+                if !run.is_empty() {
+                    verification.push(FileVerificationEntry::new(range_hash_from_chunks(&run)));
+                    run.clear();
+                }
+                let (term, v) = &self.terms[k];
+                segments.push(term.clone());
+                verification.push(FileVerificationEntry::new(*v));
+                size += len;
+                after_term = true;
+                continue;
+            }
             let r = resolve(loc);
             let len32 = u32::try_from(len).map_err(other)?;
             size += len;
-            if let Some(s) = segments.last_mut() {
+            if let Some(s) = segments.last_mut().filter(|_| !after_term) {
                 if s.xorb_hash == r.xorb && s.chunk_index_end == r.index {
                     s.chunk_index_end += 1;
                     s.unpacked_segment_bytes += len32;
@@ -174,6 +215,7 @@ impl<'a> Packer<'a> {
                 verification.push(FileVerificationEntry::new(range_hash_from_chunks(&run)));
                 run.clear();
             }
+            after_term = false;
             segments.push(FileDataSequenceEntry {
                 xorb_hash: r.xorb,
                 xorb_flags: r.flags,
@@ -183,11 +225,18 @@ impl<'a> Packer<'a> {
             });
             run.push(hash);
         }
-        if !segments.is_empty() {
+        if !run.is_empty() {
             verification.push(FileVerificationEntry::new(range_hash_from_chunks(&run)));
         }
-        let hashes: Vec<(MerkleHash, u64)> = self.list.iter().map(|&(h, n, _)| (h, n)).collect();
-        let hash = file_hash(&hashes);
+        let hash = match hash {
+            Some(h) => h,
+            None if self.terms.is_empty() => {
+                let hashes: Vec<(MerkleHash, u64)> =
+                    self.list.iter().map(|&(h, n, _)| (h, n)).collect();
+                file_hash(&hashes)
+            }
+            None => return Err(other("a file with whole terms needs its identity given")),
+        };
         let file = MDBFileInfo {
             metadata: FileDataSequenceHeader::new(hash, segments.len(), true, false),
             segments,
@@ -253,10 +302,23 @@ impl<'a> Assembler<'a> {
         Ok(())
     }
 
+    /// [`Packer::push_term`].
+    pub fn push_term(&mut self, term: FileDataSequenceEntry, verification: MerkleHash) {
+        self.packer.push_term(term, verification);
+    }
+
     /// Store the rest and the shard; returns the file.
-    pub async fn finish(mut self) -> RemoteResult<(Assembled, u64)> {
-        let (last, a) =
-            std::mem::replace(&mut self.packer, Packer::new(&[], &[], false)).finish()?;
+    pub async fn finish(self) -> RemoteResult<(Assembled, u64)> {
+        self.finish_with_hash(None).await
+    }
+
+    /// [`Assembler::finish`] with the file's identity given (see [`Packer::finish_with_hash`]).
+    pub async fn finish_with_hash(
+        mut self,
+        hash: Option<MerkleHash>,
+    ) -> RemoteResult<(Assembled, u64)> {
+        let (last, a) = std::mem::replace(&mut self.packer, Packer::new(&[], &[], false))
+            .finish_with_hash(hash)?;
         if let Some(x) = last {
             self.send(x).await?;
         }

@@ -8,6 +8,7 @@ pub mod defrag;
 pub mod http;
 pub mod local;
 pub mod rechunk;
+pub mod window_compose;
 pub mod wire;
 pub mod xet;
 
@@ -315,6 +316,8 @@ pub struct Composed {
     pub dirty_chunk_bytes: u64,
     /// Terms (runs of one xorb's chunks) the new body is made of: how fragmented it is.
     pub terms: u64,
+    /// The store could not compose and the new body was uploaded whole (its base read).
+    pub whole_upload: bool,
 }
 
 /// Content-addressed storage of file bodies.

@@ -20,6 +20,9 @@ pub struct Stats {
     pub files_uploaded: AtomicU64,
     /// Files committed by composing the old body with the edits.
     pub files_composed: AtomicU64,
+    /// Compositions the store could not do, done by reading the base and uploading the new
+    /// body whole (counted in `files_composed` too).
+    pub compose_fallbacks: AtomicU64,
     /// Catalog commits made by flushes.
     pub flush_commits: AtomicU64,
     /// Flush attempts that failed (each retried).
@@ -44,6 +47,7 @@ pub struct StatsSnapshot {
     pub bytes_uploaded_new: u64,
     pub files_uploaded: u64,
     pub files_composed: u64,
+    pub compose_fallbacks: u64,
     pub flush_commits: u64,
     pub flush_failures: u64,
     pub commit_verify_failures: u64,
@@ -71,6 +75,7 @@ impl Stats {
             bytes_uploaded_new: g(&self.bytes_uploaded_new),
             files_uploaded: g(&self.files_uploaded),
             files_composed: g(&self.files_composed),
+            compose_fallbacks: g(&self.compose_fallbacks),
             flush_commits: g(&self.flush_commits),
             flush_failures: g(&self.flush_failures),
             commit_verify_failures: g(&self.commit_verify_failures),
@@ -84,7 +89,7 @@ impl StatsSnapshot {
     /// `key value` lines, the format of the stats file.
     pub fn to_text(&self) -> String {
         format!(
-            "bytes_fetched {}\ncompose_base_bytes_read {}\ncompose_dirty_chunk_bytes {}\ncompose_terms_last {}\ncompose_terms_max {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\nflush_commits {}\nflush_failures {}\ncommit_verify_failures {}\nstaging_bytes {}\nstaging_evictions {}\n",
+            "bytes_fetched {}\ncompose_base_bytes_read {}\ncompose_dirty_chunk_bytes {}\ncompose_terms_last {}\ncompose_terms_max {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\ncompose_fallbacks {}\nflush_commits {}\nflush_failures {}\ncommit_verify_failures {}\nstaging_bytes {}\nstaging_evictions {}\n",
             self.bytes_fetched,
             self.compose_base_bytes_read,
             self.compose_dirty_chunk_bytes,
@@ -93,6 +98,7 @@ impl StatsSnapshot {
             self.bytes_uploaded_new,
             self.files_uploaded,
             self.files_composed,
+            self.compose_fallbacks,
             self.flush_commits,
             self.flush_failures,
             self.commit_verify_failures,

@@ -67,6 +67,7 @@ fn delta(a: StatsSnapshot, b: StatsSnapshot) -> StatsSnapshot {
         bytes_uploaded_new: b.bytes_uploaded_new - a.bytes_uploaded_new,
         files_uploaded: b.files_uploaded - a.files_uploaded,
         files_composed: b.files_composed - a.files_composed,
+        compose_fallbacks: b.compose_fallbacks - a.compose_fallbacks,
         flush_commits: b.flush_commits - a.flush_commits,
         flush_failures: b.flush_failures - a.flush_failures,
         commit_verify_failures: b.commit_verify_failures - a.commit_verify_failures,

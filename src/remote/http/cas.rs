@@ -4,14 +4,16 @@
 //!
 //! Compositions run chunk by chunk (`remote::compose`) where the CAS says which chunks a body
 //! is made of (`xetmount serve`'s `/v1/xetmount/chunks/{file}`): only the chunks around each
-//! edit are downloaded and uploaded. A CAS without that route gets the base read and the
-//! result uploaded whole (content-defined chunking still stores only the changed chunks; the
-//! cost is reading the base); `compose_fallbacks` counts those.
+//! edit are downloaded and uploaded. A CAS with only the official routes composes by windows
+//! (`remote::window_compose`, over `GET /v2/file-chunk-hashes/{file}`): only the terms the
+//! edits touch are read and only new chunks uploaded. A CAS without either route, or a
+//! window composition that does not verify, gets the base read and the result uploaded whole
+//! (content-defined chunking still stores only the changed chunks; the cost is reading the
+//! base); the mount's `compose_fallbacks` counter counts those.
 
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,7 +21,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use xet_client::cas_client::auth::{AuthConfig, AuthError, TokenInfo, TokenRefresher};
 use xet_client::cas_client::Client;
-use xet_client::cas_types::FileRange;
+use xet_client::cas_types::{FileChunkHashesResponse, FileRange};
 use xet_client::chunk_cache::{get_cache, CacheConfig, ChunkCache};
 use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
@@ -32,6 +34,7 @@ use super::hub::Hub;
 use crate::remote::assemble::XorbSettings;
 use crate::remote::compose::{parse_hash, ChunkLists, ChunkMap};
 use crate::remote::rechunk::BaseBytes;
+use crate::remote::window_compose::{self, ChunkHashes};
 use crate::remote::{
     Cas, ComposeEdit, Composed, FileId, RemoteError, RemoteResult, UploadItem, Uploaded,
 };
@@ -196,6 +199,54 @@ impl ChunkMap for RemoteChunks {
     }
 }
 
+/// `X-Range-Dirty` for byte ranges: `bytes=a-b,c-d` with inclusive ends.
+fn range_dirty(dirty: &[Range<u64>]) -> String {
+    let parts: Vec<String> = dirty
+        .iter()
+        .map(|r| format!("{}-{}", r.start, r.end - 1))
+        .collect();
+    format!("bytes={}", parts.join(","))
+}
+
+#[async_trait]
+impl ChunkHashes for RemoteChunks {
+    async fn file_chunk_hashes(
+        &self,
+        file: &MerkleHash,
+        dirty: &[Range<u64>],
+    ) -> RemoteResult<Option<FileChunkHashesResponse>> {
+        let url = format!("{}/v2/file-chunk-hashes/{}", self.cas_url, file.hex());
+        let r = self
+            .http
+            .get(&url)
+            .bearer_auth(self.token().await?)
+            .header("X-Range-Dirty", range_dirty(dirty))
+            .send()
+            .await
+            .map_err(|e| RemoteError::Other(format!("file chunk hashes: {e}")))?;
+        let status = r.status();
+        // 404 (no such route, or a file this token's bucket does not know) and 501 mean the
+        // route cannot help: the caller uploads the result whole, as huggingface.js does.
+        if status == reqwest::StatusCode::NOT_FOUND
+            || status == reqwest::StatusCode::NOT_IMPLEMENTED
+        {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let msg = format!("file chunk hashes: HTTP {status}");
+            return Err(match status.as_u16() {
+                401 | 403 => RemoteError::PermissionDenied(msg),
+                429 => RemoteError::RateLimited(msg),
+                _ => RemoteError::Other(msg),
+            });
+        }
+        r.json()
+            .await
+            .map(Some)
+            .map_err(|e| RemoteError::Other(format!("file chunk hashes: {e}")))
+    }
+}
+
 pub struct HttpCas {
     config: Arc<TranslatorConfig>,
     client: Arc<dyn Client>,
@@ -203,8 +254,6 @@ pub struct HttpCas {
     chunks: RemoteChunks,
     xorbs: XorbSettings,
     staging: PathBuf,
-    /// Compositions done by reading the base and uploading the result whole.
-    pub compose_fallbacks: AtomicU64,
 }
 
 fn xet_err(e: impl std::fmt::Display) -> RemoteError {
@@ -307,7 +356,6 @@ impl HttpCas {
             chunks,
             xorbs,
             staging,
-            compose_fallbacks: AtomicU64::new(0),
         })
     }
 }
@@ -368,9 +416,28 @@ impl Cas for HttpCas {
                 base_bytes_read: c.base_bytes_read,
                 dirty_chunk_bytes: c.dirty_chunk_bytes,
                 terms: c.terms,
+                whole_upload: false,
             });
         }
-        // No chunk lists: the new body, written out (base pieces between the edits, and the
+        // No chunk lists: compose by windows over the official route, unless the CAS lacks
+        // it or what it composed does not verify (then nothing refers to what was stored).
+        match window_compose::compose(
+            &self.xorbs,
+            self.client.clone(),
+            &self.chunks,
+            base,
+            edits.clone(),
+        )
+        .await
+        {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => {}
+            Err(RemoteError::Integrity(e)) => {
+                tracing::warn!("compose of {}: {e}; uploading it whole", base.hash);
+            }
+            Err(e) => return Err(e),
+        }
+        // The new body, written out (base pieces between the edits, and the
         // edits) and uploaded whole.
         let path = self.staging.join(uuid::Uuid::now_v7().to_string());
         let result = async {
@@ -391,13 +458,13 @@ impl Cas for HttpCas {
                 .upload_batch(vec![UploadItem { path: &path, len }])
                 .await?
                 .remove(0)?;
-            self.compose_fallbacks.fetch_add(1, Ordering::Relaxed);
             Ok::<Composed, RemoteError>(Composed {
                 id: up.id,
                 new_bytes: up.new_bytes,
                 base_bytes_read: read,
                 dirty_chunk_bytes: edits.iter().map(|e| e.data.len() as u64).sum(),
                 terms: 0,
+                whole_upload: true,
             })
         }
         .await;

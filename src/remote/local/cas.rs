@@ -144,6 +144,7 @@ impl Cas for XetCas {
             base_bytes_read: c.base_bytes_read,
             dirty_chunk_bytes: c.dirty_chunk_bytes,
             terms: c.terms,
+            whole_upload: false,
         })
     }
 }

@@ -232,6 +232,7 @@ impl Vfs {
                     Stats::add(&self.stats.bytes_uploaded_new, c.new_bytes);
                     Stats::add(&self.stats.compose_base_bytes_read, c.base_bytes_read);
                     Stats::add(&self.stats.compose_dirty_chunk_bytes, c.dirty_chunk_bytes);
+                    Stats::add(&self.stats.compose_fallbacks, u64::from(c.whole_upload));
                     Stats::set(&self.stats.compose_terms_last, c.terms);
                     self.stats
                         .compose_terms_max
