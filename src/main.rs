@@ -130,6 +130,11 @@ struct StoreArgs {
     /// For plain buckets: the permission bits every directory shows, in octal.
     #[arg(long, default_value = "755", value_parser = parse_mode)]
     dir_mode: u32,
+    /// For hf:// buckets: how often to ask whether other writers changed the bucket, in
+    /// seconds, where the server offers no change feed (`xetmount serve` does: its changes
+    /// arrive as they happen); 0 turns change detection off.
+    #[arg(long, default_value_t = 30)]
+    poll_interval_secs: u64,
     /// Where staging files live (default: STORE/staging).
     #[arg(long)]
     staging_dir: Option<PathBuf>,
@@ -220,6 +225,22 @@ impl<E: std::fmt::Display> From<E> for UserError {
     }
 }
 
+/// A mount keeps descriptors open for its staging files and connections: take the whole
+/// allowance the system grants (the soft limit is often 1024 of a far higher hard limit).
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -228,6 +249,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    raise_open_file_limit();
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Mount(args) => mount(args),
@@ -313,7 +335,8 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
         xetmount::remote::local::xet_config(),
     );
     let store_arg = args.store.to_string_lossy().to_string();
-    let (catalog, cas, staging_dir, source, hold): Opened = if store_arg.starts_with("hf://") {
+    let remote = store_arg.starts_with("hf://");
+    let (catalog, cas, staging_dir, source, hold): Opened = if remote {
         let uri = BucketUri::parse(&store_arg).map_err(UserError)?;
         let endpoint = args
             .endpoint
@@ -378,6 +401,12 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
         cache_block: args.read_block_kib << 10,
         paranoid: args.paranoid,
         max_staging_size: args.max_staging_size,
+        // Only this process writes a local store (it is locked); a remote bucket is shared.
+        poll_interval: if remote {
+            Duration::from_secs(args.poll_interval_secs)
+        } else {
+            Duration::ZERO
+        },
         ..VfsConfig::new(staging_dir)
     };
     let vfs = rt.block_on(Vfs::new(catalog, cas, config))?;

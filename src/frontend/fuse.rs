@@ -17,7 +17,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::remote::EntryKind;
-use crate::vfs::inode::time_to_ns;
+use crate::vfs::inode::{time_to_ns, Invalidation};
 use crate::vfs::{Attr, Caller, Errno, SetAttr, TimeSet, Vfs};
 
 /// How long the kernel may cache attributes and names. Every change passes through this
@@ -605,7 +605,31 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = opts.threads > 1;
-    let mut session = Session::new(FuseFs::new(vfs, rt), mountpoint, &config)?;
+    let invalidations = vfs.invalidations();
+    let mut session = Session::new(FuseFs::new(vfs.clone(), rt), mountpoint, &config)?;
+    let notifier = session.notifier();
+    // Other writers' changes reach the kernel from a thread of their own, never from a
+    // request handler or with a VFS lock held (the kernel may call back into us meanwhile).
+    // It ends when the VFS drops the queue.
+    std::thread::Builder::new()
+        .name("xetmount-inval".into())
+        .spawn(move || {
+            for inv in invalidations {
+                let r = match &inv {
+                    Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                    Invalidation::Entry { parent, name } => {
+                        notifier.inval_entry(INodeNo(*parent), OsStr::new(name))
+                    }
+                };
+                // ENOENT: the kernel holds nothing for it, which is fine.
+                if let Err(e) = r {
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        tracing::debug!("kernel invalidation {inv:?}: {e}");
+                    }
+                }
+                vfs.invalidation_done();
+            }
+        })?;
     let unmounter = session.unmount_callable();
     Ok((session, unmounter))
 }

@@ -260,6 +260,15 @@ impl FixedOwner {
     }
 }
 
+/// What changed in a catalog after a revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// The directories (paths) whose listings changed, up to and including `revision`.
+    Dirs { revision: u64, dirs: Vec<String> },
+    /// The catalog no longer knows what changed since then: any listing may have.
+    Reset { revision: u64 },
+}
+
 /// The namespace of a bucket.
 #[async_trait]
 pub trait Catalog: Send + Sync {
@@ -279,6 +288,16 @@ pub trait Catalog: Send + Sync {
     /// Apply all ops or none; returns the new revision.
     async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64>;
     async fn revision(&self) -> RemoteResult<u64>;
+    /// What changed after revision `since`, waiting up to `wait` for a change (an empty
+    /// `Dirs` when nothing did). `Ok(None)`: this catalog has no change feed; poll
+    /// [`Catalog::revision`] instead.
+    async fn changes(
+        &self,
+        _since: u64,
+        _wait: std::time::Duration,
+    ) -> RemoteResult<Option<Changes>> {
+        Ok(None)
+    }
 }
 
 /// The result of storing one file body.
@@ -335,4 +354,7 @@ pub trait Cas: Send + Sync {
     /// coordinates), uploading only data around the edits. The result is verified to
     /// reconstruct to the expected size before it is returned.
     async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed>;
+    /// Wait, at most `timeout`, for background work of this store (such as cache writes) to
+    /// land: called before the process exits.
+    async fn settle(&self, _timeout: std::time::Duration) {}
 }

@@ -18,6 +18,19 @@ pub struct Bucket {
     pub catalog: SqliteCatalog,
     /// Held while a batch is validated and applied: batches of one bucket run one at a time.
     pub batch_lock: tokio::sync::Mutex<()>,
+    /// The revision of the last commit made through this server: change-feed readers wait
+    /// on it.
+    pub committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Bucket {
+    /// Apply `ops` all or none, and wake whoever waits for a change.
+    pub async fn commit(&self, ops: Vec<crate::remote::CatalogOp>) -> RemoteResult<u64> {
+        use crate::remote::Catalog;
+        let rev = self.catalog.commit(ops).await?;
+        self.committed.send_replace(rev);
+        Ok(rev)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -202,6 +215,7 @@ impl Buckets {
             id: id.to_string(),
             catalog,
             batch_lock: tokio::sync::Mutex::new(()),
+            committed: tokio::sync::watch::Sender::new(0),
         });
         Ok(self.open.lock().entry(id.to_string()).or_insert(b).clone())
     }

@@ -663,7 +663,7 @@ pub async fn batch(
     }
     let processed = ops.len();
     if !ops.is_empty() {
-        if let Err(e) = b.catalog.commit(ops).await {
+        if let Err(e) = b.commit(ops).await {
             return internal(e);
         }
         if let Err(e) = s.buckets.touch(&id) {

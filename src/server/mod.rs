@@ -190,6 +190,7 @@ pub fn router(state: Arc<Server>) -> Router {
             .route(&format!("{b}/xetmount/head"), get(native::head))
             .route(&format!("{b}/xetmount/links"), get(native::link_paths))
             .route(&format!("{b}/xetmount/revision"), get(native::revision))
+            .route(&format!("{b}/xetmount/changes"), get(native::changes))
             .route(&format!("{b}/xetmount/commit"), post(native::commit))
             .route("/v1/xetmount/chunks/{file}", get(cas::chunk_lists));
     }

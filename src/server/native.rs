@@ -16,7 +16,7 @@ use super::auth::Scope;
 use super::hub::error;
 use super::Server;
 use crate::remote::wire::{WireEntry, WireOp};
-use crate::remote::{Catalog, RemoteError};
+use crate::remote::{Catalog, Changes, RemoteError};
 
 type S = State<Arc<Server>>;
 
@@ -113,6 +113,55 @@ pub async fn revision(
     }
 }
 
+#[derive(Deserialize)]
+pub struct ChangesQuery {
+    since: u64,
+    /// Seconds to wait for a change when there is none yet.
+    #[serde(default)]
+    wait: u64,
+}
+
+/// Longest a change-feed request is held open.
+const MAX_WAIT_SECS: u64 = 55;
+
+/// The change feed: `{"revision": N, "dirs": [...]}`, the directories whose listings changed
+/// after revision `since` (held open up to `wait` seconds until there is one), or
+/// `{"revision": N, "reset": true}` when the history no longer reaches back that far.
+pub async fn changes(
+    State(s): S,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<ChangesQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
+    // Subscribed before looking, so a commit in between is not missed.
+    let mut committed = b.committed.subscribe();
+    loop {
+        let c = match b.catalog.changes_since(q.since).await {
+            Ok(c) => c,
+            Err(e) => return remote_err(e),
+        };
+        let answer = match &c {
+            Changes::Reset { revision } => json!({ "revision": revision, "reset": true }),
+            Changes::Dirs { revision, dirs } => json!({ "revision": revision, "dirs": dirs }),
+        };
+        let waiting = matches!(&c, Changes::Dirs { dirs, .. } if dirs.is_empty());
+        let woken = waiting
+            && matches!(
+                tokio::time::timeout_at(deadline, committed.changed()).await,
+                Ok(Ok(()))
+            );
+        if !woken {
+            return axum::Json(answer).into_response();
+        }
+    }
+}
+
 /// Apply a JSON array of ops, all or none; answers the new revision.
 pub async fn commit(
     State(s): S,
@@ -168,7 +217,7 @@ pub async fn commit(
         }
     }
     let _one_batch_at_a_time = b.batch_lock.lock().await;
-    match b.catalog.commit(ops).await {
+    match b.commit(ops).await {
         Ok(rev) => {
             if let Err(e) = s.buckets.touch(&id) {
                 return remote_err(e);

@@ -1,5 +1,7 @@
 //! Staging garbage collection: keep what staging files occupy on disk within
-//! `--max-staging-size` by forgetting clean copies, least recently used first.
+//! `--max-staging-size`, and their number within `max_staged_files` (each holds two open
+//! descriptors: writing tens of thousands of files must not exhaust them), by forgetting clean
+//! copies, least recently used first.
 //!
 //! Never evicted: a dirty file (its staging copy is the only copy of the user's bytes), a file
 //! with open handles, a file being flushed (its flush lock is held), an unlinked file. Usage is
@@ -13,12 +15,11 @@ use crate::vfs::staging::Staged;
 use crate::vfs::{Stats, Vfs};
 
 impl Vfs {
-    /// Evict clean staging copies until usage is within the budget (no-op without one).
+    /// Evict clean staging copies until usage is within the budget and their number within
+    /// the limit.
     pub(super) fn collect_staging(&self) {
         let budget = self.config.max_staging_size;
-        if budget == 0 {
-            return;
-        }
+        let max_files = self.config.max_staged_files;
         let staged: Vec<(Ino, Arc<Staged>, bool)> = {
             let t = self.inodes.lock();
             t.iter()
@@ -28,9 +29,18 @@ impl Vfs {
                 })
                 .collect()
         };
-        let sizes: Vec<u64> = staged.iter().map(|(_, s, _)| s.allocated_bytes()).collect();
+        let mut count = staged.len();
+        if budget == 0 && count <= max_files {
+            return;
+        }
+        let sizes: Vec<u64> = if budget == 0 {
+            vec![0; count]
+        } else {
+            staged.iter().map(|(_, s, _)| s.allocated_bytes()).collect()
+        };
         let mut usage: u64 = sizes.iter().sum();
-        if usage > budget {
+        let over = |usage: u64, count: usize| (budget > 0 && usage > budget) || count > max_files;
+        if over(usage, count) {
             let mut candidates: Vec<(usize, u64)> = staged
                 .iter()
                 .enumerate()
@@ -39,7 +49,7 @@ impl Vfs {
                 .collect();
             candidates.sort_by_key(|(_, used)| *used);
             for (k, _) in candidates {
-                if usage <= budget {
+                if !over(usage, count) {
                     break;
                 }
                 let (ino, s, _) = &staged[k];
@@ -49,11 +59,14 @@ impl Vfs {
                 };
                 if self.forget_clean_copy(*ino, s, false) {
                     usage = usage.saturating_sub(sizes[k]);
+                    count -= 1;
                     Stats::add(&self.stats.staging_evictions, 1);
                 }
             }
         }
-        Stats::set(&self.stats.staging_bytes, usage);
+        if budget > 0 {
+            Stats::set(&self.stats.staging_bytes, usage);
+        }
         // `staged` drops here, outside every lock: evicted files are removed now.
     }
 

@@ -9,7 +9,7 @@
 //! name of the group is (the VFS lists the directories holding them, `Vfs::ensure_listed`),
 //! so the link count is the number of names and unlinking one name never strands the file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -161,6 +161,27 @@ impl Inode {
     }
 }
 
+/// What the kernel must forget after other writers changed the namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Attributes and cached pages of an inode.
+    Inode(Ino),
+    /// The name `name` in directory `parent`.
+    Entry { parent: Ino, name: String },
+}
+
+/// The outcome of [`InodeTable::reconcile`].
+#[derive(Default)]
+pub struct Reconciled {
+    pub invalidations: Vec<Invalidation>,
+    /// Entries added, removed or changed.
+    pub changed: u64,
+    /// Staging of inodes that left the table (dropped outside the table lock).
+    pub reaped: Vec<Arc<Staged>>,
+    /// Hard-link groups new to the table (the caller loads their other names).
+    pub new_links: Vec<u64>,
+}
+
 pub struct InodeTable {
     map: HashMap<Ino, Inode>,
     next: Ino,
@@ -241,31 +262,150 @@ impl InodeTable {
         if self.dir(dir)?.children.is_some() {
             return Ok(Vec::new());
         }
-        let mut children = BTreeMap::new();
+        self.get_mut(dir)?.children = Some(BTreeMap::new());
         let mut new_links = Vec::new();
         for e in entries {
             let name = e.path.rsplit('/').next().unwrap_or("").to_string();
-            let known = e.link.and_then(|l| self.by_link.get(&l).copied());
-            let ino = match known {
-                Some(ino) => {
-                    self.get_mut(ino)?.other_names.push((dir, name.clone()));
-                    ino
+            let (_, new_link) = self.add_listed(dir, name, e)?;
+            new_links.extend(new_link);
+        }
+        Ok(new_links)
+    }
+
+    /// Add catalog entry `e` as `dir/name` (a free slot of a listed directory); a directory
+    /// comes unlisted. A name of a hard-link group already in the table becomes another name
+    /// of its inode. Returns the inode, and the group if it is new to the table.
+    fn add_listed(&mut self, dir: Ino, name: String, e: Entry) -> VfsResult<(Ino, Option<u64>)> {
+        let known = e.link.and_then(|l| self.by_link.get(&l).copied());
+        let (ino, new_link) = match known {
+            Some(ino) => {
+                self.get_mut(ino)?.other_names.push((dir, name.clone()));
+                (ino, None)
+            }
+            None => {
+                let ino = self.alloc();
+                if let Some(l) = e.link {
+                    self.by_link.insert(l, ino);
                 }
-                None => {
-                    let ino = self.alloc();
-                    if let Some(l) = e.link {
-                        self.by_link.insert(l, ino);
-                        new_links.push(l);
+                self.map
+                    .insert(ino, Inode::from_entry(ino, dir, name.clone(), e.clone()));
+                (ino, e.link)
+            }
+        };
+        self.get_mut(dir)?
+            .children
+            .as_mut()
+            .ok_or(Errno::EIO)?
+            .insert(name, ino);
+        Ok((ino, new_link))
+    }
+
+    /// Inodes holding changes of this mount that a refresh must not touch: every file with a
+    /// staging copy (dirty, being flushed or open: idle clean copies are dropped before a
+    /// refresh), and every directory above one.
+    fn local_changes(&self) -> HashSet<Ino> {
+        let mut keep = HashSet::new();
+        for i in self.map.values().filter(|i| i.staged.is_some() && i.linked) {
+            keep.insert(i.ino);
+            let names = std::iter::once(i.parent).chain(i.other_names.iter().map(|(p, _)| *p));
+            for mut dir in names {
+                while keep.insert(dir) && dir != ROOT_INO {
+                    match self.map.get(&dir) {
+                        Some(d) => dir = d.parent,
+                        None => break,
                     }
-                    self.map
-                        .insert(ino, Inode::from_entry(ino, dir, name.clone(), e));
-                    ino
+                }
+            }
+        }
+        keep
+    }
+
+    /// Bring listed directory `dir` in line with a fresh catalog listing of it, made by other
+    /// writers. Entries holding changes of this mount stay as they are (they will be
+    /// committed over the remote ones: last writer wins). A removed name disappears; an
+    /// open file keeps living as an orphan until closed. A file whose body changed while open
+    /// keeps that body (its name moves to a new inode), so an open reader never mixes two
+    /// versions; one not open takes the new body in place. `same_meta` says whether two
+    /// metadata are the same as far as the catalog keeps them.
+    pub fn reconcile(
+        &mut self,
+        dir: Ino,
+        entries: Vec<Entry>,
+        same_meta: impl Fn(&Meta, &Meta) -> bool,
+    ) -> VfsResult<Reconciled> {
+        let old = self.dir(dir)?.children.clone().ok_or(Errno::EIO)?;
+        let keep = self.local_changes();
+        let mut fresh: BTreeMap<String, Entry> = entries
+            .into_iter()
+            .map(|e| (e.path.rsplit('/').next().unwrap_or("").to_string(), e))
+            .collect();
+        let mut out = Reconciled::default();
+        for (name, ino) in old {
+            let e = fresh.remove(&name);
+            if keep.contains(&ino) {
+                continue;
+            }
+            let i = self.get(ino)?;
+            let replace = match &e {
+                None => true,
+                Some(e) => {
+                    let body_changed = i.remote != e.content || i.target != e.target;
+                    if e.kind != i.kind || (body_changed && i.open_handles > 0) {
+                        true
+                    } else if body_changed || !same_meta(&i.meta, &e.meta) || i.link != e.link {
+                        let i = self.get_mut(ino)?;
+                        i.remote = e.content.clone();
+                        i.target = e.target.clone();
+                        i.meta = e.meta;
+                        out.invalidations.push(Invalidation::Inode(ino));
+                        out.changed += 1;
+                        false
+                    } else {
+                        false
+                    }
                 }
             };
-            children.insert(name, ino);
+            if replace {
+                self.unlink_name(ino, dir, &name)?;
+                out.reaped.extend(self.reap(ino));
+                if let Some(e) = e {
+                    let (_, link) = self.add_listed(dir, name.clone(), e)?;
+                    out.new_links.extend(link);
+                }
+                out.invalidations
+                    .push(Invalidation::Entry { parent: dir, name });
+                out.changed += 1;
+            }
         }
-        self.get_mut(dir)?.children = Some(children);
-        Ok(new_links)
+        for (name, e) in fresh {
+            let (_, link) = self.add_listed(dir, name.clone(), e)?;
+            out.new_links.extend(link);
+            out.invalidations
+                .push(Invalidation::Entry { parent: dir, name });
+            out.changed += 1;
+        }
+        if out.changed > 0 {
+            out.invalidations.push(Invalidation::Inode(dir));
+        }
+        Ok(out)
+    }
+
+    /// The listed directory at catalog path `path`, if the table has it.
+    pub fn listed_dir_at(&self, path: &str) -> Option<Ino> {
+        let mut dir = ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            dir = self.child(dir, part).ok()??;
+        }
+        self.is_listed(dir).then_some(dir)
+    }
+
+    /// The paths of every listed directory.
+    pub fn listed_dirs(&self) -> Vec<String> {
+        self.map
+            .values()
+            .filter(|i| i.is_dir() && i.children.is_some() && i.linked)
+            .filter_map(|i| self.path_of(i.ino).ok())
+            .collect()
     }
 
     fn alloc(&mut self) -> Ino {

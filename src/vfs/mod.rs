@@ -32,6 +32,7 @@ mod nslog;
 pub mod ranges;
 pub mod readcache;
 mod recovery;
+mod refresh;
 pub mod sparse;
 pub mod staging;
 pub mod stats;
@@ -83,6 +84,12 @@ pub struct VfsConfig {
     /// Disk budget for staging files in bytes (0 = unlimited); clean copies are evicted to
     /// stay within it.
     pub max_staging_size: u64,
+    /// Most staging files kept (each holds two open descriptors); clean copies beyond it are
+    /// evicted.
+    pub max_staged_files: usize,
+    /// How often to ask a catalog without a change feed whether others changed it (a feed is
+    /// followed as changes come); zero turns change detection off.
+    pub poll_interval: Duration,
 }
 
 impl VfsConfig {
@@ -99,6 +106,8 @@ impl VfsConfig {
             readahead_blocks: 512,
             paranoid: false,
             max_staging_size: 0,
+            max_staged_files: 1000,
+            poll_interval: Duration::from_secs(30),
         }
     }
 }
@@ -190,6 +199,8 @@ pub struct Vfs {
     flusher: Arc<flush::FlushQueue>,
     /// Orders writes through handles and flush failures (see `Handle::wrote_at`).
     events: std::sync::atomic::AtomicU64,
+    /// Where kernel cache invalidations go (the frontend's queue), once it asked.
+    invalidator: Mutex<Option<std::sync::mpsc::Sender<inode::Invalidation>>>,
 }
 
 impl Vfs {
@@ -241,6 +252,7 @@ impl Vfs {
             cache,
             stats,
             events: std::sync::atomic::AtomicU64::new(0),
+            invalidator: Mutex::new(None),
         });
         let recovered = vfs
             .recover()
@@ -266,6 +278,10 @@ impl Vfs {
         flush::spawn_flusher(&vfs);
         for ino in vfs.dirty_inodes() {
             vfs.flusher.schedule(ino);
+        }
+        if !vfs.config.poll_interval.is_zero() {
+            let since = vfs.catalog.revision().await?;
+            vfs.spawn_refresher(since);
         }
         Ok(vfs)
     }
@@ -354,9 +370,16 @@ impl Vfs {
         drop(staged);
     }
 
-    /// Flush every dirty file and pending namespace change and wait, up to `timeout`.
-    /// Returns the number of files still dirty (pending namespace changes count as one).
+    /// Flush every dirty file and pending namespace change and wait, up to `timeout`, then
+    /// let the store finish its background work (cache writes) for a moment. Returns the
+    /// number of files still dirty (pending namespace changes count as one).
     pub async fn shutdown(&self, timeout: Duration) -> usize {
+        let left = self.commit_all(timeout).await;
+        self.cas.settle(Duration::from_secs(5)).await;
+        left
+    }
+
+    async fn commit_all(&self, timeout: Duration) -> usize {
         self.flusher.stop();
         let deadline = tokio::time::Instant::now() + timeout;
         let unsettled = || self.dirty_inodes().len() + usize::from(!self.nslog.lock().is_empty());

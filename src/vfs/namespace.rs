@@ -110,7 +110,7 @@ impl Vfs {
     }
 
     /// List every directory from the root down to the directory at `path`.
-    async fn ensure_path_listed(&self, path: &str) -> VfsResult<()> {
+    pub(super) async fn ensure_path_listed(&self, path: &str) -> VfsResult<()> {
         let mut dir = ROOT_INO;
         self.ensure_listed(dir).await?;
         for part in path.split('/').filter(|p| !p.is_empty()) {

@@ -34,6 +34,20 @@ pub struct Stats {
     pub staging_bytes: AtomicU64,
     /// Clean staging copies evicted to stay within `--max-staging-size`.
     pub staging_evictions: AtomicU64,
+    /// The catalog revision this mount's view is up to date with (other writers' changes).
+    pub remote_revision: AtomicU64,
+    /// Entries added, removed or changed by other writers and applied here.
+    pub remote_changes: AtomicU64,
+    /// Kernel cache invalidations queued to the frontend and not yet sent.
+    pub pending_invalidations: AtomicU64,
+    /// When the catalog was last asked for changes successfully (unix ms).
+    last_refresh_ms: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -53,6 +67,12 @@ pub struct StatsSnapshot {
     pub commit_verify_failures: u64,
     pub staging_bytes: u64,
     pub staging_evictions: u64,
+    pub remote_revision: u64,
+    pub remote_changes: u64,
+    pub pending_invalidations: u64,
+    /// Milliseconds since the catalog was last asked for changes successfully (0: change
+    /// detection is off).
+    pub since_last_poll_ms: u64,
 }
 
 impl Stats {
@@ -62,6 +82,11 @@ impl Stats {
 
     pub fn set(gauge: &AtomicU64, v: u64) {
         gauge.store(v, Ordering::Relaxed);
+    }
+
+    /// The catalog was just asked for changes successfully.
+    pub fn note_refresh(&self) {
+        self.last_refresh_ms.store(unix_ms(), Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -81,6 +106,13 @@ impl Stats {
             commit_verify_failures: g(&self.commit_verify_failures),
             staging_bytes: g(&self.staging_bytes),
             staging_evictions: g(&self.staging_evictions),
+            remote_revision: g(&self.remote_revision),
+            remote_changes: g(&self.remote_changes),
+            pending_invalidations: g(&self.pending_invalidations),
+            since_last_poll_ms: match g(&self.last_refresh_ms) {
+                0 => 0,
+                at => unix_ms().saturating_sub(at),
+            },
         }
     }
 }
@@ -88,22 +120,26 @@ impl Stats {
 impl StatsSnapshot {
     /// `key value` lines, the format of the stats file.
     pub fn to_text(&self) -> String {
-        format!(
-            "bytes_fetched {}\ncompose_base_bytes_read {}\ncompose_dirty_chunk_bytes {}\ncompose_terms_last {}\ncompose_terms_max {}\nbytes_uploaded_new {}\nfiles_uploaded {}\nfiles_composed {}\ncompose_fallbacks {}\nflush_commits {}\nflush_failures {}\ncommit_verify_failures {}\nstaging_bytes {}\nstaging_evictions {}\n",
-            self.bytes_fetched,
-            self.compose_base_bytes_read,
-            self.compose_dirty_chunk_bytes,
-            self.compose_terms_last,
-            self.compose_terms_max,
-            self.bytes_uploaded_new,
-            self.files_uploaded,
-            self.files_composed,
-            self.compose_fallbacks,
-            self.flush_commits,
-            self.flush_failures,
-            self.commit_verify_failures,
-            self.staging_bytes,
-            self.staging_evictions
-        )
+        let fields = [
+            ("bytes_fetched", self.bytes_fetched),
+            ("compose_base_bytes_read", self.compose_base_bytes_read),
+            ("compose_dirty_chunk_bytes", self.compose_dirty_chunk_bytes),
+            ("compose_terms_last", self.compose_terms_last),
+            ("compose_terms_max", self.compose_terms_max),
+            ("bytes_uploaded_new", self.bytes_uploaded_new),
+            ("files_uploaded", self.files_uploaded),
+            ("files_composed", self.files_composed),
+            ("compose_fallbacks", self.compose_fallbacks),
+            ("flush_commits", self.flush_commits),
+            ("flush_failures", self.flush_failures),
+            ("commit_verify_failures", self.commit_verify_failures),
+            ("staging_bytes", self.staging_bytes),
+            ("staging_evictions", self.staging_evictions),
+            ("remote_revision", self.remote_revision),
+            ("remote_changes", self.remote_changes),
+            ("pending_invalidations", self.pending_invalidations),
+            ("since_last_poll_ms", self.since_last_poll_ms),
+        ];
+        fields.iter().map(|(k, v)| format!("{k} {v}\n")).collect()
     }
 }

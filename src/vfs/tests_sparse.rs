@@ -73,6 +73,7 @@ fn delta(a: StatsSnapshot, b: StatsSnapshot) -> StatsSnapshot {
         commit_verify_failures: b.commit_verify_failures - a.commit_verify_failures,
         staging_bytes: b.staging_bytes,
         staging_evictions: b.staging_evictions - a.staging_evictions,
+        ..b
     }
 }
 

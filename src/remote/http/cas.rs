@@ -21,8 +21,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use xet_client::cas_client::auth::{AuthConfig, AuthError, TokenInfo, TokenRefresher};
 use xet_client::cas_client::Client;
+use xet_client::cas_types::{ChunkRange, Key};
 use xet_client::cas_types::{FileChunkHashesResponse, FileRange};
-use xet_client::chunk_cache::{get_cache, CacheConfig, ChunkCache};
+use xet_client::chunk_cache::error::ChunkCacheError;
+use xet_client::chunk_cache::{get_cache, CacheConfig, CacheRange, ChunkCache};
 use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 use xet_data::file_reconstruction::FileReconstructor;
@@ -54,6 +56,39 @@ impl TokenRefresher for HubTokens {
             .await
             .map_err(AuthError::token_refresh_failure)?;
         Ok((tok, exp))
+    }
+}
+
+/// The on-disk chunk cache, counting the writes xet-core starts in the background (it does
+/// not wait for them), so that an unmount can let them land instead of losing them.
+struct TrackedCache {
+    inner: Arc<dyn ChunkCache>,
+    writing: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
+}
+
+#[async_trait]
+impl ChunkCache for TrackedCache {
+    async fn get(
+        &self,
+        key: &Key,
+        range: &ChunkRange,
+    ) -> Result<Option<CacheRange>, ChunkCacheError> {
+        self.inner.get(key, range).await
+    }
+
+    async fn put(
+        &self,
+        key: &Key,
+        range: &ChunkRange,
+        chunk_byte_indices: &[u32],
+        data: &[u8],
+    ) -> Result<(), ChunkCacheError> {
+        use std::sync::atomic::Ordering;
+        self.writing.0.fetch_add(1, Ordering::SeqCst);
+        let r = self.inner.put(key, range, chunk_byte_indices, data).await;
+        self.writing.0.fetch_sub(1, Ordering::SeqCst);
+        self.writing.1.notify_waiters();
+        r
     }
 }
 
@@ -248,6 +283,8 @@ impl ChunkHashes for RemoteChunks {
 }
 
 pub struct HttpCas {
+    /// Chunk-cache writes in flight, and their completions.
+    cache_writes: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
     config: Arc<TranslatorConfig>,
     client: Arc<dyn Client>,
     reader: Arc<Reader>,
@@ -333,6 +370,7 @@ impl HttpCas {
             compression: ctx.config.xorb.compression_policy.as_str().to_string(),
             retest_interval: ctx.config.xorb.compression_scheme_retest_interval,
         };
+        let cache_writes = Arc::new(Default::default());
         let chunk_cache = if chunk_cache_bytes == 0 {
             None
         } else {
@@ -341,11 +379,16 @@ impl HttpCas {
                 cache_directory: dir.clone(),
                 cache_size: chunk_cache_bytes,
             };
-            Some(get_cache(&ctx.config, &config).map_err(|e| {
+            let inner = get_cache(&ctx.config, &config).map_err(|e| {
                 RemoteError::Other(format!("cannot use the chunk cache {}: {e}", dir.display()))
-            })?)
+            })?;
+            Some(Arc::new(TrackedCache {
+                inner,
+                writing: Arc::clone(&cache_writes),
+            }) as Arc<dyn ChunkCache>)
         };
         Ok(HttpCas {
+            cache_writes,
             reader: Arc::new(Reader {
                 ctx,
                 client: client.clone(),
@@ -390,6 +433,21 @@ impl Cas for HttpCas {
         items: Vec<UploadItem<'_>>,
     ) -> RemoteResult<Vec<RemoteResult<Uploaded>>> {
         crate::remote::xet::upload_files(self.config.clone(), &items).await
+    }
+
+    async fn settle(&self, timeout: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        let (count, done) = &*self.cache_writes;
+        let wait = async {
+            loop {
+                let notified = done.notified();
+                if count.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
     }
 
     async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {

@@ -11,7 +11,8 @@ use serde_json::Value;
 use super::hub::Hub;
 use super::{q, Prefix};
 use crate::remote::wire::{WireEntry, WireOp};
-use crate::remote::{Capabilities, Catalog, CatalogOp, Entry, RemoteError, RemoteResult};
+use crate::remote::{Capabilities, Catalog, CatalogOp, Changes, Entry, RemoteError, RemoteResult};
+use std::time::Duration;
 
 pub struct HttpCatalog {
     hub: Arc<Hub>,
@@ -115,6 +116,35 @@ impl Catalog for HttpCatalog {
         v.get("revision")
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("commit", &v))
+    }
+
+    async fn changes(&self, since: u64, wait: Duration) -> RemoteResult<Option<Changes>> {
+        let url = self.hub.api(&format!(
+            "/xetmount/changes?since={since}&wait={}",
+            wait.as_secs()
+        ));
+        let v = match self.hub.get_json("changes", &url).await {
+            Ok(v) => v,
+            // A server without the feed.
+            Err(RemoteError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let revision = v
+            .get("revision")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("changes", &v))?;
+        if v.get("reset").and_then(Value::as_bool) == Some(true) {
+            return Ok(Some(Changes::Reset { revision }));
+        }
+        let dirs = v
+            .get("dirs")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("changes", &v))?
+            .iter()
+            .filter_map(Value::as_str)
+            .filter_map(|d| self.prefix.local(d))
+            .collect();
+        Ok(Some(Changes::Dirs { revision, dirs }))
     }
 
     async fn revision(&self) -> RemoteResult<u64> {

@@ -15,7 +15,8 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::remote::{
-    Capabilities, Catalog, CatalogOp, Entry, EntryKind, FileId, Meta, RemoteError, RemoteResult,
+    Capabilities, Catalog, CatalogOp, Changes, Entry, EntryKind, FileId, Meta, RemoteError,
+    RemoteResult,
 };
 
 const SCHEMA: &str = "
@@ -38,7 +39,16 @@ CREATE TABLE IF NOT EXISTS entries (
     link     INTEGER
 );
 CREATE INDEX IF NOT EXISTS entries_parent ON entries(parent);
+CREATE TABLE IF NOT EXISTS changed (
+    revision INTEGER NOT NULL,
+    dir      TEXT NOT NULL,
+    PRIMARY KEY (revision, dir)
+) WITHOUT ROWID;
 ";
+
+/// Revisions of change history kept (`changed`); a reader further behind is told to re-list
+/// everything.
+const HISTORY: i64 = 100_000;
 
 /// Stores of format 1 have no `link` column.
 const LINK_MIGRATION: &str = "ALTER TABLE entries ADD COLUMN link INTEGER";
@@ -120,6 +130,12 @@ impl SqliteCatalog {
             conn.execute_batch(LINK_MIGRATION)?;
         }
         conn.execute_batch(LINK_INDEX)?;
+        // History starts now for a store made before it was kept.
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) SELECT 'changes_from', \
+             COALESCE((SELECT value FROM meta WHERE key = 'revision'), '0')",
+            [],
+        )?;
         let has_root: bool = conn
             .query_row("SELECT 1 FROM entries WHERE path = ''", [], |_| Ok(()))
             .optional()?
@@ -150,6 +166,39 @@ impl SqliteCatalog {
                 .query_map(params![path, lo, hi], row_to_entry)
                 .map_err(db_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    /// The directories whose listings changed after revision `since`.
+    pub async fn changes_since(&self, since: u64) -> RemoteResult<Changes> {
+        self.with_conn(move |c| {
+            let meta = |key: &str| {
+                one(
+                    c,
+                    "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1",
+                    [key],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map(|v| v.unwrap_or(0).max(0) as u64)
+            };
+            let revision = meta("revision").map_err(db_err)?;
+            let from = meta("changes_from").map_err(db_err)?;
+            if since > revision || since < from {
+                return Ok(Changes::Reset { revision });
+            }
+            let mut st = c
+                .prepare_cached(
+                    "SELECT DISTINCT dir FROM changed WHERE revision > ?1 AND revision <= ?2",
+                )
+                .map_err(db_err)?;
+            let dirs = st
+                .query_map([since as i64, revision as i64], |r| r.get::<_, String>(0))
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            Ok(Changes::Dirs { revision, dirs })
         })
         .await
     }
@@ -235,6 +284,16 @@ fn put_row(conn: &Connection, e: &Entry, revision: i64) -> rusqlite::Result<()> 
             e.link.map(|l| l as i64)
         ],
     )?;
+    note_changed(conn, parent_of(&e.path), revision)
+}
+
+/// Record that the listing of directory `dir` changed in `revision`.
+fn note_changed(conn: &Connection, dir: &str, revision: i64) -> rusqlite::Result<()> {
+    exec(
+        conn,
+        "INSERT OR IGNORE INTO changed (revision, dir) VALUES (?1, ?2)",
+        params![revision, dir],
+    )?;
     Ok(())
 }
 
@@ -298,7 +357,8 @@ fn ensure_ancestors(
     Ok(())
 }
 
-fn delete_tree(tx: &Transaction<'_>, path: &str) -> rusqlite::Result<usize> {
+fn delete_tree(tx: &Transaction<'_>, path: &str, rev: i64) -> rusqlite::Result<usize> {
+    note_changed(tx, parent_of(path), rev)?;
     let (lo, hi) = subtree_bounds(path);
     exec(
         tx,
@@ -363,6 +423,8 @@ fn apply(tx: &Transaction<'_>, op: &CatalogOp, rev: i64) -> RemoteResult<()> {
                     next as u64
                 }
             };
+            // The source's listing shows its new link count.
+            note_changed(tx, parent_of(from), rev).map_err(db_err)?;
             ensure_ancestors(tx, to, &src.meta, rev).map_err(db_err)?;
             let named = Entry {
                 path: to.clone(),
@@ -375,7 +437,7 @@ fn apply(tx: &Transaction<'_>, op: &CatalogOp, rev: i64) -> RemoteResult<()> {
             if path.is_empty() {
                 return Err(RemoteError::Other("cannot delete the root".into()));
             }
-            delete_tree(tx, path).map_err(db_err)?;
+            delete_tree(tx, path, rev).map_err(db_err)?;
         }
         CatalogOp::Rename { from, to } => {
             if from.is_empty() || to.is_empty() || to.starts_with(&format!("{from}/")) {
@@ -396,7 +458,8 @@ fn apply(tx: &Transaction<'_>, op: &CatalogOp, rev: i64) -> RemoteResult<()> {
             .map_err(db_err)?
             .ok_or_else(|| RemoteError::NotFound(from.clone()))?
             .meta;
-            delete_tree(tx, to).map_err(db_err)?;
+            delete_tree(tx, to, rev).map_err(db_err)?;
+            note_changed(tx, parent_of(from), rev).map_err(db_err)?;
             ensure_ancestors(tx, to, &meta, rev).map_err(db_err)?;
             exec(
                 tx,
@@ -485,6 +548,20 @@ impl Catalog for SqliteCatalog {
             for op in &ops {
                 apply(&tx, op, rev)?;
             }
+            if rev > HISTORY && rev % 1000 == 0 {
+                exec(
+                    &tx,
+                    "DELETE FROM changed WHERE revision <= ?1",
+                    [rev - HISTORY],
+                )
+                .map_err(db_err)?;
+                exec(
+                    &tx,
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('changes_from', ?1)",
+                    [(rev - HISTORY).to_string()],
+                )
+                .map_err(db_err)?;
+            }
             exec(
                 &tx,
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('revision', ?1)",
@@ -562,6 +639,50 @@ mod tests {
         let r2 = c.commit(vec![]).await.unwrap();
         assert!(r2 > r1);
         assert_eq!(c.revision().await.unwrap(), r2);
+    }
+
+    #[tokio::test]
+    async fn changes_name_every_directory_whose_listing_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let c = SqliteCatalog::open(&d.path().join("c.db")).unwrap();
+        let dirs = |ch: Changes| match ch {
+            Changes::Dirs { mut dirs, .. } => {
+                dirs.sort();
+                dirs
+            }
+            Changes::Reset { .. } => panic!("reset"),
+        };
+        let r0 = c.revision().await.unwrap();
+        let r1 = c
+            .commit(vec![CatalogOp::Put(file("a/b/c", "h", 1))])
+            .await
+            .unwrap();
+        assert_eq!(dirs(c.changes_since(r0).await.unwrap()), ["", "a", "a/b"]);
+        assert!(dirs(c.changes_since(r1).await.unwrap()).is_empty());
+        let r2 = c
+            .commit(vec![CatalogOp::Rename {
+                from: "a/b".into(),
+                to: "x/b".into(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(dirs(c.changes_since(r1).await.unwrap()), ["", "a", "x"]);
+        c.commit(vec![CatalogOp::Link {
+            from: "x/b/c".into(),
+            to: "l".into(),
+        }])
+        .await
+        .unwrap();
+        let r4 = c
+            .commit(vec![CatalogOp::Delete { path: "x/b".into() }])
+            .await
+            .unwrap();
+        assert_eq!(dirs(c.changes_since(r2).await.unwrap()), ["", "x", "x/b"]);
+        // From the future, or from before the history: re-list everything.
+        assert_eq!(
+            c.changes_since(r4 + 1).await.unwrap(),
+            Changes::Reset { revision: r4 }
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,245 @@
+//! Other writers' changes: following the catalog (its change feed where it has one, else
+//! polling its revision), bringing the listed directories in line (`InodeTable::reconcile`),
+//! and telling the frontend which kernel caches to drop.
+//!
+//! A directory is refreshed only when the catalog holds every namespace change of this mount
+//! (pending ones are committed first) and no commit of this mount landed between the listing
+//! and its use; otherwise it is tried again. Kernel invalidations are queued to the frontend,
+//! never sent while a VFS lock is held (the kernel may call back into the file system while
+//! it handles one).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::remote::{Changes, Meta};
+use crate::vfs::inode::{Ino, Invalidation};
+use crate::vfs::{Errno, Stats, Vfs, VfsResult};
+
+/// How long one change-feed request waits for a change.
+const FEED_WAIT: Duration = Duration::from_secs(25);
+/// Directories listed at once by a refresh.
+const CONCURRENCY: usize = 8;
+/// Waits after a failed feed or poll request, doubling up to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(60));
+/// Wait before retrying directories whose refresh raced with a local change.
+const RETRY: Duration = Duration::from_millis(200);
+
+impl Vfs {
+    /// Follow other writers' changes from revision `since` (off when the poll interval is 0).
+    pub(super) fn spawn_refresher(self: &Arc<Self>, since: u64) {
+        if self.config.poll_interval.is_zero() {
+            return;
+        }
+        Stats::set(&self.stats.remote_revision, since);
+        self.stats.note_refresh();
+        tokio::spawn(follow(Arc::downgrade(self), since));
+    }
+
+    /// The queue the frontend drains to drop kernel caches (one consumer; a second call
+    /// replaces the first).
+    pub fn invalidations(&self) -> std::sync::mpsc::Receiver<Invalidation> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self.invalidator.lock() = Some(tx);
+        rx
+    }
+
+    /// The frontend handled one queued invalidation.
+    pub fn invalidation_done(&self) {
+        self.stats
+            .pending_invalidations
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn invalidate(&self, v: Vec<Invalidation>) {
+        let tx = self.invalidator.lock().clone();
+        let Some(tx) = tx else { return };
+        for inv in v {
+            if tx.send(inv).is_ok() {
+                Stats::add(&self.stats.pending_invalidations, 1);
+            }
+        }
+    }
+
+    /// Refresh the listed directories among `dirs`; returns those to try again.
+    async fn refresh(&self, dirs: Vec<String>) -> Vec<String> {
+        let mut again = Vec::new();
+        let mut results = futures::stream::iter(dirs)
+            .map(|d| async move {
+                let r = self.refresh_dir(&d).await;
+                (d, r)
+            })
+            .buffer_unordered(CONCURRENCY);
+        while let Some((d, r)) = results.next().await {
+            match r {
+                Ok(()) => {}
+                Err(e) => {
+                    if e != Errno::EAGAIN {
+                        tracing::debug!("refresh of /{d} failed ({e:?}); trying again");
+                    }
+                    again.push(d);
+                }
+            }
+        }
+        again
+    }
+
+    /// Bring directory `path` in line with the catalog, if it is listed here.
+    async fn refresh_dir(&self, path: &str) -> VfsResult<()> {
+        if self.inodes.lock().listed_dir_at(path).is_none() {
+            return Ok(());
+        }
+        self.drain_namespace().await?;
+        let commits = self.stats.flush_commits.load(Ordering::SeqCst);
+        let entries = self.catalog.list_dir(path).await?;
+        let dir = self
+            .inodes
+            .lock()
+            .listed_dir_at(path)
+            .ok_or(Errno::EAGAIN)?;
+        // Files whose body changed lose an idle clean staging copy first (its io lock before
+        // the table lock, as in gc): what keeps a copy then has changes of its own, a flush
+        // in progress, or an open handle.
+        let stale: Vec<(Ino, Arc<crate::vfs::staging::Staged>)> = {
+            let t = self.inodes.lock();
+            entries
+                .iter()
+                .filter_map(|e| {
+                    let name = e.path.rsplit('/').next()?;
+                    let i = t.get(t.child(dir, name).ok()??).ok()?;
+                    if i.remote == e.content {
+                        return None;
+                    }
+                    Some((i.ino, i.staged.clone()?))
+                })
+                .collect()
+        };
+        for (ino, s) in stale {
+            if let Ok(_flushing) = s.flush_lock.try_lock() {
+                self.forget_clean_copy(ino, &s, false);
+            }
+        }
+        let fixed = self.catalog.capabilities().fixed_owner.is_some();
+        let same_meta = |a: &Meta, b: &Meta| {
+            if fixed {
+                // Only the mtime is kept, in milliseconds.
+                a.mtime_ns.div_euclid(1_000_000) == b.mtime_ns.div_euclid(1_000_000)
+            } else {
+                (a.mode, a.uid, a.gid, a.mtime_ns, a.ctime_ns)
+                    == (b.mode, b.uid, b.gid, b.mtime_ns, b.ctime_ns)
+            }
+        };
+        let done = {
+            let _ns = self.ns_lock.lock().await;
+            if !self.nslog.lock().is_empty()
+                || self.stats.flush_commits.load(Ordering::SeqCst) != commits
+            {
+                // A change of this mount landed meanwhile: the listing may predate it.
+                return Err(Errno::EAGAIN);
+            }
+            let mut t = self.inodes.lock();
+            if t.listed_dir_at(path) != Some(dir) {
+                return Err(Errno::EAGAIN);
+            }
+            t.reconcile(dir, entries, same_meta)?
+        };
+        if done.changed > 0 {
+            tracing::debug!("/{path}: {} change(s) by other writers", done.changed);
+        }
+        Stats::add(&self.stats.remote_changes, done.changed);
+        drop(done.reaped);
+        for link in done.new_links {
+            for other in self.catalog.link_paths(link).await? {
+                let parent = other.rfind('/').map_or("", |i| &other[..i]);
+                self.ensure_path_listed(parent).await?;
+            }
+        }
+        self.invalidate(done.invalidations);
+        Ok(())
+    }
+}
+
+/// The refresher: the change feed while the catalog has one, else polling.
+async fn follow(vfs: Weak<Vfs>, mut since: u64) {
+    let Some(catalog) = vfs.upgrade().map(|v| v.catalog.clone()) else {
+        return;
+    };
+    let mut backoff = BACKOFF.0;
+    let mut pending: Vec<String> = Vec::new();
+    loop {
+        // The Vfs is not held while a request waits, so it can go away meanwhile.
+        let wait = if pending.is_empty() {
+            FEED_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let answer = catalog.changes(since, wait).await;
+        let Some(v) = vfs.upgrade() else { return };
+        let (revision, dirs) = match answer {
+            Ok(Some(Changes::Dirs { revision, dirs })) => (revision, dirs),
+            Ok(Some(Changes::Reset { revision })) => (revision, v.inodes.lock().listed_dirs()),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!("change feed: {e}; trying again in {backoff:?}");
+                drop(v);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF.1);
+                continue;
+            }
+        };
+        backoff = BACKOFF.0;
+        pending.extend(dirs);
+        pending.sort();
+        pending.dedup();
+        pending = v.refresh(std::mem::take(&mut pending)).await;
+        since = revision;
+        Stats::set(&v.stats.remote_revision, revision);
+        v.stats.note_refresh();
+        drop(v);
+        if !pending.is_empty() {
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+    poll(vfs, catalog, since).await;
+}
+
+/// Polling: one revision request per interval; only when it moved, every listed directory is
+/// listed again.
+async fn poll(vfs: Weak<Vfs>, catalog: Arc<dyn crate::remote::Catalog>, mut since: u64) {
+    let Some(interval) = vfs.upgrade().map(|v| v.config.poll_interval) else {
+        return;
+    };
+    let mut wait = interval;
+    let mut failures = 0u32;
+    loop {
+        tokio::time::sleep(wait).await;
+        let revision = catalog.revision().await;
+        let Some(v) = vfs.upgrade() else { return };
+        match revision {
+            Ok(r) => {
+                failures = 0;
+                wait = interval;
+                if r != since {
+                    let dirs = v.inodes.lock().listed_dirs();
+                    let again = v.refresh(dirs).await;
+                    if again.is_empty() {
+                        since = r;
+                    } else {
+                        // The next round lists everything again.
+                        wait = RETRY.max(interval / 10);
+                    }
+                }
+                Stats::set(&v.stats.remote_revision, since);
+                v.stats.note_refresh();
+            }
+            Err(e) => {
+                // Rate limits and outages: back off, up to a minute past the interval.
+                failures += 1;
+                wait = interval + (BACKOFF.0 * 2u32.pow(failures.min(7))).min(BACKOFF.1);
+                tracing::debug!("revision poll: {e}; next in {wait:?}");
+            }
+        }
+    }
+}
