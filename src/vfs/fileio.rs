@@ -107,8 +107,9 @@ impl Vfs {
             wrote_at: truncate.then(|| self.next_event()),
             reported_at: 0,
         }));
-        // Every change to a body passes through this mount (and so through the kernel's page
-        // cache), so what the kernel cached from an earlier open is still right.
+        // Changes to a body pass through this mount (and so through the kernel's page cache),
+        // or come from other writers, whose changes invalidate the kernel's pages
+        // (`refresh`): what the kernel cached from an earlier open is still right.
         Ok(Opened {
             fh,
             keep_cache: true,

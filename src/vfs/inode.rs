@@ -49,6 +49,10 @@ pub struct Inode {
     /// The last background flush failure, until a commit succeeds. Reported once to each
     /// handle that wrote before it happened (see `Vfs::close`).
     pub flush_error: Option<FlushError>,
+    /// Another writer's version of this file, seen while this mount had changes of its own
+    /// pending: its hash, or `deleted`. The next commit replaces it (last writer wins) and
+    /// reports that it did.
+    pub overwritten: Option<String>,
 }
 
 /// A failed background flush: its errno and when it happened (a `Vfs` event number).
@@ -110,6 +114,7 @@ impl Inode {
             nlookup: 0,
             linked: true,
             flush_error: None,
+            overwritten: None,
         }
     }
 
@@ -343,6 +348,20 @@ impl InodeTable {
         for (name, ino) in old {
             let e = fresh.remove(&name);
             if keep.contains(&ino) {
+                let i = self.get_mut(ino)?;
+                if i.kind == EntryKind::File && i.staged.is_some() {
+                    match &e {
+                        None => i.overwritten = Some("deleted".into()),
+                        Some(e) if e.content != i.remote => {
+                            i.overwritten = Some(
+                                e.content
+                                    .as_ref()
+                                    .map_or("empty".into(), |c| c.hash.clone()),
+                            );
+                        }
+                        Some(_) => {}
+                    }
+                }
                 continue;
             }
             let i = self.get(ino)?;

@@ -116,10 +116,15 @@ impl Vfs {
                 })
                 .collect()
         };
+        // A copy kept only because a flush is running or a reader has it open is tried again
+        // later; a dirty one will be committed over the other version anyway.
+        let mut retry = false;
         for (ino, s) in stale {
-            if let Ok(_flushing) = s.flush_lock.try_lock() {
-                self.forget_clean_copy(ino, &s, false);
-            }
+            let forgotten = match s.flush_lock.try_lock() {
+                Ok(_flushing) => self.forget_clean_copy(ino, &s, false),
+                Err(_) => false,
+            };
+            retry |= !forgotten && !s.with_io(|io| io.state.is_dirty());
         }
         let fixed = self.catalog.capabilities().fixed_owner.is_some();
         let same_meta = |a: &Meta, b: &Meta| {
@@ -157,6 +162,9 @@ impl Vfs {
             }
         }
         self.invalidate(done.invalidations);
+        if retry {
+            return Err(Errno::EAGAIN);
+        }
         Ok(())
     }
 }
@@ -167,6 +175,7 @@ async fn follow(vfs: Weak<Vfs>, mut since: u64) {
         return;
     };
     let mut backoff = BACKOFF.0;
+    let mut retry_wait = RETRY;
     let mut pending: Vec<String> = Vec::new();
     loop {
         // The Vfs is not held while a request waits, so it can go away meanwhile.
@@ -198,8 +207,12 @@ async fn follow(vfs: Weak<Vfs>, mut since: u64) {
         Stats::set(&v.stats.remote_revision, revision);
         v.stats.note_refresh();
         drop(v);
-        if !pending.is_empty() {
-            tokio::time::sleep(RETRY).await;
+        if pending.is_empty() {
+            retry_wait = RETRY;
+        } else {
+            // Files held open keep a directory pending: back off while they are.
+            tokio::time::sleep(retry_wait).await;
+            retry_wait = (retry_wait * 2).min(BACKOFF.1 / 2);
         }
     }
     poll(vfs, catalog, since).await;

@@ -40,6 +40,9 @@ pub struct Stats {
     pub remote_changes: AtomicU64,
     /// Kernel cache invalidations queued to the frontend and not yet sent.
     pub pending_invalidations: AtomicU64,
+    /// Commits that replaced a version another writer had committed after this mount's base
+    /// (last writer wins; each is logged with both identities).
+    pub remote_overwrites: AtomicU64,
     /// When the catalog was last asked for changes successfully (unix ms).
     last_refresh_ms: AtomicU64,
 }
@@ -70,6 +73,7 @@ pub struct StatsSnapshot {
     pub remote_revision: u64,
     pub remote_changes: u64,
     pub pending_invalidations: u64,
+    pub remote_overwrites: u64,
     /// Milliseconds since the catalog was last asked for changes successfully (0: change
     /// detection is off).
     pub since_last_poll_ms: u64,
@@ -109,6 +113,7 @@ impl Stats {
             remote_revision: g(&self.remote_revision),
             remote_changes: g(&self.remote_changes),
             pending_invalidations: g(&self.pending_invalidations),
+            remote_overwrites: g(&self.remote_overwrites),
             since_last_poll_ms: match g(&self.last_refresh_ms) {
                 0 => 0,
                 at => unix_ms().saturating_sub(at),
@@ -138,6 +143,7 @@ impl StatsSnapshot {
             ("remote_revision", self.remote_revision),
             ("remote_changes", self.remote_changes),
             ("pending_invalidations", self.pending_invalidations),
+            ("remote_overwrites", self.remote_overwrites),
             ("since_last_poll_ms", self.since_last_poll_ms),
         ];
         fields.iter().map(|(k, v)| format!("{k} {v}\n")).collect()

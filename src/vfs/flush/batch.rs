@@ -371,9 +371,21 @@ impl Vfs {
             results.push((NS_INO, Ok(Outcome::Committed)));
         }
         for (p, body) in committing {
-            if let Ok(i) = self.inodes.lock().get_mut(p.ino) {
-                i.remote = body.clone();
-                i.flush_error = None;
+            let overwritten = {
+                let mut t = self.inodes.lock();
+                let path = t.path_of(p.ino).unwrap_or_default();
+                t.get_mut(p.ino).ok().and_then(|i| {
+                    i.remote = body.clone();
+                    i.flush_error = None;
+                    Some((path, i.overwritten.take()?))
+                })
+            };
+            if let Some((path, other)) = overwritten {
+                Stats::add(&self.stats.remote_overwrites, 1);
+                tracing::warn!(
+                    "/{path}: replaced another writer's version ({other}) with this mount's ({}); last writer wins",
+                    body.as_ref().map_or("empty", |b| b.hash.as_str())
+                );
             }
             let base = body.clone().unwrap_or_else(empty_id);
             let applied = p.staged.commit(base, p.generation).unwrap_or_else(|e| {
