@@ -207,8 +207,11 @@ fn a_plain_bucket_is_polled_with_one_request_per_idle_round() {
         "{rounds} revision requests in 3.5 s"
     );
 
-    // A change arrives within the interval (plus the listing).
+    // A change arrives within the interval (plus the listing), and B's empty directory, which
+    // a plain bucket cannot hold, survives the refresh of its parent.
+    std::fs::create_dir(b.mountpoint.join("keep")).unwrap();
     let a = mount_served(&url, d, "a", &poll);
+    sh(d, "echo new > a/top.txt");
     sh(d, "echo changed > a/d7/f7");
     std::fs::File::open(a.mountpoint.join("d7/f7"))
         .unwrap()
@@ -219,6 +222,8 @@ fn a_plain_bucket_is_polled_with_one_request_per_idle_round() {
         read(&pb.join("d7/f7")).as_deref() == Some(b"changed\n")
     });
     eprintln!("polling at 1 s: propagation {} ms", t.as_millis());
+    delay("top.txt", || pb.join("top.txt").exists());
+    assert!(pb.join("keep").is_dir(), "B's empty directory was dropped");
     a.stop();
     b.stop();
     server.stop();

@@ -331,12 +331,15 @@ impl InodeTable {
     /// open file keeps living as an orphan until closed. A file whose body changed while open
     /// keeps that body (its name moves to a new inode), so an open reader never mixes two
     /// versions; one not open takes the new body in place. `same_meta` says whether two
-    /// metadata are the same as far as the catalog keeps them.
+    /// metadata are the same as far as the catalog keeps them. With `keep_missing_dirs` (a
+    /// catalog without empty directories) a directory the listing lacks stays: it may just
+    /// have no file left, and this mount keeps empty directories until it unmounts.
     pub fn reconcile(
         &mut self,
         dir: Ino,
         entries: Vec<Entry>,
         same_meta: impl Fn(&Meta, &Meta) -> bool,
+        keep_missing_dirs: bool,
     ) -> VfsResult<Reconciled> {
         let old = self.dir(dir)?.children.clone().ok_or(Errno::EIO)?;
         let keep = self.local_changes();
@@ -366,6 +369,7 @@ impl InodeTable {
             }
             let i = self.get(ino)?;
             let replace = match &e {
+                None if keep_missing_dirs && i.is_dir() => false,
                 None => true,
                 Some(e) => {
                     let body_changed = i.remote != e.content || i.target != e.target;
@@ -573,5 +577,100 @@ impl InodeTable {
             meta: i.meta,
             link: i.link,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(mtime_ns: i64) -> Meta {
+        Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            atime_ns: 0,
+            mtime_ns,
+            ctime_ns: mtime_ns,
+        }
+    }
+
+    fn file(path: &str, hash: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            content: Some(FileId {
+                hash: hash.into(),
+                size: 1,
+            }),
+            target: None,
+            meta: meta(1),
+            link: None,
+        }
+    }
+
+    fn same(a: &Meta, b: &Meta) -> bool {
+        a == b
+    }
+
+    #[test]
+    fn reconcile_follows_other_writers_but_keeps_local_changes_and_open_versions() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = InodeTable::new(Entry::dir(String::new(), meta(0)));
+        let names = ["same", "gone", "changed", "open", "local", "dir"];
+        let mut listing: Vec<Entry> = names.iter().map(|n| file(n, "h0")).collect();
+        listing[5] = Entry::dir("dir".into(), meta(0));
+        t.install_listing(ROOT_INO, listing).unwrap();
+        let ino = |t: &InodeTable, n: &str| t.child(ROOT_INO, n).unwrap();
+        let open = ino(&t, "open").unwrap();
+        t.get_mut(open).unwrap().open_handles = 1;
+        let local = ino(&t, "local").unwrap();
+        let staged = Staged::create(
+            d.path().join("s"),
+            FileId {
+                hash: "h0".into(),
+                size: 1,
+            },
+        )
+        .unwrap();
+        t.get_mut(local).unwrap().staged = Some(staged);
+        let changed = ino(&t, "changed").unwrap();
+
+        // Another writer: removed `gone` and `dir`, changed three bodies, added `new`.
+        let fresh = vec![
+            file("same", "h0"),
+            file("changed", "h1"),
+            file("open", "h1"),
+            file("local", "h1"),
+            file("new", "h1"),
+        ];
+        let r = t.reconcile(ROOT_INO, fresh.clone(), same, true).unwrap();
+        assert!(ino(&t, "gone").is_none());
+        assert!(
+            ino(&t, "dir").is_some(),
+            "kept: the catalog has no empty dirs"
+        );
+        assert!(ino(&t, "new").is_some());
+        // Not open: the new body in place, the kernel's pages dropped.
+        assert_eq!(ino(&t, "changed"), Some(changed));
+        assert_eq!(t.get(changed).unwrap().remote.as_ref().unwrap().hash, "h1");
+        assert!(r.invalidations.contains(&Invalidation::Inode(changed)));
+        // Open: the name moves to a new inode; the open one keeps its version, unlinked.
+        let reopened = ino(&t, "open").unwrap();
+        assert_ne!(reopened, open);
+        let old = t.get(open).unwrap();
+        assert!(!old.linked && old.remote.as_ref().unwrap().hash == "h0");
+        // Local changes stay, and the other version is remembered for the commit's report.
+        assert_eq!(ino(&t, "local"), Some(local));
+        let l = t.get(local).unwrap();
+        assert_eq!(l.remote.as_ref().unwrap().hash, "h0");
+        assert_eq!(l.overwritten.as_deref(), Some("h1"));
+        assert_eq!(r.changed, 4);
+
+        // The same listing again changes nothing; without the empty-dir rule `dir` goes.
+        let r = t.reconcile(ROOT_INO, fresh.clone(), same, true).unwrap();
+        assert_eq!((r.changed, r.invalidations.len()), (0, 0));
+        t.reconcile(ROOT_INO, fresh, same, false).unwrap();
+        assert!(ino(&t, "dir").is_none());
     }
 }

@@ -126,7 +126,8 @@ impl Vfs {
             };
             retry |= !forgotten && !s.with_io(|io| io.state.is_dirty());
         }
-        let fixed = self.catalog.capabilities().fixed_owner.is_some();
+        let caps = self.catalog.capabilities();
+        let fixed = caps.fixed_owner.is_some();
         let same_meta = |a: &Meta, b: &Meta| {
             if fixed {
                 // Only the mtime is kept, in milliseconds.
@@ -148,7 +149,7 @@ impl Vfs {
             if t.listed_dir_at(path) != Some(dir) {
                 return Err(Errno::EAGAIN);
             }
-            t.reconcile(dir, entries, same_meta)?
+            t.reconcile(dir, entries, same_meta, !caps.empty_dirs)?
         };
         if done.changed > 0 {
             tracing::debug!("/{path}: {} change(s) by other writers", done.changed);
