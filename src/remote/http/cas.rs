@@ -21,10 +21,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use xet_client::cas_client::auth::{AuthConfig, AuthError, TokenInfo, TokenRefresher};
 use xet_client::cas_client::Client;
-use xet_client::cas_types::{ChunkRange, Key};
 use xet_client::cas_types::{FileChunkHashesResponse, FileRange};
-use xet_client::chunk_cache::error::ChunkCacheError;
-use xet_client::chunk_cache::{get_cache, CacheConfig, CacheRange, ChunkCache};
+use xet_client::chunk_cache::ChunkCache;
 use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 use xet_data::file_reconstruction::FileReconstructor;
@@ -32,6 +30,7 @@ use xet_data::processing::configurations::{SessionContext, TranslatorConfig};
 use xet_data::processing::create_remote_client;
 use xet_runtime::core::XetContext;
 
+use super::chunk_cache::ChunkStore;
 use super::hub::Hub;
 use crate::remote::assemble::XorbSettings;
 use crate::remote::compose::{parse_hash, ChunkLists, ChunkMap};
@@ -56,39 +55,6 @@ impl TokenRefresher for HubTokens {
             .await
             .map_err(AuthError::token_refresh_failure)?;
         Ok((tok, exp))
-    }
-}
-
-/// The on-disk chunk cache, counting the writes xet-core starts in the background (it does
-/// not wait for them), so that an unmount can let them land instead of losing them.
-struct TrackedCache {
-    inner: Arc<dyn ChunkCache>,
-    writing: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
-}
-
-#[async_trait]
-impl ChunkCache for TrackedCache {
-    async fn get(
-        &self,
-        key: &Key,
-        range: &ChunkRange,
-    ) -> Result<Option<CacheRange>, ChunkCacheError> {
-        self.inner.get(key, range).await
-    }
-
-    async fn put(
-        &self,
-        key: &Key,
-        range: &ChunkRange,
-        chunk_byte_indices: &[u32],
-        data: &[u8],
-    ) -> Result<(), ChunkCacheError> {
-        use std::sync::atomic::Ordering;
-        self.writing.0.fetch_add(1, Ordering::SeqCst);
-        let r = self.inner.put(key, range, chunk_byte_indices, data).await;
-        self.writing.0.fetch_sub(1, Ordering::SeqCst);
-        self.writing.1.notify_waiters();
-        r
     }
 }
 
@@ -283,8 +249,8 @@ impl ChunkHashes for RemoteChunks {
 }
 
 pub struct HttpCas {
-    /// Chunk-cache writes in flight, and their completions.
-    cache_writes: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
+    /// The on-disk chunk cache (also in `reader`), for `settle`.
+    chunk_cache: Option<Arc<ChunkStore>>,
     config: Arc<TranslatorConfig>,
     client: Arc<dyn Client>,
     reader: Arc<Reader>,
@@ -370,29 +336,35 @@ impl HttpCas {
             compression: ctx.config.xorb.compression_policy.as_str().to_string(),
             retest_interval: ctx.config.xorb.compression_scheme_retest_interval,
         };
-        let cache_writes = Arc::new(Default::default());
         let chunk_cache = if chunk_cache_bytes == 0 {
             None
         } else {
+            // Without a usable chunk cache (unwritable directory, another process using it)
+            // reads still work, from the network.
             let dir = cache.join("chunks");
-            let config = CacheConfig {
-                cache_directory: dir.clone(),
-                cache_size: chunk_cache_bytes,
+            let opened = {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || ChunkStore::open(&dir, chunk_cache_bytes))
+                    .await
+                    .map_err(|e| RemoteError::Other(format!("chunk cache: {e}")))?
             };
-            let inner = get_cache(&ctx.config, &config).map_err(|e| {
-                RemoteError::Other(format!("cannot use the chunk cache {}: {e}", dir.display()))
-            })?;
-            Some(Arc::new(TrackedCache {
-                inner,
-                writing: Arc::clone(&cache_writes),
-            }) as Arc<dyn ChunkCache>)
+            match opened {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    tracing::warn!(
+                        "not using the chunk cache {}: {e}; reads go to the network",
+                        dir.display()
+                    );
+                    None
+                }
+            }
         };
         Ok(HttpCas {
-            cache_writes,
+            chunk_cache: chunk_cache.clone(),
             reader: Arc::new(Reader {
                 ctx,
                 client: client.clone(),
-                chunk_cache,
+                chunk_cache: chunk_cache.map(|c| c as Arc<dyn ChunkCache>),
             }),
             config,
             client,
@@ -436,18 +408,9 @@ impl Cas for HttpCas {
     }
 
     async fn settle(&self, timeout: std::time::Duration) {
-        use std::sync::atomic::Ordering;
-        let (count, done) = &*self.cache_writes;
-        let wait = async {
-            loop {
-                let notified = done.notified();
-                if count.load(Ordering::SeqCst) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        let _ = tokio::time::timeout(timeout, wait).await;
+        if let Some(c) = &self.chunk_cache {
+            c.settle(timeout).await;
+        }
     }
 
     async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {

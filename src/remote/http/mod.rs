@@ -4,6 +4,7 @@
 
 pub mod cas;
 pub mod catalog;
+pub mod chunk_cache;
 pub mod hub;
 pub mod plain;
 
