@@ -236,14 +236,25 @@ fn a_plain_bucket_is_polled_with_one_request_per_idle_round() {
 /// sides end with both mounts reading one writer's version, byte for byte.
 #[test]
 fn concurrent_writers_never_leave_a_mixed_file() {
+    concurrent_writers(&[], &[]);
+}
+
+/// The same on a plain bucket, where mounts poll: the same policy holds.
+#[test]
+fn concurrent_writers_on_a_plain_bucket_never_leave_a_mixed_file() {
+    concurrent_writers(&["--hub-only"], &["--poll-interval-secs", "1"]);
+}
+
+fn concurrent_writers(serve_args: &[&str], mount_args: &[&str]) {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
-    let server = Serve::start(&d.join("srv"), &d.join("serve.log"), &[]);
+    let server = Serve::start(&d.join("srv"), &d.join("serve.log"), serve_args);
     let url = server.url.clone();
     hf(&url, d, &["buckets", "create", "local/data"]);
-    let a = mount_served(&url, d, "a", &[]);
+    let a = mount_served(&url, d, "a", mount_args);
     // B's changes wait 3 s before they are committed, unless fsync'ed.
-    let b = mount_served(&url, d, "b", &["--flush-debounce-ms", "3000"]);
+    let b_args = [mount_args, &["--flush-debounce-ms", "3000"]].concat();
+    let b = mount_served(&url, d, "b", &b_args);
     let (pa, pb) = (a.mountpoint.clone(), b.mountpoint.clone());
     sh(
         d,
