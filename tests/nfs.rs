@@ -17,6 +17,10 @@ struct Server {
 
 impl Server {
     fn start(store: &Path, log: &Path) -> Server {
+        Self::start_with(store, log, &[])
+    }
+
+    fn start_with(store: &Path, log: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(common::bin())
             .args([
                 "serve-nfs",
@@ -24,6 +28,7 @@ impl Server {
                 "--flush-debounce-ms",
                 "50",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
@@ -186,4 +191,67 @@ fn serve_nfs_rejects_a_busy_port_with_one_sentence() {
         "{err}"
     );
     s.stop();
+}
+
+/// An NFS server in front of a served bucket follows what another mount changes: new, replaced
+/// and removed files, as libnfs clients see them.
+#[test]
+fn nfs_in_front_of_a_served_bucket_sees_other_writers_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let serve = common::Serve::start(&d.join("srv"), &d.join("serve.log"), &[]);
+    let url = serve.url.clone();
+    common::hf_cli(&url, d, &["buckets", "create", "local/data"]);
+    let a = common::mount_served(&url, d, "a", &[]);
+    let cache = d.join("cache-nfs");
+    let server = Server::start_with(
+        Path::new("hf://buckets/local/data"),
+        &d.join("nfs.log"),
+        &["--endpoint", &url, "--cache-dir", cache.to_str().unwrap()],
+    );
+    let cat = |name: &str| {
+        Command::new("nfs-cat")
+            .arg(server.url(name))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| o.stdout)
+    };
+    let until = |what: &str, cond: &dyn Fn() -> bool| {
+        let t = std::time::Instant::now();
+        while !cond() {
+            assert!(
+                t.elapsed().as_secs() < 20,
+                "{what}: not seen over NFS after 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    sh(
+        d,
+        "printf 'one\\n' > v1 && dd if=v1 of=a/f conv=fsync status=none",
+    );
+    until("new file", &|| cat("f").as_deref() == Some(b"one\n"));
+    let listed = |name: &str| {
+        nfs(&["nfs-ls", &server.url("")])
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(name))
+    };
+    assert!(listed("f"));
+    sh(
+        d,
+        "printf 'two, longer\\n' > v2 && dd if=v2 of=a/f conv=fsync status=none",
+    );
+    until("replaced file", &|| {
+        cat("f").as_deref() == Some(b"two, longer\n")
+    });
+    sh(d, "rm a/f");
+    std::fs::File::open(a.mountpoint.clone())
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    until("removed file", &|| !listed("f"));
+    server.stop();
+    a.stop();
+    serve.stop();
 }
