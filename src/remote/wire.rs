@@ -1,9 +1,26 @@
 //! JSON forms of catalog entries and ops, for xetmount's own catalog routes on `xetmount
 //! serve` (`/api/buckets/{id}/xetmount/...`): what the Hugging Face bucket API cannot carry
 //! (modes, owners, times in nanoseconds, symlinks, special files, empty directories, hard
-//! links, atomic renames).
+//! links, atomic renames); and how a path travels in a URL, the same way on both sides.
 
 use serde::{Deserialize, Serialize};
+
+/// Percent-encode `s` for a URL: everything but unreserved characters, and `/` too unless
+/// `keep_slash` (a query value keeps it; a bucket path sent as one path segment does not).
+pub fn percent_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'.' | b'~')
+            || (keep_slash && b == b'/')
+        {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 
 use super::{CatalogOp, Entry, EntryKind, FileId, Meta};
 

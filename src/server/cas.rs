@@ -23,7 +23,7 @@ use xet_core_structures::metadata_shard::streaming_shard::MDBMinimalShard;
 use xet_core_structures::xorb_object::SerializedXorbObject;
 
 use super::auth::{now_secs, Scope};
-use super::hub::{bearer, error};
+use super::hub::{bearer, error, internal};
 use super::Server;
 use crate::remote::RemoteError;
 
@@ -31,11 +31,6 @@ use crate::remote::RemoteError;
 const FETCH_TTL_SECS: u64 = 3600;
 
 type S = State<Arc<Server>>;
-
-fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::warn!("serve cas: {e}");
-    error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string())
-}
 
 fn remote_err(e: RemoteError) -> Response {
     match e {

@@ -46,7 +46,8 @@ pub fn error(status: StatusCode, code: Option<&str>, msg: impl Into<String>) -> 
     r
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
+/// A failure of the server itself: logged, and answered 500.
+pub fn internal(e: impl std::fmt::Display) -> Response {
     tracing::warn!("serve: {e}");
     error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string())
 }
@@ -440,11 +441,7 @@ pub async fn tree(
     let page: Vec<Value> = items[from..to].to_vec();
     let mut r = axum::Json(page).into_response();
     if to < items.len() {
-        let enc: String = prefix
-            .split('/')
-            .map(encode_segment)
-            .collect::<Vec<_>>()
-            .join("%2F");
+        let enc = crate::remote::wire::percent_encode(&prefix, false);
         let path = if prefix.is_empty() {
             String::new()
         } else {
@@ -459,19 +456,6 @@ pub async fn tree(
         }
     }
     r
-}
-
-/// Percent-encode one path segment (everything but unreserved characters).
-pub fn encode_segment(seg: &str) -> String {
-    let mut out = String::with_capacity(seg.len());
-    for b in seg.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 pub async fn paths_info(

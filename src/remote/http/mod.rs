@@ -87,25 +87,9 @@ impl Prefix {
     }
 }
 
-/// Percent-encode a query value (or, with `keep_slash == false`, one path segment).
-pub fn encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'_' | b'.' | b'~')
-            || (keep_slash && b == b'/')
-        {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Percent-encode a query value.
 pub fn q(s: &str) -> String {
-    encode(s, true)
+    crate::remote::wire::percent_encode(s, true)
 }
 
 /// Where a mount finds its token: `--token-file`, else `HF_TOKEN`, else the file

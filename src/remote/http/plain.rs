@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::hub::Hub;
-use super::{encode, Prefix};
+use super::Prefix;
+use crate::remote::wire::percent_encode;
 use crate::remote::{
     Capabilities, Catalog, CatalogOp, Entry, EntryKind, FileId, FixedOwner, Meta, RemoteError,
     RemoteResult,
@@ -111,7 +112,7 @@ impl PlainCatalog {
         let mut url = self.hub.api("/tree");
         if !full_dir.is_empty() {
             url.push('/');
-            url.push_str(&encode(full_dir, false));
+            url.push_str(&percent_encode(full_dir, false));
         }
         url.push_str(if recursive {
             "?recursive=true"
