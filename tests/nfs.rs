@@ -203,6 +203,7 @@ fn nfs_in_front_of_a_served_bucket_sees_other_writers_changes() {
     let url = serve.url.clone();
     common::hf_cli(&url, d, &["buckets", "create", "local/data"]);
     let a = common::mount_served(&url, d, "a", &[]);
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
     let cache = d.join("cache-nfs");
     let server = Server::start_with(
         Path::new("hf://buckets/local/data"),
@@ -217,21 +218,13 @@ fn nfs_in_front_of_a_served_bucket_sees_other_writers_changes() {
             .filter(|o| o.status.success())
             .map(|o| o.stdout)
     };
-    let until = |what: &str, cond: &dyn Fn() -> bool| {
-        let t = std::time::Instant::now();
-        while !cond() {
-            assert!(
-                t.elapsed().as_secs() < 20,
-                "{what}: not seen over NFS after 20 s"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
     sh(
         d,
         "printf 'one\\n' > v1 && dd if=v1 of=a/f conv=fsync status=none",
     );
-    until("new file", &|| cat("f").as_deref() == Some(b"one\n"));
+    common::wait_for("the new file over NFS", LIMIT, || {
+        cat("f").as_deref() == Some(b"one\n")
+    });
     let listed = |name: &str| {
         nfs(&["nfs-ls", &server.url("")])
             .lines()
@@ -242,7 +235,7 @@ fn nfs_in_front_of_a_served_bucket_sees_other_writers_changes() {
         d,
         "printf 'two, longer\\n' > v2 && dd if=v2 of=a/f conv=fsync status=none",
     );
-    until("replaced file", &|| {
+    common::wait_for("the replaced file over NFS", LIMIT, || {
         cat("f").as_deref() == Some(b"two, longer\n")
     });
     sh(d, "rm a/f");
@@ -250,7 +243,7 @@ fn nfs_in_front_of_a_served_bucket_sees_other_writers_changes() {
         .unwrap()
         .sync_all()
         .unwrap();
-    until("removed file", &|| !listed("f"));
+    common::wait_for("the removed file over NFS", LIMIT, || !listed("f"));
     server.stop();
     a.stop();
     serve.stop();

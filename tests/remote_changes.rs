@@ -13,17 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::{hf_cli as hf, mount_served, sh, Serve};
 
-/// Wait until `cond` holds (polled every 10 ms, at most 20 s); returns how long it took.
-fn delay(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while !cond() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "{what}: not seen after 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    t.elapsed()
+/// Wait until `cond` holds (at most 20 s); returns how long it took.
+fn delay(what: &str, cond: impl FnMut() -> bool) -> Duration {
+    common::wait_for(what, Duration::from_secs(20), cond)
 }
 
 fn read(p: &Path) -> Option<Vec<u8>> {

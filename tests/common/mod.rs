@@ -18,13 +18,15 @@ pub fn is_mounted(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Wait until `cond` holds, polling; panics with `what` after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+/// Wait until `cond` holds, polling every 10 ms; panics with `what` after `limit`. Returns
+/// how long it took (tests that measure propagation print it).
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !cond() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
+    start.elapsed()
 }
 
 pub struct Mount {
