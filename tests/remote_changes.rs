@@ -221,45 +221,112 @@ fn a_plain_bucket_is_polled_with_one_request_per_idle_round() {
     server.stop();
 }
 
-/// A and B edit one file. The policy is last writer wins, and no committed version ever mixes
-/// the two writers: B's edit, pending while A committed its own, is composed against the base
-/// B opened, so it replaces A's version whole (counted in `remote_overwrites`, logged with
-/// both identities); both mounts then read B's version. Whole-file rewrites racing from both
-/// sides end with both mounts reading one writer's version, byte for byte.
+/// A and B edit one file, and no version the store ever holds mixes the two writers: B's
+/// edit, pending while A committed its own, was composed against the base B opened.
+///
+/// On `xetmount serve` (compare-and-swap) the server refuses B's stale commit: B's `fsync`
+/// fails with `ESTALE`, A's version keeps the name on both mounts and B's version is kept whole
+/// as `f.conflict-…` (counted in `remote_conflicts`, logged). A file deleted on A while B edits
+/// it is a conflict too. Whole-file rewrites racing from both sides leave only whole versions,
+/// and both mounts agree.
 #[test]
 fn concurrent_writers_never_leave_a_mixed_file() {
-    concurrent_writers(&[], &[]);
+    concurrent_writers(&[], &[], Policy::KeepBoth);
 }
 
-/// The same on a plain bucket, where mounts poll: the same policy holds.
+/// The same on a plain bucket, where mounts poll and commits cannot be refused: last writer
+/// wins, counted in `remote_overwrites` and logged with both identities.
 #[test]
 fn concurrent_writers_on_a_plain_bucket_never_leave_a_mixed_file() {
-    concurrent_writers(&["--hub-only"], &["--poll-interval-secs", "1"]);
+    concurrent_writers(
+        &["--hub-only"],
+        &["--poll-interval-secs", "1"],
+        Policy::LastWriterWins,
+    );
 }
 
-fn concurrent_writers(serve_args: &[&str], mount_args: &[&str]) {
+#[derive(PartialEq)]
+enum Policy {
+    KeepBoth,
+    LastWriterWins,
+}
+
+/// The names in `dir` starting with `prefix`, and their bytes.
+fn files_like(dir: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.starts_with(prefix)
+                .then(|| Some((name.clone(), std::fs::read(dir.join(&name)).ok()?)))?
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The bucket's revision as a mount sees it: the catalog revision on `xetmount serve`, the
+/// bucket's `updatedAt` in milliseconds on a plain bucket.
+fn bucket_revision(url: &str, plain: bool) -> u64 {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let route = if plain {
+        "/api/buckets/local/data"
+    } else {
+        "/api/buckets/local/data/xetmount/revision"
+    };
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {route} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer anything\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    if plain {
+        let at = v["updatedAt"].as_str().unwrap();
+        chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .timestamp_millis() as u64
+    } else {
+        v["revision"].as_u64().unwrap()
+    }
+}
+
+/// fsync `path` (open for reading): commits its pending changes; returns the errno.
+fn fsync_errno(path: &Path) -> Option<i32> {
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().err().map(|e| e.raw_os_error().unwrap())
+}
+
+fn concurrent_writers(serve_args: &[&str], mount_args: &[&str], policy: Policy) {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
     let server = Serve::start(&d.join("srv"), &d.join("serve.log"), serve_args);
     let url = server.url.clone();
     hf(&url, d, &["buckets", "create", "local/data"]);
     let a = mount_served(&url, d, "a", mount_args);
-    // B's changes wait 3 s before they are committed, unless fsync'ed.
-    let b_args = [mount_args, &["--flush-debounce-ms", "3000"]].concat();
+    // B's changes wait for an fsync (the debounce outlasts the test's steps).
+    let b_args = [mount_args, &["--flush-debounce-ms", "60000"]].concat();
     let b = mount_served(&url, d, "b", &b_args);
     let (pa, pb) = (a.mountpoint.clone(), b.mountpoint.clone());
     sh(
         d,
-        "head -c 2000000 /dev/urandom > base && dd if=base of=a/f bs=1M conv=fsync status=none",
+        "head -c 2000000 /dev/urandom > base && dd if=base of=a/f bs=1M conv=fsync status=none \
+         && cp base a/g && sync a/g",
     );
     let base = std::fs::read(d.join("base")).unwrap();
     delay("base on B", || read(&pb.join("f")).as_ref() == Some(&base));
+    delay("g on B", || read(&pb.join("g")).as_ref() == Some(&base));
 
     // B edits block 10 (pending), then A edits block 20 and commits at once.
     sh(
         d,
         "head -c 4096 /dev/urandom > eb && head -c 4096 /dev/urandom > ea \
          && dd if=eb of=b/f bs=4096 seek=10 conv=notrunc status=none \
+         && dd if=eb of=b/g bs=4096 seek=10 conv=notrunc status=none \
          && dd if=ea of=a/f bs=4096 seek=20 conv=notrunc,fsync status=none \
          && cp base with_a && dd if=ea of=with_a bs=4096 seek=20 conv=notrunc status=none \
          && cp base with_b && dd if=eb of=with_b bs=4096 seek=10 conv=notrunc status=none",
@@ -269,20 +336,75 @@ fn concurrent_writers(serve_args: &[&str], mount_args: &[&str]) {
     assert_eq!(std::fs::read(pa.join("f")).unwrap(), with_a);
     // B still reads its own version while its change is pending.
     assert_eq!(std::fs::read(pb.join("f")).unwrap(), with_b);
-    // B's commit lands (debounce) and replaces A's version whole; A follows.
-    delay("B's version on A", || {
-        read(&pa.join("f")).as_ref() == Some(&with_b)
+    // B has seen A's version (the feed, or a poll) before it commits.
+    let stats = |m: &common::Mount| {
+        sh(
+            d,
+            &format!("{} stats {}", common::bin(), m.mountpoint.display()),
+        )
+    };
+    let revision = bucket_revision(&url, policy == Policy::LastWriterWins);
+    delay("A's commit seen by B", || {
+        stats(&b).contains(&format!("remote_revision {revision}\n"))
     });
-    assert_eq!(std::fs::read(pb.join("f")).unwrap(), with_b);
-    let stats = sh(d, &format!("{} stats b", common::bin()));
-    assert!(stats.contains("remote_overwrites 1\n"), "{stats}");
-    assert!(
-        b.log_text().contains("last writer wins"),
-        "the overwrite is not logged: {}",
-        b.log_text()
-    );
+    match policy {
+        Policy::KeepBoth => {
+            assert_eq!(fsync_errno(&pb.join("f")), Some(libc::ESTALE));
+            // A's version keeps the name everywhere; B's is kept whole beside it.
+            delay("A's version on B", || {
+                read(&pb.join("f")).as_ref() == Some(&with_a)
+            });
+            for m in [&pa, &pb] {
+                delay("B's version kept aside", || {
+                    let aside = files_like(m, "f.conflict-");
+                    aside.len() == 1 && aside[0].1 == with_b
+                });
+                assert_eq!(std::fs::read(m.join("f")).unwrap(), with_a);
+            }
+            // A deletes g while B edits it: the edit is kept under a conflict name.
+            std::fs::remove_file(pa.join("g")).unwrap();
+            fsync_dir(&pa);
+            let revision = bucket_revision(&url, false);
+            delay("A's delete seen by B", || {
+                stats(&b).contains(&format!("remote_revision {revision}\n"))
+            });
+            // B's own change keeps g on B until it is committed.
+            assert_eq!(std::fs::read(pb.join("g")).unwrap(), with_b);
+            assert_eq!(fsync_errno(&pb.join("g")), Some(libc::ESTALE));
+            for m in [&pa, &pb] {
+                delay("B's g kept aside", || {
+                    let aside = files_like(m, "g.conflict-");
+                    aside.len() == 1 && aside[0].1 == with_b && !m.join("g").exists()
+                });
+            }
+            let stats = stats(&b);
+            assert!(stats.contains("remote_conflicts 2\n"), "{stats}");
+            assert!(stats.contains("remote_overwrites 0\n"), "{stats}");
+            let log = b.log_text();
+            assert!(
+                log.contains("conflict on /f: another writer wrote")
+                    && log.contains("conflict on /g: another writer deleted it"),
+                "the conflicts are not logged: {log}"
+            );
+        }
+        Policy::LastWriterWins => {
+            assert_eq!(fsync_errno(&pb.join("f")), None);
+            // B's commit replaced A's version whole; A follows.
+            delay("B's version on A", || {
+                read(&pa.join("f")).as_ref() == Some(&with_b)
+            });
+            assert_eq!(std::fs::read(pb.join("f")).unwrap(), with_b);
+            let stats = stats(&b);
+            assert!(stats.contains("remote_overwrites 1\n"), "{stats}");
+            assert!(
+                b.log_text().contains("last writer wins"),
+                "the overwrite is not logged: {}",
+                b.log_text()
+            );
+        }
+    }
 
-    // Whole-file rewrites from both sides at once.
+    // Whole-file rewrites from both sides at once (a refused fsync does not stop a loop).
     let mut versions = Vec::new();
     for i in 0..6 {
         let name = format!("v{i}");
@@ -291,21 +413,25 @@ fn concurrent_writers(serve_args: &[&str], mount_args: &[&str]) {
     }
     sh(
         d,
-        "(for i in 0 2 4; do dd if=v$i of=a/f bs=1M conv=fsync status=none; done) & \
-         (for i in 1 3 5; do dd if=v$i of=b/f bs=1M conv=fsync status=none; done); wait",
+        "(for i in 0 2 4; do dd if=v$i of=a/h bs=1M conv=fsync status=none || true; done) & \
+         (for i in 1 3 5; do dd if=v$i of=b/h bs=1M conv=fsync status=none || true; done); wait",
     );
+    // B's loop is done: anything it left pending is committed (or moved aside) now.
+    fsync_errno(&pb.join("h"));
     let t = delay("both mounts agree", || {
-        let (x, y) = (read(&pa.join("f")), read(&pb.join("f")));
-        x.is_some() && x == y
+        let (x, y) = (files_like(&pa, "h"), files_like(&pb, "h"));
+        !x.is_empty() && x == y
     });
-    let settled = std::fs::read(pa.join("f")).unwrap();
-    assert!(
-        versions.contains(&settled),
-        "the file both mounts read is no writer's version"
-    );
+    for (name, bytes) in files_like(&pa, "h") {
+        assert!(
+            versions.contains(&bytes),
+            "{name}, as both mounts read it, is no writer's version"
+        );
+    }
     eprintln!(
-        "racing rewrites: both mounts agree after {} ms",
-        t.as_millis()
+        "racing rewrites: both mounts agree after {} ms ({} file(s))",
+        t.as_millis(),
+        files_like(&pa, "h").len()
     );
     a.stop();
     b.stop();

@@ -40,6 +40,10 @@ pub enum RemoteError {
     Timeout(String),
     #[error("integrity check failed: {0}")]
     Integrity(String),
+    /// A commit refused as a whole: these paths no longer hold what the batch's
+    /// [`CatalogOp::Expect`] ops said they would.
+    #[error("changed by another writer: {}", conflict_paths(.0))]
+    Conflict(Vec<Conflict>),
     #[error("{0}")]
     Other(String),
 }
@@ -52,6 +56,8 @@ impl RemoteError {
             RemoteError::Quota(_) => libc::ENOSPC,
             RemoteError::RateLimited(_) => libc::EAGAIN,
             RemoteError::Timeout(_) => libc::ETIMEDOUT,
+            // The handle's view of the file went stale: another writer replaced it.
+            RemoteError::Conflict(_) => libc::ESTALE,
             RemoteError::Integrity(_) | RemoteError::Other(_) => libc::EIO,
         }
     }
@@ -83,6 +89,23 @@ impl From<std::io::Error> for RemoteError {
 }
 
 pub type RemoteResult<T> = Result<T, RemoteError>;
+
+/// A path whose [`CatalogOp::Expect`] failed, and what it held at that point of the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub path: String,
+    pub current: Option<Entry>,
+}
+
+fn conflict_paths(c: &[Conflict]) -> String {
+    let paths: Vec<&str> = c.iter().map(|c| c.path.as_str()).collect();
+    paths.join(", ")
+}
+
+/// A body as a catalog compares it: an empty body is no body.
+pub fn body(content: Option<&FileId>) -> Option<&FileId> {
+    content.filter(|c| c.size > 0)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
@@ -211,6 +234,13 @@ pub enum CatalogOp {
     /// Move an entry (and, for a directory, everything below it), replacing whatever was at
     /// `to`.
     Rename { from: String, to: String },
+    /// Compare-and-swap: refuse the whole commit unless `path` holds, at this point of the
+    /// batch, a regular file whose body is `content` (`None`: empty). A catalog without
+    /// [`Capabilities::compare_and_swap`] ignores it.
+    Expect {
+        path: String,
+        content: Option<FileId>,
+    },
 }
 
 /// What a catalog can keep beyond paths, file bodies and file modification times.
@@ -227,6 +257,9 @@ pub struct Capabilities {
     /// `None`: every entry keeps its mode, owner and times. `Some`: the catalog keeps none of
     /// them but a file's mtime, and every entry shows this owner and mode.
     pub fixed_owner: Option<FixedOwner>,
+    /// Commits honour [`CatalogOp::Expect`]: a writer can be refused instead of replacing
+    /// a version it never saw.
+    pub compare_and_swap: bool,
 }
 
 impl Capabilities {
@@ -237,6 +270,7 @@ impl Capabilities {
         special_files: true,
         empty_dirs: true,
         fixed_owner: None,
+        compare_and_swap: true,
     };
 }
 
@@ -275,6 +309,7 @@ pub trait Catalog: Send + Sync {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             hard_links: false,
+            compare_and_swap: false,
             ..Capabilities::POSIX
         }
     }

@@ -22,7 +22,7 @@ pub fn percent_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
-use super::{CatalogOp, Entry, EntryKind, FileId, Meta};
+use super::{CatalogOp, Conflict, Entry, EntryKind, FileId, Meta, RemoteError};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct WireEntry {
@@ -104,11 +104,73 @@ impl WireEntry {
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(tag = "op", rename_all = "camelCase")]
 pub enum WireOp {
-    Put { entry: WireEntry },
-    SetMeta { path: String, meta: WireEntry },
-    Link { from: String, to: String },
-    Delete { path: String },
-    Rename { from: String, to: String },
+    Put {
+        entry: WireEntry,
+    },
+    SetMeta {
+        path: String,
+        meta: WireEntry,
+    },
+    Link {
+        from: String,
+        to: String,
+    },
+    Delete {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    /// A file body as `WireEntry` carries it: no hash for an empty body.
+    Expect {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hash: Option<String>,
+        #[serde(default)]
+        size: u64,
+    },
+}
+
+/// A refused commit's answer (HTTP 412): every path whose expectation failed, with what it
+/// held at that point of the batch.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct WireConflicts {
+    pub error: String,
+    pub conflicts: Vec<WireConflict>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct WireConflict {
+    pub path: String,
+    pub current: Option<WireEntry>,
+}
+
+impl From<&[Conflict]> for WireConflicts {
+    fn from(c: &[Conflict]) -> Self {
+        WireConflicts {
+            error: RemoteError::Conflict(c.to_vec()).to_string(),
+            conflicts: c
+                .iter()
+                .map(|c| WireConflict {
+                    path: c.path.clone(),
+                    current: c.current.as_ref().map(WireEntry::from),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl WireConflicts {
+    pub fn conflicts(self) -> Vec<Conflict> {
+        self.conflicts
+            .into_iter()
+            .map(|c| Conflict {
+                path: c.path,
+                current: c.current.and_then(WireEntry::entry),
+            })
+            .collect()
+    }
 }
 
 impl From<&CatalogOp> for WireOp {
@@ -142,6 +204,11 @@ impl From<&CatalogOp> for WireOp {
                 from: from.clone(),
                 to: to.clone(),
             },
+            CatalogOp::Expect { path, content } => WireOp::Expect {
+                path: path.clone(),
+                hash: content.as_ref().map(|c| c.hash.clone()),
+                size: content.as_ref().map_or(0, |c| c.size),
+            },
         }
     }
 }
@@ -158,6 +225,10 @@ impl WireOp {
             WireOp::Link { from, to } => CatalogOp::Link { from, to },
             WireOp::Delete { path } => CatalogOp::Delete { path },
             WireOp::Rename { from, to } => CatalogOp::Rename { from, to },
+            WireOp::Expect { path, hash, size } => CatalogOp::Expect {
+                path,
+                content: hash.map(|hash| FileId { hash, size }),
+            },
         })
     }
 }
@@ -212,6 +283,14 @@ mod tests {
             CatalogOp::Rename {
                 from: "r".into(),
                 to: "s".into(),
+            },
+            CatalogOp::Expect {
+                path: "x y/f".into(),
+                content: f.content.clone(),
+            },
+            CatalogOp::Expect {
+                path: "e".into(),
+                content: None,
             },
         ];
         let wire: Vec<WireOp> = ops.iter().map(WireOp::from).collect();

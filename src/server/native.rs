@@ -23,6 +23,11 @@ type S = State<Arc<Server>>;
 fn remote_err(e: RemoteError) -> Response {
     match e {
         RemoteError::NotFound(m) => error(StatusCode::NOT_FOUND, Some("EntryNotFound"), m),
+        RemoteError::Conflict(c) => (
+            StatusCode::PRECONDITION_FAILED,
+            axum::Json(crate::remote::wire::WireConflicts::from(c.as_slice())),
+        )
+            .into_response(),
         RemoteError::Other(m) | RemoteError::Integrity(m) => error(StatusCode::CONFLICT, None, m),
         e => error(StatusCode::INTERNAL_SERVER_ERROR, None, e.to_string()),
     }

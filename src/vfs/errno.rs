@@ -26,6 +26,7 @@ impl Errno {
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ENODATA: Errno = Errno(libc::ENODATA);
     pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
 }
 
 impl std::fmt::Display for Errno {

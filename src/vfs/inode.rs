@@ -60,6 +60,9 @@ pub struct Inode {
 pub struct FlushError {
     pub errno: Errno,
     pub at: u64,
+    /// The file was moved aside after a conflict: news for its writers even once the moved
+    /// copy commits, so a commit does not clear it.
+    pub conflict: bool,
 }
 
 /// Attributes as the frontends need them.
@@ -280,7 +283,12 @@ impl InodeTable {
     /// Add catalog entry `e` as `dir/name` (a free slot of a listed directory); a directory
     /// comes unlisted. A name of a hard-link group already in the table becomes another name
     /// of its inode. Returns the inode, and the group if it is new to the table.
-    fn add_listed(&mut self, dir: Ino, name: String, e: Entry) -> VfsResult<(Ino, Option<u64>)> {
+    pub(in crate::vfs) fn add_listed(
+        &mut self,
+        dir: Ino,
+        name: String,
+        e: Entry,
+    ) -> VfsResult<(Ino, Option<u64>)> {
         let known = e.link.and_then(|l| self.by_link.get(&l).copied());
         let (ino, new_link) = match known {
             Some(ino) => {

@@ -103,7 +103,7 @@ impl Vfs {
 
     /// Record a namespace change: journaled before this returns, committed by the flusher.
     /// Called under `ns_lock`, after the change was validated and before the table shows it.
-    fn push_ns(&self, ops: Vec<CatalogOp>) -> VfsResult<()> {
+    pub(super) fn push_ns(&self, ops: Vec<CatalogOp>) -> VfsResult<()> {
         self.nslog.lock().push(ops)?;
         self.flusher.schedule(NS_INO);
         Ok(())
@@ -571,7 +571,7 @@ impl Vfs {
 
     /// Journal the current path of every staged file (those that did not move are skipped
     /// cheaply).
-    fn journal_paths(&self) {
+    pub(super) fn journal_paths(&self) {
         let staged: Vec<(Arc<Staged>, String)> = {
             let t = self.inodes.lock();
             t.iter()

@@ -30,6 +30,7 @@ const LINK: u8 = 4;
 const COMMITTED: u8 = 5;
 const COMMITTING: u8 = 6;
 const SETMETA: u8 = 7;
+const EXPECT: u8 = 8;
 
 /// Disk space kept allocated for the log, so that `rm` and `mv` still work on a full staging
 /// disk (appends land in blocks the log already owns). The log is emptied once nothing is
@@ -223,6 +224,12 @@ fn encode_op(out: &mut Vec<u8>, seq: u64, op: &CatalogOp) {
             put_str(&mut p, to);
             LINK
         }
+        CatalogOp::Expect { path, content } => {
+            put_str(&mut p, path);
+            put_opt_str(&mut p, content.as_ref().map(|c| c.hash.as_str()));
+            put_u64(&mut p, content.as_ref().map_or(0, |c| c.size));
+            EXPECT
+        }
     };
     frame(out, kind, &p);
 }
@@ -303,6 +310,15 @@ fn decode_op(kind: u8, r: &mut Reader<'_>) -> Option<CatalogOp> {
             from: r.str()?,
             to: r.str()?,
         },
+        EXPECT => {
+            let path = r.str()?;
+            let hash = r.opt_str()?;
+            let size = r.u64()?;
+            CatalogOp::Expect {
+                path,
+                content: hash.map(|hash| FileId { hash, size }),
+            }
+        }
         _ => return None,
     })
 }
@@ -411,6 +427,17 @@ mod tests {
                     mtime_ns: -4,
                     ctime_ns: 5,
                 },
+            },
+            CatalogOp::Expect {
+                path: "l".into(),
+                content: Some(FileId {
+                    hash: "h".into(),
+                    size: 9,
+                }),
+            },
+            CatalogOp::Expect {
+                path: "m".into(),
+                content: None,
             },
         ];
         log.push(second.clone()).unwrap();

@@ -3,9 +3,11 @@
 //! Every staging file whose journal vouches for it (a base, a path, dirty ranges, not
 //! unlinked) is installed on the inode of its path (created if the path is gone) and flushed
 //! before the mount serves. The journal's base is still in the store, so the file is composed
-//! against exactly what the user edited; if the path's body changed meanwhile (another
-//! writer), the recovered content wins as the last writer and the log says so. Everything the
-//! journal does not vouch for is deleted.
+//! against exactly what the user edited. If the path's body changed meanwhile (another
+//! writer), a catalog with compare-and-swap refuses the commit and the recovered content is
+//! kept beside the other version (see `flush/conflict.rs`); without it the recovered content
+//! wins as the last writer and the log says so. Everything the journal does not vouch for is
+//! deleted.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -121,10 +123,16 @@ impl Vfs {
         }
         let current = i.remote.clone();
         if current.is_some() && base.is_some() && current != base {
-            tracing::warn!(
-                "{path} changed in the store since it was edited here; the recovered content \
-                 replaces it (last writer wins)"
-            );
+            if self.catalog.capabilities().compare_and_swap {
+                // Committed against the version it was edited from: the store refuses it
+                // and the recovered content moves aside (flush/conflict.rs).
+                i.remote = base.filter(|b| b.size > 0);
+            } else {
+                tracing::warn!(
+                    "{path} changed in the store since it was edited here; the recovered \
+                     content replaces it (last writer wins)"
+                );
+            }
         }
         i.staged = Some(staged.clone());
         Ok(ino)

@@ -53,7 +53,7 @@ impl Vfs {
             .fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn invalidate(&self, v: Vec<Invalidation>) {
+    pub(super) fn invalidate(&self, v: Vec<Invalidation>) {
         let tx = self.invalidator.lock().clone();
         let Some(tx) = tx else { return };
         for inv in v {

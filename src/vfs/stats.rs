@@ -43,6 +43,8 @@ pub struct Stats {
     /// Commits that replaced a version another writer had committed after this mount's base
     /// (last writer wins; each is logged with both identities).
     pub remote_overwrites: AtomicU64,
+    /// Commits refused because another writer replaced the file; the version moved aside.
+    pub remote_conflicts: AtomicU64,
     /// When the catalog was last asked for changes successfully (unix ms).
     last_refresh_ms: AtomicU64,
 }
@@ -74,6 +76,7 @@ pub struct StatsSnapshot {
     pub remote_changes: u64,
     pub pending_invalidations: u64,
     pub remote_overwrites: u64,
+    pub remote_conflicts: u64,
     /// Milliseconds since the catalog was last asked for changes successfully (0: change
     /// detection is off).
     pub since_last_poll_ms: u64,
@@ -114,6 +117,7 @@ impl Stats {
             remote_changes: g(&self.remote_changes),
             pending_invalidations: g(&self.pending_invalidations),
             remote_overwrites: g(&self.remote_overwrites),
+            remote_conflicts: g(&self.remote_conflicts),
             since_last_poll_ms: match g(&self.last_refresh_ms) {
                 0 => 0,
                 at => unix_ms().saturating_sub(at),
@@ -144,6 +148,7 @@ impl StatsSnapshot {
             ("remote_changes", self.remote_changes),
             ("pending_invalidations", self.pending_invalidations),
             ("remote_overwrites", self.remote_overwrites),
+            ("remote_conflicts", self.remote_conflicts),
             ("since_last_poll_ms", self.since_last_poll_ms),
         ];
         fields.iter().map(|(k, v)| format!("{k} {v}\n")).collect()

@@ -496,9 +496,10 @@ async fn concurrent_edits_across_files_share_flush_batches() {
 }
 
 /// Another writer changed the file while this mount was down with an uncommitted edit: the
-/// recovered edit is composed against the body it was made on and wins as the last writer.
+/// recovered edit is composed against the body it was made on, the store refuses it over the
+/// other writer's version (compare-and-swap), and it is kept whole beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_after_the_store_changed_meanwhile_lets_the_recovered_content_win() {
+async fn recovery_after_the_store_changed_meanwhile_keeps_both_versions() {
     let (_d, dir) = tmp();
     let (m, big) = committed_file(&dir, 1_000_000).await;
     drop(m);
@@ -538,6 +539,27 @@ async fn recovery_after_the_store_changed_meanwhile_lets_the_recovered_content_w
     }
 
     let m = mount_lazy(&dir).await;
-    assert!(m.vfs.dirty_inodes().is_empty());
-    assert!(read_all(&m.vfs, "f").await == edited);
+    let theirs = random(700_000, 77);
+    assert!(read_all(&m.vfs, "f").await == theirs);
+    let aside = |v: Arc<Vfs>| async move {
+        let fh = v.opendir(crate::vfs::ROOT_INO).await.unwrap();
+        let names: Vec<String> = v
+            .readdir(fh, 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| n.starts_with("f.conflict-"))
+            .collect();
+        v.releasedir(fh);
+        assert_eq!(names.len(), 1, "{names:?}");
+        names[0].clone()
+    };
+    let name = aside(m.vfs.clone()).await;
+    assert!(read_all(&m.vfs, &name).await == edited);
+    assert_eq!(m.vfs.stats().remote_conflicts, 1);
+    // Both are in the store.
+    let m = remount(m, &dir).await;
+    assert!(read_all(&m.vfs, "f").await == theirs);
+    assert_eq!(aside(m.vfs.clone()).await, name);
+    assert!(read_all(&m.vfs, &name).await == edited);
 }

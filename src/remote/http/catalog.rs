@@ -11,7 +11,9 @@ use serde_json::Value;
 use super::hub::Hub;
 use super::{q, Prefix};
 use crate::remote::wire::{WireEntry, WireOp};
-use crate::remote::{Capabilities, Catalog, CatalogOp, Changes, Entry, RemoteError, RemoteResult};
+use crate::remote::{
+    Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, RemoteError, RemoteResult,
+};
 use std::time::Duration;
 
 pub struct HttpCatalog {
@@ -57,7 +59,7 @@ impl HttpCatalog {
                 *path = self.full(path);
                 meta.path = path.clone();
             }
-            WireOp::Delete { path } => *path = self.full(path),
+            WireOp::Delete { path } | WireOp::Expect { path, .. } => *path = self.full(path),
             WireOp::Link { from, to } | WireOp::Rename { from, to } => {
                 *from = self.full(from);
                 *to = self.full(to);
@@ -112,7 +114,18 @@ impl Catalog for HttpCatalog {
         let v = self
             .hub
             .post_json("commit", &self.hub.api("/xetmount/commit"), &body)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                RemoteError::Conflict(c) => RemoteError::Conflict(
+                    c.into_iter()
+                        .map(|c| Conflict {
+                            path: self.prefix.local(&c.path).unwrap_or(c.path),
+                            current: c.current.map(|e| self.local(e)),
+                        })
+                        .collect(),
+                ),
+                e => e,
+            })?;
         v.get("revision")
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("commit", &v))

@@ -58,6 +58,12 @@ fn next_link(r: &Response) -> Option<String> {
 }
 
 fn status_error(status: StatusCode, what: &str, body: &str) -> RemoteError {
+    if status == StatusCode::PRECONDITION_FAILED {
+        // A compare-and-swap commit refused: the answer names every conflict.
+        if let Ok(c) = serde_json::from_str::<crate::remote::wire::WireConflicts>(body) {
+            return RemoteError::Conflict(c.conflicts());
+        }
+    }
     let msg = format!(
         "{what}: HTTP {status}: {}",
         body.chars().take(300).collect::<String>()

@@ -268,6 +268,8 @@ impl Plan<'_> {
                     "{from}: a plain bucket cannot store hard links"
                 )))
             }
+            // Not kept (no compare-and-swap, see `capabilities`).
+            CatalogOp::Expect { .. } => {}
         }
         Ok(())
     }
@@ -316,6 +318,8 @@ impl Catalog for PlainCatalog {
             special_files: false,
             empty_dirs: false,
             fixed_owner: Some(self.owner),
+            // The Hub's batch API has no preconditions: last writer wins.
+            compare_and_swap: false,
         }
     }
 

@@ -15,8 +15,8 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::remote::{
-    Capabilities, Catalog, CatalogOp, Changes, Entry, EntryKind, FileId, Meta, RemoteError,
-    RemoteResult,
+    body, Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, EntryKind, FileId, Meta,
+    RemoteError, RemoteResult,
 };
 
 const SCHEMA: &str = "
@@ -367,8 +367,28 @@ fn delete_tree(tx: &Transaction<'_>, path: &str, rev: i64) -> rusqlite::Result<u
     )
 }
 
-fn apply(tx: &Transaction<'_>, op: &CatalogOp, rev: i64) -> RemoteResult<()> {
+/// Apply `op` within the commit's transaction; a failed expectation is added to `conflicts`.
+fn apply(
+    tx: &Transaction<'_>,
+    op: &CatalogOp,
+    rev: i64,
+    conflicts: &mut Vec<Conflict>,
+) -> RemoteResult<()> {
     match op {
+        CatalogOp::Expect { path, content } => {
+            let current = get_row(tx, path).map_err(db_err)?;
+            let holds = current.as_ref().is_some_and(|e| {
+                e.kind == EntryKind::File
+                    && body(e.content.as_ref()).map(|c| &c.hash)
+                        == body(content.as_ref()).map(|c| &c.hash)
+            });
+            if !holds {
+                conflicts.push(Conflict {
+                    path: path.clone(),
+                    current,
+                });
+            }
+        }
         CatalogOp::Put(e) => {
             if e.path.is_empty() && e.kind != EntryKind::Dir {
                 return Err(RemoteError::Other("the root must stay a directory".into()));
@@ -545,8 +565,15 @@ impl Catalog for SqliteCatalog {
             .map_err(db_err)?
             .unwrap_or(0)
                 + 1;
+            // Every failed expectation is reported, not just the first: the writer handles
+            // them all before it tries again.
+            let mut conflicts = Vec::new();
             for op in &ops {
-                apply(&tx, op, rev)?;
+                apply(&tx, op, rev, &mut conflicts)?;
+            }
+            if !conflicts.is_empty() {
+                // Dropping the transaction rolls every op back.
+                return Err(RemoteError::Conflict(conflicts));
             }
             if rev > HISTORY && rev % 1000 == 0 {
                 exec(
@@ -639,6 +666,76 @@ mod tests {
         let r2 = c.commit(vec![]).await.unwrap();
         assert!(r2 > r1);
         assert_eq!(c.revision().await.unwrap(), r2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_expectation_refuses_the_whole_batch_and_names_every_conflict() {
+        let d = tempfile::tempdir().unwrap();
+        let c = SqliteCatalog::open(&d.path().join("c.db")).unwrap();
+        let id = |h: &str, n: u64| {
+            Some(FileId {
+                hash: h.into(),
+                size: n,
+            })
+        };
+        let expect = |p: &str, content: Option<FileId>| CatalogOp::Expect {
+            path: p.into(),
+            content,
+        };
+        c.commit(vec![
+            CatalogOp::Put(file("a", "h1", 5)),
+            CatalogOp::Put(file("e", "", 0)),
+        ])
+        .await
+        .unwrap();
+        let r = c.revision().await.unwrap();
+        // Held: the body, an empty body (absent content and size 0 are the same), and a
+        // path that an earlier op of the same batch moved into place.
+        c.commit(vec![
+            expect("a", id("h1", 5)),
+            CatalogOp::Put(file("a", "h2", 6)),
+            expect("e", None),
+            CatalogOp::Rename {
+                from: "a".into(),
+                to: "b".into(),
+            },
+            expect("b", id("h2", 6)),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(c.head("b").await.unwrap().unwrap().content, id("h2", 6));
+        // Stale: a changed body, a missing path, a directory. Nothing of the batch applies.
+        let r2 = c.revision().await.unwrap();
+        assert!(r2 > r);
+        c.commit(vec![CatalogOp::Put(Entry {
+            kind: EntryKind::Dir,
+            content: None,
+            ..file("dir", "", 0)
+        })])
+        .await
+        .unwrap();
+        let r3 = c.revision().await.unwrap();
+        let err = c
+            .commit(vec![
+                CatalogOp::Put(file("new", "h9", 9)),
+                expect("b", id("h1", 5)),
+                expect("gone", None),
+                expect("dir", None),
+                CatalogOp::Delete { path: "b".into() },
+            ])
+            .await
+            .unwrap_err();
+        let RemoteError::Conflict(conflicts) = err else {
+            panic!("not a conflict: {err}");
+        };
+        let paths: Vec<&str> = conflicts.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["b", "gone", "dir"]);
+        assert_eq!(conflicts[0].current.as_ref().unwrap().content, id("h2", 6));
+        assert!(conflicts[1].current.is_none());
+        assert_eq!(conflicts[2].current.as_ref().unwrap().kind, EntryKind::Dir);
+        assert_eq!(c.revision().await.unwrap(), r3);
+        assert!(c.head("new").await.unwrap().is_none());
+        assert!(c.head("b").await.unwrap().is_some());
     }
 
     #[tokio::test]

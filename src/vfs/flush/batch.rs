@@ -19,6 +19,7 @@ use crate::vfs::inode::Ino;
 use crate::vfs::staging::{empty_id, Staged};
 use crate::vfs::{Stats, Vfs};
 
+use super::conflict::Committing;
 use super::failure::{FlushFailure, Step};
 use super::{Outcome, NS_INO};
 
@@ -31,6 +32,13 @@ const COMPOSE_MAX_DIRTY: u64 = 256 << 20;
 /// Store calls get the configured write timeout plus this long per byte they carry, so a
 /// hung call fails while a large healthy one is not cut off (at least 8 MiB/s).
 const MIN_STORE_RATE: u64 = 8 << 20;
+
+/// Why a batch's commit did not apply.
+enum Refused {
+    /// Files another writer replaced meanwhile (compare-and-swap).
+    Conflicts(Vec<crate::remote::Conflict>),
+    Failed(FlushFailure),
+}
 
 /// How a file's new body reaches the store. Chosen from the coverage alone (DESIGN.md §3).
 pub(super) enum Route {
@@ -302,7 +310,8 @@ impl Vfs {
         let ns = self.ns_lock.lock().await;
         let (mut ops, ns_seq) = self.nslog.lock().snapshot();
         let ns_ops = ops.len();
-        let mut committing = Vec::new();
+        let cas = self.catalog.capabilities().compare_and_swap;
+        let mut committing: Vec<Committing<'_>> = Vec::new();
         for p in &ready {
             let body = match bodies.remove(&p.ino) {
                 Some(Ok(body)) => body,
@@ -327,7 +336,16 @@ impl Vfs {
             let entry = {
                 let t = self.inodes.lock();
                 match t.get(p.ino) {
-                    Ok(i) if i.linked => t.entry_of(p.ino, body.clone()),
+                    // The body replaces the version this mount's changes started from, and
+                    // only that one. A file with several names is not checked: its version
+                    // could not move aside alone.
+                    Ok(i) if i.linked => t.entry_of(p.ino, body.clone()).map(|e| {
+                        let expect = (cas && i.link.is_none()).then(|| CatalogOp::Expect {
+                            path: e.path.clone(),
+                            content: i.remote.clone(),
+                        });
+                        (e, expect)
+                    }),
                     // Unlinked meanwhile: an orphan is never committed.
                     _ => {
                         results.push((p.ino, Ok(Outcome::Clean)));
@@ -336,9 +354,11 @@ impl Vfs {
                 }
             };
             match entry {
-                Ok(e) => {
+                Ok((e, expect)) => {
+                    let path = e.path.clone();
+                    ops.extend(expect);
                     ops.push(CatalogOp::Put(e));
-                    committing.push((p, body));
+                    committing.push((p, body, path));
                 }
                 Err(e) => results.push((p.ino, Err(FlushFailure::local(Step::Commit, e)))),
             }
@@ -349,18 +369,33 @@ impl Vfs {
         }
         let commit = async {
             if ns_ops > 0 {
-                self.before_namespace_commit(ns_seq).await?;
+                self.before_namespace_commit(ns_seq)
+                    .await
+                    .map_err(Refused::Failed)?;
             }
-            self.bounded(0, "commit", self.catalog.commit(ops))
-                .await
-                .map_err(|e| FlushFailure::remote(Step::Commit, e))
+            match self.bounded(0, "commit", self.catalog.commit(ops)).await {
+                Ok(rev) => Ok(rev),
+                Err(RemoteError::Conflict(c)) => Err(Refused::Conflicts(c)),
+                Err(e) => Err(Refused::Failed(FlushFailure::remote(Step::Commit, e))),
+            }
         };
-        if let Err(f) = commit.await {
-            results.extend(committing.iter().map(|(p, _)| (p.ino, Err(f.clone()))));
-            if ns_ops > 0 {
-                results.push((NS_INO, Err(f)));
+        match commit.await {
+            Ok(_) => {}
+            Err(Refused::Conflicts(c)) => {
+                // Nothing applied; the namespace changes go with the next commit.
+                results.extend(self.resolve_conflicts(c, committing).await);
+                if ns_ops > 0 {
+                    results.push((NS_INO, Ok(Outcome::Retry)));
+                }
+                return results;
             }
-            return results;
+            Err(Refused::Failed(f)) => {
+                results.extend(committing.iter().map(|(p, ..)| (p.ino, Err(f.clone()))));
+                if ns_ops > 0 {
+                    results.push((NS_INO, Err(f)));
+                }
+                return results;
+            }
         }
         Stats::add(&self.stats.flush_commits, 1);
         if ns_ops > 0 {
@@ -370,13 +405,16 @@ impl Vfs {
             }
             results.push((NS_INO, Ok(Outcome::Committed)));
         }
-        for (p, body) in committing {
+        for (p, body, _) in committing {
             let overwritten = {
                 let mut t = self.inodes.lock();
                 let path = t.path_of(p.ino).unwrap_or_default();
                 t.get_mut(p.ino).ok().and_then(|i| {
                     i.remote = body.clone();
-                    i.flush_error = None;
+                    // A conflict stays reported: this commit put the version aside.
+                    if i.flush_error.is_some_and(|e| !e.conflict) {
+                        i.flush_error = None;
+                    }
                     Some((path, i.overwritten.take()?))
                 })
             };

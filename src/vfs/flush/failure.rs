@@ -39,6 +39,8 @@ pub struct FlushFailure {
     /// Retrying soon cannot help: the store refused for a reason someone must fix
     /// (permission, quota, integrity, a base that no longer exists).
     pub permanent: bool,
+    /// Another writer replaced the file; this version was moved aside (`flush/conflict.rs`).
+    pub conflict: bool,
 }
 
 impl FlushFailure {
@@ -48,6 +50,7 @@ impl FlushFailure {
             step,
             permanent: !e.is_transient(),
             cause: e.to_string(),
+            conflict: false,
         }
     }
 
@@ -58,6 +61,7 @@ impl FlushFailure {
             step,
             cause: e.to_string(),
             permanent: e == Errno::ENOSPC,
+            conflict: false,
         }
     }
 }

@@ -3,10 +3,12 @@
 //! other files), retries failures with backoff and records them for the files' writers.
 //!
 //! - `batch.rs`: one batch: prepare, upload/compose, commit, settle.
+//! - `conflict.rs`: a commit refused because another writer replaced a file (compare-and-swap).
 //! - `failure.rs`: what a failure was, for the log and for the writers it is reported to.
 //! - `verify.rs`: paranoid mode's read-back of every commit.
 
 mod batch;
+mod conflict;
 mod failure;
 mod verify;
 
@@ -226,7 +228,11 @@ impl Vfs {
                             _ => t.path_of(ino).unwrap_or_else(|_| "(unlinked)".into()),
                         };
                         if let Ok(i) = t.get_mut(ino) {
-                            i.flush_error = Some(FlushError { errno: f.errno, at });
+                            i.flush_error = Some(FlushError {
+                                errno: f.errno,
+                                at,
+                                conflict: f.conflict,
+                            });
                         }
                         path
                     };
