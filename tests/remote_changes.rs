@@ -418,10 +418,33 @@ fn concurrent_writers(serve_args: &[&str], mount_args: &[&str], policy: Policy) 
     );
     // B's loop is done: anything it left pending is committed (or moved aside) now.
     fsync_errno(&pb.join("h"));
-    let t = delay("both mounts agree", || {
+    let agree = || {
         let (x, y) = (files_like(&pa, "h"), files_like(&pb, "h"));
         !x.is_empty() && x == y
-    });
+    };
+    let start = Instant::now();
+    while !agree() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let show = |m: &Path| {
+                let v: Vec<(String, usize, u8)> = files_like(m, "h")
+                    .into_iter()
+                    .map(|(n, b)| (n, b.len(), b.first().copied().unwrap_or(0)))
+                    .collect();
+                format!("{v:?}")
+            };
+            panic!(
+                "the mounts disagree:\nA {}\nB {}\nA's stats {}\nB's stats {}\nA's log {}\nB's log {}",
+                show(&pa),
+                show(&pb),
+                stats(&a),
+                stats(&b),
+                a.log_text(),
+                b.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = start.elapsed();
     for (name, bytes) in files_like(&pa, "h") {
         assert!(
             versions.contains(&bytes),

@@ -17,7 +17,8 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::remote::EntryKind;
-use crate::vfs::inode::{time_to_ns, Invalidation};
+use crate::vfs::inode::time_to_ns;
+use crate::vfs::Invalidation;
 use crate::vfs::{Attr, Caller, Errno, SetAttr, TimeSet, Vfs};
 
 /// How long the kernel may cache attributes and names. Every change passes through this

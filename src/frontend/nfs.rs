@@ -19,7 +19,7 @@ use nfsserve::vfs::{DirEntry, NFSFileSystem, ReadDirResult, VFSCapabilities};
 
 use crate::remote::EntryKind;
 use crate::vfs::handle_pool::HandlePool;
-use crate::vfs::{Attr, Caller, Errno, SetAttr, TimeSet, Vfs, ROOT_INO};
+use crate::vfs::{Attr, Caller, Errno, Invalidation, SetAttr, TimeSet, Vfs, ROOT_INO};
 
 /// Inodes with a pooled handle at a time.
 const POOL_CAPACITY: usize = 1024;
@@ -42,11 +42,29 @@ impl NfsFs {
                 gid: libc::getegid(),
             }
         };
-        NfsFs {
-            vfs,
-            pool: Arc::new(HandlePool::new(POOL_CAPACITY)),
-            owner,
+        let pool = Arc::new(HandlePool::new(POOL_CAPACITY));
+        // Another writer changed or removed a file: its pooled handle goes, so a removed
+        // file's inode is reaped (its handle then answers STALE) and nothing pins an old
+        // version. A thread of its own, ending when the VFS drops the queue.
+        let invalidations = vfs.invalidations();
+        let (v, p) = (Arc::downgrade(&vfs), pool.clone());
+        let spawned = std::thread::Builder::new()
+            .name("xetmount-nfs-inval".into())
+            .spawn(move || {
+                for inv in invalidations {
+                    if let Invalidation::Inode(ino) = inv {
+                        p.forget(ino);
+                    }
+                    match v.upgrade() {
+                        Some(v) => v.invalidation_done(),
+                        None => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the NFS invalidation thread: {e}");
         }
+        NfsFs { vfs, pool, owner }
     }
 
     /// NFS keeps no kernel-style references: drop the one a creation took, so an unlinked
@@ -72,6 +90,15 @@ impl NfsFs {
     /// Release every pooled handle (before shutdown, so their flushes are scheduled).
     pub fn close_handles(&self) {
         self.pool.clear();
+    }
+}
+
+/// errno → NFS status for a call naming a file by handle: an inode this mount no longer
+/// knows (removed, here or by another writer, and reaped) is a stale handle.
+fn by_handle(e: Errno) -> nfsstat3 {
+    match e {
+        Errno::ENOENT => nfsstat3::NFS3ERR_STALE,
+        e => stat(e),
     }
 }
 
@@ -208,7 +235,7 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn getattr(&self, id: fileid3) -> Result<fattr3, nfsstat3> {
-        self.vfs.getattr(id).map(|a| fattr(&a)).map_err(stat)
+        self.vfs.getattr(id).map(|a| fattr(&a)).map_err(by_handle)
     }
 
     async fn setattr(&self, id: fileid3, setattr: sattr3) -> Result<fattr3, nfsstat3> {
@@ -216,7 +243,7 @@ impl NFSFileSystem for NfsFs {
         if is_noop(&s) {
             return self.getattr(id).await;
         }
-        let a = self.vfs.setattr(id, s).await.map_err(stat)?;
+        let a = self.vfs.setattr(id, s).await.map_err(by_handle)?;
         self.stable().await?;
         Ok(fattr(&a))
     }
@@ -231,7 +258,7 @@ impl NFSFileSystem for NfsFs {
             .vfs
             .pool_read(&self.pool, id, offset, count)
             .await
-            .map_err(stat)?;
+            .map_err(by_handle)?;
         Ok((data.to_vec(), eof))
     }
 
@@ -239,7 +266,7 @@ impl NFSFileSystem for NfsFs {
         self.vfs
             .pool_write(&self.pool, id, offset, data.to_vec())
             .await
-            .map_err(stat)?;
+            .map_err(by_handle)?;
         self.getattr(id).await
     }
 
@@ -389,7 +416,7 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn readlink(&self, id: fileid3) -> Result<nfspath3, nfsstat3> {
-        let t = self.vfs.readlink(id).map_err(stat)?;
+        let t = self.vfs.readlink(id).map_err(by_handle)?;
         Ok(t.into_bytes().into())
     }
 }
@@ -404,6 +431,80 @@ mod tests {
             .unwrap()
             .filter(|e| e.as_ref().unwrap().file_name() != "namespace.nslog")
             .count()
+    }
+
+    /// Another writer's changes reach an NFS client through the handle it already holds: a
+    /// new body in place (same file id; the pooled handle pins no old version), a removal as
+    /// a stale handle. A is the other writer, B a second VFS on the same store (polling),
+    /// served through NFS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handles_held_by_a_client_follow_other_writers() {
+        use crate::vfs::tests::{random, write_file};
+        use crate::vfs::VfsConfig;
+        use std::time::Duration;
+
+        async fn until<F: std::future::Future<Output = bool>>(
+            what: &str,
+            mut f: impl FnMut() -> F,
+        ) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while !f().await {
+                assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        let (_d, dir) = tmp();
+        let a = mount_at(&dir).await;
+        let config = VfsConfig {
+            poll_interval: Duration::from_millis(20),
+            ..VfsConfig::new(dir.join("staging-b"))
+        };
+        let b = Vfs::new(a._store.catalog.clone(), a._store.cas.clone(), config)
+            .await
+            .unwrap();
+        let fs = NfsFs::new(b.clone());
+        let name: filename3 = b"f".to_vec().into();
+        let (v1, v2) = (random(300_000, 1), random(200_000, 2));
+        let ino = write_file(&a.vfs, ROOT_INO, "f", &v1).await;
+        a.vfs.fsync(ino).await.unwrap();
+        until("f on B", || async {
+            fs.lookup(ROOT_INO, &name).await.is_ok()
+        })
+        .await;
+        let id = fs.lookup(ROOT_INO, &name).await.unwrap();
+        let read = |id| {
+            let fs = fs.clone();
+            async move { fs.read(id, 0, 1 << 20).await.map(|(d, _)| d) }
+        };
+        assert_eq!(read(id).await.unwrap(), v1);
+
+        // A rewrites f: the handle B's client holds reads the new body.
+        let o = a.vfs.open(ino, true, true).await.unwrap();
+        a.vfs.write(o.fh, 0, v2.clone()).await.unwrap();
+        a.vfs.close(o.fh).await.unwrap();
+        a.vfs.release(o.fh).unwrap();
+        a.vfs.fsync(ino).await.unwrap();
+        until("the new body through the old handle", || async {
+            read(id).await.is_ok_and(|d| d == v2)
+        })
+        .await;
+        assert_eq!(fs.getattr(id).await.unwrap().size, v2.len() as u64);
+        assert_eq!(fs.lookup(ROOT_INO, &name).await.unwrap(), id);
+
+        // A removes f: the handle goes stale, the name is gone.
+        a.vfs.remove(ROOT_INO, "f", false).await.unwrap();
+        a.vfs.sync_namespace().await.unwrap();
+        until("a stale handle", || async {
+            matches!(fs.getattr(id).await, Err(nfsstat3::NFS3ERR_STALE))
+        })
+        .await;
+        assert!(matches!(read(id).await, Err(nfsstat3::NFS3ERR_STALE)));
+        assert!(matches!(
+            fs.lookup(ROOT_INO, &name).await,
+            Err(nfsstat3::NFS3ERR_NOENT)
+        ));
+        b.shutdown(Duration::from_secs(10)).await;
     }
 
     /// NFS never sends FORGET: lookups and creations must not pin inodes, or a removed file
@@ -426,7 +527,7 @@ mod tests {
         );
         assert!(matches!(
             fs.getattr(ino).await,
-            Err(nfsstat3::NFS3ERR_NOENT)
+            Err(nfsstat3::NFS3ERR_STALE)
         ));
     }
 }

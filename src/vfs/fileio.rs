@@ -401,8 +401,11 @@ impl Vfs {
         Ok(())
     }
 
-    /// Commit this file's current content to the store, or return why it cannot be.
+    /// Commit this file's current content to the store, or return why it cannot be. After a
+    /// conflict (another writer replaced the file) the moved copy is committed before the
+    /// conflict is reported: when `fsync` returns, this mount's version is in the store.
     pub async fn fsync(&self, ino: Ino) -> VfsResult<()> {
+        let mut conflict = None;
         loop {
             let results = self.flush_batch(&[ino]).await;
             // The file's own result, or the failure of the namespace changes it depends on.
@@ -416,8 +419,14 @@ impl Vfs {
             match r {
                 Ok(super::flush::Outcome::Retry) => continue,
                 Ok(_) => {
+                    if let Some(f) = conflict {
+                        return Err(f);
+                    }
                     self.inodes.lock().get_mut(ino)?.flush_error = None;
                     return Ok(());
+                }
+                Err(f) if f.conflict && conflict.is_none() => {
+                    conflict = Some(f.errno);
                 }
                 Err(f) => {
                     let path = self.inodes.lock().path_of(ino).unwrap_or_default();

@@ -20,6 +20,7 @@ use crate::vfs::{Vfs, VfsResult};
 /// One open VFS handle, released when the last user lets go of it.
 pub struct Pooled {
     vfs: Weak<Vfs>,
+    ino: Ino,
     pub fh: u64,
     pub writable: bool,
 }
@@ -27,6 +28,9 @@ pub struct Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(vfs) = self.vfs.upgrade() {
+            if let Ok(i) = vfs.inodes.lock().get_mut(self.ino) {
+                i.pooled_handles -= 1;
+            }
             let _ = vfs.release(self.fh);
         }
     }
@@ -127,8 +131,18 @@ impl HandlePool {
 impl Vfs {
     async fn open_pooled(self: &Arc<Self>, ino: Ino, write: bool) -> VfsResult<Arc<Pooled>> {
         let o = self.open(ino, write, false).await?;
+        let counted = self
+            .inodes
+            .lock()
+            .get_mut(ino)
+            .map(|i| i.pooled_handles += 1);
+        if let Err(e) = counted {
+            let _ = self.release(o.fh);
+            return Err(e);
+        }
         Ok(Arc::new(Pooled {
             vfs: Arc::downgrade(self),
+            ino,
             fh: o.fh,
             writable: write,
         }))

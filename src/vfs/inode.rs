@@ -40,6 +40,10 @@ pub struct Inode {
     /// Files opened for write, or written and not yet evicted: the staging file.
     pub staged: Option<Arc<Staged>>,
     pub open_handles: u32,
+    /// Those of `open_handles` a stateless frontend (NFS) keeps for its own use. They do not
+    /// pin a version: an NFS client names the file, not an open of it, so another writer's
+    /// body reaches it in place.
+    pub pooled_handles: u32,
     /// Kernel references (lookup count); the inode may be dropped when it reaches zero
     /// after it was unlinked.
     pub nlookup: u64,
@@ -114,6 +118,7 @@ impl Inode {
             children: None,
             staged: None,
             open_handles: 0,
+            pooled_handles: 0,
             nlookup: 0,
             linked: true,
             flush_error: None,
@@ -381,7 +386,8 @@ impl InodeTable {
                 None => true,
                 Some(e) => {
                     let body_changed = i.remote != e.content || i.target != e.target;
-                    if e.kind != i.kind || (body_changed && i.open_handles > 0) {
+                    let open = i.open_handles > i.pooled_handles;
+                    if e.kind != i.kind || (body_changed && open) {
                         true
                     } else if body_changed || !same_meta(&i.meta, &e.meta) || i.link != e.link {
                         let i = self.get_mut(ino)?;
@@ -397,6 +403,8 @@ impl InodeTable {
                 }
             };
             if replace {
+                // Its own caches go too (a stateless frontend lets its handle go).
+                out.invalidations.push(Invalidation::Inode(ino));
                 self.unlink_name(ino, dir, &name)?;
                 out.reaped.extend(self.reap(ino));
                 if let Some(e) = e {

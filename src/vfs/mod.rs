@@ -46,7 +46,7 @@ use parking_lot::Mutex;
 
 pub use errno::{Errno, VfsResult};
 use inode::InodeTable;
-pub use inode::{Attr, Ino, ROOT_INO};
+pub use inode::{Attr, Ino, Invalidation, ROOT_INO};
 use readcache::ReadCache;
 use staging::StagingArea;
 pub use stats::{Stats, StatsSnapshot};

@@ -24,8 +24,11 @@ const FEED_WAIT: Duration = Duration::from_secs(25);
 const CONCURRENCY: usize = 8;
 /// Waits after a failed feed or poll request, doubling up to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(60));
-/// Wait before retrying directories whose refresh raced with a local change.
+/// Wait before retrying directories whose refresh raced with a local change or met a file
+/// open for writing, doubling up to `RETRY_MAX`: these are local conditions that pass, and
+/// the mount should follow other writers within seconds once they do.
 const RETRY: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Vfs {
     /// Follow other writers' changes from revision `since` (off when the poll interval is 0).
@@ -86,13 +89,25 @@ impl Vfs {
         again
     }
 
+    /// Whether a handle open for writing names `ino`.
+    fn open_for_writing(&self, ino: Ino) -> bool {
+        self.handles
+            .lock()
+            .map
+            .values()
+            .any(|h| matches!(h, crate::vfs::HandleEntry::File(h) if h.ino == ino && h.writable))
+    }
+
     /// Bring directory `path` in line with the catalog, if it is listed here.
     async fn refresh_dir(&self, path: &str) -> VfsResult<()> {
         if self.inodes.lock().listed_dir_at(path).is_none() {
             return Ok(());
         }
         self.drain_namespace().await?;
-        let commits = self.stats.flush_commits.load(Ordering::SeqCst);
+        // No commit of this mount between the listing and its use: the table then shows a
+        // commit's result wholly or not at all, so this mount's own version is never taken
+        // for another writer's. (Flush locks are only tried below, never awaited.)
+        let commits = self.commit_lock.lock().await;
         let entries = self.catalog.list_dir(path).await?;
         let dir = self
             .inodes
@@ -116,12 +131,16 @@ impl Vfs {
                 })
                 .collect()
         };
-        // A copy kept only because a flush is running or a reader has it open is tried again
-        // later; a dirty one will be committed over the other version anyway.
+        // A clean copy goes even while readers have the file open: the file then becomes an
+        // orphan that keeps their version (from the store), and the name takes the new one,
+        // so a file read again and again still follows other writers. A copy kept because a
+        // flush is running or the file is open for writing is tried again later; a dirty one
+        // is committed against its own base anyway.
         let mut retry = false;
         for (ino, s) in stale {
+            let writers = self.open_for_writing(ino);
             let forgotten = match s.flush_lock.try_lock() {
-                Ok(_flushing) => self.forget_clean_copy(ino, &s, false),
+                Ok(_flushing) => self.forget_clean_copy(ino, &s, !writers),
                 Err(_) => false,
             };
             retry |= !forgotten && !s.with_io(|io| io.state.is_dirty());
@@ -139,10 +158,8 @@ impl Vfs {
         };
         let done = {
             let _ns = self.ns_lock.lock().await;
-            if !self.nslog.lock().is_empty()
-                || self.stats.flush_commits.load(Ordering::SeqCst) != commits
-            {
-                // A change of this mount landed meanwhile: the listing may predate it.
+            if !self.nslog.lock().is_empty() {
+                // A namespace change of this mount is not in the listing yet.
                 return Err(Errno::EAGAIN);
             }
             let mut t = self.inodes.lock();
@@ -151,6 +168,8 @@ impl Vfs {
             }
             t.reconcile(dir, entries, same_meta, !caps.empty_dirs)?
         };
+        // Listing the other names of new hard links below may commit (it takes the lock).
+        drop(commits);
         if done.changed > 0 {
             tracing::debug!("/{path}: {} change(s) by other writers", done.changed);
         }
@@ -212,8 +231,9 @@ async fn follow(vfs: Weak<Vfs>, mut since: u64) {
             retry_wait = RETRY;
         } else {
             // Files held open keep a directory pending: back off while they are.
+            tracing::debug!("refresh of {pending:?} to be tried again in {retry_wait:?}");
             tokio::time::sleep(retry_wait).await;
-            retry_wait = (retry_wait * 2).min(BACKOFF.1 / 2);
+            retry_wait = (retry_wait * 2).min(RETRY_MAX);
         }
     }
     poll(vfs, catalog, since).await;

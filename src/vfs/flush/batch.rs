@@ -330,6 +330,7 @@ impl Vfs {
                 None => continue,
             };
             if p.staged.with_io(|io| io.state.generation()) != p.generation {
+                tracing::debug!(ino = p.ino, "written during its upload; flushed again");
                 results.push((p.ino, Ok(Outcome::Retry)));
                 continue;
             }
@@ -442,6 +443,7 @@ impl Vfs {
                 }
                 Outcome::Committed
             } else {
+                tracing::debug!(ino = p.ino, "written during its commit; flushed again");
                 Outcome::Retry
             };
             if applied && self.config.paranoid {

@@ -12,7 +12,7 @@
 //! staged copy's new path), so a crash before the next commit loses nothing either.
 
 use crate::remote::{body, CatalogOp, Conflict, Entry, EntryKind, FileId};
-use crate::vfs::inode::{Ino, Invalidation};
+use crate::vfs::inode::{FlushError, Ino, Invalidation};
 use crate::vfs::{Errno, Stats, Vfs};
 
 use super::batch::{FlushResult, Prepared};
@@ -43,6 +43,7 @@ impl Vfs {
                     && body(e.content.as_ref()) == body(stored.as_ref())
                     && body(stored.as_ref()).is_some()
             }) {
+                tracing::debug!(ino = p.ino, "/{path} already holds this body");
                 // The store already holds exactly this body: an earlier attempt of this
                 // mount landed though its answer was lost. Nothing to resolve.
                 if let Ok(i) = self.inodes.lock().get_mut(p.ino) {
@@ -53,10 +54,16 @@ impl Vfs {
             }
             let r = match self.move_aside(p.ino, &path, c.current.clone()).await {
                 Ok(Some(aside)) => {
-                    // Committed at its new name at once (with the namespace change that
-                    // makes the name), whoever flushed: everyone should see both versions.
-                    self.flusher.retry_at(p.ino, tokio::time::Instant::now());
                     Stats::add(&self.stats.remote_conflicts, 1);
+                    // For every handle that wrote before now, whoever flushed (`Vfs::close`).
+                    let at = self.next_event();
+                    if let Ok(i) = self.inodes.lock().get_mut(p.ino) {
+                        i.flush_error = Some(FlushError {
+                            errno: Errno::ESTALE,
+                            at,
+                            conflict: true,
+                        });
+                    }
                     let theirs = match current {
                         None => "deleted it".to_string(),
                         Some(e) if e.kind != EntryKind::File => "put a directory there".into(),
@@ -81,7 +88,13 @@ impl Vfs {
                     })
                 }
                 // Renamed or removed meanwhile: the next commit checks it where it is now.
-                Ok(None) => Ok(Outcome::Retry),
+                Ok(None) => {
+                    tracing::debug!(
+                        ino = p.ino,
+                        "conflict on /{path}, now elsewhere; checked again"
+                    );
+                    Ok(Outcome::Retry)
+                }
                 Err(e) => Err(FlushFailure::local(Step::Commit, e)),
             };
             results.push((p.ino, r));
@@ -154,17 +167,20 @@ impl Vfs {
     }
 }
 
-/// The `n`th candidate conflict name for `name`: `stem.conflict-HOST-UTCTIME[-n].ext`, the
-/// extension kept so the copy opens with the same program; at most 255 bytes.
+/// The `n`th candidate conflict name for `name`: `stem.conflict-HOST-UTCTIME-MOUNT[-n].ext`,
+/// the extension kept so the copy opens with the same program; at most 255 bytes. `MOUNT`
+/// tells apart mounts on one host (containers share host names), so two of them never put
+/// their copies at one name.
 fn conflict_name(name: &str, n: u32) -> String {
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => name.split_at(i),
         _ => (name, ""),
     };
     let mut tag = format!(
-        ".conflict-{}-{}",
+        ".conflict-{}-{}-{}",
         host(),
-        chrono::Utc::now().format("%Y%m%d-%H%M%S")
+        chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+        mount_tag()
     );
     if n > 0 {
         tag.push_str(&format!("-{n}"));
@@ -175,6 +191,15 @@ fn conflict_name(name: &str, n: u32) -> String {
         cut -= 1;
     }
     format!("{}{tag}{ext}", &stem[..cut])
+}
+
+/// Six hex digits drawn once per process.
+fn mount_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let id = uuid::Uuid::now_v7().as_u128();
+        format!("{:06x}", id & 0xff_ffff)
+    })
 }
 
 /// This machine's name, as a file name part.
@@ -221,7 +246,7 @@ mod tests {
                 .next()
                 .unwrap()
                 .chars()
-                .all(|c| c.is_ascii_digit()),
+                .all(|c| c.is_ascii_hexdigit()),
             "no extension invented: {plain}"
         );
         let long = conflict_name(&format!("{}.bin", "é".repeat(126)), 0);
