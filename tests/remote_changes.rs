@@ -268,23 +268,13 @@ fn files_like(dir: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
 /// The bucket's revision as a mount sees it: the catalog revision on `xetmount serve`, the
 /// bucket's `updatedAt` in milliseconds on a plain bucket.
 fn bucket_revision(url: &str, plain: bool) -> u64 {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
     let route = if plain {
         "/api/buckets/local/data"
     } else {
         "/api/buckets/local/data/xetmount/revision"
     };
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {route} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer anything\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let body = common::http_get(url, route);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     if plain {
         let at = v["updatedAt"].as_str().unwrap();
         chrono::DateTime::parse_from_rfc3339(at)

@@ -288,20 +288,27 @@ pub fn mount_served(url: &str, d: &Path, name: &str, extra: &[&str]) -> Mount {
     Mount::start(Path::new("hf://buckets/local/data"), &d.join(name), &args)
 }
 
-/// `xetmount serve`'s request counts and fetched bytes (`GET /v1/xetmount/metrics`), as
-/// `route → count` plus `fetch_bytes`.
-pub fn serve_metrics(url: &str) -> std::collections::BTreeMap<String, u64> {
+/// The body of `GET route` on the server at `url` (HTTP/1.0, any token: serve's test mode).
+pub fn http_get(url: &str, route: &str) -> String {
     use std::io::{Read, Write};
     let addr = url.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "GET /v1/xetmount/metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+        "GET {route} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer anything\r\n\r\n"
     )
     .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    text.split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string()
+}
+
+/// `xetmount serve`'s request counts and fetched bytes (`GET /v1/xetmount/metrics`), as
+/// `route → count` plus `fetch_bytes`.
+pub fn serve_metrics(url: &str) -> std::collections::BTreeMap<String, u64> {
+    let body = http_get(url, "/v1/xetmount/metrics");
     body.lines()
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;
