@@ -190,6 +190,10 @@ pub struct Vfs {
     config: VfsConfig,
     ns_lock: tokio::sync::Mutex<()>,
     commit_lock: tokio::sync::Mutex<()>,
+    /// Odd while a catalog commit is in flight or its result is not yet in the table, bumped
+    /// again once it is: a refresh whose listing spans a change of it may mistake this
+    /// mount's own commit for another writer's, and tries again.
+    commit_epoch: std::sync::atomic::AtomicU64,
     nslog: Mutex<nslog::NsLog>,
     inodes: Mutex<InodeTable>,
     handles: Mutex<Handles>,
@@ -245,6 +249,7 @@ impl Vfs {
             config,
             ns_lock: tokio::sync::Mutex::new(()),
             commit_lock: tokio::sync::Mutex::new(()),
+            commit_epoch: std::sync::atomic::AtomicU64::new(0),
             nslog: Mutex::new(nslog),
             inodes: Mutex::new(InodeTable::new(root)),
             handles: Mutex::new(Handles::default()),

@@ -3,8 +3,9 @@
 //! and telling the frontend which kernel caches to drop.
 //!
 //! A directory is refreshed only when the catalog holds every namespace change of this mount
-//! (pending ones are committed first) and no commit of this mount landed between the listing
-//! and its use; otherwise it is tried again. Kernel invalidations are queued to the frontend,
+//! (it waits for the namespace flush a few times, then commits pending changes itself) and no
+//! commit of this mount was in flight or landed between the listing and its use; otherwise it
+//! is tried again, within 2 s. Kernel invalidations are queued to the frontend,
 //! never sent while a VFS lock is held (the kernel may call back into the file system while
 //! it handles one).
 
@@ -66,12 +67,15 @@ impl Vfs {
         }
     }
 
-    /// Refresh the listed directories among `dirs`; returns those to try again.
-    async fn refresh(&self, dirs: Vec<String>) -> Vec<String> {
+    /// Refresh the listed directories among `dirs`; returns those to try again. With
+    /// `drain`, pending namespace changes of this mount are committed first; without, a
+    /// directory waits for them (a busy mount's own commits, echoed by the change feed, must
+    /// not cut its namespace batching short).
+    async fn refresh(&self, dirs: Vec<String>, drain: bool) -> Vec<String> {
         let mut again = Vec::new();
         let mut results = futures::stream::iter(dirs)
             .map(|d| async move {
-                let r = self.refresh_dir(&d).await;
+                let r = self.refresh_dir(&d, drain).await;
                 (d, r)
             })
             .buffer_unordered(CONCURRENCY);
@@ -99,15 +103,16 @@ impl Vfs {
     }
 
     /// Bring directory `path` in line with the catalog, if it is listed here.
-    async fn refresh_dir(&self, path: &str) -> VfsResult<()> {
+    async fn refresh_dir(&self, path: &str, drain: bool) -> VfsResult<()> {
         if self.inodes.lock().listed_dir_at(path).is_none() {
             return Ok(());
         }
-        self.drain_namespace().await?;
-        // No commit of this mount between the listing and its use: the table then shows a
-        // commit's result wholly or not at all, so this mount's own version is never taken
-        // for another writer's. (Flush locks are only tried below, never awaited.)
-        let commits = self.commit_lock.lock().await;
+        if drain {
+            self.drain_namespace().await?;
+        } else if !self.nslog.lock().is_empty() {
+            return Err(Errno::EAGAIN);
+        }
+        let epoch = self.commit_epoch.load(Ordering::SeqCst);
         let entries = self.catalog.list_dir(path).await?;
         let dir = self
             .inodes
@@ -158,8 +163,13 @@ impl Vfs {
         };
         let done = {
             let _ns = self.ns_lock.lock().await;
-            if !self.nslog.lock().is_empty() {
-                // A namespace change of this mount is not in the listing yet.
+            if !self.nslog.lock().is_empty()
+                || epoch % 2 == 1
+                || self.commit_epoch.load(Ordering::SeqCst) != epoch
+            {
+                // A change of this mount is not in the listing yet, or a commit of it landed
+                // in the store before the table shows it: this mount's own version would be
+                // taken for another writer's.
                 return Err(Errno::EAGAIN);
             }
             let mut t = self.inodes.lock();
@@ -168,8 +178,6 @@ impl Vfs {
             }
             t.reconcile(dir, entries, same_meta, !caps.empty_dirs)?
         };
-        // Listing the other names of new hard links below may commit (it takes the lock).
-        drop(commits);
         if done.changed > 0 {
             tracing::debug!("/{path}: {} change(s) by other writers", done.changed);
         }
@@ -222,7 +230,9 @@ async fn follow(vfs: Weak<Vfs>, mut since: u64) {
         pending.extend(dirs);
         pending.sort();
         pending.dedup();
-        pending = v.refresh(std::mem::take(&mut pending)).await;
+        // Pending this long: stop waiting for the namespace flush.
+        let drain = retry_wait >= RETRY_MAX;
+        pending = v.refresh(std::mem::take(&mut pending), drain).await;
         since = revision;
         Stats::set(&v.stats.remote_revision, revision);
         v.stats.note_refresh();
@@ -257,7 +267,7 @@ async fn poll(vfs: Weak<Vfs>, catalog: Arc<dyn crate::remote::Catalog>, mut sinc
                 wait = interval;
                 if r != since {
                     let dirs = v.inodes.lock().listed_dirs();
-                    let again = v.refresh(dirs).await;
+                    let again = v.refresh(dirs, true).await;
                     if again.is_empty() {
                         since = r;
                     } else {

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,22 @@ const COMPOSE_MAX_DIRTY: u64 = 256 << 20;
 /// Store calls get the configured write timeout plus this long per byte they carry, so a
 /// hung call fails while a large healthy one is not cut off (at least 8 MiB/s).
 const MIN_STORE_RATE: u64 = 8 << 20;
+
+/// Makes `Vfs::commit_epoch` odd while alive.
+struct Epoch<'a>(&'a AtomicU64);
+
+impl<'a> Epoch<'a> {
+    fn enter(e: &'a AtomicU64) -> Self {
+        e.fetch_add(1, Ordering::SeqCst);
+        Epoch(e)
+    }
+}
+
+impl Drop for Epoch<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
 
 /// Why a batch's commit did not apply.
 enum Refused {
@@ -368,6 +385,8 @@ impl Vfs {
         if ops.is_empty() {
             return results;
         }
+        // Until this returns, the store may hold what the table does not show yet.
+        let _epoch = Epoch::enter(&self.commit_epoch);
         let commit = async {
             if ns_ops > 0 {
                 self.before_namespace_commit(ns_seq)
