@@ -206,6 +206,13 @@ impl Entry {
         }
     }
 
+    /// Whether this is a regular file with body `content` (empty and absent are the same):
+    /// what [`CatalogOp::Expect`] checks.
+    pub fn is_file_with(&self, content: Option<&FileId>) -> bool {
+        self.kind == EntryKind::File
+            && body(self.content.as_ref()).map(|c| &c.hash) == body(content).map(|c| &c.hash)
+    }
+
     pub fn size(&self) -> u64 {
         match self.kind {
             EntryKind::File => self.content.as_ref().map_or(0, |c| c.size),

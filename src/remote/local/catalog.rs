@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::remote::{
-    body, Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, EntryKind, FileId, Meta,
+    Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, EntryKind, FileId, Meta,
     RemoteError, RemoteResult,
 };
 
@@ -377,12 +377,10 @@ fn apply(
     match op {
         CatalogOp::Expect { path, content } => {
             let current = get_row(tx, path).map_err(db_err)?;
-            let holds = current.as_ref().is_some_and(|e| {
-                e.kind == EntryKind::File
-                    && body(e.content.as_ref()).map(|c| &c.hash)
-                        == body(content.as_ref()).map(|c| &c.hash)
-            });
-            if !holds {
+            if !current
+                .as_ref()
+                .is_some_and(|e| e.is_file_with(content.as_ref()))
+            {
                 conflicts.push(Conflict {
                     path: path.clone(),
                     current,

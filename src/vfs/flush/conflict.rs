@@ -38,11 +38,9 @@ impl Vfs {
                 continue;
             };
             let current = c.current.as_ref();
-            if current.is_some_and(|e| {
-                e.kind == EntryKind::File
-                    && body(e.content.as_ref()) == body(stored.as_ref())
-                    && body(stored.as_ref()).is_some()
-            }) {
+            if body(stored.as_ref()).is_some()
+                && current.is_some_and(|e| e.is_file_with(stored.as_ref()))
+            {
                 tracing::debug!(ino = p.ino, "/{path} already holds this body");
                 // The store already holds exactly this body: an earlier attempt of this
                 // mount landed though its answer was lost. Nothing to resolve.
@@ -111,7 +109,7 @@ impl Vfs {
         current: Option<Entry>,
     ) -> crate::vfs::VfsResult<Option<String>> {
         let _ns = self.ns_lock.lock().await;
-        let (parent, name, entry) = {
+        let (parent, name, aside, entry) = {
             let t = self.inodes.lock();
             let i = t.get(ino)?;
             if !i.linked || t.path_of(ino)? != path {
@@ -130,14 +128,8 @@ impl Vfs {
                 meta: i.meta,
                 link: None,
             };
-            (parent, name, entry)
+            (parent, name, aside, entry)
         };
-        let aside = entry
-            .path
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
         self.push_ns(vec![CatalogOp::Put(entry.clone())])?;
         {
             let mut t = self.inodes.lock();
