@@ -7,6 +7,7 @@ pub mod compose;
 pub mod defrag;
 pub mod http;
 pub mod local;
+pub mod names;
 pub mod rechunk;
 pub mod window_compose;
 pub mod wire;
