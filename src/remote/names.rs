@@ -38,6 +38,10 @@ impl BadPath {
 
 /// Check one name (a path segment) a bucket path could contain.
 pub fn check_segment(seg: &str) -> Result<(), BadPath> {
+    check_name(seg, false)
+}
+
+fn check_name(seg: &str, posix: bool) -> Result<(), BadPath> {
     if seg.is_empty() {
         return Err(BadPath::EmptySegment);
     }
@@ -47,7 +51,8 @@ pub fn check_segment(seg: &str) -> Result<(), BadPath> {
     if seg == "." || seg == ".." {
         return Err(BadPath::DotSegment);
     }
-    if seg.chars().any(char::is_control) {
+    let control = |c: char| if posix { c == '\0' } else { c.is_control() };
+    if seg.chars().any(control) {
         return Err(BadPath::Control);
     }
     Ok(())
@@ -56,6 +61,16 @@ pub fn check_segment(seg: &str) -> Result<(), BadPath> {
 /// Check a whole bucket path: relative, `/`-separated, no empty, `.` or `..` segment, no
 /// control character, within the length limits.
 pub fn check_path(p: &str) -> Result<(), BadPath> {
+    check(p, false)
+}
+
+/// Check a path of xetmount's own catalog, which keeps POSIX names: as [`check_path`], but
+/// any character other than NUL may stand in a name.
+pub fn check_posix_path(p: &str) -> Result<(), BadPath> {
+    check(p, true)
+}
+
+fn check(p: &str, posix: bool) -> Result<(), BadPath> {
     if p.is_empty() {
         return Err(BadPath::Empty);
     }
@@ -65,7 +80,7 @@ pub fn check_path(p: &str) -> Result<(), BadPath> {
     if p.starts_with('/') || p.ends_with('/') {
         return Err(BadPath::EdgeSlash);
     }
-    p.split('/').try_for_each(check_segment)
+    p.split('/').try_for_each(|seg| check_name(seg, posix))
 }
 
 #[cfg(test)]
@@ -74,7 +89,14 @@ mod tests {
 
     #[test]
     fn paths_are_refused_never_rewritten() {
-        for ok in ["a", "dir/file.txt", "é/ü 1", "a/.hidden", "a/..b", &"x".repeat(255)] {
+        for ok in [
+            "a",
+            "dir/file.txt",
+            "é/ü 1",
+            "a/.hidden",
+            "a/..b",
+            &"x".repeat(255),
+        ] {
             assert_eq!(check_path(ok), Ok(()), "{ok}");
         }
         let long_seg = "x".repeat(256);
@@ -95,6 +117,9 @@ mod tests {
         ] {
             assert_eq!(check_path(bad), Err(why.clone()), "{bad:?}");
         }
+        assert_eq!(check_posix_path("tab\there/\u{1}"), Ok(()));
+        assert_eq!(check_posix_path("nul\0"), Err(BadPath::Control));
+        assert_eq!(check_posix_path("/a"), Err(BadPath::EdgeSlash));
         assert_eq!(BadPath::SegmentTooLong.errno(), libc::ENAMETOOLONG);
         assert_eq!(BadPath::Control.errno(), libc::EINVAL);
     }

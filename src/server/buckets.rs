@@ -1,6 +1,13 @@
 //! The buckets a server hosts: a registry (`server.db`: id, visibility, creation and update
 //! times) and one SQLite catalog per bucket (`buckets/<ns>/<name>/catalog.db`). Every
 //! bucket's bodies live in the server's one CAS.
+//!
+//! Bodies are shared, but what a caller may read is not: `server.db` also records which
+//! bucket each file body (xet hash) was uploaded to or committed in (`hash_buckets`). A CAS
+//! token for bucket B reconstructs only a hash recorded for B or named by B's catalog, and a
+//! batch may add a hash only if it is recorded for a bucket the caller may read. A record
+//! outlives the file it came with (readers of B have seen that body); it goes with its
+//! bucket.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -74,7 +81,11 @@ impl Buckets {
             "PRAGMA journal_mode=WAL;
              CREATE TABLE IF NOT EXISTS buckets (
                  id TEXT PRIMARY KEY, private INTEGER NOT NULL,
-                 created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);",
+                 created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS hash_buckets (
+                 hash TEXT NOT NULL, bucket TEXT NOT NULL,
+                 PRIMARY KEY (hash, bucket)) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS hash_buckets_bucket ON hash_buckets(bucket);",
         )
         .map_err(db_err)?;
         Ok(Buckets {
@@ -124,20 +135,80 @@ impl Buckets {
         Ok(n == 1)
     }
 
-    /// Buckets of namespace `ns` whose name contains `search`.
+    /// Buckets of namespace `ns` whose name contains `search`, in id order.
     pub fn list(&self, ns: &str, search: &str) -> RemoteResult<Vec<BucketInfo>> {
+        self.list_page(ns, search, "", usize::MAX)
+    }
+
+    /// At most `limit` buckets of [`Buckets::list`] whose ids come after `after`: a page of a
+    /// listing that stays exact whatever is created or deleted between pages.
+    pub fn list_page(
+        &self,
+        ns: &str,
+        search: &str,
+        after: &str,
+        limit: usize,
+    ) -> RemoteResult<Vec<BucketInfo>> {
         let db = self.db.lock();
         let mut st = db
-            .prepare("SELECT id, private, created_ms, updated_ms FROM buckets WHERE id >= ?1 AND id < ?2 ORDER BY id")
+            .prepare_cached(
+                "SELECT id, private, created_ms, updated_ms FROM buckets \
+                 WHERE id >= ?1 AND id < ?2 AND id > ?3 AND instr(substr(id, ?4), ?5) > 0 \
+                 ORDER BY id LIMIT ?6",
+            )
             .map_err(db_err)?;
         let rows = st
-            .query_map(params![format!("{ns}/"), format!("{ns}0")], Self::row)
+            .query_map(
+                params![
+                    format!("{ns}/"),
+                    format!("{ns}0"),
+                    after,
+                    ns.len() as i64 + 2,
+                    search,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                Self::row,
+            )
             .map_err(db_err)?;
-        let all = rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?;
-        Ok(all
-            .into_iter()
-            .filter(|b| b.id[ns.len() + 1..].contains(search))
-            .collect())
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    /// Record that bodies `hashes` were uploaded to or committed in bucket `id`.
+    pub fn note_hashes<'a>(
+        &self,
+        id: &str,
+        hashes: impl IntoIterator<Item = &'a str>,
+    ) -> RemoteResult<()> {
+        let mut db = self.db.lock();
+        let tx = db.transaction().map_err(db_err)?;
+        {
+            let mut st = tx
+                .prepare_cached("INSERT OR IGNORE INTO hash_buckets (hash, bucket) VALUES (?1, ?2)")
+                .map_err(db_err)?;
+            for h in hashes {
+                st.execute(params![h, id]).map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Whether body `hash` was recorded for bucket `id`.
+    pub fn has_hash(&self, id: &str, hash: &str) -> RemoteResult<bool> {
+        self.db
+            .lock()
+            .prepare_cached("SELECT 1 FROM hash_buckets WHERE hash = ?1 AND bucket = ?2")
+            .and_then(|mut st| st.exists(params![hash, id]))
+            .map_err(db_err)
+    }
+
+    /// The buckets body `hash` was recorded for.
+    pub fn buckets_with(&self, hash: &str) -> RemoteResult<Vec<String>> {
+        let db = self.db.lock();
+        let mut st = db
+            .prepare_cached("SELECT bucket FROM hash_buckets WHERE hash = ?1")
+            .map_err(db_err)?;
+        let rows = st.query_map([hash], |r| r.get(0)).map_err(db_err)?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
     }
 
     pub fn set_private(&self, id: &str, private: bool) -> RemoteResult<()> {
@@ -164,11 +235,17 @@ impl Buckets {
     }
 
     pub fn delete(&self, id: &str) -> RemoteResult<bool> {
-        let n = self
-            .db
-            .lock()
-            .execute("DELETE FROM buckets WHERE id = ?1", [id])
-            .map_err(db_err)?;
+        let n = {
+            let mut db = self.db.lock();
+            let tx = db.transaction().map_err(db_err)?;
+            let n = tx
+                .execute("DELETE FROM buckets WHERE id = ?1", [id])
+                .map_err(db_err)?;
+            tx.execute("DELETE FROM hash_buckets WHERE bucket = ?1", [id])
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            n
+        };
         self.open.lock().remove(id);
         if n == 1 {
             match std::fs::remove_dir_all(self.dir(id)) {
@@ -198,8 +275,20 @@ impl Buckets {
         open.remove(from);
         std::fs::create_dir_all(self.dir(to).parent().expect("bucket dirs have a parent"))?;
         std::fs::rename(self.dir(from), self.dir(to))?;
-        db.execute("UPDATE buckets SET id = ?2 WHERE id = ?1", [from, to])
-            .map_err(db_err)?;
+        db.execute_batch("BEGIN").map_err(db_err)?;
+        let moved = db
+            .execute("UPDATE buckets SET id = ?2 WHERE id = ?1", [from, to])
+            .and_then(|_| {
+                db.execute(
+                    "UPDATE hash_buckets SET bucket = ?2 WHERE bucket = ?1",
+                    [from, to],
+                )
+            })
+            .and_then(|_| db.execute_batch("COMMIT"));
+        if let Err(e) = moved {
+            let _ = db.execute_batch("ROLLBACK");
+            return Err(db_err(e));
+        }
         Ok(true)
     }
 

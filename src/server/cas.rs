@@ -40,8 +40,18 @@ fn remote_err(e: RemoteError) -> Response {
 }
 
 fn parse_hash(h: &str) -> Result<MerkleHash, Response> {
-    MerkleHash::from_hex(h)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, None, format!("{h} is not a hash")))
+    let bad = || {
+        let shown: String = h.chars().take(80).collect();
+        error(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!("{shown:?} is not a hash (64 lowercase hex digits)"),
+        )
+    };
+    if !super::scope::is_hash(h) {
+        return Err(bad());
+    }
+    MerkleHash::from_hex(h).map_err(|_| bad())
 }
 
 /// `Range: bytes=S-E` / `bytes=S-` against a body of `size` bytes, as a half-open range;
@@ -87,9 +97,10 @@ pub fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>,
 }
 
 impl Server {
-    /// 401 without a valid CAS token, 403 when it cannot `need`.
-    fn cas_access(&self, headers: &HeaderMap, need: Scope) -> Result<(), Response> {
-        let Some((_, scope)) = bearer(headers).and_then(|t| self.auth.check_cas_token(t)) else {
+    /// The bucket the CAS token names: 401 without a valid token, 403 when it cannot `need`.
+    fn cas_access(&self, headers: &HeaderMap, need: Scope) -> Result<String, Response> {
+        let Some((bucket, scope)) = bearer(headers).and_then(|t| self.auth.check_cas_token(t))
+        else {
             return Err(error(
                 StatusCode::UNAUTHORIZED,
                 None,
@@ -103,7 +114,20 @@ impl Server {
                 "this CAS token is read-only",
             ));
         }
-        Ok(())
+        Ok(bucket)
+    }
+
+    /// File `file`'s hash, if the CAS token in `headers` may read it: 404 for a body its
+    /// bucket does not hold (the same answer as for a body the CAS lacks, so a hash alone
+    /// tells nothing about other buckets).
+    async fn readable_file(&self, headers: &HeaderMap, file: &str) -> Result<MerkleHash, Response> {
+        let bucket = self.cas_access(headers, Scope::Read)?;
+        let hash = parse_hash(file)?;
+        match self.bucket_has_body(&bucket, file).await {
+            Ok(true) => Ok(hash),
+            Ok(false) => Err(no_file(file)),
+            Err(e) => Err(remote_err(e)),
+        }
     }
 
     /// Size of stored file `hash`, `None` if the CAS does not know it.
@@ -139,10 +163,7 @@ fn no_file(file: &str) -> Response {
 }
 
 async fn reconstruction(s: Arc<Server>, file: String, headers: HeaderMap, v2: bool) -> Response {
-    if let Err(r) = s.cas_access(&headers, Scope::Read) {
-        return r;
-    }
-    let hash = match parse_hash(&file) {
+    let hash = match s.readable_file(&headers, &file).await {
         Ok(h) => h,
         Err(r) => return r,
     };
@@ -375,8 +396,9 @@ pub async fn upload_xorb(
     }
 }
 
-/// Check that every xorb the shard's files use is stored, then keep the shard.
-async fn store_shard(s: &Server, body: Bytes) -> Result<(), Response> {
+/// Check that every xorb the shard's files use is stored, then keep the shard and record its
+/// files as uploaded to `bucket` (readable through it, addable to it).
+async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Response> {
     let shard = MDBMinimalShard::from_reader(&mut std::io::Cursor::new(&body), true, true)
         .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("not a shard: {e}")))?;
     for i in 0..shard.num_files() {
@@ -392,20 +414,32 @@ async fn store_shard(s: &Server, body: Bytes) -> Result<(), Response> {
             }
         }
     }
+    let files: Vec<String> = (0..shard.num_files())
+        .map(|i| {
+            shard
+                .file(i)
+                .expect("index below num_files")
+                .file_hash()
+                .hex()
+        })
+        .collect();
     let client = s.cas.client();
     let permit = client.acquire_upload_permit().await.map_err(internal)?;
     client
         .upload_shard(body, permit, None)
         .await
         .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("shard refused: {e}")))?;
-    Ok(())
+    s.buckets
+        .note_hashes(bucket, files.iter().map(String::as_str))
+        .map_err(internal)
 }
 
 pub async fn shard_v2(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = s.cas_access(&headers, Scope::Write) {
-        return r;
-    }
-    match store_shard(&s, body).await {
+    let bucket = match s.cas_access(&headers, Scope::Write) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match store_shard(&s, &bucket, body).await {
         Ok(()) => (
             [(
                 header::CONTENT_TYPE,
@@ -419,10 +453,11 @@ pub async fn shard_v2(State(s): S, headers: HeaderMap, body: Bytes) -> Response 
 }
 
 pub async fn shard_v1(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = s.cas_access(&headers, Scope::Write) {
-        return r;
-    }
-    match store_shard(&s, body).await {
+    let bucket = match s.cas_access(&headers, Scope::Write) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match store_shard(&s, &bucket, body).await {
         Ok(()) => axum::Json(json!({"result": 1})).into_response(),
         Err(r) => r,
     }
@@ -434,10 +469,7 @@ pub async fn file_chunk_hashes(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = s.cas_access(&headers, Scope::Read) {
-        return r;
-    }
-    let hash = match parse_hash(&file) {
+    let hash = match s.readable_file(&headers, &file).await {
         Ok(h) => h,
         Err(r) => return r,
     };
@@ -463,10 +495,10 @@ pub async fn file_chunk_hashes(
         let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
             return bad();
         };
-        if b < a {
+        let Some(end) = b.checked_add(1).filter(|_| a <= b) else {
             return bad();
-        }
-        ranges.push(FileRange::new(a, b + 1));
+        };
+        ranges.push(FileRange::new(a, end));
     }
     ranges.sort_by_key(|r| r.start);
     match s.cas.client().get_file_chunk_hashes(&hash, ranges).await {
@@ -484,10 +516,7 @@ pub async fn telemetry() -> Response {
 /// chunk by chunk.
 pub async fn chunk_lists(State(s): S, Path(file): Path<String>, headers: HeaderMap) -> Response {
     use crate::remote::compose::ChunkMap;
-    if let Err(r) = s.cas_access(&headers, Scope::Read) {
-        return r;
-    }
-    let hash = match parse_hash(&file) {
+    let hash = match s.readable_file(&headers, &file).await {
         Ok(h) => h,
         Err(r) => return r,
     };

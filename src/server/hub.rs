@@ -20,10 +20,13 @@ use super::buckets::{now_ms, valid_name, BucketInfo};
 use super::Server;
 use crate::remote::{Catalog, CatalogOp, Entry, EntryKind, FileId, Meta};
 
-/// The hash of the empty file.
-pub const EMPTY_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub use super::scope::EMPTY_HASH;
 /// Tree entries per page unless the caller asks for another `limit` (at most 10,000).
 const PAGE: usize = 1000;
+/// Paths one `paths-info` request may ask about (the client sends 1,000 at most).
+const MAX_PATHS_INFO: usize = 10_000;
+/// Latest mtime a batch may set, in ms: the end of year 9999, where dates stop printing.
+const MAX_MTIME_MS: i64 = 253_402_300_799_999;
 
 pub fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -69,6 +72,57 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// A JSON request body; an empty body is the type's default. 400 for anything else.
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("bad JSON body: {e}")))
+}
+
+/// A listing's next-page cursor: the last key returned, so the next page starts after it
+/// whatever was added or removed meanwhile.
+fn encode_cursor(last: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)
+}
+
+fn decode_cursor(c: Option<&str>) -> Result<String, Response> {
+    use base64::Engine;
+    let Some(c) = c else {
+        return Ok(String::new());
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                None,
+                "the cursor is not one this server gave out",
+            )
+        })
+}
+
+/// Adds a `Link: <url>; rel="next"` header.
+fn with_next(mut r: Response, url: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")) {
+        r.headers_mut().insert(header::LINK, v);
+    }
+    r
+}
+
+fn bad_path(what: &str, p: &str, why: crate::remote::names::BadPath) -> Response {
+    let shown: String = p.chars().take(200).collect();
+    error(
+        StatusCode::BAD_REQUEST,
+        None,
+        format!("{what} {shown:?} is not a valid bucket path: {why}"),
+    )
+}
+
 impl Server {
     /// The caller, or 401 for an unknown token.
     fn caller(&self, headers: &HeaderMap) -> Result<Option<Caller>, Response> {
@@ -81,10 +135,11 @@ impl Server {
         })
     }
 
-    /// The bucket, if the caller may `need` it: 404 (`RepoNotFound`) when it is missing or
-    /// hidden from the caller, 401 for an anonymous caller of a private bucket, 403 when the
-    /// caller may read but not write.
-    fn access(
+    /// The bucket, if the caller may `need` it. Refusals say what is wrong without telling
+    /// a caller about a bucket it may not see: 404 (`RepoNotFound`) when the bucket is
+    /// missing, or private and the caller holds no right on it; 401 for an anonymous caller
+    /// who needs a token; 403 for a caller who may read the bucket but not write it.
+    pub(super) fn access(
         &self,
         headers: &HeaderMap,
         id: &str,
@@ -97,22 +152,28 @@ impl Server {
             .map_err(internal)?
             .ok_or_else(|| no_bucket(id))?;
         let scope = caller.as_ref().and_then(|c| c.scope_on(id));
-        let public_read = !info.private && need == Scope::Read;
-        match (scope, caller.is_some()) {
-            (Some(s), _) if s >= need => Ok((info, caller)),
-            _ if public_read => Ok((info, caller)),
-            (Some(_), _) => Err(error(
-                StatusCode::FORBIDDEN,
-                None,
-                format!("You do not have write access to bucket {id}"),
-            )),
-            (None, false) if info.private => Err(error(
+        let can_read = scope.is_some() || !info.private;
+        if scope >= Some(need) || (need == Scope::Read && can_read) {
+            return Ok((info, caller));
+        }
+        Err(match (caller.is_some(), can_read) {
+            (false, false) => error(
                 StatusCode::UNAUTHORIZED,
                 None,
                 "This bucket is private; pass a token",
-            )),
-            (None, _) => Err(no_bucket(id)),
-        }
+            ),
+            (false, true) => error(
+                StatusCode::UNAUTHORIZED,
+                None,
+                format!("Writing to bucket {id} needs a token"),
+            ),
+            (true, true) => error(
+                StatusCode::FORBIDDEN,
+                None,
+                format!("Your token may read bucket {id} but not write it"),
+            ),
+            (true, false) => no_bucket(id),
+        })
     }
 
     /// The open bucket, if the caller may `need` it (see [`Server::access`]).
@@ -190,7 +251,10 @@ pub async fn create(
             format!("You cannot create buckets in {ns}"),
         );
     }
-    let body: CreateBody = serde_json::from_slice(&body).unwrap_or_default();
+    let body: CreateBody = match json_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let private = body.private.unwrap_or(false) || body.visibility.as_deref() == Some("private");
     match s.buckets.create(&id, private) {
         Ok(true) => {
@@ -225,6 +289,8 @@ pub async fn info(
 #[derive(Deserialize)]
 pub struct ListQuery {
     search: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
 }
 
 pub async fn list(
@@ -248,21 +314,57 @@ pub async fn list(
         }
         _ => ns,
     };
-    let all = match s.buckets.list(&ns, q.search.as_deref().unwrap_or("")) {
-        Ok(v) => v,
-        Err(e) => return internal(e),
+    let mut after = match decode_cursor(q.cursor.as_deref()) {
+        Ok(a) => a,
+        Err(r) => return r,
     };
+    let search = q.search.unwrap_or_default();
+    let limit = q.limit.unwrap_or(PAGE).clamp(1, 10_000);
     let mut out = Vec::new();
-    for b in all {
-        let visible = !b.private || caller.as_ref().and_then(|c| c.scope_on(&b.id)).is_some();
-        if visible {
-            match s.info_json(&b).await {
-                Ok(v) => out.push(v),
-                Err(r) => return r,
+    // Pages hold `limit` visible buckets; hidden ones are skipped over.
+    let more = 'pages: loop {
+        let page = match s.buckets.list_page(&ns, &search, &after, limit) {
+            Ok(v) => v,
+            Err(e) => return internal(e),
+        };
+        let (n, full) = (page.len(), page.len() == limit);
+        for (i, b) in page.into_iter().enumerate() {
+            after = b.id.clone();
+            let visible = !b.private || caller.as_ref().and_then(|c| c.scope_on(&b.id)).is_some();
+            if visible {
+                match s.info_json(&b).await {
+                    Ok(v) => out.push(v),
+                    Err(r) => return r,
+                }
+                if out.len() == limit {
+                    break 'pages full || i + 1 < n;
+                }
             }
         }
+        if !full {
+            break false;
+        }
+    };
+    let r = axum::Json(out).into_response();
+    if !more {
+        return r;
     }
-    axum::Json(out).into_response()
+    let search_q = if search.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "&search={}",
+            crate::remote::wire::percent_encode(&search, false)
+        )
+    };
+    with_next(
+        r,
+        &format!(
+            "{}/api/buckets/{ns}?limit={limit}&cursor={}{search_q}",
+            s.public_url,
+            encode_cursor(&after)
+        ),
+    )
 }
 
 pub async fn delete(
@@ -291,7 +393,10 @@ pub async fn settings(
     if let Err(r) = s.access(&headers, &id, Scope::Write) {
         return r;
     }
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let v: Value = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     if let Some(p) = v.get("private").and_then(Value::as_bool) {
         if let Err(e) = s.buckets.set_private(&id, p) {
             return internal(e);
@@ -301,7 +406,10 @@ pub async fn settings(
 }
 
 pub async fn move_repo(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let v: Value = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let (Some(from), Some(to)) = (
         v.get("fromRepo").and_then(Value::as_str),
         v.get("toRepo").and_then(Value::as_str),
@@ -371,7 +479,7 @@ fn file_json(e: &Entry) -> Value {
 pub struct TreeQuery {
     recursive: Option<String>,
     limit: Option<usize>,
-    cursor: Option<usize>,
+    cursor: Option<String>,
 }
 
 pub async fn tree_root(
@@ -383,6 +491,10 @@ pub async fn tree_root(
     tree(state, Path((ns, name, String::new())), q, headers).await
 }
 
+/// One page of a bucket's tree: every file below the prefix (`recursive`, the default, as on
+/// the Hub), or the files and non-empty folders directly in it. Pages are keyed by the last
+/// path returned, so a listing sees every entry that exists for its whole duration exactly
+/// once however the bucket changes between pages; each page is one indexed query.
 pub async fn tree(
     State(s): S,
     Path((ns, name, prefix)): Path<(String, String, String)>,
@@ -394,32 +506,62 @@ pub async fn tree(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let prefix = prefix.trim_matches('/').to_string();
-    // Absent means recursive, as on the Hub.
-    let recursive = q.recursive.as_deref() != Some("false");
-    let items: Vec<Value> = if recursive {
-        match b.catalog.files_under(&prefix).await {
-            Ok(files) => files.iter().map(file_json).collect(),
-            Err(e) => return internal(e),
+    // A folder prefix may end with one '/' (the client's documented form, "models/").
+    let prefix = prefix.strip_suffix('/').unwrap_or(&prefix).to_string();
+    if !prefix.is_empty() {
+        if let Err(why) = crate::remote::names::check_path(&prefix) {
+            return bad_path("the prefix", &prefix, why);
         }
+    }
+    let recursive = match q.recursive.as_deref() {
+        None | Some("true") | Some("1") => true,
+        Some("false") | Some("0") => false,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("recursive must be true or false, not {other:?}"),
+            )
+        }
+    };
+    let after = match decode_cursor(q.cursor.as_deref()) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let limit = q.limit.unwrap_or(PAGE).clamp(1, 10_000);
+    let mut items = Vec::new();
+    // The last path this page looked at, when there may be more after it.
+    let mut next_after = None;
+    if recursive {
+        let files = match b.catalog.files_page(&prefix, &after, limit).await {
+            Ok(f) => f,
+            Err(e) => return internal(e),
+        };
+        if files.len() == limit {
+            next_after = files.last().map(|e| e.path.clone());
+        }
+        items.extend(files.iter().map(file_json));
     } else {
         let at = match b.catalog.head(&prefix).await {
             Ok(e) => e,
             Err(e) => return internal(e),
         };
         match at {
-            Some(e) if e.kind == EntryKind::File => vec![file_json(&e)],
+            // A file named as the prefix is a listing of one entry: the first page holds it.
+            Some(e) if e.kind == EntryKind::File && after.is_empty() => items.push(file_json(&e)),
             Some(e) if e.kind == EntryKind::Dir => {
-                let children = match b.catalog.list_dir(&prefix).await {
+                let children = match b.catalog.children_page(&prefix, &after, limit).await {
                     Ok(c) => c,
                     Err(e) => return internal(e),
                 };
-                let mut out = Vec::new();
+                if children.len() == limit {
+                    next_after = children.last().map(|e| e.path.clone());
+                }
                 for c in children {
                     match c.kind {
-                        EntryKind::File => out.push(file_json(&c)),
+                        EntryKind::File => items.push(file_json(&c)),
                         EntryKind::Dir => match b.catalog.has_file_under(&c.path).await {
-                            Ok(true) => out.push(json!({
+                            Ok(true) => items.push(json!({
                                 "type": "directory",
                                 "path": c.path,
                                 "uploadedAt": iso(c.meta.ctime_ns / 1_000_000),
@@ -430,32 +572,27 @@ pub async fn tree(
                         _ => {}
                     }
                 }
-                out
             }
-            _ => Vec::new(),
-        }
-    };
-    let limit = q.limit.unwrap_or(PAGE).clamp(1, 10_000);
-    let from = q.cursor.unwrap_or(0).min(items.len());
-    let to = (from + limit).min(items.len());
-    let page: Vec<Value> = items[from..to].to_vec();
-    let mut r = axum::Json(page).into_response();
-    if to < items.len() {
-        let enc = crate::remote::wire::percent_encode(&prefix, false);
-        let path = if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("/{enc}")
-        };
-        let next = format!(
-            "<{}/api/buckets/{id}/tree{path}?recursive={recursive}&limit={limit}&cursor={to}>; rel=\"next\"",
-            s.public_url
-        );
-        if let Ok(v) = HeaderValue::from_str(&next) {
-            r.headers_mut().insert(header::LINK, v);
+            _ => {}
         }
     }
-    r
+    let r = axum::Json(items).into_response();
+    let Some(last) = next_after else {
+        return r;
+    };
+    let path = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", crate::remote::wire::percent_encode(&prefix, false))
+    };
+    with_next(
+        r,
+        &format!(
+            "{}/api/buckets/{id}/tree{path}?recursive={recursive}&limit={limit}&cursor={}",
+            s.public_url,
+            encode_cursor(&last)
+        ),
+    )
 }
 
 pub async fn paths_info(
@@ -480,9 +617,22 @@ pub async fn paths_info(
             "the body must be {\"paths\": [...]}",
         );
     };
+    if paths.len() > MAX_PATHS_INFO {
+        return error(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!("at most {MAX_PATHS_INFO} paths per request"),
+        );
+    }
     let mut out = Vec::new();
-    for p in paths.iter().filter_map(Value::as_str) {
-        match b.catalog.head(p.trim_matches('/')).await {
+    // A path no bucket can hold names no file: it is left out of the answer, never rewritten
+    // into one that does.
+    let valid = paths
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|p| crate::remote::names::check_path(p).is_ok());
+    for p in valid {
+        match b.catalog.head(p).await {
             Ok(Some(e)) if e.kind == EntryKind::File => out.push(file_json(&e)),
             Ok(_) => {}
             Err(e) => return internal(e),
@@ -491,15 +641,98 @@ pub async fn paths_info(
     axum::Json(out).into_response()
 }
 
-/// A path a bucket may hold: relative, no empty, `.` or `..` segments.
-fn valid_path(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= 4096
-        && p.split('/')
-            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg.len() <= 255)
-        && !p.contains('\0')
+/// What the batch's earlier lines made of each path they touched (`None`: deleted).
+type Overlay = std::collections::HashMap<String, Option<EntryKind>>;
+
+/// A batch line the server refuses: its path and why, as the client reports it.
+struct Refused(String);
+
+/// What an `addFile`/`copyFile` line asks for, once checked.
+struct AddLine {
+    content: Option<FileId>,
+    mtime_ns: i64,
 }
 
+impl Server {
+    /// The kind at `p` once the batch's earlier lines are applied.
+    async fn kind_at(
+        b: &super::buckets::Bucket,
+        overlay: &Overlay,
+        p: &str,
+    ) -> Result<Option<EntryKind>, Response> {
+        match overlay.get(p) {
+            Some(k) => Ok(*k),
+            None => Ok(b.catalog.head(p).await.map_err(internal)?.map(|e| e.kind)),
+        }
+    }
+
+    /// Check an `addFile` or `copyFile` line into bucket `id`: its hash, its mtime, and that
+    /// the caller may name that body (it may read it through this bucket, the copy's source,
+    /// or, for `addFile`, any bucket).
+    async fn check_add(
+        &self,
+        headers: &HeaderMap,
+        id: &str,
+        v: &Value,
+        copy: bool,
+        now_ns: i64,
+    ) -> Result<Result<AddLine, Refused>, Response> {
+        let refuse = |m: String| Ok(Err(Refused(m)));
+        let Some(hash) = v.get("xetHash").and_then(Value::as_str) else {
+            return refuse("xetHash is required".into());
+        };
+        if !super::scope::is_hash(hash) {
+            return refuse("xetHash must be 64 lowercase hex digits".into());
+        }
+        let mtime_ns = match v.get("mtime") {
+            None => now_ns,
+            Some(m) => match m.as_i64() {
+                Some(ms) if (-MAX_MTIME_MS..=MAX_MTIME_MS).contains(&ms) => ms * 1_000_000,
+                _ => return refuse(
+                    "mtime must be a whole number of milliseconds since 1970, before year 10000"
+                        .into(),
+                ),
+            },
+        };
+        if copy {
+            match v.get("sourceRepoType").and_then(Value::as_str) {
+                None | Some("bucket") => {}
+                Some(t) => return refuse(format!("this server hosts buckets only, not a {t}")),
+            }
+            let Some(src) = v.get("sourceRepoId").and_then(Value::as_str) else {
+                return refuse("copyFile needs sourceRepoId".into());
+            };
+            if self.access(headers, src, Scope::Read).is_err() {
+                return refuse(format!(
+                    "source bucket {src} does not exist or you may not read it"
+                ));
+            }
+            if !self.bucket_has_body(src, hash).await.map_err(internal)? {
+                return refuse(format!("bucket {src} holds no file with xetHash {hash}"));
+            }
+        } else if !self.may_add_body(headers, id, hash).await? {
+            return refuse(format!(
+                "xetHash {hash} was not uploaded to this bucket and is in no bucket you may read"
+            ));
+        }
+        let content = if hash == EMPTY_HASH {
+            None
+        } else {
+            match self.file_size(hash).await.map_err(internal)? {
+                Some(size) => Some(FileId {
+                    hash: hash.to_string(),
+                    size,
+                }),
+                None => return refuse(format!("xet hash {hash} not found")),
+            }
+        };
+        Ok(Ok(AddLine { content, mtime_ns }))
+    }
+}
+
+/// `POST /api/buckets/{id}/batch`: NDJSON lines `addFile`, `copyFile`, `deleteFile`. Each line
+/// is checked against the bucket as the earlier lines leave it; the lines that pass are
+/// applied in one catalog transaction, the others reported in `failed` (422 if none passed).
 pub async fn batch(
     State(s): S,
     Path((ns, name)): Path<(String, String)>,
@@ -515,142 +748,57 @@ pub async fn batch(
         Ok(t) => t,
         Err(_) => return error(StatusCode::BAD_REQUEST, None, "the batch is not UTF-8"),
     };
-    let _one_batch_at_a_time = b.batch_lock.lock().await;
-    // Validate every op against the catalog as the batch's earlier ops leave it; apply the
-    // valid ones in one transaction.
-    let mut overlay: std::collections::HashMap<String, Option<EntryKind>> = Default::default();
-    let mut ops = Vec::new();
-    let mut failed = Vec::new();
-    let now_ns = now_ms() * 1_000_000;
+    let mut lines = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let v: Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => {
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) if v.is_object() => lines.push(v),
+            _ => {
+                let shown: String = line.chars().take(200).collect();
                 return error(
                     StatusCode::BAD_REQUEST,
                     None,
-                    format!("bad batch line {line:?}: {e}"),
-                )
+                    format!("batch line {shown:?} is not a JSON object"),
+                );
             }
-        };
-        let path = v
-            .get("path")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .trim_matches('/')
-            .to_string();
-        let mut fail = |msg: String| failed.push(json!({"path": path.clone(), "error": msg}));
-        if !valid_path(&path) {
-            fail("invalid path".into());
-            continue;
         }
-        let kind_at = |p: &str, overlay: &std::collections::HashMap<String, Option<EntryKind>>| {
-            let p = p.to_string();
-            let o = overlay.get(&p).copied();
-            let cat = &b.catalog;
-            async move {
-                match o {
-                    Some(k) => Ok(k),
-                    None => cat.head(&p).await.map(|e| e.map(|e| e.kind)),
-                }
-            }
+    }
+    let _one_batch_at_a_time = b.batch_lock.lock().await;
+    let mut overlay = Overlay::new();
+    let mut ops = Vec::new();
+    let mut added = Vec::new();
+    let mut failed = Vec::new();
+    let now_ns = now_ms() * 1_000_000;
+    for v in &lines {
+        let path = match v.get("path") {
+            Some(Value::String(p)) => p.clone(),
+            _ => String::new(),
         };
-        match v.get("type").and_then(Value::as_str) {
-            Some("addFile") | Some("copyFile") => {
-                let Some(hash) = v.get("xetHash").and_then(Value::as_str) else {
-                    fail("xetHash is required".into());
-                    continue;
-                };
-                let content = if hash == EMPTY_HASH {
-                    None
-                } else {
-                    match s.file_size(hash).await {
-                        Ok(Some(size)) => Some(FileId {
-                            hash: hash.to_string(),
-                            size,
-                        }),
-                        Ok(None) => {
-                            fail(format!("xet hash {hash} not found"));
-                            continue;
-                        }
-                        Err(e) => return internal(e),
-                    }
-                };
-                // Every ancestor must be (or become) a directory, the path itself no directory.
-                let mut blocked = None;
-                let mut anc = crate::remote::local::parent_of(&path).to_string();
-                while !anc.is_empty() {
-                    match kind_at(&anc, &overlay).await {
-                        Ok(None) | Ok(Some(EntryKind::Dir)) => {}
-                        Ok(Some(_)) => blocked = Some(format!("{anc} is a file")),
-                        Err(e) => return internal(e),
-                    }
-                    anc = crate::remote::local::parent_of(&anc).to_string();
+        let refused = match line_op(&s, &headers, &id, &b, &mut overlay, v, &path, now_ns).await {
+            Ok(Ok(op)) => {
+                if let CatalogOp::Put(Entry {
+                    content: Some(c), ..
+                }) = &op
+                {
+                    added.push(c.hash.clone());
                 }
-                let existing = match b.catalog.head(&path).await {
-                    Ok(e) => e,
-                    Err(e) => return internal(e),
-                };
-                // What the path is once the batch's earlier ops are applied.
-                let kind = match overlay.get(&path) {
-                    Some(k) => *k,
-                    None => existing.as_ref().map(|e| e.kind),
-                };
-                if kind == Some(EntryKind::Dir) {
-                    blocked = Some(format!("{path} is a directory"));
-                }
-                if let Some(msg) = blocked {
-                    fail(msg);
-                    continue;
-                }
-                let mtime_ns = v
-                    .get("mtime")
-                    .and_then(Value::as_i64)
-                    .map_or(now_ns, |ms| ms.saturating_mul(1_000_000));
-                // A file replaced through the bucket API keeps the owner and mode it had.
-                let (mode, uid, gid) = match existing {
-                    Some(e) if e.kind == EntryKind::File => (e.meta.mode, e.meta.uid, e.meta.gid),
-                    _ => (0o644, 0, 0),
-                };
-                let mut a = path.clone();
-                while !a.is_empty() {
-                    a = crate::remote::local::parent_of(&a).to_string();
-                    overlay.entry(a.clone()).or_insert(Some(EntryKind::Dir));
-                }
-                overlay.insert(path.clone(), Some(EntryKind::File));
-                ops.push(CatalogOp::Put(Entry {
-                    path: path.clone(),
-                    kind: EntryKind::File,
-                    content,
-                    target: None,
-                    meta: Meta {
-                        mode,
-                        uid,
-                        gid,
-                        atime_ns: mtime_ns,
-                        mtime_ns,
-                        ctime_ns: now_ns,
-                    },
-                    link: None,
-                }));
+                ops.push(op);
+                continue;
             }
-            Some("deleteFile") => match kind_at(&path, &overlay).await {
-                Ok(Some(EntryKind::File)) => {
-                    overlay.insert(path.clone(), None);
-                    ops.push(CatalogOp::Delete { path: path.clone() });
-                }
-                Ok(_) => fail("file not found".into()),
-                Err(e) => return internal(e),
-            },
-            other => fail(format!("unknown operation type {other:?}")),
-        }
+            Ok(Err(Refused(why))) => why,
+            Err(r) => return r,
+        };
+        failed.push(json!({"path": path, "error": refused}));
     }
     let processed = ops.len();
     if !ops.is_empty() {
         if let Err(e) = b.commit(ops).await {
             return internal(e);
         }
-        if let Err(e) = s.buckets.touch(&id) {
+        if let Err(e) = s
+            .buckets
+            .note_hashes(&id, added.iter().map(String::as_str))
+            .and_then(|()| s.buckets.touch(&id))
+        {
             return internal(e);
         }
     }
@@ -664,6 +812,89 @@ pub async fn batch(
         axum::Json(json!({"success": failed.is_empty(), "processed": processed, "failed": failed})),
     )
         .into_response()
+}
+
+/// The catalog op of one batch line, or why it is refused; records what it does in
+/// `overlay` for the lines after it.
+#[allow(clippy::too_many_arguments)]
+async fn line_op(
+    s: &Server,
+    headers: &HeaderMap,
+    id: &str,
+    b: &super::buckets::Bucket,
+    overlay: &mut Overlay,
+    v: &Value,
+    path: &str,
+    now_ns: i64,
+) -> Result<Result<CatalogOp, Refused>, Response> {
+    let refuse = |m: String| Ok(Err(Refused(m)));
+    if let Err(why) = crate::remote::names::check_path(path) {
+        return refuse(format!("invalid path: {why}"));
+    }
+    let add = match v.get("type").and_then(Value::as_str) {
+        Some("addFile") => false,
+        Some("copyFile") => true,
+        Some("deleteFile") => {
+            return match Server::kind_at(b, overlay, path).await? {
+                Some(EntryKind::File) => {
+                    overlay.insert(path.to_string(), None);
+                    Ok(Ok(CatalogOp::Delete {
+                        path: path.to_string(),
+                    }))
+                }
+                _ => refuse("file not found".into()),
+            };
+        }
+        other => return refuse(format!("unknown operation type {other:?}")),
+    };
+    let line = match s.check_add(headers, id, v, add, now_ns).await? {
+        Ok(l) => l,
+        Err(r) => return Ok(Err(r)),
+    };
+    // Every ancestor must be (or become) a directory, the path itself no directory.
+    let mut anc = crate::remote::local::parent_of(path);
+    while !anc.is_empty() {
+        if let Some(k) = Server::kind_at(b, overlay, anc).await? {
+            if k != EntryKind::Dir {
+                return refuse(format!("{anc} is a file"));
+            }
+        }
+        anc = crate::remote::local::parent_of(anc);
+    }
+    let existing = b.catalog.head(path).await.map_err(internal)?;
+    let kind = match overlay.get(path) {
+        Some(k) => *k,
+        None => existing.as_ref().map(|e| e.kind),
+    };
+    if kind == Some(EntryKind::Dir) {
+        return refuse(format!("{path} is a directory"));
+    }
+    // A file replaced through the bucket API keeps the owner and mode it had.
+    let (mode, uid, gid) = match existing {
+        Some(e) if e.kind == EntryKind::File => (e.meta.mode, e.meta.uid, e.meta.gid),
+        _ => (0o644, 0, 0),
+    };
+    let mut a = path;
+    while !a.is_empty() {
+        a = crate::remote::local::parent_of(a);
+        overlay.entry(a.to_string()).or_insert(Some(EntryKind::Dir));
+    }
+    overlay.insert(path.to_string(), Some(EntryKind::File));
+    Ok(Ok(CatalogOp::Put(Entry {
+        path: path.to_string(),
+        kind: EntryKind::File,
+        content: line.content,
+        target: None,
+        meta: Meta {
+            mode,
+            uid,
+            gid,
+            atime_ns: line.mtime_ns,
+            mtime_ns: line.mtime_ns,
+            ctime_ns: now_ns,
+        },
+        link: None,
+    })))
 }
 
 async fn token(
@@ -720,7 +951,10 @@ pub async fn resolve(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let entry = match b.catalog.head(path.trim_matches('/')).await {
+    if let Err(why) = crate::remote::names::check_path(&path) {
+        return bad_path("the path", &path, why);
+    }
+    let entry = match b.catalog.head(&path).await {
         Ok(Some(e)) if e.kind == EntryKind::File => e,
         Ok(_) => {
             return error(

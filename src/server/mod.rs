@@ -22,6 +22,7 @@ pub mod hub;
 pub mod limit;
 pub mod metrics;
 pub mod native;
+pub mod scope;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -15,8 +15,9 @@ use serde_json::json;
 use super::auth::Scope;
 use super::hub::error;
 use super::Server;
+use crate::remote::names::check_posix_path;
 use crate::remote::wire::{WireEntry, WireOp};
-use crate::remote::{Catalog, Changes, RemoteError};
+use crate::remote::{Catalog, CatalogOp, Changes, RemoteError};
 
 type S = State<Arc<Server>>;
 
@@ -49,6 +50,9 @@ pub async fn list(
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Err(r) = query_path(&q.dir) {
+        return r;
+    }
     match b.catalog.list_dir(&q.dir).await {
         Ok(v) => axum::Json(v.iter().map(WireEntry::from).collect::<Vec<_>>()).into_response(),
         Err(e) => remote_err(e),
@@ -71,6 +75,9 @@ pub async fn head(
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Err(r) = query_path(&q.path) {
+        return r;
+    }
     match b.catalog.head(&q.path).await {
         Ok(Some(e)) => axum::Json(WireEntry::from(&e)).into_response(),
         Ok(None) => error(
@@ -196,39 +203,122 @@ pub async fn commit(
             }
         }
     }
-    // Every body an op names must be readable from this server's CAS.
+    if let Some(r) = refuse_paths(&ops) {
+        return r;
+    }
+    // Every body an op names must be stored, of the size it says, and one the caller may
+    // name in this bucket.
+    let mut added = Vec::new();
     for op in &ops {
-        if let crate::remote::CatalogOp::Put(e) = op {
-            if let Some(c) = &e.content {
-                match s.file_size(&c.hash).await {
-                    Ok(Some(n)) if n == c.size => {}
-                    Ok(Some(n)) => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            None,
-                            format!("{} is {n} bytes, not {}", c.hash, c.size),
-                        )
-                    }
-                    Ok(None) => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            None,
-                            format!("xet hash {} not found", c.hash),
-                        )
-                    }
-                    Err(e) => return remote_err(e),
-                }
-            }
+        let content = match op {
+            CatalogOp::Put(e) => e.content.as_ref(),
+            CatalogOp::Expect { content, .. } => content.as_ref(),
+            _ => None,
+        };
+        let Some(c) = content else { continue };
+        if !crate::server::scope::is_hash(&c.hash) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("{:?} is not a xet hash (64 lowercase hex digits)", c.hash),
+            );
         }
+        if !matches!(op, CatalogOp::Put(_)) {
+            continue;
+        }
+        match s.may_add_body(&headers, &id, &c.hash).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    None,
+                    format!(
+                    "xet hash {} was not uploaded to this bucket and is in no bucket you may read",
+                    c.hash
+                ),
+                )
+            }
+            Err(r) => return r,
+        }
+        match s.file_size(&c.hash).await {
+            Ok(Some(n)) if n == c.size => {}
+            Ok(Some(n)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    format!("{} is {n} bytes, not {}", c.hash, c.size),
+                )
+            }
+            Ok(None) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    format!("xet hash {} not found", c.hash),
+                )
+            }
+            Err(e) => return remote_err(e),
+        }
+        added.push(c.hash.clone());
     }
     let _one_batch_at_a_time = b.batch_lock.lock().await;
     match b.commit(ops).await {
         Ok(rev) => {
-            if let Err(e) = s.buckets.touch(&id) {
+            if let Err(e) = s
+                .buckets
+                .note_hashes(&id, added.iter().map(String::as_str))
+                .and_then(|()| s.buckets.touch(&id))
+            {
                 return remote_err(e);
             }
             axum::Json(json!({ "revision": rev })).into_response()
         }
         Err(e) => remote_err(e),
     }
+}
+
+/// 400 for the first op naming a path xetmount's catalog cannot hold (POSIX names: no empty,
+/// `.` or `..` segment, no NUL, no slash at either end, within the length limits). The root
+/// (`""`) may only have its metadata set.
+fn refuse_paths(ops: &[CatalogOp]) -> Option<Response> {
+    ops.iter().find_map(|op| {
+        let (a, b) = match op {
+            CatalogOp::Put(e) if e.path.is_empty() && e.kind == crate::remote::EntryKind::Dir => {
+                return None
+            }
+            CatalogOp::SetMeta { path, .. } if path.is_empty() => return None,
+            CatalogOp::Put(e) => (e.path.as_str(), None),
+            CatalogOp::SetMeta { path, .. }
+            | CatalogOp::Delete { path }
+            | CatalogOp::Expect { path, .. } => (path.as_str(), None),
+            CatalogOp::Link { from, to } | CatalogOp::Rename { from, to } => {
+                (from.as_str(), Some(to.as_str()))
+            }
+        };
+        [Some(a), b].into_iter().flatten().find_map(|p| {
+            check_posix_path(p).err().map(|why| {
+                let shown: String = p.chars().take(200).collect();
+                error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    format!("{shown:?} is not a valid path: {why}"),
+                )
+            })
+        })
+    })
+}
+
+/// A directory or path named in a query: `""` is the root; anything else must be a path the
+/// catalog could hold.
+fn query_path(p: &str) -> Result<(), Response> {
+    if p.is_empty() {
+        return Ok(());
+    }
+    check_posix_path(p).map_err(|why| {
+        let shown: String = p.chars().take(200).collect();
+        error(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!("{shown:?} is not a valid path: {why}"),
+        )
+    })
 }

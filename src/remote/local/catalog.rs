@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS entries (
     revision INTEGER NOT NULL,
     link     INTEGER
 );
-CREATE INDEX IF NOT EXISTS entries_parent ON entries(parent);
+CREATE INDEX IF NOT EXISTS entries_parent_path ON entries(parent, path);
+CREATE INDEX IF NOT EXISTS entries_hash ON entries(hash) WHERE hash IS NOT NULL;
+DROP INDEX IF EXISTS entries_parent;
 CREATE TABLE IF NOT EXISTS changed (
     revision INTEGER NOT NULL,
     dir      TEXT NOT NULL,
@@ -166,6 +168,69 @@ impl SqliteCatalog {
                 .query_map(params![path, lo, hi], row_to_entry)
                 .map_err(db_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    /// At most `limit` files of [`SqliteCatalog::files_under`] whose paths sort after
+    /// `after`: one page of a listing that sees every file that exists for its whole duration
+    /// exactly once, whatever changes between pages (the cursor is a path, not a position).
+    pub async fn files_page(
+        &self,
+        path: &str,
+        after: &str,
+        limit: usize,
+    ) -> RemoteResult<Vec<Entry>> {
+        let (lo, hi) = subtree_bounds(path);
+        let (path, after) = (path.to_string(), after.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM entries WHERE kind = 0 AND path != '' AND path > ?4 AND \
+                     (path = ?1 OR ?1 = '' OR (path >= ?2 AND path < ?3)) ORDER BY path LIMIT ?5"
+                ))
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![path, lo, hi, after, limit], row_to_entry)
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    /// At most `limit` entries of directory `dir` whose paths sort after `after`, in path
+    /// order (a page of [`Catalog::list_dir`], keyed like [`SqliteCatalog::files_page`]).
+    pub async fn children_page(
+        &self,
+        dir: &str,
+        after: &str,
+        limit: usize,
+    ) -> RemoteResult<Vec<Entry>> {
+        let (dir, after) = (dir.to_string(), after.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM entries WHERE parent = ?1 AND path != '' AND path > ?2 \
+                     ORDER BY path LIMIT ?3"
+                ))
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![dir, after, limit], row_to_entry)
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    /// Whether some entry's body is `hash`.
+    pub async fn references(&self, hash: &str) -> RemoteResult<bool> {
+        let hash = hash.to_string();
+        self.with_conn(move |c| {
+            c.prepare_cached("SELECT 1 FROM entries WHERE hash = ?1")
+                .and_then(|mut st| st.exists([hash]))
+                .map_err(db_err)
         })
         .await
     }

@@ -1,0 +1,67 @@
+//! Which file bodies a caller may read or name. The CAS is shared by every bucket, so a
+//! hash alone must not open a body: a body is readable through bucket B when it was
+//! uploaded to B (a shard accepted under a write token for B), committed in B, or is named
+//! by B's catalog now (bodies committed before the registry kept these records).
+
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use super::auth::Scope;
+use super::hub::internal;
+use super::Server;
+use crate::remote::RemoteResult;
+
+/// The hash of an empty body: every bucket holds it.
+pub const EMPTY_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Whether `h` is written as a xet hash is: 64 lowercase hex digits.
+pub fn is_hash(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Server {
+    /// Whether body `hash` may be read through bucket `id`.
+    pub async fn bucket_has_body(&self, id: &str, hash: &str) -> RemoteResult<bool> {
+        if hash == EMPTY_HASH || self.buckets.has_hash(id, hash)? {
+            return Ok(true);
+        }
+        if self.buckets.info(id)?.is_none() {
+            return Ok(false);
+        }
+        self.buckets.bucket(id)?.catalog.references(hash).await
+    }
+
+    /// Whether the caller of `headers` may name body `hash` in bucket `id` (which it may
+    /// write): the body is already readable through `id`, or through some bucket the caller
+    /// may read.
+    pub async fn may_add_body(
+        &self,
+        headers: &HeaderMap,
+        id: &str,
+        hash: &str,
+    ) -> Result<bool, Response> {
+        if self.bucket_has_body(id, hash).await.map_err(internal)? {
+            return Ok(true);
+        }
+        for other in self.buckets.buckets_with(hash).map_err(internal)? {
+            if self.access(headers, &other, Scope::Read).is_ok() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_64_lowercase_hex_digits() {
+        assert!(is_hash(EMPTY_HASH));
+        assert!(is_hash(&"a1".repeat(32)));
+        for bad in ["zz", &"a".repeat(63), &"A".repeat(64), &"a".repeat(65), ""] {
+            assert!(!is_hash(bad), "{bad}");
+        }
+    }
+}
