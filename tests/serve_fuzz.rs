@@ -185,10 +185,7 @@ impl Raw {
 }
 
 /// `Err(None)`: the connection closed before any byte of an answer.
-fn read_response(
-    c: &mut BufReader<TcpStream>,
-    head: bool,
-) -> Result<(Resp, bool), Option<String>> {
+fn read_response(c: &mut BufReader<TcpStream>, head: bool) -> Result<(Resp, bool), Option<String>> {
     let mut line = Vec::new();
     let n = c
         .read_until(b'\n', &mut line)
@@ -231,10 +228,19 @@ fn read_response(
             c.read_until(b'\n', &mut line)
                 .map_err(|e| Some(format!("read chunk: {e}")))?;
             let size = usize::from_str_radix(
-                String::from_utf8_lossy(&line).trim().split(';').next().unwrap_or(""),
+                String::from_utf8_lossy(&line)
+                    .trim()
+                    .split(';')
+                    .next()
+                    .unwrap_or(""),
                 16,
             )
-            .map_err(|_| Some(format!("bad chunk size {:?}", String::from_utf8_lossy(&line))))?;
+            .map_err(|_| {
+                Some(format!(
+                    "bad chunk size {:?}",
+                    String::from_utf8_lossy(&line)
+                ))
+            })?;
             if size == 0 {
                 // Trailers, then the empty line.
                 loop {
@@ -327,9 +333,8 @@ fn decode(s: &str) -> Vec<u8> {
 fn clearly_malformed(p: &str) -> bool {
     p.len() > xetmount::remote::names::MAX_PATH
         || p.chars().any(char::is_control)
-        || p.split('/').any(|s| {
-            s == "." || s == ".." || s.len() > xetmount::remote::names::MAX_SEGMENT
-        })
+        || p.split('/')
+            .any(|s| s == "." || s == ".." || s.len() > xetmount::remote::names::MAX_SEGMENT)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -680,19 +685,15 @@ fn seg() -> impl Strategy<Value = String> {
 }
 
 fn path() -> impl Strategy<Value = String> {
-    (
-        prop::collection::vec(seg(), 1..4),
-        0u8..10,
-    )
-        .prop_map(|(segs, edge)| {
-            let p = segs.join("/");
-            match edge {
-                0 => format!("/{p}"),
-                1 => format!("{p}/"),
-                2 => p.replacen('/', "//", 1),
-                _ => p,
-            }
-        })
+    (prop::collection::vec(seg(), 1..4), 0u8..10).prop_map(|(segs, edge)| {
+        let p = segs.join("/");
+        match edge {
+            0 => format!("/{p}"),
+            1 => format!("{p}/"),
+            2 => p.replacen('/', "//", 1),
+            _ => p,
+        }
+    })
 }
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -869,13 +870,38 @@ fn dirty() -> impl Strategy<Value = Option<String>> {
 
 fn query() -> impl Strategy<Value = Vec<(String, String)>> {
     let key = prop::sample::select(vec![
-        "recursive", "limit", "cursor", "dir", "path", "link", "since", "wait", "search", "exp",
-        "sig", "expand", "",
+        "recursive",
+        "limit",
+        "cursor",
+        "dir",
+        "path",
+        "link",
+        "since",
+        "wait",
+        "search",
+        "exp",
+        "sig",
+        "expand",
+        "",
     ]);
     let val = prop_oneof![
         prop::sample::select(vec![
-            "", "true", "false", "0", "1", "5", "10000", "10001", "-1", "x",
-            "18446744073709551616", "999999", "%00", "1e3", "a/b", "..",
+            "",
+            "true",
+            "false",
+            "0",
+            "1",
+            "5",
+            "10000",
+            "10001",
+            "-1",
+            "x",
+            "18446744073709551616",
+            "999999",
+            "%00",
+            "1e3",
+            "a/b",
+            "..",
         ])
         .prop_map(str::to_string),
         path(),
@@ -1082,7 +1108,7 @@ impl World {
             }
             Delete => b.clone(),
             Settings => {
-                body = json_body(json!({"private": g.junk.len() % 2 == 0}));
+                body = json_body(json!({"private": g.junk.len().is_multiple_of(2)}));
                 format!("{b}/settings")
             }
             TreeRoot => format!("{b}/tree{}", q(&["recursive", "limit", "cursor", "expand"])),
@@ -1113,7 +1139,11 @@ impl World {
                     text.push('\n');
                     verdicts.push(verdict);
                 }
-                body = if g.body_kind == 9 { g.junk.clone() } else { text.into_bytes() };
+                body = if g.body_kind == 9 {
+                    g.junk.clone()
+                } else {
+                    text.into_bytes()
+                };
                 format!("{b}/batch")
             }
             ReadToken => format!("{b}/xet-read-token"),
@@ -1129,8 +1159,7 @@ impl World {
                 let mut from = all[g.move_ids.0 % all.len()].clone();
                 let to = all[g.move_ids.1 % all.len()].clone();
                 if let Some(fi) = REAL.iter().position(|r| *r == from) {
-                    if scope_of(who, &from) == Some(Scope::Write) && sandbox_of(who) != Some(fi)
-                    {
+                    if scope_of(who, &from) == Some(Scope::Write) && sandbox_of(who) != Some(fi) {
                         from = REAL[sandbox_of(who).unwrap()].to_string();
                     }
                 }
@@ -1361,7 +1390,10 @@ impl World {
                 }
                 if kind == "copyFile" {
                     // The source must be a bucket the writer may read that holds the hash.
-                    let ok_type = matches!(l.source_type.as_ref().and_then(Value::as_str), Some("bucket") | None);
+                    let ok_type = matches!(
+                        l.source_type.as_ref().and_then(Value::as_str),
+                        Some("bucket") | None
+                    );
                     let src = source
                         .as_deref()
                         .and_then(|s| REAL.iter().position(|r| *r == s));
@@ -1371,9 +1403,7 @@ impl World {
                             .is_some_and(|snap| !snap.private || scope_of(who, REAL[s]).is_some());
                         visible
                             && model.snaps[s].as_ref().is_some_and(|snap| {
-                                snap.files
-                                    .values()
-                                    .any(|f| f.hash.eq_ignore_ascii_case(h))
+                                snap.files.values().any(|f| f.hash.eq_ignore_ascii_case(h))
                             })
                     });
                     if !ok_type || !holds {
@@ -1398,7 +1428,11 @@ struct Findings {
 
 impl Findings {
     fn add(&mut self, prop: &str, r: &Rendered, status: &str, detail: String) {
-        let key = (prop.to_string(), format!("{:?}", r.route), status.to_string());
+        let key = (
+            prop.to_string(),
+            format!("{:?}", r.route),
+            status.to_string(),
+        );
         let e = self
             .groups
             .entry(key)
@@ -1545,8 +1579,15 @@ impl Fuzz {
         if self.model.snaps[b].is_some() {
             return;
         }
-        let owner = if b == SANDBOX_OF_ALICE { "alice-w" } else { "bob-w" };
-        let mut w = Wire::get(&format!("/api/buckets/{}", REAL[b]), &format!("Bearer {owner}"));
+        let owner = if b == SANDBOX_OF_ALICE {
+            "alice-w"
+        } else {
+            "bob-w"
+        };
+        let mut w = Wire::get(
+            &format!("/api/buckets/{}", REAL[b]),
+            &format!("Bearer {owner}"),
+        );
         w.method = "POST".into();
         w.body = br#"{"private": true}"#.to_vec();
         let r = self.admin.send(&w).expect("recreate sandbox");
@@ -1567,7 +1608,11 @@ impl Fuzz {
 
     fn one(&mut self, g: &Gen) {
         let r = self.world.render(g, &mut self.model);
-        let before: Vec<Option<Snap>> = r.touches.iter().map(|&b| self.model.snaps[b].clone()).collect();
+        let before: Vec<Option<Snap>> = r
+            .touches
+            .iter()
+            .map(|&b| self.model.snaps[b].clone())
+            .collect();
         self.sent += 1;
         let Some(resp) = self.send(&r) else { return };
         let st = resp.status;
@@ -1589,10 +1634,13 @@ impl Fuzz {
                 );
             }
             if exists && !reads && r.who != Who::Unknown {
-                let ghost = if REAL[bi].starts_with("alice/") { GHOSTS[0] } else { GHOSTS[1] };
+                let ghost = if REAL[bi].starts_with("alice/") {
+                    GHOSTS[0]
+                } else {
+                    GHOSTS[1]
+                };
                 let mut twin = r.wire.clone();
-                let t = String::from_utf8_lossy(&twin.target)
-                    .replacen(REAL[bi], ghost, 1);
+                let t = String::from_utf8_lossy(&twin.target).replacen(REAL[bi], ghost, 1);
                 twin.target = t.into_bytes();
                 self.extra += 1;
                 if let Ok(tr) = self.raw.send(&twin) {
@@ -1613,13 +1661,21 @@ impl Fuzz {
             }
         }
         if r.route == ListNs && st == 200 {
-            for v in resp.json().and_then(|v| v.as_array().cloned()).unwrap_or_default() {
+            for v in resp
+                .json()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+            {
                 let id = v["id"].as_str().unwrap_or_default();
                 if let Some(bi) = REAL.iter().position(|x| *x == id) {
                     let private = self.model.snaps[bi].as_ref().is_some_and(|s| s.private);
                     if private && scope_of(r.who, id).is_none() {
-                        self.findings
-                            .add("a list shows a hidden private bucket", &r, "200", id.into());
+                        self.findings.add(
+                            "a list shows a hidden private bucket",
+                            &r,
+                            "200",
+                            id.into(),
+                        );
                     }
                 }
             }
@@ -1660,7 +1716,13 @@ impl Fuzz {
                     "a refused request changed a bucket",
                     &r,
                     &st.to_string(),
-                    format!("{}: {} ; before {:?}\n         after {:?}", REAL[b], brief(&resp), short_snap(was), short_snap(&after)),
+                    format!(
+                        "{}: {} ; before {:?}\n         after {:?}",
+                        REAL[b],
+                        brief(&resp),
+                        short_snap(was),
+                        short_snap(&after)
+                    ),
                 );
             }
             let sandbox = b == SANDBOX_OF_ALICE || b == SANDBOX_OF_BOB;
@@ -1684,20 +1746,32 @@ impl Fuzz {
                     }
                 }
                 let never = r.verdicts.iter().filter(|v| **v == Verdict::Never).count();
-                if let Some(failed) = resp.json().and_then(|v| v["failed"].as_array().map(Vec::len)) {
+                if let Some(failed) = resp
+                    .json()
+                    .and_then(|v| v["failed"].as_array().map(Vec::len))
+                {
                     if failed < never {
                         self.findings.add(
                             "a batch did not report every malformed line in failed",
                             &r,
                             &st.to_string(),
-                            format!("{never} malformed lines, {failed} reported: {}", brief(&resp)),
+                            format!(
+                                "{never} malformed lines, {failed} reported: {}",
+                                brief(&resp)
+                            ),
                         );
                     }
                 }
             }
             if let Some(s) = &after {
-                let new_path = |p: &&String| !was.as_ref().is_some_and(|w| w.files.contains_key(*p));
-                if let Some(p) = s.files.keys().filter(new_path).find(|p| check_path(p).is_err()) {
+                let new_path =
+                    |p: &&String| !was.as_ref().is_some_and(|w| w.files.contains_key(*p));
+                if let Some(p) = s
+                    .files
+                    .keys()
+                    .filter(new_path)
+                    .find(|p| check_path(p).is_err())
+                {
                     self.findings.add(
                         "a bucket holds a path no bucket can hold",
                         &r,
@@ -1750,7 +1824,15 @@ fn setup(server: &Serve, d: &std::path::Path) -> (World, Model) {
         xetmount::remote::local::xet_config(),
     );
     let contents: [(usize, &[(&str, usize)]); 5] = [
-        (0, &[("a.txt", 1000), ("dir/b.bin", 200_000), ("dir/sub/c.bin", 70_000), ("empty.txt", 0)]),
+        (
+            0,
+            &[
+                ("a.txt", 1000),
+                ("dir/b.bin", 200_000),
+                ("dir/sub/c.bin", 70_000),
+                ("empty.txt", 0),
+            ],
+        ),
         (1, &[("p.txt", 3000), ("deep/x/y.bin", 150_000)]),
         (2, &[("s.txt", 2000), ("s/big.bin", 300_000)]),
         (3, &[("seed.txt", 500)]),
@@ -1824,26 +1906,62 @@ fn setup(server: &Serve, d: &std::path::Path) -> (World, Model) {
     // CAS tokens from the token routes, and what the server's own key makes: expired ones,
     // one for a bucket that does not exist; forged ones.
     let mut tokens = vec![
-        Token { header: Vec::new(), who: Who::Anonymous },
-        Token { header: b"Bearer unknown-token".to_vec(), who: Who::Unknown },
-        Token { header: b"bearer alice-w".to_vec(), who: Who::Anonymous },
-        Token { header: b"Basic YWxpY2U6eA==".to_vec(), who: Who::Anonymous },
-        Token { header: b"Bearer \xff\xfe".to_vec(), who: Who::Anonymous },
-        Token { header: format!("Bearer {}", "t".repeat(5000)).into_bytes(), who: Who::Unknown },
-        Token { header: b"Bearer alice-w extra".to_vec(), who: Who::Unknown },
+        Token {
+            header: Vec::new(),
+            who: Who::Anonymous,
+        },
+        Token {
+            header: b"Bearer unknown-token".to_vec(),
+            who: Who::Unknown,
+        },
+        Token {
+            header: b"bearer alice-w".to_vec(),
+            who: Who::Anonymous,
+        },
+        Token {
+            header: b"Basic YWxpY2U6eA==".to_vec(),
+            who: Who::Anonymous,
+        },
+        Token {
+            header: b"Bearer \xff\xfe".to_vec(),
+            who: Who::Anonymous,
+        },
+        Token {
+            header: format!("Bearer {}", "t".repeat(5000)).into_bytes(),
+            who: Who::Unknown,
+        },
+        Token {
+            header: b"Bearer alice-w extra".to_vec(),
+            who: Who::Unknown,
+        },
     ];
     for (i, (t, ..)) in HUB.iter().enumerate() {
-        tokens.push(Token { header: format!("Bearer {t}").into_bytes(), who: Who::Hub(i) });
+        tokens.push(Token {
+            header: format!("Bearer {t}").into_bytes(),
+            who: Who::Hub(i),
+        });
     }
     let mut admin = Raw::new(&url);
     let mut valid = Vec::new();
     for (b, id) in REAL.iter().enumerate() {
-        let owner = if id.starts_with("alice/") { "alice-w" } else { "bob-w" };
-        for (route, scope) in [("xet-read-token", Scope::Read), ("xet-write-token", Scope::Write)] {
+        let owner = if id.starts_with("alice/") {
+            "alice-w"
+        } else {
+            "bob-w"
+        };
+        for (route, scope) in [
+            ("xet-read-token", Scope::Read),
+            ("xet-write-token", Scope::Write),
+        ] {
             let r = admin
-                .send(&Wire::get(&format!("/api/buckets/{id}/{route}"), &format!("Bearer {owner}")))
+                .send(&Wire::get(
+                    &format!("/api/buckets/{id}/{route}"),
+                    &format!("Bearer {owner}"),
+                ))
                 .unwrap();
-            let tok = r.json().and_then(|v| v["accessToken"].as_str().map(str::to_string));
+            let tok = r
+                .json()
+                .and_then(|v| v["accessToken"].as_str().map(str::to_string));
             let tok = tok.unwrap_or_else(|| panic!("{route} of {id}: {}", brief(&r)));
             valid.push((tok.clone(), b, scope));
             tokens.push(Token {
@@ -1854,23 +1972,40 @@ fn setup(server: &Serve, d: &std::path::Path) -> (World, Model) {
     }
     let own_key = Auth::new(None, "x".into(), &d.join("srv/secret"), 3600).unwrap();
     let expired = Auth::new(None, "x".into(), &d.join("srv/secret"), 0).unwrap();
-    for (id, a) in [("alice/pub", &expired), ("bob/secret", &expired), ("alice/ghost", &own_key), ("", &own_key)] {
+    for (id, a) in [
+        ("alice/pub", &expired),
+        ("bob/secret", &expired),
+        ("alice/ghost", &own_key),
+        ("", &own_key),
+    ] {
         let (t, _) = a.mint_cas_token(id, Scope::Write);
-        tokens.push(Token { header: format!("Bearer {t}").into_bytes(), who: Who::Cas(None) });
+        tokens.push(Token {
+            header: format!("Bearer {t}").into_bytes(),
+            who: Who::Cas(None),
+        });
     }
     for (t, ..) in valid.iter().take(4) {
         let mut forged = t.clone();
         let at = forged.len() - 3;
         let c = if &forged[at..at + 1] == "A" { "B" } else { "A" };
         forged.replace_range(at..at + 1, c);
-        tokens.push(Token { header: format!("Bearer {forged}").into_bytes(), who: Who::Cas(None) });
+        tokens.push(Token {
+            header: format!("Bearer {forged}").into_bytes(),
+            who: Who::Cas(None),
+        });
         tokens.push(Token {
             header: format!("Bearer {}", &t[..t.len() / 2]).into_bytes(),
             who: Who::Cas(None),
         });
     }
-    tokens.push(Token { header: b"Bearer xmc1.".to_vec(), who: Who::Cas(None) });
-    tokens.push(Token { header: b"Bearer xmc1.e30.AAAA".to_vec(), who: Who::Cas(None) });
+    tokens.push(Token {
+        header: b"Bearer xmc1.".to_vec(),
+        who: Who::Cas(None),
+    });
+    tokens.push(Token {
+        header: b"Bearer xmc1.e30.AAAA".to_vec(),
+        who: Who::Cas(None),
+    });
 
     // Xorbs, fetch URLs and chunk hashes of the stored files.
     let mut xorbs = BTreeSet::new();
@@ -1878,11 +2013,20 @@ fn setup(server: &Serve, d: &std::path::Path) -> (World, Model) {
     let mut fetch_expired = HashMap::new();
     let mut chunks = BTreeSet::new();
     for (h, b) in &files {
-        let tok = &valid.iter().find(|(_, vb, s)| vb == b && *s == Scope::Read).unwrap().0;
+        let tok = &valid
+            .iter()
+            .find(|(_, vb, s)| vb == b && *s == Scope::Read)
+            .unwrap()
+            .0;
         let r = admin
-            .send(&Wire::get(&format!("/v2/reconstructions/{h}"), &format!("Bearer {tok}")))
+            .send(&Wire::get(
+                &format!("/v2/reconstructions/{h}"),
+                &format!("Bearer {tok}"),
+            ))
             .unwrap();
-        let v = r.json().unwrap_or_else(|| panic!("reconstruction: {}", brief(&r)));
+        let v = r
+            .json()
+            .unwrap_or_else(|| panic!("reconstruction: {}", brief(&r)));
         for (x, list) in v["xorbs"].as_object().unwrap() {
             xorbs.insert(x.clone());
             let u = list[0]["url"].as_str().unwrap();
@@ -1890,7 +2034,10 @@ fn setup(server: &Serve, d: &std::path::Path) -> (World, Model) {
             fetch_expired.insert(x.clone(), own_key.sign_fetch(x, auth_now() - 5));
         }
         let r = admin
-            .send(&Wire::get(&format!("/v1/xetmount/chunks/{h}"), &format!("Bearer {tok}")))
+            .send(&Wire::get(
+                &format!("/v1/xetmount/chunks/{h}"),
+                &format!("Bearer {tok}"),
+            ))
             .unwrap();
         let v = r.json().unwrap_or_else(|| panic!("chunks: {}", brief(&r)));
         for s in v["segments"].as_array().unwrap() {
@@ -1919,9 +2066,9 @@ fn setup(server: &Serve, d: &std::path::Path) -> (World, Model) {
         readable: vec![BTreeSet::new(); HUB.len()],
         made: 0,
     };
-    for b in 0..REAL.len() {
-        let s = snapshot(&mut admin, REAL[b]).unwrap();
-        assert!(s.is_some(), "{} was not created", REAL[b]);
+    for (b, id) in REAL.iter().enumerate() {
+        let s = snapshot(&mut admin, id).unwrap();
+        assert!(s.is_some(), "{id} was not created");
         model.observe(b, &s);
     }
     drop(rt);
@@ -1987,8 +2134,10 @@ fn fuzzed_requests_get_no_5xx_no_panic_and_refused_ones_change_nothing() {
         max_shrink_iters: 0,
         ..Config::default()
     };
-    let mut runner =
-        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
+    let mut runner = TestRunner::new_with_rng(
+        config,
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    );
     let fz = std::cell::RefCell::new(fz);
     let server_cell = std::cell::RefCell::new(&mut server);
     let log = d.join("serve.log");
@@ -2032,5 +2181,8 @@ fn fuzzed_requests_get_no_5xx_no_panic_and_refused_ones_change_nothing() {
         panic!("{e}\n{report}");
     }
     assert!(fz.sent >= 20_000, "only {} requests", fz.sent);
-    assert!(report.is_empty(), "violations of the issue's properties:\n{report}");
+    assert!(
+        report.is_empty(),
+        "violations of the issue's properties:\n{report}"
+    );
 }

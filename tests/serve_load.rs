@@ -28,14 +28,18 @@ use xetmount::remote::{Cas, FileId};
 const CLIENTS: usize = 32;
 /// A client stops after this many operations even if time remains.
 const MAX_OPS: usize = 5_000;
+/// Uploads per client; then its uploads turn into copies. What the server keeps per stored
+/// file (catalog rows, the CAS's shard index) then stops growing however fast the machine
+/// is, so the memory bound below measures leaks, not the data set.
+const MAX_UPLOADS: u64 = 64;
 const BUCKETS: [&str; 2] = ["alice/load-a", "alice/load-b"];
 const TOKEN: &str = "alice-w";
-/// How much the server's RSS may grow from the end of the warm-up to the end of the run:
-/// what it holds for the run is there after the warm-up (runtime, connection buffers for
-/// 32 clients, xet-core's upload and reconstruction buffers, SQLite page caches of the two
-/// catalogs, the allocator's arenas); what may still grow is the catalogs' caches and the
-/// CAS's in-memory shard index as files accumulate, a few MiB over a minute. A leak of any
-/// request or body (uploads are up to 2 MiB, thousands of them) passes this quickly.
+/// How much the server's RSS may grow from the end of the warm-up to the end of the run.
+/// What it needs for the traffic is there after the warm-up (runtime, connection buffers
+/// for 32 clients, xet-core's upload and reconstruction buffers, the allocator's arenas);
+/// what still grows is state per stored file (catalog pages, the CAS's shard index: about
+/// 10 KiB per upload measured, ~20 MiB for the 2,048 uploads at most). A leak of a request
+/// or of a body (uploads up to 2 MiB, tens of thousands of requests) passes the rest.
 const RSS_GROWTH_LIMIT: u64 = 64 << 20;
 
 #[derive(Clone, Debug)]
@@ -82,6 +86,7 @@ struct Client {
     staging: std::path::PathBuf,
     rng: Rng,
     next_file: u64,
+    uploads: u64,
     out: Outcome,
 }
 
@@ -152,6 +157,10 @@ impl Client {
     }
 
     async fn upload(&mut self) {
+        if self.uploads >= MAX_UPLOADS {
+            return self.copy_and_delete().await;
+        }
+        self.uploads += 1;
         let size = if self.rng.below(10) == 0 {
             (1 << 20) + self.rng.below(1 << 20)
         } else {
@@ -186,7 +195,9 @@ impl Client {
         let stored = self.out.model[&src].clone();
         let path = format!("{}/c{}", self.folder, self.next_file);
         self.next_file += 1;
-        let mut lines = vec![json!({"type": "addFile", "path": path, "xetHash": stored.id.hash, "mtime": now_ms()})];
+        let mut lines = vec![
+            json!({"type": "addFile", "path": path, "xetHash": stored.id.hash, "mtime": now_ms()}),
+        ];
         let mut dels = Vec::new();
         for _ in 0..self.rng.below(3) {
             let d = names[self.rng.below(names.len() as u64) as usize].clone();
@@ -222,7 +233,12 @@ impl Client {
                 .get("link")
                 .and_then(|l| l.to_str().ok())
                 .and_then(|l| l.split_once(';'))
-                .map(|(u, _)| u.trim().trim_start_matches('<').trim_end_matches('>').to_string());
+                .map(|(u, _)| {
+                    u.trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_string()
+                });
             let v: Value = r.json().await.map_err(|e| format!("{url}: {e}"))?;
             self.time("tree page", t);
             if st.as_u16() != 200 {
@@ -249,7 +265,11 @@ impl Client {
                 None => self.fail(format!("listing shows {p}, which is not committed")),
             }
         }
-        let kind = if whole { "paged listing of the bucket" } else { "listing of the folder" };
+        let kind = if whole {
+            "paged listing of the bucket"
+        } else {
+            "listing of the folder"
+        };
         for p in self.out.model.keys().cloned().collect::<Vec<_>>() {
             match seen.get(&p) {
                 Some(1) => {}
@@ -266,7 +286,10 @@ impl Client {
             self.api(&format!("/tree?recursive=true&limit={limit}"))
         } else {
             let limit = 7 + self.rng.below(100);
-            self.api(&format!("/tree/{}?recursive=true&limit={limit}", self.folder))
+            self.api(&format!(
+                "/tree/{}?recursive=true&limit={limit}",
+                self.folder
+            ))
         };
         match self.pages(first).await {
             Ok(items) => self.check_listing(&items, whole),
@@ -296,13 +319,20 @@ impl Client {
                 .await;
             let got = match r {
                 Ok(r) if r.status().as_u16() == 206 => r.bytes().await.map_err(|e| e.to_string()),
-                Ok(r) => Err(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+                Ok(r) => Err(format!(
+                    "{} {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                )),
                 Err(e) => Err(e.to_string()),
             };
             self.time("resolve with Range", t);
             match got {
                 Ok(g) if g[..] == want[..] => {}
-                Ok(g) => self.fail(format!("resolve {p} bytes={a}-{b}: {} bytes, differ", g.len())),
+                Ok(g) => self.fail(format!(
+                    "resolve {p} bytes={a}-{b}: {} bytes, differ",
+                    g.len()
+                )),
                 Err(e) => self.fail(format!("resolve {p} bytes={a}-{b}: {e}")),
             }
         } else {
@@ -395,6 +425,7 @@ fn thirty_two_clients_lose_nothing_and_server_memory_stays_flat() {
                 staging: d.join(format!("staging-{n}")),
                 rng: Rng(0x9E37_79B9_7F4A_7C15 ^ ((n as u64 + 1) * 0x1234_5678_9ABC)),
                 next_file: 0,
+                uploads: 0,
                 out: Outcome::default(),
             });
         }
@@ -442,7 +473,11 @@ fn thirty_two_clients_lose_nothing_and_server_memory_stays_flat() {
         let requests = count(&common::serve_metrics(&url)) - requests_before;
         (
             outcomes,
-            (warm.load(Ordering::Relaxed), after, peak.load(Ordering::Relaxed).max(after)),
+            (
+                warm.load(Ordering::Relaxed),
+                after,
+                peak.load(Ordering::Relaxed).max(after),
+            ),
             requests,
             elapsed,
         )
@@ -557,7 +592,12 @@ fn thirty_two_clients_lose_nothing_and_server_memory_stays_flat() {
         errors.is_empty(),
         "{} failures, first ones:\n{}",
         errors.len(),
-        errors.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+        errors
+            .iter()
+            .take(30)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(verified > 0, "no file was committed");
     assert!(before > 0 && after > 0, "no RSS figures for pid {pid}");
