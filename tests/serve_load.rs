@@ -446,14 +446,19 @@ fn thirty_two_clients_lose_nothing_and_server_memory_stays_flat() {
             let (stop, peak, warm) = (stop.clone(), peak.clone(), warm.clone());
             tokio::spawn(async move {
                 let t0 = Instant::now();
+                let mut timeline = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let r = rss_of(pid);
                     peak.fetch_max(r, Ordering::Relaxed);
                     if t0.elapsed() >= warmup && warm.load(Ordering::Relaxed) == 0 {
                         warm.store(r, Ordering::Relaxed);
                     }
+                    if t0.elapsed().as_secs() >= 5 * timeline.len() as u64 {
+                        timeline.push(r >> 20);
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                timeline
             })
         };
         let start = Instant::now();
@@ -469,7 +474,8 @@ fn thirty_two_clients_lose_nothing_and_server_memory_stays_flat() {
         let elapsed = start.elapsed();
         let after = rss_of(pid);
         stop.store(true, Ordering::Relaxed);
-        sampler.await.unwrap();
+        let timeline = sampler.await.unwrap();
+        eprintln!("server RSS every 5 s (MiB): {timeline:?}");
         let requests = count(&common::serve_metrics(&url)) - requests_before;
         (
             outcomes,
