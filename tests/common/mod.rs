@@ -316,3 +316,66 @@ pub fn serve_metrics(url: &str) -> std::collections::BTreeMap<String, u64> {
         })
         .collect()
 }
+
+impl Serve {
+    /// The server's process id (for its memory figures in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server stopped").id()
+    }
+
+    /// Whether the server process is still running (a panic that took it down, or an abort,
+    /// shows here).
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().map(|s| s.is_none()).unwrap_or(false),
+            None => false,
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different for every `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Upload `bodies` to the CAS behind `cas` (real Xet uploads: xorbs and a shard through the
+/// server's CAS routes), staging them in `dir`; returns each body's file identity.
+pub async fn xet_upload(
+    cas: &xetmount::remote::http::cas::HttpCas,
+    dir: &Path,
+    bodies: &[Vec<u8>],
+) -> Vec<xetmount::remote::FileId> {
+    use xetmount::remote::{Cas, UploadItem};
+    std::fs::create_dir_all(dir).unwrap();
+    let paths: Vec<PathBuf> = bodies
+        .iter()
+        .map(|b| {
+            let p = dir.join(uuid::Uuid::now_v7().to_string());
+            std::fs::write(&p, b).unwrap();
+            p
+        })
+        .collect();
+    let items = paths
+        .iter()
+        .zip(bodies)
+        .map(|(p, b)| UploadItem {
+            path: p,
+            len: b.len() as u64,
+        })
+        .collect();
+    let out = cas.upload_batch(items).await.expect("upload session");
+    for p in &paths {
+        let _ = std::fs::remove_file(p);
+    }
+    out.into_iter()
+        .map(|r| r.expect("upload of one file").id)
+        .collect()
+}
