@@ -136,9 +136,10 @@ impl Server {
     }
 
     /// The bucket, if the caller may `need` it. Refusals say what is wrong without telling
-    /// a caller about a bucket it may not see: 404 (`RepoNotFound`) when the bucket is
-    /// missing, or private and the caller holds no right on it; 401 for an anonymous caller
-    /// who needs a token; 403 for a caller who may read the bucket but not write it.
+    /// a caller about a bucket it may not see: a missing bucket and a private one the caller
+    /// holds no right on get the same answer (404 `RepoNotFound`; 401 with that code to an
+    /// anonymous caller, who may have forgotten a token); 401 for an anonymous caller who
+    /// needs a token to write; 403 for a caller who may read the bucket but not write it.
     pub(super) fn access(
         &self,
         headers: &HeaderMap,
@@ -146,22 +147,24 @@ impl Server {
         need: Scope,
     ) -> Result<(BucketInfo, Option<Caller>), Response> {
         let caller = self.caller(headers)?;
-        let info = self
-            .buckets
-            .info(id)
-            .map_err(internal)?
-            .ok_or_else(|| no_bucket(id))?;
+        let hidden = || match caller {
+            Some(_) => no_bucket(id),
+            None => error(
+                StatusCode::UNAUTHORIZED,
+                Some("RepoNotFound"),
+                format!("Bucket {id} does not exist, or it is private and needs a token"),
+            ),
+        };
+        let Some(info) = self.buckets.info(id).map_err(internal)? else {
+            return Err(hidden());
+        };
         let scope = caller.as_ref().and_then(|c| c.scope_on(id));
         let can_read = scope.is_some() || !info.private;
         if scope >= Some(need) || (need == Scope::Read && can_read) {
             return Ok((info, caller));
         }
         Err(match (caller.is_some(), can_read) {
-            (false, false) => error(
-                StatusCode::UNAUTHORIZED,
-                None,
-                "This bucket is private; pass a token",
-            ),
+            (_, false) => hidden(),
             (false, true) => error(
                 StatusCode::UNAUTHORIZED,
                 None,
@@ -172,7 +175,6 @@ impl Server {
                 None,
                 format!("Your token may read bucket {id} but not write it"),
             ),
-            (true, false) => no_bucket(id),
         })
     }
 
