@@ -482,7 +482,7 @@ impl Served {
         let left = self.rt.block_on(self.vfs.shutdown(self.shutdown_timeout));
         if left > 0 {
             return Err(UserError(format!(
-                "{left} file(s) could not be committed (the store refused them, or the shutdown timeout passed; the log names them); their data is journaled in {} and is committed by the next mount of this store",
+                "{left} pending change(s) could not be committed (files, and the namespace changes as one; the store refused them or the shutdown timeout passed, the log names them); they are journaled in {} and committed by the next mount of this store",
                 self.vfs.config().staging_dir.display()
             )));
         }

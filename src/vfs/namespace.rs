@@ -256,9 +256,9 @@ impl Vfs {
         let children = t.get(dir).ok()?.children.as_ref()?;
         children
             .iter()
-            .filter_map(|(name, &c)| {
+            .map(|(name, &c)| {
                 let len = depth + 1 + name.len();
-                Some(Self::deepest_below(t, c, len).unwrap_or((len, c)))
+                Self::deepest_below(t, c, len).unwrap_or((len, c))
             })
             .max_by_key(|(len, _)| *len)
     }
