@@ -318,6 +318,8 @@ struct Served {
     rt: tokio::runtime::Runtime,
     /// What is mounted: the store directory or the bucket URI.
     source: String,
+    /// Mounted read-only: asked for, or the token may not write.
+    read_only: bool,
     /// Keeps the store (or the staging directory) locked while the VFS runs.
     _hold: Box<dyn std::any::Any>,
     vfs: Arc<Vfs>,
@@ -336,6 +338,7 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
     );
     let store_arg = args.store.to_string_lossy().to_string();
     let remote = store_arg.starts_with("hf://");
+    let mut read_only = args.read_only;
     let (catalog, cas, staging_dir, source, hold): Opened = if remote {
         let uri = BucketUri::parse(&store_arg).map_err(UserError)?;
         let endpoint = args
@@ -359,7 +362,7 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
             ))
         })?;
         let lock = xetmount::remote::local::lock_store(&staging_dir)?;
-        let (catalog, cas) = rt
+        let opened = rt
             .block_on(xetmount::remote::http::open(
                 ctx,
                 &uri,
@@ -379,7 +382,15 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
                 },
             ))
             .map_err(|e| remote_open_error(&e, &uri, &endpoint))?;
-        (catalog, cas, staging_dir, store_arg, Box::new(lock))
+        if !opened.writable && !read_only {
+            read_only = true;
+            tracing::warn!(
+                "the token can read but not write bucket {}: mounted read-only (writes fail with EROFS)",
+                uri.id()
+            );
+        }
+        let cas: Arc<dyn Cas> = opened.cas;
+        (opened.catalog, cas, staging_dir, store_arg, Box::new(lock))
     } else {
         let store = rt.block_on(LocalStore::open(&args.store, ctx))?;
         let staging_dir = args
@@ -392,7 +403,7 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
         (catalog, cas, staging_dir, source, Box::new(store))
     };
     let config = VfsConfig {
-        read_only: args.read_only,
+        read_only,
         flush_debounce: Duration::from_millis(args.flush_debounce_ms),
         flush_max_batch_window: Duration::from_millis(args.flush_max_batch_window_ms),
         read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
@@ -410,9 +421,13 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
         ..VfsConfig::new(staging_dir)
     };
     let vfs = rt.block_on(Vfs::new(catalog, cas, config))?;
+    if args.read_only {
+        tracing::info!("read-only because of --read-only: writes fail with EROFS");
+    }
     Ok(Served {
         rt,
         source,
+        read_only,
         _hold: hold,
         vfs,
         shutdown_timeout: Duration::from_millis(args.flush_shutdown_timeout_ms),
@@ -446,8 +461,12 @@ fn remote_open_error(e: &RemoteError, uri: &BucketUri, endpoint: &str) -> UserEr
             uri.id(),
             uri.id()
         ),
-        RemoteError::PermissionDenied(_) => format!(
+        RemoteError::Unauthenticated(_) => format!(
             "{endpoint} refused the token for bucket {}; pass a valid one with --token-file or HF_TOKEN",
+            uri.id()
+        ),
+        RemoteError::PermissionDenied(_) => format!(
+            "the token may not read bucket {} on {endpoint}; pass one with read access with --token-file or HF_TOKEN",
             uri.id()
         ),
         RemoteError::Other(m) if m.contains("error sending request") || m.contains("connect") => {
@@ -463,7 +482,7 @@ impl Served {
         let left = self.rt.block_on(self.vfs.shutdown(self.shutdown_timeout));
         if left > 0 {
             return Err(UserError(format!(
-                "{left} file(s) could not be committed before the shutdown timeout; their data is journaled in {} and is committed by the next mount of this store",
+                "{left} pending change(s) could not be committed (files, and the namespace changes as one; the store refused them or the shutdown timeout passed, the log names them); they are journaled in {} and committed by the next mount of this store",
                 self.vfs.config().staging_dir.display()
             )));
         }
@@ -500,7 +519,7 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
     let served = open_store(&args.store)?;
     let opts = FuseOptions {
         fs_name: format!("xetmount:{}", served.source),
-        read_only: args.store.read_only,
+        read_only: served.read_only,
         allow_other: args.allow_other,
         threads: 4,
     };

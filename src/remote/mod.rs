@@ -31,6 +31,11 @@ pub struct FileId {
 pub enum RemoteError {
     #[error("not found: {0}")]
     NotFound(String),
+    /// The server does not know the caller (HTTP 401: an unknown or missing token).
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The server knows the caller, who may not do this (HTTP 403: e.g. a read-only token
+    /// asking to write).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     #[error("quota exceeded: {0}")]
@@ -53,7 +58,7 @@ impl RemoteError {
     pub fn errno(&self) -> i32 {
         match self {
             RemoteError::NotFound(_) => libc::ENOENT,
-            RemoteError::PermissionDenied(_) => libc::EACCES,
+            RemoteError::Unauthenticated(_) | RemoteError::PermissionDenied(_) => libc::EACCES,
             RemoteError::Quota(_) => libc::ENOSPC,
             RemoteError::RateLimited(_) => libc::EAGAIN,
             RemoteError::Timeout(_) => libc::ETIMEDOUT,
@@ -64,8 +69,9 @@ impl RemoteError {
     }
 
     /// Whether trying again later may succeed without anyone acting: a timeout, a rate limit,
-    /// an unclassified failure (a dropped connection, a server error). Permission, quota,
-    /// integrity and not-found need a change first (a new token, space, another route).
+    /// an unclassified failure (a dropped connection, a server error). Authentication,
+    /// permission, quota, integrity and not-found need a change first (a new token, space,
+    /// another route).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -320,6 +326,12 @@ pub trait Catalog: Send + Sync {
             compare_and_swap: false,
             ..Capabilities::POSIX
         }
+    }
+    /// Whether the catalog can hold an entry at `path` (a mount path, as in [`Entry::path`]):
+    /// `Err` says why not. A plain bucket refuses what its path rules do ([`names`]), its
+    /// mounted folder included; other catalogs hold any POSIX name.
+    fn check_path(&self, _path: &str) -> Result<(), names::BadPath> {
+        Ok(())
     }
     /// Every name of hard-link group `link`.
     async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {

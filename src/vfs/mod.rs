@@ -384,39 +384,80 @@ impl Vfs {
         left
     }
 
+    /// Commit what is dirty, retrying transient failures with backoff until `timeout`. A file
+    /// the store refuses for good (permission, quota, integrity) is not retried: it is named
+    /// once in the log and stays journaled in staging for the next mount. Returns the number
+    /// of files left dirty (pending namespace changes count as one).
     async fn commit_all(&self, timeout: Duration) -> usize {
         self.flusher.stop();
         let deadline = tokio::time::Instant::now() + timeout;
         let unsettled = || self.dirty_inodes().len() + usize::from(!self.nslog.lock().is_empty());
+        let mut refused: std::collections::HashSet<Ino> = std::collections::HashSet::new();
+        let mut backoff = SHUTDOWN_BACKOFF.0;
+        // What is still to try: dirty files and pending namespace changes not refused.
+        let work = |refused: &std::collections::HashSet<Ino>| {
+            let todo: Vec<Ino> = self
+                .dirty_inodes()
+                .into_iter()
+                .filter(|i| !refused.contains(i))
+                .collect();
+            let ns = !self.nslog.lock().is_empty() && !refused.contains(&flush::NS_INO);
+            (!todo.is_empty() || ns).then_some(todo)
+        };
+        let Some(mut todo) = work(&refused) else {
+            return unsettled();
+        };
         loop {
-            let mut dirty = self.dirty_inodes();
-            if dirty.is_empty() && self.nslog.lock().is_empty() {
-                return 0;
-            }
-            dirty.push(flush::NS_INO);
-            tracing::info!("committing {} file(s) before exit", dirty.len() - 1);
+            tracing::info!("committing {} file(s) before exit", todo.len());
+            todo.push(flush::NS_INO);
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             if remaining.is_zero() {
                 return unsettled();
             }
-            match tokio::time::timeout(remaining, self.flush_batch(&dirty)).await {
-                Ok(results) => {
-                    for (ino, r) in results {
-                        if let Err(e) = r {
-                            let path = self.inodes.lock().path_of(ino).unwrap_or_default();
-                            tracing::warn!(ino, "flush of /{path} at shutdown failed: {e}");
-                        }
-                    }
+            let Ok(results) = tokio::time::timeout(remaining, self.flush_batch(&todo)).await else {
+                return unsettled();
+            };
+            let mut transient = false;
+            for (ino, r) in results {
+                let Err(f) = r else { continue };
+                let path = match ino {
+                    flush::NS_INO => "(namespace changes)".to_string(),
+                    _ => format!("/{}", self.inodes.lock().path_of(ino).unwrap_or_default()),
+                };
+                if f.permanent {
+                    tracing::error!(
+                        ino,
+                        "{path} not committed: {f}; not retried before exit, it stays journaled in {} and the next mount commits it",
+                        self.config.staging_dir.display()
+                    );
+                    refused.insert(ino);
+                } else {
+                    tracing::warn!(
+                        ino,
+                        "{path} not committed yet: {f}; retrying in {backoff:?}"
+                    );
+                    transient = true;
                 }
-                Err(_) => return unsettled(),
             }
-            // Back off briefly so a persistently failing store is not hammered.
-            if unsettled() > 0 {
-                tokio::time::sleep(Duration::from_millis(200).min(remaining)).await;
+            let Some(next) = work(&refused) else {
+                return unsettled();
+            };
+            todo = next;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if transient {
+                tokio::time::sleep(backoff.min(remaining)).await;
+                backoff = (backoff * 2).min(SHUTDOWN_BACKOFF.1);
+            } else {
+                // Files changed during their flush (or moved aside on a conflict) go again at
+                // once, but never in a tight loop.
+                tokio::time::sleep(Duration::from_millis(50).min(remaining)).await;
             }
         }
     }
 }
+
+/// The first and the longest wait between shutdown attempts of files that failed transiently.
+const SHUTDOWN_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(8));
 
 /// Commit namespace ops an earlier run left in its log. Ops that no longer apply (the run
 /// committed them but died before marking them) are skipped one by one.

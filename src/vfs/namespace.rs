@@ -225,6 +225,44 @@ impl Vfs {
         Err(Errno::EPERM)
     }
 
+    /// Refuse the name `parent/name` where the catalog could not hold its path (a plain
+    /// bucket's path rules, its mounted folder included), with the errno the rule gives and
+    /// one log line, rather than at a commit that would then fail for good. A directory
+    /// `moved` there brings the paths below it along: the longest this mount knows is checked.
+    fn check_holdable(&self, parent: Ino, name: &str, moved: Option<Ino>) -> VfsResult<()> {
+        let path = {
+            let t = self.inodes.lock();
+            let mut path = t.child_path(parent, name)?;
+            if let Some(src) = moved {
+                if let Some((_, deepest)) = Self::deepest_below(&t, src, 0) {
+                    let (from, below) = (t.path_of(src)?, t.path_of(deepest)?);
+                    path.push_str(below.get(from.len()..).unwrap_or_default());
+                }
+            }
+            path
+        };
+        self.catalog.check_path(&path).map_err(|why| {
+            tracing::warn!(
+                "refused {path:?} with {}: {why}; this bucket cannot hold such a path",
+                std::io::Error::from_raw_os_error(why.errno())
+            );
+            Errno(why.errno())
+        })
+    }
+
+    /// The entry below directory `dir` (as far as this mount has listed it) with the longest
+    /// path, and that path's length below `dir` plus `depth`.
+    fn deepest_below(t: &InodeTable, dir: Ino, depth: usize) -> Option<(usize, Ino)> {
+        let children = t.get(dir).ok()?.children.as_ref()?;
+        children
+            .iter()
+            .map(|(name, &c)| {
+                let len = depth + 1 + name.len();
+                Self::deepest_below(t, c, len).unwrap_or((len, c))
+            })
+            .max_by_key(|(len, _)| *len)
+    }
+
     /// The catalog op that records directory `dir` with its mtime/ctime set to `now`.
     fn touched_dir_op(t: &InodeTable, dir: Ino, now: i64) -> VfsResult<CatalogOp> {
         let mut e = t.entry_of(dir, None)?;
@@ -254,6 +292,7 @@ impl Vfs {
         self.check_writable()?;
         Self::check_name(name)?;
         self.check_storable(kind)?;
+        self.check_holdable(parent, name, None)?;
         self.ensure_listed(parent).await?;
         let _ns = self.ns_lock.lock().await;
         let meta = self.new_meta(parent, kind, mode, caller)?;
@@ -431,6 +470,7 @@ impl Vfs {
             );
             return Err(Errno::EPERM);
         }
+        self.check_holdable(new_parent, new_name, None)?;
         self.ensure_listed(new_parent).await?;
         let _ns = self.ns_lock.lock().await;
         let now = now_ns();
@@ -498,6 +538,7 @@ impl Vfs {
         if src_dir && self.inodes.lock().is_within(new_parent, src) {
             return Err(Errno::EINVAL);
         }
+        self.check_holdable(new_parent, new_name, src_dir.then_some(src))?;
         if let Some(dst) = dst {
             if noreplace {
                 return Err(Errno::EEXIST);

@@ -107,7 +107,7 @@ impl Vfs {
         if self.inodes.lock().listed_dir_at(path).is_none() {
             return Ok(());
         }
-        if drain {
+        if drain && !self.flusher.refused(crate::vfs::flush::NS_INO) {
             self.drain_namespace().await?;
         } else if !self.nslog.lock().is_empty() {
             return Err(Errno::EAGAIN);

@@ -530,3 +530,6 @@ mod faults;
 
 #[path = "tests_links.rs"]
 mod links;
+
+#[path = "tests_names.rs"]
+mod names;

@@ -592,3 +592,35 @@ async fn metadata_changes_during_a_commit_never_commit_a_stale_body() {
         0o600
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_refused_files_are_not_retried_and_transient_failures_are() {
+    let (_d, dir) = tmp();
+    // Nothing is committed before the shutdown.
+    let f = mount_faulty_with(&dir, |c| c.flush_debounce = Duration::from_secs(600)).await;
+    let v = &f.m.vfs;
+    let a = pattern(200_000, 1);
+    write_file(v, ROOT_INO, "a", &a).await;
+    write_file(v, ROOT_INO, "b", b"bbb").await;
+    let commits = || f.faults.commit.calls.load(Ordering::SeqCst);
+
+    f.faults.commit.fail(
+        u32::MAX,
+        RemoteError::PermissionDenied("the token may not write".into()),
+    );
+    let before = commits();
+    // Two files and the namespace changes are left, after one attempt.
+    assert_eq!(v.shutdown(Duration::from_secs(30)).await, 3);
+    assert_eq!(commits() - before, 1);
+
+    // Transient failures are retried (with backoff) until they pass.
+    f.faults
+        .commit
+        .fail(3, RemoteError::Other("connection reset".into()));
+    let before = commits();
+    assert_eq!(v.shutdown(Duration::from_secs(30)).await, 0);
+    assert_eq!(commits() - before, 4);
+    let m = remount(f.m, &dir).await;
+    assert!(read_all(&m.vfs, "a").await == a);
+    assert_eq!(read_all(&m.vfs, "b").await, b"bbb");
+}

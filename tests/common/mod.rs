@@ -103,6 +103,19 @@ impl Mount {
 }
 
 impl Mount {
+    /// Unmount and wait for the process to exit, whatever its status; returns the status and
+    /// the mount's log.
+    pub fn unmount(mut self) -> (std::process::ExitStatus, String) {
+        let status = Command::new(bin())
+            .arg("unmount")
+            .arg(&self.mountpoint)
+            .status()
+            .unwrap();
+        assert!(status.success(), "xetmount unmount failed");
+        let code = self.child.take().unwrap().wait().unwrap();
+        (code, self.log_text())
+    }
+
     /// `kill -9` the mount process, then detach the dead mount point.
     pub fn kill9(mut self) {
         let mut child = self.child.take().expect("mount already stopped");
@@ -259,11 +272,16 @@ pub fn hf_venv() -> PathBuf {
 /// Run the official `hf` CLI against `url` in directory `cwd` (its state in `cwd/hfhome`);
 /// panics with its output on failure.
 pub fn hf_cli(url: &str, cwd: &Path, args: &[&str]) -> String {
+    hf_cli_as(url, "anything", cwd, args)
+}
+
+/// [`hf_cli`] with token `token`.
+pub fn hf_cli_as(url: &str, token: &str, cwd: &Path, args: &[&str]) -> String {
     let out = Command::new(hf_venv().join("hf"))
         .args(args)
         .current_dir(cwd)
         .env("HF_ENDPOINT", url)
-        .env("HF_TOKEN", "anything")
+        .env("HF_TOKEN", token)
         .env("HF_HOME", cwd.join("hfhome"))
         .env("HF_HUB_DISABLE_TELEMETRY", "1")
         .env("HF_HUB_DISABLE_UPDATE_CHECK", "1")

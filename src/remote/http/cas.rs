@@ -236,7 +236,8 @@ impl ChunkHashes for RemoteChunks {
         if !status.is_success() {
             let msg = format!("file chunk hashes: HTTP {status}");
             return Err(match status.as_u16() {
-                401 | 403 => RemoteError::PermissionDenied(msg),
+                401 => RemoteError::Unauthenticated(msg),
+                403 => RemoteError::PermissionDenied(msg),
                 429 => RemoteError::RateLimited(msg),
                 _ => RemoteError::Other(msg),
             });
@@ -261,11 +262,9 @@ pub struct HttpCas {
 
 fn xet_err(e: impl std::fmt::Display) -> RemoteError {
     let s = e.to_string();
-    if s.contains("401")
-        || s.contains("403")
-        || s.contains("Unauthorized")
-        || s.contains("Forbidden")
-    {
+    if s.contains("401") || s.contains("Unauthorized") {
+        RemoteError::Unauthenticated(s)
+    } else if s.contains("403") || s.contains("Forbidden") {
         RemoteError::PermissionDenied(s)
     } else if s.contains("413") || s.contains("507") {
         RemoteError::Quota(s)

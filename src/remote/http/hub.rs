@@ -3,8 +3,9 @@
 //!
 //! Retried: 408, 429 and 5xx answers and connection failures, up to [`ATTEMPTS`] times,
 //! waiting what `Retry-After` or `RateLimit: ...;t=N` asks (at most [`MAX_WAIT`]), else an
-//! exponential backoff. Then: 401/403 → permission denied, 404 → not found, 413/507 → quota,
-//! 429 → rate limited, anything else → a transient failure the flusher retries later.
+//! exponential backoff. Then: 401 → not authenticated, 403 → permission denied, 404 → not
+//! found, 413/507 → quota, 429 → rate limited, anything else → a transient failure the
+//! flusher retries later.
 
 use std::time::Duration;
 
@@ -69,7 +70,8 @@ fn status_error(status: StatusCode, what: &str, body: &str) -> RemoteError {
         body.chars().take(300).collect::<String>()
     );
     match status.as_u16() {
-        401 | 403 => RemoteError::PermissionDenied(msg),
+        401 => RemoteError::Unauthenticated(msg),
+        403 => RemoteError::PermissionDenied(msg),
         404 => RemoteError::NotFound(msg),
         413 | 507 => RemoteError::Quota(msg),
         429 => RemoteError::RateLimited(msg),
@@ -227,7 +229,7 @@ mod tests {
     #[test]
     fn statuses_map_to_errors_users_can_act_on() {
         let e = |s: u16| status_error(StatusCode::from_u16(s).unwrap(), "x", "");
-        assert!(matches!(e(401), RemoteError::PermissionDenied(_)));
+        assert!(matches!(e(401), RemoteError::Unauthenticated(_)));
         assert!(matches!(e(403), RemoteError::PermissionDenied(_)));
         assert!(matches!(e(404), RemoteError::NotFound(_)));
         assert!(matches!(e(413), RemoteError::Quota(_)));

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use xet_runtime::core::XetContext;
 
-use crate::remote::{Catalog, CatalogOp, Entry, FixedOwner, Meta, RemoteResult};
+use crate::remote::{Catalog, CatalogOp, Entry, FixedOwner, Meta, RemoteError, RemoteResult};
 
 /// A parsed `hf://buckets/NS/NAME[/PREFIX]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,23 +127,59 @@ pub struct RemoteOptions {
     pub owner: FixedOwner,
 }
 
-/// Open bucket `uri`: its catalog and CAS.
+/// An opened remote bucket.
+pub struct OpenedBucket {
+    pub catalog: Arc<dyn Catalog>,
+    pub cas: Arc<cas::HttpCas>,
+    /// Whether the token may write: false when writing was asked for but the server refused
+    /// the write token (403) while it hands out a read token, or when it was not asked for.
+    pub writable: bool,
+}
+
+/// Open bucket `uri`: its catalog and CAS. Asked to write with a token that may only read
+/// (the write-token route answers 403, the read-token route a token), the bucket opens
+/// read-only and [`OpenedBucket::writable`] says so; an unknown token (401) fails.
 pub async fn open(
     ctx: XetContext,
     uri: &BucketUri,
     o: &RemoteOptions,
-) -> RemoteResult<(Arc<dyn Catalog>, Arc<cas::HttpCas>)> {
+) -> RemoteResult<OpenedBucket> {
     let hub = Arc::new(hub::Hub::new(&o.endpoint, o.token.clone(), &uri.id())?);
     let info = hub.info().await?;
-    let cas =
-        cas::HttpCas::open(ctx, hub.clone(), o.write, &o.cache_dir, o.chunk_cache_bytes).await?;
+    let open_cas = |write: bool| {
+        cas::HttpCas::open(
+            ctx.clone(),
+            hub.clone(),
+            write,
+            &o.cache_dir,
+            o.chunk_cache_bytes,
+        )
+    };
+    let (cas, writable) = match open_cas(o.write).await {
+        Ok(cas) => (cas, o.write),
+        Err(RemoteError::PermissionDenied(why)) if o.write => {
+            tracing::debug!("write token refused ({why}); trying to read");
+            (open_cas(false).await?, false)
+        }
+        Err(e) => return Err(e),
+    };
     if info.get("xetmount").is_none() {
         // A plain bucket: files only, with the mount's owner and modes.
         let catalog = plain::PlainCatalog::new(hub, &uri.prefix, o.owner);
-        return Ok((Arc::new(catalog), Arc::new(cas)));
+        return Ok(OpenedBucket {
+            catalog: Arc::new(catalog),
+            cas: Arc::new(cas),
+            writable,
+        });
     }
     let catalog = catalog::HttpCatalog::new(hub.clone(), &uri.prefix);
     if !uri.prefix.is_empty() && catalog.head("").await?.is_none() {
+        if !writable {
+            return Err(RemoteError::Other(format!(
+                "the folder {} does not exist and a read-only mount cannot create it",
+                uri.prefix
+            )));
+        }
         // Mounting a folder that does not exist yet creates it.
         catalog
             .commit(vec![CatalogOp::Put(Entry::dir(
@@ -152,7 +188,11 @@ pub async fn open(
             ))])
             .await?;
     }
-    Ok((Arc::new(catalog), Arc::new(cas)))
+    Ok(OpenedBucket {
+        catalog: Arc::new(catalog),
+        cas: Arc::new(cas),
+        writable,
+    })
 }
 
 #[cfg(test)]

@@ -323,6 +323,10 @@ impl Catalog for PlainCatalog {
         }
     }
 
+    fn check_path(&self, path: &str) -> Result<(), crate::remote::names::BadPath> {
+        crate::remote::names::check_path(&self.prefix.full(path))
+    }
+
     async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>> {
         let full_dir = self.prefix.full(dir);
         let parent_of = |p: &str| p.rfind('/').map_or("", |i| &p[..i]).to_string();

@@ -74,8 +74,9 @@ pub(super) struct FlushQueue {
     /// A file closed again and again is still flushed this long after it first queued.
     max_window: Duration,
     due: Mutex<Due>,
-    /// The current retry delay of files whose last flush failed.
-    backoff: Mutex<HashMap<Ino, Duration>>,
+    /// The current retry delay of files whose last flush failed, and whether it failed for
+    /// good (the store refused it).
+    backoff: Mutex<HashMap<Ino, (Duration, bool)>>,
     wake: Notify,
     stopped: AtomicBool,
 }
@@ -161,10 +162,16 @@ impl FlushQueue {
             BACKOFF_MAX
         } else {
             g.get(&ino)
-                .map_or(BACKOFF_MIN, |b| (*b * 2).min(BACKOFF_MAX))
+                .map_or(BACKOFF_MIN, |(b, _)| (*b * 2).min(BACKOFF_MAX))
         };
-        g.insert(ino, b);
+        g.insert(ino, (b, permanent));
         b
+    }
+
+    /// Whether the last flush of `ino` was refused for good: other paths that would commit
+    /// it (the refresher draining the namespace changes) leave it to the flusher's backoff.
+    pub fn refused(&self, ino: Ino) -> bool {
+        self.backoff.lock().get(&ino).is_some_and(|(_, p)| *p)
     }
 }
 
