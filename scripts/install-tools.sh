@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the test suites need on a fresh Debian machine: FUSE (fusermount3 and the
 # library headers), libacl (pjdfstest links it), libnfs-utils (the NFS client used by the NFS
-# tests), the `tests` user pjdfstest switches to, and the pjdfstest and fsx binaries into
-# ./.tools, and a Python venv with the official Hugging Face clients (.tools/hf-venv).
+# tests), strace (tests/durable.rs reads the order of fsyncs around a commit from it), the
+# `tests` user pjdfstest switches to, and the pjdfstest and fsx binaries into ./.tools, and a
+# Python venv with the official Hugging Face clients (.tools/hf-venv).
 # Idempotent: a second run installs nothing.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-pkgs=(fuse3 libfuse3-dev pkg-config libacl1-dev libnfs-utils)
+pkgs=(fuse3 libfuse3-dev pkg-config libacl1-dev libnfs-utils strace)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

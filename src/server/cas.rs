@@ -387,7 +387,11 @@ pub async fn upload_xorb(
         Err(e) => return internal(e),
     };
     match client.upload_xorb(&prefix, obj, None, permit).await {
-        Ok(_) => axum::Json(json!({"was_inserted": !existed})).into_response(),
+        // On disk before the 200: the client's commit naming it comes in a later request.
+        Ok(_) => match s.cas.durable().xorb(&hash).await {
+            Ok(()) => axum::Json(json!({"was_inserted": !existed})).into_response(),
+            Err(e) => internal(e),
+        },
         Err(e) => error(
             StatusCode::BAD_REQUEST,
             None,
@@ -425,10 +429,11 @@ async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Respon
         .collect();
     let client = s.cas.client();
     let permit = client.acquire_upload_permit().await.map_err(internal)?;
-    client
+    let stored = client
         .upload_shard(body, permit, None)
         .await
         .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("shard refused: {e}")))?;
+    s.cas.durable().shard(stored).await.map_err(internal)?;
     s.buckets
         .note_hashes(bucket, files.iter().map(String::as_str))
         .map_err(internal)

@@ -124,6 +124,7 @@ impl Server {
         }
         let lock = lock_store(&root)?;
         let cas_root = root.join("cas");
+        crate::remote::local::remove_crash_leftovers(&cas_root).map_err(io(&cas_root))?;
         let cas = XetCas::open(ctx, &cas_root)
             .await
             .map_err(|e| ServeError::Io {

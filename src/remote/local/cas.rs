@@ -13,6 +13,7 @@ use xet_runtime::core::XetContext;
 use xet_runtime::utils::ByteSize;
 
 use super::compose;
+use super::durable::Durable;
 use super::reader::ChunkReader;
 use crate::remote::{
     Cas, ComposeEdit, Composed, FileId, RemoteError, RemoteResult, UploadItem, Uploaded,
@@ -42,6 +43,7 @@ pub struct XetCas {
     upload_lock: tokio::sync::Mutex<()>,
     reader: Arc<ChunkReader>,
     xorbs: crate::remote::assemble::XorbSettings,
+    durable: Durable,
 }
 
 fn xet_err(e: impl std::fmt::Display) -> RemoteError {
@@ -60,6 +62,11 @@ impl XetCas {
             client: self.client.clone(),
             xorb_dir: self.xorb_dir.clone(),
         }
+    }
+
+    /// fsyncs of the files `LocalClient` stored, for a server answering an upload.
+    pub fn durable(&self) -> &Durable {
+        &self.durable
     }
 
     /// Direct reads of the stored xorbs.
@@ -83,6 +90,7 @@ impl XetCas {
             retest_interval: ctx.config.xorb.compression_scheme_retest_interval,
         };
         Ok(XetCas {
+            durable: Durable::new(&client_dir),
             xorbs,
             reader: Arc::new(ChunkReader::new(client.clone(), xorb_dir.clone())),
             config: Arc::new(config.disable_progress_aggregation()),
@@ -116,8 +124,18 @@ impl Cas for XetCas {
         &self,
         items: Vec<UploadItem<'_>>,
     ) -> RemoteResult<Vec<RemoteResult<Uploaded>>> {
-        let _one_at_a_time = self.upload_lock.lock().await;
-        crate::remote::xet::upload_files(self.config.clone(), &items).await
+        let one_at_a_time = self.upload_lock.lock().await;
+        let results = crate::remote::xet::upload_files(self.config.clone(), &items).await?;
+        drop(one_at_a_time);
+        // Before the caller's commit may name them (see durable.rs).
+        let stored = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|u| u.id.size > 0)
+            .map(|u| compose::parse_hash(&u.id.hash))
+            .collect::<RemoteResult<Vec<_>>>()?;
+        self.durable.bodies(self.client.as_ref(), stored).await?;
+        Ok(results)
     }
 
     async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {
@@ -138,6 +156,10 @@ impl Cas for XetCas {
         )
         .await?;
         let after = xorb_bytes(&self.xorb_dir).await?;
+        if c.id.size > 0 {
+            let hash = compose::parse_hash(&c.id.hash)?;
+            self.durable.bodies(self.client.as_ref(), [hash]).await?;
+        }
         Ok(Composed {
             id: c.id,
             new_bytes: after.saturating_sub(before),

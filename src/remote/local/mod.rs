@@ -12,6 +12,7 @@
 mod cas;
 mod catalog;
 mod compose;
+mod durable;
 mod reader;
 
 use std::fs::{File, OpenOptions};
@@ -23,6 +24,7 @@ use std::sync::Arc;
 pub use cas::{xet_config, XetCas};
 pub(crate) use catalog::parent_of;
 pub use catalog::SqliteCatalog;
+pub use durable::{remove_crash_leftovers, Durable};
 pub use reader::{ChunkReader, Located, LocatedTerm};
 use xet_runtime::core::XetContext;
 
@@ -85,6 +87,8 @@ impl LocalStore {
             detail: e.to_string(),
         })?;
         let cas_root = root.join("cas");
+        // Safe only now that the lock keeps every other writer out.
+        remove_crash_leftovers(&cas_root).map_err(io_err(&cas_root))?;
         let cas = XetCas::open(ctx, &cas_root)
             .await
             .map_err(|e| StoreError::Cas {
