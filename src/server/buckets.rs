@@ -2,12 +2,11 @@
 //! times) and one SQLite catalog per bucket (`buckets/<ns>/<name>/catalog.db`). Every
 //! bucket's bodies live in the server's one CAS.
 //!
-//! Bodies are shared, but what a caller may read is not: `server.db` also records which
-//! bucket each file body (xet hash) was uploaded to or committed in (`hash_buckets`). A CAS
-//! token for bucket B reconstructs only a hash recorded for B or named by B's catalog, and a
-//! batch may add a hash only if it is recorded for a bucket the caller may read. A record
-//! outlives the file it came with (readers of B have seen that body); it goes with its
-//! bucket.
+//! Bodies are shared, but what a caller may read is not (see `scope.rs`): `server.db` also
+//! records, per file body (xet hash), the buckets it was uploaded to (a shard accepted under
+//! a write token for the bucket) or committed in (`hash_buckets`). An upload record stands
+//! for itself; a commit record only says where to look, since the file may be gone since.
+//! Records go with their bucket.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,7 +82,7 @@ impl Buckets {
                  id TEXT PRIMARY KEY, private INTEGER NOT NULL,
                  created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS hash_buckets (
-                 hash TEXT NOT NULL, bucket TEXT NOT NULL,
+                 hash TEXT NOT NULL, bucket TEXT NOT NULL, uploaded INTEGER NOT NULL,
                  PRIMARY KEY (hash, bucket)) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS hash_buckets_bucket ON hash_buckets(bucket);",
         )
@@ -173,35 +172,41 @@ impl Buckets {
         rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
     }
 
-    /// Record that bodies `hashes` were uploaded to or committed in bucket `id`.
+    /// Record that bodies `hashes` were uploaded to (`uploaded`) or committed in bucket `id`.
     pub fn note_hashes<'a>(
         &self,
         id: &str,
         hashes: impl IntoIterator<Item = &'a str>,
+        uploaded: bool,
     ) -> RemoteResult<()> {
         let mut db = self.db.lock();
         let tx = db.transaction().map_err(db_err)?;
         {
             let mut st = tx
-                .prepare_cached("INSERT OR IGNORE INTO hash_buckets (hash, bucket) VALUES (?1, ?2)")
+                .prepare_cached(
+                    "INSERT INTO hash_buckets (hash, bucket, uploaded) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (hash, bucket) DO UPDATE SET uploaded = max(uploaded, ?3)",
+                )
                 .map_err(db_err)?;
             for h in hashes {
-                st.execute(params![h, id]).map_err(db_err)?;
+                st.execute(params![h, id, uploaded]).map_err(db_err)?;
             }
         }
         tx.commit().map_err(db_err)
     }
 
-    /// Whether body `hash` was recorded for bucket `id`.
-    pub fn has_hash(&self, id: &str, hash: &str) -> RemoteResult<bool> {
+    /// Whether body `hash` was uploaded to bucket `id`.
+    pub fn was_uploaded(&self, id: &str, hash: &str) -> RemoteResult<bool> {
         self.db
             .lock()
-            .prepare_cached("SELECT 1 FROM hash_buckets WHERE hash = ?1 AND bucket = ?2")
+            .prepare_cached(
+                "SELECT 1 FROM hash_buckets WHERE hash = ?1 AND bucket = ?2 AND uploaded = 1",
+            )
             .and_then(|mut st| st.exists(params![hash, id]))
             .map_err(db_err)
     }
 
-    /// The buckets body `hash` was recorded for.
+    /// The buckets body `hash` was uploaded to or committed in.
     pub fn buckets_with(&self, hash: &str) -> RemoteResult<Vec<String>> {
         let db = self.db.lock();
         let mut st = db

@@ -435,7 +435,7 @@ async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Respon
         .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("shard refused: {e}")))?;
     s.cas.durable().shard(stored).await.map_err(internal)?;
     s.buckets
-        .note_hashes(bucket, files.iter().map(String::as_str))
+        .note_hashes(bucket, files.iter().map(String::as_str), true)
         .map_err(internal)
 }
 

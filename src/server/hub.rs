@@ -709,7 +709,14 @@ impl Server {
                     "source bucket {src} does not exist or you may not read it"
                 ));
             }
-            if !self.bucket_has_body(src, hash).await.map_err(internal)? {
+            // A file there now, not a body once seen there: a copy names what the source holds.
+            let catalog = &self.buckets.bucket(src).map_err(internal)?.catalog;
+            let holds = if hash == EMPTY_HASH {
+                catalog.has_empty_file().await
+            } else {
+                catalog.references(hash).await
+            };
+            if !holds.map_err(internal)? {
                 return refuse(format!("bucket {src} holds no file with xetHash {hash}"));
             }
         } else if !self.may_add_body(headers, id, hash).await? {
@@ -798,7 +805,7 @@ pub async fn batch(
         }
         if let Err(e) = s
             .buckets
-            .note_hashes(&id, added.iter().map(String::as_str))
+            .note_hashes(&id, added.iter().map(String::as_str), false)
             .and_then(|()| s.buckets.touch(&id))
         {
             return internal(e);

@@ -265,7 +265,7 @@ pub async fn commit(
         Ok(rev) => {
             if let Err(e) = s
                 .buckets
-                .note_hashes(&id, added.iter().map(String::as_str))
+                .note_hashes(&id, added.iter().map(String::as_str), false)
                 .and_then(|()| s.buckets.touch(&id))
             {
                 return remote_err(e);

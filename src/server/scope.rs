@@ -1,7 +1,8 @@
 //! Which file bodies a caller may read or name. The CAS is shared by every bucket, so a
-//! hash alone must not open a body: a body is readable through bucket B when it was
-//! uploaded to B (a shard accepted under a write token for B), committed in B, or is named
-//! by B's catalog now (bodies committed before the registry kept these records).
+//! hash alone must not open a body: a body is readable through bucket B while B's catalog
+//! names it, and from the moment it was uploaded to B (a shard accepted under a write token
+//! for B: its uploader had the bytes). A body deleted from B is no longer readable through it
+//! (unless it was uploaded there), so making a bucket public later reveals only what it holds.
 
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -22,7 +23,7 @@ pub fn is_hash(h: &str) -> bool {
 impl Server {
     /// Whether body `hash` may be read through bucket `id`.
     pub async fn bucket_has_body(&self, id: &str, hash: &str) -> RemoteResult<bool> {
-        if hash == EMPTY_HASH || self.buckets.has_hash(id, hash)? {
+        if hash == EMPTY_HASH || self.buckets.was_uploaded(id, hash)? {
             return Ok(true);
         }
         if self.buckets.info(id)?.is_none() {
@@ -43,8 +44,12 @@ impl Server {
         if self.bucket_has_body(id, hash).await.map_err(internal)? {
             return Ok(true);
         }
+        // The buckets the body was ever recorded in; each is checked as it is now.
         for other in self.buckets.buckets_with(hash).map_err(internal)? {
-            if self.access(headers, &other, Scope::Read).is_ok() {
+            if other != id
+                && self.access(headers, &other, Scope::Read).is_ok()
+                && self.bucket_has_body(&other, hash).await.map_err(internal)?
+            {
                 return Ok(true);
             }
         }

@@ -178,6 +178,19 @@ def _():
     out = scratch / "pub.bin"
     bob.download_bucket_files("bob/b", [("pub.bin", str(out))])
     check(out.read_bytes() == public, "the copy reads back byte for byte")
+    # A body is readable through a bucket while the bucket holds it: once alice deletes the
+    # copy from her public bucket, neither its read tokens nor bob's batches reach it.
+    status, _, body = http("GET", "/api/buckets/alice/pub/xet-read-token", "bob-token")
+    cas_pub = json.loads(body)["accessToken"]
+    status, _, _ = http("GET", f"/v2/reconstructions/{h_secret}", cas_pub)
+    check(status == 200, f"a public copy reads through the public bucket: {status}")
+    status, r = batch("alice/pub", [{"type": "deleteFile", "path": "s.bin"}])
+    check(status == 200 and not r["failed"], f"delete the copy: {status} {r}")
+    status, _, _ = http("GET", f"/v2/reconstructions/{h_secret}", cas_pub)
+    check(status == 404, f"a deleted copy no longer reads through the public bucket: {status}")
+    status, r = batch("bob/b", [{"type": "addFile", "path": "late.bin", "xetHash": h_secret, "mtime": 0}],
+                      "bob-token")
+    check(status == 422, f"addFile of a body no readable bucket holds any more: {status} {r}")
     # The same bytes uploaded by bob himself are his to add.
     bob.batch_bucket_files("bob/b", add=[(secret, "mine.bin")])
     check(files("bob/b", "bob-token")["mine.bin"] == h_secret, "an upload of one's own bytes lands")

@@ -235,6 +235,16 @@ impl SqliteCatalog {
         .await
     }
 
+    /// Whether some file is empty (its body has no hash).
+    pub async fn has_empty_file(&self) -> RemoteResult<bool> {
+        self.with_conn(move |c| {
+            c.prepare_cached("SELECT 1 FROM entries WHERE kind = 0 AND hash IS NULL AND path != ''")
+                .and_then(|mut st| st.exists([]))
+                .map_err(db_err)
+        })
+        .await
+    }
+
     /// The directories whose listings changed after revision `since`.
     pub async fn changes_since(&self, since: u64) -> RemoteResult<Changes> {
         self.with_conn(move |c| {
