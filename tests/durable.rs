@@ -213,7 +213,6 @@ struct TracedServe {
 
 impl TracedServe {
     fn start(dir: &Path, trace: &Path, log: &Path) -> TracedServe {
-        use std::io::BufRead;
         let mut strace = traced(
             trace,
             &[
@@ -228,16 +227,7 @@ impl TracedServe {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-        let mut first = String::new();
-        std::io::BufReader::new(strace.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let url = first
-            .split_whitespace()
-            .last()
-            .filter(|u| u.starts_with("http://"))
-            .unwrap_or_else(|| panic!("serve printed {first:?}"))
-            .to_string();
+        let url = common::announced_url(&mut strace, log);
         TracedServe { strace, url }
     }
 

@@ -8,17 +8,6 @@ use std::process::Command;
 
 use common::Serve;
 
-/// Environment for the Python clients against `url`, with scratch state under `home`.
-fn hf_env(cmd: &mut Command, url: &str, home: &Path, token: &str) {
-    cmd.env("HF_ENDPOINT", url)
-        .env("HF_TOKEN", token)
-        .env("HF_HOME", home)
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .env("HF_HUB_DISABLE_UPDATE_CHECK", "1")
-        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        .env("NO_COLOR", "1");
-}
-
 #[test]
 fn the_official_clients_create_upload_list_and_download_byte_exact() {
     let venv = common::hf_venv();
@@ -44,7 +33,7 @@ fn the_official_clients_create_upload_list_and_download_byte_exact() {
             .env("READ_TOKEN", "reader-token");
         // A fresh HF_HOME per phase: nothing comes from the client's own caches.
         let home = d.path().join(format!("hfhome-{phase}"));
-        hf_env(&mut cmd, &server.url, &home, "alice-token");
+        common::hf_env(&mut cmd, &server.url, &home, Some("alice-token"));
         let out = cmd.output().unwrap();
         let text = format!(
             "{}\n{}",

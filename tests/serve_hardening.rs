@@ -27,15 +27,10 @@ fn serve_refuses_what_it_must_and_pages_exactly() {
     );
     let scratch = d.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
-    let out = Command::new(venv.join("python"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf/hardening.py"))
-        .arg(&scratch)
-        .env("HF_ENDPOINT", &server.url)
-        .env("HF_HOME", d.path().join("hfhome"))
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .env("HF_HUB_DISABLE_UPDATE_CHECK", "1")
-        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        .env("NO_COLOR", "1")
+    let mut cmd = Command::new(venv.join("python"));
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf/hardening.py"))
+        .arg(&scratch);
+    let out = common::hf_env(&mut cmd, &server.url, &d.path().join("hfhome"), None)
         .output()
         .unwrap();
     let text = format!(

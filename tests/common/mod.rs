@@ -181,6 +181,27 @@ pub fn tree_digest(dir: &Path) -> String {
     )
 }
 
+/// The URL a starting `xetmount serve` (or a wrapper of it) prints as its first line of
+/// stdout; panics with the server's log `log` if it printed something else.
+pub fn announced_url(child: &mut std::process::Child, log: &Path) -> String {
+    use std::io::BufRead;
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    first
+        .split_whitespace()
+        .last()
+        .filter(|u| u.starts_with("http://"))
+        .unwrap_or_else(|| {
+            panic!(
+                "serve printed {first:?}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .to_string()
+}
+
 /// A running `xetmount serve` on 127.0.0.1 (any free port), stopped with SIGTERM on drop.
 pub struct Serve {
     child: Option<std::process::Child>,
@@ -195,7 +216,6 @@ impl Serve {
 
     /// On a given port (0: any free port).
     pub fn start_on(dir: &Path, log: &Path, port: u16, extra: &[&str]) -> Serve {
-        use std::io::BufRead;
         let listen = format!("127.0.0.1:{port}");
         let mut child = std::process::Command::new(bin())
             .args(["serve", dir.to_str().unwrap(), "--listen", &listen])
@@ -204,21 +224,7 @@ impl Serve {
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap();
-        let mut first = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let url = first
-            .split_whitespace()
-            .last()
-            .filter(|u| u.starts_with("http://"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "serve printed {first:?}: {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )
-            })
-            .to_string();
+        let url = announced_url(&mut child, log);
         Serve {
             child: Some(child),
             url,
@@ -269,6 +275,25 @@ pub fn hf_venv() -> PathBuf {
     v
 }
 
+/// Environment for the official clients against `url`, their state under `home`, quiet,
+/// with `token` as `HF_TOKEN` (none: anonymous).
+pub fn hf_env<'a>(
+    cmd: &'a mut Command,
+    url: &str,
+    home: &Path,
+    token: Option<&str>,
+) -> &'a mut Command {
+    if let Some(t) = token {
+        cmd.env("HF_TOKEN", t);
+    }
+    cmd.env("HF_ENDPOINT", url)
+        .env("HF_HOME", home)
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("HF_HUB_DISABLE_UPDATE_CHECK", "1")
+        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        .env("NO_COLOR", "1")
+}
+
 /// Run the official `hf` CLI against `url` in directory `cwd` (its state in `cwd/hfhome`);
 /// panics with its output on failure.
 pub fn hf_cli(url: &str, cwd: &Path, args: &[&str]) -> String {
@@ -277,16 +302,9 @@ pub fn hf_cli(url: &str, cwd: &Path, args: &[&str]) -> String {
 
 /// [`hf_cli`] with token `token`.
 pub fn hf_cli_as(url: &str, token: &str, cwd: &Path, args: &[&str]) -> String {
-    let out = Command::new(hf_venv().join("hf"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HF_ENDPOINT", url)
-        .env("HF_TOKEN", token)
-        .env("HF_HOME", cwd.join("hfhome"))
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .env("HF_HUB_DISABLE_UPDATE_CHECK", "1")
-        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        .env("NO_COLOR", "1")
+    let mut cmd = Command::new(hf_venv().join("hf"));
+    cmd.args(args).current_dir(cwd);
+    let out = hf_env(&mut cmd, url, &cwd.join("hfhome"), Some(token))
         .output()
         .unwrap();
     assert!(
