@@ -347,6 +347,7 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
             .or_else(|| std::env::var("HF_ENDPOINT").ok())
             .unwrap_or_else(|| "https://huggingface.co".to_string());
         let token = find_token(args.token_file.as_deref()).map_err(UserError)?;
+        let anonymous = token.is_none();
         let cache = args
             .cache_dir
             .clone()
@@ -381,13 +382,20 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
                     },
                 },
             ))
-            .map_err(|e| remote_open_error(&e, &uri, &endpoint))?;
+            .map_err(|e| remote_open_error(&e, &uri, &endpoint, anonymous))?;
         if !opened.writable && !read_only {
             read_only = true;
-            tracing::warn!(
-                "the token can read but not write bucket {}: mounted read-only (writes fail with EROFS)",
-                uri.id()
-            );
+            if anonymous {
+                tracing::warn!(
+                    "no token: bucket {} mounted read-only (writes fail with EROFS; pass a token that may write with --token-file or HF_TOKEN)",
+                    uri.id()
+                );
+            } else {
+                tracing::warn!(
+                    "the token can read but not write bucket {}: mounted read-only (writes fail with EROFS)",
+                    uri.id()
+                );
+            }
         }
         let cas: Arc<dyn Cas> = opened.cas;
         (opened.catalog, cas, staging_dir, store_arg, Box::new(lock))
@@ -454,8 +462,17 @@ fn default_cache_dir(uri: &BucketUri) -> PathBuf {
 }
 
 /// One sentence for a remote bucket that could not be opened.
-fn remote_open_error(e: &RemoteError, uri: &BucketUri, endpoint: &str) -> UserError {
+fn remote_open_error(
+    e: &RemoteError,
+    uri: &BucketUri,
+    endpoint: &str,
+    anonymous: bool,
+) -> UserError {
     UserError(match e {
+        RemoteError::Unauthenticated(_) if anonymous => format!(
+            "bucket {} on {endpoint} needs a token (it is private, or does not exist); pass one with --token-file or HF_TOKEN",
+            uri.id()
+        ),
         RemoteError::NotFound(_) => format!(
             "bucket {} does not exist on {endpoint} (or your token cannot see it); create it with `hf buckets create {}`",
             uri.id(),

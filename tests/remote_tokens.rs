@@ -80,6 +80,52 @@ fn a_token_that_can_read_but_not_write_mounts_read_only_and_says_why() {
     );
     assert!(!log.contains(why), "{log}");
 
+    // No token at all (none passed, none in the environment or saved): a public bucket mounts
+    // read-only and says why; once private, the mount fails in one sentence.
+    std::env::remove_var("HF_TOKEN");
+    std::env::set_var("HF_HOME", d.join("no-hf-home"));
+    let anon = |name: &str| {
+        let cache = d.join(format!("cache-{name}"));
+        let args = ["--endpoint", &url, "--cache-dir", cache.to_str().unwrap()];
+        (args.map(str::to_string), d.join(name))
+    };
+    let (args, mp) = anon("f");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m = Mount::start(Path::new("hf://buckets/alice/data"), &mp, &args);
+    sh(
+        d,
+        "cmp f.bin f/dir/f.bin && ! touch f/new 2>err && grep -q 'Read-only file system' err",
+    );
+    let log = m.log_text();
+    m.stop();
+    assert_eq!(
+        log.matches("no token: bucket alice/data mounted read-only")
+            .count(),
+        1,
+        "{log}"
+    );
+    hf_cli_as(
+        &url,
+        "wtok",
+        d,
+        &["buckets", "settings", "alice/data", "--private"],
+    );
+    std::fs::create_dir_all(d.join("g")).unwrap();
+    let out = Command::new(common::bin())
+        .args(["mount", "hf://buckets/alice/data"])
+        .arg(d.join("g"))
+        .args(["--endpoint", &url, "--cache-dir"])
+        .arg(d.join("cache-g"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("needs a token (it is private, or does not exist)"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
     // An unknown token still fails the mount, in one sentence.
     let bad = write(d, "bad", "nobody-knows-me\n");
     std::fs::create_dir_all(d.join("e")).unwrap();

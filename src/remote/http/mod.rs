@@ -137,8 +137,9 @@ pub struct OpenedBucket {
 }
 
 /// Open bucket `uri`: its catalog and CAS. Asked to write with a token that may only read
-/// (the write-token route answers 403, the read-token route a token), the bucket opens
-/// read-only and [`OpenedBucket::writable`] says so; an unknown token (401) fails.
+/// (the write-token route answers 403, the read-token route a token), or with no token a
+/// bucket anyone may read, the bucket opens read-only and [`OpenedBucket::writable`] says so;
+/// an unknown token (401) fails.
 pub async fn open(
     ctx: XetContext,
     uri: &BucketUri,
@@ -155,10 +156,15 @@ pub async fn open(
             o.chunk_cache_bytes,
         )
     };
+    // A token that may only read is refused writing with 403; no token at all, with 401.
     let (cas, writable) = match open_cas(o.write).await {
         Ok(cas) => (cas, o.write),
         Err(RemoteError::PermissionDenied(why)) if o.write => {
             tracing::debug!("write token refused ({why}); trying to read");
+            (open_cas(false).await?, false)
+        }
+        Err(RemoteError::Unauthenticated(why)) if o.write && o.token.is_none() => {
+            tracing::debug!("writing needs a token ({why}); trying to read");
             (open_cas(false).await?, false)
         }
         Err(e) => return Err(e),
