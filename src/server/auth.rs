@@ -154,6 +154,13 @@ impl Auth {
         (exp > now_secs()).then_some((bucket, scope))
     }
 
+    /// The key dedup answers carry their chunk hashes under (derived from the secret, so it
+    /// outlives a restart as the clients' cached answers do).
+    pub fn dedup_key(&self) -> xet_core_structures::merklehash::MerkleHash {
+        let k = blake3::keyed_hash(&self.key, b"xetmount dedup chunk key");
+        xet_core_structures::merklehash::MerkleHash::from(k.as_bytes())
+    }
+
     /// Query string authorising a fetch of xorb `xorb` until `exp`.
     pub fn sign_fetch(&self, xorb: &str, exp: u64) -> String {
         format!(

@@ -29,6 +29,8 @@ use crate::remote::RemoteError;
 
 /// Lifetime of a fetch URL.
 const FETCH_TTL_SECS: u64 = 3600;
+/// How long a client may keep a keyed dedup answer.
+const DEDUP_KEY_VALID_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 type S = State<Arc<Server>>;
 
@@ -343,14 +345,37 @@ pub async fn dedup(
         Ok(h) => h,
         Err(r) => return r,
     };
-    match s
+    let shard = match s
         .cas
         .client()
         .query_for_global_dedup_shard(&prefix, &hash)
         .await
     {
-        Ok(Some(shard)) => shard.into_response(),
-        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Ok(Some(shard)) => shard,
+        Ok(None) => return StatusCode::NOT_FOUND.into_response(),
+        Err(e) => return internal(e),
+    };
+    // Answered as the Hub answers: xorb sections only (no other file's hash or layout) and
+    // chunk hashes keyed with a key of this server's, so a client recognises only chunks it
+    // has the bytes of, and learns nothing it could claim in a shard of its own.
+    let key = s.auth.dedup_key();
+    let keyed = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        xet_core_structures::metadata_shard::shard_format::MDBShardInfo::export_as_keyed_shard_streaming(
+            &mut std::io::Cursor::new(&shard[..]),
+            &mut out,
+            key,
+            DEDUP_KEY_VALID_FOR,
+            false,
+            true,
+            true,
+        )
+        .map(|_| out)
+    })
+    .await;
+    match keyed {
+        Ok(Ok(out)) => out.into_response(),
+        Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
     }
 }
@@ -417,6 +442,50 @@ async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Respon
                 ));
             }
         }
+    }
+    // Every range of chunks a file names must come with the verification hash of those very
+    // chunks: only a writer that knows them (has their bytes) can compute it, so a shard
+    // cannot claim chunks of somebody else's xorb, learnt by hash, as part of a new file.
+    let mut ranges = Vec::new();
+    let mut claimed = Vec::new();
+    for i in 0..shard.num_files() {
+        let f = shard.file(i).expect("index below num_files");
+        if f.num_entries() > 0 && !f.contains_verification() {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!(
+                    "the shard's file {} carries no verification hashes",
+                    f.file_hash().hex()
+                ),
+            ));
+        }
+        for k in 0..f.num_entries() {
+            let e = f.entry(k);
+            ranges.push((e.xorb_hash, e.chunk_index_start..e.chunk_index_end));
+            claimed.push((f.file_hash(), f.verification(k).range_hash));
+        }
+    }
+    let actual = s.cas.range_hashes(ranges).await.map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!("the shard names chunks that are not stored: {e}"),
+        )
+    })?;
+    if let Some((file, _)) = claimed
+        .iter()
+        .zip(&actual)
+        .find_map(|((f, c), a)| (c != a).then_some((f, a)))
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!(
+                "the shard's file {} names chunks its verification hashes do not match",
+                file.hex()
+            ),
+        ));
     }
     let files: Vec<String> = (0..shard.num_files())
         .map(|i| {

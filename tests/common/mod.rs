@@ -326,19 +326,34 @@ pub fn mount_served(url: &str, d: &Path, name: &str, extra: &[&str]) -> Mount {
 
 /// The body of `GET route` on the server at `url` (HTTP/1.0, any token: serve's test mode).
 pub fn http_get(url: &str, route: &str) -> String {
+    let (_, body) = http(url, "GET", route, "anything", &[]);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// One HTTP/1.0 request to the server at `url` with bearer `token`: (status, body bytes).
+pub fn http(url: &str, method: &str, route: &str, token: &str, body: &[u8]) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
     let addr = url.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "GET {route} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer anything\r\n\r\n"
+        "{method} {route} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     )
     .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string()
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let status = String::from_utf8_lossy(&raw[..split])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    (status, raw[split + 4..].to_vec())
 }
 
 /// `xetmount serve`'s request counts and fetched bytes (`GET /v1/xetmount/metrics`), as

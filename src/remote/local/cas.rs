@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use xet_client::cas_client::{Client, LocalClient};
+use xet_core_structures::merklehash::MerkleHash;
 use xet_data::processing::configurations::TranslatorConfig;
 use xet_runtime::config::XetConfig;
 use xet_runtime::core::XetContext;
@@ -65,6 +66,15 @@ impl XetCas {
     }
 
     /// fsyncs of the files `LocalClient` stored, for a server answering an upload.
+    /// The verification hash of each stored `(xorb, chunk range)` (see
+    /// `compose::range_hashes`); an error if a xorb is missing or a range runs past its end.
+    pub async fn range_hashes(
+        &self,
+        ranges: Vec<(MerkleHash, std::ops::Range<u32>)>,
+    ) -> RemoteResult<Vec<MerkleHash>> {
+        compose::range_hashes(&self.xorb_dir, ranges).await
+    }
+
     pub fn durable(&self) -> &Durable {
         &self.durable
     }

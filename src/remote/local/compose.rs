@@ -87,6 +87,40 @@ async fn load(mdb: &MDBFileInfo, xorb_dir: &Path) -> RemoteResult<ChunkLists> {
     })
 }
 
+/// For each `(xorb, chunks)` range, the verification hash of its stored chunks (xet-core's
+/// `range_hash_from_chunks` over their hashes, read from each xorb's footer): what a shard
+/// naming that range must carry to show its writer knew those chunks.
+pub(super) async fn range_hashes(
+    xorb_dir: &Path,
+    ranges: Vec<(MerkleHash, std::ops::Range<u32>)>,
+) -> RemoteResult<Vec<MerkleHash>> {
+    let dir = xorb_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut footers: HashMap<MerkleHash, XorbObject> = HashMap::new();
+        let mut out = Vec::with_capacity(ranges.len());
+        for (xorb, chunks) in ranges {
+            let footer = match footers.entry(xorb) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(read_footer(&dir, &xorb)?),
+            };
+            let hashes: Vec<MerkleHash> = footer
+                .chunk_hash_sizes(chunks.start, chunks.end)
+                .map_err(xet_err)?
+                .into_iter()
+                .map(|(h, _)| h)
+                .collect();
+            out.push(
+                xet_core_structures::metadata_shard::chunk_verification::range_hash_from_chunks(
+                    &hashes,
+                ),
+            );
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(RemoteError::other)?
+}
+
 pub(super) fn xorb_path(dir: &Path, hash: &MerkleHash) -> PathBuf {
     // LocalClient's naming: `default.<hex>`.
     dir.join(format!("default.{hash:?}"))
