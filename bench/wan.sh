@@ -13,8 +13,9 @@
 #   untar    tar -xf of /usr/share/doc until durable (the unmount returned): whether the
 #            unmount committed everything, and the server's requests per route meanwhile
 #   edit     one 4 KiB write into the big file until fsync returns
-# Setup (uploads) goes through the proxy at 0 ms; then the proxy restarts on the same port
-# with each delay in turn.
+# The tree is archived with symlinks followed (a plain bucket holds none) and extracted without
+# owners or modes (a plain bucket refuses chmod). Setup (uploads) goes through the proxy at
+# 0 ms; then the proxy restarts on the same port with each delay in turn.
 # Usage: bench/wan.sh [DELAYS-MS...]   (default: 0 10 25)
 # Environment: WAN_SIZE_MIB (256), WAN_FILES (1000), WAN_FIO_SECS (10 per fio run),
 # WAN_STEP_SECS (300: the limit on any one step), WAN_BANDWIDTH (bytes/s per direction, 0: none).
@@ -97,7 +98,7 @@ start_kind() { # kind extra-serve-args...
   for _ in $(seq 1 200); do curl -sf "${direct[$k]}/v1/xetmount/metrics" >/dev/null && break; sleep 0.05; done
 }
 
-export HF_TOKEN=bench HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_UPDATE_CHECK=1
+export NO_COLOR=1 HF_TOKEN=bench HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_DISABLE_UPDATE_CHECK=1
 url_of() { echo "http://127.0.0.1:${proxy_port[$1]}"; }
 ncache=0
 mount_kind() { # kind: a fresh, cold mount of kind's bucket through its proxy
@@ -176,7 +177,8 @@ for delay in "${delays[@]}"; do
     res[$k,$delay,seq]=$([ "$took" = fail ] && echo fail || awk -v s="$size_mib" -v t="$took" 'BEGIN{printf "%.0f", s/t}')
     stop_mount
     drop_caches
-    timed env HF_ENDPOINT="$u" HF_HOME="$work/hfhome-$k-$delay" "$hf" buckets cp hf://buckets/local/bench/big.bin "$work/dl.bin" >/dev/null
+    timed env HF_ENDPOINT="$u" HF_HOME="$work/hfhome-$k-$delay" "$hf" buckets cp hf://buckets/local/bench/big.bin "$work/dl.bin" >/dev/null 2>"$work/hfcp.log"
+    [ "$took" != fail ] || cat "$work/hfcp.log" >&2
     if [ "$took" != fail ] && [ "$(stat -c %s "$work/dl.bin")" = "$bytes" ]; then
       res[$k,$delay,hfcp]=$(awk -v s="$size_mib" -v t="$took" 'BEGIN{printf "%.0f", s/t}')
     else
@@ -191,7 +193,7 @@ for delay in "${delays[@]}"; do
     done
 
     mount_kind "$k"
-    timed head -c 1 "$mp/first.bin"
+    timed head -c 1 "$mp/first.bin" >/dev/null
     res[$k,$delay,first]=$took
     stop_mount
 
