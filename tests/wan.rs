@@ -1,0 +1,129 @@
+//! Across a slow network (issue 21): `xetmount serve`, full and `--hub-only`, behind
+//! `xetmount-delay-proxy` at 10 ms each way, with `--public-url` naming the proxy so that the
+//! CAS fetches go through it too. A tree of a few hundred files and a few MiB file written
+//! through an `hf://` mount survive the unmount and read back exact on a fresh mount.
+//! Correctness only: bench/wan.sh measures the times.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{announced_url, hf_cli, mount_served, random_bytes, sh, Serve};
+
+/// A running `xetmount-delay-proxy`, stopped with SIGTERM on drop.
+struct Proxy {
+    child: Child,
+    url: String,
+}
+
+impl Proxy {
+    fn start(upstream_port: u16, delay_ms: u64, log: &Path) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xetmount-delay-proxy"))
+            .args(["--upstream", &format!("127.0.0.1:{upstream_port}")])
+            .args(["--delay-ms", &delay_ms.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("spawn xetmount-delay-proxy");
+        let url = announced_url(&mut child, log);
+        Proxy { child, url }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // SAFETY: kill on a pid we own.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on right now, for a server that must know its proxy's address
+/// before it starts (`--public-url`) while the proxy must know the server's port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Files of the tree: 12 directories (two levels) of 20 files each, sizes from empty to
+/// ~40 KiB, plus one 6 MiB file; `(relative path, content)`.
+fn tree() -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for d in 0..12u64 {
+        let dir = PathBuf::from(format!("d{}/sub{}", d / 4, d % 4));
+        for f in 0..20u64 {
+            let seed = d * 100 + f;
+            let len = (seed * 2_731 % 40_000) as usize;
+            out.push((dir.join(format!("f{f}.bin")), random_bytes(len, seed + 1)));
+        }
+    }
+    out.push((PathBuf::from("big.bin"), random_bytes(6 << 20, 4242)));
+    out
+}
+
+/// `path size` of every entry below `dir` (directories as `path/`), then every file's
+/// sha256, sorted: equal listings mean equal names, counts and bytes.
+fn listing(dir: &Path) -> String {
+    sh(
+        dir,
+        "find . -mindepth 1 \\( -type d -printf '%p/\\n' \\) -o -printf '%p %s\\n' | sort \
+         && find . -type f -exec sha256sum {} + | sort",
+    )
+}
+
+fn round_trip(extra: &[&str]) {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let port = free_port();
+    let proxy = Proxy::start(port, 10, &d.join("proxy.log"));
+    let mut args = vec!["--public-url", proxy.url.as_str()];
+    args.extend_from_slice(extra);
+    let _server = Serve::start_on(&d.join("srv"), &d.join("serve.log"), port, &args);
+    assert_eq!(_server.url, proxy.url, "serve announces its public URL");
+    hf_cli(&proxy.url, d, &["buckets", "create", "local/data"]);
+
+    let files = tree();
+    let want = d.join("want");
+    for (rel, body) in &files {
+        std::fs::create_dir_all(want.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(want.join(rel), body).unwrap();
+    }
+
+    let m = mount_served(&proxy.url, d, "m", &[]);
+    for (rel, body) in &files {
+        std::fs::create_dir_all(m.path(rel.to_str().unwrap()).parent().unwrap()).unwrap();
+        std::fs::write(m.path(rel.to_str().unwrap()), body).unwrap();
+    }
+    // Exit 0 from the mount: everything written was committed through the proxy.
+    m.stop();
+
+    let m = mount_served(&proxy.url, d, "again", &[]);
+    let got = listing(&m.mountpoint);
+    let expected = listing(&want);
+    assert_eq!(got.lines().count(), expected.lines().count(), "find counts");
+    assert_eq!(got, expected);
+    // And byte for byte, not only by digest.
+    for (rel, body) in &files {
+        let read = std::fs::read(m.path(rel.to_str().unwrap())).unwrap();
+        assert!(
+            read == *body,
+            "{} reads back different bytes",
+            rel.display()
+        );
+    }
+    m.stop();
+}
+
+#[test]
+fn a_full_bucket_round_trips_through_a_10ms_proxy() {
+    round_trip(&[]);
+}
+
+#[test]
+fn a_plain_bucket_round_trips_through_a_10ms_proxy() {
+    round_trip(&["--hub-only"]);
+}
