@@ -6,4 +6,5 @@
 pub mod frontend;
 pub mod remote;
 pub mod server;
+pub mod signals;
 pub mod vfs;

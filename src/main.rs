@@ -508,25 +508,6 @@ impl Served {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            futures::future::pending::<()>().await
-        }
-    }
-}
-
 fn mount(args: MountArgs) -> Result<(), UserError> {
     let mountpoint = check_mountpoint(&args.mountpoint)?;
     if args.nfs {
@@ -549,7 +530,7 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
     .map_err(|e| UserError(format!("cannot mount on {}: {e}", mountpoint.display())))?;
     tracing::info!("mounted {} at {}", served.source, mountpoint.display());
     served.rt.spawn(async move {
-        wait_for_signal().await;
+        xetmount::signals::wait_for_signal().await;
         tracing::info!("signal received; unmounting");
         if let Err(e) = unmounter.unmount() {
             tracing::error!("unmount failed: {e}");
@@ -612,7 +593,7 @@ fn serve_nfs(args: ServeArgs) -> Result<(), UserError> {
         nfs_mount_command(port, Path::new("<mountpoint>")),
         nfs_url(port)
     );
-    served.rt.block_on(wait_for_signal());
+    served.rt.block_on(xetmount::signals::wait_for_signal());
     tracing::info!("signal received; stopping");
     fs.close_handles();
     served.drain()
@@ -647,7 +628,7 @@ fn mount_nfs(args: &MountArgs, mountpoint: &Path) -> Result<(), UserError> {
             served.source,
             mountpoint.display()
         );
-        served.rt.block_on(wait_for_signal());
+        served.rt.block_on(xetmount::signals::wait_for_signal());
         let _ = std::process::Command::new("umount")
             .arg(mountpoint)
             .status();
@@ -750,7 +731,7 @@ fn serve_http(args: HttpServeArgs) -> Result<(), UserError> {
             .map_err(|e| UserError(e.to_string()))?;
         println!("xetmount serve: listening on {}", server.public_url);
         std::io::stdout().flush()?;
-        xetmount::server::run(listener, server, wait_for_signal()).await?;
+        xetmount::server::run(listener, server, xetmount::signals::wait_for_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -12,16 +12,9 @@ use common::Serve;
 fn the_official_clients_create_upload_list_and_download_byte_exact() {
     let venv = common::hf_venv();
     let d = tempfile::tempdir().unwrap();
-    let tokens = d.path().join("tokens");
-    std::fs::write(
-        &tokens,
+    let server = Serve::with_tokens(
+        d.path(),
         "alice-token alice write\nreader-token bob read alice/*\n",
-    )
-    .unwrap();
-    let server = Serve::start(
-        &d.path().join("srv"),
-        &d.path().join("serve.log"),
-        &["--token-file", tokens.to_str().unwrap()],
     );
     let scratch = d.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
@@ -54,7 +47,7 @@ fn the_official_clients_create_upload_list_and_download_byte_exact() {
     let server = Serve::start(
         &d.path().join("srv"),
         &d.path().join("serve2.log"),
-        &["--token-file", tokens.to_str().unwrap()],
+        &["--token-file", d.path().join("tokens").to_str().unwrap()],
     );
     run(&server, "after-restart");
     server.stop();

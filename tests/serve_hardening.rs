@@ -14,16 +14,9 @@ use common::Serve;
 fn serve_refuses_what_it_must_and_pages_exactly() {
     let venv = common::hf_venv();
     let d = tempfile::tempdir().unwrap();
-    let tokens = d.path().join("tokens");
-    std::fs::write(
-        &tokens,
+    let server = Serve::with_tokens(
+        d.path(),
         "alice-token alice write\nbob-token bob write\nreader-token carol read alice/*\n",
-    )
-    .unwrap();
-    let server = Serve::start(
-        &d.path().join("srv"),
-        &d.path().join("serve.log"),
-        &["--token-file", tokens.to_str().unwrap()],
     );
     let scratch = d.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();

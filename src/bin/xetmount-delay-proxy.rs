@@ -179,7 +179,7 @@ async fn run(args: Args) -> Result<(), String> {
     println!("xetmount-delay-proxy: listening on http://{addr}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let stop = wait_for_signal();
+    let stop = xetmount::signals::wait_for_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -194,25 +194,6 @@ async fn run(args: Args) -> Result<(), String> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-        }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            std::future::pending::<()>().await
         }
     }
 }

@@ -214,6 +214,18 @@ impl Serve {
         Self::start_on(dir, log, 0, extra)
     }
 
+    /// A server with store `d/srv`, log `d/serve.log` and the token file `d/tokens` holding
+    /// `tokens` (see `server::auth` for the line format).
+    pub fn with_tokens(d: &Path, tokens: &str) -> Serve {
+        let file = d.join("tokens");
+        std::fs::write(&file, tokens).unwrap();
+        Self::start(
+            &d.join("srv"),
+            &d.join("serve.log"),
+            &["--token-file", file.to_str().unwrap()],
+        )
+    }
+
     /// On a given port (0: any free port).
     pub fn start_on(dir: &Path, log: &Path, port: u16, extra: &[&str]) -> Serve {
         let listen = format!("127.0.0.1:{port}");
