@@ -17,22 +17,10 @@ use xetmount::remote::{Cas, ComposeEdit, FileId};
 
 const MIB: u64 = 1 << 20;
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn edit(r: std::ops::Range<u64>, len: usize, seed: u64) -> ComposeEdit {
     ComposeEdit {
         original_range: r,
-        data: Bytes::from(random(len, seed)),
+        data: Bytes::from(common::random_bytes(len, seed)),
     }
 }
 
@@ -75,7 +63,11 @@ fn edits_compose_over_the_official_file_chunk_hashes_route() {
     let server = Serve::start(&d.join("srv"), &d.join("serve.log"), &["--hub-only"]);
     let url = server.url.clone();
     hf(&url, d, &["buckets", "create", "local/data"]);
-    std::fs::write(d.join("big.bin"), random((256 * MIB) as usize, 1)).unwrap();
+    std::fs::write(
+        d.join("big.bin"),
+        common::random_bytes((256 * MIB) as usize, 1),
+    )
+    .unwrap();
     hf(
         &url,
         d,
