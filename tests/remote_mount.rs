@@ -123,7 +123,10 @@ fn a_remount_reads_from_the_chunk_cache_instead_of_downloading_again() {
     // The remount reads the xorb's footer again (where its chunks start: a few KiB, so that
     // cold reads are one fetch each), but no chunk data.
     let again = fetched() - before - first;
-    assert!(again < 64 << 10, "the remount downloaded {again} bytes again");
+    assert!(
+        again < 64 << 10,
+        "the remount downloaded {again} bytes again"
+    );
 
     // The same remount without a chunk cache downloads it all again.
     let m = mount_served(&url, d, "m", &["--cache-size", "0"]);

@@ -400,7 +400,7 @@ impl HttpCas {
         };
         let chunk_cache_dyn = chunk_cache.clone().map(|c| c as Arc<dyn ChunkCache>);
         let planned = PlannedReads::new(
-            client.clone(),
+            Box::new(client.clone()),
             chunk_cache_dyn.clone(),
             ctx.config.data.default_prefix.clone(),
         );

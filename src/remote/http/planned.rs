@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 use xet_client::cas_client::Client;
-use xet_client::cas_types::{ChunkRange, Key};
+use xet_client::cas_types::{ChunkRange, Key, QueryReconstructionResponseV2};
 use xet_client::chunk_cache::ChunkCache;
 use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::xorb_object::deserialize_chunks;
@@ -65,8 +65,29 @@ struct State {
     index_loads: HashSet<MerkleHash>,
 }
 
+/// Where plans come from: the CAS's reconstruction route, without a range.
+#[async_trait::async_trait]
+pub trait PlanQuery: Send + Sync {
+    async fn query(
+        &self,
+        file: &MerkleHash,
+    ) -> Result<Option<QueryReconstructionResponseV2>, String>;
+}
+
+#[async_trait::async_trait]
+impl PlanQuery for Arc<dyn Client> {
+    async fn query(
+        &self,
+        file: &MerkleHash,
+    ) -> Result<Option<QueryReconstructionResponseV2>, String> {
+        self.get_reconstruction(file, None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 pub struct PlannedReads {
-    client: Arc<dyn Client>,
+    query: Box<dyn PlanQuery>,
     http: reqwest::Client,
     chunk_cache: Option<Arc<dyn ChunkCache>>,
     prefix: String,
@@ -74,6 +95,22 @@ pub struct PlannedReads {
     /// The CAS refused a narrowed range (a URL signed for its exact ranges): fetch only the
     /// ranges the plan names from now on.
     refused: AtomicBool,
+}
+
+/// A failed `GET`.
+#[derive(Debug)]
+enum Got {
+    Forbidden,
+    Other(String),
+}
+
+impl std::fmt::Display for Got {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Got::Forbidden => write!(f, "fetch: HTTP 403"),
+            Got::Other(s) => write!(f, "{s}"),
+        }
+    }
 }
 
 /// Why a planned fetch did not deliver.
@@ -95,7 +132,7 @@ impl std::fmt::Display for FetchError {
 
 impl PlannedReads {
     pub fn new(
-        client: Arc<dyn Client>,
+        query: Box<dyn PlanQuery>,
         chunk_cache: Option<Arc<dyn ChunkCache>>,
         prefix: String,
     ) -> Arc<Self> {
@@ -108,7 +145,7 @@ impl PlannedReads {
             .build()
             .unwrap_or_default();
         Arc::new(PlannedReads {
-            client,
+            query,
             http,
             chunk_cache,
             prefix,
@@ -167,7 +204,7 @@ impl PlannedReads {
         let me = self.clone();
         let h = *hash;
         let load = async move {
-            let answer = me.client.get_reconstruction(&h, None).await;
+            let answer = me.query.query(&h).await;
             let now = now_secs();
             let plan = match answer {
                 Ok(Some(r)) => Plan::from_v2(&r, size, now)
@@ -201,7 +238,7 @@ impl PlannedReads {
                         .source(&t.xorb, &t.chunks)
                         .is_some_and(|s| s.bytes.end - s.bytes.start > SMALL_SOURCE);
                     if big && seen.insert(t.xorb) {
-                        me.index(p, &t.xorb);
+                        me.index(&h, p, &t.xorb);
                     }
                 }
             }
@@ -217,7 +254,12 @@ impl PlannedReads {
     }
 
     /// The index of `xorb` if known; otherwise its footer is fetched in the background.
-    fn index(self: &Arc<Self>, plan: &Arc<Plan>, xorb: &MerkleHash) -> Option<Arc<XorbIndex>> {
+    fn index(
+        self: &Arc<Self>,
+        file: &MerkleHash,
+        plan: &Arc<Plan>,
+        xorb: &MerkleHash,
+    ) -> Option<Arc<XorbIndex>> {
         let mut g = self.state.lock();
         if let Some(ix) = g.indexes.get(xorb) {
             return ix;
@@ -228,9 +270,9 @@ impl PlannedReads {
         drop(g);
         let me = self.clone();
         let plan = plan.clone();
-        let x = *xorb;
+        let (x, f) = (*xorb, *file);
         tokio::spawn(async move {
-            let ix = match me.load_index(&plan, &x).await {
+            let ix = match me.load_index(&f, &plan, &x).await {
                 Ok(ix) => Some(Arc::new(ix)),
                 Err(e) => {
                     tracing::info!(xorb = %x.hex(), "no chunk index for this xorb ({e}); its reads fetch whole ranges");
@@ -245,17 +287,45 @@ impl PlannedReads {
         None
     }
 
-    /// The boundary section of `xorb`'s footer, from a suffix of the stored xorb.
-    async fn load_index(&self, plan: &Plan, xorb: &MerkleHash) -> Result<XorbIndex, String> {
-        let sources = plan.sources.get(xorb).ok_or("not in the plan")?;
-        let url = sources.first().ok_or("not in the plan")?.url.clone();
-        let max_chunk = sources.iter().map(|s| s.chunks.end).max().unwrap_or(0);
+    /// The boundary section of `xorb`'s footer, from a suffix of the stored xorb (with a
+    /// fresh plan once if the URL was refused).
+    async fn load_index(
+        self: &Arc<Self>,
+        file: &MerkleHash,
+        plan: &Arc<Plan>,
+        xorb: &MerkleHash,
+    ) -> Result<XorbIndex, String> {
+        let mut plan = plan.clone();
+        let mut renewed = false;
+        let max_chunk = plan
+            .sources
+            .get(xorb)
+            .and_then(|l| l.iter().map(|s| s.chunks.end).max())
+            .ok_or("not in the plan")?;
         let mut want = suffix_len(max_chunk + SUFFIX_SLACK_CHUNKS);
-        for _ in 0..2 {
-            let tail = self.get(&url, format!("bytes=-{want}")).await?;
+        for _ in 0..3 {
+            let url = plan
+                .sources
+                .get(xorb)
+                .and_then(|l| l.first())
+                .ok_or("not in the plan")?
+                .url
+                .clone();
+            let tail = match self.get(&url, format!("bytes=-{want}")).await {
+                Ok(t) => t,
+                Err(Got::Forbidden) if !renewed => {
+                    renewed = true;
+                    plan = self
+                        .reload(file, plan.size, &plan)
+                        .await
+                        .ok_or("plan refresh failed")?;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             match XorbIndex::from_tail(&tail)? {
                 Tail::Index(ix) => {
-                    if !ix.agrees(plan, xorb) {
+                    if !ix.agrees(&plan, xorb) {
                         return Err("its footer disagrees with the reconstruction plan".into());
                     }
                     return Ok(ix);
@@ -268,19 +338,24 @@ impl PlannedReads {
     }
 
     /// `GET url` with `Range: range`: the body of a 206 (or of a 200 for a body that fits).
-    async fn get(&self, url: &str, range: String) -> Result<Bytes, String> {
+    async fn get(&self, url: &str, range: String) -> Result<Bytes, Got> {
         let r = self
             .http
             .get(url)
             .header(reqwest::header::RANGE, range)
             .send()
             .await
-            .map_err(|e| format!("fetch: {e}"))?;
+            .map_err(|e| Got::Other(format!("fetch: {e}")))?;
         let status = r.status();
-        if !status.is_success() {
-            return Err(format!("fetch: HTTP {status}"));
+        if status == reqwest::StatusCode::FORBIDDEN {
+            return Err(Got::Forbidden);
         }
-        r.bytes().await.map_err(|e| format!("fetch: {e}"))
+        if !status.is_success() {
+            return Err(Got::Other(format!("fetch: HTTP {status}")));
+        }
+        r.bytes()
+            .await
+            .map_err(|e| Got::Other(format!("fetch: {e}")))
     }
 
     /// Bytes `lo..hi` of term `i` of `plan` (file `hash`), or `Ok(None)` if only a
@@ -297,7 +372,7 @@ impl PlannedReads {
         let src = plan
             .source(&t.xorb, &t.chunks)
             .ok_or("term without a source")?;
-        let index = self.index(plan, &t.xorb);
+        let index = self.index(hash, plan, &t.xorb);
         let narrow = !self.refused.load(Ordering::Relaxed);
         // Either exactly the chunks holding lo..hi (with the index), or the whole stored range
         // the term lies in (small enough to fetch whole).
@@ -472,4 +547,321 @@ fn check(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use std::sync::atomic::AtomicU64;
+    use xet_client::cas_types::{
+        HttpRange, XorbMultiRangeFetch, XorbRangeDescriptor, XorbReconstructionTerm,
+    };
+    use xet_core_structures::xorb_object::{Chunk, RawXorbData, SerializedXorbObject};
+
+    /// What the test CAS's fetch URL does.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        /// Any range of the stored xorb, footer included (xetmount serve).
+        Footer,
+        /// Only chunk data (no footer to read).
+        NoFooter,
+        /// Only the exact ranges the plan names (URLs signed for their ranges).
+        ExactOnly,
+    }
+
+    struct Cas {
+        xorb: Vec<u8>,
+        chunk_bytes: u64,
+        mode: Mode,
+        /// URLs signed with `sig=old` are refused (expired).
+        requests: Mutex<Vec<String>>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Sig {
+        sig: String,
+    }
+
+    async fn fetch(State(c): State<Arc<Cas>>, q: Query<Sig>, h: HeaderMap) -> Response {
+        let range = h
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        c.requests.lock().push(range.clone());
+        if q.sig == "old" {
+            return StatusCode::FORBIDDEN.into_response();
+        }
+        let len = match c.mode {
+            Mode::NoFooter => c.chunk_bytes,
+            _ => c.xorb.len() as u64,
+        };
+        let spec = range.strip_prefix("bytes=").unwrap_or("");
+        let (a, b) = spec.split_once('-').unwrap_or(("", ""));
+        let (start, end) = if a.is_empty() {
+            (len.saturating_sub(b.parse().unwrap_or(0)), len)
+        } else {
+            (
+                a.parse().unwrap_or(0),
+                (b.parse::<u64>().unwrap_or(0) + 1).min(len),
+            )
+        };
+        if c.mode == Mode::ExactOnly && (start, end) != (0, c.chunk_bytes) {
+            return StatusCode::FORBIDDEN.into_response();
+        }
+        (
+            StatusCode::PARTIAL_CONTENT,
+            c.xorb[start as usize..end as usize].to_vec(),
+        )
+            .into_response()
+    }
+
+    /// Plans naming the test CAS's xorb, signed `old` the first time if asked.
+    struct Plans {
+        answer: QueryReconstructionResponseV2,
+        url: String,
+        expired_first: bool,
+        queries: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl PlanQuery for Plans {
+        async fn query(
+            &self,
+            _file: &MerkleHash,
+        ) -> Result<Option<QueryReconstructionResponseV2>, String> {
+            let n = self.queries.fetch_add(1, Ordering::SeqCst);
+            let sig = if self.expired_first && n == 0 {
+                "old"
+            } else {
+                "new"
+            };
+            let mut a = self.answer.clone();
+            for list in a.xorbs.values_mut() {
+                for f in list {
+                    f.url = format!("{}?sig={sig}", self.url);
+                }
+            }
+            Ok(Some(a))
+        }
+    }
+
+    struct Setup {
+        reads: Arc<PlannedReads>,
+        cas: Arc<Cas>,
+        plans: Arc<Plans>,
+        body: Vec<u8>,
+        file: MerkleHash,
+    }
+
+    /// A xorb of `n` chunks of 64 KiB behind a test CAS in `mode`; the file is the whole xorb.
+    async fn setup(n: usize, mode: Mode, expired_first: bool) -> Setup {
+        let datas: Vec<Vec<u8>> = (0..n)
+            .map(|k| {
+                (0..64 << 10)
+                    .map(|i| ((i * 31 + k * 7) % 251) as u8)
+                    .collect()
+            })
+            .collect();
+        let chunks: Vec<Chunk> = datas
+            .iter()
+            .map(|d| Chunk::new(Bytes::from(d.clone())))
+            .collect();
+        let raw = RawXorbData::from_chunks(&chunks, vec![0]);
+        let x = SerializedXorbObject::from_xorb(raw, true, "none", 16).unwrap();
+        let chunk_bytes = x.footer_start.unwrap();
+        let body: Vec<u8> = datas.concat();
+        let cas = Arc::new(Cas {
+            xorb: x.serialized_data.clone(),
+            chunk_bytes,
+            mode,
+            requests: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .route("/x", axum::routing::get(fetch))
+            .with_state(cas.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/x", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let answer = QueryReconstructionResponseV2 {
+            offset_into_first_range: 0,
+            terms: vec![XorbReconstructionTerm {
+                hash: x.hash.into(),
+                unpacked_length: body.len() as u32,
+                range: ChunkRange::new(0, n as u32),
+            }],
+            xorbs: [(
+                x.hash.into(),
+                vec![XorbMultiRangeFetch {
+                    url: String::new(),
+                    ranges: vec![XorbRangeDescriptor {
+                        chunks: ChunkRange::new(0, n as u32),
+                        bytes: HttpRange::new(0, chunk_bytes - 1),
+                    }],
+                }],
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let plans = Arc::new(Plans {
+            answer,
+            url,
+            expired_first,
+            queries: AtomicU64::new(0),
+        });
+        let reads = PlannedReads::new(Box::new(plans.clone()), None, "default".into());
+        Setup {
+            reads,
+            cas,
+            plans,
+            body,
+            file: MerkleHash::from([7u64; 4]),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl PlanQuery for Arc<Plans> {
+        async fn query(
+            &self,
+            file: &MerkleHash,
+        ) -> Result<Option<QueryReconstructionResponseV2>, String> {
+            (**self).query(file).await
+        }
+    }
+
+    /// The plan, once its query (in the background) answered.
+    async fn plan(s: &Setup) -> Arc<Plan> {
+        poll(|| s.reads.plan(&s.file, s.body.len() as u64)).await
+    }
+
+    async fn poll<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "not ready in 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn piece(s: &Setup, p: &Arc<Plan>, lo: u64, hi: u64) -> Option<Bytes> {
+        s.reads.read_piece(&s.file, p, 0, lo, hi).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_the_footer_a_read_is_one_exact_fetch() {
+        let s = setup(48, Mode::Footer, false).await;
+        let p = plan(&s).await;
+        let x = p.terms[0].xorb;
+        poll(|| s.reads.state.lock().indexes.get(&x).flatten()).await;
+        for (lo, hi) in [
+            (0u64, 4096u64),
+            (65_530, 65_546),
+            (1 << 20, 3 << 20),
+            (3_145_000, 3_145_728),
+        ] {
+            let before = s.cas.requests.lock().len();
+            let got = piece(&s, &p, lo, hi).await.expect("served from the plan");
+            assert_eq!(&got[..], &s.body[lo as usize..hi as usize]);
+            let reqs = s.cas.requests.lock()[before..].to_vec();
+            // One request, for only the chunks holding the range (64 KiB + 8 bytes of header
+            // per chunk).
+            assert_eq!(reqs.len(), 1, "{reqs:?}");
+            let (a, b) = reqs[0]
+                .strip_prefix("bytes=")
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            let fetched = b.parse::<u64>().unwrap() + 1 - a.parse::<u64>().unwrap();
+            let chunks = hi.div_ceil(64 << 10) - lo / (64 << 10);
+            assert_eq!(fetched, chunks * ((64 << 10) + 8));
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_footer_large_terms_fall_back_and_small_ones_are_fetched_whole() {
+        let s = setup(48, Mode::NoFooter, false).await;
+        let p = plan(&s).await;
+        let x = p.terms[0].xorb;
+        // The footer cannot be read: the index is known to be missing.
+        poll(|| {
+            s.reads
+                .state
+                .lock()
+                .indexes
+                .get(&x)
+                .map(|ix| ix.is_none())
+                .filter(|&m| m)
+        })
+        .await;
+        assert!(
+            piece(&s, &p, 0, 4096).await.is_none(),
+            "a 3 MiB term is not fetched whole"
+        );
+        let s = setup(8, Mode::NoFooter, false).await;
+        let p = plan(&s).await;
+        let got = piece(&s, &p, 70_000, 200_000)
+            .await
+            .expect("a small term is fetched whole");
+        assert_eq!(&got[..], &s.body[70_000..200_000]);
+    }
+
+    #[tokio::test]
+    async fn a_cas_that_refuses_narrowed_ranges_gets_only_the_ranges_it_named() {
+        let s = setup(8, Mode::ExactOnly, false).await;
+        let p = plan(&s).await;
+        let x = p.terms[0].xorb;
+        // Its footer suffix is refused too, so there is no index; the whole range works.
+        let got = piece(&s, &p, 5, 100_000).await.unwrap();
+        assert_eq!(&got[..], &s.body[5..100_000]);
+        poll(|| {
+            s.reads
+                .state
+                .lock()
+                .indexes
+                .get(&x)
+                .map(|ix| ix.is_none())
+                .filter(|&m| m)
+        })
+        .await;
+        // With an index but a refused narrowed range: the read is left to the caller once, and
+        // from then on whole ranges are asked for.
+        let s = setup(8, Mode::ExactOnly, false).await;
+        let p = plan(&s).await;
+        let tail = &s.cas.xorb[s.cas.chunk_bytes as usize..];
+        let Tail::Index(ix) = XorbIndex::from_tail(tail).unwrap() else {
+            panic!("the footer holds the index")
+        };
+        s.reads
+            .state
+            .lock()
+            .indexes
+            .insert(x, Some(Arc::new(ix)), 1);
+        assert!(piece(&s, &p, 0, 10).await.is_none());
+        assert!(s.reads.refused.load(Ordering::Relaxed));
+        let p = plan(&s).await;
+        let got = piece(&s, &p, 0, 10).await.unwrap();
+        assert_eq!(&got[..], &s.body[0..10]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_url_is_renewed_once() {
+        let s = setup(8, Mode::Footer, true).await;
+        let p = plan(&s).await;
+        let got = piece(&s, &p, 1000, 2000).await.unwrap();
+        assert_eq!(&got[..], &s.body[1000..2000]);
+        assert!(
+            s.plans.queries.load(Ordering::SeqCst) >= 2,
+            "the plan was asked for again"
+        );
+        let fresh = plan(&s).await;
+        assert!(
+            !Arc::ptr_eq(&fresh, &p),
+            "the renewed plan replaced the refused one"
+        );
+    }
 }
