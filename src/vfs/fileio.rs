@@ -176,9 +176,13 @@ impl Vfs {
     }
 
     /// Sequential reads grow a read-ahead window (in cache blocks, from 1 MiB up to
-    /// `readahead_blocks`, at most a quarter of the cache); a seek resets it, so random reads fetch only what they touch. The
-    /// window is refilled once half of it was consumed, so read-ahead goes out in large runs
-    /// rather than one small fetch per read.
+    /// `readahead_blocks`, at most a quarter of the cache); a seek resets it, so random reads
+    /// fetch only what they touch. The window is refilled once half of it was consumed, so
+    /// read-ahead goes out in large runs (each one fetch, [`MAX_RUN`] bytes at most) rather
+    /// than one small fetch per read; at 32 MiB, four to eight runs are in flight, enough to
+    /// keep a 50 ms round trip busy.
+    ///
+    /// [`MAX_RUN`]: crate::vfs::readcache::MAX_RUN
     fn read_ahead(&self, fh: u64, id: &FileId, range: &Range<u64>) {
         let block = self.cache.block_size();
         // Read-ahead must not evict itself (nor everything else) from the cache.

@@ -64,6 +64,11 @@ impl TokenRefresher for HubTokens {
 /// while its plan loads) through a ranged reconstruction (a query, then the fetches). Both keep
 /// xorb ranges in the on-disk chunk cache (if any), so that what was read once is not
 /// downloaded again, across remounts too.
+///
+/// Round trips of a cold read: 1 (one ranged fetch) once the file's plan and its xorbs'
+/// indexes are cached; 2 (query, fetch) for the first read of a file, while the plan (1) and
+/// the footers (1 more) load behind it. Plans are renewed in the background before their URLs
+/// expire, so that stays off the read path.
 struct Reader {
     ctx: XetContext,
     client: Arc<dyn Client>,

@@ -95,6 +95,8 @@ pub struct PlannedReads {
     /// The CAS refused a narrowed range (a URL signed for its exact ranges): fetch only the
     /// ranges the plan names from now on.
     refused: AtomicBool,
+    /// Whether a missing xorb index was logged (once per mount, not once per xorb).
+    told_no_index: AtomicBool,
 }
 
 /// A failed `GET`.
@@ -156,6 +158,7 @@ impl PlannedReads {
                 index_loads: HashSet::new(),
             }),
             refused: AtomicBool::new(false),
+            told_no_index: AtomicBool::new(false),
         })
     }
 
@@ -275,7 +278,14 @@ impl PlannedReads {
             let ix = match me.load_index(&f, &plan, &x).await {
                 Ok(ix) => Some(Arc::new(ix)),
                 Err(e) => {
-                    tracing::info!(xorb = %x.hex(), "no chunk index for this xorb ({e}); its reads fetch whole ranges");
+                    if !me.told_no_index.swap(true, Ordering::Relaxed) {
+                        tracing::info!(
+                            "no chunk index for xorb {} ({e}); reads in its large terms go \
+                             through reconstructions (2 round trips)",
+                            x.hex()
+                        );
+                    }
+                    tracing::debug!(xorb = %x.hex(), "no chunk index: {e}");
                     None
                 }
             };
