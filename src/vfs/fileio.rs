@@ -176,12 +176,22 @@ impl Vfs {
     }
 
     /// Sequential reads grow a read-ahead window (in cache blocks, from 1 MiB up to
-    /// `readahead_blocks`); a seek resets it, so random reads fetch only what they touch. The
-    /// window is refilled once half of it was consumed, so read-ahead goes out in large runs
-    /// rather than one small fetch per read.
+    /// `readahead_blocks`, at most a quarter of the cache); a seek resets it, so random reads
+    /// fetch only what they touch. The window is refilled once half of it was consumed, so
+    /// read-ahead goes out in large runs (each one fetch, [`MAX_RUN`] bytes at most) rather
+    /// than one small fetch per read; at 32 MiB, four to eight runs are in flight, enough to
+    /// keep a 50 ms round trip busy.
+    ///
+    /// [`MAX_RUN`]: crate::vfs::readcache::MAX_RUN
     fn read_ahead(&self, fh: u64, id: &FileId, range: &Range<u64>) {
         let block = self.cache.block_size();
-        let min_window = ((1 << 20) / block).clamp(1, self.config.readahead_blocks);
+        // Read-ahead must not evict itself (nor everything else) from the cache.
+        let max_window = self
+            .config
+            .readahead_blocks
+            .min(self.config.cache_capacity / 4 / block)
+            .max(1);
+        let min_window = ((1 << 20) / block).clamp(1, max_window);
         let claim = {
             let mut h = self.handles.lock();
             let Some(HandleEntry::File(h)) = h.map.get_mut(&fh) else {
@@ -195,7 +205,7 @@ impl Vfs {
                 ra.claimed_to = 0;
                 return;
             }
-            ra.window = (ra.window * 2).clamp(min_window, self.config.readahead_blocks);
+            ra.window = (ra.window * 2).clamp(min_window, max_window);
             let next = range.end.div_ceil(block);
             let from = ra.claimed_to.max(next);
             let to = next + ra.window;

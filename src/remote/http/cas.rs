@@ -32,6 +32,7 @@ use xet_runtime::core::XetContext;
 
 use super::chunk_cache::ChunkStore;
 use super::hub::Hub;
+use super::planned::PlannedReads;
 use crate::remote::assemble::XorbSettings;
 use crate::remote::compose::{parse_hash, ChunkLists, ChunkMap};
 use crate::remote::rechunk::BaseBytes;
@@ -58,13 +59,21 @@ impl TokenRefresher for HubTokens {
     }
 }
 
-/// Reads of stored bodies through the reconstruction routes, with xorb ranges kept in an
-/// on-disk chunk cache (if any) so that what was read once is not downloaded again, across
-/// remounts too.
+/// Reads of stored bodies: through the file's cached reconstruction plan, one ranged fetch of
+/// the chunks a read needs (`planned`); what that cannot serve yet (the first read of a file,
+/// while its plan loads) through a ranged reconstruction (a query, then the fetches). Both keep
+/// xorb ranges in the on-disk chunk cache (if any), so that what was read once is not
+/// downloaded again, across remounts too.
+///
+/// Round trips of a cold read: 1 (one ranged fetch) once the file's plan and its xorbs'
+/// indexes are cached; 2 (query, fetch) for the first read of a file, while the plan (1) and
+/// the footers (1 more) load behind it. Plans are renewed in the background before their URLs
+/// expire, so that stays off the read path.
 struct Reader {
     ctx: XetContext,
     client: Arc<dyn Client>,
     chunk_cache: Option<Arc<dyn ChunkCache>>,
+    planned: Arc<PlannedReads>,
 }
 
 impl Reader {
@@ -73,8 +82,52 @@ impl Reader {
             return Ok(Bytes::new());
         }
         let hash = parse_hash(&id.hash)?;
+        let want = range.end - range.start;
+        let out = match self.planned.plan(&hash, id.size) {
+            Some(plan) => {
+                let pieces = plan.pieces(range.clone());
+                let parts = futures::future::try_join_all(pieces.into_iter().map(|(i, r)| {
+                    let plan = plan.clone();
+                    async move {
+                        match self.planned.read_piece(&hash, &plan, i, r.start, r.end).await {
+                            Ok(Some(b)) => Ok(b),
+                            other => {
+                                if let Err(e) = other {
+                                    tracing::debug!(file = %id.hash, "planned read: {e}; reconstructing");
+                                }
+                                let at = plan.terms[i].start;
+                                self.reconstruct(&hash, at + r.start..at + r.end).await
+                            }
+                        }
+                    }
+                }))
+                .await?;
+                if parts.len() == 1 {
+                    parts.into_iter().next().expect("one part")
+                } else {
+                    let mut b = bytes::BytesMut::with_capacity(want as usize);
+                    for p in parts {
+                        b.extend_from_slice(&p);
+                    }
+                    b.freeze()
+                }
+            }
+            None => self.reconstruct(&hash, range.clone()).await?,
+        };
+        if out.len() as u64 != want {
+            return Err(RemoteError::Integrity(format!(
+                "read {range:?} of {} returned {} bytes, expected {want}",
+                id.hash,
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Bytes `range` of `hash` through a ranged reconstruction (query + fetches).
+    async fn reconstruct(&self, hash: &MerkleHash, range: Range<u64>) -> RemoteResult<Bytes> {
         let sink = Sink::default();
-        let mut r = FileReconstructor::new(&self.ctx, &self.client, hash)
+        let mut r = FileReconstructor::new(&self.ctx, &self.client, *hash)
             .with_byte_range(FileRange::new(range.start, range.end));
         if let Some(c) = &self.chunk_cache {
             r = r.with_chunk_cache(c.clone());
@@ -83,14 +136,6 @@ impl Reader {
             .await
             .map_err(xet_err)?;
         let out = std::mem::take(&mut *sink.0.lock());
-        let want = range.end - range.start;
-        if out.len() as u64 != want {
-            return Err(RemoteError::Integrity(format!(
-                "read {range:?} of {} returned {} bytes, expected {want}",
-                id.hash,
-                out.len()
-            )));
-        }
         Ok(Bytes::from(out))
     }
 }
@@ -358,12 +403,19 @@ impl HttpCas {
                 }
             }
         };
+        let chunk_cache_dyn = chunk_cache.clone().map(|c| c as Arc<dyn ChunkCache>);
+        let planned = PlannedReads::new(
+            Box::new(client.clone()),
+            chunk_cache_dyn.clone(),
+            ctx.config.data.default_prefix.clone(),
+        );
         Ok(HttpCas {
-            chunk_cache: chunk_cache.clone(),
+            chunk_cache,
             reader: Arc::new(Reader {
                 ctx,
                 client: client.clone(),
-                chunk_cache: chunk_cache.map(|c| c as Arc<dyn ChunkCache>),
+                chunk_cache: chunk_cache_dyn,
+                planned,
             }),
             config,
             client,

@@ -7,6 +7,8 @@ pub mod catalog;
 pub mod chunk_cache;
 pub mod hub;
 pub mod plain;
+pub mod plan;
+pub mod planned;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -418,10 +418,10 @@ impl ChunkReader {
     }
 
     /// Bytes `range` of stored xorb `hash` as they are stored (chunk headers and packed
-    /// data), within its chunks.
+    /// data, then the footer, which readers fetch to find where each chunk is).
     pub fn raw(&self, hash: &MerkleHash, range: Range<u64>) -> RemoteResult<Bytes> {
         let x = self.xorb(hash)?;
-        let end = x.packed_ends.last().map_or(0, |&e| u64::from(e));
+        let end = x.file.metadata()?.len();
         if range.start > range.end || range.end > end {
             return Err(RemoteError::NotFound(format!(
                 "bytes {range:?} of xorb {} (it holds {end})",
@@ -443,16 +443,12 @@ impl ChunkReader {
         Ok(self.plan(hash, None).await?.size)
     }
 
-    /// Bytes of chunk data in stored xorb `hash`.
+    /// Bytes of stored xorb `hash` (chunk data and footer).
     pub fn raw_len(&self, hash: &MerkleHash) -> RemoteResult<u64> {
         if !self.has_xorb(hash) {
             return Err(RemoteError::NotFound(format!("xorb {}", hash.hex())));
         }
-        Ok(self
-            .xorb(hash)?
-            .packed_ends
-            .last()
-            .map_or(0, |&e| u64::from(e)))
+        Ok(self.xorb(hash)?.file.metadata()?.len())
     }
 
     /// Whether the store holds xorb `hash`.
