@@ -11,8 +11,14 @@ use xet_data::processing::{FileUploadSession, Sha256Policy};
 
 use super::{FileId, RemoteError, RemoteResult, UploadItem, Uploaded};
 
-/// Files of one upload batch processed at once.
-const FILES_IN_FLIGHT: usize = 8;
+/// Files of one upload batch processed at once, at most: each small file waits a round trip
+/// for its global-dedup query (xet asks for every file's first chunk), so across a 50 ms link
+/// an untar is bound by how many files are in flight, not by bandwidth.
+const FILES_IN_FLIGHT: usize = 64;
+
+/// Read buffers of the files in flight, at most (each holds min(its length, [`UPLOAD_BLOCK`])):
+/// many small files at once, few large ones.
+const BUFFER_BYTES_IN_FLIGHT: usize = 32 << 20;
 
 /// Read size when streaming a staging file into the chunker.
 const UPLOAD_BLOCK: usize = 4 << 20;
@@ -56,10 +62,21 @@ pub async fn upload_files(
         .map(|it| (it.path.to_path_buf(), it.len))
         .collect();
     let s = session.clone();
+    let buffers = Arc::new(tokio::sync::Semaphore::new(
+        BUFFER_BYTES_IN_FLIGHT / BUFFER_UNIT,
+    ));
     let results: Vec<RemoteResult<Uploaded>> =
         futures::stream::iter(jobs.into_iter().map(move |(path, len)| {
-            let mut task = AbortOnDrop(tokio::spawn(upload_one(s.clone(), path, len)));
-            async move { (&mut task.0).await.map_err(RemoteError::other)? }
+            let (s, buffers) = (s.clone(), buffers.clone());
+            async move {
+                // The semaphore is never closed.
+                let _buffer = buffers
+                    .acquire_many_owned(buffer_units(len))
+                    .await
+                    .map_err(RemoteError::other)?;
+                let mut task = AbortOnDrop(tokio::spawn(upload_one(s, path, len)));
+                (&mut task.0).await.map_err(RemoteError::other)?
+            }
         }))
         .buffered(FILES_IN_FLIGHT)
         .collect()
@@ -68,6 +85,15 @@ pub async fn upload_files(
     // succeeds none of them may be committed.
     session.finalize().await.map_err(xet_err)?;
     Ok(results)
+}
+
+/// The unit [`BUFFER_BYTES_IN_FLIGHT`] is counted in.
+const BUFFER_UNIT: usize = 4 << 10;
+
+/// Units of the read buffer a file of `len` bytes holds while it uploads (at least one).
+fn buffer_units(len: u64) -> u32 {
+    let bytes = (len as usize).clamp(1, UPLOAD_BLOCK);
+    bytes.div_ceil(BUFFER_UNIT) as u32
 }
 
 async fn upload_one(
@@ -111,4 +137,22 @@ async fn upload_one(
         },
         new_bytes: metrics.new_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_file_fits_the_buffer_budget_and_small_files_share_it() {
+        let budget = (BUFFER_BYTES_IN_FLIGHT / BUFFER_UNIT) as u32;
+        // A file that waited for more than the whole budget would wait forever.
+        assert!(buffer_units(u64::MAX) <= budget);
+        assert_eq!(buffer_units(0), 1);
+        assert_eq!(buffer_units(1), 1);
+        assert_eq!(buffer_units(BUFFER_UNIT as u64 + 1), 2);
+        // Small files are not held to the count of large ones.
+        assert!(budget / buffer_units(8 << 10) >= FILES_IN_FLIGHT as u32);
+        assert!(budget / buffer_units(u64::MAX) < FILES_IN_FLIGHT as u32);
+    }
 }
