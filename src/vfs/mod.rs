@@ -29,6 +29,7 @@ pub mod inode;
 mod journal;
 mod namespace;
 mod nslog;
+mod prefetch;
 pub mod ranges;
 pub mod readcache;
 mod recovery;
@@ -205,6 +206,8 @@ pub struct Vfs {
     events: std::sync::atomic::AtomicU64,
     /// Where kernel cache invalidations go (the frontend's queue), once it asked.
     invalidator: Mutex<Option<std::sync::mpsc::Sender<inode::Invalidation>>>,
+    /// Subtree listings in the background (`prefetch.rs`).
+    prefetch: prefetch::Prefetches,
 }
 
 impl Vfs {
@@ -258,7 +261,9 @@ impl Vfs {
             stats,
             events: std::sync::atomic::AtomicU64::new(0),
             invalidator: Mutex::new(None),
+            prefetch: prefetch::Prefetches::default(),
         });
+        vfs.prefetch.set_vfs(Arc::downgrade(&vfs));
         let recovered = vfs
             .recover()
             .await

@@ -1,0 +1,597 @@
+//! Subtree prefetch: one request per page of entries, not one per directory.
+//!
+//! When a directory is first walked (`opendir`) and has subdirectories not yet listed, its
+//! own listing has already been answered (one `list_dir`); a background task then reads its
+//! whole subtree with [`Catalog::list_tree`], page by page in path order, and installs into
+//! the inode table every directory whose listing the pages seen so far complete. In path
+//! order the entries below `d/` are one contiguous run, so `d` is complete once an entry past
+//! that run arrives (or the listing ends). A directory's inode exists only once its parent is
+//! listed, so a completed listing whose parent is still incomplete is held until the parent
+//! completes, then installed top-down with it.
+//!
+//! Invariant (what makes a prefetched listing as good as `list_dir`): a listing is installed
+//! only into a directory that is still unlisted, found by its path while holding `ns_lock`,
+//! and only if no rename of this mount happened since the prefetch started (the namespace ops
+//! pending then were committed before the first page was read). Every other local change
+//! needs the directory it changes to be listed first, and an installed listing never replaces
+//! one: local changes win. Listings holding hard-linked entries are left to `list_dir` (which
+//! lists every name of a group, see `inode.rs`).
+//!
+//! `ensure_listed` of a directory below a running prefetch that has not yet passed it waits
+//! for the prefetch instead of sending its own request; once the prefetch ends, fails, is
+//! abandoned, or passes the directory without installing it, it lists the directory itself.
+//!
+//! Memory: the task holds the page being read and the listings of directories not yet
+//! complete (with the complete ones below them); it stops after [`PREFETCH_BUDGET`] entries,
+//! leaving the rest to per-directory listing.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::remote::{Entry, EntryKind, FixedOwner, Meta, RemoteError};
+use crate::vfs::inode::Ino;
+use crate::vfs::Vfs;
+
+/// Most entries one prefetch reads; a bigger subtree is left to per-directory listing past it.
+pub(super) const PREFETCH_BUDGET: usize = 50_000;
+/// Most prefetches running at once.
+const MAX_ACTIVE: usize = 4;
+
+/// The prefetches of one mount.
+#[derive(Default)]
+pub(super) struct Prefetches {
+    /// The VFS, for the tasks (set once it is built).
+    vfs: OnceLock<Weak<Vfs>>,
+    active: Mutex<Vec<Arc<Prefetch>>>,
+    /// The catalog cannot list recursively.
+    unsupported: AtomicBool,
+    /// Directories found bigger than the budget: not prefetched again.
+    too_big: Mutex<HashSet<String>>,
+}
+
+impl Prefetches {
+    pub(super) fn set_vfs(&self, vfs: Weak<Vfs>) {
+        let _ = self.vfs.set(vfs);
+    }
+}
+
+/// One running prefetch of the subtree below `top`.
+struct Prefetch {
+    top: String,
+    /// The mount's rename count when it started.
+    renames: u64,
+    progress: watch::Sender<Progress>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    /// The last path read.
+    last: Option<String>,
+    ended: bool,
+}
+
+impl Prefetch {
+    /// Whether `path` lies strictly below `top` and the prefetch has not passed it.
+    fn covers(&self, path: &str) -> bool {
+        let below = if self.top.is_empty() {
+            !path.is_empty()
+        } else {
+            path.strip_prefix(&self.top)
+                .is_some_and(|r| r.starts_with('/'))
+        };
+        let p = self.progress.borrow();
+        below && !p.ended && !p.last.as_deref().is_some_and(|l| past_run(path, l))
+    }
+
+    fn end(&self) {
+        self.progress.send_modify(|p| p.ended = true);
+    }
+}
+
+/// Whether `last` sorts after every path below directory `dir` (`dir/` … `dir0`).
+fn past_run(dir: &str, last: &str) -> bool {
+    if dir.is_empty() {
+        return false;
+    }
+    last.as_bytes() >= format!("{dir}0").as_bytes()
+}
+
+/// `path`'s parent directory (`""` for a top-level name).
+fn parent_of(path: &str) -> &str {
+    path.rfind('/').map_or("", |i| &path[..i])
+}
+
+/// Whether `path` lies strictly below directory `dir`.
+fn is_below(path: &str, dir: &str) -> bool {
+    if dir.is_empty() {
+        return !path.is_empty();
+    }
+    path.len() > dir.len() + 1 && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+}
+
+/// A complete listing of one directory, ready to install.
+#[derive(Debug, PartialEq)]
+pub(super) struct Listing {
+    pub path: String,
+    pub entries: Vec<Entry>,
+}
+
+/// A directory being read: its entry (where the catalog listed one), its children so far,
+/// and the complete listings below it, top-down, waiting for it.
+struct OpenDir {
+    path: String,
+    entry: Option<Entry>,
+    children: Vec<Entry>,
+    /// Newest mtime below it: the time of a directory the catalog has no entry for.
+    newest_ns: i64,
+    held: Vec<Listing>,
+}
+
+/// Builds complete directory listings from the pages of a recursive listing of `top` (pure:
+/// no I/O). Open directories are the ancestors of the last path read (a stack).
+pub(super) struct TreeBuilder {
+    top: String,
+    fixed: Option<FixedOwner>,
+    open: Vec<OpenDir>,
+    last: Option<String>,
+}
+
+impl TreeBuilder {
+    pub(super) fn new(top: &str, fixed: Option<FixedOwner>) -> Self {
+        TreeBuilder {
+            top: top.to_string(),
+            fixed,
+            open: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// The directories still incomplete.
+    pub(super) fn open_paths(&self) -> Vec<String> {
+        self.open.iter().map(|d| d.path.clone()).collect()
+    }
+
+    /// Read one page (`end`: the last one). Returns the listings it completed whose parent is
+    /// installed already (`top` or one returned before), parents before children. An entry
+    /// out of path order, or outside `top`, is an error: the listing cannot be trusted.
+    ///
+    /// Open directories form a stack in which each ends its run before the one below it: an
+    /// ancestor of the last entry, or a directory whose entry came before names sorting
+    /// between it and its run (`d`, `d-x`, `d.y`, then `d/…`).
+    pub(super) fn push_page(
+        &mut self,
+        entries: Vec<Entry>,
+        end: bool,
+    ) -> Result<Vec<Listing>, String> {
+        let mut ready = Vec::new();
+        for e in entries {
+            if !is_below(&e.path, &self.top) {
+                return Err(format!("{:?} is not below {:?}", e.path, self.top));
+            }
+            if self.last.as_ref().is_some_and(|l| e.path <= *l) {
+                return Err(format!(
+                    "{:?} came after {:?}: not in path order",
+                    e.path,
+                    self.last.as_deref().unwrap_or_default()
+                ));
+            }
+            self.last = Some(e.path.clone());
+            // Close what this path is past.
+            while self.open.last().is_some_and(|d| past_run(&d.path, &e.path)) {
+                self.close(&mut ready);
+            }
+            // Open the directories between the innermost open ancestor and the entry.
+            let parent = parent_of(&e.path).to_string();
+            let base = self
+                .open
+                .iter()
+                .rev()
+                .find(|d| is_below(&e.path, &d.path))
+                .map_or(self.top.clone(), |d| d.path.clone());
+            let mut missing = Vec::new();
+            let mut p = parent.as_str();
+            while p != base {
+                missing.push(p.to_string());
+                p = parent_of(p);
+            }
+            for path in missing.into_iter().rev() {
+                self.open.push(OpenDir {
+                    path,
+                    entry: None,
+                    children: Vec::new(),
+                    newest_ns: i64::MIN,
+                    held: Vec::new(),
+                });
+            }
+            let at = self.open.iter().rposition(|d| d.path == parent);
+            if let Some(i) = at {
+                self.open[i].newest_ns = self.open[i].newest_ns.max(e.meta.mtime_ns);
+            }
+            if e.kind == EntryKind::Dir {
+                self.open.push(OpenDir {
+                    path: e.path.clone(),
+                    entry: Some(e),
+                    children: Vec::new(),
+                    newest_ns: i64::MIN,
+                    held: Vec::new(),
+                });
+            } else if let Some(i) = at {
+                self.open[i].children.push(e);
+            }
+            // (An entry directly in `top` needs nothing: `top` is listed already.)
+        }
+        if end {
+            while !self.open.is_empty() {
+                self.close(&mut ready);
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Close the innermost open directory: its listing, with the complete ones below it,
+    /// goes to its parent's held listings, or to `ready` when its parent is `top`; its entry
+    /// joins its parent's children.
+    fn close(&mut self, ready: &mut Vec<Listing>) {
+        let Some(d) = self.open.pop() else { return };
+        let entry = d.entry.unwrap_or_else(|| {
+            // Implied by the paths below it: the catalog keeps no directories.
+            let f = self.fixed;
+            let t = if d.newest_ns == i64::MIN {
+                0
+            } else {
+                d.newest_ns
+            };
+            let meta = Meta {
+                mode: f.map_or(0o755, |f| f.dir_mode),
+                uid: f.map_or(0, |f| f.uid),
+                gid: f.map_or(0, |f| f.gid),
+                atime_ns: t,
+                mtime_ns: t,
+                ctime_ns: t,
+            };
+            Entry::dir(d.path.clone(), meta)
+        });
+        let parent = parent_of(&d.path);
+        let mut out = vec![Listing {
+            path: d.path.clone(),
+            entries: d.children,
+        }];
+        out.extend(d.held);
+        match self.open.iter_mut().rev().find(|p| p.path == parent) {
+            Some(p) => {
+                p.newest_ns = p.newest_ns.max(d.newest_ns).max(entry.meta.mtime_ns);
+                p.children.push(entry);
+                p.held.extend(out);
+            }
+            None => ready.extend(out),
+        }
+    }
+}
+
+impl Vfs {
+    /// Wait for a running prefetch to list directory `path` (`dir`). Returns once `dir` is
+    /// listed, or when no prefetch is going to list it (the caller lists it itself).
+    pub(super) async fn wait_for_prefetch(&self, dir: Ino, path: &str) {
+        loop {
+            let renames = self.nslog.lock().renames();
+            let mut rx = {
+                let active = self.prefetch.active.lock();
+                match active
+                    .iter()
+                    .find(|p| p.renames == renames && p.covers(path))
+                {
+                    Some(p) => p.progress.subscribe(),
+                    None => return,
+                }
+            };
+            // Subscribed before looking: an install after this look wakes the wait.
+            if self.inodes.lock().is_listed(dir) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+            if self.inodes.lock().is_listed(dir) {
+                return;
+            }
+        }
+    }
+
+    /// Start prefetching the subtree below listed directory `dir` if it has subdirectories not
+    /// listed yet, the catalog can list recursively, and no prefetch covers it already.
+    pub(super) fn prefetch_below(&self, dir: Ino) {
+        let pf = &self.prefetch;
+        if pf.unsupported.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(vfs) = pf.vfs.get().cloned() else {
+            return;
+        };
+        let path = {
+            let mut t = self.inodes.lock();
+            let Ok(d) = t.get(dir) else { return };
+            if d.prefetched || !d.linked && dir != crate::vfs::ROOT_INO {
+                return;
+            }
+            let unlisted_subdir = d.children.as_ref().is_some_and(|c| {
+                c.values()
+                    .any(|&c| t.get(c).is_ok_and(|i| i.is_dir() && i.children.is_none()))
+            });
+            if !unlisted_subdir {
+                return;
+            }
+            let Ok(path) = t.path_of(dir) else { return };
+            if pf.too_big.lock().contains(&path) {
+                return;
+            }
+            if let Ok(d) = t.get_mut(dir) {
+                d.prefetched = true;
+            }
+            path
+        };
+        let renames = self.nslog.lock().renames();
+        let p = {
+            let mut active = pf.active.lock();
+            let covered = active
+                .iter()
+                .any(|p| p.renames == renames && (p.top == path || p.covers(&path)));
+            if covered || active.len() >= MAX_ACTIVE {
+                return;
+            }
+            let p = Arc::new(Prefetch {
+                top: path,
+                renames,
+                progress: watch::channel(Progress::default()).0,
+            });
+            active.push(p.clone());
+            p
+        };
+        tokio::spawn(async move {
+            if let Err(e) = run(&vfs, &p).await {
+                tracing::debug!("prefetch of /{} stopped: {e}", p.top);
+            }
+            p.end();
+            if let Some(v) = vfs.upgrade() {
+                v.prefetch.active.lock().retain(|q| !Arc::ptr_eq(q, &p));
+            }
+        });
+    }
+
+    /// Install complete listings read by prefetch `renames`; false when a rename since it
+    /// started makes its paths unreliable. See the invariant at the top of this module.
+    async fn install_prefetched(&self, renames: u64, listings: Vec<Listing>) -> bool {
+        if listings.is_empty() {
+            return true;
+        }
+        let _ns = self.ns_lock.lock().await;
+        if self.nslog.lock().renames() != renames {
+            return false;
+        }
+        let mut t = self.inodes.lock();
+        for l in listings {
+            let Some(dir) = t.unlisted_dir_at(&l.path) else {
+                continue;
+            };
+            if l.entries.iter().any(|e| e.link.is_some()) {
+                continue;
+            }
+            if t.install_listing(dir, l.entries).is_ok() {
+                if let Ok(d) = t.get_mut(dir) {
+                    d.prefetched = true;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The prefetch task: page by page until the end, the budget, a failure or a rename.
+async fn run(vfs: &Weak<Vfs>, p: &Prefetch) -> Result<(), RemoteError> {
+    let (catalog, fixed) = {
+        let Some(v) = vfs.upgrade() else {
+            return Ok(());
+        };
+        // The catalog must hold every change made here before it is read.
+        v.drain_namespace()
+            .await
+            .map_err(|e| RemoteError::Other(format!("pending changes not committed: {e:?}")))?;
+        (v.catalog.clone(), v.catalog.capabilities().fixed_owner)
+    };
+    let mut b = TreeBuilder::new(&p.top, fixed);
+    let mut cursor: Option<String> = None;
+    let mut seen = 0usize;
+    loop {
+        let Some(page) = catalog.list_tree(&p.top, cursor.as_deref()).await? else {
+            if let Some(v) = vfs.upgrade() {
+                v.prefetch.unsupported.store(true, Ordering::Relaxed);
+            }
+            return Ok(());
+        };
+        seen += page.entries.len();
+        let last = page.entries.last().map(|e| e.path.clone());
+        let end = page.next.is_none();
+        let ready = b.push_page(page.entries, end).map_err(RemoteError::Other)?;
+        let Some(v) = vfs.upgrade() else {
+            return Ok(());
+        };
+        if !v.install_prefetched(p.renames, ready).await {
+            return Err(RemoteError::Other("a rename meanwhile".into()));
+        }
+        if let Some(last) = last {
+            p.progress.send_modify(|pr| pr.last = Some(last));
+        }
+        if end {
+            return Ok(());
+        }
+        if seen >= PREFETCH_BUDGET {
+            v.prefetch.too_big.lock().extend(b.open_paths());
+            return Err(RemoteError::Other(format!(
+                "more than {PREFETCH_BUDGET} entries; the rest is listed directory by directory"
+            )));
+        }
+        cursor = page.next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::FileId;
+
+    fn meta(t: i64) -> Meta {
+        Meta {
+            mode: 0o644,
+            uid: 1,
+            gid: 1,
+            atime_ns: t,
+            mtime_ns: t,
+            ctime_ns: t,
+        }
+    }
+
+    fn file(path: &str, t: i64) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            content: Some(FileId {
+                hash: "h".into(),
+                size: 1,
+            }),
+            target: None,
+            meta: meta(t),
+            link: None,
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry::dir(path.into(), meta(7))
+    }
+
+    fn names(l: &Listing) -> (String, Vec<String>) {
+        let mut n: Vec<String> = l
+            .entries
+            .iter()
+            .map(|e| e.path.rsplit('/').next().unwrap().to_string())
+            .collect();
+        n.sort();
+        (l.path.clone(), n)
+    }
+
+    fn all(ready: &[Listing]) -> Vec<(String, Vec<String>)> {
+        ready.iter().map(names).collect()
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn past_run_compares_against_the_end_of_the_directory_run() {
+        assert!(!past_run("a", "a/z/z"));
+        assert!(
+            !past_run("a", "a-b"),
+            "'-' sorts before '/': still before a/'s run"
+        );
+        assert!(!past_run("a", "a.b"), "'.' sorts before '/' too");
+        assert!(past_run("a", "a0"));
+        assert!(past_run("a", "b"));
+        assert!(
+            !past_run("", "zzz"),
+            "the root's run never ends before the listing"
+        );
+    }
+
+    #[test]
+    fn a_directory_completes_when_a_page_passes_its_run_and_installs_after_its_parent() {
+        // Plain: files only, directories implied.
+        let mut b = TreeBuilder::new("t", None);
+        let r = b
+            .push_page(vec![file("t/a/x", 5), file("t/a/y/1", 9)], false)
+            .unwrap();
+        assert!(r.is_empty(), "a and a/y may still grow");
+        let r = b
+            .push_page(
+                vec![file("t/a/y/2", 3), file("t/a0", 1), file("t/b/c/d", 1)],
+                false,
+            )
+            .unwrap();
+        // `t/a0` is past a's run: a completes, and a/y (complete earlier) follows it.
+        assert_eq!(
+            all(&r),
+            vec![
+                ("t/a".to_string(), s(&["x", "y"])),
+                ("t/a/y".to_string(), s(&["1", "2"]))
+            ]
+        );
+        // The implied directory shows the newest time below it.
+        let y = &r[0].entries[1];
+        assert_eq!((y.kind, y.meta.mtime_ns), (EntryKind::Dir, 9));
+        let r = b.push_page(vec![], true).unwrap();
+        assert_eq!(
+            all(&r),
+            vec![
+                ("t/b".to_string(), s(&["c"])),
+                ("t/b/c".to_string(), s(&["d"]))
+            ]
+        );
+    }
+
+    #[test]
+    fn explicit_directories_keep_their_entries_and_empty_ones_list_empty() {
+        let mut b = TreeBuilder::new("", None);
+        // `a-x` sorts between `a` and `a/…`, `a/e-1` between `a/e` and `a/e/…`.
+        let page = vec![
+            dir("a"),
+            file("a-x", 1),
+            dir("a/e"),
+            file("a/e-1", 1),
+            file("a/e/z", 1),
+            dir("a/f"),
+            file("b", 1),
+        ];
+        let r = b.push_page(page, true).unwrap();
+        assert_eq!(
+            all(&r),
+            vec![
+                ("a".to_string(), s(&["e", "e-1", "f"])),
+                ("a/e".to_string(), s(&["z"])),
+                ("a/f".to_string(), s(&[]))
+            ]
+        );
+        let e = r[0].entries.iter().find(|e| e.path == "a/e").unwrap();
+        assert_eq!(*e, dir("a/e"), "the catalog's own entry, not a made-up one");
+    }
+
+    #[test]
+    fn entries_out_of_order_or_outside_the_directory_are_refused() {
+        let mut b = TreeBuilder::new("t", None);
+        b.push_page(vec![file("t/b", 1)], false).unwrap();
+        assert!(b.push_page(vec![file("t/a", 1)], false).is_err());
+        let mut b = TreeBuilder::new("t", None);
+        assert!(b.push_page(vec![file("u/a", 1)], false).is_err());
+        assert!(b.push_page(vec![file("t", 1)], false).is_err());
+    }
+
+    #[test]
+    fn covers_only_paths_below_the_top_not_yet_passed() {
+        let p = Prefetch {
+            top: "t".into(),
+            renames: 0,
+            progress: watch::channel(Progress::default()).0,
+        };
+        assert!(p.covers("t/a"));
+        assert!(!p.covers("t"));
+        assert!(!p.covers("t0/a"));
+        assert!(!p.covers("u"));
+        p.progress.send_modify(|pr| pr.last = Some("t/b/x".into()));
+        assert!(!p.covers("t/a"), "passed");
+        assert!(p.covers("t/b"), "inside its run");
+        assert!(p.covers("t/c"));
+        p.end();
+        assert!(!p.covers("t/c"));
+    }
+}
