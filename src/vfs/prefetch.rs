@@ -595,3 +595,131 @@ mod tests {
         assert!(!p.covers("t/c"));
     }
 }
+#[cfg(test)]
+mod vfs_tests {
+    //! Against the local store (which lists trees in pages of 1,000): what a prefetch lists
+    //! equals what per-directory listing gives.
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use crate::remote::{Catalog, CatalogOp, Changes, Entry, EntryKind, Meta, RemoteResult};
+    use crate::vfs::tests::{mount_with, remount, tmp, write_file, ME};
+    use crate::vfs::{Vfs, ROOT_INO};
+
+    /// The catalog without `list_tree`: directory by directory, as before prefetching.
+    struct PerDir(Arc<dyn Catalog>);
+
+    #[async_trait]
+    impl Catalog for PerDir {
+        fn capabilities(&self) -> crate::remote::Capabilities {
+            self.0.capabilities()
+        }
+        async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
+            self.0.link_paths(link).await
+        }
+        async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>> {
+            self.0.list_dir(dir).await
+        }
+        async fn head(&self, path: &str) -> RemoteResult<Option<Entry>> {
+            self.0.head(path).await
+        }
+        async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64> {
+            self.0.commit(ops).await
+        }
+        async fn revision(&self) -> RemoteResult<u64> {
+            self.0.revision().await
+        }
+        async fn changes(
+            &self,
+            since: u64,
+            wait: std::time::Duration,
+        ) -> RemoteResult<Option<Changes>> {
+            self.0.changes(since, wait).await
+        }
+    }
+
+    /// Walk like `find`: opendir, then every child; `path kind size target` lines.
+    async fn walk(v: &Vfs) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![(ROOT_INO, String::new())];
+        while let Some((dir, path)) = todo.pop() {
+            let fh = v.opendir(dir).await.unwrap();
+            let entries = v.readdir(fh, 2).unwrap();
+            v.releasedir(fh);
+            for e in entries {
+                let a = v.find(dir, &e.name).await.unwrap();
+                let p = format!("{path}/{}", e.name);
+                let target = if a.kind == EntryKind::Symlink {
+                    v.readlink(a.ino).unwrap()
+                } else {
+                    String::new()
+                };
+                out.push(format!("{p} {:?} {} {:o} {target}", a.kind, a.size, a.mode));
+                if a.kind == EntryKind::Dir {
+                    todo.push((a.ino, p));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn meta(mode: u32) -> Meta {
+        Meta::now(mode, 0, 0)
+    }
+
+    /// A tree over several pages whose names sort between a directory and its contents
+    /// (`d`, `d-x`, `d.y`, `d/…`), with empty directories and symlinks.
+    fn tree_ops() -> Vec<CatalogOp> {
+        let mut ops = Vec::new();
+        for a in 0..6 {
+            for b in ["d", "d-x", "d.y", "e"] {
+                let dir = format!("top/a{a}/{b}");
+                ops.push(CatalogOp::Put(Entry::dir(
+                    format!("{dir}/empty"),
+                    meta(0o700),
+                )));
+                for f in 0..120 {
+                    ops.push(CatalogOp::Put(Entry {
+                        path: format!("{dir}/f{f}"),
+                        kind: EntryKind::File,
+                        content: None,
+                        target: None,
+                        meta: meta(0o640),
+                        link: None,
+                    }));
+                }
+                ops.push(CatalogOp::Put(Entry {
+                    path: format!("{dir}-link"),
+                    kind: EntryKind::Symlink,
+                    content: None,
+                    target: Some(format!("{b}/f1")),
+                    meta: meta(0o777),
+                    link: None,
+                }));
+            }
+        }
+        ops
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prefetched_tree_equals_the_tree_listed_directory_by_directory() {
+        let (_d, dir) = tmp();
+        let m = mount_with(&dir, |_| {}, |c, s| (c, s)).await;
+        m.vfs.catalog.commit(tree_ops()).await.unwrap();
+        let m = remount(m, &dir).await;
+        let prefetched = walk(&m.vfs).await;
+        assert!(prefetched.len() > 2_000, "{}", prefetched.len());
+        drop(m);
+        let m = mount_with(
+            &dir,
+            |_| {},
+            |c, s| (Arc::new(PerDir(c)) as Arc<dyn Catalog>, s),
+        )
+        .await;
+        let per_dir = walk(&m.vfs).await;
+        assert_eq!(prefetched.len(), per_dir.len());
+        assert_eq!(prefetched, per_dir);
+    }
+}
