@@ -293,6 +293,11 @@ impl Vfs {
             let since = vfs.catalog.revision().await?;
             vfs.spawn_refresher(since);
         }
+        // Every path starts at the root: list it now rather than on the first lookup (one
+        // round trip less for it; a failure leaves it to that lookup).
+        if let Err(e) = vfs.ensure_listed(ROOT_INO).await {
+            tracing::debug!("root not listed at mount ({e:?}); listed when first needed");
+        }
         Ok(vfs)
     }
 

@@ -598,51 +598,119 @@ mod tests {
 #[cfg(test)]
 mod vfs_tests {
     //! Against the local store (which lists trees in pages of 1,000): what a prefetch lists
-    //! equals what per-directory listing gives.
+    //! equals what per-directory listing gives, also when the mount changes the tree while a
+    //! prefetch runs.
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
     use async_trait::async_trait;
+    use tokio::sync::Semaphore;
 
-    use crate::remote::{Catalog, CatalogOp, Changes, Entry, EntryKind, Meta, RemoteResult};
-    use crate::vfs::tests::{mount_with, remount, tmp, write_file, ME};
-    use crate::vfs::{Vfs, ROOT_INO};
+    use crate::remote::{
+        Catalog, CatalogOp, Changes, Entry, EntryKind, Meta, RemoteResult, TreePage,
+    };
+    use crate::vfs::tests::{mount_with, remount, resolve, tmp, write_file, ME};
+    use crate::vfs::{Errno, Vfs, ROOT_INO};
 
-    /// The catalog without `list_tree`: directory by directory, as before prefetching.
-    struct PerDir(Arc<dyn Catalog>);
+    /// The store's catalog, counting listings; without `list_tree` when `tree` is false (as
+    /// before prefetching), and holding every `list_tree` call until `gate` opens.
+    struct Wrapped {
+        inner: Arc<dyn Catalog>,
+        tree: bool,
+        gate: Semaphore,
+        lists: AtomicU64,
+        trees: AtomicU64,
+    }
+
+    impl Wrapped {
+        fn new(inner: Arc<dyn Catalog>, tree: bool, open: bool) -> Arc<Wrapped> {
+            let gate = Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 });
+            Arc::new(Wrapped {
+                inner,
+                tree,
+                gate,
+                lists: AtomicU64::new(0),
+                trees: AtomicU64::new(0),
+            })
+        }
+
+        fn open(&self) {
+            self.gate.add_permits(Semaphore::MAX_PERMITS);
+        }
+
+        fn counts(&self) -> (u64, u64) {
+            (
+                self.lists.load(Ordering::SeqCst),
+                self.trees.load(Ordering::SeqCst),
+            )
+        }
+    }
 
     #[async_trait]
-    impl Catalog for PerDir {
+    impl Catalog for Wrapped {
         fn capabilities(&self) -> crate::remote::Capabilities {
-            self.0.capabilities()
+            self.inner.capabilities()
         }
         async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
-            self.0.link_paths(link).await
+            self.inner.link_paths(link).await
         }
         async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>> {
-            self.0.list_dir(dir).await
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.inner.list_dir(dir).await
+        }
+        async fn list_tree(
+            &self,
+            dir: &str,
+            cursor: Option<&str>,
+        ) -> RemoteResult<Option<TreePage>> {
+            if !self.tree {
+                return Ok(None);
+            }
+            self.trees.fetch_add(1, Ordering::SeqCst);
+            let _pass = self.gate.acquire().await.expect("gate");
+            self.inner.list_tree(dir, cursor).await
         }
         async fn head(&self, path: &str) -> RemoteResult<Option<Entry>> {
-            self.0.head(path).await
+            self.inner.head(path).await
         }
         async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64> {
-            self.0.commit(ops).await
+            self.inner.commit(ops).await
         }
         async fn revision(&self) -> RemoteResult<u64> {
-            self.0.revision().await
+            self.inner.revision().await
         }
         async fn changes(
             &self,
             since: u64,
             wait: std::time::Duration,
         ) -> RemoteResult<Option<Changes>> {
-            self.0.changes(since, wait).await
+            self.inner.changes(since, wait).await
         }
     }
 
-    /// Walk like `find`: opendir, then every child; `path kind size target` lines.
-    async fn walk(v: &Vfs) -> Vec<String> {
+    async fn mount(
+        dir: &std::path::Path,
+        tree: bool,
+        open: bool,
+    ) -> (crate::vfs::tests::Mounted, Arc<Wrapped>) {
+        let mut w = None;
+        let m = mount_with(
+            dir,
+            |_| {},
+            |c, s| {
+                let x = Wrapped::new(c, tree, open);
+                w = Some(x.clone());
+                (x as Arc<dyn Catalog>, s)
+            },
+        )
+        .await;
+        (m, w.unwrap())
+    }
+
+    /// Walk like `find`: opendir, then every child; `path kind size mode target` lines.
+    async fn walk(v: &Vfs, from: &str) -> Vec<String> {
         let mut out = Vec::new();
-        let mut todo = vec![(ROOT_INO, String::new())];
+        let mut todo = vec![(resolve(v, from).await.unwrap(), from.to_string())];
         while let Some((dir, path)) = todo.pop() {
             let fh = v.opendir(dir).await.unwrap();
             let entries = v.readdir(fh, 2).unwrap();
@@ -703,23 +771,79 @@ mod vfs_tests {
         ops
     }
 
+    async fn stored_tree(dir: &std::path::Path) {
+        let (m, _) = mount(dir, false, true).await;
+        m.vfs.catalog.commit(tree_ops()).await.unwrap();
+        m.vfs.shutdown(std::time::Duration::from_secs(30)).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_prefetched_tree_equals_the_tree_listed_directory_by_directory() {
         let (_d, dir) = tmp();
-        let m = mount_with(&dir, |_| {}, |c, s| (c, s)).await;
-        m.vfs.catalog.commit(tree_ops()).await.unwrap();
-        let m = remount(m, &dir).await;
-        let prefetched = walk(&m.vfs).await;
-        assert!(prefetched.len() > 2_000, "{}", prefetched.len());
+        stored_tree(&dir).await;
+        let (m, per_dir_catalog) = mount(&dir, false, true).await;
+        let per_dir = walk(&m.vfs, "top").await;
+        let (lists, _) = per_dir_catalog.counts();
         drop(m);
-        let m = mount_with(
-            &dir,
-            |_| {},
-            |c, s| (Arc::new(PerDir(c)) as Arc<dyn Catalog>, s),
-        )
-        .await;
-        let per_dir = walk(&m.vfs).await;
-        assert_eq!(prefetched.len(), per_dir.len());
+        let (m, w) = mount(&dir, true, true).await;
+        let prefetched = walk(&m.vfs, "top").await;
+        assert!(prefetched.len() > 2_000, "{}", prefetched.len());
         assert_eq!(prefetched, per_dir);
+        // The root and `top` by `list_dir`, the rest in pages: far fewer requests.
+        let (l, t) = w.counts();
+        assert!(lists > 40, "{lists} listings directory by directory");
+        assert_eq!((l, t), (2, 3), "listings, tree pages");
+        // A name absent from a listed directory costs no request.
+        assert_eq!(
+            m.vfs
+                .find(resolve(&m.vfs, "top/a1/d").await.unwrap(), "nope")
+                .await,
+            Err(Errno::ENOENT)
+        );
+        assert_eq!(w.counts(), (2, 3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_made_while_a_prefetch_runs_win_and_a_rename_stops_it() {
+        let (_d, dir) = tmp();
+        stored_tree(&dir).await;
+        let (m, w) = mount(&dir, true, false).await;
+        let v = m.vfs.clone();
+        let top = resolve(&v, "top").await.unwrap();
+        v.releasedir(v.opendir(top).await.unwrap());
+        // The prefetch of `top` waits at the gate; a lookup below it waits for the prefetch.
+        let waiter = tokio::spawn({
+            let v = v.clone();
+            async move { walk(&v, "top/a2").await }
+        });
+        // A file made in a listed directory meanwhile needs no listing.
+        write_file(&v, top, "new.txt", b"made meanwhile").await;
+        w.open();
+        let a2 = waiter.await.unwrap();
+        assert_eq!(a2.len(), 4 * 123, "{}", a2.len());
+        let (lists, _) = w.counts();
+        assert_eq!(lists, 2, "top/a2 came from the prefetch");
+        drop(m);
+
+        // Again, with a rename while the prefetch is held: it installs nothing, and every
+        // directory is listed as the rename left it.
+        let (m, w) = mount(&dir, true, false).await;
+        let v = m.vfs.clone();
+        let top = resolve(&v, "top").await.unwrap();
+        v.releasedir(v.opendir(top).await.unwrap());
+        v.rename(top, "a1", top, "moved", false).await.unwrap();
+        let a3 = resolve(&v, "top/a3").await.unwrap();
+        write_file(&v, resolve(&v, "top/a3/d").await.unwrap(), "g", b"new").await;
+        v.mkdir(a3, "made", 0o755, ME).await.unwrap();
+        w.open();
+        let got = walk(&v, "top").await;
+        let m = remount(m, &dir).await;
+        let again = walk(&m.vfs, "top").await;
+        assert_eq!(got, again, "what the mount showed is what was stored");
+        assert!(got.iter().any(|l| l.starts_with("top/moved/d/f7 File 0")));
+        assert!(!got.iter().any(|l| l.starts_with("top/a1")));
+        assert!(got.iter().any(|l| l.starts_with("top/a3/d/g File 3")));
+        assert!(got.iter().any(|l| l.starts_with("top/a3/made Dir")));
+        assert!(got.iter().any(|l| l.starts_with("top/new.txt File 14")));
     }
 }
