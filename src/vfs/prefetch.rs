@@ -610,7 +610,7 @@ mod vfs_tests {
         Catalog, CatalogOp, Changes, Entry, EntryKind, Meta, RemoteResult, TreePage,
     };
     use crate::vfs::tests::{mount_with, remount, resolve, tmp, write_file, ME};
-    use crate::vfs::{Errno, Vfs, ROOT_INO};
+    use crate::vfs::{Errno, Vfs};
 
     /// The store's catalog, counting listings; without `list_tree` when `tree` is false (as
     /// before prefetching), and holding every `list_tree` call until `gate` opens.
