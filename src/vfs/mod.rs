@@ -15,6 +15,8 @@
 //! 5. `inodes` (std): the inode table. Never held across file or network I/O.
 //! 6. `nslog` (std): pending namespace ops; taken alone.
 //! 7. `handles` (std): the open-handle table.
+//! 8. The subtree prefetch's registry (`prefetch.rs`, std): taken last, never across an
+//!    `.await`.
 //!
 //! Namespace changes are local first (`nslog.rs`): they never wait for the store. A catalog
 //! read (listing a directory not yet in the table) first commits the pending ops, so that the

@@ -312,9 +312,9 @@ impl Vfs {
             return;
         };
         let path = {
-            let mut t = self.inodes.lock();
+            let t = self.inodes.lock();
             let Ok(d) = t.get(dir) else { return };
-            if d.prefetched || !d.linked && dir != crate::vfs::ROOT_INO {
+            if d.prefetched || !d.linked {
                 return;
             }
             let unlisted_subdir = d.children.as_ref().is_some_and(|c| {
@@ -327,9 +327,6 @@ impl Vfs {
             let Ok(path) = t.path_of(dir) else { return };
             if pf.too_big.lock().contains(&path) {
                 return;
-            }
-            if let Ok(d) = t.get_mut(dir) {
-                d.prefetched = true;
             }
             path
         };
@@ -350,13 +347,13 @@ impl Vfs {
             active.push(p.clone());
             p
         };
+        if let Ok(d) = self.inodes.lock().get_mut(dir) {
+            d.prefetched = true;
+        }
         tokio::spawn(async move {
-            if let Err(e) = run(&vfs, &p).await {
-                tracing::debug!("prefetch of /{} stopped: {e}", p.top);
-            }
-            p.end();
-            if let Some(v) = vfs.upgrade() {
-                v.prefetch.active.lock().retain(|q| !Arc::ptr_eq(q, &p));
+            let running = Running { vfs, p };
+            if let Err(e) = run(&running.vfs, &running.p).await {
+                tracing::debug!("prefetch of /{} stopped: {e}", running.p.top);
             }
         });
     }
@@ -386,6 +383,25 @@ impl Vfs {
             }
         }
         true
+    }
+}
+
+/// A running prefetch task: however it ends (done, failed, or dropped with its runtime), its
+/// waiters are woken and it leaves the active list, so nothing waits for it forever.
+struct Running {
+    vfs: Weak<Vfs>,
+    p: Arc<Prefetch>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.p.end();
+        if let Some(v) = self.vfs.upgrade() {
+            v.prefetch
+                .active
+                .lock()
+                .retain(|q| !Arc::ptr_eq(q, &self.p));
+        }
     }
 }
 
