@@ -26,7 +26,7 @@
 //! leaving the rest to per-directory listing.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
@@ -42,7 +42,6 @@ pub(super) const PREFETCH_BUDGET: usize = 50_000;
 const MAX_ACTIVE: usize = 4;
 
 /// The prefetches of one mount.
-#[derive(Default)]
 pub(super) struct Prefetches {
     /// The VFS, for the tasks (set once it is built).
     vfs: OnceLock<Weak<Vfs>>,
@@ -51,6 +50,20 @@ pub(super) struct Prefetches {
     unsupported: AtomicBool,
     /// Directories found bigger than the budget: not prefetched again.
     too_big: Mutex<HashSet<String>>,
+    /// Entries one prefetch reads at most ([`PREFETCH_BUDGET`]; tests lower it).
+    budget: AtomicUsize,
+}
+
+impl Default for Prefetches {
+    fn default() -> Self {
+        Prefetches {
+            vfs: OnceLock::new(),
+            active: Mutex::default(),
+            unsupported: AtomicBool::new(false),
+            too_big: Mutex::default(),
+            budget: AtomicUsize::new(PREFETCH_BUDGET),
+        }
+    }
 }
 
 impl Prefetches {
@@ -443,10 +456,11 @@ async fn run(vfs: &Weak<Vfs>, p: &Prefetch) -> Result<(), RemoteError> {
         if end {
             return Ok(());
         }
-        if seen >= PREFETCH_BUDGET {
+        let budget = v.prefetch.budget.load(Ordering::Relaxed);
+        if seen >= budget {
             v.prefetch.too_big.lock().extend(b.open_paths());
             return Err(RemoteError::Other(format!(
-                "more than {PREFETCH_BUDGET} entries; the rest is listed directory by directory"
+                "more than {budget} entries; the rest is listed directory by directory"
             )));
         }
         cursor = page.next;
@@ -817,6 +831,28 @@ mod vfs_tests {
             Err(Errno::ENOENT)
         );
         assert_eq!(w.counts(), (2, 3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_budget_the_rest_is_listed_directory_by_directory() {
+        let (_d, dir) = tmp();
+        stored_tree(&dir).await;
+        let (m, _) = mount(&dir, false, true).await;
+        let per_dir = walk(&m.vfs, "top").await;
+        drop(m);
+        let (m, w) = mount(&dir, true, true).await;
+        // One page, then it stops: `top` and the directory it was in are not prefetched
+        // again; the directories not reached are listed (and prefetched) on their own.
+        m.vfs.prefetch.budget.store(1_000, Ordering::Relaxed);
+        let got = walk(&m.vfs, "top").await;
+        assert_eq!(got, per_dir);
+        let too_big = m.vfs.prefetch.too_big.lock().clone();
+        assert!(too_big.contains("top/a2"), "{too_big:?}");
+        let (lists, trees) = w.counts();
+        assert!(
+            lists > 2 && trees > 1,
+            "{lists} listings, {trees} tree pages"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
