@@ -50,9 +50,19 @@ fn free_port() -> u16 {
 }
 
 /// Files of the tree: 12 directories (two levels) of 20 files each, sizes from empty to
-/// ~40 KiB, plus one 6 MiB file; `(relative path, content)`.
+/// ~40 KiB, plus one 6 MiB file, and directories whose names sort between another directory
+/// and its contents (`g`, `g-1`, `g.2`, `g/…`: a recursive listing in path order interleaves
+/// them); `(relative path, content)`.
 fn tree() -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
+    for (i, d) in ["g", "g-1", "g.2", "g/h", "g/h-1"].iter().enumerate() {
+        for f in ["a", "z"] {
+            out.push((
+                PathBuf::from(format!("{d}/{f}")),
+                random_bytes(10 + i, i as u64),
+            ));
+        }
+    }
     for d in 0..12u64 {
         let dir = PathBuf::from(format!("d{}/sub{}", d / 4, d % 4));
         for f in 0..20u64 {
@@ -73,6 +83,17 @@ fn listing(dir: &Path) -> String {
         "find . -mindepth 1 \\( -type d -printf '%p/\\n' \\) -o -printf '%p %s\\n' | sort \
          && find . -type f -exec sha256sum {} + | sort",
     )
+}
+
+/// Server requests that list directories (per-directory and recursive, either API).
+fn listing_requests(url: &str) -> u64 {
+    common::serve_metrics(url)
+        .iter()
+        .filter(|(k, _)| {
+            k.ends_with("/xetmount/list") || k.ends_with("/xetmount/tree") || k.contains("/tree")
+        })
+        .map(|(_, v)| v)
+        .sum()
 }
 
 fn round_trip(extra: &[&str]) {
@@ -98,11 +119,28 @@ fn round_trip(extra: &[&str]) {
         std::fs::create_dir_all(m.path(rel.to_str().unwrap()).parent().unwrap()).unwrap();
         std::fs::write(m.path(rel.to_str().unwrap()), body).unwrap();
     }
+    let full = extra.is_empty();
+    if full {
+        // What only the full catalog keeps: symlinks and empty directories.
+        for root in [want.clone(), m.mountpoint.clone()] {
+            std::os::unix::fs::symlink("h/a", root.join("g/link")).unwrap();
+            std::fs::create_dir_all(root.join("g/h/empty")).unwrap();
+            std::fs::create_dir_all(root.join("g-1/empty")).unwrap();
+        }
+    }
     // Exit 0 from the mount: everything written was committed through the proxy.
     m.stop();
 
     let m = mount_served(&proxy.url, d, "again", &[]);
+    let before = listing_requests(&proxy.url);
     let got = listing(&m.mountpoint);
+    // One recursive listing, not one request per directory (the root was listed at mount).
+    let walked = listing_requests(&proxy.url) - before;
+    let dirs = got.lines().filter(|l| l.ends_with('/')).count();
+    assert!(
+        dirs >= 20 && walked <= 3,
+        "{walked} listing requests for {dirs} directories"
+    );
     let expected = listing(&want);
     assert_eq!(got.lines().count(), expected.lines().count(), "find counts");
     assert_eq!(got, expected);

@@ -317,6 +317,18 @@ pub enum Changes {
     Reset { revision: u64 },
 }
 
+/// One page of a recursive listing ([`Catalog::list_tree`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreePage {
+    /// Entries strictly below the listed directory, at any depth, in byte order of `path`
+    /// (so the entries below any directory `d` form one contiguous run, from `d/` up to
+    /// `d0`). A catalog with [`Capabilities::empty_dirs`] lists every directory as an entry of
+    /// its own; one without lists files only, and a directory is implied by the paths below it.
+    pub entries: Vec<Entry>,
+    /// Where the next page starts (opaque), or `None` after the last page.
+    pub next: Option<String>,
+}
+
 /// The namespace of a bucket.
 #[async_trait]
 pub trait Catalog: Send + Sync {
@@ -339,6 +351,13 @@ pub trait Catalog: Send + Sync {
     }
     /// Immediate children of directory `dir` (`""` is the root).
     async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>>;
+    /// One page of everything below directory `dir` (`""` is the root), from `cursor` (the
+    /// `next` of the previous page; `None` for the first): one request per page instead of
+    /// one per directory. Entries hold what [`Catalog::list_dir`] gives for them. `Ok(None)`:
+    /// this catalog cannot list recursively (list directory by directory instead).
+    async fn list_tree(&self, _dir: &str, _cursor: Option<&str>) -> RemoteResult<Option<TreePage>> {
+        Ok(None)
+    }
     async fn head(&self, path: &str) -> RemoteResult<Option<Entry>>;
     /// Apply all ops or none; returns the new revision.
     async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64>;

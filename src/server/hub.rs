@@ -535,11 +535,14 @@ pub async fn tree(
     // The last path this page looked at, when there may be more after it.
     let mut next_after = None;
     if recursive {
-        let files = match b.catalog.files_page(&prefix, &after, limit).await {
+        // One more than the page holds says whether another page follows (a full last page
+        // then needs no empty page after it).
+        let mut files = match b.catalog.files_page(&prefix, &after, limit + 1).await {
             Ok(f) => f,
             Err(e) => return internal(e),
         };
-        if files.len() == limit {
+        if files.len() > limit {
+            files.truncate(limit);
             next_after = files.last().map(|e| e.path.clone());
         }
         items.extend(files.iter().map(file_json));
@@ -552,11 +555,12 @@ pub async fn tree(
             // A file named as the prefix is a listing of one entry: the first page holds it.
             Some(e) if e.kind == EntryKind::File && after.is_empty() => items.push(file_json(&e)),
             Some(e) if e.kind == EntryKind::Dir => {
-                let children = match b.catalog.children_page(&prefix, &after, limit).await {
+                let mut children = match b.catalog.children_page(&prefix, &after, limit + 1).await {
                     Ok(c) => c,
                     Err(e) => return internal(e),
                 };
-                if children.len() == limit {
+                if children.len() > limit {
+                    children.truncate(limit);
                     next_after = children.last().map(|e| e.path.clone());
                 }
                 for c in children {

@@ -189,6 +189,7 @@ pub fn router(state: Arc<Server>) -> Router {
         r = r
             // xetmount's own catalog routes.
             .route(&format!("{b}/xetmount/list"), get(native::list))
+            .route(&format!("{b}/xetmount/tree"), get(native::tree))
             .route(&format!("{b}/xetmount/head"), get(native::head))
             .route(&format!("{b}/xetmount/links"), get(native::link_paths))
             .route(&format!("{b}/xetmount/revision"), get(native::revision))

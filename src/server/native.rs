@@ -60,6 +60,52 @@ pub async fn list(
 }
 
 #[derive(Deserialize)]
+pub struct TreeQuery {
+    #[serde(default)]
+    dir: String,
+    /// The last path of the previous page.
+    #[serde(default)]
+    after: String,
+    limit: Option<usize>,
+}
+
+/// Entries per page of [`tree`] unless the caller asks for fewer or more (up to 10,000).
+const TREE_PAGE: usize = crate::remote::local::TREE_PAGE;
+
+/// One page of everything below a directory, at any depth and of every kind, with all that
+/// `list` gives for each entry: `{"entries": [...], "next": PATH|null}`, in path order,
+/// keyed by the last path (`after`), so a listing sees every entry that exists for its whole
+/// duration exactly once however the bucket changes between pages. One indexed range query
+/// per page.
+pub async fn tree(
+    State(s): S,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<TreeQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = query_path(&q.dir) {
+        return r;
+    }
+    let limit = q.limit.unwrap_or(TREE_PAGE).clamp(1, 10_000);
+    // One more than the page holds says whether another page follows.
+    match b.catalog.tree_page(&q.dir, &q.after, limit + 1).await {
+        Ok(mut v) => {
+            let next = (v.len() > limit).then(|| {
+                v.truncate(limit);
+                v.last().map(|e| e.path.clone())
+            });
+            let entries: Vec<WireEntry> = v.iter().map(WireEntry::from).collect();
+            axum::Json(json!({ "entries": entries, "next": next.flatten() })).into_response()
+        }
+        Err(e) => remote_err(e),
+    }
+}
+
+#[derive(Deserialize)]
 pub struct PathQuery {
     #[serde(default)]
     path: String,

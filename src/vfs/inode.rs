@@ -37,6 +37,9 @@ pub struct Inode {
     pub target: Option<String>,
     /// Directories: name → child, once listed.
     pub children: Option<BTreeMap<String, Ino>>,
+    /// Directories: a prefetch of the subtree below it was started, or listed it (see
+    /// `prefetch.rs`): no new one is started for it.
+    pub prefetched: bool,
     /// Files opened for write, or written and not yet evicted: the staging file.
     pub staged: Option<Arc<Staged>>,
     pub open_handles: u32,
@@ -116,6 +119,7 @@ impl Inode {
             remote: e.content,
             target: e.target,
             children: None,
+            prefetched: false,
             staged: None,
             open_handles: 0,
             pooled_handles: 0,
@@ -436,6 +440,17 @@ impl InodeTable {
             dir = self.child(dir, part).ok()??;
         }
         self.is_listed(dir).then_some(dir)
+    }
+
+    /// The directory at catalog path `path` if the table has it and it is not listed yet (its
+    /// parent is).
+    pub fn unlisted_dir_at(&self, path: &str) -> Option<Ino> {
+        let mut dir = ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            dir = self.child(dir, part).ok()??;
+        }
+        let d = self.get(dir).ok()?;
+        (d.is_dir() && d.children.is_none()).then_some(dir)
     }
 
     /// The paths of every listed directory.

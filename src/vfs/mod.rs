@@ -15,6 +15,8 @@
 //! 5. `inodes` (std): the inode table. Never held across file or network I/O.
 //! 6. `nslog` (std): pending namespace ops; taken alone.
 //! 7. `handles` (std): the open-handle table.
+//! 8. The subtree prefetch's registry (`prefetch.rs`, std): taken last, never across an
+//!    `.await`.
 //!
 //! Namespace changes are local first (`nslog.rs`): they never wait for the store. A catalog
 //! read (listing a directory not yet in the table) first commits the pending ops, so that the
@@ -29,6 +31,7 @@ pub mod inode;
 mod journal;
 mod namespace;
 mod nslog;
+mod prefetch;
 pub mod ranges;
 pub mod readcache;
 mod recovery;
@@ -207,6 +210,8 @@ pub struct Vfs {
     events: std::sync::atomic::AtomicU64,
     /// Where kernel cache invalidations go (the frontend's queue), once it asked.
     invalidator: Mutex<Option<std::sync::mpsc::Sender<inode::Invalidation>>>,
+    /// Subtree listings in the background (`prefetch.rs`).
+    prefetch: prefetch::Prefetches,
 }
 
 impl Vfs {
@@ -260,7 +265,9 @@ impl Vfs {
             stats,
             events: std::sync::atomic::AtomicU64::new(0),
             invalidator: Mutex::new(None),
+            prefetch: prefetch::Prefetches::default(),
         });
+        vfs.prefetch.set_vfs(Arc::downgrade(&vfs));
         let recovered = vfs
             .recover()
             .await
@@ -289,6 +296,11 @@ impl Vfs {
         if !vfs.config.poll_interval.is_zero() {
             let since = vfs.catalog.revision().await?;
             vfs.spawn_refresher(since);
+        }
+        // Every path starts at the root: list it now rather than on the first lookup (one
+        // round trip less for it; a failure leaves it to that lookup).
+        if let Err(e) = vfs.ensure_listed(ROOT_INO).await {
+            tracing::debug!("root not listed at mount ({e:?}); listed when first needed");
         }
         Ok(vfs)
     }

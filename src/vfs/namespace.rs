@@ -15,19 +15,25 @@ const S_ISGID: u32 = libc::S_ISGID;
 impl Vfs {
     /// Make sure directory `dir`'s children are in the table, and every name of the
     /// hard-linked files among them (see the invariant in `inode.rs`). Never called with
-    /// `ns_lock` held.
+    /// `ns_lock` held. A directory below a running subtree prefetch is listed by it (`prefetch.rs`).
     pub(super) async fn ensure_listed(&self, dir: Ino) -> VfsResult<()> {
         let entries = loop {
-            {
+            let path = {
                 let t = self.inodes.lock();
                 t.dir(dir)?;
                 if t.is_listed(dir) {
                     return Ok(());
                 }
+                t.path_of(dir)?
+            };
+            self.wait_for_prefetch(dir, &path).await;
+            if self.inodes.lock().is_listed(dir) {
+                return Ok(());
             }
+            // Counted before the drain: a rename pushed during it may not be committed.
+            let renames = self.nslog.lock().renames();
             // The catalog is read only once it holds every change made here.
             self.drain_namespace().await?;
-            let renames = self.nslog.lock().renames();
             let path = self.inodes.lock().path_of(dir)?;
             let entries = self.catalog.list_dir(&path).await?;
             if self.nslog.lock().renames() == renames {
@@ -142,8 +148,10 @@ impl Vfs {
         self.getattr(ino)
     }
 
+    /// Walking a directory also starts prefetching the subtree below it (`prefetch.rs`).
     pub async fn opendir(&self, ino: Ino) -> VfsResult<u64> {
         self.ensure_listed(ino).await?;
+        self.prefetch_below(ino);
         let entries = {
             let t = self.inodes.lock();
             let d = t.dir(ino)?;

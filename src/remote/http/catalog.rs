@@ -12,7 +12,7 @@ use super::hub::Hub;
 use super::{q, Prefix};
 use crate::remote::wire::{WireEntry, WireOp};
 use crate::remote::{
-    Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, RemoteError, RemoteResult,
+    Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, RemoteError, RemoteResult, TreePage,
 };
 use std::time::Duration;
 
@@ -92,6 +92,38 @@ impl Catalog for HttpCatalog {
         let v = self.hub.get_json("list", &url).await?;
         let list: Vec<WireEntry> = serde_json::from_value(v).map_err(|e| bad("list", e))?;
         list.into_iter().map(|w| self.entry(w)).collect()
+    }
+
+    /// `xetmount/tree`: a page of every entry below `dir` with everything `list` gives; the
+    /// cursor is the last path of the previous page.
+    async fn list_tree(&self, dir: &str, cursor: Option<&str>) -> RemoteResult<Option<TreePage>> {
+        let mut url = self
+            .hub
+            .api(&format!("/xetmount/tree?dir={}", q(&self.full(dir))));
+        if let Some(after) = cursor {
+            url.push_str(&format!("&after={}", q(after)));
+        }
+        let v = match self.hub.get_json("tree", &url).await {
+            Ok(v) => v,
+            // A server from before the route: list directory by directory.
+            Err(RemoteError::NotFound(_)) if cursor.is_none() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        #[derive(serde::Deserialize)]
+        struct Page {
+            entries: Vec<WireEntry>,
+            next: Option<String>,
+        }
+        let page: Page = serde_json::from_value(v).map_err(|e| bad("tree", e))?;
+        let entries = page
+            .entries
+            .into_iter()
+            .map(|w| self.entry(w))
+            .collect::<RemoteResult<Vec<_>>>()?;
+        Ok(Some(TreePage {
+            entries,
+            next: page.next,
+        }))
     }
 
     async fn head(&self, path: &str) -> RemoteResult<Option<Entry>> {

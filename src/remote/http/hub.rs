@@ -179,6 +179,21 @@ impl Hub {
         Ok(out)
     }
 
+    /// One page of a paged GET: its items and the URL of the next page (`Link: rel="next"`).
+    pub async fn get_page(
+        &self,
+        what: &str,
+        url: &str,
+    ) -> RemoteResult<(Vec<Value>, Option<String>)> {
+        let r = self.send(what, |c| c.get(url)).await?;
+        let next = next_link(&r);
+        match r.json::<Value>().await {
+            Ok(Value::Array(items)) => Ok((items, next)),
+            Ok(v) => Err(RemoteError::Other(format!("{what}: bad answer: {v}"))),
+            Err(e) => Err(RemoteError::Other(format!("{what}: bad answer: {e}"))),
+        }
+    }
+
     /// POST an NDJSON body (one JSON value per line).
     pub async fn post_ndjson(&self, what: &str, url: &str, lines: &[Value]) -> RemoteResult<Value> {
         let mut body = String::new();

@@ -22,7 +22,7 @@ use super::Prefix;
 use crate::remote::wire::percent_encode;
 use crate::remote::{
     Capabilities, Catalog, CatalogOp, Entry, EntryKind, FileId, FixedOwner, Meta, RemoteError,
-    RemoteResult,
+    RemoteResult, TreePage,
 };
 
 /// The hash the Hub gives the empty file.
@@ -357,6 +357,39 @@ impl Catalog for PlainCatalog {
             }
         }
         Ok(out)
+    }
+
+    /// Over the recursive tree route (files only, keyset-paged by the Hub): the cursor is the
+    /// next page's URL. Directories are implied by the paths below them.
+    async fn list_tree(&self, dir: &str, cursor: Option<&str>) -> RemoteResult<Option<TreePage>> {
+        let full_dir = self.prefix.full(dir);
+        let url = match cursor {
+            Some(next) => next.to_string(),
+            None => {
+                let mut url = self.hub.api("/tree");
+                if !full_dir.is_empty() {
+                    url.push('/');
+                    url.push_str(&percent_encode(&full_dir, false));
+                }
+                url.push_str("?recursive=true");
+                url
+            }
+        };
+        let (items, next) = match self.hub.get_page("tree listing", &url).await {
+            Ok(page) => page,
+            // A folder nothing lies in any more.
+            Err(RemoteError::NotFound(_)) if !full_dir.is_empty() => (Vec::new(), None),
+            Err(e) => return Err(e),
+        };
+        let below = format!("{full_dir}/");
+        let entries = items
+            .iter()
+            .filter_map(Self::file_item)
+            // Servers may match the prefix lexically (`logs` also listing `logs.json`).
+            .filter(|(p, _)| full_dir.is_empty() || p.starts_with(&below))
+            .filter_map(|(p, s)| Some(self.file_entry(self.prefix.local(&p)?, s)))
+            .collect();
+        Ok(Some(TreePage { entries, next }))
     }
 
     async fn head(&self, path: &str) -> RemoteResult<Option<Entry>> {

@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::remote::{
     Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, EntryKind, FileId, Meta,
-    RemoteError, RemoteResult,
+    RemoteError, RemoteResult, TreePage,
 };
 
 const SCHEMA: &str = "
@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS changed (
     PRIMARY KEY (revision, dir)
 ) WITHOUT ROWID;
 ";
+
+/// Entries per page of [`Catalog::list_tree`], as the Hub's tree listing pages.
+pub const TREE_PAGE: usize = 1000;
 
 /// Revisions of change history kept (`changed`); a reader further behind is told to re-list
 /// everything.
@@ -218,6 +221,34 @@ impl SqliteCatalog {
                 .map_err(db_err)?;
             let rows = st
                 .query_map(params![dir, after, limit], row_to_entry)
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    /// At most `limit` entries strictly below directory `dir` (`""`: the whole tree), at any
+    /// depth and of every kind, whose paths sort after `after`, in path order: one page of a
+    /// recursive listing, keyed like [`SqliteCatalog::files_page`], one range of the primary
+    /// key per page.
+    pub async fn tree_page(
+        &self,
+        dir: &str,
+        after: &str,
+        limit: usize,
+    ) -> RemoteResult<Vec<Entry>> {
+        let (lo, hi) = subtree_bounds(dir);
+        let (dir, after) = (dir.to_string(), after.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM entries WHERE path != '' AND path > ?4 AND \
+                     (?1 = '' OR (path >= ?2 AND path < ?3)) ORDER BY path LIMIT ?5"
+                ))
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![dir, lo, hi, after, limit], row_to_entry)
                 .map_err(db_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
         })
@@ -597,6 +628,17 @@ impl Catalog for SqliteCatalog {
         Capabilities::POSIX
     }
 
+    async fn list_tree(&self, dir: &str, cursor: Option<&str>) -> RemoteResult<Option<TreePage>> {
+        let mut entries = self
+            .tree_page(dir, cursor.unwrap_or(""), TREE_PAGE + 1)
+            .await?;
+        let next = (entries.len() > TREE_PAGE).then(|| {
+            entries.truncate(TREE_PAGE);
+            entries.last().map(|e| e.path.clone()).unwrap_or_default()
+        });
+        Ok(Some(TreePage { entries, next }))
+    }
+
     async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
         self.with_conn(move |c| {
             let mut st = c
@@ -739,6 +781,36 @@ mod tests {
         let r2 = c.commit(vec![]).await.unwrap();
         assert!(r2 > r1);
         assert_eq!(c.revision().await.unwrap(), r2);
+    }
+
+    #[tokio::test]
+    async fn tree_pages_list_a_subtree_in_path_order_and_nothing_beside_it() {
+        let d = tempfile::tempdir().unwrap();
+        let c = SqliteCatalog::open(&d.path().join("c.db")).unwrap();
+        let paths = ["a/x", "a/b/c", "a.txt", "a-b/y", "a/b/d", "b/z"];
+        let ops = paths
+            .iter()
+            .map(|p| CatalogOp::Put(file(p, "h", 1)))
+            .collect();
+        c.commit(ops).await.unwrap();
+        c.commit(vec![CatalogOp::Put(Entry::dir("a/empty".into(), meta()))])
+            .await
+            .unwrap();
+        // Everything below `a`, directories included, never `a.txt` or `a-b` beside it.
+        let want = ["a/b", "a/b/c", "a/b/d", "a/empty", "a/x"];
+        assert_eq!(names(&c.tree_page("a", "", 100).await.unwrap()), want);
+        let mut got = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = c.tree_page("a", &after, 2).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.path.clone();
+            got.extend(page);
+        }
+        assert_eq!(names(&got), want);
+        let all = c.tree_page("", "", 100).await.unwrap();
+        assert_eq!(all.len(), 11, "{:?}", names(&all));
+        assert!(all.windows(2).all(|w| w[0].path < w[1].path));
     }
 
     #[tokio::test]

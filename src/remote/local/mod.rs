@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 pub use cas::{xet_config, XetCas};
 pub(crate) use catalog::parent_of;
-pub use catalog::SqliteCatalog;
+pub use catalog::{SqliteCatalog, TREE_PAGE};
 pub use durable::{remove_crash_leftovers, Durable};
 pub use reader::{ChunkReader, Located, LocatedTerm};
 use xet_runtime::core::XetContext;
