@@ -628,3 +628,210 @@ impl Catalog for PlainCatalog {
         Ok(parse_ms(v.get("updatedAt")).map_or(0, |ms| ms.max(0) as u64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::remote::{FileId, Meta};
+
+    /// A stored bucket in memory, counting the requests a plan makes.
+    #[derive(Default)]
+    struct Mem {
+        files: BTreeMap<String, FileState>,
+        paths_info: AtomicUsize,
+        listings: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Stored for Mem {
+        async fn paths_info(&self, paths: &[String]) -> RemoteResult<HashMap<String, FileState>> {
+            self.paths_info.fetch_add(1, Ordering::SeqCst);
+            Ok(paths
+                .iter()
+                .filter_map(|p| Some((p.clone(), self.files.get(p)?.clone())))
+                .collect())
+        }
+        async fn files_below(&self, dir: &str) -> RemoteResult<Vec<(String, FileState)>> {
+            self.listings.fetch_add(1, Ordering::SeqCst);
+            let below = format!("{dir}/");
+            Ok(self
+                .files
+                .iter()
+                .filter(|(p, _)| p.starts_with(&below))
+                .map(|(p, s)| (p.clone(), s.clone()))
+                .collect())
+        }
+    }
+
+    fn state(hash: &str, mtime_ms: i64) -> FileState {
+        FileState {
+            hash: hash.into(),
+            size: 10,
+            mtime_ms,
+        }
+    }
+
+    fn meta(mtime_ms: i64) -> Meta {
+        Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            atime_ns: 0,
+            mtime_ns: mtime_ms * 1_000_000,
+            ctime_ns: 0,
+        }
+    }
+
+    fn put(path: &str, hash: &str, mtime_ms: i64) -> CatalogOp {
+        CatalogOp::Put(Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            content: Some(FileId {
+                hash: hash.into(),
+                size: 10,
+            }),
+            target: None,
+            meta: meta(mtime_ms),
+            link: None,
+        })
+    }
+
+    fn mkdir(path: &str) -> CatalogOp {
+        CatalogOp::Put(Entry::dir(path.into(), meta(1)))
+    }
+
+    fn set_meta(path: &str, mtime_ms: i64) -> CatalogOp {
+        CatalogOp::SetMeta {
+            path: path.into(),
+            meta: meta(mtime_ms),
+        }
+    }
+
+    fn rename(from: &str, to: &str) -> CatalogOp {
+        CatalogOp::Rename {
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+
+    fn delete(path: &str) -> CatalogOp {
+        CatalogOp::Delete { path: path.into() }
+    }
+
+    /// The batch lines as `add PATH HASH MTIME` / `delete PATH`.
+    async fn plan(store: &Mem, ops: &[CatalogOp]) -> Vec<String> {
+        Plan::build(store, ops)
+            .await
+            .unwrap()
+            .lines()
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| match l["type"].as_str().unwrap() {
+                "addFile" => format!("add {} {} {}", l["path"], l["xetHash"], l["mtime"]),
+                t => format!("{t} {}", l["path"]),
+            })
+            .map(|s| s.replace('"', ""))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_mixed_ops_plans_in_one_lookup_pass() {
+        let mut store = Mem::default();
+        for (p, h) in [
+            ("a", "ha"),
+            ("old", "ho"),
+            ("d/x", "hx"),
+            ("d/sub/y", "hy"),
+            ("n/stale", "hs"),
+            ("e/z", "hz"),
+            ("again", "hg"),
+        ] {
+            store.files.insert(p.into(), state(h, 1000));
+        }
+        let ops = vec![
+            // A new file, retimed and moved within the batch.
+            put("f", "hf", 2000),
+            set_meta("f", 3000),
+            // A file committed earlier, retimed (tar sets times after writing).
+            set_meta("a", 4000),
+            // A directory made here and retimed: nothing to store.
+            mkdir("g"),
+            set_meta("g", 5000),
+            delete("old"),
+            // A directory moved over one that holds a file.
+            rename("d", "n"),
+            rename("e/z", "e/w"),
+            // Deleted, then made again.
+            delete("again"),
+            put("again", "hg2", 6000),
+            // Nothing there.
+            delete("nothing"),
+            set_meta("never", 7000),
+        ];
+        let lines = plan(&store, &ops).await;
+        assert_eq!(
+            lines,
+            [
+                "add a ha 4000",
+                "add again hg2 6000",
+                "add e/w hz 1000",
+                "add f hf 3000",
+                "add n/sub/y hy 1000",
+                "add n/x hx 1000",
+                "deleteFile d/sub/y",
+                "deleteFile d/x",
+                "deleteFile e/z",
+                "deleteFile n/stale",
+                "deleteFile old",
+            ]
+        );
+        // One paths-info pass for every path; the three directories (`d`, `n` and `nothing`)
+        // listed side by side; nothing looked up one by one.
+        assert_eq!(store.paths_info.load(Ordering::SeqCst), 1);
+        assert_eq!(store.listings.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_file_put_and_deleted_in_one_batch_sends_no_delete_unless_stored() {
+        let mut store = Mem::default();
+        store.files.insert("kept".into(), state("h0", 1));
+        let ops = vec![
+            put("tmp", "h1", 1),
+            delete("tmp"),
+            put("kept", "h2", 2),
+            rename("kept", "moved"),
+        ];
+        assert_eq!(
+            plan(&store, &ops).await,
+            ["add moved h2 2", "deleteFile kept"]
+        );
+        assert_eq!(store.paths_info.load(Ordering::SeqCst), 1);
+        assert_eq!(store.listings.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn lookups_skip_what_the_batch_answers() {
+        let ops = vec![
+            put("new", "h", 1),
+            set_meta("new", 2),
+            mkdir("dir"),
+            set_meta("dir", 2),
+            set_meta("old", 2),
+            delete("new"),
+            rename("x", "y"),
+            set_meta("y", 3),
+            delete("old"),
+        ];
+        assert_eq!(paths_to_look_up(&ops), ["old", "new", "x"]);
+        let mut stored = HashMap::new();
+        stored.insert("old".to_string(), Some(state("h", 1)));
+        stored.insert("new".to_string(), None);
+        stored.insert("x".to_string(), None);
+        // `new` was put in the batch, `old` is a stored file: only `x` (and where it goes)
+        // may be a directory.
+        assert_eq!(dirs_to_list(&ops, &stored), ["x", "y"]);
+    }
+}
