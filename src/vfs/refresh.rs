@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::remote::{Changes, Meta};
+use crate::remote::{Changes, EntryKind, Meta};
 use crate::vfs::inode::{Ino, Invalidation};
 use crate::vfs::{Errno, Stats, Vfs, VfsResult};
 
@@ -175,6 +175,20 @@ impl Vfs {
             let mut t = self.inodes.lock();
             if t.listed_dir_at(path) != Some(dir) {
                 return Err(Errno::EAGAIN);
+            }
+            let mut entries = entries;
+            if fixed {
+                // Such a catalog keeps no directory times: a listed directory's time (say, its
+                // newest file's upload) is no change, and does not replace what this mount
+                // shows (it made a mount's own commits look like other writers' changes).
+                for e in entries.iter_mut().filter(|e| e.kind == EntryKind::Dir) {
+                    let name = e.path.rsplit('/').next().unwrap_or("");
+                    if let Some(i) = t.child(dir, name)?.and_then(|c| t.get(c).ok()) {
+                        if i.is_dir() {
+                            e.meta = i.meta;
+                        }
+                    }
+                }
             }
             t.reconcile(dir, entries, same_meta, !caps.empty_dirs)?
         };
