@@ -115,6 +115,9 @@ struct RemoteChunks {
     cas_url: String,
     http: reqwest::Client,
     token: Mutex<Option<(String, u64)>>,
+    /// Whether the CAS is known to lack `/v1/xetmount/chunks` (a plain Hub's): a composition
+    /// then goes to the official route without asking.
+    no_lists: std::sync::atomic::AtomicBool,
 }
 
 impl RemoteChunks {
@@ -309,6 +312,7 @@ impl HttpCas {
             cas_url: cas_url.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
             token: Mutex::new(Some((tok.clone(), exp))),
+            no_lists: std::sync::atomic::AtomicBool::new(false),
         };
         let refresher: Arc<dyn TokenRefresher> = Arc::new(HubTokens { hub, write });
         let session_id = uuid::Uuid::now_v7().to_string();
@@ -375,6 +379,14 @@ impl HttpCas {
 }
 
 impl HttpCas {
+    /// This CAS offers only the official routes (a plain bucket's): compositions skip the
+    /// request for xetmount's chunk lists, one round trip that could only answer 404.
+    pub fn official_routes_only(&self) {
+        self.chunks
+            .no_lists
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Append bytes `range` of `base` to `f`; returns how many.
     async fn copy_base(
         &self,
@@ -415,7 +427,16 @@ impl Cas for HttpCas {
     async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {
         // Ok(None): this CAS cannot list a body's chunks; any other failure is reported, so a
         // transient one is retried rather than turned into a download of the whole base.
-        if let Some(view) = self.chunks.chunk_lists(&parse_hash(&base.hash)?).await? {
+        let lists = if self
+            .chunks
+            .no_lists
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            None
+        } else {
+            self.chunks.chunk_lists(&parse_hash(&base.hash)?).await?
+        };
+        if let Some(view) = lists {
             let bytes = Arc::new(BaseReader {
                 reader: self.reader.clone(),
                 id: base.clone(),
