@@ -108,13 +108,19 @@ impl BaseBytes for BaseReader {
     }
 }
 
+/// A CAS token this close to its expiry (seconds) is renewed in the background while it is
+/// still used, so that no composition waits for the token route.
+const TOKEN_AHEAD_SECS: u64 = 300;
+
 /// Chunk lists from the CAS's `/v1/xetmount/chunks/{file}`, with a CAS token of our own.
 struct RemoteChunks {
     hub: Arc<Hub>,
     write: bool,
     cas_url: String,
     http: reqwest::Client,
-    token: Mutex<Option<(String, u64)>>,
+    token: Arc<Mutex<Option<(String, u64)>>>,
+    /// A refresh of `token` running in the background.
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
     /// Whether the CAS is known to lack `/v1/xetmount/chunks` (a plain Hub's): a composition
     /// then goes to the official route without asking.
     no_lists: std::sync::atomic::AtomicBool,
@@ -124,13 +130,35 @@ impl RemoteChunks {
     async fn token(&self) -> RemoteResult<String> {
         let now = crate::server::auth::now_secs();
         if let Some((t, exp)) = self.token.lock().clone() {
+            if exp > now + TOKEN_AHEAD_SECS {
+                return Ok(t);
+            }
             if exp > now + 30 {
+                // Still good for a while: use it, and fetch the next one off the critical
+                // path.
+                self.refresh_behind();
                 return Ok(t);
             }
         }
         let (_, t, exp) = self.hub.cas_token(self.write).await?;
         *self.token.lock() = Some((t.clone(), exp));
         Ok(t)
+    }
+
+    fn refresh_behind(&self) {
+        use std::sync::atomic::Ordering;
+        if self.refreshing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (hub, write) = (self.hub.clone(), self.write);
+        let (slot, flag) = (self.token.clone(), self.refreshing.clone());
+        tokio::spawn(async move {
+            match hub.cas_token(write).await {
+                Ok((_, t, exp)) => *slot.lock() = Some((t, exp)),
+                Err(e) => tracing::debug!("CAS token refresh: {e}; trying again at the next use"),
+            }
+            flag.store(false, Ordering::SeqCst);
+        });
     }
 }
 
@@ -311,7 +339,8 @@ impl HttpCas {
             write,
             cas_url: cas_url.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
-            token: Mutex::new(Some((tok.clone(), exp))),
+            token: Arc::new(Mutex::new(Some((tok.clone(), exp)))),
+            refreshing: Arc::default(),
             no_lists: std::sync::atomic::AtomicBool::new(false),
         };
         let refresher: Arc<dyn TokenRefresher> = Arc::new(HubTokens { hub, write });
