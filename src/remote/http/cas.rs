@@ -99,13 +99,48 @@ impl Reader {
 struct BaseReader {
     reader: Arc<Reader>,
     id: FileId,
+    /// Base bytes read ahead, while the chunk lists were asked for: (offset, bytes).
+    ahead: Vec<(u64, Bytes)>,
 }
 
 #[async_trait]
 impl BaseBytes for BaseReader {
     async fn read(&self, range: Range<u64>) -> RemoteResult<Bytes> {
+        for (at, b) in &self.ahead {
+            if range.start >= *at && range.end <= at + b.len() as u64 {
+                return Ok(b.slice((range.start - at) as usize..(range.end - at) as usize));
+            }
+        }
         self.reader.read(&self.id, range).await
     }
+}
+
+/// Base bytes on each side of an edit read ahead of a composition: the re-chunked window
+/// runs from a stable chunk boundary before the edit to a re-synchronised one after it, a few
+/// chunks (at most 128 KiB each) away.
+const AHEAD_MARGIN: u64 = 512 << 10;
+/// No read-ahead when the windows would add up to more than this (a large or scattered edit
+/// reads what it needs once its chunk lists are known).
+const AHEAD_MAX: u64 = 8 << 20;
+
+/// The ranges of `base` worth reading ahead of composing `edits` (merged, in order).
+fn ahead_ranges(size: u64, edits: &[ComposeEdit]) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for e in edits {
+        let r = e.original_range.start.saturating_sub(AHEAD_MARGIN)
+            ..(e.original_range.end + AHEAD_MARGIN).min(size);
+        if r.start >= r.end {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    if out.iter().map(|r| r.end - r.start).sum::<u64>() > AHEAD_MAX {
+        return Vec::new();
+    }
+    out
 }
 
 /// A CAS token this close to its expiry (seconds) is renewed in the background while it is
@@ -463,17 +498,40 @@ impl Cas for HttpCas {
         {
             None
         } else {
-            self.chunks.chunk_lists(&parse_hash(&base.hash)?).await?
+            // The base bytes around the edits are read side by side with the chunk lists
+            // (instead of one round trip after them); a failed read-ahead only means the
+            // composition reads them itself.
+            let ahead = futures::future::join_all(
+                ahead_ranges(base.size, &edits)
+                    .into_iter()
+                    .map(|r| async move { (r.start, self.reader.read(base, r).await) }),
+            );
+            let hash = parse_hash(&base.hash)?;
+            let (lists, ahead) = tokio::join!(self.chunks.chunk_lists(&hash), ahead);
+            lists?.map(|view| {
+                let ahead: Vec<(u64, Bytes)> = ahead
+                    .into_iter()
+                    .filter_map(|(at, r)| match r {
+                        Ok(b) => Some((at, b)),
+                        Err(e) => {
+                            tracing::debug!("compose of {}: read-ahead: {e}", base.hash);
+                            None
+                        }
+                    })
+                    .collect();
+                (view, ahead)
+            })
         };
-        if let Some(view) = lists {
+        if let Some((view, ahead)) = lists {
             let bytes = Arc::new(BaseReader {
                 reader: self.reader.clone(),
                 id: base.clone(),
+                ahead,
             });
             let c = crate::remote::compose::compose_with(
                 &self.xorbs,
                 self.client.clone(),
-                &self.chunks,
+                None,
                 view,
                 bytes,
                 base,
@@ -540,5 +598,41 @@ impl Cas for HttpCas {
         .await;
         let _ = std::fs::remove_file(&path);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edit(r: Range<u64>) -> ComposeEdit {
+        ComposeEdit {
+            original_range: r,
+            data: Bytes::from_static(b"x"),
+        }
+    }
+
+    #[test]
+    fn read_ahead_covers_each_edit_with_margins_merged_and_bounded() {
+        const M: u64 = AHEAD_MARGIN;
+        let size = 100 << 20;
+        // Near the start and end: clipped to the file.
+        assert_eq!(
+            ahead_ranges(size, &[edit(10..20), edit(size..size)]),
+            vec![0..20 + M, size - M..size]
+        );
+        // Two edits closer than two margins: one read.
+        let a = 10 << 20;
+        assert_eq!(
+            ahead_ranges(size, &[edit(a..a + 4096), edit(a + M..a + M + 1)]),
+            vec![a - M..a + 2 * M + 1]
+        );
+        // Too much to read ahead: nothing.
+        let many: Vec<ComposeEdit> = (0..20)
+            .map(|i| edit(i * (4 << 20)..i * (4 << 20) + 1))
+            .collect();
+        assert!(ahead_ranges(size, &many).is_empty());
+        // An empty base.
+        assert!(ahead_ranges(0, &[edit(0..0)]).is_empty());
     }
 }
