@@ -47,6 +47,13 @@ fn an_edit_asks_for_the_base_chunk_lists_once_and_reads_back_exact() {
     // The base's chunk lists, once: the composed file is checked against them and the xorbs
     // the composition wrote, not read back from the server (the old code asked twice).
     assert_eq!(delta("GET /v1/xetmount/chunks/{file}"), 1, "{after:?}");
+    // Its xorb straight to the xorb route, without a grant request first.
+    assert_eq!(delta("POST /v1/xorbs/{prefix}/{xorb}"), 1, "{after:?}");
+    assert_eq!(
+        delta("POST /v1/xorb-grants/{prefix}/{xorb}"),
+        0,
+        "{after:?}"
+    );
     m.stop();
 
     let m = mount_served(&url, d, "m", &[]);

@@ -320,6 +320,8 @@ pub struct HttpCas {
     chunk_cache: Option<Arc<ChunkStore>>,
     config: Arc<TranslatorConfig>,
     client: Arc<dyn Client>,
+    /// `client`, uploading xorbs without asking for a grant first (see `direct_client`).
+    compose_client: Arc<dyn Client>,
     reader: Arc<Reader>,
     chunks: RemoteChunks,
     xorbs: XorbSettings,
@@ -389,13 +391,14 @@ impl HttpCas {
             cache_root: Some(cache.join("xet")),
         };
         let config = Arc::new(
-            TranslatorConfig::new(&ctx, session)
+            TranslatorConfig::new(&ctx, session.clone())
                 .map_err(xet_err)?
                 .disable_progress_aggregation(),
         );
         let client = create_remote_client(&config, &session_id, false)
             .await
             .map_err(xet_err)?;
+        let compose_client = direct_client(&ctx, &session, &session_id).await?;
         let staging = cache.join("compose");
         std::fs::create_dir_all(&staging)?;
         let xorbs = XorbSettings {
@@ -435,11 +438,37 @@ impl HttpCas {
             }),
             config,
             client,
+            compose_client,
             chunks,
             xorbs,
             staging,
         })
     }
+}
+
+/// A client of the same CAS session that uploads xorbs straight to the xorb route, without
+/// the grant request hf_xet 1.8.0 makes first. Only compositions use it, and they run only
+/// against a CAS that offers xetmount's chunk lists (xetmount serve, which takes xorbs on that
+/// route itself): the grant is one more round trip before every edit's commit, for the few
+/// small xorbs of the windows around an edit.
+async fn direct_client(
+    ctx: &XetContext,
+    session: &SessionContext,
+    session_id: &str,
+) -> RemoteResult<Arc<dyn Client>> {
+    let mut c = (*ctx.config).clone();
+    c.client.legacy_direct_xorb_upload = true;
+    let direct = XetContext {
+        runtime: ctx.runtime.clone(),
+        config: Arc::new(c),
+        common: ctx.common.clone(),
+    };
+    let config = TranslatorConfig::new(&direct, session.clone())
+        .map_err(xet_err)?
+        .disable_progress_aggregation();
+    create_remote_client(&config, session_id, false)
+        .await
+        .map_err(xet_err)
 }
 
 impl HttpCas {
@@ -530,7 +559,7 @@ impl Cas for HttpCas {
             });
             let c = crate::remote::compose::compose_with(
                 &self.xorbs,
-                self.client.clone(),
+                self.compose_client.clone(),
                 None,
                 view,
                 bytes,
