@@ -258,6 +258,8 @@ pub struct Assembler<'a> {
     sending: Option<tokio::task::JoinHandle<RemoteResult<u64>>>,
     /// Xorb bytes sent so far.
     pub sent: u64,
+    /// The (hash, size) of every chunk of each xorb sent, for checking the file against.
+    written: HashMap<MerkleHash, Vec<(MerkleHash, u64)>>,
 }
 
 impl<'a> Assembler<'a> {
@@ -269,6 +271,7 @@ impl<'a> Assembler<'a> {
             shard: MDBInMemoryShard::default(),
             sending: None,
             sent: 0,
+            written: HashMap::new(),
         }
     }
 
@@ -280,6 +283,14 @@ impl<'a> Assembler<'a> {
     }
 
     async fn send(&mut self, raw: RawXorbData) -> RemoteResult<()> {
+        let info = &raw.xorb_info;
+        self.written.insert(
+            info.metadata.xorb_hash,
+            info.chunks
+                .iter()
+                .map(|c| (c.chunk_hash, u64::from(c.unpacked_segment_bytes)))
+                .collect(),
+        );
         self.shard
             .add_xorb_block(raw.xorb_info.clone())
             .map_err(other)?;
@@ -314,9 +325,17 @@ impl<'a> Assembler<'a> {
 
     /// [`Assembler::finish`] with the file's identity given (see [`Packer::finish_with_hash`]).
     pub async fn finish_with_hash(
-        mut self,
+        self,
         hash: Option<MerkleHash>,
     ) -> RemoteResult<(Assembled, u64)> {
+        self.finish_listed(hash).await.map(|(a, sent, _)| (a, sent))
+    }
+
+    /// [`Assembler::finish_with_hash`], also returning the chunks of every xorb it wrote.
+    pub async fn finish_listed(
+        mut self,
+        hash: Option<MerkleHash>,
+    ) -> RemoteResult<(Assembled, u64, HashMap<MerkleHash, Vec<(MerkleHash, u64)>>)> {
         let (last, a) = std::mem::replace(&mut self.packer, Packer::new(&[], &[], false))
             .finish_with_hash(hash)?;
         if let Some(x) = last {
@@ -332,7 +351,7 @@ impl<'a> Assembler<'a> {
             .upload_shard(bytes, permit, None)
             .await
             .map_err(other)?;
-        Ok((a, self.sent))
+        Ok((a, self.sent, std::mem::take(&mut self.written)))
     }
 }
 

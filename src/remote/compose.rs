@@ -8,9 +8,12 @@
 //! watching that), and it opens an upload session, a cleaner and a xorb per window, which made
 //! a 1% scattered patch of a 1 GiB file slower than rewriting it.
 //!
-//! Whatever builds it, a composed file is checked before anyone may commit it: its stored
+//! Whatever builds it, a composed file is checked before anyone may commit it: its
 //! reconstruction must add up to the expected size, every term must match the chunks its xorb
-//! really holds, and those chunks must hash to the file's identity.
+//! really holds, and those chunks must hash to the file's identity. Here the chunks a xorb
+//! holds are known without asking the store again: the store listed the base's, and the
+//! composition wrote the new ones (a read-back would be one more round trip before every
+//! commit).
 
 use std::sync::Arc;
 
@@ -99,14 +102,16 @@ pub async fn compose(
         .chunk_lists(&parse_hash(&base.hash)?)
         .await?
         .ok_or_else(|| RemoteError::NotFound(format!("base {} is not in the store", base.hash)))?;
-    compose_with(settings, client, map, view, bytes, base, edits).await
+    compose_with(settings, client, Some(map), view, bytes, base, edits).await
 }
 
-/// [`compose`], given the base's chunk lists (`view`) already.
+/// [`compose`], given the base's chunk lists (`view`) already. The result is checked against
+/// the chunks known here, and, given a `map`, also read back from the store (where that is
+/// cheap: a local store).
 pub async fn compose_with(
     settings: &XorbSettings,
     client: Arc<dyn Client>,
-    map: &dyn ChunkMap,
+    map: Option<&dyn ChunkMap>,
     view: ChunkLists,
     bytes: Arc<dyn BaseBytes>,
     base: &FileId,
@@ -148,7 +153,7 @@ pub async fn compose_with(
         "compose: re-chunked in {:?}",
         started.elapsed()
     );
-    let (a, sent) = sink.finish().await?;
+    let (a, sent, written) = sink.finish_listed(None).await?;
     if a.size != expected_size {
         return Err(RemoteError::Integrity(format!(
             "composed {} bytes, expected {expected_size}",
@@ -160,7 +165,10 @@ pub async fn compose_with(
         size: a.size,
     };
     tracing::debug!("compose: uploaded in {:?}", started.elapsed());
-    let terms = verify(map, &id, expected_size).await?;
+    let mut terms = verify_written(&view, &written, &a.file.segments, &id, expected_size)?;
+    if let Some(map) = map {
+        terms = verify(map, &id, expected_size).await?;
+    }
     tracing::debug!("compose: verified in {:?}", started.elapsed());
     Ok(Planned {
         id,
@@ -169,6 +177,69 @@ pub async fn compose_with(
         terms,
         sent,
     })
+}
+
+/// [`verify`] from what is known already: the base's chunk lists (`view`, as the store gave
+/// them) and the chunks of the xorbs the composition wrote; `segments` is the file's
+/// reconstruction as uploaded.
+fn verify_written(
+    view: &ChunkLists,
+    written: &std::collections::HashMap<MerkleHash, Vec<(MerkleHash, u64)>>,
+    segments: &[FileDataSequenceEntry],
+    id: &FileId,
+    expected: u64,
+) -> RemoteResult<u64> {
+    if id.size != expected {
+        return Err(RemoteError::Integrity(format!(
+            "composed file {} claims {} bytes, expected {expected}",
+            id.hash, id.size
+        )));
+    }
+    let mut base = std::collections::HashMap::new();
+    for (seg, list) in view.segments.iter().zip(&view.chunks) {
+        for (j, c) in list.iter().enumerate() {
+            base.insert((seg.xorb_hash, seg.chunk_index_start + j as u32), *c);
+        }
+    }
+    let mut all: Vec<(MerkleHash, u64)> = Vec::new();
+    for seg in segments {
+        let mut held = 0u64;
+        for i in seg.chunk_index_start..seg.chunk_index_end {
+            let c = written
+                .get(&seg.xorb_hash)
+                .and_then(|l| l.get(i as usize).copied())
+                .or_else(|| base.get(&(seg.xorb_hash, i)).copied())
+                .ok_or_else(|| {
+                    RemoteError::Integrity(format!(
+                        "composed file {} refers to chunk {i} of xorb {}, which neither the base nor the composition holds",
+                        id.hash, seg.xorb_hash
+                    ))
+                })?;
+            held += c.1;
+            all.push(c);
+        }
+        if held != u64::from(seg.unpacked_segment_bytes) {
+            return Err(RemoteError::Integrity(format!(
+                "composed file {}: a segment of xorb {} claims {} bytes but its chunks hold {held}",
+                id.hash, seg.xorb_hash, seg.unpacked_segment_bytes
+            )));
+        }
+    }
+    let total: u64 = all.iter().map(|c| c.1).sum();
+    if total != expected {
+        return Err(RemoteError::Integrity(format!(
+            "composed file {} reconstructs to {total} bytes, expected {expected}",
+            id.hash
+        )));
+    }
+    if expected > 0 && file_hash(&all) != parse_hash(&id.hash)? {
+        return Err(RemoteError::Integrity(format!(
+            "composed file {}: its chunks hash to {}",
+            id.hash,
+            file_hash(&all)
+        )));
+    }
+    Ok(segments.len() as u64)
 }
 
 /// Refuse a composed file whose stored reconstruction does not add up to `expected` bytes:

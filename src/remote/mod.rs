@@ -359,7 +359,11 @@ pub trait Catalog: Send + Sync {
         Ok(None)
     }
     async fn head(&self, path: &str) -> RemoteResult<Option<Entry>>;
-    /// Apply all ops or none; returns the new revision.
+    /// Apply all ops or none; returns the new revision where the commit's answer carries
+    /// it, else 0 (a catalog that learns it only by asking [`Catalog::revision`] does not
+    /// spend a round trip on it: no caller waits for it). With a change feed
+    /// ([`Catalog::changes`]) it must be the revision this commit produced, one no other
+    /// commit shares: a mount skips the feed's reports of its own commits by it.
     async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64>;
     async fn revision(&self) -> RemoteResult<u64>;
     /// What changed after revision `since`, waiting up to `wait` for a change (an empty

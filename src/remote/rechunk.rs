@@ -218,7 +218,10 @@ pub async fn rechunk(
             let r = &e.original_range;
             plan(start_of(chunk_at(r.start.min(size - 1)))..r.start);
             if r.end < size {
-                plan(r.end..ends[chunk_at(r.end)]);
+                // One chunk more: the chunker seldom re-synchronises at the very cut it
+                // lands next to, and a read that misses the plan costs a round trip alone.
+                let k = chunk_at(r.end);
+                plan(r.end..ends[(k + 1).min(ends.len() - 1)]);
             }
         }
     }

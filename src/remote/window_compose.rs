@@ -36,7 +36,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use xet_client::cas_client::{Client, URLProvider};
-use xet_client::cas_types::{FileChunkHashesResponse, FileRange, HexMerkleHash, HttpRange};
+use xet_client::cas_types::{
+    FileChunkHashesResponse, FileRange, HexMerkleHash, HttpRange, QueryReconstructionResponseV2,
+    XorbRangeDescriptor,
+};
 use xet_core_structures::merklehash::{compute_data_hash, MerkleHash, MerkleHashSubtree};
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 use xet_data::deduplication::Chunker;
@@ -270,10 +273,38 @@ pub async fn fetch_chunks(
             file.hex()
         )));
     }
-    // Term data of one fetch range, kept while its terms are cut out of it.
-    let mut cache: HashMap<(HexMerkleHash, u32), (Bytes, Vec<u32>)> = HashMap::new();
-    let mut at = range.start;
-    for term in &resp.terms {
+    let mut starts = vec![range.start];
+    for t in &resp.terms {
+        starts.push(starts[starts.len() - 1] + u64::from(t.unpacked_length));
+    }
+    let all: Vec<usize> = (0..resp.terms.len()).collect();
+    fetch_terms(client, &resp, &all, &starts, out).await?;
+    let at = starts[resp.terms.len()];
+    if at != range.end {
+        return Err(integrity(format!(
+            "{range:?} of {} reads back as {} bytes",
+            file.hex(),
+            at - range.start
+        )));
+    }
+    Ok(())
+}
+
+/// The chunks of terms `which` (ascending indices into `resp.terms`, the term at index `i`
+/// starting at file offset `starts[i]`) appended to `out`, from the term data `resp` points
+/// at: every fetch range they need requested at once.
+async fn fetch_terms(
+    client: &Arc<dyn Client>,
+    resp: &QueryReconstructionResponseV2,
+    which: &[usize],
+    starts: &[u64],
+    out: &mut Fetched,
+) -> RemoteResult<()> {
+    // The fetch range of each term, and each range once.
+    let mut keys: Vec<(HexMerkleHash, u32)> = Vec::with_capacity(which.len());
+    let mut wanted: HashMap<(HexMerkleHash, u32), (&String, &XorbRangeDescriptor)> = HashMap::new();
+    for &i in which {
+        let term = &resp.terms[i];
         let (url, desc) = resp
             .xorbs
             .get(&term.hash)
@@ -283,8 +314,12 @@ pub async fn fetch_chunks(
             .find(|(_, d)| d.chunks.start <= term.range.start && term.range.end <= d.chunks.end)
             .ok_or_else(|| integrity(format!("no fetch URL for a term of {}", term.hash)))?;
         let key = (term.hash, desc.chunks.start);
-        #[allow(clippy::map_entry)] // the insert needs an await in between
-        if !cache.contains_key(&key) {
+        keys.push(key);
+        wanted.insert(key, (url, desc));
+    }
+    let fetched = futures::future::try_join_all(wanted.into_iter().map(|(key, (url, desc))| {
+        let client = client.clone();
+        async move {
             let permit = client.acquire_download_permit().await.map_err(xet)?;
             let provider = Box::new(FetchUrl {
                 url: url.clone(),
@@ -298,16 +333,22 @@ pub async fn fetch_chunks(
             if idx.len() != n + 1 || idx.last().map(|&e| e as usize) != Some(data.len()) {
                 return Err(integrity(format!(
                     "term data of {} holds {} chunks, expected {n}",
-                    term.hash,
+                    key.0,
                     idx.len().saturating_sub(1)
                 )));
             }
-            cache.insert(key, (data, idx));
+            Ok::<_, RemoteError>((key, (data, idx, desc.chunks.start)))
         }
-        let (data, idx) = &cache[&key];
+    }))
+    .await?;
+    let cache: HashMap<_, _> = fetched.into_iter().collect();
+    for (&i, key) in which.iter().zip(&keys) {
+        let term = &resp.terms[i];
+        let (data, idx, first) = &cache[key];
+        let mut at = starts[i];
         let mut held = 0u64;
         for c in term.range.start..term.range.end {
-            let j = (c - desc.chunks.start) as usize;
+            let j = (c - first) as usize;
             let bytes = data.slice(idx[j] as usize..idx[j + 1] as usize);
             let len = bytes.len() as u64;
             out.chunks.push(BaseChunk {
@@ -331,28 +372,12 @@ pub async fn fetch_chunks(
             )));
         }
     }
-    if at != range.end {
-        return Err(integrity(format!(
-            "{range:?} of {} reads back as {} bytes",
-            file.hex(),
-            at - range.start
-        )));
-    }
     Ok(())
 }
 
-/// The stored terms of `file`.
-async fn terms_of(
-    client: &Arc<dyn Client>,
-    file: &MerkleHash,
-) -> RemoteResult<Vec<FileDataSequenceEntry>> {
-    let resp = client
-        .get_reconstruction(file, None)
-        .await
-        .map_err(xet)?
-        .ok_or_else(|| RemoteError::NotFound(format!("file {} is not stored", file.hex())))?;
-    Ok(resp
-        .terms
+/// The terms of a whole-file reconstruction, as a shard describes them.
+fn terms_in(resp: &QueryReconstructionResponseV2) -> Vec<FileDataSequenceEntry> {
+    resp.terms
         .iter()
         .map(|t| FileDataSequenceEntry {
             xorb_hash: t.hash.0,
@@ -361,7 +386,27 @@ async fn terms_of(
             chunk_index_start: t.range.start,
             chunk_index_end: t.range.end,
         })
-        .collect())
+        .collect()
+}
+
+/// The whole-file reconstruction of `file`.
+async fn reconstruction(
+    client: &Arc<dyn Client>,
+    file: &MerkleHash,
+) -> RemoteResult<QueryReconstructionResponseV2> {
+    client
+        .get_reconstruction(file, None)
+        .await
+        .map_err(xet)?
+        .ok_or_else(|| RemoteError::NotFound(format!("file {} is not stored", file.hex())))
+}
+
+/// The stored terms of `file`.
+async fn terms_of(
+    client: &Arc<dyn Client>,
+    file: &MerkleHash,
+) -> RemoteResult<Vec<FileDataSequenceEntry>> {
+    Ok(terms_in(&reconstruction(client, file).await?))
 }
 
 /// A re-chunked window: where it lies in the new file, its bytes and its chunks.
@@ -415,15 +460,19 @@ pub async fn compose(
         return Ok(None);
     }
     let base_hash = parse_hash(&base.hash)?;
-    let Some(resp) = route
-        .file_chunk_hashes(&base_hash, &dirty_ranges(&edits, size))
-        .await?
-    else {
+    // The windows and the base's terms (with their fetch URLs) side by side: one round trip.
+    let dirty = dirty_ranges(&edits, size);
+    let (resp, recon) = tokio::join!(
+        route.file_chunk_hashes(&base_hash, &dirty),
+        reconstruction(&client, &base_hash)
+    );
+    let Some(resp) = resp? else {
         return Ok(None);
     };
+    let recon = recon?;
     let windows = check_answer(&resp, size)?;
     let per_window = assign(&edits, &windows, size)?;
-    let terms = terms_of(&client, &base_hash).await?;
+    let terms = terms_in(&recon);
     let mut starts = vec![0u64];
     for t in &terms {
         starts.push(starts[starts.len() - 1] + u64::from(t.unpacked_segment_bytes));
@@ -446,10 +495,16 @@ pub async fn compose(
             resp.gap_verification.len()
         )));
     }
+    // The terms the reads cover, fetched from the reconstruction already in hand, all at once.
+    let which: Vec<usize> = (0..terms.len())
+        .filter(|&i| {
+            reads
+                .iter()
+                .any(|r| r.start <= starts[i] && starts[i] < r.end)
+        })
+        .collect();
     let mut base_chunks = Fetched::default();
-    for r in &reads {
-        fetch_chunks(&client, &base_hash, r.clone(), &mut base_chunks).await?;
-    }
+    fetch_terms(&client, &recon, &which, &starts, &mut base_chunks).await?;
     // The windows must be chunk-aligned, and the base's own window chunks merged with the
     // gaps must give the base's identity: the CAS's answer and our reading of the base agree.
     let mut window_chunks = Vec::with_capacity(windows.len());
@@ -630,9 +685,20 @@ async fn verify(
         )));
     }
     let hash = parse_hash(&id.hash)?;
-    let stored = terms_of(client, &hash)
-        .await
-        .map_err(|e| integrity(format!("composed file {} was not stored: {e}", id.hash)))?;
+    // The stored terms and every window read back, side by side.
+    let windows: Vec<&NewWindow> = windows.iter().filter(|w| !w.bytes.is_empty()).collect();
+    let reads = futures::future::try_join_all(windows.iter().map(|w| {
+        let range = w.at..w.at + w.bytes.len() as u64;
+        async move {
+            let mut back = Fetched::default();
+            fetch_chunks(client, &hash, range.clone(), &mut back).await?;
+            Ok::<_, RemoteError>((range, back))
+        }
+    }));
+    let (stored, reads) = tokio::join!(terms_of(client, &hash), reads);
+    let stored =
+        stored.map_err(|e| integrity(format!("composed file {} was not stored: {e}", id.hash)))?;
+    let reads = reads?;
     let total: u64 = stored
         .iter()
         .map(|t| u64::from(t.unpacked_segment_bytes))
@@ -664,10 +730,7 @@ async fn verify(
             written.len()
         )));
     }
-    for w in windows.iter().filter(|w| !w.bytes.is_empty()) {
-        let range = w.at..w.at + w.bytes.len() as u64;
-        let mut back = Fetched::default();
-        fetch_chunks(client, &hash, range.clone(), &mut back).await?;
+    for (w, (range, back)) in windows.iter().zip(reads) {
         let hashes: Vec<(MerkleHash, u64)> = back.chunks.iter().map(|c| (c.hash, c.len)).collect();
         let same_bytes = back.data.iter().flat_map(|b| b.iter()).eq(w.bytes.iter());
         if hashes != w.chunks || !same_bytes {

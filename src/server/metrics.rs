@@ -46,7 +46,9 @@ pub async fn count(State(s): State<Arc<Server>>, req: Request, next: Next) -> Re
         .unwrap_or_default();
     let key = format!("{} {route}", req.method());
     let fetch = route.starts_with("/fetch/");
+    tracing::debug!("request {key}");
     let r = next.run(req).await;
+    tracing::debug!("answered {key}");
     *s.metrics.requests.lock().entry(key).or_default() += 1;
     if fetch {
         let len = r.body().size_hint().exact().unwrap_or(0);

@@ -199,6 +199,9 @@ pub struct Vfs {
     /// again once it is: a refresh whose listing spans a change of it may mistake this
     /// mount's own commit for another writer's, and tries again.
     commit_epoch: std::sync::atomic::AtomicU64,
+    /// Revisions this mount's own commits produced that the change feed has not reported
+    /// yet: the refresher skips what only they changed.
+    own_revisions: Mutex<std::collections::BTreeSet<u64>>,
     nslog: Mutex<nslog::NsLog>,
     inodes: Mutex<InodeTable>,
     handles: Mutex<Handles>,
@@ -257,6 +260,7 @@ impl Vfs {
             ns_lock: tokio::sync::Mutex::new(()),
             commit_lock: tokio::sync::Mutex::new(()),
             commit_epoch: std::sync::atomic::AtomicU64::new(0),
+            own_revisions: Mutex::default(),
             nslog: Mutex::new(nslog),
             inodes: Mutex::new(InodeTable::new(root)),
             handles: Mutex::new(Handles::default()),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::remote::{Changes, Meta};
+use crate::remote::{Changes, EntryKind, Meta};
 use crate::vfs::inode::{Ino, Invalidation};
 use crate::vfs::{Errno, Stats, Vfs, VfsResult};
 
@@ -30,6 +30,17 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::fro
 /// the mount should follow other writers within seconds once they do.
 const RETRY: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Longest the refresher waits for a commit of this mount in flight before deciding whether
+/// a change is its own.
+const OWN_COMMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether `own` holds every revision in `since + 1..=revision` (catalog revisions count
+/// commits one by one, so any other writer's commit in that span is one missing from it).
+fn all_own(own: &std::collections::BTreeSet<u64>, since: u64, revision: u64) -> bool {
+    revision > since
+        && revision - since <= own.len() as u64
+        && (since + 1..=revision).all(|r| own.contains(&r))
+}
 
 impl Vfs {
     /// Follow other writers' changes from revision `since` (off when the poll interval is 0).
@@ -91,6 +102,24 @@ impl Vfs {
             }
         }
         again
+    }
+
+    /// Whether every revision after `since` up to `revision` is one of this mount's own
+    /// commits (forgetting those up to `revision`). A commit in flight is waited for first (it
+    /// may be the one the feed reports, its answer not in yet); past a deadline the answer
+    /// is no, so the directories are listed as before.
+    async fn only_own_commits(&self, since: u64, revision: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + OWN_COMMIT_WAIT;
+        while self.commit_epoch.load(Ordering::SeqCst) % 2 == 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut own = self.own_revisions.lock();
+        let all = all_own(&own, since, revision);
+        *own = own.split_off(&(revision + 1));
+        all
     }
 
     /// Whether a handle open for writing names `ino`.
@@ -176,6 +205,20 @@ impl Vfs {
             if t.listed_dir_at(path) != Some(dir) {
                 return Err(Errno::EAGAIN);
             }
+            let mut entries = entries;
+            if fixed {
+                // Such a catalog keeps no directory times: a listed directory's time (say, its
+                // newest file's upload) is no change, and does not replace what this mount
+                // shows (it made a mount's own commits look like other writers' changes).
+                for e in entries.iter_mut().filter(|e| e.kind == EntryKind::Dir) {
+                    let name = e.path.rsplit('/').next().unwrap_or("");
+                    if let Some(i) = t.child(dir, name)?.and_then(|c| t.get(c).ok()) {
+                        if i.is_dir() {
+                            e.meta = i.meta;
+                        }
+                    }
+                }
+            }
             t.reconcile(dir, entries, same_meta, !caps.empty_dirs)?
         };
         if done.changed > 0 {
@@ -227,6 +270,12 @@ async fn follow(vfs: Weak<Vfs>, mut since: u64) {
             }
         };
         backoff = BACKOFF.0;
+        // Directories only this mount's own commits changed show nothing new.
+        let dirs = if !dirs.is_empty() && v.only_own_commits(since, revision).await {
+            Vec::new()
+        } else {
+            dirs
+        };
         pending.extend(dirs);
         pending.sort();
         pending.dedup();
@@ -285,5 +334,25 @@ async fn poll(vfs: Weak<Vfs>, catalog: Arc<dyn crate::remote::Catalog>, mut sinc
                 tracing::debug!("revision poll: {e}; next in {wait:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod own_tests {
+    use super::all_own;
+
+    #[test]
+    fn a_span_is_own_only_if_every_revision_in_it_is() {
+        let own = [5, 6, 8].into_iter().collect();
+        assert!(all_own(&own, 4, 6));
+        assert!(all_own(&own, 5, 6));
+        assert!(all_own(&own, 7, 8));
+        // Another writer's revision 7 between two of ours.
+        assert!(!all_own(&own, 4, 8));
+        assert!(!all_own(&own, 6, 8));
+        // Before ours, or nothing new.
+        assert!(!all_own(&own, 3, 6));
+        assert!(!all_own(&own, 6, 6));
+        assert!(!all_own(&Default::default(), 4, 5));
     }
 }

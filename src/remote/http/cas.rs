@@ -144,14 +144,53 @@ impl Reader {
 struct BaseReader {
     reader: Arc<Reader>,
     id: FileId,
+    /// Base bytes read ahead, while the chunk lists were asked for: (offset, bytes).
+    ahead: Vec<(u64, Bytes)>,
 }
 
 #[async_trait]
 impl BaseBytes for BaseReader {
     async fn read(&self, range: Range<u64>) -> RemoteResult<Bytes> {
+        for (at, b) in &self.ahead {
+            if range.start >= *at && range.end <= at + b.len() as u64 {
+                return Ok(b.slice((range.start - at) as usize..(range.end - at) as usize));
+            }
+        }
         self.reader.read(&self.id, range).await
     }
 }
+
+/// Base bytes on each side of an edit read ahead of a composition: the re-chunked window
+/// runs from a stable chunk boundary before the edit to a re-synchronised one after it, a few
+/// chunks (at most 128 KiB each) away.
+const AHEAD_MARGIN: u64 = 512 << 10;
+/// No read-ahead when the windows would add up to more than this (a large or scattered edit
+/// reads what it needs once its chunk lists are known).
+const AHEAD_MAX: u64 = 8 << 20;
+
+/// The ranges of `base` worth reading ahead of composing `edits` (merged, in order).
+fn ahead_ranges(size: u64, edits: &[ComposeEdit]) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for e in edits {
+        let r = e.original_range.start.saturating_sub(AHEAD_MARGIN)
+            ..(e.original_range.end + AHEAD_MARGIN).min(size);
+        if r.start >= r.end {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    if out.iter().map(|r| r.end - r.start).sum::<u64>() > AHEAD_MAX {
+        return Vec::new();
+    }
+    out
+}
+
+/// A CAS token this close to its expiry (seconds) is renewed in the background while it is
+/// still used, so that no composition waits for the token route.
+const TOKEN_AHEAD_SECS: u64 = 300;
 
 /// Chunk lists from the CAS's `/v1/xetmount/chunks/{file}`, with a CAS token of our own.
 struct RemoteChunks {
@@ -159,20 +198,47 @@ struct RemoteChunks {
     write: bool,
     cas_url: String,
     http: reqwest::Client,
-    token: Mutex<Option<(String, u64)>>,
+    token: Arc<Mutex<Option<(String, u64)>>>,
+    /// A refresh of `token` running in the background.
+    refreshing: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the CAS is known to lack `/v1/xetmount/chunks` (a plain Hub's): a composition
+    /// then goes to the official route without asking.
+    no_lists: std::sync::atomic::AtomicBool,
 }
 
 impl RemoteChunks {
     async fn token(&self) -> RemoteResult<String> {
         let now = crate::server::auth::now_secs();
         if let Some((t, exp)) = self.token.lock().clone() {
+            if exp > now + TOKEN_AHEAD_SECS {
+                return Ok(t);
+            }
             if exp > now + 30 {
+                // Still good for a while: use it, and fetch the next one off the critical
+                // path.
+                self.refresh_behind();
                 return Ok(t);
             }
         }
         let (_, t, exp) = self.hub.cas_token(self.write).await?;
         *self.token.lock() = Some((t.clone(), exp));
         Ok(t)
+    }
+
+    fn refresh_behind(&self) {
+        use std::sync::atomic::Ordering;
+        if self.refreshing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (hub, write) = (self.hub.clone(), self.write);
+        let (slot, flag) = (self.token.clone(), self.refreshing.clone());
+        tokio::spawn(async move {
+            match hub.cas_token(write).await {
+                Ok((_, t, exp)) => *slot.lock() = Some((t, exp)),
+                Err(e) => tracing::debug!("CAS token refresh: {e}; trying again at the next use"),
+            }
+            flag.store(false, Ordering::SeqCst);
+        });
     }
 }
 
@@ -299,6 +365,8 @@ pub struct HttpCas {
     chunk_cache: Option<Arc<ChunkStore>>,
     config: Arc<TranslatorConfig>,
     client: Arc<dyn Client>,
+    /// `client`, uploading xorbs without asking for a grant first (see `direct_client`).
+    compose_client: Arc<dyn Client>,
     reader: Arc<Reader>,
     chunks: RemoteChunks,
     xorbs: XorbSettings,
@@ -353,7 +421,9 @@ impl HttpCas {
             write,
             cas_url: cas_url.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
-            token: Mutex::new(Some((tok.clone(), exp))),
+            token: Arc::new(Mutex::new(Some((tok.clone(), exp)))),
+            refreshing: Arc::default(),
+            no_lists: std::sync::atomic::AtomicBool::new(false),
         };
         let refresher: Arc<dyn TokenRefresher> = Arc::new(HubTokens { hub, write });
         let session_id = uuid::Uuid::now_v7().to_string();
@@ -366,13 +436,14 @@ impl HttpCas {
             cache_root: Some(cache.join("xet")),
         };
         let config = Arc::new(
-            TranslatorConfig::new(&ctx, session)
+            TranslatorConfig::new(&ctx, session.clone())
                 .map_err(xet_err)?
                 .disable_progress_aggregation(),
         );
         let client = create_remote_client(&config, &session_id, false)
             .await
             .map_err(xet_err)?;
+        let compose_client = direct_client(&ctx, &session, &session_id).await?;
         let staging = cache.join("compose");
         std::fs::create_dir_all(&staging)?;
         let xorbs = XorbSettings {
@@ -419,6 +490,7 @@ impl HttpCas {
             }),
             config,
             client,
+            compose_client,
             chunks,
             xorbs,
             staging,
@@ -426,7 +498,40 @@ impl HttpCas {
     }
 }
 
+/// A client of the same CAS session that uploads xorbs straight to the xorb route, without
+/// the grant request hf_xet 1.8.0 makes first. Only compositions use it, and they run only
+/// against a CAS that offers xetmount's chunk lists (xetmount serve, which takes xorbs on that
+/// route itself): the grant is one more round trip before every edit's commit, for the few
+/// small xorbs of the windows around an edit.
+async fn direct_client(
+    ctx: &XetContext,
+    session: &SessionContext,
+    session_id: &str,
+) -> RemoteResult<Arc<dyn Client>> {
+    let mut c = (*ctx.config).clone();
+    c.client.legacy_direct_xorb_upload = true;
+    let direct = XetContext {
+        runtime: ctx.runtime.clone(),
+        config: Arc::new(c),
+        common: ctx.common.clone(),
+    };
+    let config = TranslatorConfig::new(&direct, session.clone())
+        .map_err(xet_err)?
+        .disable_progress_aggregation();
+    create_remote_client(&config, session_id, false)
+        .await
+        .map_err(xet_err)
+}
+
 impl HttpCas {
+    /// This CAS offers only the official routes (a plain bucket's): compositions skip the
+    /// request for xetmount's chunk lists, one round trip that could only answer 404.
+    pub fn official_routes_only(&self) {
+        self.chunks
+            .no_lists
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Append bytes `range` of `base` to `f`; returns how many.
     async fn copy_base(
         &self,
@@ -467,15 +572,47 @@ impl Cas for HttpCas {
     async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {
         // Ok(None): this CAS cannot list a body's chunks; any other failure is reported, so a
         // transient one is retried rather than turned into a download of the whole base.
-        if let Some(view) = self.chunks.chunk_lists(&parse_hash(&base.hash)?).await? {
+        let lists = if self
+            .chunks
+            .no_lists
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            None
+        } else {
+            // The base bytes around the edits are read side by side with the chunk lists
+            // (instead of one round trip after them); a failed read-ahead only means the
+            // composition reads them itself.
+            let ahead = futures::future::join_all(
+                ahead_ranges(base.size, &edits)
+                    .into_iter()
+                    .map(|r| async move { (r.start, self.reader.read(base, r).await) }),
+            );
+            let hash = parse_hash(&base.hash)?;
+            let (lists, ahead) = tokio::join!(self.chunks.chunk_lists(&hash), ahead);
+            lists?.map(|view| {
+                let ahead: Vec<(u64, Bytes)> = ahead
+                    .into_iter()
+                    .filter_map(|(at, r)| match r {
+                        Ok(b) => Some((at, b)),
+                        Err(e) => {
+                            tracing::debug!("compose of {}: read-ahead: {e}", base.hash);
+                            None
+                        }
+                    })
+                    .collect();
+                (view, ahead)
+            })
+        };
+        if let Some((view, ahead)) = lists {
             let bytes = Arc::new(BaseReader {
                 reader: self.reader.clone(),
                 id: base.clone(),
+                ahead,
             });
             let c = crate::remote::compose::compose_with(
                 &self.xorbs,
-                self.client.clone(),
-                &self.chunks,
+                self.compose_client.clone(),
+                None,
                 view,
                 bytes,
                 base,
@@ -542,5 +679,41 @@ impl Cas for HttpCas {
         .await;
         let _ = std::fs::remove_file(&path);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edit(r: Range<u64>) -> ComposeEdit {
+        ComposeEdit {
+            original_range: r,
+            data: Bytes::from_static(b"x"),
+        }
+    }
+
+    #[test]
+    fn read_ahead_covers_each_edit_with_margins_merged_and_bounded() {
+        const M: u64 = AHEAD_MARGIN;
+        let size = 100 << 20;
+        // Near the start and end: clipped to the file.
+        assert_eq!(
+            ahead_ranges(size, &[edit(10..20), edit(size..size)]),
+            vec![0..20 + M, size - M..size]
+        );
+        // Two edits closer than two margins: one read.
+        let a = 10 << 20;
+        assert_eq!(
+            ahead_ranges(size, &[edit(a..a + 4096), edit(a + M..a + M + 1)]),
+            vec![a - M..a + 2 * M + 1]
+        );
+        // Too much to read ahead: nothing.
+        let many: Vec<ComposeEdit> = (0..20)
+            .map(|i| edit(i * (4 << 20)..i * (4 << 20) + 1))
+            .collect();
+        assert!(ahead_ranges(size, &many).is_empty());
+        // An empty base.
+        assert!(ahead_ranges(0, &[edit(0..0)]).is_empty());
     }
 }

@@ -174,6 +174,7 @@ pub async fn open(
     if info.get("xetmount").is_none() {
         // A plain bucket: files only, with the mount's owner and modes.
         let catalog = plain::PlainCatalog::new(hub, &uri.prefix, o.owner);
+        cas.official_routes_only();
         return Ok(OpenedBucket {
             catalog: Arc::new(catalog),
             cas: Arc::new(cas),

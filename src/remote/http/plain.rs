@@ -11,10 +11,11 @@
 //! states (adds of what must be there, deletes only of what still is) makes the retry land on
 //! the same result.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
 use super::hub::Hub;
@@ -74,6 +75,34 @@ impl PlainCatalog {
             atime_ns: ns,
             mtime_ns: ns,
             ctime_ns: ns,
+        }
+    }
+
+    /// `op` with bucket paths.
+    fn bucket_op(&self, op: &CatalogOp) -> CatalogOp {
+        let full = |p: &str| self.prefix.full(p);
+        match op {
+            CatalogOp::Put(e) => CatalogOp::Put(Entry {
+                path: full(&e.path),
+                ..e.clone()
+            }),
+            CatalogOp::SetMeta { path, meta } => CatalogOp::SetMeta {
+                path: full(path),
+                meta: *meta,
+            },
+            CatalogOp::Delete { path } => CatalogOp::Delete { path: full(path) },
+            CatalogOp::Rename { from, to } => CatalogOp::Rename {
+                from: full(from),
+                to: full(to),
+            },
+            CatalogOp::Link { from, to } => CatalogOp::Link {
+                from: full(from),
+                to: full(to),
+            },
+            CatalogOp::Expect { path, content } => CatalogOp::Expect {
+                path: full(path),
+                content: content.clone(),
+            },
         }
     }
 
@@ -138,43 +167,183 @@ impl PlainCatalog {
             .collect())
     }
 
-    /// The stored files among bucket paths `paths`.
+    /// The stored files among bucket paths `paths`: requests of at most
+    /// [`PATHS_PER_REQUEST`] paths, several in flight.
     async fn paths_info(&self, paths: &[String]) -> RemoteResult<HashMap<String, FileState>> {
-        let mut out = HashMap::new();
-        for part in paths.chunks(PATHS_PER_REQUEST) {
-            let v = self
-                .hub
-                .post_json(
-                    "paths-info",
-                    &self.hub.api("/paths-info"),
-                    &json!({ "paths": part }),
-                )
-                .await?;
-            let items = v.as_array().ok_or_else(|| bad("paths-info", &v))?;
-            out.extend(items.iter().filter_map(Self::file_item));
-        }
-        Ok(out)
+        let url = self.hub.api("/paths-info");
+        let parts: Vec<Value> = paths
+            .chunks(PATHS_PER_REQUEST)
+            .map(|part| json!({ "paths": part }))
+            .collect();
+        let answers: Vec<Vec<(String, FileState)>> = futures::stream::iter(parts)
+            .map(|body| {
+                let url = url.clone();
+                async move {
+                    let v = self.hub.post_json("paths-info", &url, &body).await?;
+                    let items = v.as_array().ok_or_else(|| bad("paths-info", &v))?;
+                    Ok::<_, RemoteError>(items.iter().filter_map(Self::file_item).collect())
+                }
+            })
+            .buffer_unordered(LOOKUPS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(answers.into_iter().flatten().collect())
     }
 }
 
-/// The final state of the bucket paths one commit touches, built op by op against the stored
-/// state (looked up once per path and cached).
+/// Requests in flight at once for the lookups of one commit.
+const LOOKUPS_IN_FLIGHT: usize = 8;
+
+/// The stored state a commit's plan reads: where `Plan` gets what the batch itself does not
+/// say (the catalog; a map in the unit tests).
+#[async_trait]
+trait Stored: Sync {
+    /// The stored files among bucket paths `paths` (any number).
+    async fn paths_info(&self, paths: &[String]) -> RemoteResult<HashMap<String, FileState>>;
+    /// Every stored file below bucket directory `full_dir`.
+    async fn files_below(&self, full_dir: &str) -> RemoteResult<Vec<(String, FileState)>>;
+}
+
+#[async_trait]
+impl Stored for PlainCatalog {
+    async fn paths_info(&self, paths: &[String]) -> RemoteResult<HashMap<String, FileState>> {
+        PlainCatalog::paths_info(self, paths).await
+    }
+    async fn files_below(&self, full_dir: &str) -> RemoteResult<Vec<(String, FileState)>> {
+        PlainCatalog::files_below(self, full_dir).await
+    }
+}
+
+/// The bucket paths whose stored state planning `ops` (bucket paths) needs, as far as the
+/// ops alone tell: what a delete or a rename removes (its delete line is sent only if a file
+/// is stored there), and what a metadata change touches unless the batch made it (a file
+/// it put carries its new mtime in memory, a directory keeps no times). One pass asks for
+/// them all, instead of one request per op.
+fn paths_to_look_up(ops: &[CatalogOp]) -> Vec<String> {
+    let mut made: HashSet<&str> = HashSet::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut out: Vec<String> = Vec::new();
+    for op in ops {
+        let need = match op {
+            CatalogOp::Put(e) => {
+                made.insert(&e.path);
+                None
+            }
+            CatalogOp::SetMeta { path, .. } if !made.contains(path.as_str()) => Some(path),
+            CatalogOp::Delete { path } => Some(path),
+            CatalogOp::Rename { from, to } => {
+                made.insert(to);
+                Some(from)
+            }
+            _ => None,
+        };
+        if let Some(p) = need.filter(|p| seen.insert(p.as_str())) {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+/// The directories whose stored files planning `ops` needs, given the stored state of the
+/// paths [`paths_to_look_up`] named: a delete or rename of a path that holds no file (by
+/// the store or by an earlier op of the batch) is one of a directory, which goes file by
+/// file; a directory rename also replaces what lies below its new name.
+fn dirs_to_list(ops: &[CatalogOp], stored: &HashMap<String, Option<FileState>>) -> Vec<String> {
+    let mut files: HashSet<&str> = HashSet::new();
+    let mut out: Vec<String> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let is_dir =
+        |p: &str, files: &HashSet<&str>| !files.contains(p) && matches!(stored.get(p), Some(None));
+    for op in ops {
+        match op {
+            CatalogOp::Put(e) if e.kind == EntryKind::File => {
+                files.insert(&e.path);
+            }
+            CatalogOp::Delete { path } => {
+                if is_dir(path, &files) && seen.insert(path) {
+                    out.push(path.clone());
+                }
+                files.remove(path.as_str());
+            }
+            CatalogOp::Rename { from, to } => {
+                if is_dir(from, &files) {
+                    for d in [from, to] {
+                        if seen.insert(d) {
+                            out.push(d.clone());
+                        }
+                    }
+                } else {
+                    files.insert(to);
+                }
+                files.remove(from.as_str());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The final state of the bucket paths one commit touches, built op by op in memory. The
+/// stored state it needs is looked up beforehand in one pass (every path at once, then the
+/// directories a delete or rename moves, side by side); a lookup the passes did not foresee
+/// is still made, alone.
 struct Plan<'a> {
-    cat: &'a PlainCatalog,
+    store: &'a dyn Stored,
     /// Bucket path → its state after the commit (`None`: deleted).
     after: BTreeMap<String, Option<FileState>>,
     /// Bucket path → its stored state, where looked up.
     stored: HashMap<String, Option<FileState>>,
+    /// Bucket directory → the files stored below it, where listed.
+    below: HashMap<String, Vec<(String, FileState)>>,
+    /// Directories the batch made or moved in: no file is there and their times are not kept.
+    dirs: HashSet<String>,
 }
 
-impl Plan<'_> {
-    async fn stored_file(&mut self, full: &str) -> RemoteResult<Option<FileState>> {
-        if let Some(s) = self.stored.get(full) {
-            return Ok(s.clone());
+impl<'a> Plan<'a> {
+    /// The plan of `ops` (bucket paths).
+    async fn build(store: &'a dyn Stored, ops: &[CatalogOp]) -> RemoteResult<Plan<'a>> {
+        let mut plan = Plan {
+            store,
+            after: BTreeMap::new(),
+            stored: HashMap::new(),
+            below: HashMap::new(),
+            dirs: HashSet::new(),
+        };
+        plan.look_up(paths_to_look_up(ops)).await?;
+        let dirs = dirs_to_list(ops, &plan.stored);
+        let listed: Vec<(String, Vec<(String, FileState)>)> = futures::stream::iter(dirs)
+            .map(|d| async move {
+                let files = store.files_below(&d).await?;
+                Ok::<_, RemoteError>((d, files))
+            })
+            .buffer_unordered(LOOKUPS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        plan.below.extend(listed);
+        for op in ops {
+            plan.apply(op).await?;
         }
-        let s = self.cat.paths_info(&[full.to_string()]).await?.remove(full);
-        self.stored.insert(full.to_string(), s.clone());
-        Ok(s)
+        Ok(plan)
+    }
+
+    /// Record the stored state of `paths` (absent ones as `None`).
+    async fn look_up(&mut self, paths: Vec<String>) -> RemoteResult<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut found = self.store.paths_info(&paths).await?;
+        for p in paths {
+            let s = found.remove(&p);
+            self.stored.insert(p, s);
+        }
+        Ok(())
+    }
+
+    async fn stored_file(&mut self, full: &str) -> RemoteResult<Option<FileState>> {
+        if !self.stored.contains_key(full) {
+            self.look_up(vec![full.to_string()]).await?;
+        }
+        Ok(self.stored.get(full).cloned().flatten())
     }
 
     /// The file at `full` as of the ops planned so far.
@@ -187,8 +356,16 @@ impl Plan<'_> {
 
     /// The files below directory `full_dir` as of the ops planned so far.
     async fn files_below(&mut self, full_dir: &str) -> RemoteResult<Vec<(String, FileState)>> {
+        let stored = match self.below.get(full_dir) {
+            Some(f) => f.clone(),
+            None => {
+                let f = self.store.files_below(full_dir).await?;
+                self.below.insert(full_dir.to_string(), f.clone());
+                f
+            }
+        };
         let mut files: BTreeMap<String, FileState> = BTreeMap::new();
-        for (p, s) in self.cat.files_below(full_dir).await? {
+        for (p, s) in stored {
             self.stored.insert(p.clone(), Some(s.clone()));
             files.insert(p, s);
         }
@@ -206,7 +383,6 @@ impl Plan<'_> {
     }
 
     async fn apply(&mut self, op: &CatalogOp) -> RemoteResult<()> {
-        let full = |p: &str| self.cat.prefix.full(p);
         match op {
             CatalogOp::Put(e) => match e.kind {
                 EntryKind::File => {
@@ -218,10 +394,15 @@ impl Plan<'_> {
                         size: e.size(),
                         mtime_ms: e.meta.mtime_ns.div_euclid(1_000_000),
                     };
-                    self.after.insert(full(&e.path), Some(state));
+                    self.dirs.remove(&e.path);
+                    self.after.insert(e.path.clone(), Some(state));
                 }
                 // A directory is there while a file lies below it; its times are not kept.
-                EntryKind::Dir => {}
+                EntryKind::Dir => {
+                    if !matches!(self.after.get(&e.path), Some(Some(_))) {
+                        self.dirs.insert(e.path.clone());
+                    }
+                }
                 kind => {
                     return Err(RemoteError::Other(format!(
                         "{}: a plain bucket cannot store a {kind:?}",
@@ -230,38 +411,41 @@ impl Plan<'_> {
                 }
             },
             CatalogOp::SetMeta { path, meta } => {
-                let full = full(path);
-                if let Some(mut s) = self.file(&full).await? {
+                if self.dirs.contains(path) && !self.after.contains_key(path) {
+                    return Ok(());
+                }
+                if let Some(mut s) = self.file(path).await? {
                     s.mtime_ms = meta.mtime_ns.div_euclid(1_000_000);
-                    self.after.insert(full, Some(s));
+                    self.after.insert(path.clone(), Some(s));
                 }
             }
             CatalogOp::Delete { path } => {
-                let full = full(path);
-                if self.file(&full).await?.is_some() {
-                    self.after.insert(full, None);
+                self.dirs.remove(path);
+                if self.file(path).await?.is_some() {
+                    self.after.insert(path.clone(), None);
                     return Ok(());
                 }
-                for (p, _) in self.files_below(&full).await? {
+                for (p, _) in self.files_below(path).await? {
                     self.after.insert(p, None);
                 }
             }
             CatalogOp::Rename { from, to } => {
-                let (from, to) = (full(from), full(to));
-                if let Some(s) = self.file(&from).await? {
-                    self.after.insert(from, None);
-                    self.after.insert(to, Some(s));
+                self.dirs.remove(from);
+                if let Some(s) = self.file(from).await? {
+                    self.after.insert(from.clone(), None);
+                    self.after.insert(to.clone(), Some(s));
                     return Ok(());
                 }
                 // A directory moves file by file, replacing what was below its new name.
-                for (p, _) in self.files_below(&to).await? {
+                for (p, _) in self.files_below(to).await? {
                     self.after.insert(p, None);
                 }
-                for (p, s) in self.files_below(&from).await? {
+                for (p, s) in self.files_below(from).await? {
                     let rel = &p[from.len()..];
                     self.after.insert(p.clone(), None);
                     self.after.insert(format!("{to}{rel}"), Some(s));
                 }
+                self.dirs.insert(to.clone());
             }
             CatalogOp::Link { from, .. } => {
                 return Err(RemoteError::Other(format!(
@@ -283,11 +467,7 @@ impl Plan<'_> {
             .filter(|(p, s)| s.is_none() && !self.stored.contains_key(*p))
             .map(|(p, _)| p.clone())
             .collect();
-        let found = self.cat.paths_info(&unknown).await?;
-        for p in unknown {
-            let s = found.get(&p).cloned();
-            self.stored.insert(p, s);
-        }
+        self.look_up(unknown).await?;
         let mut adds = Vec::new();
         let mut deletes = Vec::new();
         for (path, s) in &self.after {
@@ -435,51 +615,256 @@ impl Catalog for PlainCatalog {
         }))
     }
 
+    /// Costs one round trip for the batch, plus one for the stored state of the paths it
+    /// removes or retimes (all of them at once) and one for the directories it removes or
+    /// moves (side by side), where it has any. The new revision is not asked for (nothing
+    /// waits for it, and the bucket's `updatedAt` would cost a round trip more): 0.
     async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64> {
-        let mut plan = Plan {
-            cat: self,
-            after: BTreeMap::new(),
-            stored: HashMap::new(),
-        };
-        for op in &ops {
-            plan.apply(op).await?;
+        let ops: Vec<CatalogOp> = ops.iter().map(|op| self.bucket_op(op)).collect();
+        let lines = Plan::build(self, &ops).await?.lines().await?;
+        if lines.is_empty() {
+            return Ok(0);
         }
-        let lines = plan.lines().await?;
-        if !lines.is_empty() {
-            let v = self
-                .hub
-                .post_ndjson("batch", &self.hub.api("/batch"), &lines)
-                .await?;
-            if let Some(failed) = v
-                .get("failed")
-                .and_then(Value::as_array)
-                .filter(|f| !f.is_empty())
-            {
-                let first: Vec<String> = failed
-                    .iter()
-                    .take(3)
-                    .map(|f| {
-                        format!(
-                            "{}: {}",
-                            f.get("path").and_then(Value::as_str).unwrap_or("?"),
-                            f.get("error").and_then(Value::as_str).unwrap_or("?")
-                        )
-                    })
-                    .collect();
-                return Err(RemoteError::Other(format!(
-                    "the bucket refused {} of {} change(s): {}",
-                    failed.len(),
-                    lines.len(),
-                    first.join("; ")
-                )));
-            }
+        let v = self
+            .hub
+            .post_ndjson("batch", &self.hub.api("/batch"), &lines)
+            .await?;
+        if let Some(failed) = v
+            .get("failed")
+            .and_then(Value::as_array)
+            .filter(|f| !f.is_empty())
+        {
+            let first: Vec<String> = failed
+                .iter()
+                .take(3)
+                .map(|f| {
+                    format!(
+                        "{}: {}",
+                        f.get("path").and_then(Value::as_str).unwrap_or("?"),
+                        f.get("error").and_then(Value::as_str).unwrap_or("?")
+                    )
+                })
+                .collect();
+            return Err(RemoteError::Other(format!(
+                "the bucket refused {} of {} change(s): {}",
+                failed.len(),
+                lines.len(),
+                first.join("; ")
+            )));
         }
-        self.revision().await
+        Ok(0)
     }
 
     /// The bucket's `updatedAt`, in milliseconds: it moves with every change.
     async fn revision(&self) -> RemoteResult<u64> {
         let v = self.hub.info().await?;
         Ok(parse_ms(v.get("updatedAt")).map_or(0, |ms| ms.max(0) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::remote::{FileId, Meta};
+
+    /// A stored bucket in memory, counting the requests a plan makes.
+    #[derive(Default)]
+    struct Mem {
+        files: BTreeMap<String, FileState>,
+        paths_info: AtomicUsize,
+        listings: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Stored for Mem {
+        async fn paths_info(&self, paths: &[String]) -> RemoteResult<HashMap<String, FileState>> {
+            self.paths_info.fetch_add(1, Ordering::SeqCst);
+            Ok(paths
+                .iter()
+                .filter_map(|p| Some((p.clone(), self.files.get(p)?.clone())))
+                .collect())
+        }
+        async fn files_below(&self, dir: &str) -> RemoteResult<Vec<(String, FileState)>> {
+            self.listings.fetch_add(1, Ordering::SeqCst);
+            let below = format!("{dir}/");
+            Ok(self
+                .files
+                .iter()
+                .filter(|(p, _)| p.starts_with(&below))
+                .map(|(p, s)| (p.clone(), s.clone()))
+                .collect())
+        }
+    }
+
+    fn state(hash: &str, mtime_ms: i64) -> FileState {
+        FileState {
+            hash: hash.into(),
+            size: 10,
+            mtime_ms,
+        }
+    }
+
+    fn meta(mtime_ms: i64) -> Meta {
+        Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            atime_ns: 0,
+            mtime_ns: mtime_ms * 1_000_000,
+            ctime_ns: 0,
+        }
+    }
+
+    fn put(path: &str, hash: &str, mtime_ms: i64) -> CatalogOp {
+        CatalogOp::Put(Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            content: Some(FileId {
+                hash: hash.into(),
+                size: 10,
+            }),
+            target: None,
+            meta: meta(mtime_ms),
+            link: None,
+        })
+    }
+
+    fn mkdir(path: &str) -> CatalogOp {
+        CatalogOp::Put(Entry::dir(path.into(), meta(1)))
+    }
+
+    fn set_meta(path: &str, mtime_ms: i64) -> CatalogOp {
+        CatalogOp::SetMeta {
+            path: path.into(),
+            meta: meta(mtime_ms),
+        }
+    }
+
+    fn rename(from: &str, to: &str) -> CatalogOp {
+        CatalogOp::Rename {
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+
+    fn delete(path: &str) -> CatalogOp {
+        CatalogOp::Delete { path: path.into() }
+    }
+
+    /// The batch lines as `add PATH HASH MTIME` / `delete PATH`.
+    async fn plan(store: &Mem, ops: &[CatalogOp]) -> Vec<String> {
+        Plan::build(store, ops)
+            .await
+            .unwrap()
+            .lines()
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| match l["type"].as_str().unwrap() {
+                "addFile" => format!("add {} {} {}", l["path"], l["xetHash"], l["mtime"]),
+                t => format!("{t} {}", l["path"]),
+            })
+            .map(|s| s.replace('"', ""))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_mixed_ops_plans_in_one_lookup_pass() {
+        let mut store = Mem::default();
+        for (p, h) in [
+            ("a", "ha"),
+            ("old", "ho"),
+            ("d/x", "hx"),
+            ("d/sub/y", "hy"),
+            ("n/stale", "hs"),
+            ("e/z", "hz"),
+            ("again", "hg"),
+        ] {
+            store.files.insert(p.into(), state(h, 1000));
+        }
+        let ops = vec![
+            // A new file, retimed and moved within the batch.
+            put("f", "hf", 2000),
+            set_meta("f", 3000),
+            // A file committed earlier, retimed (tar sets times after writing).
+            set_meta("a", 4000),
+            // A directory made here and retimed: nothing to store.
+            mkdir("g"),
+            set_meta("g", 5000),
+            delete("old"),
+            // A directory moved over one that holds a file.
+            rename("d", "n"),
+            rename("e/z", "e/w"),
+            // Deleted, then made again.
+            delete("again"),
+            put("again", "hg2", 6000),
+            // Nothing there.
+            delete("nothing"),
+            set_meta("never", 7000),
+        ];
+        let lines = plan(&store, &ops).await;
+        assert_eq!(
+            lines,
+            [
+                "add a ha 4000",
+                "add again hg2 6000",
+                "add e/w hz 1000",
+                "add f hf 3000",
+                "add n/sub/y hy 1000",
+                "add n/x hx 1000",
+                "deleteFile d/sub/y",
+                "deleteFile d/x",
+                "deleteFile e/z",
+                "deleteFile n/stale",
+                "deleteFile old",
+            ]
+        );
+        // One paths-info pass for every path; the three directories (`d`, `n` and `nothing`)
+        // listed side by side; nothing looked up one by one.
+        assert_eq!(store.paths_info.load(Ordering::SeqCst), 1);
+        assert_eq!(store.listings.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_file_put_and_deleted_in_one_batch_sends_no_delete_unless_stored() {
+        let mut store = Mem::default();
+        store.files.insert("kept".into(), state("h0", 1));
+        let ops = vec![
+            put("tmp", "h1", 1),
+            delete("tmp"),
+            put("kept", "h2", 2),
+            rename("kept", "moved"),
+        ];
+        assert_eq!(
+            plan(&store, &ops).await,
+            ["add moved h2 2", "deleteFile kept"]
+        );
+        assert_eq!(store.paths_info.load(Ordering::SeqCst), 1);
+        assert_eq!(store.listings.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn lookups_skip_what_the_batch_answers() {
+        let ops = vec![
+            put("new", "h", 1),
+            set_meta("new", 2),
+            mkdir("dir"),
+            set_meta("dir", 2),
+            set_meta("old", 2),
+            delete("new"),
+            rename("x", "y"),
+            set_meta("y", 3),
+            delete("old"),
+        ];
+        assert_eq!(paths_to_look_up(&ops), ["old", "new", "x"]);
+        let mut stored = HashMap::new();
+        stored.insert("old".to_string(), Some(state("h", 1)));
+        stored.insert("new".to_string(), None);
+        stored.insert("x".to_string(), None);
+        // `new` was put in the batch, `old` is a stored file: only `x` (and where it goes)
+        // may be a directory.
+        assert_eq!(dirs_to_list(&ops, &stored), ["x", "y"]);
     }
 }

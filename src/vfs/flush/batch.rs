@@ -34,6 +34,9 @@ const COMPOSE_MAX_DIRTY: u64 = 256 << 20;
 /// hung call fails while a large healthy one is not cut off (at least 8 MiB/s).
 const MIN_STORE_RATE: u64 = 8 << 20;
 
+/// Own commit revisions remembered for the refresher (see `Vfs::own_revisions`).
+const OWN_REVISIONS_KEPT: usize = 4096;
+
 /// Makes `Vfs::commit_epoch` odd while alive.
 struct Epoch<'a>(&'a AtomicU64);
 
@@ -400,7 +403,16 @@ impl Vfs {
             }
         };
         match commit.await {
-            Ok(_) => {}
+            // Noted while the commit epoch is still odd: a refresher that waits for it to
+            // turn even knows this revision for its own.
+            Ok(rev) => {
+                let mut own = self.own_revisions.lock();
+                own.insert(rev);
+                // Without a change feed nothing forgets them: keep the latest.
+                if own.len() > OWN_REVISIONS_KEPT {
+                    own.pop_first();
+                }
+            }
             Err(Refused::Conflicts(c)) => {
                 // Nothing applied; the namespace changes go with the next commit.
                 results.extend(self.resolve_conflicts(c, committing).await);
