@@ -5,49 +5,13 @@
 //! Correctness only: bench/wan.sh measures the times.
 
 mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
-use common::{announced_url, hf_cli, mount_served, random_bytes, sh, Serve};
-
-/// A running `xetmount-delay-proxy`, stopped with SIGTERM on drop.
-struct Proxy {
-    child: Child,
-    url: String,
-}
-
-impl Proxy {
-    fn start(upstream_port: u16, delay_ms: u64, log: &Path) -> Proxy {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xetmount-delay-proxy"))
-            .args(["--upstream", &format!("127.0.0.1:{upstream_port}")])
-            .args(["--delay-ms", &delay_ms.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("spawn xetmount-delay-proxy");
-        let url = announced_url(&mut child, log);
-        Proxy { child, url }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        // SAFETY: kill on a pid we own.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-/// A port nothing listens on right now, for a server that must know its proxy's address
-/// before it starts (`--public-url`) while the proxy must know the server's port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{hf_cli, mount_served, random_bytes, sh, Serve};
+use proxy::{free_port, Proxy};
 
 /// Files of the tree: 12 directories (two levels) of 20 files each, sizes from empty to
 /// ~40 KiB, plus one 6 MiB file, and directories whose names sort between another directory

@@ -792,22 +792,27 @@ mod tests {
         }
     }
 
+    /// Wait until the reads know that xorb `x` has no usable index.
+    async fn index_known_missing(s: &Setup, x: &MerkleHash) {
+        poll(|| {
+            s.reads
+                .state
+                .lock()
+                .indexes
+                .get(x)
+                .map(|ix| ix.is_none())
+                .filter(|&m| m)
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn without_a_footer_large_terms_fall_back_and_small_ones_are_fetched_whole() {
         let s = setup(48, Mode::NoFooter, false).await;
         let p = plan(&s).await;
         let x = p.terms[0].xorb;
         // The footer cannot be read: the index is known to be missing.
-        poll(|| {
-            s.reads
-                .state
-                .lock()
-                .indexes
-                .get(&x)
-                .map(|ix| ix.is_none())
-                .filter(|&m| m)
-        })
-        .await;
+        index_known_missing(&s, &x).await;
         assert!(
             piece(&s, &p, 0, 4096).await.is_none(),
             "a 3 MiB term is not fetched whole"
@@ -828,16 +833,7 @@ mod tests {
         // Its footer suffix is refused too, so there is no index; the whole range works.
         let got = piece(&s, &p, 5, 100_000).await.unwrap();
         assert_eq!(&got[..], &s.body[5..100_000]);
-        poll(|| {
-            s.reads
-                .state
-                .lock()
-                .indexes
-                .get(&x)
-                .map(|ix| ix.is_none())
-                .filter(|&m| m)
-        })
-        .await;
+        index_known_missing(&s, &x).await;
         // With an index but a refused narrowed range: the read is left to the caller once, and
         // from then on whole ranges are asked for.
         let s = setup(8, Mode::ExactOnly, false).await;
