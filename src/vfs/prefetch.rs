@@ -814,6 +814,7 @@ mod vfs_tests {
         let (m, per_dir_catalog) = mount(&dir, false, true).await;
         let per_dir = walk(&m.vfs, "top").await;
         let (lists, _) = per_dir_catalog.counts();
+        assert_eq!(m.vfs.shutdown(std::time::Duration::from_secs(30)).await, 0);
         drop(m);
         let (m, w) = mount(&dir, true, true).await;
         let prefetched = walk(&m.vfs, "top").await;
@@ -839,6 +840,7 @@ mod vfs_tests {
         stored_tree(&dir).await;
         let (m, _) = mount(&dir, false, true).await;
         let per_dir = walk(&m.vfs, "top").await;
+        assert_eq!(m.vfs.shutdown(std::time::Duration::from_secs(30)).await, 0);
         drop(m);
         let (m, w) = mount(&dir, true, true).await;
         // One page, then it stops: `top` and the directory it was in are not prefetched
@@ -875,6 +877,9 @@ mod vfs_tests {
         assert_eq!(a2.len(), 4 * 123, "{}", a2.len());
         let (lists, _) = w.counts();
         assert_eq!(lists, 2, "top/a2 came from the prefetch");
+        // Shut down, not just dropped: the first mount's flusher and refresher must not still
+        // run against the store while the second mount uses it.
+        assert_eq!(m.vfs.shutdown(std::time::Duration::from_secs(30)).await, 0);
         drop(m);
 
         // Again, with a rename while the prefetch is held: it installs nothing, and every
