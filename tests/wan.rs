@@ -10,8 +10,8 @@ mod proxy;
 
 use std::path::{Path, PathBuf};
 
-use common::{hf_cli, mount_served, random_bytes, sh, Serve};
-use proxy::{free_port, Proxy};
+use common::{mount_served, random_bytes, sh};
+use proxy::serve_behind_proxy;
 
 /// Files of the tree: 12 directories (two levels) of 20 files each, sizes from empty to
 /// ~40 KiB, plus one 6 MiB file, and directories whose names sort between another directory
@@ -63,13 +63,8 @@ fn listing_requests(url: &str) -> u64 {
 fn round_trip(extra: &[&str]) {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
-    let port = free_port();
-    let proxy = Proxy::start(port, 10, &d.join("proxy.log"));
-    let mut args = vec!["--public-url", proxy.url.as_str()];
-    args.extend_from_slice(extra);
-    let _server = Serve::start_on(&d.join("srv"), &d.join("serve.log"), port, &args);
+    let (proxy, _server) = serve_behind_proxy(d, 10, extra);
     assert_eq!(_server.url, proxy.url, "serve announces its public URL");
-    hf_cli(&proxy.url, d, &["buckets", "create", "local/data"]);
 
     let files = tree();
     let want = d.join("want");

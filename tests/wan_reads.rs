@@ -12,8 +12,8 @@ mod proxy;
 
 use std::os::unix::fs::FileExt;
 
-use common::{mount_served, random_bytes, serve_metrics, Mount, Serve};
-use proxy::{free_port, Proxy};
+use common::{mount_served, random_bytes, serve_metrics, Mount};
+use proxy::serve_behind_proxy;
 
 const MIB: usize = 1 << 20;
 
@@ -66,12 +66,7 @@ fn random_reads(m: &Mount, name: &str, want: &[u8], n: u64, len: usize, edges: &
 fn reads(extra: &[&str]) {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
-    let port = free_port();
-    let proxy = Proxy::start(port, 10, &d.join("proxy.log"));
-    let mut args = vec!["--public-url", proxy.url.as_str()];
-    args.extend_from_slice(extra);
-    let server = Serve::start_on(&d.join("srv"), &d.join("serve.log"), port, &args);
-    common::hf_cli(&proxy.url, d, &["buckets", "create", "local/data"]);
+    let (proxy, server) = serve_behind_proxy(d, 10, extra);
 
     // `a` spans two xorbs (they hold at most 64 MiB); `b` is pieces of `a` around new bytes,
     // so its terms point into both of `a`'s xorbs and its own.

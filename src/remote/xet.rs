@@ -47,6 +47,23 @@ pub fn check_read(id: &FileId, range: &std::ops::Range<u64>) -> RemoteResult<boo
     Ok(range.start < range.end)
 }
 
+/// `out`, read as bytes `range` of `id`, if it holds exactly that many bytes.
+pub fn check_read_len(
+    id: &FileId,
+    range: &std::ops::Range<u64>,
+    out: bytes::Bytes,
+) -> RemoteResult<bytes::Bytes> {
+    let want = range.end - range.start;
+    if out.len() as u64 != want {
+        return Err(RemoteError::Integrity(format!(
+            "read {range:?} of {} returned {} bytes, expected {want}",
+            id.hash,
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
 /// Store `items` in one upload session. The outer error fails the whole batch (nothing of it
 /// may be committed); inner errors fail one file.
 pub async fn upload_files(

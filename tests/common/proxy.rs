@@ -42,3 +42,21 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `xetmount serve` (with `extra` arguments) behind a proxy delaying `delay_ms` each way, its
+/// `--public-url` naming the proxy so that CAS fetches cross it too, and a bucket
+/// `local/data` made through the proxy with the official client. Logs go into `dir`.
+pub fn serve_behind_proxy(
+    dir: &Path,
+    delay_ms: u64,
+    extra: &[&str],
+) -> (Proxy, crate::common::Serve) {
+    let port = free_port();
+    let proxy = Proxy::start(port, delay_ms, &dir.join("proxy.log"));
+    let mut args = vec!["--public-url", proxy.url.as_str()];
+    args.extend_from_slice(extra);
+    let server =
+        crate::common::Serve::start_on(&dir.join("srv"), &dir.join("serve.log"), port, &args);
+    crate::common::hf_cli(&proxy.url, dir, &["buckets", "create", "local/data"]);
+    (proxy, server)
+}

@@ -114,14 +114,7 @@ impl Reader {
             }
             None => self.reconstruct(&hash, range.clone()).await?,
         };
-        if out.len() as u64 != want {
-            return Err(RemoteError::Integrity(format!(
-                "read {range:?} of {} returned {} bytes, expected {want}",
-                id.hash,
-                out.len()
-            )));
-        }
-        Ok(out)
+        crate::remote::xet::check_read_len(id, &range, out)
     }
 
     /// Bytes `range` of `hash` through a ranged reconstruction (query + fetches).

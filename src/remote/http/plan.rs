@@ -404,7 +404,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use bytes::Bytes;
     use xet_client::cas_types::{
@@ -417,7 +417,10 @@ mod tests {
 
     /// A xorb of chunks of the given lengths (byte `i % 251` of chunk `k` is `(i + k) % 251`),
     /// serialized with its footer, and each chunk's bytes.
-    fn xorb(lens: &[usize], compression: &str) -> (SerializedXorbObject, Vec<Vec<u8>>) {
+    pub(in crate::remote::http) fn xorb(
+        lens: &[usize],
+        compression: &str,
+    ) -> (SerializedXorbObject, Vec<Vec<u8>>) {
         let datas: Vec<Vec<u8>> = lens
             .iter()
             .enumerate()

@@ -569,7 +569,6 @@ mod tests {
     use xet_client::cas_types::{
         HttpRange, XorbMultiRangeFetch, XorbRangeDescriptor, XorbReconstructionTerm,
     };
-    use xet_core_structures::xorb_object::{Chunk, RawXorbData, SerializedXorbObject};
 
     /// What the test CAS's fetch URL does.
     #[derive(Clone, Copy, PartialEq)]
@@ -669,19 +668,7 @@ mod tests {
 
     /// A xorb of `n` chunks of 64 KiB behind a test CAS in `mode`; the file is the whole xorb.
     async fn setup(n: usize, mode: Mode, expired_first: bool) -> Setup {
-        let datas: Vec<Vec<u8>> = (0..n)
-            .map(|k| {
-                (0..64 << 10)
-                    .map(|i| ((i * 31 + k * 7) % 251) as u8)
-                    .collect()
-            })
-            .collect();
-        let chunks: Vec<Chunk> = datas
-            .iter()
-            .map(|d| Chunk::new(Bytes::from(d.clone())))
-            .collect();
-        let raw = RawXorbData::from_chunks(&chunks, vec![0]);
-        let x = SerializedXorbObject::from_xorb(raw, true, "none", 16).unwrap();
+        let (x, datas) = super::super::plan::tests::xorb(&vec![64 << 10; n], "none");
         let chunk_bytes = x.footer_start.unwrap();
         let body: Vec<u8> = datas.concat();
         let cas = Arc::new(Cas {

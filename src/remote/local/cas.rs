@@ -117,17 +117,9 @@ impl Cas for XetCas {
         if !crate::remote::xet::check_read(id, &range)? {
             return Ok(Bytes::new());
         }
-        let want = range.end - range.start;
         let hash = compose::parse_hash(&id.hash)?;
         let out = self.reader.read(id, hash, range.clone()).await?;
-        if out.len() as u64 != want {
-            return Err(RemoteError::Integrity(format!(
-                "read {range:?} of {} returned {} bytes, expected {want}",
-                id.hash,
-                out.len()
-            )));
-        }
-        Ok(out)
+        crate::remote::xet::check_read_len(id, &range, out)
     }
 
     async fn upload_batch(
