@@ -1,6 +1,7 @@
 //! A small edit of a large file on a full `xetmount serve`, until `fsync` returns: the round
-//! trips it costs (counted by the server per route), and the file read back byte for byte
-//! after a remount.
+//! trips it costs (counted by the server per route: the chunk lists with the base bytes
+//! around the edit, the xorb with the shard, the commit), and the file read back byte for
+//! byte after a remount.
 
 mod common;
 
@@ -11,7 +12,7 @@ fn count(m: &std::collections::BTreeMap<String, u64>, route: &str) -> u64 {
 }
 
 #[test]
-fn an_edit_asks_for_the_base_chunk_lists_once_and_reads_back_exact() {
+fn an_edit_costs_three_requests_and_reads_back_exact() {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
     let server = Serve::start(&d.join("srv"), &d.join("serve.log"), &[]);
@@ -37,23 +38,69 @@ fn an_edit_asks_for_the_base_chunk_lists_once_and_reads_back_exact() {
     );
     let after = serve_metrics(&url);
     let delta = |r: &str| count(&after, r) - count(&before, r);
-    // Composed (one shard), not uploaded whole: only the bytes around the edit were read.
-    assert_eq!(delta("POST /v2/shards"), 1, "{after:?}");
+    // Composed, not uploaded whole: only the bytes around the edit were read, and they came
+    // with the base's chunk lists, in one request (no reconstruction query, no fetch).
+    assert_eq!(delta("GET /v1/xetmount/chunks/{file}"), 1, "{after:?}");
+    assert_eq!(delta("GET /v2/reconstructions/{file}"), 0, "{after:?}");
+    assert_eq!(delta("GET /fetch/{xorb}"), 0, "{after:?}");
     assert!(
         delta("fetch_bytes") < 3 << 20,
         "read {} bytes of the base",
         delta("fetch_bytes")
     );
-    // The base's chunk lists, once: the composed file is checked against them and the xorbs
-    // the composition wrote, not read back from the server (the old code asked twice).
-    assert_eq!(delta("GET /v1/xetmount/chunks/{file}"), 1, "{after:?}");
-    // Its xorb straight to the xorb route, without a grant request first.
-    assert_eq!(delta("POST /v1/xorbs/{prefix}/{xorb}"), 1, "{after:?}");
+    // Its xorb and shard in one request, without a grant request first; the composed file is
+    // checked against the chunk lists and the xorbs written, not read back from the server.
+    assert_eq!(delta("POST /v1/xetmount/upload"), 1, "{after:?}");
+    for r in [
+        "POST /v1/xorbs/{prefix}/{xorb}",
+        "POST /v2/shards",
+        "POST /v1/xorb-grants/{prefix}/{xorb}",
+    ] {
+        assert_eq!(delta(r), 0, "{r}: {after:?}");
+    }
+    // And the commit: three requests in all, one after another.
     assert_eq!(
-        delta("POST /v1/xorb-grants/{prefix}/{xorb}"),
-        0,
+        delta("POST /api/buckets/{ns}/{name}/xetmount/commit"),
+        1,
         "{after:?}"
     );
+    m.stop();
+
+    let m = mount_served(&url, d, "m", &[]);
+    sh(d, "cmp m/big.bin want.bin");
+    m.stop();
+    server.stop();
+}
+
+#[test]
+fn a_large_edit_sends_its_full_xorbs_first_and_the_last_with_the_shard() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let server = Serve::start(&d.join("srv"), &d.join("serve.log"), &[]);
+    let url = server.url.clone();
+    hf(&url, d, &["buckets", "create", "local/data"]);
+
+    let m = mount_served(&url, d, "m", &[]);
+    sh(
+        d,
+        "head -c 104857600 /dev/urandom > want.bin && cp want.bin m/big.bin",
+    );
+    m.stop();
+
+    let m = mount_served(&url, d, "m", &[]);
+    let before = serve_metrics(&url);
+    // 70 MiB of new bytes from 10 MiB on: more than one xorb holds (64 MiB).
+    sh(
+        d,
+        "head -c 73400320 /dev/urandom > patch \
+         && dd if=patch of=m/big.bin bs=1M seek=10 conv=notrunc,fsync status=none \
+         && dd if=patch of=want.bin bs=1M seek=10 conv=notrunc status=none",
+    );
+    let after = serve_metrics(&url);
+    let delta = |r: &str| count(&after, r) - count(&before, r);
+    assert_eq!(delta("POST /v1/xorbs/{prefix}/{xorb}"), 1, "{after:?}");
+    assert_eq!(delta("POST /v1/xetmount/upload"), 1, "{after:?}");
+    assert_eq!(delta("POST /v2/shards"), 0, "{after:?}");
     m.stop();
 
     let m = mount_served(&url, d, "m", &[]);

@@ -247,12 +247,32 @@ impl<'a> Packer<'a> {
     }
 }
 
+/// A CAS route that takes a composition's last xorbs and its shard in one request (one round
+/// trip less on the path of a small edit than a xorb upload followed by a shard upload).
+#[async_trait]
+pub trait ShardWithXorbs: Send + Sync {
+    /// Store `xorbs` (under `prefix`), then `shard`. `Ok(false)`: the CAS lacks the route
+    /// (nothing stored); the caller uploads them one by one.
+    async fn upload(
+        &self,
+        prefix: &str,
+        xorbs: &[SerializedXorbObject],
+        shard: Bytes,
+    ) -> RemoteResult<bool>;
+}
+
+/// A xorb and shard sent together larger than this go one by one instead (a request body of
+/// that size is worth no round trip saved, and the server bounds bodies).
+const BUNDLE_MAX_BYTES: usize = 32 << 20;
+
 /// A [`Packer`] that uploads each xorb as it fills, one at a time in the background while
 /// re-chunking goes on, and at the end the shard that makes the file reconstructible
-/// (after every xorb it names is stored).
+/// (after every xorb it names is stored). Given a [`ShardWithXorbs`], the last xorb goes with
+/// the shard.
 pub struct Assembler<'a> {
     packer: Packer<'a>,
     client: Arc<dyn Client>,
+    bundle: Option<Arc<dyn ShardWithXorbs>>,
     settings: XorbSettings,
     shard: MDBInMemoryShard,
     sending: Option<tokio::task::JoinHandle<RemoteResult<u64>>>,
@@ -267,12 +287,19 @@ impl<'a> Assembler<'a> {
         Assembler {
             packer,
             client,
+            bundle: None,
             settings,
             shard: MDBInMemoryShard::default(),
             sending: None,
             sent: 0,
             written: HashMap::new(),
         }
+    }
+
+    /// Send the last xorb with the shard through `bundle`.
+    pub fn with_bundle(mut self, bundle: Option<Arc<dyn ShardWithXorbs>>) -> Self {
+        self.bundle = bundle;
+        self
     }
 
     async fn wait_sent(&mut self) -> RemoteResult<()> {
@@ -282,7 +309,8 @@ impl<'a> Assembler<'a> {
         Ok(())
     }
 
-    async fn send(&mut self, raw: RawXorbData) -> RemoteResult<()> {
+    /// Note xorb `raw` in the shard and in `written`, and serialize it for upload.
+    fn record(&mut self, raw: &RawXorbData) -> RemoteResult<()> {
         let info = &raw.xorb_info;
         self.written.insert(
             info.metadata.xorb_hash,
@@ -293,17 +321,26 @@ impl<'a> Assembler<'a> {
         );
         self.shard
             .add_xorb_block(raw.xorb_info.clone())
-            .map_err(other)?;
+            .map_err(other)
+    }
+
+    async fn serialize(s: &XorbSettings, raw: RawXorbData) -> RemoteResult<SerializedXorbObject> {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || {
+            SerializedXorbObject::from_xorb(raw, false, &s.compression, s.retest_interval)
+        })
+        .await
+        .map_err(other)?
+        .map_err(other)
+    }
+
+    async fn send(&mut self, raw: RawXorbData) -> RemoteResult<()> {
+        self.record(&raw)?;
         self.wait_sent().await?;
         let client = self.client.clone();
         let s = self.settings.clone();
         self.sending = Some(tokio::spawn(async move {
-            let obj = tokio::task::spawn_blocking(move || {
-                SerializedXorbObject::from_xorb(raw, false, &s.compression, s.retest_interval)
-            })
-            .await
-            .map_err(other)?
-            .map_err(other)?;
+            let obj = Self::serialize(&s, raw).await?;
             let permit = client.acquire_upload_permit().await.map_err(other)?;
             client
                 .upload_xorb(&s.prefix, obj, None, permit)
@@ -338,17 +375,48 @@ impl<'a> Assembler<'a> {
     ) -> RemoteResult<(Assembled, u64, HashMap<MerkleHash, Vec<(MerkleHash, u64)>>)> {
         let (last, a) = std::mem::replace(&mut self.packer, Packer::new(&[], &[], false))
             .finish_with_hash(hash)?;
-        if let Some(x) = last {
-            self.send(x).await?;
-        }
+        let held = match (last, self.bundle.is_some()) {
+            (Some(x), true) => {
+                self.record(&x)?;
+                Some(Self::serialize(&self.settings, x).await?)
+            }
+            (Some(x), false) => {
+                self.send(x).await?;
+                None
+            }
+            (None, _) => None,
+        };
         self.wait_sent().await?;
         self.shard
             .add_file_reconstruction_info(a.file.clone())
             .map_err(other)?;
-        let bytes = Bytes::from(self.shard.to_bytes().map_err(other)?);
+        let shard = Bytes::from(self.shard.to_bytes().map_err(other)?);
+        if let Some(x) = held {
+            let bundled = match &self.bundle {
+                Some(b) if x.serialized_data.len() + shard.len() <= BUNDLE_MAX_BYTES => {
+                    b.upload(
+                        &self.settings.prefix,
+                        std::slice::from_ref(&x),
+                        shard.clone(),
+                    )
+                    .await?
+                }
+                _ => false,
+            };
+            if bundled {
+                self.sent += x.serialized_data.len() as u64;
+                return Ok((a, self.sent, std::mem::take(&mut self.written)));
+            }
+            let permit = self.client.acquire_upload_permit().await.map_err(other)?;
+            self.sent += self
+                .client
+                .upload_xorb(&self.settings.prefix, x, None, permit)
+                .await
+                .map_err(other)?;
+        }
         let permit = self.client.acquire_upload_permit().await.map_err(other)?;
         self.client
-            .upload_shard(bytes, permit, None)
+            .upload_shard(shard, permit, None)
             .await
             .map_err(other)?;
         Ok((a, self.sent, std::mem::take(&mut self.written)))

@@ -22,7 +22,7 @@ use xet_client::cas_client::Client;
 use xet_core_structures::merklehash::{file_hash, ChunkHashList, MerkleHash};
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 
-use super::assemble::{Assembler, ChunkRef, Packer, XorbSettings};
+use super::assemble::{Assembler, ChunkRef, Packer, ShardWithXorbs, XorbSettings};
 use super::defrag;
 use super::rechunk::{self, BaseBytes, BaseChunk};
 use super::{ComposeEdit, FileId, RemoteError, RemoteResult};
@@ -102,15 +102,17 @@ pub async fn compose(
         .chunk_lists(&parse_hash(&base.hash)?)
         .await?
         .ok_or_else(|| RemoteError::NotFound(format!("base {} is not in the store", base.hash)))?;
-    compose_with(settings, client, Some(map), view, bytes, base, edits).await
+    compose_with(settings, client, None, Some(map), view, bytes, base, edits).await
 }
 
-/// [`compose`], given the base's chunk lists (`view`) already. The result is checked against
-/// the chunks known here, and, given a `map`, also read back from the store (where that is
-/// cheap: a local store).
+/// [`compose`], given the base's chunk lists (`view`) already; the last xorb goes with the
+/// shard through `bundle`, if given. The result is checked against the chunks known here,
+/// and, given a `map`, also read back from the store (where that is cheap: a local store).
+#[allow(clippy::too_many_arguments)]
 pub async fn compose_with(
     settings: &XorbSettings,
     client: Arc<dyn Client>,
+    bundle: Option<Arc<dyn ShardWithXorbs>>,
     map: Option<&dyn ChunkMap>,
     view: ChunkLists,
     bytes: Arc<dyn BaseBytes>,
@@ -145,7 +147,7 @@ pub async fn compose_with(
         }
     }
     let packer = Packer::new(&chunks, &refs, defrag_read == 0);
-    let mut sink = Assembler::new(packer, client.clone(), settings.clone());
+    let mut sink = Assembler::new(packer, client.clone(), settings.clone()).with_bundle(bundle);
     let r = rechunk::rechunk(&chunks, &edits, bytes, &mut sink).await?;
     tracing::debug!(
         windows = r.windows,

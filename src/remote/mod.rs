@@ -3,6 +3,7 @@
 //! embedded local store and (later) the HTTP remote implement them.
 
 pub mod assemble;
+pub mod cas_wire;
 pub mod compose;
 pub mod defrag;
 pub mod http;

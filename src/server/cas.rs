@@ -25,7 +25,7 @@ use xet_core_structures::xorb_object::SerializedXorbObject;
 use super::auth::{now_secs, Scope};
 use super::hub::{bearer, error, internal};
 use super::Server;
-use crate::remote::RemoteError;
+use crate::remote::{cas_wire, RemoteError};
 
 /// Lifetime of a fetch URL.
 const FETCH_TTL_SECS: u64 = 3600;
@@ -394,10 +394,16 @@ pub async fn upload_xorb(
     if let Err(r) = s.cas_access(&headers, Scope::Write) {
         return r;
     }
-    let hash = match parse_hash(&xorb) {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+    match store_xorb(&s, &prefix, &xorb, body).await {
+        Ok(inserted) => axum::Json(json!({"was_inserted": inserted})).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Store serialized xorb `xorb` (checked against its hash), on disk before this returns:
+/// the client's shard or commit naming it comes after. Whether it was new.
+async fn store_xorb(s: &Server, prefix: &str, xorb: &str, body: Bytes) -> Result<bool, Response> {
+    let hash = parse_hash(xorb)?;
     let existed = s.cas.reader().has_xorb(&hash);
     let obj = SerializedXorbObject {
         raw_num_bytes: body.len() as u64,
@@ -407,21 +413,59 @@ pub async fn upload_xorb(
         footer_start: None,
     };
     let client = s.cas.client();
-    let permit = match client.acquire_upload_permit().await {
-        Ok(p) => p,
-        Err(e) => return internal(e),
+    let permit = client.acquire_upload_permit().await.map_err(internal)?;
+    client
+        .upload_xorb(prefix, obj, None, permit)
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("xorb {xorb} refused: {e}"),
+            )
+        })?;
+    s.cas.durable().xorb(&hash).await.map_err(internal)?;
+    Ok(!existed)
+}
+
+/// `POST /v1/xetmount/upload` (xetmount's own route): a composition's xorbs and its shard in
+/// one request (`remote::cas_wire::UploadHead`), stored as `/v1/xorbs` and `/v2/shards` would
+/// store them, in that order.
+pub async fn upload_bundle(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
+    let bucket = match s.cas_access(&headers, Scope::Write) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    match client.upload_xorb(&prefix, obj, None, permit).await {
-        // On disk before the 200: the client's commit naming it comes in a later request.
-        Ok(_) => match s.cas.durable().xorb(&hash).await {
-            Ok(()) => axum::Json(json!({"was_inserted": !existed})).into_response(),
-            Err(e) => internal(e),
-        },
-        Err(e) => error(
+    let (head, mut rest) = match cas_wire::unframe::<cas_wire::UploadHead>(body) {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::BAD_REQUEST, None, e),
+    };
+    let total = head
+        .xorbs
+        .iter()
+        .map(|x| x.len)
+        .try_fold(head.shard, u64::checked_add);
+    if total != Some(rest.len() as u64) {
+        return error(
             StatusCode::BAD_REQUEST,
             None,
-            format!("xorb {xorb} refused: {e}"),
-        ),
+            format!(
+                "the upload's head announces {total:?} bytes but {} follow",
+                rest.len()
+            ),
+        );
+    }
+    let mut inserted = 0;
+    for x in &head.xorbs {
+        let bytes = rest.split_to(x.len as usize);
+        match store_xorb(&s, &x.prefix, &x.hash, bytes).await {
+            Ok(new) => inserted += u64::from(new),
+            Err(r) => return r,
+        }
+    }
+    match store_shard(&s, &bucket, rest).await {
+        Ok(()) => axum::Json(json!({"xorbs_inserted": inserted})).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -554,26 +598,19 @@ pub async fn file_chunk_hashes(
             "X-Range-Dirty must be bytes=a-b[,c-d...]",
         )
     };
-    let Some(spec) = headers
+    let Some(mut ranges) = headers
         .get("x-range-dirty")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().strip_prefix("bytes="))
+        .and_then(cas_wire::parse_ranges)
+        .map(|v| {
+            v.into_iter()
+                .map(|r| FileRange::new(r.start, r.end))
+                .collect::<Vec<_>>()
+        })
     else {
         return bad();
     };
-    let mut ranges = Vec::new();
-    for part in spec.split(',') {
-        let Some((a, b)) = part.trim().split_once('-') else {
-            return bad();
-        };
-        let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) else {
-            return bad();
-        };
-        let Some(end) = b.checked_add(1).filter(|_| a <= b) else {
-            return bad();
-        };
-        ranges.push(FileRange::new(a, end));
-    }
     ranges.sort_by_key(|r| r.start);
     match s.cas.client().get_file_chunk_hashes(&hash, ranges).await {
         Ok(resp) => axum::Json(resp).into_response(),
@@ -585,33 +622,101 @@ pub async fn telemetry() -> Response {
     StatusCode::OK.into_response()
 }
 
-/// `GET /v1/xetmount/chunks/{file}` (xetmount's own route): the file's terms with the hash
-/// and size of every chunk in each, so a remote client can compose an edited file from it
-/// chunk by chunk.
-pub async fn chunk_lists(State(s): S, Path(file): Path<String>, headers: HeaderMap) -> Response {
+/// `GET /v1/xetmount/chunks/{file}[?bytes=a-b,...]` (xetmount's own route): the file's
+/// terms with the hash and size of every chunk in each, so a remote client can compose an
+/// edited file from it chunk by chunk; with `bytes` (at most `cas_wire::MAX_PIECE_BYTES` in
+/// all), also the stored chunks that hold those bytes, as the xorbs store them (so the client
+/// has the base around an edit in the same round trip; `fetch` would hand out the same).
+pub async fn chunk_lists(
+    State(s): S,
+    Path(file): Path<String>,
+    Query(q): Query<ChunkListsQuery>,
+    headers: HeaderMap,
+) -> Response {
     use crate::remote::compose::ChunkMap;
     let hash = match s.readable_file(&headers, &file).await {
         Ok(h) => h,
         Err(r) => return r,
+    };
+    let wanted = match q.bytes.as_deref().map(cas_wire::parse_ranges) {
+        None => Vec::new(),
+        Some(Some(r))
+            if r.iter().map(|r| r.end - r.start).sum::<u64>() <= cas_wire::MAX_PIECE_BYTES =>
+        {
+            r
+        }
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!(
+                    "bytes must be a-b[,c-d...], at most {} bytes in all",
+                    cas_wire::MAX_PIECE_BYTES
+                ),
+            )
+        }
     };
     let lists = match s.cas.chunk_map().chunk_lists(&hash).await {
         Ok(Some(l)) => l,
         Ok(None) => return no_file(&file),
         Err(e) => return remote_err(e),
     };
-    let segments: Vec<Value> = lists
+    let segments: Vec<cas_wire::WireSegment> = lists
         .segments
         .iter()
         .zip(&lists.chunks)
-        .map(|(seg, chunks)| {
-            json!({
-                "xorb": seg.xorb_hash.hex(),
-                "flags": seg.xorb_flags,
-                "start": seg.chunk_index_start,
-                "end": seg.chunk_index_end,
-                "chunks": chunks.iter().map(|(h, n)| json!([h.hex(), n])).collect::<Vec<_>>(),
-            })
+        .map(|(seg, chunks)| cas_wire::WireSegment {
+            xorb: seg.xorb_hash.hex(),
+            flags: seg.xorb_flags,
+            start: seg.chunk_index_start,
+            end: seg.chunk_index_end,
+            chunks: chunks.iter().map(|(h, n)| (h.hex(), *n)).collect(),
         })
         .collect();
-    axum::Json(json!({ "segments": segments })).into_response()
+    if q.bytes.is_none() {
+        return axum::Json(cas_wire::ChunkListsAnswer {
+            segments,
+            pieces: Vec::new(),
+        })
+        .into_response();
+    }
+    let mut pieces = Vec::new();
+    let mut data: Vec<Bytes> = Vec::new();
+    for r in wanted {
+        let located = match s.cas.reader().locate(hash, Some(r.clone())).await {
+            Ok(Some(l)) => l,
+            Ok(None) => continue,
+            Err(e) => return remote_err(e),
+        };
+        let mut at = r.start - located.offset_into_first;
+        for t in located.terms {
+            let reader = s.cas.reader().clone();
+            let bytes =
+                match tokio::task::spawn_blocking(move || reader.raw(&t.xorb, t.packed)).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => return remote_err(e),
+                    Err(e) => return internal(e),
+                };
+            pieces.push(cas_wire::WirePiece {
+                at,
+                len: bytes.len() as u64,
+            });
+            at += t.unpacked_len;
+            data.push(bytes);
+        }
+    }
+    let tail: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(cas_wire::FRAMED),
+        )],
+        cas_wire::frame(&cas_wire::ChunkListsAnswer { segments, pieces }, &tail),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct ChunkListsQuery {
+    bytes: Option<String>,
 }

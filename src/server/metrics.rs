@@ -18,7 +18,7 @@ use super::Server;
 pub struct Metrics {
     /// "METHOD /route/{template}" → requests answered.
     requests: Mutex<BTreeMap<String, u64>>,
-    /// Bytes of xorb data answered on the fetch route.
+    /// Bytes answered on the fetch route and with chunk lists (which may carry stored chunks).
     fetch_bytes: AtomicU64,
 }
 
@@ -45,7 +45,7 @@ pub async fn count(State(s): State<Arc<Server>>, req: Request, next: Next) -> Re
         .map(|m| m.as_str().to_string())
         .unwrap_or_default();
     let key = format!("{} {route}", req.method());
-    let fetch = route.starts_with("/fetch/");
+    let fetch = route.starts_with("/fetch/") || route.starts_with("/v1/xetmount/chunks/");
     tracing::debug!("request {key}");
     let r = next.run(req).await;
     tracing::debug!("answered {key}");

@@ -4,7 +4,9 @@
 //!
 //! Compositions run chunk by chunk (`remote::compose`) where the CAS says which chunks a body
 //! is made of (`xetmount serve`'s `/v1/xetmount/chunks/{file}`): only the chunks around each
-//! edit are downloaded and uploaded. A CAS with only the official routes composes by windows
+//! edit are downloaded and uploaded. A small edit costs two requests there before its commit:
+//! the chunk lists come with the stored chunks around the edit (`?bytes=`), and the last xorb
+//! goes with the shard (`/v1/xetmount/upload`; see `remote::cas_wire`). A CAS with only the official routes composes by windows
 //! (`remote::window_compose`, over `GET /v2/file-chunk-hashes/{file}`): only the terms the
 //! edits touch are read and only new chunks uploaded. A CAS without either route, or a
 //! window composition that does not verify, gets the base read and the result uploaded whole
@@ -23,8 +25,9 @@ use xet_client::cas_client::auth::{AuthConfig, AuthError, TokenInfo, TokenRefres
 use xet_client::cas_client::Client;
 use xet_client::cas_types::{FileChunkHashesResponse, FileRange};
 use xet_client::chunk_cache::ChunkCache;
-use xet_core_structures::merklehash::MerkleHash;
+use xet_core_structures::merklehash::{compute_data_hash, MerkleHash};
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
+use xet_core_structures::xorb_object::{deserialize_chunks, SerializedXorbObject};
 use xet_data::file_reconstruction::FileReconstructor;
 use xet_data::processing::configurations::{SessionContext, TranslatorConfig};
 use xet_data::processing::create_remote_client;
@@ -33,7 +36,8 @@ use xet_runtime::core::XetContext;
 use super::chunk_cache::ChunkStore;
 use super::hub::Hub;
 use super::planned::PlannedReads;
-use crate::remote::assemble::XorbSettings;
+use crate::remote::assemble::{ShardWithXorbs, XorbSettings};
+use crate::remote::cas_wire;
 use crate::remote::compose::{parse_hash, ChunkLists, ChunkMap};
 use crate::remote::rechunk::BaseBytes;
 use crate::remote::window_compose::{self, ChunkHashes};
@@ -137,7 +141,7 @@ impl Reader {
 struct BaseReader {
     reader: Arc<Reader>,
     id: FileId,
-    /// Base bytes read ahead, while the chunk lists were asked for: (offset, bytes).
+    /// Base bytes that came with the chunk lists: (offset, bytes).
     ahead: Vec<(u64, Bytes)>,
 }
 
@@ -153,12 +157,12 @@ impl BaseBytes for BaseReader {
     }
 }
 
-/// Base bytes on each side of an edit read ahead of a composition: the re-chunked window
+/// Base bytes on each side of an edit asked for with the chunk lists: the re-chunked window
 /// runs from a stable chunk boundary before the edit to a re-synchronised one after it, a few
-/// chunks (at most 128 KiB each) away.
+/// chunks (at most 128 KiB each) away. What a window needs beyond them is read afterwards.
 const AHEAD_MARGIN: u64 = 512 << 10;
-/// No read-ahead when the windows would add up to more than this (a large or scattered edit
-/// reads what it needs once its chunk lists are known).
+/// None asked for when the windows would add up to more than this (a large or scattered
+/// edit reads what it needs once its chunk lists are known).
 const AHEAD_MAX: u64 = 8 << 20;
 
 /// The ranges of `base` worth reading ahead of composing `edits` (merged, in order).
@@ -197,6 +201,8 @@ struct RemoteChunks {
     /// Whether the CAS is known to lack `/v1/xetmount/chunks` (a plain Hub's): a composition
     /// then goes to the official route without asking.
     no_lists: std::sync::atomic::AtomicBool,
+    /// Whether the CAS is known to lack `/v1/xetmount/upload` (an older `xetmount serve`).
+    no_bundle: std::sync::atomic::AtomicBool,
 }
 
 impl RemoteChunks {
@@ -235,10 +241,20 @@ impl RemoteChunks {
     }
 }
 
-#[async_trait]
-impl ChunkMap for RemoteChunks {
-    async fn chunk_lists(&self, hash: &MerkleHash) -> RemoteResult<Option<ChunkLists>> {
-        let url = format!("{}/v1/xetmount/chunks/{}", self.cas_url, hash.hex());
+impl RemoteChunks {
+    /// The chunk lists of body `hash` and, for each of `around` (byte ranges of it), the
+    /// stored chunks holding those bytes, decoded and checked against the lists: (offset,
+    /// bytes), in one request. `None` if the CAS does not know the body.
+    async fn lists_and_bytes(
+        &self,
+        hash: &MerkleHash,
+        around: &[Range<u64>],
+    ) -> RemoteResult<Option<(ChunkLists, Vec<(u64, Bytes)>)>> {
+        let mut url = format!("{}/v1/xetmount/chunks/{}", self.cas_url, hash.hex());
+        if !around.is_empty() {
+            url.push_str("?bytes=");
+            url.push_str(&cas_wire::format_ranges(around));
+        }
         let r = self
             .http
             .get(&url)
@@ -250,67 +266,170 @@ impl ChunkMap for RemoteChunks {
             return Ok(None);
         }
         if !r.status().is_success() {
-            return Err(RemoteError::Other(format!(
-                "chunk lists: HTTP {}",
-                r.status()
-            )));
+            let status = r.status();
+            return Err(status_error(status, format!("chunk lists: HTTP {status}")));
         }
-        let v: serde_json::Value = r
-            .json()
+        let framed = r
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == cas_wire::FRAMED.as_bytes());
+        let body = r
+            .bytes()
             .await
             .map_err(|e| RemoteError::Other(format!("chunk lists: {e}")))?;
-        let bad =
-            || RemoteError::Other(format!("chunk lists: unexpected answer for {}", hash.hex()));
-        let mut out = ChunkLists {
-            segments: Vec::new(),
-            chunks: Vec::new(),
+        let bad = |e: String| RemoteError::Other(format!("chunk lists of {}: {e}", hash.hex()));
+        let (answer, tail) = if framed {
+            cas_wire::unframe::<cas_wire::ChunkListsAnswer>(body).map_err(bad)?
+        } else {
+            let a = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+            (a, Bytes::new())
         };
-        for seg in v
-            .get("segments")
-            .and_then(|s| s.as_array())
-            .ok_or_else(bad)?
-        {
-            let num = |k: &str| seg.get(k).and_then(|x| x.as_u64()).ok_or_else(bad);
-            let xorb = seg
-                .get("xorb")
-                .and_then(|x| x.as_str())
-                .and_then(|h| MerkleHash::from_hex(h).ok())
-                .ok_or_else(bad)?;
-            let mut list = Vec::new();
-            for c in seg
-                .get("chunks")
-                .and_then(|c| c.as_array())
-                .ok_or_else(bad)?
-            {
-                let h = c
-                    .get(0)
-                    .and_then(|x| x.as_str())
-                    .and_then(|h| MerkleHash::from_hex(h).ok())
-                    .ok_or_else(bad)?;
-                let n = c.get(1).and_then(|x| x.as_u64()).ok_or_else(bad)?;
-                list.push((h, n));
-            }
-            let bytes: u64 = list.iter().map(|(_, n)| n).sum();
-            out.segments.push(FileDataSequenceEntry {
-                xorb_hash: xorb,
-                xorb_flags: num("flags")? as u32,
-                unpacked_segment_bytes: u32::try_from(bytes).map_err(|_| bad())?,
-                chunk_index_start: num("start")? as u32,
-                chunk_index_end: num("end")? as u32,
-            });
-            out.chunks.push(list);
-        }
-        Ok(Some(out))
+        let lists = lists_of(&answer.segments).map_err(bad)?;
+        let pieces = pieces_of(&lists, &answer.pieces, tail).map_err(bad)?;
+        Ok(Some((lists, pieces)))
     }
 }
 
-/// `X-Range-Dirty` for byte ranges: `bytes=a-b,c-d` with inclusive ends.
-fn range_dirty(dirty: &[Range<u64>]) -> String {
-    let parts: Vec<String> = dirty
-        .iter()
-        .map(|r| format!("{}-{}", r.start, r.end - 1))
-        .collect();
-    format!("bytes={}", parts.join(","))
+/// The lists an answer names.
+fn lists_of(segments: &[cas_wire::WireSegment]) -> Result<ChunkLists, String> {
+    let hash = |h: &str| MerkleHash::from_hex(h).map_err(|e| format!("bad hash {h}: {e}"));
+    let mut out = ChunkLists {
+        segments: Vec::with_capacity(segments.len()),
+        chunks: Vec::with_capacity(segments.len()),
+    };
+    for seg in segments {
+        let list = seg
+            .chunks
+            .iter()
+            .map(|(h, n)| Ok((hash(h)?, *n)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let bytes: u64 = list.iter().map(|(_, n)| n).sum();
+        out.segments.push(FileDataSequenceEntry {
+            xorb_hash: hash(&seg.xorb)?,
+            xorb_flags: seg.flags,
+            unpacked_segment_bytes: u32::try_from(bytes)
+                .map_err(|_| format!("a segment of {bytes} bytes"))?,
+            chunk_index_start: seg.start,
+            chunk_index_end: seg.end,
+        });
+        out.chunks.push(list);
+    }
+    Ok(out)
+}
+
+/// The base bytes of stored chunk `pieces` (their serialized chunks one after another in
+/// `tail`), each chunk decoded and checked against the hash `lists` give at its offset.
+fn pieces_of(
+    lists: &ChunkLists,
+    pieces: &[cas_wire::WirePiece],
+    mut tail: Bytes,
+) -> Result<Vec<(u64, Bytes)>, String> {
+    // Every chunk's offset in the body, with its hash and length.
+    let mut at = 0u64;
+    let mut offsets = Vec::new();
+    for (h, n) in lists.chunks.iter().flatten() {
+        offsets.push((at, *h, *n));
+        at += n;
+    }
+    let mut out = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        if p.len > tail.len() as u64 {
+            return Err(format!("a piece of {} bytes, {} left", p.len, tail.len()));
+        }
+        let raw = tail.split_to(p.len as usize);
+        let (data, ends) = deserialize_chunks(&mut std::io::Cursor::new(&raw[..]))
+            .map_err(|e| format!("stored chunks at {}: {e}", p.at))?;
+        let first = offsets.partition_point(|c| c.0 < p.at);
+        let mut from = 0usize;
+        for (k, &end) in (first..).zip(ends.iter().skip(1)) {
+            let chunk = &data[from..end as usize];
+            match offsets.get(k) {
+                Some(&(o, h, n)) if o == p.at + from as u64 && n == chunk.len() as u64 => {
+                    if compute_data_hash(chunk) != h {
+                        return Err(format!("the chunk at {o} does not hash to {}", h.hex()));
+                    }
+                }
+                _ => return Err(format!("no chunk of the lists at {}", p.at + from as u64)),
+            }
+            from = end as usize;
+        }
+        out.push((p.at, Bytes::from(data)));
+    }
+    if !tail.is_empty() {
+        return Err(format!("{} bytes after the last piece", tail.len()));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl ChunkMap for RemoteChunks {
+    async fn chunk_lists(&self, hash: &MerkleHash) -> RemoteResult<Option<ChunkLists>> {
+        Ok(self.lists_and_bytes(hash, &[]).await?.map(|(l, _)| l))
+    }
+}
+
+#[async_trait]
+impl ShardWithXorbs for RemoteChunks {
+    async fn upload(
+        &self,
+        prefix: &str,
+        xorbs: &[SerializedXorbObject],
+        shard: Bytes,
+    ) -> RemoteResult<bool> {
+        use std::sync::atomic::Ordering;
+        if self.no_bundle.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let head = cas_wire::UploadHead {
+            xorbs: xorbs
+                .iter()
+                .map(|x| cas_wire::WireXorb {
+                    prefix: prefix.to_string(),
+                    hash: x.hash.hex(),
+                    len: x.serialized_data.len() as u64,
+                })
+                .collect(),
+            shard: shard.len() as u64,
+        };
+        let mut tail: Vec<&[u8]> = xorbs.iter().map(|x| &x.serialized_data[..]).collect();
+        tail.push(&shard);
+        let r = self
+            .http
+            .post(format!("{}/v1/xetmount/upload", self.cas_url))
+            .bearer_auth(self.token().await?)
+            .header(reqwest::header::CONTENT_TYPE, cas_wire::FRAMED)
+            .body(cas_wire::frame(&head, &tail))
+            .send()
+            .await
+            .map_err(|e| RemoteError::Other(format!("upload: {e}")))?;
+        let status = r.status();
+        if status == reqwest::StatusCode::NOT_FOUND
+            || status == reqwest::StatusCode::METHOD_NOT_ALLOWED
+        {
+            // A CAS without the route (an older `xetmount serve`): one by one from now on.
+            self.no_bundle.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        if !status.is_success() {
+            let text = r.text().await.unwrap_or_default();
+            return Err(status_error(
+                status,
+                format!("upload: HTTP {status}: {}", text.trim()),
+            ));
+        }
+        Ok(true)
+    }
+}
+
+/// A CAS answer `status` as the error it means.
+fn status_error(status: reqwest::StatusCode, msg: String) -> RemoteError {
+    match status.as_u16() {
+        401 => RemoteError::Unauthenticated(msg),
+        403 => RemoteError::PermissionDenied(msg),
+        413 | 507 => RemoteError::Quota(msg),
+        429 => RemoteError::RateLimited(msg),
+        _ => RemoteError::Other(msg),
+    }
 }
 
 #[async_trait]
@@ -325,7 +444,10 @@ impl ChunkHashes for RemoteChunks {
             .http
             .get(&url)
             .bearer_auth(self.token().await?)
-            .header("X-Range-Dirty", range_dirty(dirty))
+            .header(
+                "X-Range-Dirty",
+                format!("bytes={}", cas_wire::format_ranges(dirty)),
+            )
             .send()
             .await
             .map_err(|e| RemoteError::Other(format!("file chunk hashes: {e}")))?;
@@ -338,13 +460,10 @@ impl ChunkHashes for RemoteChunks {
             return Ok(None);
         }
         if !status.is_success() {
-            let msg = format!("file chunk hashes: HTTP {status}");
-            return Err(match status.as_u16() {
-                401 => RemoteError::Unauthenticated(msg),
-                403 => RemoteError::PermissionDenied(msg),
-                429 => RemoteError::RateLimited(msg),
-                _ => RemoteError::Other(msg),
-            });
+            return Err(status_error(
+                status,
+                format!("file chunk hashes: HTTP {status}"),
+            ));
         }
         r.json()
             .await
@@ -361,7 +480,7 @@ pub struct HttpCas {
     /// `client`, uploading xorbs without asking for a grant first (see `direct_client`).
     compose_client: Arc<dyn Client>,
     reader: Arc<Reader>,
-    chunks: RemoteChunks,
+    chunks: Arc<RemoteChunks>,
     xorbs: XorbSettings,
     staging: PathBuf,
 }
@@ -409,7 +528,7 @@ impl HttpCas {
     ) -> RemoteResult<Self> {
         let (cas_url, tok, exp) = hub.cas_token(write).await?;
         std::fs::create_dir_all(cache)?;
-        let chunks = RemoteChunks {
+        let chunks = Arc::new(RemoteChunks {
             hub: hub.clone(),
             write,
             cas_url: cas_url.trim_end_matches('/').to_string(),
@@ -417,7 +536,8 @@ impl HttpCas {
             token: Arc::new(Mutex::new(Some((tok.clone(), exp)))),
             refreshing: Arc::default(),
             no_lists: std::sync::atomic::AtomicBool::new(false),
-        };
+            no_bundle: std::sync::atomic::AtomicBool::new(false),
+        });
         let refresher: Arc<dyn TokenRefresher> = Arc::new(HubTokens { hub, write });
         let session_id = uuid::Uuid::now_v7().to_string();
         let session = SessionContext {
@@ -572,29 +692,12 @@ impl Cas for HttpCas {
         {
             None
         } else {
-            // The base bytes around the edits are read side by side with the chunk lists
-            // (instead of one round trip after them); a failed read-ahead only means the
-            // composition reads them itself.
-            let ahead = futures::future::join_all(
-                ahead_ranges(base.size, &edits)
-                    .into_iter()
-                    .map(|r| async move { (r.start, self.reader.read(base, r).await) }),
-            );
+            // The base bytes around the edits come with the chunk lists (instead of one
+            // round trip after them).
             let hash = parse_hash(&base.hash)?;
-            let (lists, ahead) = tokio::join!(self.chunks.chunk_lists(&hash), ahead);
-            lists?.map(|view| {
-                let ahead: Vec<(u64, Bytes)> = ahead
-                    .into_iter()
-                    .filter_map(|(at, r)| match r {
-                        Ok(b) => Some((at, b)),
-                        Err(e) => {
-                            tracing::debug!("compose of {}: read-ahead: {e}", base.hash);
-                            None
-                        }
-                    })
-                    .collect();
-                (view, ahead)
-            })
+            self.chunks
+                .lists_and_bytes(&hash, &ahead_ranges(base.size, &edits))
+                .await?
         };
         if let Some((view, ahead)) = lists {
             let bytes = Arc::new(BaseReader {
@@ -605,6 +708,7 @@ impl Cas for HttpCas {
             let c = crate::remote::compose::compose_with(
                 &self.xorbs,
                 self.compose_client.clone(),
+                Some(self.chunks.clone() as Arc<dyn ShardWithXorbs>),
                 None,
                 view,
                 bytes,
@@ -626,7 +730,7 @@ impl Cas for HttpCas {
         match window_compose::compose(
             &self.xorbs,
             self.client.clone(),
-            &self.chunks,
+            self.chunks.as_ref(),
             base,
             edits.clone(),
         )
@@ -684,6 +788,42 @@ mod tests {
             original_range: r,
             data: Bytes::from_static(b"x"),
         }
+    }
+
+    #[test]
+    fn stored_chunks_with_the_lists_are_checked_against_them() {
+        let (x, datas) = super::super::plan::tests::xorb(&[1000, 2000, 3000], "none");
+        let stream = Bytes::from(x.serialized_data[..x.footer_start.unwrap() as usize].to_vec());
+        let list: Vec<(MerkleHash, u64)> = datas
+            .iter()
+            .map(|d| (compute_data_hash(d), d.len() as u64))
+            .collect();
+        let lists = ChunkLists {
+            segments: vec![FileDataSequenceEntry {
+                xorb_hash: x.hash,
+                xorb_flags: 0,
+                unpacked_segment_bytes: 6000,
+                chunk_index_start: 0,
+                chunk_index_end: 3,
+            }],
+            chunks: vec![list],
+        };
+        let piece = |at, len| cas_wire::WirePiece { at, len };
+        let n = stream.len() as u64;
+        let got = pieces_of(&lists, &[piece(0, n)], stream.clone()).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 0);
+        assert_eq!(&got[0].1[..], &datas.concat()[..]);
+        // The same chunks claimed at another offset, a changed byte, bytes left over, a piece
+        // longer than what came: all refused.
+        assert!(pieces_of(&lists, &[piece(1000, n)], stream.clone()).is_err());
+        let mut bad = stream.to_vec();
+        bad[20] ^= 1;
+        assert!(pieces_of(&lists, &[piece(0, n)], Bytes::from(bad)).is_err());
+        let mut more = stream.to_vec();
+        more.push(0);
+        assert!(pieces_of(&lists, &[piece(0, n)], Bytes::from(more)).is_err());
+        assert!(pieces_of(&lists, &[piece(0, n + 1)], stream).is_err());
     }
 
     #[test]

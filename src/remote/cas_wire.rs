@@ -1,0 +1,135 @@
+//! Bodies of xetmount's own CAS routes on `xetmount serve`, shared by the server and the HTTP
+//! client: a stored body's chunk lists (with, on request, the stored bytes of the chunks
+//! around an edit), and a composition's last xorbs sent with its shard in one request. Both
+//! save a round trip on the path of a small edit (see `remote::http::cas`).
+//!
+//! A body that carries bytes is *framed*: one line of JSON (the head, which says how the rest
+//! is cut), then the bytes as they are. Serialized JSON never holds a raw newline, so the
+//! first `\n` ends the head.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Content type of a framed body.
+pub const FRAMED: &str = "application/x-xetmount-framed";
+
+/// Most stored bytes one chunk-list answer carries.
+pub const MAX_PIECE_BYTES: u64 = 16 << 20;
+
+/// `head` as one line of JSON, then `tail`.
+pub fn frame<T: Serialize>(head: &T, tail: &[&[u8]]) -> Vec<u8> {
+    let mut out = serde_json::to_vec(head).expect("a plain struct serializes");
+    out.push(b'\n');
+    for t in tail {
+        out.extend_from_slice(t);
+    }
+    out
+}
+
+/// The head and the bytes after it.
+pub fn unframe<T: DeserializeOwned>(body: Bytes) -> Result<(T, Bytes), String> {
+    let nl = body
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("a framed body without its head line")?;
+    let head = serde_json::from_slice(&body[..nl]).map_err(|e| format!("framed head: {e}"))?;
+    Ok((head, body.slice(nl + 1..)))
+}
+
+/// One term of a stored body, with the (hash hex, length) of each of its chunks.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireSegment {
+    pub xorb: String,
+    pub flags: u32,
+    pub start: u32,
+    pub end: u32,
+    pub chunks: Vec<(String, u64)>,
+}
+
+/// Stored bytes of whole chunks: the serialized chunks (headers and packed data, as the xorb
+/// stores them) of the body's bytes from `at` on, `len` bytes of the tail.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WirePiece {
+    pub at: u64,
+    pub len: u64,
+}
+
+/// `GET /v1/xetmount/chunks/{file}[?bytes=a-b,c-d]`: plain JSON without `bytes`, framed with
+/// the pieces (in order, their bytes one after another) with it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ChunkListsAnswer {
+    pub segments: Vec<WireSegment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<WirePiece>,
+}
+
+/// A serialized xorb (no footer) in an upload.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireXorb {
+    pub prefix: String,
+    pub hash: String,
+    pub len: u64,
+}
+
+/// `POST /v1/xetmount/upload` (framed): the xorbs' bytes in order, then `shard` bytes of
+/// shard. The server stores the xorbs, then takes the shard as `/v2/shards` does.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UploadHead {
+    pub xorbs: Vec<WireXorb>,
+    pub shard: u64,
+}
+
+/// `a-b,c-d` (inclusive ends, as in an HTTP range header after `bytes=`) as half-open
+/// ranges; `None` if malformed.
+pub fn parse_ranges(list: &str) -> Option<Vec<std::ops::Range<u64>>> {
+    let mut out = Vec::new();
+    for part in list.trim().split(',') {
+        let (a, b) = part.trim().split_once('-')?;
+        let (a, b) = (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?);
+        out.push(a..b.checked_add(1).filter(|_| a <= b)?);
+    }
+    Some(out)
+}
+
+/// Half-open ranges as `a-b,c-d`.
+pub fn format_ranges(ranges: &[std::ops::Range<u64>]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|r| format!("{}-{}", r.start, r.end - 1))
+        .collect();
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framed_bodies_round_trip_and_bad_ones_are_refused() {
+        let head = UploadHead {
+            xorbs: vec![WireXorb {
+                prefix: "default".into(),
+                hash: "ab".into(),
+                len: 3,
+            }],
+            shard: 2,
+        };
+        // Bytes after the head may hold newlines of their own.
+        let body = Bytes::from(frame(&head, &[b"x\ny", b"\n\n"]));
+        let (back, tail) = unframe::<UploadHead>(body).unwrap();
+        assert_eq!(back, head);
+        assert_eq!(&tail[..], b"x\ny\n\n");
+        assert!(unframe::<UploadHead>(Bytes::from_static(b"{\"xorbs\":[]}")).is_err());
+        assert!(unframe::<UploadHead>(Bytes::from_static(b"not json\nrest")).is_err());
+    }
+
+    #[test]
+    fn byte_ranges_parse_as_http_ranges() {
+        assert_eq!(parse_ranges("0-9, 20-20"), Some(vec![0..10, 20..21]));
+        assert_eq!(format_ranges(&[0..10, 20..21]), "0-9,20-20");
+        for bad in ["", "bytes=0-9", "9-0", "a-b", "1", "0-18446744073709551615"] {
+            assert_eq!(parse_ranges(bad), None, "{bad}");
+        }
+    }
+}
