@@ -1,7 +1,7 @@
 //! A small edit of a large file on a full `xetmount serve`, until `fsync` returns: the round
 //! trips it costs (counted by the server per route: the chunk lists with the base bytes
-//! around the edit, the xorb with the shard, the commit), and the file read back byte for
-//! byte after a remount.
+//! around the edit, then the commit carrying the new xorb and the shard), and the file read
+//! back byte for byte after a remount.
 
 mod common;
 
@@ -12,7 +12,7 @@ fn count(m: &std::collections::BTreeMap<String, u64>, route: &str) -> u64 {
 }
 
 #[test]
-fn an_edit_costs_three_requests_and_reads_back_exact() {
+fn an_edit_costs_two_requests_and_reads_back_exact() {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
     let server = Serve::start(&d.join("srv"), &d.join("serve.log"), &[]);
@@ -48,9 +48,13 @@ fn an_edit_costs_three_requests_and_reads_back_exact() {
         "read {} bytes of the base",
         delta("fetch_bytes")
     );
-    // Its xorb and shard in one request, without a grant request first; the composed file is
-    // checked against the chunk lists and the xorbs written, not read back from the server.
-    assert_eq!(delta("POST /v1/xetmount/upload"), 1, "{after:?}");
+    // Its xorb and shard go with the commit, in one request; the composed file is checked
+    // against the chunk lists and the xorbs written, not read back from the server.
+    assert_eq!(
+        delta("POST /api/buckets/{ns}/{name}/xetmount/commit"),
+        1,
+        "{after:?}"
+    );
     for r in [
         "POST /v1/xorbs/{prefix}/{xorb}",
         "POST /v2/shards",
@@ -58,12 +62,6 @@ fn an_edit_costs_three_requests_and_reads_back_exact() {
     ] {
         assert_eq!(delta(r), 0, "{r}: {after:?}");
     }
-    // And the commit: three requests in all, one after another.
-    assert_eq!(
-        delta("POST /api/buckets/{ns}/{name}/xetmount/commit"),
-        1,
-        "{after:?}"
-    );
     m.stop();
 
     let m = mount_served(&url, d, "m", &[]);
@@ -73,7 +71,7 @@ fn an_edit_costs_three_requests_and_reads_back_exact() {
 }
 
 #[test]
-fn a_large_edit_sends_its_full_xorbs_first_and_the_last_with_the_shard() {
+fn a_large_edit_sends_its_full_xorbs_first_and_the_last_with_the_commit() {
     let d = tempfile::tempdir().unwrap();
     let d = d.path();
     let server = Serve::start(&d.join("srv"), &d.join("serve.log"), &[]);
@@ -99,8 +97,12 @@ fn a_large_edit_sends_its_full_xorbs_first_and_the_last_with_the_shard() {
     let after = serve_metrics(&url);
     let delta = |r: &str| count(&after, r) - count(&before, r);
     assert_eq!(delta("POST /v1/xorbs/{prefix}/{xorb}"), 1, "{after:?}");
-    assert_eq!(delta("POST /v1/xetmount/upload"), 1, "{after:?}");
     assert_eq!(delta("POST /v2/shards"), 0, "{after:?}");
+    assert_eq!(
+        delta("POST /api/buckets/{ns}/{name}/xetmount/commit"),
+        1,
+        "{after:?}"
+    );
     m.stop();
 
     let m = mount_served(&url, d, "m", &[]);

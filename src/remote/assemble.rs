@@ -247,12 +247,12 @@ impl<'a> Packer<'a> {
     }
 }
 
-/// A CAS route that takes a composition's last xorbs and its shard in one request (one round
-/// trip less on the path of a small edit than a xorb upload followed by a shard upload).
+/// Where a composition's last xorbs and its shard go together instead of to the CAS one by
+/// one (a commit that stores them: one round trip less on the path of a small edit).
 #[async_trait]
 pub trait ShardWithXorbs: Send + Sync {
-    /// Store `xorbs` (under `prefix`), then `shard`. `Ok(false)`: the CAS lacks the route
-    /// (nothing stored); the caller uploads them one by one.
+    /// Take `xorbs` (under `prefix`), then `shard`. `Ok(false)`: not taken; the caller
+    /// uploads them one by one.
     async fn upload(
         &self,
         prefix: &str,

@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use xet_core_structures::xorb_object::SerializedXorbObject;
 
 /// Content type of a framed body.
 pub const FRAMED: &str = "application/x-xetmount-framed";
@@ -78,6 +79,75 @@ pub struct WireXorb {
 pub struct UploadHead {
     pub xorbs: Vec<WireXorb>,
     pub shard: u64,
+}
+
+/// A composition's xorbs and shard not sent yet: they go with the commit that names the file
+/// (`Catalog::commit_carrying`), which stores them before it applies its ops, so that a small
+/// edit costs one request less. `bytes` holds the xorbs then the shard, as `head` cuts them.
+#[derive(Clone, Debug)]
+pub struct Carried {
+    pub head: UploadHead,
+    pub bytes: Bytes,
+}
+
+impl Carried {
+    pub fn new(prefix: &str, xorbs: &[SerializedXorbObject], shard: &[u8]) -> Self {
+        let head = UploadHead {
+            xorbs: xorbs
+                .iter()
+                .map(|x| WireXorb {
+                    prefix: prefix.to_string(),
+                    hash: x.hash.hex(),
+                    len: x.serialized_data.len() as u64,
+                })
+                .collect(),
+            shard: shard.len() as u64,
+        };
+        let mut bytes = Vec::with_capacity(head.len() as usize);
+        for x in xorbs {
+            bytes.extend_from_slice(&x.serialized_data);
+        }
+        bytes.extend_from_slice(shard);
+        Carried {
+            head,
+            bytes: Bytes::from(bytes),
+        }
+    }
+}
+
+impl UploadHead {
+    /// Bytes the upload announces, `u64::MAX` if they overflow (no body is that long).
+    pub fn len(&self) -> u64 {
+        self.xorbs
+            .iter()
+            .try_fold(self.shard, |n, x| n.checked_add(x.len))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The xorbs' bytes and the shard's, cut from `body` (which must be exactly as long).
+    pub fn cut(&self, mut body: Bytes) -> Result<(Vec<(&WireXorb, Bytes)>, Bytes), String> {
+        if self.len() != body.len() as u64 {
+            return Err(format!(
+                "an upload announcing {} bytes came with {}",
+                self.len(),
+                body.len()
+            ));
+        }
+        let xorbs = self
+            .xorbs
+            .iter()
+            .map(|x| (x, body.split_to(x.len as usize)))
+            .collect();
+        Ok((xorbs, body))
+    }
+}
+
+/// The framed body of a commit carrying uploads: its ops (as the JSON body of an ordinary
+/// commit holds them) and the uploads, whose bytes follow one after another.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct CommitHead {
+    pub ops: serde_json::Value,
+    pub uploads: Vec<UploadHead>,
 }
 
 /// `a-b,c-d` (inclusive ends, as in an HTTP range header after `bytes=`) as half-open

@@ -366,6 +366,21 @@ pub trait Catalog: Send + Sync {
     /// ([`Catalog::changes`]) it must be the revision this commit produced, one no other
     /// commit shares: a mount skips the feed's reports of its own commits by it.
     async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64>;
+    /// [`Catalog::commit`], storing `uploads` (compositions the CAS left to go with the
+    /// commit, see [`Composed::carried`]) before the ops apply, even if they are then refused.
+    /// Only a catalog whose CAS hands out such uploads gets any.
+    async fn commit_carrying(
+        &self,
+        ops: Vec<CatalogOp>,
+        uploads: Vec<cas_wire::Carried>,
+    ) -> RemoteResult<u64> {
+        if !uploads.is_empty() {
+            return Err(RemoteError::Other(
+                "this catalog cannot store uploads with a commit".into(),
+            ));
+        }
+        self.commit(ops).await
+    }
     async fn revision(&self) -> RemoteResult<u64>;
     /// What changed after revision `since`, waiting up to `wait` for a change (an empty
     /// `Dirs` when nothing did). `Ok(None)`: this catalog has no change feed; poll
@@ -416,6 +431,10 @@ pub struct Composed {
     pub terms: u64,
     /// The store could not compose and the new body was uploaded whole (its base read).
     pub whole_upload: bool,
+    /// The xorbs and shard that make the body reconstructible, when the CAS left them to go
+    /// with the commit naming it ([`Catalog::commit_carrying`]): until then `id` names
+    /// nothing stored.
+    pub carried: Option<cas_wire::Carried>,
 }
 
 /// Content-addressed storage of file bodies.

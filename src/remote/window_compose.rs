@@ -454,6 +454,7 @@ pub async fn compose(
             dirty_chunk_bytes: 0,
             terms: 0,
             whole_upload: false,
+            carried: None,
         }));
     }
     if size == 0 || expected == 0 {
@@ -606,6 +607,7 @@ pub async fn compose(
         dirty_chunk_bytes,
         terms: a.terms(),
         whole_upload: false,
+        carried: None,
     }))
 }
 

@@ -428,45 +428,22 @@ async fn store_xorb(s: &Server, prefix: &str, xorb: &str, body: Bytes) -> Result
     Ok(!existed)
 }
 
-/// `POST /v1/xetmount/upload` (xetmount's own route): a composition's xorbs and its shard in
-/// one request (`remote::cas_wire::UploadHead`), stored as `/v1/xorbs` and `/v2/shards` would
-/// store them, in that order.
-pub async fn upload_bundle(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
-    let bucket = match s.cas_access(&headers, Scope::Write) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let (head, mut rest) = match cas_wire::unframe::<cas_wire::UploadHead>(body) {
-        Ok(x) => x,
-        Err(e) => return error(StatusCode::BAD_REQUEST, None, e),
-    };
-    let total = head
-        .xorbs
-        .iter()
-        .map(|x| x.len)
-        .try_fold(head.shard, u64::checked_add);
-    if total != Some(rest.len() as u64) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            None,
-            format!(
-                "the upload's head announces {total:?} bytes but {} follow",
-                rest.len()
-            ),
-        );
-    }
+/// Store an upload's xorbs, then its shard, for `bucket`; how many xorbs were new.
+pub(super) async fn store_upload(
+    s: &Server,
+    bucket: &str,
+    head: &cas_wire::UploadHead,
+    body: Bytes,
+) -> Result<u64, Response> {
+    let (xorbs, shard) = head
+        .cut(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, None, e))?;
     let mut inserted = 0;
-    for x in &head.xorbs {
-        let bytes = rest.split_to(x.len as usize);
-        match store_xorb(&s, &x.prefix, &x.hash, bytes).await {
-            Ok(new) => inserted += u64::from(new),
-            Err(r) => return r,
-        }
+    for (x, bytes) in xorbs {
+        inserted += u64::from(store_xorb(s, &x.prefix, &x.hash, bytes).await?);
     }
-    match store_shard(&s, &bucket, rest).await {
-        Ok(()) => axum::Json(json!({"xorbs_inserted": inserted})).into_response(),
-        Err(r) => r,
-    }
+    store_shard(s, bucket, shard).await?;
+    Ok(inserted)
 }
 
 /// Check that every xorb the shard's files use is stored, then keep the shard and record its

@@ -195,8 +195,7 @@ pub fn router(state: Arc<Server>) -> Router {
             .route(&format!("{b}/xetmount/revision"), get(native::revision))
             .route(&format!("{b}/xetmount/changes"), get(native::changes))
             .route(&format!("{b}/xetmount/commit"), post(native::commit))
-            .route("/v1/xetmount/chunks/{file}", get(cas::chunk_lists))
-            .route("/v1/xetmount/upload", post(cas::upload_bundle));
+            .route("/v1/xetmount/chunks/{file}", get(cas::chunk_lists));
     }
     // Xorbs are up to 64 MiB, shards a few MiB; NDJSON batches of 1,000 ops are small.
     let r = r

@@ -7,14 +7,16 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Scope;
+use super::cas::store_upload;
 use super::hub::error;
 use super::Server;
+use crate::remote::cas_wire;
 use crate::remote::names::check_posix_path;
 use crate::remote::wire::{WireEntry, WireOp};
 use crate::remote::{Catalog, CatalogOp, Changes, RemoteError};
@@ -232,7 +234,35 @@ pub async fn commit(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let wire: Vec<WireOp> = match serde_json::from_slice(&body) {
+    // A framed body carries a composition's uploads with the ops (`cas_wire::CommitHead`):
+    // they are stored first, whether the ops then apply or not.
+    let framed = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == cas_wire::FRAMED.as_bytes());
+    let parsed = if framed {
+        match cas_wire::unframe::<cas_wire::CommitHead>(body) {
+            Ok((head, mut rest)) => {
+                for u in &head.uploads {
+                    let n = (u.len() as usize).min(rest.len());
+                    if let Err(r) = store_upload(&s, &id, u, rest.split_to(n)).await {
+                        return r;
+                    }
+                }
+                if !rest.is_empty() {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        None,
+                        format!("{} bytes after the last upload", rest.len()),
+                    );
+                }
+                serde_json::from_value(head.ops)
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, None, e),
+        }
+    } else {
+        serde_json::from_slice(&body)
+    };
+    let wire: Vec<WireOp> = match parsed {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, None, format!("bad ops: {e}")),
     };

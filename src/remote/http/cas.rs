@@ -4,9 +4,9 @@
 //!
 //! Compositions run chunk by chunk (`remote::compose`) where the CAS says which chunks a body
 //! is made of (`xetmount serve`'s `/v1/xetmount/chunks/{file}`): only the chunks around each
-//! edit are downloaded and uploaded. A small edit costs two requests there before its commit:
-//! the chunk lists come with the stored chunks around the edit (`?bytes=`), and the last xorb
-//! goes with the shard (`/v1/xetmount/upload`; see `remote::cas_wire`). A CAS with only the official routes composes by windows
+//! edit are downloaded and uploaded. A small edit costs two requests there, its commit
+//! included: the chunk lists come with the stored chunks around the edit (`?bytes=`), and the
+//! last xorb and the shard go with the commit (`Composed::carried`; see `remote::cas_wire`). A CAS with only the official routes composes by windows
 //! (`remote::window_compose`, over `GET /v2/file-chunk-hashes/{file}`): only the terms the
 //! edits touch are read and only new chunks uploaded. A CAS without either route, or a
 //! window composition that does not verify, gets the base read and the result uploaded whole
@@ -201,8 +201,6 @@ struct RemoteChunks {
     /// Whether the CAS is known to lack `/v1/xetmount/chunks` (a plain Hub's): a composition
     /// then goes to the official route without asking.
     no_lists: std::sync::atomic::AtomicBool,
-    /// Whether the CAS is known to lack `/v1/xetmount/upload` (an older `xetmount serve`).
-    no_bundle: std::sync::atomic::AtomicBool,
 }
 
 impl RemoteChunks {
@@ -368,55 +366,20 @@ impl ChunkMap for RemoteChunks {
     }
 }
 
+/// Keeps a composition's last xorb and its shard for the commit to carry (see
+/// [`crate::remote::Catalog::commit_carrying`]) instead of sending them.
+#[derive(Default)]
+struct Holder(Mutex<Option<cas_wire::Carried>>);
+
 #[async_trait]
-impl ShardWithXorbs for RemoteChunks {
+impl ShardWithXorbs for Holder {
     async fn upload(
         &self,
         prefix: &str,
         xorbs: &[SerializedXorbObject],
         shard: Bytes,
     ) -> RemoteResult<bool> {
-        use std::sync::atomic::Ordering;
-        if self.no_bundle.load(Ordering::Relaxed) {
-            return Ok(false);
-        }
-        let head = cas_wire::UploadHead {
-            xorbs: xorbs
-                .iter()
-                .map(|x| cas_wire::WireXorb {
-                    prefix: prefix.to_string(),
-                    hash: x.hash.hex(),
-                    len: x.serialized_data.len() as u64,
-                })
-                .collect(),
-            shard: shard.len() as u64,
-        };
-        let mut tail: Vec<&[u8]> = xorbs.iter().map(|x| &x.serialized_data[..]).collect();
-        tail.push(&shard);
-        let r = self
-            .http
-            .post(format!("{}/v1/xetmount/upload", self.cas_url))
-            .bearer_auth(self.token().await?)
-            .header(reqwest::header::CONTENT_TYPE, cas_wire::FRAMED)
-            .body(cas_wire::frame(&head, &tail))
-            .send()
-            .await
-            .map_err(|e| RemoteError::Other(format!("upload: {e}")))?;
-        let status = r.status();
-        if status == reqwest::StatusCode::NOT_FOUND
-            || status == reqwest::StatusCode::METHOD_NOT_ALLOWED
-        {
-            // A CAS without the route (an older `xetmount serve`): one by one from now on.
-            self.no_bundle.store(true, Ordering::Relaxed);
-            return Ok(false);
-        }
-        if !status.is_success() {
-            let text = r.text().await.unwrap_or_default();
-            return Err(status_error(
-                status,
-                format!("upload: HTTP {status}: {}", text.trim()),
-            ));
-        }
+        *self.0.lock() = Some(cas_wire::Carried::new(prefix, xorbs, &shard));
         Ok(true)
     }
 }
@@ -480,7 +443,10 @@ pub struct HttpCas {
     /// `client`, uploading xorbs without asking for a grant first (see `direct_client`).
     compose_client: Arc<dyn Client>,
     reader: Arc<Reader>,
-    chunks: Arc<RemoteChunks>,
+    chunks: RemoteChunks,
+    /// Whether compositions leave their last xorb and shard to the commit (the catalog is
+    /// `xetmount serve`'s own, which stores them with the commit).
+    carry: std::sync::atomic::AtomicBool,
     xorbs: XorbSettings,
     staging: PathBuf,
 }
@@ -528,7 +494,7 @@ impl HttpCas {
     ) -> RemoteResult<Self> {
         let (cas_url, tok, exp) = hub.cas_token(write).await?;
         std::fs::create_dir_all(cache)?;
-        let chunks = Arc::new(RemoteChunks {
+        let chunks = RemoteChunks {
             hub: hub.clone(),
             write,
             cas_url: cas_url.trim_end_matches('/').to_string(),
@@ -536,8 +502,7 @@ impl HttpCas {
             token: Arc::new(Mutex::new(Some((tok.clone(), exp)))),
             refreshing: Arc::default(),
             no_lists: std::sync::atomic::AtomicBool::new(false),
-            no_bundle: std::sync::atomic::AtomicBool::new(false),
-        });
+        };
         let refresher: Arc<dyn TokenRefresher> = Arc::new(HubTokens { hub, write });
         let session_id = uuid::Uuid::now_v7().to_string();
         let session = SessionContext {
@@ -605,6 +570,7 @@ impl HttpCas {
             client,
             compose_client,
             chunks,
+            carry: std::sync::atomic::AtomicBool::new(false),
             xorbs,
             staging,
         })
@@ -643,6 +609,12 @@ impl HttpCas {
         self.chunks
             .no_lists
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The catalog stores uploads with its commits: compositions leave their last xorb and
+    /// shard to the commit (one round trip less per small edit).
+    pub fn carry_uploads_with_commits(&self) {
+        self.carry.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Append bytes `range` of `base` to `f`; returns how many.
@@ -705,10 +677,14 @@ impl Cas for HttpCas {
                 id: base.clone(),
                 ahead,
             });
+            let held = self
+                .carry
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| Arc::new(Holder::default()));
             let c = crate::remote::compose::compose_with(
                 &self.xorbs,
                 self.compose_client.clone(),
-                Some(self.chunks.clone() as Arc<dyn ShardWithXorbs>),
+                held.clone().map(|h| h as Arc<dyn ShardWithXorbs>),
                 None,
                 view,
                 bytes,
@@ -723,6 +699,7 @@ impl Cas for HttpCas {
                 dirty_chunk_bytes: c.dirty_chunk_bytes,
                 terms: c.terms,
                 whole_upload: false,
+                carried: held.and_then(|h| h.0.lock().take()),
             });
         }
         // No chunk lists: compose by windows over the official route, unless the CAS lacks
@@ -730,7 +707,7 @@ impl Cas for HttpCas {
         match window_compose::compose(
             &self.xorbs,
             self.client.clone(),
-            self.chunks.as_ref(),
+            &self.chunks,
             base,
             edits.clone(),
         )
@@ -771,6 +748,7 @@ impl Cas for HttpCas {
                 dirty_chunk_bytes: edits.iter().map(|e| e.data.len() as u64).sum(),
                 terms: 0,
                 whole_upload: true,
+                carried: None,
             })
         }
         .await;

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::hub::Hub;
 use super::{q, Prefix};
+use crate::remote::cas_wire;
 use crate::remote::wire::{WireEntry, WireOp};
 use crate::remote::{
     Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, RemoteError, RemoteResult, TreePage,
@@ -141,23 +142,54 @@ impl Catalog for HttpCatalog {
     }
 
     async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64> {
+        self.commit_carrying(ops, Vec::new()).await
+    }
+
+    /// The uploads go in the same request, framed after the ops (`cas_wire::CommitHead`).
+    async fn commit_carrying(
+        &self,
+        ops: Vec<CatalogOp>,
+        uploads: Vec<cas_wire::Carried>,
+    ) -> RemoteResult<u64> {
         let wire: Vec<WireOp> = ops.iter().map(|o| self.map_op(o)).collect();
-        let body = serde_json::to_value(&wire).map_err(RemoteError::other)?;
-        let v = self
-            .hub
-            .post_json("commit", &self.hub.api("/xetmount/commit"), &body)
-            .await
-            .map_err(|e| match e {
-                RemoteError::Conflict(c) => RemoteError::Conflict(
-                    c.into_iter()
-                        .map(|c| Conflict {
-                            path: self.prefix.local(&c.path).unwrap_or(c.path),
-                            current: c.current.map(|e| self.local(e)),
-                        })
-                        .collect(),
-                ),
-                e => e,
-            })?;
+        let ops = serde_json::to_value(&wire).map_err(RemoteError::other)?;
+        let url = self.hub.api("/xetmount/commit");
+        let answer = if uploads.is_empty() {
+            self.hub.post_json("commit", &url, &ops).await
+        } else {
+            let head = cas_wire::CommitHead {
+                ops,
+                uploads: uploads.iter().map(|u| u.head.clone()).collect(),
+            };
+            let tail: Vec<&[u8]> = uploads.iter().map(|u| &u.bytes[..]).collect();
+            let body = bytes::Bytes::from(cas_wire::frame(&head, &tail));
+            match self
+                .hub
+                .send("commit", |c| {
+                    c.post(&url)
+                        .header(reqwest::header::CONTENT_TYPE, cas_wire::FRAMED)
+                        .body(body.clone())
+                })
+                .await
+            {
+                Ok(r) => r
+                    .json()
+                    .await
+                    .map_err(|e| RemoteError::Other(format!("commit: bad answer: {e}"))),
+                Err(e) => Err(e),
+            }
+        };
+        let v = answer.map_err(|e| match e {
+            RemoteError::Conflict(c) => RemoteError::Conflict(
+                c.into_iter()
+                    .map(|c| Conflict {
+                        path: self.prefix.local(&c.path).unwrap_or(c.path),
+                        current: c.current.map(|e| self.local(e)),
+                    })
+                    .collect(),
+            ),
+            e => e,
+        })?;
         v.get("revision")
             .and_then(Value::as_u64)
             .ok_or_else(|| bad("commit", &v))

@@ -182,6 +182,7 @@ pub async fn open(
         });
     }
     let catalog = catalog::HttpCatalog::new(hub.clone(), &uri.prefix);
+    cas.carry_uploads_with_commits();
     if !uri.prefix.is_empty() && catalog.head("").await?.is_none() {
         if !writable {
             return Err(RemoteError::Other(format!(

@@ -169,6 +169,7 @@ impl Cas for XetCas {
             dirty_chunk_bytes: c.dirty_chunk_bytes,
             terms: c.terms,
             whole_upload: false,
+            carried: None,
         })
     }
 }

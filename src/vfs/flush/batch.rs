@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::remote::cas_wire::Carried;
 use crate::remote::{CatalogOp, ComposeEdit, FileId, RemoteError, RemoteResult, UploadItem};
 use crate::vfs::fileio::blocking;
 use crate::vfs::inode::Ino;
@@ -213,12 +214,16 @@ impl Vfs {
     }
 
     /// Store the bodies of `ready`: compositions and one upload session for whole files run
-    /// side by side.
+    /// side by side. Also what compositions left for the commit to carry.
     async fn store_bodies(
         &self,
         ready: &[Prepared],
-    ) -> HashMap<Ino, Result<Option<FileId>, FlushFailure>> {
+    ) -> (
+        HashMap<Ino, Result<Option<FileId>, FlushFailure>>,
+        HashMap<Ino, Carried>,
+    ) {
         let mut bodies = HashMap::new();
+        let mut carried = HashMap::new();
         let mut whole: Vec<&Prepared> = Vec::new();
         let mut composes = Vec::new();
         for p in ready {
@@ -265,6 +270,9 @@ impl Vfs {
                     self.stats
                         .compose_terms_max
                         .fetch_max(c.terms, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(u) = c.carried {
+                        carried.insert(p.ino, u);
+                    }
                     Ok(Some(c.id))
                 }
                 Err(e) => {
@@ -299,7 +307,7 @@ impl Vfs {
                 }
             }
         }
-        bodies
+        (bodies, carried)
     }
 
     /// Before a commit carrying the namespace ops up to `ns_seq`: the staging journals'
@@ -322,7 +330,8 @@ impl Vfs {
 
     async fn upload_and_commit(&self, ready: Vec<Prepared>) -> Vec<(Ino, FlushResult)> {
         let mut results = Vec::new();
-        let mut bodies = self.store_bodies(&ready).await;
+        let (mut bodies, mut carried) = self.store_bodies(&ready).await;
+        let mut uploads = Vec::new();
 
         // Commits in order: the pending namespace ops, then the bodies at the paths those ops
         // lead to, snapshotted together under the namespace lock and committed after it.
@@ -379,6 +388,7 @@ impl Vfs {
                     let path = e.path.clone();
                     ops.extend(expect);
                     ops.push(CatalogOp::Put(e));
+                    uploads.extend(carried.remove(&p.ino));
                     committing.push((p, body, path));
                 }
                 Err(e) => results.push((p.ino, Err(FlushFailure::local(Step::Commit, e)))),
@@ -396,7 +406,9 @@ impl Vfs {
                     .await
                     .map_err(Refused::Failed)?;
             }
-            match self.bounded(0, "commit", self.catalog.commit(ops)).await {
+            let bytes = uploads.iter().map(|u| u.bytes.len() as u64).sum();
+            let commit = self.catalog.commit_carrying(ops, uploads);
+            match self.bounded(bytes, "commit", commit).await {
                 Ok(rev) => Ok(rev),
                 Err(RemoteError::Conflict(c)) => Err(Refused::Conflicts(c)),
                 Err(e) => Err(Refused::Failed(FlushFailure::remote(Step::Commit, e))),
