@@ -103,7 +103,7 @@ impl Carried {
                 .collect(),
             shard: shard.len() as u64,
         };
-        let mut bytes = Vec::with_capacity(head.len() as usize);
+        let mut bytes = Vec::with_capacity(head.body_len() as usize);
         for x in xorbs {
             bytes.extend_from_slice(&x.serialized_data);
         }
@@ -115,9 +115,12 @@ impl Carried {
     }
 }
 
+/// An upload's xorbs (each with its bytes) and its shard.
+pub type Cut<'a> = (Vec<(&'a WireXorb, Bytes)>, Bytes);
+
 impl UploadHead {
     /// Bytes the upload announces, `u64::MAX` if they overflow (no body is that long).
-    pub fn len(&self) -> u64 {
+    pub fn body_len(&self) -> u64 {
         self.xorbs
             .iter()
             .try_fold(self.shard, |n, x| n.checked_add(x.len))
@@ -125,11 +128,11 @@ impl UploadHead {
     }
 
     /// The xorbs' bytes and the shard's, cut from `body` (which must be exactly as long).
-    pub fn cut(&self, mut body: Bytes) -> Result<(Vec<(&WireXorb, Bytes)>, Bytes), String> {
-        if self.len() != body.len() as u64 {
+    pub fn cut(&self, mut body: Bytes) -> Result<Cut<'_>, String> {
+        if self.body_len() != body.len() as u64 {
             return Err(format!(
                 "an upload announcing {} bytes came with {}",
-                self.len(),
+                self.body_len(),
                 body.len()
             ));
         }
@@ -192,6 +195,31 @@ mod tests {
         assert_eq!(&tail[..], b"x\ny\n\n");
         assert!(unframe::<UploadHead>(Bytes::from_static(b"{\"xorbs\":[]}")).is_err());
         assert!(unframe::<UploadHead>(Bytes::from_static(b"not json\nrest")).is_err());
+    }
+
+    #[test]
+    fn a_carried_upload_cuts_back_into_its_xorbs_and_shard() {
+        let xorb = |h: u64, data: &[u8]| SerializedXorbObject {
+            hash: xet_core_structures::merklehash::MerkleHash::random_from_seed(h),
+            serialized_data: data.to_vec(),
+            raw_num_bytes: data.len() as u64,
+            num_chunks: 0,
+            footer_start: None,
+        };
+        let c = Carried::new("default", &[xorb(1, b"abc"), xorb(2, b"de")], b"shard");
+        assert_eq!(c.head.body_len(), 10);
+        let (xorbs, shard) = c.head.cut(c.bytes.clone()).unwrap();
+        let got: Vec<(&str, &[u8])> = xorbs
+            .iter()
+            .map(|(x, b)| (x.prefix.as_str(), &b[..]))
+            .collect();
+        assert_eq!(got, vec![("default", &b"abc"[..]), ("default", &b"de"[..])]);
+        assert_eq!(&shard[..], b"shard");
+        // A body shorter or longer than the head says is refused.
+        assert!(c.head.cut(c.bytes.slice(1..)).is_err());
+        let mut more = c.bytes.to_vec();
+        more.push(0);
+        assert!(c.head.cut(Bytes::from(more)).is_err());
     }
 
     #[test]

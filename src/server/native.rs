@@ -243,7 +243,7 @@ pub async fn commit(
         match cas_wire::unframe::<cas_wire::CommitHead>(body) {
             Ok((head, mut rest)) => {
                 for u in &head.uploads {
-                    let n = (u.len() as usize).min(rest.len());
+                    let n = (u.body_len() as usize).min(rest.len());
                     if let Err(r) = store_upload(&s, &id, u, rest.split_to(n)).await {
                         return r;
                     }
