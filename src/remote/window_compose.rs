@@ -826,6 +826,7 @@ pub async fn compose(
         return Ok(None);
     }
     let base_hash = parse_hash(&base.hash)?;
+    let started = std::time::Instant::now();
     // One round trip for the windows, the base's terms (with their fetch URLs) and ranged
     // reconstructions of the edits' neighbourhoods; then, side by side, the footers of the
     // xorbs holding those neighbourhoods and the neighbourhoods' bytes.
@@ -854,6 +855,12 @@ pub async fn compose(
         return Ok(None);
     };
     let (recon, footers) = recon?;
+    tracing::debug!(
+        "window compose: windows, terms, {} footers and {} bytes ahead in {:?}",
+        footers.len(),
+        near.read,
+        started.elapsed()
+    );
     let windows = check_answer(&resp, size)?;
     let per_window = assign(&edits, &windows, size)?;
     let terms = terms_in(&recon);
@@ -904,6 +911,11 @@ pub async fn compose(
             f
         }
     };
+    tracing::debug!(
+        "window compose: base chunks of {} terms in {:?}",
+        which.len(),
+        started.elapsed()
+    );
     // The windows must be chunk-aligned and their bytes in hand, and the base's own window
     // chunks merged with the gaps must give the base's identity: the CAS's answer and our
     // reading of the base agree.
@@ -1012,8 +1024,10 @@ pub async fn compose(
         .zip(&base_chunks.chunks)
         .map(|(r, c)| ((r.xorb, r.index), (c.hash, c.len)))
         .collect();
+    tracing::debug!("window compose: stored in {:?}", started.elapsed());
     check_written(&a.file.segments, &parts, &known, &written, &id, expected)?;
     check_stored(&client, &id, &a.file.segments).await?;
+    tracing::debug!("window compose: verified in {:?}", started.elapsed());
     Ok(Some(Composed {
         id,
         new_bytes: sent,
