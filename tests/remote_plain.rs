@@ -96,13 +96,19 @@ fn a_plain_bucket_keeps_files_and_refuses_what_it_cannot_store() {
     assert_eq!(files(&m.mountpoint), files(&d.join("want")));
 
     // A sparse 4 KiB edit of the 48 MiB file hf uploaded: composed over the official
-    // file-chunk-hashes route (no xetmount chunk lists on a plain bucket), not uploaded whole.
+    // file-chunk-hashes route (no xetmount chunk lists on a plain bucket), not uploaded whole,
+    // and with the chunk hashes of the 48 MiB term it cuts from its xorb's footer: the CAS
+    // serves the edit's neighbourhood and the footer, not the term.
+    let fetched = || common::serve_metrics(&url)["fetch_bytes"];
+    let before = fetched();
     sh(
         d,
         "head -c 4096 /dev/urandom > patch \
          && dd if=patch of=m/big.bin bs=4096 seek=3000 conv=notrunc,fsync status=none \
          && dd if=patch of=want/big.bin bs=4096 seek=3000 conv=notrunc status=none",
     );
+    let read = fetched() - before;
+    assert!(read < 4 << 20, "the edit fetched {read} bytes of the base");
     let stats = sh(d, &format!("{} stats m", common::bin()));
     assert!(stats.contains("files_composed "), "{stats}");
     assert!(!stats.contains("files_composed 0\n"), "{stats}");

@@ -13,6 +13,7 @@ pub mod rechunk;
 pub mod window_compose;
 pub mod wire;
 pub mod xet;
+pub mod xorb_footer;
 
 use std::ops::Range;
 use std::path::Path;

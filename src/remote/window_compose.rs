@@ -8,14 +8,24 @@
 //! The new file is: the untouched terms as they are (with the verification hashes the CAS
 //! gave), and around each window the chunks of the terms the window cuts. A term cut by a
 //! window keeps its chunks on either side by reference, but its kept parts need verification
-//! hashes of their own, which only their chunk hashes give, and the route hands out none: so
-//! the terms a window touches are read whole (chunk by chunk, from their xorbs) and hashed
-//! here. That bounds what is read by the size of the terms touched (a fresh upload's terms
-//! are up to a xorb, 64 MiB), not by the size of the file. xet-core's `upload_ranges` and
-//! huggingface.js do the same (they snap edits to term boundaries), except that 1.8.0's
-//! `upload_ranges` drops the rest of a term its window ends inside; here every cut term's
-//! tail is kept (`windows_widen_to_the_terms_they_touch`, and `tests/remote_compose.rs`
-//! byte-compares files whose windows end inside 64 MiB terms).
+//! hashes of their own, which only their chunk hashes give, and the route hands out none.
+//! Every stored xorb ends with a footer listing each chunk's hash, packed end and unpacked end
+//! (`remote::xorb_footer`): one suffix-range fetch of each touched xorb gives them (~40 bytes
+//! a chunk). A footer counts only if its chunks hash to the xorb's name (so every hash and
+//! length in it is the xorb's) and its lengths add up to the terms the reconstruction names.
+//! Chunk *bytes* are then needed only for the windows: a ranged reconstruction of each edit's
+//! neighbourhood (±512 KiB) is asked alongside the route and fetched alongside the footers,
+//! and a window reaching past it gets its remaining chunks by the footer's packed offsets.
+//! Every window chunk's bytes must hash to the footer's hash for it.
+//!
+//! Without a usable footer (none, refused, unparsable, or not agreeing with the
+//! reconstruction) the composition reads the touched terms whole instead, chunk by chunk,
+//! and hashes them here: bounded by the size of the terms touched (a fresh upload's terms are
+//! up to a xorb, 64 MiB), not by the size of the file. xet-core's `upload_ranges` and
+//! huggingface.js snap edits to term boundaries likewise, except that 1.8.0's `upload_ranges`
+//! drops the rest of a term its window ends inside; here every cut term's tail is kept
+//! (`windows_widen_to_the_terms_they_touch`, and `tests/remote_compose.rs` byte-compares
+//! files whose windows end inside 64 MiB terms).
 //!
 //! Only the windows are re-chunked (each starts at a chunk boundary, and the CAS extends it
 //! past the edits to where the chunker re-synchronises); their chunks are packed into new
@@ -24,14 +34,19 @@
 //! the same merge with the base's own window chunks must give the base's identity, which
 //! checks the CAS's answer and our reading of it before anything is stored.
 //!
-//! Before the result is returned it is checked as `compose::verify` would, as far as these
-//! routes allow: its size, its stored reconstruction (terms exactly the ones written, adding
-//! up to the expected size), and every re-chunked window read back from the store, chunk by
-//! chunk, equal to what was written.
+//! Before the result is returned it is checked as `compose::verify_written` checks a chunk
+//! list composition, as far as these routes allow: every term written is either an untouched
+//! base term, in order, or a run of chunks known by hash and length (the base's, from the
+//! footers or the whole-term read, or those of the xorbs just written), matching one by one
+//! the chunks composed, with lengths adding up to the expected size; and the stored
+//! reconstruction (one query) is exactly the terms written. The windows are not read back:
+//! a xorb upload is content-addressed (the CAS checks its name against its chunks), so the
+//! chunks named are the bytes sent, and the terms check proves the file was registered as
+//! written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -40,16 +55,20 @@ use xet_client::cas_types::{
     FileChunkHashesResponse, FileRange, HexMerkleHash, HttpRange, QueryReconstructionResponseV2,
     XorbRangeDescriptor,
 };
-use xet_core_structures::merklehash::{compute_data_hash, MerkleHash, MerkleHashSubtree};
+use xet_core_structures::merklehash::{
+    compute_data_hash, xorb_hash, MerkleHash, MerkleHashSubtree,
+};
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
+use xet_core_structures::xorb_object::XorbObjectInfoV1;
 use xet_data::deduplication::Chunker;
 
 use super::assemble::{Assembler, ChunkRef, Packer, XorbSettings};
 use super::compose::parse_hash;
 use super::rechunk::{BaseChunk, Piece, PieceSink};
+use super::xorb_footer::{self, Suffix};
 use super::{ComposeEdit, Composed, FileId, RemoteError, RemoteResult};
 
-/// Where `GET /v2/file-chunk-hashes/{file}` is asked.
+/// Where `GET /v2/file-chunk-hashes/{file}` is asked, and stored xorb bytes fetched raw.
 #[async_trait]
 pub trait ChunkHashes: Send + Sync {
     /// The answer for `dirty` (sorted, disjoint, non-empty byte ranges of `file`); `None` when
@@ -59,8 +78,43 @@ pub trait ChunkHashes: Send + Sync {
         file: &MerkleHash,
         dirty: &[Range<u64>],
     ) -> RemoteResult<Option<FileChunkHashesResponse>>;
+
+    /// `GET url` (a fetch URL from a reconstruction: signed, no credentials) with
+    /// `Range: range`, as it is stored (a xorb's footer is not chunk data, which is all
+    /// `Client::get_file_term_data` decodes).
+    async fn get_range(&self, url: &str, range: &str) -> RemoteResult<Bytes> {
+        get_range(url, range).await
+    }
 }
 
+/// The client for [`get_range`]: one per process, so that its connections are reused.
+fn http() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+/// `GET url` with `Range: range`: the body of a 206. A server ignoring the range (200) is
+/// refused rather than read: its body is the whole object.
+pub async fn get_range(url: &str, range: &str) -> RemoteResult<Bytes> {
+    let r = http()
+        .get(url)
+        .header(reqwest::header::RANGE, range)
+        .send()
+        .await
+        .map_err(|e| RemoteError::Other(format!("fetch {range}: {e}")))?;
+    let status = r.status();
+    if status != reqwest::StatusCode::PARTIAL_CONTENT {
+        return Err(RemoteError::Other(format!("fetch {range}: HTTP {status}")));
+    }
+    r.bytes()
+        .await
+        .map_err(|e| RemoteError::Other(format!("fetch {range}: {e}")))
+}
 fn integrity(msg: impl std::fmt::Display) -> RemoteError {
     RemoteError::Integrity(format!("window compose: {msg}"))
 }
@@ -232,67 +286,56 @@ impl URLProvider for FetchUrl {
     }
 }
 
-/// Chunks read from a stored file, in file order.
+/// Chunks of a stored file, in file order: each one's hash, length, place in its xorb and
+/// file offset, and its bytes where they were fetched.
 #[derive(Default)]
 pub struct Fetched {
     pub chunks: Vec<BaseChunk>,
     pub refs: Vec<ChunkRef>,
-    pub data: Vec<Bytes>,
+    pub data: Vec<Option<Bytes>>,
     /// File offset of each chunk.
     pub pos: Vec<u64>,
+    /// Chunk bytes fetched (decoded), for the caller's accounting.
+    pub read: u64,
 }
 
 impl Fetched {
-    fn bytes(&self) -> u64 {
-        self.chunks.iter().map(|c| c.len).sum()
-    }
-
     /// Index of the chunk starting at `at`, if one does.
     fn starting_at(&self, at: u64) -> Option<usize> {
         self.pos.binary_search(&at).ok()
     }
 }
 
-/// The chunks of bytes `range` of stored file `file`, which must start and end on chunk
-/// boundaries: each one's data, hash and place in its xorb, from the term data the
-/// reconstruction points at.
-pub async fn fetch_chunks(
+/// Term data (chunks) of one stored range, decoded: the bytes and each chunk's offset in them
+/// plus the end; `n` chunks are expected.
+async fn term_data(
     client: &Arc<dyn Client>,
-    file: &MerkleHash,
-    range: Range<u64>,
-    out: &mut Fetched,
-) -> RemoteResult<()> {
-    let resp = client
-        .get_reconstruction(file, Some(FileRange::new(range.start, range.end)))
+    url: &str,
+    range: HttpRange,
+    n: usize,
+    what: &(dyn std::fmt::Display + Sync),
+) -> RemoteResult<(Bytes, Vec<u32>)> {
+    let permit = client.acquire_download_permit().await.map_err(xet)?;
+    let provider = Box::new(FetchUrl {
+        url: url.to_string(),
+        range,
+    });
+    let (data, idx) = client
+        .get_file_term_data(provider, permit, None, None)
         .await
-        .map_err(xet)?
-        .ok_or_else(|| integrity(format!("{range:?} of {} is past its end", file.hex())))?;
-    if resp.offset_into_first_range != 0 {
+        .map_err(xet)?;
+    if idx.len() != n + 1 || idx.last().map(|&e| e as usize) != Some(data.len()) {
         return Err(integrity(format!(
-            "{range:?} of {} does not start on a chunk boundary",
-            file.hex()
+            "term data of {what} holds {} chunks, expected {n}",
+            idx.len().saturating_sub(1)
         )));
     }
-    let mut starts = vec![range.start];
-    for t in &resp.terms {
-        starts.push(starts[starts.len() - 1] + u64::from(t.unpacked_length));
-    }
-    let all: Vec<usize> = (0..resp.terms.len()).collect();
-    fetch_terms(client, &resp, &all, &starts, out).await?;
-    let at = starts[resp.terms.len()];
-    if at != range.end {
-        return Err(integrity(format!(
-            "{range:?} of {} reads back as {} bytes",
-            file.hex(),
-            at - range.start
-        )));
-    }
-    Ok(())
+    Ok((data, idx))
 }
 
 /// The chunks of terms `which` (ascending indices into `resp.terms`, the term at index `i`
-/// starting at file offset `starts[i]`) appended to `out`, from the term data `resp` points
-/// at: every fetch range they need requested at once.
+/// starting at file offset `starts[i]`) appended to `out`, bytes and all, each hashed here,
+/// from the term data `resp` points at: every fetch range they need requested at once.
 async fn fetch_terms(
     client: &Arc<dyn Client>,
     resp: &QueryReconstructionResponseV2,
@@ -317,30 +360,13 @@ async fn fetch_terms(
         keys.push(key);
         wanted.insert(key, (url, desc));
     }
-    let fetched = futures::future::try_join_all(wanted.into_iter().map(|(key, (url, desc))| {
-        let client = client.clone();
-        async move {
-            let permit = client.acquire_download_permit().await.map_err(xet)?;
-            let provider = Box::new(FetchUrl {
-                url: url.clone(),
-                range: desc.bytes,
-            });
-            let (data, idx) = client
-                .get_file_term_data(provider, permit, None, None)
-                .await
-                .map_err(xet)?;
+    let fetched =
+        futures::future::try_join_all(wanted.into_iter().map(|(key, (url, desc))| async move {
             let n = (desc.chunks.end - desc.chunks.start) as usize;
-            if idx.len() != n + 1 || idx.last().map(|&e| e as usize) != Some(data.len()) {
-                return Err(integrity(format!(
-                    "term data of {} holds {} chunks, expected {n}",
-                    key.0,
-                    idx.len().saturating_sub(1)
-                )));
-            }
+            let (data, idx) = term_data(client, url, desc.bytes, n, &key.0).await?;
             Ok::<_, RemoteError>((key, (data, idx, desc.chunks.start)))
-        }
-    }))
-    .await?;
+        }))
+        .await?;
     let cache: HashMap<_, _> = fetched.into_iter().collect();
     for (&i, key) in which.iter().zip(&keys) {
         let term = &resp.terms[i];
@@ -361,7 +387,7 @@ async fn fetch_terms(
                 index: c,
             });
             out.pos.push(at);
-            out.data.push(bytes);
+            out.data.push(Some(bytes));
             at += len;
             held += len;
         }
@@ -371,8 +397,341 @@ async fn fetch_terms(
                 term.hash, term.unpacked_length
             )));
         }
+        out.read += held;
     }
     Ok(())
+}
+
+/// Base bytes on each side of an edit fetched while the windows are asked for: a window runs
+/// from a stable chunk boundary before its edits to a re-synchronised one after them, a few
+/// chunks (at most 128 KiB each) away.
+const NEAR_MARGIN: u64 = 512 << 10;
+/// Nothing is fetched ahead when the neighbourhoods would add up to more than this (a large or
+/// scattered edit fetches its windows once they are known).
+const NEAR_MAX: u64 = 8 << 20;
+
+/// The neighbourhoods of `edits` in a `size` byte base worth fetching ahead (merged, in
+/// order; empty when too large).
+pub fn near_ranges(size: u64, edits: &[ComposeEdit]) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for e in edits {
+        let r = e.original_range.start.saturating_sub(NEAR_MARGIN)
+            ..(e.original_range.end + NEAR_MARGIN).min(size);
+        if r.start >= r.end {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    if out.iter().map(|r| r.end - r.start).sum::<u64>() > NEAR_MAX {
+        return Vec::new();
+    }
+    out
+}
+
+/// The chunks (bytes and all) holding bytes `ranges` of stored file `file`, through a ranged
+/// reconstruction each: the CAS answers with whole chunks, the first of them starting
+/// `offset_into_first_range` bytes before the range. A range that cannot be fetched is left
+/// out (its windows' chunks are then fetched once the footers say where they are).
+async fn fetch_near(client: &Arc<dyn Client>, file: &MerkleHash, ranges: &[Range<u64>]) -> Fetched {
+    let got = futures::future::join_all(ranges.iter().map(|r| async move {
+        let resp = client
+            .get_reconstruction(file, Some(FileRange::new(r.start, r.end)))
+            .await
+            .map_err(xet)?
+            .ok_or_else(|| integrity(format!("{r:?} of {} is past its end", file.hex())))?;
+        let first = r
+            .start
+            .checked_sub(resp.offset_into_first_range)
+            .ok_or_else(|| integrity("the first chunk starts before the file"))?;
+        let mut starts = vec![first];
+        for t in &resp.terms {
+            starts.push(starts[starts.len() - 1] + u64::from(t.unpacked_length));
+        }
+        let all: Vec<usize> = (0..resp.terms.len()).collect();
+        let mut out = Fetched::default();
+        fetch_terms(client, &resp, &all, &starts, &mut out).await?;
+        Ok::<_, RemoteError>(out)
+    }))
+    .await;
+    let mut out = Fetched::default();
+    for (r, got) in ranges.iter().zip(got) {
+        match got {
+            Ok(f) => {
+                out.read += f.read;
+                out.chunks.extend(f.chunks);
+                out.refs.extend(f.refs);
+                out.data.extend(f.data);
+                out.pos.extend(f.pos);
+            }
+            Err(e) => tracing::debug!("window compose: fetching {r:?} ahead: {e}"),
+        }
+    }
+    out
+}
+
+/// Chunks of a stored xorb, from its footer, checked against the xorb's name.
+#[derive(Debug)]
+pub struct Footer {
+    pub hashes: Vec<MerkleHash>,
+    packed_ends: Vec<u32>,
+    unpacked_ends: Vec<u32>,
+}
+
+impl Footer {
+    fn unpacked_start(&self, c: u32) -> u64 {
+        match c {
+            0 => 0,
+            c => u64::from(self.unpacked_ends[c as usize - 1]),
+        }
+    }
+
+    fn packed_start(&self, c: u32) -> u64 {
+        match c {
+            0 => 0,
+            c => u64::from(self.packed_ends[c as usize - 1]),
+        }
+    }
+
+    pub fn chunk_len(&self, c: u32) -> u64 {
+        u64::from(self.unpacked_ends[c as usize]) - self.unpacked_start(c)
+    }
+}
+
+/// The footer `info` of xorb `xorb`, if it is that xorb's and agrees with `terms` (chunk
+/// ranges of the xorb with their unpacked lengths, as a reconstruction names them): its chunk
+/// hashes and lengths must hash to the xorb's name, and each term's chunks must exist and add
+/// up to its length.
+pub fn check_footer(
+    info: XorbObjectInfoV1,
+    xorb: &MerkleHash,
+    terms: &[(Range<u32>, u64)],
+) -> Result<Footer, String> {
+    let n = info.num_chunks;
+    if info.chunk_hashes.len() != n as usize
+        || info.unpacked_chunk_offsets.len() != n as usize
+        || info.chunk_boundary_offsets.len() != n as usize
+    {
+        return Err("a footer without every chunk's hash and ends".into());
+    }
+    let f = Footer {
+        hashes: info.chunk_hashes,
+        packed_ends: info.chunk_boundary_offsets,
+        unpacked_ends: info.unpacked_chunk_offsets,
+    };
+    let chunks: Vec<(MerkleHash, u64)> = (0..n)
+        .map(|c| (f.hashes[c as usize], f.chunk_len(c)))
+        .collect();
+    let named = xorb_hash(&chunks);
+    if named != *xorb {
+        return Err(format!("its chunks hash to {}", named.hex()));
+    }
+    for (r, len) in terms {
+        if r.start >= r.end || r.end > n {
+            return Err(format!("a term names chunks {r:?} of {n}"));
+        }
+        let held = f.unpacked_start(r.end) - f.unpacked_start(r.start);
+        if held != *len {
+            return Err(format!(
+                "chunks {r:?} hold {held} bytes, the reconstruction says {len}"
+            ));
+        }
+    }
+    Ok(f)
+}
+
+/// Extra chunks' worth of suffix asked for beyond the highest chunk the reconstruction names
+/// of a xorb, so that one fetch usually holds its whole footer.
+const FOOTER_SLACK_CHUNKS: u32 = 64;
+
+/// The footers of `xorbs` (each checked against every term of it in `recon`), fetched side by
+/// side from the URLs `recon` gives; a footer that cannot be had says why.
+async fn fetch_footers(
+    route: &dyn ChunkHashes,
+    recon: &QueryReconstructionResponseV2,
+    xorbs: &[MerkleHash],
+) -> HashMap<MerkleHash, Result<Footer, String>> {
+    let got = futures::future::join_all(xorbs.iter().map(|x| async move {
+        let terms: Vec<(Range<u32>, u64)> = recon
+            .terms
+            .iter()
+            .filter(|t| t.hash.0 == *x)
+            .map(|t| (t.range.start..t.range.end, u64::from(t.unpacked_length)))
+            .collect();
+        let fetches = recon.xorbs.get(&(*x).into());
+        let url = fetches.and_then(|l| l.first()).map(|f| f.url.as_str());
+        let top = fetches
+            .into_iter()
+            .flatten()
+            .flat_map(|f| f.ranges.iter().map(|d| d.chunks.end))
+            .chain(terms.iter().map(|t| t.0.end))
+            .max()
+            .unwrap_or(0);
+        let r = async {
+            let url = url.ok_or("no fetch URL")?;
+            let mut want = xorb_footer::footer_suffix_len(top + FOOTER_SLACK_CHUNKS);
+            for _ in 0..2 {
+                let tail = route
+                    .get_range(url, &format!("bytes=-{want}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match xorb_footer::footer(&tail)? {
+                    Suffix::Parsed(info) => return check_footer(info, x, &terms),
+                    Suffix::Need(n) if n > want => want = n,
+                    Suffix::Need(_) => return Err("short suffix".to_string()),
+                }
+            }
+            Err("footer longer than announced".to_string())
+        }
+        .await;
+        (*x, r)
+    }))
+    .await;
+    got.into_iter().collect()
+}
+
+/// The xorbs of the terms of `recon` (starting at `starts`) that meet `ranges`.
+fn xorbs_meeting(
+    recon: &QueryReconstructionResponseV2,
+    starts: &[u64],
+    ranges: &[Range<u64>],
+) -> Vec<MerkleHash> {
+    let mut seen = HashSet::new();
+    recon
+        .terms
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| {
+            ranges
+                .iter()
+                .any(|r| starts[i] < r.end && r.start < starts[i + 1])
+        })
+        .map(|(_, t)| t.hash.0)
+        .filter(|x| seen.insert(*x))
+        .collect()
+}
+
+/// The chunks of terms `which` of `recon` (term `i` starting at `starts[i]`) from their
+/// xorbs' footers (those in `footers`, the others fetched now), with bytes for every chunk
+/// inside `windows`: from `near` where it holds them, the rest fetched by the footer's packed
+/// offsets. `Err` says why the footers cannot serve (the caller then reads the terms whole).
+#[allow(clippy::too_many_arguments)]
+async fn by_footers(
+    client: &Arc<dyn Client>,
+    route: &dyn ChunkHashes,
+    recon: &QueryReconstructionResponseV2,
+    which: &[usize],
+    starts: &[u64],
+    windows: &[Range<u64>],
+    mut footers: HashMap<MerkleHash, Result<Footer, String>>,
+    near: Fetched,
+) -> RemoteResult<Fetched> {
+    let mut want: Vec<MerkleHash> = Vec::new();
+    for &i in which {
+        let x = recon.terms[i].hash.0;
+        if !footers.contains_key(&x) && !want.contains(&x) {
+            want.push(x);
+        }
+    }
+    if !want.is_empty() {
+        footers.extend(fetch_footers(route, recon, &want).await);
+    }
+    let mut out = Fetched {
+        read: near.read,
+        ..Default::default()
+    };
+    for &i in which {
+        let t = &recon.terms[i];
+        let f = match footers.get(&t.hash.0) {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return Err(integrity(format!("footer of xorb {}: {e}", t.hash))),
+            None => return Err(integrity(format!("no footer of xorb {}", t.hash))),
+        };
+        let mut at = starts[i];
+        for c in t.range.start..t.range.end {
+            let len = f.chunk_len(c);
+            out.chunks.push(BaseChunk {
+                hash: f.hashes[c as usize],
+                len,
+            });
+            out.refs.push(ChunkRef {
+                xorb: t.hash.0,
+                flags: 0,
+                index: c,
+            });
+            out.pos.push(at);
+            out.data.push(None);
+            at += len;
+        }
+    }
+    // The bytes fetched ahead, wherever a chunk of the same content starts at the same place
+    // (their hashes were computed from the bytes).
+    for (k, &p) in near.pos.iter().enumerate() {
+        if let Some(j) = out.starting_at(p) {
+            if out.chunks[j] == near.chunks[k] {
+                out.data[j] = near.data[k].clone();
+            }
+        }
+    }
+    // Window chunks still without bytes: runs of consecutive chunks of one xorb, each one
+    // ranged fetch.
+    let mut runs: Vec<(MerkleHash, Range<u32>, Range<usize>)> = Vec::new();
+    for w in windows {
+        let a = out.pos.partition_point(|&p| p < w.start);
+        let b = out.pos.partition_point(|&p| p < w.end);
+        for j in a..b {
+            if out.data[j].is_some() {
+                continue;
+            }
+            let r = out.refs[j];
+            match runs.last_mut() {
+                Some((x, c, ks)) if *x == r.xorb && c.end == r.index && ks.end == j => {
+                    c.end += 1;
+                    ks.end += 1;
+                }
+                _ => runs.push((r.xorb, r.index..r.index + 1, j..j + 1)),
+            }
+        }
+    }
+    let got = futures::future::try_join_all(runs.iter().map(|(x, c, ks)| {
+        // Every touched term's footer was checked above.
+        let range = footers
+            .get(x)
+            .and_then(|f| f.as_ref().ok())
+            .map(|f| HttpRange::new(f.packed_start(c.start), f.packed_start(c.end) - 1));
+        let url = recon
+            .xorbs
+            .get(&(*x).into())
+            .and_then(|l| l.first())
+            .map(|f| f.url.clone());
+        async move {
+            let (Some(url), Some(range)) = (url, range) else {
+                return Err(integrity(format!("no fetch URL or footer for xorb {x}")));
+            };
+            let what = format!("chunks {c:?} of {x}");
+            let (data, idx) = term_data(client, &url, range, c.len(), &what).await?;
+            Ok::<_, RemoteError>((ks.clone(), data, idx))
+        }
+    }))
+    .await?;
+    for (ks, data, idx) in got {
+        for (n, j) in ks.enumerate() {
+            let bytes = data.slice(idx[n] as usize..idx[n + 1] as usize);
+            if compute_data_hash(&bytes) != out.chunks[j].hash
+                || bytes.len() as u64 != out.chunks[j].len
+            {
+                return Err(integrity(format!(
+                    "chunk {} of {} does not hash as its footer says",
+                    out.refs[j].index, out.refs[j].xorb
+                )));
+            }
+            out.read += bytes.len() as u64;
+            out.data[j] = Some(bytes);
+        }
+    }
+    Ok(out)
 }
 
 /// The terms of a whole-file reconstruction, as a shard describes them.
@@ -409,10 +768,17 @@ async fn terms_of(
     Ok(terms_in(&reconstruction(client, file).await?))
 }
 
-/// A re-chunked window: where it lies in the new file, its bytes and its chunks.
+/// What the new file is made of, in order: a whole untouched term, or one chunk (hash,
+/// length), of the base or new.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Part {
+    Term(FileDataSequenceEntry),
+    Chunk(MerkleHash, u64),
+}
+
+/// A re-chunked window: its length and its chunks.
 struct NewWindow {
-    at: u64,
-    bytes: Bytes,
+    len: u64,
     chunks: Vec<(MerkleHash, u64)>,
 }
 
@@ -461,16 +827,41 @@ pub async fn compose(
         return Ok(None);
     }
     let base_hash = parse_hash(&base.hash)?;
-    // The windows and the base's terms (with their fetch URLs) side by side: one round trip.
+    let started = std::time::Instant::now();
+    // One round trip for the windows, the base's terms (with their fetch URLs) and ranged
+    // reconstructions of the edits' neighbourhoods; then, side by side, the footers of the
+    // xorbs holding those neighbourhoods and the neighbourhoods' bytes.
     let dirty = dirty_ranges(&edits, size);
-    let (resp, recon) = tokio::join!(
+    let near = near_ranges(size, &edits);
+    let spots = if near.is_empty() { &dirty } else { &near };
+    let terms_and_footers = async {
+        let recon = reconstruction(&client, &base_hash).await?;
+        let mut starts = vec![0u64];
+        for t in &recon.terms {
+            starts.push(starts[starts.len() - 1] + u64::from(t.unpacked_length));
+        }
+        let footers = if starts[recon.terms.len()] == size {
+            fetch_footers(route, &recon, &xorbs_meeting(&recon, &starts, spots)).await
+        } else {
+            HashMap::new()
+        };
+        Ok::<_, RemoteError>((recon, footers))
+    };
+    let (resp, recon, near) = tokio::join!(
         route.file_chunk_hashes(&base_hash, &dirty),
-        reconstruction(&client, &base_hash)
+        terms_and_footers,
+        fetch_near(&client, &base_hash, &near)
     );
     let Some(resp) = resp? else {
         return Ok(None);
     };
-    let recon = recon?;
+    let (recon, footers) = recon?;
+    tracing::debug!(
+        "window compose: windows, terms, {} footers and {} bytes ahead in {:?}",
+        footers.len(),
+        near.read,
+        started.elapsed()
+    );
     let windows = check_answer(&resp, size)?;
     let per_window = assign(&edits, &windows, size)?;
     let terms = terms_in(&recon);
@@ -496,7 +887,8 @@ pub async fn compose(
             resp.gap_verification.len()
         )));
     }
-    // The terms the reads cover, fetched from the reconstruction already in hand, all at once.
+    // The chunks of the terms the reads cover: from their footers, with bytes for the
+    // windows; without usable footers, read whole from the reconstruction in hand.
     let which: Vec<usize> = (0..terms.len())
         .filter(|&i| {
             reads
@@ -504,10 +896,30 @@ pub async fn compose(
                 .any(|r| r.start <= starts[i] && starts[i] < r.end)
         })
         .collect();
-    let mut base_chunks = Fetched::default();
-    fetch_terms(&client, &recon, &which, &starts, &mut base_chunks).await?;
-    // The windows must be chunk-aligned, and the base's own window chunks merged with the
-    // gaps must give the base's identity: the CAS's answer and our reading of the base agree.
+    let base_chunks = match by_footers(
+        &client, route, &recon, &which, &starts, &windows, footers, near,
+    )
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::info!(
+                "compose of {}: {e}; reading the terms the edits touch whole",
+                base.hash
+            );
+            let mut f = Fetched::default();
+            fetch_terms(&client, &recon, &which, &starts, &mut f).await?;
+            f
+        }
+    };
+    tracing::debug!(
+        "window compose: base chunks of {} terms in {:?}",
+        which.len(),
+        started.elapsed()
+    );
+    // The windows must be chunk-aligned and their bytes in hand, and the base's own window
+    // chunks merged with the gaps must give the base's identity: the CAS's answer and our
+    // reading of the base agree.
     let mut window_chunks = Vec::with_capacity(windows.len());
     for w in &windows {
         let a = base_chunks.starting_at(w.start);
@@ -516,6 +928,9 @@ pub async fn compose(
         let (Some(a), true) = (a, end_ok) else {
             return Err(integrity(format!("window {w:?} is not chunk-aligned")));
         };
+        if base_chunks.data[a..b].iter().any(Option::is_none) {
+            return Err(integrity(format!("window {w:?} was not fetched whole")));
+        }
         window_chunks.push(a..b);
     }
     let lists: Vec<Vec<(MerkleHash, u64)>> = window_chunks
@@ -543,6 +958,7 @@ pub async fn compose(
     let mut sink = Assembler::new(packer, client.clone(), settings.clone());
     let mut gaps_verification = resp.gap_verification.iter();
     let mut new_windows: Vec<NewWindow> = Vec::with_capacity(windows.len());
+    let mut parts: Vec<Part> = Vec::new();
     let mut out_at = 0u64;
     let mut t = 0usize;
     let mut k = 0usize;
@@ -551,28 +967,31 @@ pub async fn compose(
         while starts[t] < r.start {
             let v = gaps_verification.next().expect("counted above");
             sink.push_term(terms[t].clone(), v.0);
+            parts.push(Part::Term(terms[t].clone()));
             out_at += u64::from(terms[t].unpacked_segment_bytes);
             t += 1;
         }
         while k < base_chunks.pos.len() && base_chunks.pos[k] < r.end {
             if wi < windows.len() && base_chunks.pos[k] == windows[wi].start {
-                let w = rechunk_window(
+                let (w, chunks) = rechunk_window(
                     &base_chunks,
                     window_chunks[wi].clone(),
                     &edits[per_window[wi].clone()],
                     &windows[wi],
-                    out_at,
                 );
-                for c in w.1 {
+                for c in chunks {
                     sink.push(Piece::New(c)).await?;
                 }
-                out_at += w.0.bytes.len() as u64;
-                new_windows.push(w.0);
+                parts.extend(w.chunks.iter().map(|&(h, n)| Part::Chunk(h, n)));
+                out_at += w.len;
+                new_windows.push(w);
                 k = window_chunks[wi].end;
                 wi += 1;
             } else {
                 sink.push(Piece::Base(k)).await?;
-                out_at += base_chunks.chunks[k].len;
+                let c = base_chunks.chunks[k];
+                parts.push(Part::Chunk(c.hash, c.len));
+                out_at += c.len;
                 k += 1;
             }
         }
@@ -583,6 +1002,7 @@ pub async fn compose(
     while t < terms.len() {
         let v = gaps_verification.next().expect("counted above");
         sink.push_term(terms[t].clone(), v.0);
+        parts.push(Part::Term(terms[t].clone()));
         out_at += u64::from(terms[t].unpacked_segment_bytes);
         t += 1;
     }
@@ -594,16 +1014,25 @@ pub async fn compose(
     }
     let lists: Vec<Vec<(MerkleHash, u64)>> = new_windows.iter().map(|w| w.chunks.clone()).collect();
     let hash = merged_hash(&resp.hash_ranges, &lists)?;
-    let (a, sent) = sink.finish_with_hash(Some(hash)).await?;
+    let (a, sent, written) = sink.finish_listed(Some(hash)).await?;
     let id = FileId {
         hash: hash.hex(),
         size: a.size,
     };
-    verify(&client, &id, expected, &a.file.segments, &new_windows).await?;
+    let known: HashMap<(MerkleHash, u32), (MerkleHash, u64)> = base_chunks
+        .refs
+        .iter()
+        .zip(&base_chunks.chunks)
+        .map(|(r, c)| ((r.xorb, r.index), (c.hash, c.len)))
+        .collect();
+    tracing::debug!("window compose: stored in {:?}", started.elapsed());
+    check_written(&a.file.segments, &parts, &known, &written, &id, expected)?;
+    check_stored(&client, &id, &a.file.segments).await?;
+    tracing::debug!("window compose: verified in {:?}", started.elapsed());
     Ok(Some(Composed {
         id,
         new_bytes: sent,
-        base_bytes_read: base_chunks.bytes(),
+        base_bytes_read: base_chunks.read,
         dirty_chunk_bytes,
         terms: a.terms(),
         whole_upload: false,
@@ -611,17 +1040,17 @@ pub async fn compose(
     }))
 }
 
-/// Window `w` (base chunks `ks`) with `edits` applied, re-chunked from its start; `at` is
-/// where it begins in the new file.
+/// Window `w` (base chunks `ks`, whose bytes are in hand) with `edits` applied, re-chunked
+/// from its start.
 fn rechunk_window(
     base: &Fetched,
     ks: Range<usize>,
     edits: &[ComposeEdit],
     w: &Range<u64>,
-    at: u64,
 ) -> (NewWindow, Vec<xet_core_structures::xorb_object::Chunk>) {
     let old: Vec<u8> = base.data[ks]
         .iter()
+        .flatten()
         .flat_map(|b| b.iter().copied())
         .collect();
     let mut bytes = Vec::with_capacity(old.len());
@@ -643,8 +1072,7 @@ fn rechunk_window(
         .collect();
     (
         NewWindow {
-            at,
-            bytes: Bytes::from(bytes),
+            len: bytes.len() as u64,
             chunks: list,
         },
         chunks,
@@ -670,77 +1098,111 @@ fn chunk_rounded(base: &Fetched, edits: &[ComposeEdit]) -> u64 {
     total
 }
 
-/// Refuse a composed file unless it is stored as written: its size, its reconstruction (the
-/// terms written, adding up to `expected`), and each re-chunked window read back chunk by
-/// chunk with the bytes and chunk hashes written.
-async fn verify(
-    client: &Arc<dyn Client>,
+/// Whether two terms name the same chunks of the same xorb and the same length.
+fn same_term(a: &FileDataSequenceEntry, b: &FileDataSequenceEntry) -> bool {
+    (
+        a.xorb_hash,
+        a.chunk_index_start,
+        a.chunk_index_end,
+        a.unpacked_segment_bytes,
+    ) == (
+        b.xorb_hash,
+        b.chunk_index_start,
+        b.chunk_index_end,
+        b.unpacked_segment_bytes,
+    )
+}
+
+/// Refuse a composed file (`id`, `expected` bytes) whose terms as uploaded (`segments`) are
+/// not what was composed (`parts`): each term either the next untouched base term as it is,
+/// or a run of chunks, each known (`base`: by xorb and index, from the footers or the
+/// whole-term read; `written`: the xorbs the composition stored) and equal to the next chunk
+/// composed, adding up to the term's length; all of it adding up to `expected`.
+pub fn check_written(
+    segments: &[FileDataSequenceEntry],
+    parts: &[Part],
+    base: &HashMap<(MerkleHash, u32), (MerkleHash, u64)>,
+    written: &HashMap<MerkleHash, Vec<(MerkleHash, u64)>>,
     id: &FileId,
     expected: u64,
-    written: &[FileDataSequenceEntry],
-    windows: &[NewWindow],
 ) -> RemoteResult<()> {
+    let bad = |msg: String| integrity(format!("composed file {}: {msg}", id.hash));
     if id.size != expected {
-        return Err(integrity(format!(
-            "composed file {} claims {} bytes, expected {expected}",
-            id.hash, id.size
-        )));
+        return Err(bad(format!("{} bytes, expected {expected}", id.size)));
     }
-    let hash = parse_hash(&id.hash)?;
-    // The stored terms and every window read back, side by side.
-    let windows: Vec<&NewWindow> = windows.iter().filter(|w| !w.bytes.is_empty()).collect();
-    let reads = futures::future::try_join_all(windows.iter().map(|w| {
-        let range = w.at..w.at + w.bytes.len() as u64;
-        async move {
-            let mut back = Fetched::default();
-            fetch_chunks(client, &hash, range.clone(), &mut back).await?;
-            Ok::<_, RemoteError>((range, back))
+    let mut next = parts.iter();
+    let mut total = 0u64;
+    for seg in segments {
+        let len = u64::from(seg.unpacked_segment_bytes);
+        match next.clone().next() {
+            Some(Part::Term(t)) if same_term(t, seg) => {
+                next.next();
+                total += len;
+                continue;
+            }
+            Some(Part::Term(_)) => {
+                return Err(bad(format!(
+                    "a term of xorb {} where an untouched term belongs",
+                    seg.xorb_hash
+                )));
+            }
+            _ => {}
         }
-    }));
-    let (stored, reads) = tokio::join!(terms_of(client, &hash), reads);
-    let stored =
-        stored.map_err(|e| integrity(format!("composed file {} was not stored: {e}", id.hash)))?;
-    let reads = reads?;
-    let total: u64 = stored
-        .iter()
-        .map(|t| u64::from(t.unpacked_segment_bytes))
-        .sum();
-    if total != expected {
-        return Err(integrity(format!(
-            "composed file {} reconstructs to {total} bytes, expected {expected}",
-            id.hash
-        )));
+        let mut held = 0u64;
+        for i in seg.chunk_index_start..seg.chunk_index_end {
+            let c = written
+                .get(&seg.xorb_hash)
+                .and_then(|l| l.get(i as usize).copied())
+                .or_else(|| base.get(&(seg.xorb_hash, i)).copied())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "chunk {i} of xorb {} is neither the base's nor written",
+                        seg.xorb_hash
+                    ))
+                })?;
+            if next.next() != Some(&Part::Chunk(c.0, c.1)) {
+                return Err(bad(format!(
+                    "chunk {i} of xorb {} is not the chunk composed there",
+                    seg.xorb_hash
+                )));
+            }
+            held += c.1;
+        }
+        if held != len {
+            return Err(bad(format!(
+                "a term of xorb {} claims {len} bytes but its chunks hold {held}",
+                seg.xorb_hash
+            )));
+        }
+        total += len;
     }
-    let same = |a: &FileDataSequenceEntry, b: &FileDataSequenceEntry| {
-        (
-            a.xorb_hash,
-            a.chunk_index_start,
-            a.chunk_index_end,
-            a.unpacked_segment_bytes,
-        ) == (
-            b.xorb_hash,
-            b.chunk_index_start,
-            b.chunk_index_end,
-            b.unpacked_segment_bytes,
-        )
-    };
-    if stored.len() != written.len() || !stored.iter().zip(written).all(|(a, b)| same(a, b)) {
+    if next.next().is_some() {
+        return Err(bad("not everything composed was written".into()));
+    }
+    if total != expected {
+        return Err(bad(format!("{total} bytes written, expected {expected}")));
+    }
+    Ok(())
+}
+
+/// Refuse a composed file unless its stored reconstruction is exactly the terms written
+/// (`written`): the CAS registered the file as uploaded.
+async fn check_stored(
+    client: &Arc<dyn Client>,
+    id: &FileId,
+    written: &[FileDataSequenceEntry],
+) -> RemoteResult<()> {
+    let hash = parse_hash(&id.hash)?;
+    let stored = terms_of(client, &hash)
+        .await
+        .map_err(|e| integrity(format!("composed file {} was not stored: {e}", id.hash)))?;
+    if stored.len() != written.len() || !stored.iter().zip(written).all(|(a, b)| same_term(a, b)) {
         return Err(integrity(format!(
             "composed file {} is stored as {} terms unlike the {} written",
             id.hash,
             stored.len(),
             written.len()
         )));
-    }
-    for (w, (range, back)) in windows.iter().zip(reads) {
-        let hashes: Vec<(MerkleHash, u64)> = back.chunks.iter().map(|c| (c.hash, c.len)).collect();
-        let same_bytes = back.data.iter().flat_map(|b| b.iter()).eq(w.bytes.iter());
-        if hashes != w.chunks || !same_bytes {
-            return Err(integrity(format!(
-                "bytes {range:?} of composed file {} read back unlike what was written",
-                id.hash
-            )));
-        }
     }
     Ok(())
 }
@@ -862,5 +1324,122 @@ mod tests {
             vec![0..1, 1..3]
         );
         assert!(assign(&edits, &[0..100, 201..400], 400).is_err());
+    }
+
+    fn footer_of(x: &xet_core_structures::xorb_object::SerializedXorbObject) -> XorbObjectInfoV1 {
+        match xorb_footer::footer(&x.serialized_data).unwrap() {
+            Suffix::Parsed(info) => info,
+            Suffix::Need(n) => panic!("the whole xorb is too short, need {n}"),
+        }
+    }
+
+    #[test]
+    fn a_footer_counts_only_if_it_is_the_xorbs_and_fits_the_terms() {
+        use crate::remote::http::plan::tests::xorb;
+        let (x, datas) = xorb(&[100, 200, 300, 400], "lz4");
+        let len = |r: Range<usize>| datas[r].iter().map(|d| d.len() as u64).sum::<u64>();
+        // Terms as a reconstruction names them: chunks 1..3, and the whole xorb.
+        let good = [(1..3, len(1..3)), (0..4, len(0..4))];
+        let f = check_footer(footer_of(&x), &x.hash, &good).unwrap();
+        for (c, d) in datas.iter().enumerate() {
+            assert_eq!(f.hashes[c], compute_data_hash(d));
+            assert_eq!(f.chunk_len(c as u32), d.len() as u64);
+        }
+        // A term longer or shorter than its chunks, or past the last chunk.
+        assert!(check_footer(footer_of(&x), &x.hash, &[(1..3, len(1..3) + 1)]).is_err());
+        assert!(check_footer(footer_of(&x), &x.hash, &[(0..4, len(0..3))]).is_err());
+        assert!(check_footer(footer_of(&x), &x.hash, &[(2..5, len(2..4))]).is_err());
+        // Another xorb's footer, and one with a chunk hash or length changed.
+        let (y, _) = xorb(&[100, 200, 300, 401], "lz4");
+        assert!(check_footer(footer_of(&y), &x.hash, &[]).is_err());
+        let mut info = footer_of(&x);
+        info.chunk_hashes[2] = MerkleHash::random_from_seed(3);
+        assert!(check_footer(info, &x.hash, &[]).is_err());
+        let mut info = footer_of(&x);
+        info.unpacked_chunk_offsets[1] += 1;
+        assert!(check_footer(info, &x.hash, &[]).is_err());
+    }
+
+    #[test]
+    fn neighbourhoods_of_the_edits_are_merged_clipped_and_bounded() {
+        const M: u64 = NEAR_MARGIN;
+        let e = |r: Range<u64>| edit(r, 1, 0);
+        let size = 100 << 20;
+        assert_eq!(
+            near_ranges(size, &[e(10..20), e(size..size)]),
+            vec![0..20 + M, size - M..size]
+        );
+        let a = 10 << 20;
+        assert_eq!(
+            near_ranges(size, &[e(a..a + 4096), e(a + M..a + M + 1)]),
+            vec![a - M..a + 2 * M + 1]
+        );
+        let many: Vec<ComposeEdit> = (0..20)
+            .map(|i| e(i * (4 << 20)..i * (4 << 20) + 1))
+            .collect();
+        assert!(near_ranges(size, &many).is_empty());
+        assert!(near_ranges(0, &[e(0..0)]).is_empty());
+    }
+
+    #[test]
+    fn what_was_written_must_be_what_was_composed() {
+        let h = MerkleHash::random_from_seed;
+        let (base_x, new_x) = (h(100), h(200));
+        let untouched = FileDataSequenceEntry {
+            xorb_hash: h(300),
+            xorb_flags: 0,
+            unpacked_segment_bytes: 1000,
+            chunk_index_start: 0,
+            chunk_index_end: 10,
+        };
+        let seg = |x: MerkleHash, c: Range<u32>, n: u32| FileDataSequenceEntry {
+            xorb_hash: x,
+            xorb_flags: 0,
+            unpacked_segment_bytes: n,
+            chunk_index_start: c.start,
+            chunk_index_end: c.end,
+        };
+        let base: HashMap<(MerkleHash, u32), (MerkleHash, u64)> =
+            [((base_x, 5), (h(1), 10)), ((base_x, 6), (h(2), 20))].into();
+        let written: HashMap<MerkleHash, Vec<(MerkleHash, u64)>> =
+            [(new_x, vec![(h(3), 30), (h(4), 40)])].into();
+        // Untouched term, base chunks 5..7, new chunks 0..2.
+        let parts = vec![
+            Part::Term(untouched.clone()),
+            Part::Chunk(h(1), 10),
+            Part::Chunk(h(2), 20),
+            Part::Chunk(h(3), 30),
+            Part::Chunk(h(4), 40),
+        ];
+        let id = FileId {
+            hash: h(9).hex(),
+            size: 1100,
+        };
+        let good = vec![
+            untouched.clone(),
+            seg(base_x, 5..7, 30),
+            seg(new_x, 0..2, 70),
+        ];
+        let check = |segs: &[FileDataSequenceEntry], parts: &[Part], size: u64| {
+            check_written(segs, parts, &base, &written, &id, size)
+        };
+        check(&good, &parts, 1100).unwrap();
+        // Wrong size, a term's length, chunks in another order, a chunk nobody knows, a
+        // missing or extra part, an untouched term changed.
+        assert!(check(&good, &parts, 1101).is_err());
+        let mut bad = good.clone();
+        bad[1].unpacked_segment_bytes = 31;
+        assert!(check(&bad, &parts, 1100).is_err());
+        let mut swapped = parts.clone();
+        swapped.swap(3, 4);
+        assert!(check(&good, &swapped, 1100).is_err());
+        let mut bad = good.clone();
+        bad[2] = seg(new_x, 0..3, 70);
+        assert!(check(&bad, &parts, 1100).is_err());
+        assert!(check(&good[..2], &parts, 1100).is_err());
+        assert!(check(&good, &parts[..4], 1100).is_err());
+        let mut bad = good.clone();
+        bad[0].chunk_index_end = 11;
+        assert!(check(&bad, &parts, 1100).is_err());
     }
 }

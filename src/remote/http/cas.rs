@@ -439,8 +439,8 @@ pub struct HttpCas {
     /// The on-disk chunk cache (also in `reader`), for `settle`.
     chunk_cache: Option<Arc<ChunkStore>>,
     config: Arc<TranslatorConfig>,
-    client: Arc<dyn Client>,
-    /// `client`, uploading xorbs without asking for a grant first (see `direct_client`).
+    /// The session's client (its reads go through `reader`), uploading xorbs without asking
+    /// for a grant first (see `direct_client`).
     compose_client: Arc<dyn Client>,
     reader: Arc<Reader>,
     chunks: RemoteChunks,
@@ -567,7 +567,6 @@ impl HttpCas {
                 planned,
             }),
             config,
-            client,
             compose_client,
             chunks,
             carry: std::sync::atomic::AtomicBool::new(false),
@@ -578,10 +577,10 @@ impl HttpCas {
 }
 
 /// A client of the same CAS session that uploads xorbs straight to the xorb route, without
-/// the grant request hf_xet 1.8.0 makes first. Only compositions use it, and they run only
-/// against a CAS that offers xetmount's chunk lists (xetmount serve, which takes xorbs on that
-/// route itself): the grant is one more round trip before every edit's commit, for the few
-/// small xorbs of the windows around an edit.
+/// the grant request hf_xet 1.8.0 makes first. Only compositions use it (by chunk lists and by
+/// windows alike): the grant is one more round trip before every edit's commit (two or three
+/// on a CAS that grants), for the few small xorbs of the windows around an edit, and
+/// `POST /v1/xorbs` is the route hf_xet itself falls back to, so every CAS takes it.
 async fn direct_client(
     ctx: &XetContext,
     session: &SessionContext,
@@ -706,7 +705,7 @@ impl Cas for HttpCas {
         // it or what it composed does not verify (then nothing refers to what was stored).
         match window_compose::compose(
             &self.xorbs,
-            self.client.clone(),
+            self.compose_client.clone(),
             &self.chunks,
             base,
             edits.clone(),

@@ -13,13 +13,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
-use std::io::Cursor;
 use std::ops::Range;
 use std::sync::Arc;
 
 use xet_client::cas_types::QueryReconstructionResponseV2;
 use xet_core_structures::merklehash::MerkleHash;
-use xet_core_structures::xorb_object::XorbObjectInfoV1;
+
+use crate::remote::xorb_footer::{self, Suffix};
 
 /// Lifetime assumed for a fetch URL whose expiry cannot be read from it.
 pub const DEFAULT_URL_LIFE_SECS: u64 = 300;
@@ -228,16 +228,9 @@ pub struct Located {
     pub skip: u64,
 }
 
-/// Bytes of the fixed end of a xorb footer: the two section offsets, the nonce buffer and the
-/// trailing `info_length`.
-const FOOTER_FIXED_TAIL: usize = 4 + 4 + 16 + 4;
-/// Bytes of the boundary section apart from its offsets (ident, version, chunk count, and the
-/// fixed tail).
-const BOUNDARY_SECTION_FIXED: usize = 7 + 1 + 4 + 4 + FOOTER_FIXED_TAIL;
-
 /// A suffix long enough for the boundary section of a xorb of `chunks` chunks.
 pub fn suffix_len(chunks: u32) -> u64 {
-    (BOUNDARY_SECTION_FIXED + 8 * chunks as usize) as u64
+    xorb_footer::boundary_suffix_len(chunks)
 }
 
 /// What the last bytes of a serialized xorb say.
@@ -251,36 +244,13 @@ pub enum Tail {
 impl XorbIndex {
     /// The boundary section at the end of `tail` (the last bytes of a serialized xorb).
     pub fn from_tail(tail: &[u8]) -> Result<Tail, String> {
-        if tail.len() < FOOTER_FIXED_TAIL {
-            return Err(format!("{} bytes cannot end a xorb", tail.len()));
-        }
-        // boundary_section_offset_from_end sits before the nonce buffer and info_length.
-        let at = tail.len() - 4 - 16 - 4;
-        let off = u32::from_le_bytes(tail[at..at + 4].try_into().expect("4 bytes")) as u64;
-        let need = off + 4;
-        if need < BOUNDARY_SECTION_FIXED as u64 - 4 || need > (1 << 30) {
-            return Err(format!("implausible boundary section of {off} bytes"));
-        }
-        if (tail.len() as u64) < need {
-            return Ok(Tail::Need(need));
-        }
-        let (info, _) =
-            XorbObjectInfoV1::deserialize_only_boundaries_section(&mut Cursor::new(tail))
-                .map_err(|e| format!("xorb footer: {e}"))?;
-        let n = info.num_chunks as usize;
-        let ix = XorbIndex {
-            packed_ends: info.chunk_boundary_offsets,
-            unpacked_ends: info.unpacked_chunk_offsets,
-        };
-        let increasing = |v: &[u32]| v.windows(2).all(|w| w[0] < w[1]) && v.first() != Some(&0);
-        if ix.packed_ends.len() != n
-            || ix.unpacked_ends.len() != n
-            || !increasing(&ix.packed_ends)
-            || !increasing(&ix.unpacked_ends)
-        {
-            return Err("xorb footer: chunk offsets not increasing".into());
-        }
-        Ok(Tail::Index(ix))
+        Ok(match xorb_footer::boundaries(tail)? {
+            Suffix::Parsed(info) => Tail::Index(XorbIndex {
+                packed_ends: info.chunk_boundary_offsets,
+                unpacked_ends: info.unpacked_chunk_offsets,
+            }),
+            Suffix::Need(n) => Tail::Need(n),
+        })
     }
 
     pub fn chunks(&self) -> u32 {
@@ -404,9 +374,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::remote) mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::io::Cursor;
     use xet_client::cas_types::{
         ChunkRange, HexMerkleHash, HttpRange, XorbMultiRangeFetch, XorbRangeDescriptor,
         XorbReconstructionTerm,
@@ -417,7 +388,7 @@ pub(super) mod tests {
 
     /// A xorb of chunks of the given lengths (byte `i % 251` of chunk `k` is `(i + k) % 251`),
     /// serialized with its footer, and each chunk's bytes.
-    pub(in crate::remote::http) fn xorb(
+    pub(in crate::remote) fn xorb(
         lens: &[usize],
         compression: &str,
     ) -> (SerializedXorbObject, Vec<Vec<u8>>) {
