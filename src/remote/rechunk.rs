@@ -313,10 +313,68 @@ pub async fn rechunk(
     Ok(out)
 }
 
+/// Base bytes on each side of an edit worth fetching before the windows are known (with the
+/// request that finds them, instead of one round trip after it): a window runs from a stable
+/// chunk boundary before its edits to a re-synchronised one after them, a few chunks (at most
+/// 128 KiB each) away.
+const NEAR_MARGIN: u64 = 512 << 10;
+/// Nothing is fetched ahead when the neighbourhoods would add up to more than this (a large or
+/// scattered edit fetches its windows once they are known).
+const NEAR_MAX: u64 = 8 << 20;
+
+/// The neighbourhoods of `edits` in a `size` byte base worth fetching ahead (merged, in
+/// order; empty when too large).
+pub fn near_ranges(size: u64, edits: &[ComposeEdit]) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for e in edits {
+        let r = e.original_range.start.saturating_sub(NEAR_MARGIN)
+            ..(e.original_range.end + NEAR_MARGIN).min(size);
+        if r.start >= r.end {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    if out.iter().map(|r| r.end - r.start).sum::<u64>() > NEAR_MAX {
+        return Vec::new();
+    }
+    out
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::vfs::tests::random;
+
+    #[test]
+    fn neighbourhoods_of_the_edits_are_merged_clipped_and_bounded() {
+        const M: u64 = NEAR_MARGIN;
+        let e = |r: Range<u64>| ComposeEdit {
+            original_range: r,
+            data: Bytes::from_static(b"x"),
+        };
+        let size = 100 << 20;
+        // Near the start and the end: clipped to the file.
+        assert_eq!(
+            near_ranges(size, &[e(10..20), e(size..size)]),
+            vec![0..20 + M, size - M..size]
+        );
+        // Two edits closer than two margins: one range.
+        let a = 10 << 20;
+        assert_eq!(
+            near_ranges(size, &[e(a..a + 4096), e(a + M..a + M + 1)]),
+            vec![a - M..a + 2 * M + 1]
+        );
+        // Too much to fetch ahead: nothing.
+        let many: Vec<ComposeEdit> = (0..20)
+            .map(|i| e(i * (4 << 20)..i * (4 << 20) + 1))
+            .collect();
+        assert!(near_ranges(size, &many).is_empty());
+        // An empty base.
+        assert!(near_ranges(0, &[e(0..0)]).is_empty());
+    }
 
     struct Mem(Vec<u8>);
 

@@ -402,35 +402,6 @@ async fn fetch_terms(
     Ok(())
 }
 
-/// Base bytes on each side of an edit fetched while the windows are asked for: a window runs
-/// from a stable chunk boundary before its edits to a re-synchronised one after them, a few
-/// chunks (at most 128 KiB each) away.
-const NEAR_MARGIN: u64 = 512 << 10;
-/// Nothing is fetched ahead when the neighbourhoods would add up to more than this (a large or
-/// scattered edit fetches its windows once they are known).
-const NEAR_MAX: u64 = 8 << 20;
-
-/// The neighbourhoods of `edits` in a `size` byte base worth fetching ahead (merged, in
-/// order; empty when too large).
-pub fn near_ranges(size: u64, edits: &[ComposeEdit]) -> Vec<Range<u64>> {
-    let mut out: Vec<Range<u64>> = Vec::new();
-    for e in edits {
-        let r = e.original_range.start.saturating_sub(NEAR_MARGIN)
-            ..(e.original_range.end + NEAR_MARGIN).min(size);
-        if r.start >= r.end {
-            continue;
-        }
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    if out.iter().map(|r| r.end - r.start).sum::<u64>() > NEAR_MAX {
-        return Vec::new();
-    }
-    out
-}
-
 /// The chunks (bytes and all) holding bytes `ranges` of stored file `file`, through a ranged
 /// reconstruction each: the CAS answers with whole chunks, the first of them starting
 /// `offset_into_first_range` bytes before the range. A range that cannot be fetched is left
@@ -832,7 +803,7 @@ pub async fn compose(
     // reconstructions of the edits' neighbourhoods; then, side by side, the footers of the
     // xorbs holding those neighbourhoods and the neighbourhoods' bytes.
     let dirty = dirty_ranges(&edits, size);
-    let near = near_ranges(size, &edits);
+    let near = super::rechunk::near_ranges(size, &edits);
     let spots = if near.is_empty() { &dirty } else { &near };
     let terms_and_footers = async {
         let recon = reconstruction(&client, &base_hash).await?;
@@ -1358,27 +1329,6 @@ mod tests {
         let mut info = footer_of(&x);
         info.unpacked_chunk_offsets[1] += 1;
         assert!(check_footer(info, &x.hash, &[]).is_err());
-    }
-
-    #[test]
-    fn neighbourhoods_of_the_edits_are_merged_clipped_and_bounded() {
-        const M: u64 = NEAR_MARGIN;
-        let e = |r: Range<u64>| edit(r, 1, 0);
-        let size = 100 << 20;
-        assert_eq!(
-            near_ranges(size, &[e(10..20), e(size..size)]),
-            vec![0..20 + M, size - M..size]
-        );
-        let a = 10 << 20;
-        assert_eq!(
-            near_ranges(size, &[e(a..a + 4096), e(a + M..a + M + 1)]),
-            vec![a - M..a + 2 * M + 1]
-        );
-        let many: Vec<ComposeEdit> = (0..20)
-            .map(|i| e(i * (4 << 20)..i * (4 << 20) + 1))
-            .collect();
-        assert!(near_ranges(size, &many).is_empty());
-        assert!(near_ranges(0, &[e(0..0)]).is_empty());
     }
 
     #[test]

@@ -39,7 +39,7 @@ use super::planned::PlannedReads;
 use crate::remote::assemble::{ShardWithXorbs, XorbSettings};
 use crate::remote::cas_wire;
 use crate::remote::compose::{parse_hash, ChunkLists, ChunkMap};
-use crate::remote::rechunk::BaseBytes;
+use crate::remote::rechunk::{near_ranges, BaseBytes};
 use crate::remote::window_compose::{self, ChunkHashes};
 use crate::remote::{
     Cas, ComposeEdit, Composed, FileId, RemoteError, RemoteResult, UploadItem, Uploaded,
@@ -155,34 +155,6 @@ impl BaseBytes for BaseReader {
         }
         self.reader.read(&self.id, range).await
     }
-}
-
-/// Base bytes on each side of an edit asked for with the chunk lists: the re-chunked window
-/// runs from a stable chunk boundary before the edit to a re-synchronised one after it, a few
-/// chunks (at most 128 KiB each) away. What a window needs beyond them is read afterwards.
-const AHEAD_MARGIN: u64 = 512 << 10;
-/// None asked for when the windows would add up to more than this (a large or scattered
-/// edit reads what it needs once its chunk lists are known).
-const AHEAD_MAX: u64 = 8 << 20;
-
-/// The ranges of `base` worth reading ahead of composing `edits` (merged, in order).
-fn ahead_ranges(size: u64, edits: &[ComposeEdit]) -> Vec<Range<u64>> {
-    let mut out: Vec<Range<u64>> = Vec::new();
-    for e in edits {
-        let r = e.original_range.start.saturating_sub(AHEAD_MARGIN)
-            ..(e.original_range.end + AHEAD_MARGIN).min(size);
-        if r.start >= r.end {
-            continue;
-        }
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    if out.iter().map(|r| r.end - r.start).sum::<u64>() > AHEAD_MAX {
-        return Vec::new();
-    }
-    out
 }
 
 /// A CAS token this close to its expiry (seconds) is renewed in the background while it is
@@ -667,7 +639,7 @@ impl Cas for HttpCas {
             // round trip after them).
             let hash = parse_hash(&base.hash)?;
             self.chunks
-                .lists_and_bytes(&hash, &ahead_ranges(base.size, &edits))
+                .lists_and_bytes(&hash, &near_ranges(base.size, &edits))
                 .await?
         };
         if let Some((view, ahead)) = lists {
@@ -760,13 +732,6 @@ impl Cas for HttpCas {
 mod tests {
     use super::*;
 
-    fn edit(r: Range<u64>) -> ComposeEdit {
-        ComposeEdit {
-            original_range: r,
-            data: Bytes::from_static(b"x"),
-        }
-    }
-
     #[test]
     fn stored_chunks_with_the_lists_are_checked_against_them() {
         let (x, datas) = super::super::plan::tests::xorb(&[1000, 2000, 3000], "none");
@@ -801,29 +766,5 @@ mod tests {
         more.push(0);
         assert!(pieces_of(&lists, &[piece(0, n)], Bytes::from(more)).is_err());
         assert!(pieces_of(&lists, &[piece(0, n + 1)], stream).is_err());
-    }
-
-    #[test]
-    fn read_ahead_covers_each_edit_with_margins_merged_and_bounded() {
-        const M: u64 = AHEAD_MARGIN;
-        let size = 100 << 20;
-        // Near the start and end: clipped to the file.
-        assert_eq!(
-            ahead_ranges(size, &[edit(10..20), edit(size..size)]),
-            vec![0..20 + M, size - M..size]
-        );
-        // Two edits closer than two margins: one read.
-        let a = 10 << 20;
-        assert_eq!(
-            ahead_ranges(size, &[edit(a..a + 4096), edit(a + M..a + M + 1)]),
-            vec![a - M..a + 2 * M + 1]
-        );
-        // Too much to read ahead: nothing.
-        let many: Vec<ComposeEdit> = (0..20)
-            .map(|i| edit(i * (4 << 20)..i * (4 << 20) + 1))
-            .collect();
-        assert!(ahead_ranges(size, &many).is_empty());
-        // An empty base.
-        assert!(ahead_ranges(0, &[edit(0..0)]).is_empty());
     }
 }
