@@ -26,43 +26,54 @@ fn an_edit_costs_two_requests_and_reads_back_exact() {
     );
     m.stop();
 
-    // A fresh mount: nothing of the file is cached.
-    let m = mount_served(&url, d, "m", &[]);
-    let before = serve_metrics(&url);
-    // 4 KiB into the middle, in place (no truncation), then fsync.
-    sh(
-        d,
-        "head -c 4096 /dev/urandom > patch \
-         && dd if=patch of=m/big.bin bs=4096 seek=768 conv=notrunc,fsync status=none \
-         && dd if=patch of=want.bin bs=4096 seek=768 conv=notrunc status=none",
-    );
-    let after = serve_metrics(&url);
-    let delta = |r: &str| count(&after, r) - count(&before, r);
-    // Composed, not uploaded whole: only the bytes around the edit were read, and they came
-    // with the base's chunk lists, in one request (no reconstruction query, no fetch).
-    assert_eq!(delta("GET /v1/xetmount/chunks/{file}"), 1, "{after:?}");
-    assert_eq!(delta("GET /v2/reconstructions/{file}"), 0, "{after:?}");
-    assert_eq!(delta("GET /fetch/{xorb}"), 0, "{after:?}");
-    assert!(
-        delta("fetch_bytes") < 3 << 20,
-        "read {} bytes of the base",
-        delta("fetch_bytes")
-    );
-    // Its xorb and shard go with the commit, in one request; the composed file is checked
-    // against the chunk lists and the xorbs written, not read back from the server.
-    assert_eq!(
-        delta("POST /api/buckets/{ns}/{name}/xetmount/commit"),
-        1,
-        "{after:?}"
-    );
-    for r in [
-        "POST /v1/xorbs/{prefix}/{xorb}",
-        "POST /v2/shards",
-        "POST /v1/xorb-grants/{prefix}/{xorb}",
-    ] {
-        assert_eq!(delta(r), 0, "{r}: {after:?}");
+    // Twice, each on a fresh mount (nothing of the file cached): the second edit lands on
+    // the first one's chunks, so the bytes around it span three terms of two xorbs.
+    for round in 0..2 {
+        let m = mount_served(&url, d, "m", &[]);
+        let before = serve_metrics(&url);
+        // 4 KiB into the middle, in place (no truncation), then fsync.
+        sh(
+            d,
+            "head -c 4096 /dev/urandom > patch \
+             && dd if=patch of=m/big.bin bs=4096 seek=768 conv=notrunc,fsync status=none \
+             && dd if=patch of=want.bin bs=4096 seek=768 conv=notrunc status=none",
+        );
+        let after = serve_metrics(&url);
+        let delta = |r: &str| count(&after, r) - count(&before, r);
+        // Composed, not uploaded whole: only the bytes around the edit were read, and they
+        // came with the base's chunk lists, in one request (no reconstruction, no fetch).
+        assert_eq!(
+            delta("GET /v1/xetmount/chunks/{file}"),
+            1,
+            "{round}: {after:?}"
+        );
+        assert_eq!(
+            delta("GET /v2/reconstructions/{file}"),
+            0,
+            "{round}: {after:?}"
+        );
+        assert_eq!(delta("GET /fetch/{xorb}"), 0, "{round}: {after:?}");
+        assert!(
+            delta("fetch_bytes") < 3 << 20,
+            "{round}: read {} bytes of the base",
+            delta("fetch_bytes")
+        );
+        // Its xorb and shard go with the commit, in one request; the composed file is
+        // checked against the chunk lists and the xorbs written, not read back.
+        assert_eq!(
+            delta("POST /api/buckets/{ns}/{name}/xetmount/commit"),
+            1,
+            "{round}: {after:?}"
+        );
+        for r in [
+            "POST /v1/xorbs/{prefix}/{xorb}",
+            "POST /v2/shards",
+            "POST /v1/xorb-grants/{prefix}/{xorb}",
+        ] {
+            assert_eq!(delta(r), 0, "{round}: {r}: {after:?}");
+        }
+        m.stop();
     }
-    m.stop();
 
     let m = mount_served(&url, d, "m", &[]);
     sh(d, "cmp m/big.bin want.bin");

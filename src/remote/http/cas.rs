@@ -301,7 +301,7 @@ fn pieces_of(
         offsets.push((at, *h, *n));
         at += n;
     }
-    let mut out = Vec::with_capacity(pieces.len());
+    let mut out: Vec<(u64, Bytes)> = Vec::with_capacity(pieces.len());
     for p in pieces {
         if p.len > tail.len() as u64 {
             return Err(format!("a piece of {} bytes, {} left", p.len, tail.len()));
@@ -323,7 +323,17 @@ fn pieces_of(
             }
             from = end as usize;
         }
-        out.push((p.at, Bytes::from(data)));
+        // Pieces that meet (a neighbourhood spanning several terms) become one run, so that
+        // a read across their seam is served from them.
+        match out.last_mut() {
+            Some((at, run)) if *at + run.len() as u64 == p.at => {
+                let mut joined = Vec::with_capacity(run.len() + data.len());
+                joined.extend_from_slice(run);
+                joined.extend_from_slice(&data);
+                *run = Bytes::from(joined);
+            }
+            _ => out.push((p.at, Bytes::from(data))),
+        }
     }
     if !tail.is_empty() {
         return Err(format!("{} bytes after the last piece", tail.len()));
@@ -756,6 +766,15 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, 0);
         assert_eq!(&got[0].1[..], &datas.concat()[..]);
+        // The same bytes as two pieces that meet (as a range across two terms comes): one run,
+        // so a read across the seam finds them.
+        let first = 8 + datas[0].len() as u64; // the first chunk, stored uncompressed
+        let two = pieces_of(
+            &lists,
+            &[piece(0, first), piece(1000, n - first)],
+            stream.clone(),
+        );
+        assert_eq!(two.unwrap(), got);
         // The same chunks claimed at another offset, a changed byte, bytes left over, a piece
         // longer than what came: all refused.
         assert!(pieces_of(&lists, &[piece(1000, n)], stream.clone()).is_err());
