@@ -15,6 +15,7 @@
 //! composition wrote the new ones (a read-back would be one more round trip before every
 //! commit).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -181,12 +182,26 @@ pub async fn compose_with(
     })
 }
 
+/// Chunk `i` of xorb `xorb` (hash, length) as a composition knows it: from the xorbs it wrote
+/// (`written`, each xorb's chunks in order) or from the base (`base`, by xorb and index).
+pub fn known_chunk(
+    written: &HashMap<MerkleHash, Vec<(MerkleHash, u64)>>,
+    base: &HashMap<(MerkleHash, u32), (MerkleHash, u64)>,
+    xorb: &MerkleHash,
+    i: u32,
+) -> Option<(MerkleHash, u64)> {
+    written
+        .get(xorb)
+        .and_then(|l| l.get(i as usize).copied())
+        .or_else(|| base.get(&(*xorb, i)).copied())
+}
+
 /// [`verify`] from what is known already: the base's chunk lists (`view`, as the store gave
 /// them) and the chunks of the xorbs the composition wrote; `segments` is the file's
 /// reconstruction as uploaded.
 fn verify_written(
     view: &ChunkLists,
-    written: &std::collections::HashMap<MerkleHash, Vec<(MerkleHash, u64)>>,
+    written: &HashMap<MerkleHash, Vec<(MerkleHash, u64)>>,
     segments: &[FileDataSequenceEntry],
     id: &FileId,
     expected: u64,
@@ -197,7 +212,7 @@ fn verify_written(
             id.hash, id.size
         )));
     }
-    let mut base = std::collections::HashMap::new();
+    let mut base = HashMap::new();
     for (seg, list) in view.segments.iter().zip(&view.chunks) {
         for (j, c) in list.iter().enumerate() {
             base.insert((seg.xorb_hash, seg.chunk_index_start + j as u32), *c);
@@ -207,11 +222,7 @@ fn verify_written(
     for seg in segments {
         let mut held = 0u64;
         for i in seg.chunk_index_start..seg.chunk_index_end {
-            let c = written
-                .get(&seg.xorb_hash)
-                .and_then(|l| l.get(i as usize).copied())
-                .or_else(|| base.get(&(seg.xorb_hash, i)).copied())
-                .ok_or_else(|| {
+            let c = known_chunk(written, &base, &seg.xorb_hash, i).ok_or_else(|| {
                     RemoteError::Integrity(format!(
                         "composed file {} refers to chunk {i} of xorb {}, which neither the base nor the composition holds",
                         id.hash, seg.xorb_hash

@@ -63,9 +63,9 @@ use xet_core_structures::xorb_object::XorbObjectInfoV1;
 use xet_data::deduplication::Chunker;
 
 use super::assemble::{Assembler, ChunkRef, Packer, XorbSettings};
-use super::compose::parse_hash;
+use super::compose::{known_chunk, parse_hash};
 use super::rechunk::{BaseChunk, Piece, PieceSink};
-use super::xorb_footer::{self, Suffix};
+use super::xorb_footer::{self, Suffix, XorbIndex};
 use super::{ComposeEdit, Composed, FileId, RemoteError, RemoteResult};
 
 /// Where `GET /v2/file-chunk-hashes/{file}` is asked, and stored xorb bytes fetched raw.
@@ -447,28 +447,7 @@ async fn fetch_near(client: &Arc<dyn Client>, file: &MerkleHash, ranges: &[Range
 #[derive(Debug)]
 pub struct Footer {
     pub hashes: Vec<MerkleHash>,
-    packed_ends: Vec<u32>,
-    unpacked_ends: Vec<u32>,
-}
-
-impl Footer {
-    fn unpacked_start(&self, c: u32) -> u64 {
-        match c {
-            0 => 0,
-            c => u64::from(self.unpacked_ends[c as usize - 1]),
-        }
-    }
-
-    fn packed_start(&self, c: u32) -> u64 {
-        match c {
-            0 => 0,
-            c => u64::from(self.packed_ends[c as usize - 1]),
-        }
-    }
-
-    pub fn chunk_len(&self, c: u32) -> u64 {
-        u64::from(self.unpacked_ends[c as usize]) - self.unpacked_start(c)
-    }
+    pub index: XorbIndex,
 }
 
 /// The footer `info` of xorb `xorb`, if it is that xorb's and agrees with `terms` (chunk
@@ -489,11 +468,10 @@ pub fn check_footer(
     }
     let f = Footer {
         hashes: info.chunk_hashes,
-        packed_ends: info.chunk_boundary_offsets,
-        unpacked_ends: info.unpacked_chunk_offsets,
+        index: XorbIndex::new(info.chunk_boundary_offsets, info.unpacked_chunk_offsets),
     };
     let chunks: Vec<(MerkleHash, u64)> = (0..n)
-        .map(|c| (f.hashes[c as usize], f.chunk_len(c)))
+        .map(|c| (f.hashes[c as usize], f.index.chunk_len(c)))
         .collect();
     let named = xorb_hash(&chunks);
     if named != *xorb {
@@ -503,7 +481,7 @@ pub fn check_footer(
         if r.start >= r.end || r.end > n {
             return Err(format!("a term names chunks {r:?} of {n}"));
         }
-        let held = f.unpacked_start(r.end) - f.unpacked_start(r.start);
+        let held = f.index.unpacked_start(r.end) - f.index.unpacked_start(r.start);
         if held != *len {
             return Err(format!(
                 "chunks {r:?} hold {held} bytes, the reconstruction says {len}"
@@ -622,7 +600,7 @@ async fn by_footers(
         };
         let mut at = starts[i];
         for c in t.range.start..t.range.end {
-            let len = f.chunk_len(c);
+            let len = f.index.chunk_len(c);
             out.chunks.push(BaseChunk {
                 hash: f.hashes[c as usize],
                 len,
@@ -668,10 +646,12 @@ async fn by_footers(
     }
     let got = futures::future::try_join_all(runs.iter().map(|(x, c, ks)| {
         // Every touched term's footer was checked above.
-        let range = footers
-            .get(x)
-            .and_then(|f| f.as_ref().ok())
-            .map(|f| HttpRange::new(f.packed_start(c.start), f.packed_start(c.end) - 1));
+        let range = footers.get(x).and_then(|f| f.as_ref().ok()).map(|f| {
+            HttpRange::new(
+                f.index.packed_start(c.start),
+                f.index.packed_start(c.end) - 1,
+            )
+        });
         let url = recon
             .xorbs
             .get(&(*x).into())
@@ -1121,16 +1101,12 @@ pub fn check_written(
         }
         let mut held = 0u64;
         for i in seg.chunk_index_start..seg.chunk_index_end {
-            let c = written
-                .get(&seg.xorb_hash)
-                .and_then(|l| l.get(i as usize).copied())
-                .or_else(|| base.get(&(seg.xorb_hash, i)).copied())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "chunk {i} of xorb {} is neither the base's nor written",
-                        seg.xorb_hash
-                    ))
-                })?;
+            let c = known_chunk(written, base, &seg.xorb_hash, i).ok_or_else(|| {
+                bad(format!(
+                    "chunk {i} of xorb {} is neither the base's nor written",
+                    seg.xorb_hash
+                ))
+            })?;
             if next.next() != Some(&Part::Chunk(c.0, c.1)) {
                 return Err(bad(format!(
                     "chunk {i} of xorb {} is not the chunk composed there",
@@ -1314,7 +1290,7 @@ mod tests {
         let f = check_footer(footer_of(&x), &x.hash, &good).unwrap();
         for (c, d) in datas.iter().enumerate() {
             assert_eq!(f.hashes[c], compute_data_hash(d));
-            assert_eq!(f.chunk_len(c as u32), d.len() as u64);
+            assert_eq!(f.index.chunk_len(c as u32), d.len() as u64);
         }
         // A term longer or shorter than its chunks, or past the last chunk.
         assert!(check_footer(footer_of(&x), &x.hash, &[(1..3, len(1..3) + 1)]).is_err());

@@ -9,6 +9,7 @@
 //! given is short.
 
 use std::io::Cursor;
+use std::ops::Range;
 
 use xet_core_structures::xorb_object::XorbObjectInfoV1;
 
@@ -107,6 +108,78 @@ pub fn footer(tail: &[u8]) -> Result<Suffix<XorbObjectInfoV1>, String> {
     }
     check_ends(&info)?;
     Ok(Suffix::Parsed(info))
+}
+
+/// A xorb's chunk boundaries, from its footer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct XorbIndex {
+    /// Packed end offset of every chunk (header included).
+    packed_ends: Vec<u32>,
+    /// Unpacked end offset of every chunk.
+    unpacked_ends: Vec<u32>,
+}
+
+/// The chunks a read needs: chunk indices, their stored bytes, their unpacked length, and
+/// where the read's first byte is in their unpacked bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Located {
+    pub chunks: Range<u32>,
+    pub packed: Range<u64>,
+    pub unpacked_len: u64,
+    pub skip: u64,
+}
+
+impl XorbIndex {
+    pub fn new(packed_ends: Vec<u32>, unpacked_ends: Vec<u32>) -> Self {
+        XorbIndex {
+            packed_ends,
+            unpacked_ends,
+        }
+    }
+
+    pub fn chunks(&self) -> u32 {
+        self.packed_ends.len() as u32
+    }
+
+    pub fn cost(&self) -> u64 {
+        (self.packed_ends.len() * 8 + 64) as u64
+    }
+
+    /// Where chunk `c` starts in the unpacked bytes.
+    pub fn unpacked_start(&self, c: u32) -> u64 {
+        match c {
+            0 => 0,
+            c => u64::from(self.unpacked_ends[c as usize - 1]),
+        }
+    }
+
+    /// Where chunk `c` starts in the stored xorb.
+    pub fn packed_start(&self, c: u32) -> u64 {
+        match c {
+            0 => 0,
+            c => u64::from(self.packed_ends[c as usize - 1]),
+        }
+    }
+
+    /// Unpacked length of chunk `c`.
+    pub fn chunk_len(&self, c: u32) -> u64 {
+        u64::from(self.unpacked_ends[c as usize]) - self.unpacked_start(c)
+    }
+
+    /// The chunks of term `term` holding its bytes `lo..hi` (relative to the term's start;
+    /// `lo < hi`, within the term, and the term's chunks within this xorb).
+    pub fn locate(&self, term: &Range<u32>, lo: u64, hi: u64) -> Located {
+        let base = self.unpacked_start(term.start);
+        let ends = &self.unpacked_ends[term.start as usize..term.end as usize];
+        let c0 = term.start + ends.partition_point(|&e| u64::from(e) - base <= lo) as u32;
+        let c1 = term.start + ends.partition_point(|&e| u64::from(e) - base < hi) as u32 + 1;
+        Located {
+            chunks: c0..c1,
+            packed: self.packed_start(c0)..self.packed_start(c1),
+            unpacked_len: self.unpacked_start(c1) - self.unpacked_start(c0),
+            skip: base + lo - self.unpacked_start(c0),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use xet_client::cas_types::QueryReconstructionResponseV2;
 use xet_core_structures::merklehash::MerkleHash;
 
 use crate::remote::xorb_footer::{self, Suffix};
+pub use crate::remote::xorb_footer::{Located, XorbIndex};
 
 /// Lifetime assumed for a fetch URL whose expiry cannot be read from it.
 pub const DEFAULT_URL_LIFE_SECS: u64 = 300;
@@ -209,25 +210,6 @@ fn amz_time(s: &str) -> Option<u64> {
     Some(days * 86400 + hh * 3600 + mm * 60 + ss)
 }
 
-/// A xorb's chunk boundaries, from its footer.
-#[derive(Debug, PartialEq, Eq)]
-pub struct XorbIndex {
-    /// Packed end offset of every chunk (header included).
-    packed_ends: Vec<u32>,
-    /// Unpacked end offset of every chunk.
-    unpacked_ends: Vec<u32>,
-}
-
-/// The chunks a read needs: chunk indices, their stored bytes, their unpacked length, and
-/// where the read's first byte is in their unpacked bytes.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Located {
-    pub chunks: Range<u32>,
-    pub packed: Range<u64>,
-    pub unpacked_len: u64,
-    pub skip: u64,
-}
-
 /// A suffix long enough for the boundary section of a xorb of `chunks` chunks.
 pub fn suffix_len(chunks: u32) -> u64 {
     xorb_footer::boundary_suffix_len(chunks)
@@ -245,39 +227,12 @@ impl XorbIndex {
     /// The boundary section at the end of `tail` (the last bytes of a serialized xorb).
     pub fn from_tail(tail: &[u8]) -> Result<Tail, String> {
         Ok(match xorb_footer::boundaries(tail)? {
-            Suffix::Parsed(info) => Tail::Index(XorbIndex {
-                packed_ends: info.chunk_boundary_offsets,
-                unpacked_ends: info.unpacked_chunk_offsets,
-            }),
+            Suffix::Parsed(info) => Tail::Index(XorbIndex::new(
+                info.chunk_boundary_offsets,
+                info.unpacked_chunk_offsets,
+            )),
             Suffix::Need(n) => Tail::Need(n),
         })
-    }
-
-    pub fn chunks(&self) -> u32 {
-        self.packed_ends.len() as u32
-    }
-
-    pub fn cost(&self) -> u64 {
-        (self.packed_ends.len() * 8 + 64) as u64
-    }
-
-    fn unpacked_start(&self, c: u32) -> u64 {
-        match c {
-            0 => 0,
-            c => u64::from(self.unpacked_ends[c as usize - 1]),
-        }
-    }
-
-    fn packed_start(&self, c: u32) -> u64 {
-        match c {
-            0 => 0,
-            c => u64::from(self.packed_ends[c as usize - 1]),
-        }
-    }
-
-    /// Unpacked length of chunk `c`.
-    pub fn chunk_len(&self, c: u32) -> u64 {
-        u64::from(self.unpacked_ends[c as usize]) - self.unpacked_start(c)
     }
 
     /// Whether it agrees with everything `plan` says of `xorb` (term lengths, stored ranges).
@@ -295,21 +250,6 @@ impl XorbIndex {
             })
         });
         terms && sources
-    }
-
-    /// The chunks of term `term` holding its bytes `lo..hi` (relative to the term's start;
-    /// `lo < hi`, within the term, and the term's chunks within this xorb).
-    pub fn locate(&self, term: &Range<u32>, lo: u64, hi: u64) -> Located {
-        let base = self.unpacked_start(term.start);
-        let ends = &self.unpacked_ends[term.start as usize..term.end as usize];
-        let c0 = term.start + ends.partition_point(|&e| u64::from(e) - base <= lo) as u32;
-        let c1 = term.start + ends.partition_point(|&e| u64::from(e) - base < hi) as u32 + 1;
-        Located {
-            chunks: c0..c1,
-            packed: self.packed_start(c0)..self.packed_start(c1),
-            unpacked_len: self.unpacked_start(c1) - self.unpacked_start(c0),
-            skip: base + lo - self.unpacked_start(c0),
-        }
     }
 }
 
