@@ -11,20 +11,26 @@ fn count(m: &std::collections::BTreeMap<String, u64>, route: &str) -> u64 {
     m.get(route).copied().unwrap_or(0)
 }
 
-#[test]
-fn an_edit_costs_two_requests_and_reads_back_exact() {
-    let d = tempfile::tempdir().unwrap();
-    let d = d.path();
+/// `xetmount serve` in `d` with bucket local/data holding `big.bin`, `len` random bytes (also
+/// in `d/want.bin`), written through a mount that is stopped again.
+fn served_file(d: &std::path::Path, len: u64) -> (Serve, String) {
     let server = Serve::start(&d.join("srv"), &d.join("serve.log"), &[]);
     let url = server.url.clone();
     hf(&url, d, &["buckets", "create", "local/data"]);
-
     let m = mount_served(&url, d, "m", &[]);
     sh(
         d,
-        "head -c 6291456 /dev/urandom > want.bin && cp want.bin m/big.bin",
+        &format!("head -c {len} /dev/urandom > want.bin && cp want.bin m/big.bin"),
     );
     m.stop();
+    (server, url)
+}
+
+#[test]
+fn an_edit_costs_two_requests_and_reads_back_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (server, url) = served_file(d, 6 << 20);
 
     // Twice, each on a fresh mount (nothing of the file cached): the second edit lands on
     // the first one's chunks, so the bytes around it span three terms of two xorbs.
@@ -83,18 +89,9 @@ fn an_edit_costs_two_requests_and_reads_back_exact() {
 
 #[test]
 fn a_large_edit_sends_its_full_xorbs_first_and_the_last_with_the_commit() {
-    let d = tempfile::tempdir().unwrap();
-    let d = d.path();
-    let server = Serve::start(&d.join("srv"), &d.join("serve.log"), &[]);
-    let url = server.url.clone();
-    hf(&url, d, &["buckets", "create", "local/data"]);
-
-    let m = mount_served(&url, d, "m", &[]);
-    sh(
-        d,
-        "head -c 104857600 /dev/urandom > want.bin && cp want.bin m/big.bin",
-    );
-    m.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (server, url) = served_file(d, 100 << 20);
 
     let m = mount_served(&url, d, "m", &[]);
     let before = serve_metrics(&url);
