@@ -9,6 +9,7 @@ pub mod defrag;
 pub mod http;
 pub mod local;
 pub mod names;
+pub mod open;
 pub mod rechunk;
 pub mod window_compose;
 pub mod wire;
