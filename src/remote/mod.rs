@@ -11,6 +11,8 @@ pub mod local;
 pub mod names;
 pub mod open;
 pub mod rechunk;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod window_compose;
 pub mod wire;
 pub mod xet;
