@@ -1,229 +1,23 @@
-//! `xetmount` command line: mount (FUSE or NFS), serve-nfs, unmount, stats.
+//! `xetmount` command line: mount (FUSE or NFS), serve-nfs, unmount, stats. The arguments
+//! live in [`cli`], the choice and opening of a store in [`xetmount::remote::open`]; this is
+//! the glue that runs a frontend over them.
+
+mod cli;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use cli::{
+    check_fuse, check_mountpoint, Cli, Command, HttpServeArgs, MountArgs, ServeArgs, StoreArgs,
+    UserError,
+};
 use xetmount::frontend::fuse::{self, FuseOptions};
 use xetmount::frontend::nfs::NfsFs;
-use xetmount::remote::http::{find_token, BucketUri, RemoteOptions};
-use xetmount::remote::local::LocalStore;
-use xetmount::remote::{Cas, Catalog, FixedOwner, RemoteError};
-use xetmount::vfs::{Vfs, VfsConfig};
-
-#[derive(Parser)]
-#[command(
-    name = "xetmount",
-    version,
-    about = "Mount a Xet-backed bucket as a POSIX filesystem"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Mount the bucket stored in STORE at MOUNTPOINT (runs in the foreground until unmounted).
-    Mount(MountArgs),
-    /// Unmount a mounted bucket; the mount process commits pending writes, then exits.
-    Unmount { mountpoint: PathBuf },
-    /// Print a mount's counters (bytes fetched and stored, files uploaded and composed).
-    Stats { mountpoint: PathBuf },
-    /// Serve the bucket over NFSv3 on 127.0.0.1 without mounting it (for machines with a
-    /// user-space NFS client only); prints the mount command and the libnfs URL.
-    ServeNfs(ServeArgs),
-    /// Host buckets over HTTP from DIR: the Hugging Face bucket API and the Xet CAS API on one
-    /// address, for `huggingface_hub`/`hf` clients and for `xetmount mount hf://buckets/...`.
-    Serve(HttpServeArgs),
-}
-
-#[derive(clap::Args)]
-struct HttpServeArgs {
-    /// Directory holding the served buckets; created if missing or empty.
-    dir: PathBuf,
-    /// Address to listen on (port 0: any free port; the address is printed).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
-    /// Bearer tokens, one per line: `TOKEN USER read|write [BUCKET-PATTERN ...]`. Without it
-    /// the server is open: whoever reaches the address reads and writes every bucket.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// Without --token-file: the user every caller is (the namespace `me` stands for).
-    #[arg(long, default_value = "local")]
-    user: String,
-    /// URL clients reach this server at, if not http://LISTEN (behind a proxy).
-    #[arg(long)]
-    public_url: Option<String>,
-    /// Lifetime of the CAS tokens the token routes hand out, in seconds.
-    #[arg(long, default_value_t = 3600)]
-    cas_token_ttl_secs: u64,
-    /// Bucket-API requests per second before callers get 429 with Retry-After (0: no limit).
-    #[arg(long, default_value_t = 0)]
-    hub_rate_limit: u32,
-    /// Answer only what the Hugging Face Hub answers: no xetmount catalog or chunk-list
-    /// routes, so clients see a plain bucket (for testing mounts against a Hub-like server).
-    #[arg(long)]
-    hub_only: bool,
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    #[command(flatten)]
-    store: StoreArgs,
-    /// TCP port (0 = any free port).
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-}
-
-#[derive(clap::Args)]
-struct MountArgs {
-    #[command(flatten)]
-    store: StoreArgs,
-    /// Empty directory to mount on.
-    mountpoint: PathBuf,
-    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root).
-    #[arg(long)]
-    allow_other: bool,
-    /// Serve over NFSv3 on 127.0.0.1 and mount with the kernel's NFS client instead of FUSE.
-    #[arg(long)]
-    nfs: bool,
-    /// With --nfs: the server's TCP port (0 = any free port).
-    #[arg(long, default_value_t = 0)]
-    nfs_port: u16,
-}
-
-/// The bucket and how the VFS serves it (shared by every frontend).
-#[derive(clap::Args)]
-struct StoreArgs {
-    /// Directory of the local store (created if missing or empty), or a remote bucket
-    /// `hf://buckets/NAMESPACE/NAME[/PATH]`.
-    store: PathBuf,
-    /// For hf:// buckets: the Hub endpoint (default $HF_ENDPOINT, else https://huggingface.co).
-    #[arg(long)]
-    endpoint: Option<String>,
-    /// For hf:// buckets: a file holding the token (default $HF_TOKEN, else the token
-    /// `hf auth login` saved).
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// For hf:// buckets: where xet caches and (by default) staging live
-    /// (default ~/.cache/xetmount/NAMESPACE/NAME).
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-    /// For hf:// buckets: disk for the chunk cache in the cache directory (e.g. 10G, 500M;
-    /// 0 = none): what was downloaded once is read from there, across remounts too.
-    #[arg(long, default_value = "10G", value_parser = parse_size)]
-    cache_size: u64,
-    /// For plain buckets (which keep no owner or mode): the owner every entry shows
-    /// (default: the user running xetmount).
-    #[arg(long)]
-    uid: Option<u32>,
-    /// For plain buckets: the group every entry shows (default: the mounting user's group).
-    #[arg(long)]
-    gid: Option<u32>,
-    /// For plain buckets: the permission bits every file shows, in octal.
-    #[arg(long, default_value = "644", value_parser = parse_mode)]
-    file_mode: u32,
-    /// For plain buckets: the permission bits every directory shows, in octal.
-    #[arg(long, default_value = "755", value_parser = parse_mode)]
-    dir_mode: u32,
-    /// For hf:// buckets: how often to ask whether other writers changed the bucket, in
-    /// seconds, where the server offers no change feed (`xetmount serve` does: its changes
-    /// arrive as they happen); 0 turns change detection off.
-    #[arg(long, default_value_t = 30)]
-    poll_interval_secs: u64,
-    /// Where staging files live (default: STORE/staging).
-    #[arg(long)]
-    staging_dir: Option<PathBuf>,
-    /// Quiet time after a close before the file is committed. Short enough that a bulk
-    /// extraction uploads while it writes (a 2 s debounce left a 2 s untar's whole upload for
-    /// the end: 6 s until durable, against 3 s at 1 s).
-    #[arg(long, default_value_t = 1000)]
-    flush_debounce_ms: u64,
-    /// Longest a file waits for its commit however often it is closed again; files that fall
-    /// due together share one catalog commit.
-    #[arg(long, default_value_t = 30000)]
-    flush_max_batch_window_ms: u64,
-    /// How long unmount waits for pending commits.
-    #[arg(long, default_value_t = 45000)]
-    flush_shutdown_timeout_ms: u64,
-    /// Limit for one read from the store before it fails with ETIMEDOUT.
-    #[arg(long, default_value_t = 60000)]
-    read_timeout_ms: u64,
-    /// Limit for one upload, composition or catalog commit (plus 1 s per 8 MiB it carries);
-    /// a call that takes longer fails and is retried.
-    #[arg(long, default_value_t = 120000)]
-    write_timeout_ms: u64,
-    /// Memory for the read cache, in MiB.
-    #[arg(long, default_value_t = 128)]
-    cache_mib: u64,
-    /// Read cache block, in KiB (4 to 1024, a power of two): the least a read of a cold
-    /// range fetches. Sequential reads fetch far more through read-ahead.
-    #[arg(long, default_value_t = 16, value_parser = parse_block_kib)]
-    read_block_kib: u64,
-    /// Mount read-only.
-    #[arg(long)]
-    read_only: bool,
-    /// Disk budget for staging files (e.g. 20G, 500M; 0 = unlimited). Clean copies are
-    /// evicted, least recently used first; dirty, open and flushing files never are.
-    #[arg(long, default_value = "0", value_parser = parse_size)]
-    max_staging_size: u64,
-    /// Test mode: read every committed file back from the store and compare it with what was
-    /// committed, and drop clean staging copies after each commit (slow).
-    #[arg(long)]
-    paranoid: bool,
-}
-
-/// Permission bits in octal (`644`, `0750`).
-fn parse_mode(s: &str) -> Result<u32, String> {
-    match u32::from_str_radix(s.trim(), 8) {
-        Ok(m) if m <= 0o7777 => Ok(m),
-        _ => Err(format!("{s:?} is not an octal mode such as 644 or 0755")),
-    }
-}
-
-/// `123`, `64K`, `500M`, `20G`, `1T` (powers of 1024).
-fn parse_block_kib(s: &str) -> Result<u64, String> {
-    match s.parse::<u64>() {
-        Ok(n) if (4..=1024).contains(&n) && n.is_power_of_two() => Ok(n),
-        _ => Err(format!("{s:?} is not a power of two from 4 to 1024")),
-    }
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, shift) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("unknown size suffix in {s:?}; use K, M, G or T")),
-            };
-            (&t[..i], shift)
-        }
-        _ => (t, 0),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; write e.g. 500M or 20G"))?;
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
-/// A failure the user can act on: printed as one sentence.
-struct UserError(String);
-
-impl<E: std::fmt::Display> From<E> for UserError {
-    fn from(e: E) -> Self {
-        UserError(e.to_string())
-    }
-}
+use xetmount::vfs::Vfs;
 
 /// A mount keeps descriptors open for its staging files and connections: take the whole
 /// allowance the system grants (the soft limit is often 1024 of a far higher hard limit).
@@ -267,52 +61,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_mountpoint(mp: &Path) -> Result<PathBuf, UserError> {
-    let meta = std::fs::metadata(mp).map_err(|e| {
-        UserError(if e.kind() == std::io::ErrorKind::NotFound {
-            format!(
-                "mountpoint {} does not exist; create it with mkdir -p",
-                mp.display()
-            )
-        } else {
-            format!("cannot use mountpoint {}: {e}", mp.display())
-        })
-    })?;
-    if !meta.is_dir() {
-        return Err(UserError(format!(
-            "mountpoint {} is not a directory; pass an empty directory",
-            mp.display()
-        )));
-    }
-    let mut entries = std::fs::read_dir(mp)
-        .map_err(|e| UserError(format!("cannot read mountpoint {}: {e}", mp.display())))?;
-    if entries.next().is_some() {
-        return Err(UserError(format!(
-            "mountpoint {} is not empty (or is already mounted); pass an empty directory",
-            mp.display()
-        )));
-    }
-    Ok(mp.canonicalize()?)
-}
-
-fn check_fuse() -> Result<(), UserError> {
-    if !Path::new("/dev/fuse").exists() {
-        return Err(UserError(
-            "FUSE is not available (/dev/fuse is missing); install fuse3 (apt-get install fuse3) or load the fuse module".into(),
-        ));
-    }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let has_fusermount = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").exists()));
-    if !root && !has_fusermount {
-        return Err(UserError(
-            "fusermount3 was not found; install fuse3 (apt-get install fuse3)".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// The runtime, the open store and the VFS over it.
 struct Served {
     rt: tokio::runtime::Runtime,
@@ -336,160 +84,19 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
         rt.handle().clone(),
         xetmount::remote::local::xet_config(),
     );
-    let store_arg = args.store.to_string_lossy().to_string();
-    let remote = store_arg.starts_with("hf://");
-    let mut read_only = args.read_only;
-    let (catalog, cas, staging_dir, source, hold): Opened = if remote {
-        let uri = BucketUri::parse(&store_arg).map_err(UserError)?;
-        let endpoint = args
-            .endpoint
-            .clone()
-            .or_else(|| std::env::var("HF_ENDPOINT").ok())
-            .unwrap_or_else(|| "https://huggingface.co".to_string());
-        let token = find_token(args.token_file.as_deref()).map_err(UserError)?;
-        let anonymous = token.is_none();
-        let cache = args
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| default_cache_dir(&uri));
-        let staging_dir = args
-            .staging_dir
-            .clone()
-            .unwrap_or_else(|| cache.join("staging"));
-        std::fs::create_dir_all(&staging_dir).map_err(|e| {
-            UserError(format!(
-                "cannot create the staging directory {}: {e}",
-                staging_dir.display()
-            ))
-        })?;
-        let lock = xetmount::remote::local::lock_store(&staging_dir)?;
-        let opened = rt
-            .block_on(xetmount::remote::http::open(
-                ctx,
-                &uri,
-                &RemoteOptions {
-                    endpoint: endpoint.clone(),
-                    token,
-                    write: !args.read_only,
-                    cache_dir: cache,
-                    chunk_cache_bytes: args.cache_size,
-                    owner: FixedOwner {
-                        // SAFETY: getuid/getgid cannot fail.
-                        uid: args.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
-                        gid: args.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
-                        file_mode: args.file_mode,
-                        dir_mode: args.dir_mode,
-                    },
-                },
-            ))
-            .map_err(|e| remote_open_error(&e, &uri, &endpoint, anonymous))?;
-        if !opened.writable && !read_only {
-            read_only = true;
-            if anonymous {
-                tracing::warn!(
-                    "no token: bucket {} mounted read-only (writes fail with EROFS; pass a token that may write with --token-file or HF_TOKEN)",
-                    uri.id()
-                );
-            } else {
-                tracing::warn!(
-                    "the token can read but not write bucket {}: mounted read-only (writes fail with EROFS)",
-                    uri.id()
-                );
-            }
-        }
-        let cas: Arc<dyn Cas> = opened.cas;
-        (opened.catalog, cas, staging_dir, store_arg, Box::new(lock))
-    } else {
-        let store = rt.block_on(LocalStore::open(&args.store, ctx))?;
-        let staging_dir = args
-            .staging_dir
-            .clone()
-            .unwrap_or_else(|| store.default_staging_dir());
-        let catalog: Arc<dyn Catalog> = store.catalog.clone();
-        let cas: Arc<dyn Cas> = store.cas.clone();
-        let source = store.root().display().to_string();
-        (catalog, cas, staging_dir, source, Box::new(store))
-    };
-    let config = VfsConfig {
-        read_only,
-        flush_debounce: Duration::from_millis(args.flush_debounce_ms),
-        flush_max_batch_window: Duration::from_millis(args.flush_max_batch_window_ms),
-        read_timeout: Duration::from_millis(args.read_timeout_ms.max(1)),
-        write_timeout: Duration::from_millis(args.write_timeout_ms.max(1)),
-        cache_capacity: args.cache_mib << 20,
-        cache_block: args.read_block_kib << 10,
-        paranoid: args.paranoid,
-        max_staging_size: args.max_staging_size,
-        // Only this process writes a local store (it is locked); a remote bucket is shared.
-        poll_interval: if remote {
-            Duration::from_secs(args.poll_interval_secs)
-        } else {
-            Duration::ZERO
-        },
-        ..VfsConfig::new(staging_dir)
-    };
-    let vfs = rt.block_on(Vfs::new(catalog, cas, config))?;
+    let opened = rt.block_on(xetmount::remote::open::open(ctx, &args.open_options()))?;
+    let config = args.vfs_config(opened.staging_dir, opened.read_only, opened.shared);
+    let vfs = rt.block_on(Vfs::new(opened.catalog, opened.cas, config))?;
     if args.read_only {
         tracing::info!("read-only because of --read-only: writes fail with EROFS");
     }
     Ok(Served {
         rt,
-        source,
-        read_only,
-        _hold: hold,
+        source: opened.source,
+        read_only: opened.read_only,
+        _hold: opened.hold,
         vfs,
         shutdown_timeout: Duration::from_millis(args.flush_shutdown_timeout_ms),
-    })
-}
-
-/// A bucket opened for the VFS: its catalog and CAS, the staging directory, what to call it,
-/// and what keeps it locked.
-type Opened = (
-    Arc<dyn Catalog>,
-    Arc<dyn Cas>,
-    PathBuf,
-    String,
-    Box<dyn std::any::Any>,
-);
-
-/// `~/.cache/xetmount/<ns>/<name>` (or under `$XDG_CACHE_HOME`).
-fn default_cache_dir(uri: &BucketUri) -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    base.join("xetmount").join(&uri.namespace).join(&uri.name)
-}
-
-/// One sentence for a remote bucket that could not be opened.
-fn remote_open_error(
-    e: &RemoteError,
-    uri: &BucketUri,
-    endpoint: &str,
-    anonymous: bool,
-) -> UserError {
-    UserError(match e {
-        RemoteError::Unauthenticated(_) if anonymous => format!(
-            "bucket {} on {endpoint} needs a token (it is private, or does not exist); pass one with --token-file or HF_TOKEN",
-            uri.id()
-        ),
-        RemoteError::NotFound(_) => format!(
-            "bucket {} does not exist on {endpoint} (or your token cannot see it); create it with `hf buckets create {}`",
-            uri.id(),
-            uri.id()
-        ),
-        RemoteError::Unauthenticated(_) => format!(
-            "{endpoint} refused the token for bucket {}; pass a valid one with --token-file or HF_TOKEN",
-            uri.id()
-        ),
-        RemoteError::PermissionDenied(_) => format!(
-            "the token may not read bucket {} on {endpoint}; pass one with read access with --token-file or HF_TOKEN",
-            uri.id()
-        ),
-        RemoteError::Other(m) if m.contains("error sending request") || m.contains("connect") => {
-            format!("cannot reach {endpoint}: {m}; check --endpoint / HF_ENDPOINT and the network")
-        }
-        e => format!("cannot open bucket {} on {endpoint}: {e}", uri.id()),
     })
 }
 

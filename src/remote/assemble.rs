@@ -445,7 +445,7 @@ impl PieceSink for Assembler<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vfs::tests::random;
+    use crate::remote::testing::random;
     use xet_data::deduplication::Chunker;
 
     fn chunks(seed: u64, len: usize) -> Vec<Chunk> {

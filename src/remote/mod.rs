@@ -9,7 +9,10 @@ pub mod defrag;
 pub mod http;
 pub mod local;
 pub mod names;
+pub mod open;
 pub mod rechunk;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod window_compose;
 pub mod wire;
 pub mod xet;

@@ -7,6 +7,18 @@ pub const MAX_PATH: usize = 4096;
 /// Longest path segment (one file or directory name), in bytes.
 pub const MAX_SEGMENT: usize = 255;
 
+/// Whether `s` is a valid namespace or bucket name (the Hub's repository-name rules): what
+/// `xetmount serve` accepts and a bucket URI may name.
+pub fn valid_bucket_name(s: &str) -> bool {
+    (1..=96).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !s.starts_with(['-', '.'])
+        && !s.ends_with(['-', '.'])
+        && !s.contains("--")
+        && !s.contains("..")
+}
+
 /// Why a path cannot be a bucket path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadPath {
@@ -86,6 +98,25 @@ fn check(p: &str, posix: bool) -> Result<(), BadPath> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_follow_the_hub_rules() {
+        for ok in ["a", "my-bucket", "x_1.2", "A9"] {
+            assert!(valid_bucket_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a.",
+            "a--b",
+            "a..b",
+            "a/b",
+            "a b",
+            &"x".repeat(97),
+        ] {
+            assert!(!valid_bucket_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn paths_are_refused_never_rewritten() {

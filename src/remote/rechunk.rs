@@ -346,7 +346,7 @@ pub fn near_ranges(size: u64, edits: &[ComposeEdit]) -> Vec<Range<u64>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::vfs::tests::random;
+    use crate::remote::testing::random;
 
     #[test]
     fn neighbourhoods_of_the_edits_are_merged_clipped_and_bounded() {

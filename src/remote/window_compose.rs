@@ -1158,7 +1158,7 @@ async fn check_stored(
 mod tests {
     use super::*;
     use crate::remote::rechunk::tests::apply;
-    use crate::vfs::tests::random;
+    use crate::remote::testing::random;
     use xet_client::cas_client::chunk_window_builder::build_file_chunk_hashes_response;
     use xet_core_structures::merklehash::file_hash;
     use xet_core_structures::metadata_shard::file_structs::MDBFileInfo;

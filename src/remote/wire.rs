@@ -5,6 +5,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Seconds since the epoch: the unit of token expiries (`exp`) on the wire, which the server
+/// issues and the client checks.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Percent-encode `s` for a URL: everything but unreserved characters, and `/` too unless
 /// `keep_slash` (a query value keeps it; a bucket path sent as one path segment does not).
 pub fn percent_encode(s: &str, keep_slash: bool) -> String {

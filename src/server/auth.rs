@@ -13,7 +13,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -52,11 +52,8 @@ impl Caller {
     }
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+/// The server issues CAS token expiries by the clock the client checks them with.
+pub use crate::remote::wire::now_secs;
 
 /// Why a token file could not be used: one sentence for the user.
 #[derive(Debug, thiserror::Error)]

@@ -61,17 +61,6 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Whether `s` is a valid namespace or bucket name (the Hub's repository-name rules).
-pub fn valid_name(s: &str) -> bool {
-    (1..=96).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !s.starts_with(['-', '.'])
-        && !s.ends_with(['-', '.'])
-        && !s.contains("--")
-        && !s.contains("..")
-}
-
 impl Buckets {
     pub fn open(root: &Path) -> RemoteResult<Self> {
         std::fs::create_dir_all(root.join("buckets"))?;
@@ -318,25 +307,6 @@ impl Buckets {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_follow_the_hub_rules() {
-        for ok in ["a", "my-bucket", "x_1.2", "A9"] {
-            assert!(valid_name(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "-a",
-            "a.",
-            "a--b",
-            "a..b",
-            "a/b",
-            "a b",
-            &"x".repeat(97),
-        ] {
-            assert!(!valid_name(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn the_registry_survives_a_reopen() {

@@ -16,8 +16,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{Caller, Scope};
-use super::buckets::{now_ms, valid_name, BucketInfo};
+use super::buckets::{now_ms, BucketInfo};
 use super::Server;
+use crate::remote::names::valid_bucket_name;
 use crate::remote::{Catalog, CatalogOp, Entry, EntryKind, FileId, Meta};
 
 pub use super::scope::EMPTY_HASH;
@@ -238,7 +239,7 @@ pub async fn create(
         Err(r) => return r,
     };
     let ns = if ns == "me" { caller.user.clone() } else { ns };
-    if !valid_name(&ns) || !valid_name(&name) {
+    if !valid_bucket_name(&ns) || !valid_bucket_name(&name) {
         return error(
             StatusCode::BAD_REQUEST,
             None,
@@ -431,7 +432,7 @@ pub async fn move_repo(State(s): S, headers: HeaderMap, body: Bytes) -> Response
     }
     let valid = |id: &str| {
         id.split_once('/')
-            .is_some_and(|(a, b)| valid_name(a) && valid_name(b))
+            .is_some_and(|(a, b)| valid_bucket_name(a) && valid_bucket_name(b))
     };
     if !valid(to) {
         return error(

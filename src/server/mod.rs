@@ -225,3 +225,33 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::local::durable::tests::{assert_cleaned, plant};
+    use crate::remote::local::xet_config;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_startup_removes_what_a_crash_left() {
+        let d = tempfile::tempdir().unwrap();
+        let open = || {
+            Server::open(
+                d.path(),
+                XetContext::from_external(tokio::runtime::Handle::current(), xet_config()),
+                ServeOptions {
+                    token_file: None,
+                    user: "u".into(),
+                    public_url: "http://127.0.0.1:1".into(),
+                    cas_token_ttl_secs: 60,
+                    hub_rate_limit: 0,
+                    hub_only: false,
+                },
+            )
+        };
+        drop(open().await.unwrap());
+        plant(&d.path().join("cas"));
+        let _server = open().await.unwrap();
+        assert_cleaned(&d.path().join("cas"));
+    }
+}

@@ -47,18 +47,7 @@ pub(crate) async fn mount_with(
     Mounted { vfs, _store: store }
 }
 
-/// Incompressible bytes, so that big files really span several xorbs and segments.
-pub(crate) fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub(crate) use crate::remote::testing::random;
 
 /// Drain, drop and reopen: what the next mount sees.
 pub(crate) async fn remount(m: Mounted, dir: &Path) -> Mounted {

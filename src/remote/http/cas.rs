@@ -177,7 +177,7 @@ struct RemoteChunks {
 
 impl RemoteChunks {
     async fn token(&self) -> RemoteResult<String> {
-        let now = crate::server::auth::now_secs();
+        let now = crate::remote::wire::now_secs();
         if let Some((t, exp)) = self.token.lock().clone() {
             if exp > now + TOKEN_AHEAD_SECS {
                 return Ok(t);

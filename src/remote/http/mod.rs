@@ -37,7 +37,7 @@ impl BucketUri {
         let ns = parts.next().unwrap_or("");
         let name = parts.next().unwrap_or("");
         let prefix = parts.next().unwrap_or("");
-        let ok = |x: &str| crate::server::buckets::valid_name(x);
+        let ok = |x: &str| super::names::valid_bucket_name(x);
         if !ok(ns) || !ok(name) {
             return Err(format!(
                 "{s} does not name a bucket (NAMESPACE/NAME); {usage}"

@@ -24,7 +24,7 @@ use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::xorb_object::deserialize_chunks;
 
 use super::plan::{suffix_len, Lru, Plan, Tail, XorbIndex};
-use crate::server::auth::now_secs;
+use crate::remote::wire::now_secs;
 
 /// Memory for cached plans and for cached xorb indexes (each).
 const PLAN_BUDGET: u64 = 16 << 20;

@@ -145,7 +145,7 @@ pub(super) mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    use crate::vfs::tests::random;
+    use crate::remote::testing::random;
 
     pub(in crate::remote::local) async fn store_with(dir: &Path, data: &[u8]) -> (XetCas, FileId) {
         let ctx = XetContext::from_external(tokio::runtime::Handle::current(), xet_config());

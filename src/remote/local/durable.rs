@@ -235,7 +235,7 @@ fn remove_matching(dir: &Path, pick: impl Fn(&str, bool) -> bool) -> std::io::Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::remote::local::{xet_config, LocalStore};
     use crate::remote::{Cas, UploadItem};
@@ -252,7 +252,7 @@ mod tests {
     ];
     const KEPT: &str = "xet/xorbs/xorbs/.xorbs.keep.tmp";
 
-    fn plant(cas: &Path) {
+    pub(crate) fn plant(cas: &Path) {
         for p in CRASH_LEFT.iter().chain([&KEPT]) {
             let p = cas.join(p);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -260,7 +260,7 @@ mod tests {
         }
     }
 
-    fn assert_cleaned(cas: &Path) {
+    pub(crate) fn assert_cleaned(cas: &Path) {
         for p in CRASH_LEFT {
             assert!(!cas.join(p).exists(), "{p} is still there");
         }
@@ -327,29 +327,6 @@ mod tests {
             .await
             .unwrap();
         assert!(back[..] == data[..], "the stored file reads back different");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn serve_startup_removes_what_a_crash_left() {
-        let d = tempfile::tempdir().unwrap();
-        let open = || {
-            crate::server::Server::open(
-                d.path(),
-                XetContext::from_external(tokio::runtime::Handle::current(), xet_config()),
-                crate::server::ServeOptions {
-                    token_file: None,
-                    user: "u".into(),
-                    public_url: "http://127.0.0.1:1".into(),
-                    cas_token_ttl_secs: 60,
-                    hub_rate_limit: 0,
-                    hub_only: false,
-                },
-            )
-        };
-        drop(open().await.unwrap());
-        plant(&d.path().join("cas"));
-        let _server = open().await.unwrap();
-        assert_cleaned(&d.path().join("cas"));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 mod cas;
 mod catalog;
 mod compose;
-mod durable;
+pub(crate) mod durable;
 mod reader;
 
 use std::fs::{File, OpenOptions};

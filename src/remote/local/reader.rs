@@ -469,8 +469,8 @@ impl ChunkReader {
 #[cfg(test)]
 mod tests {
     use super::super::compose::tests::store_with;
+    use crate::remote::testing::random;
     use crate::remote::{Cas, RemoteError};
-    use crate::vfs::tests::random;
 
     /// Text-like bytes: chunks of it are stored LZ4-compressed.
     fn compressible(len: usize, seed: u64) -> Vec<u8> {

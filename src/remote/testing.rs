@@ -1,0 +1,14 @@
+//! Helpers for the tests of `remote` and of the layers above it.
+
+/// Incompressible bytes, so that big files really span several xorbs and segments.
+pub(crate) fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
