@@ -508,11 +508,15 @@ impl Catalog for MemCatalog {
         if since > revision {
             return Ok(Some(Changes::Reset { revision }));
         }
-        let dirs: BTreeSet<&String> = s
-            .changed
-            .range(since + 1..=revision)
-            .flat_map(|(_, d)| d)
-            .collect();
+        // `range` panics on an empty range: `since == revision` changed nothing.
+        let dirs: BTreeSet<&String> = match since < revision {
+            true => s
+                .changed
+                .range(since + 1..=revision)
+                .flat_map(|(_, d)| d)
+                .collect(),
+            false => BTreeSet::new(),
+        };
         Ok(Some(Changes::Dirs {
             revision,
             dirs: dirs.into_iter().cloned().collect(),
