@@ -177,6 +177,8 @@ macro_rules! contract {
 contract!(mem, Kind::Mem);
 contract!(mem_plain, Kind::MemPlain);
 contract!(local, Kind::Local);
+contract!(http, Kind::Http);
+contract!(plain, Kind::Plain);
 
 // ---------------------------------------------------------------------------------------
 // Helpers.
