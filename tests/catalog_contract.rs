@@ -160,6 +160,8 @@ macro_rules! contract {
                 delete_removes_a_subtree_and_nothing_beside_it,
                 revisions_increase_and_changes_name_the_directories,
                 hard_links_share_a_body_or_are_refused,
+                metadata_changes_keep_the_body,
+                special_files_are_kept_or_refused,
                 reads_of_every_range,
                 composed_bodies_read_back_exactly);
         }
@@ -446,6 +448,36 @@ async fn tree_pages_run_in_path_order(r: Remote) {
             assert_eq!(e, &head, "a tree entry holds what head gives");
         }
     }
+    // The whole tree, from the root, holds what lies beside `t` too.
+    let mut all: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = r
+            .catalog
+            .list_tree("", cursor.as_deref())
+            .await
+            .unwrap()
+            .unwrap();
+        all.extend(page.entries.into_iter().map(|e| e.path));
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert!(all.windows(2).all(|w| w[0] < w[1]));
+    for p in ["s/t", "t0", "t/x0", "t/n/02099"] {
+        assert!(all.iter().any(|a| a == p), "{p} in the root's tree");
+    }
+    assert!(
+        !all.iter().any(|a| a.is_empty()),
+        "the root is not below itself"
+    );
+    let none = r.catalog.list_tree("no-such-dir", None).await.unwrap();
+    assert_eq!(
+        none,
+        Some(Default::default()),
+        "a missing directory has nothing below it"
+    );
     let sub = r.catalog.list_tree("t/x", None).await.unwrap().unwrap();
     assert_eq!(sub.next, None);
     let sub: Vec<&str> = sub.entries.iter().map(|e| e.path.as_str()).collect();
@@ -867,5 +899,69 @@ async fn composed_bodies_read_back_exactly(r: Remote) {
             xet_id(&want),
             "a composition is named as an upload of its bytes"
         );
+    }
+}
+
+async fn metadata_changes_keep_the_body(r: Remote) {
+    let a = r.upload(&bytes_of(1200, 18)).await;
+    r.commit(vec![put("m/f", Some(&a))]).await;
+    let changed = Meta {
+        mode: 0o600,
+        uid: 11,
+        gid: 12,
+        atime_ns: MTIME_NS + 1_000_000_000,
+        mtime_ns: MTIME_NS + 2_000_000_000,
+        ctime_ns: MTIME_NS + 3_000_000_000,
+    };
+    r.commit(vec![CatalogOp::SetMeta {
+        path: "m/f".into(),
+        meta: changed,
+    }])
+    .await;
+    let f = r.head("m/f").await.unwrap();
+    assert_eq!(f.content.as_ref(), Some(&a), "the body stays");
+    assert_eq!(f.meta, r.shown(EntryKind::File, changed));
+}
+
+async fn special_files_are_kept_or_refused(r: Remote) {
+    let a = r.upload(&bytes_of(900, 19)).await;
+    let special = |path: &str, kind| Entry {
+        path: path.into(),
+        kind,
+        content: None,
+        target: None,
+        meta: meta(0o600),
+        link: None,
+    };
+    let res = r
+        .catalog
+        .commit(vec![
+            put("sp/plain", Some(&a)),
+            CatalogOp::Put(special("sp/fifo", EntryKind::Fifo)),
+            CatalogOp::Put(special("sp/tty", EntryKind::CharDevice(0x0501))),
+            CatalogOp::Put(special("sp/disk", EntryKind::BlockDevice(0x0803))),
+            CatalogOp::Put(special("sp/sock", EntryKind::Socket)),
+        ])
+        .await;
+    if !r.caps.special_files {
+        assert!(
+            res.is_err(),
+            "special files where none are kept must be refused"
+        );
+        assert!(
+            r.head("sp/plain").await.is_none(),
+            "a refused batch applies nothing"
+        );
+        return;
+    }
+    res.unwrap();
+    for (p, kind) in [
+        ("sp/fifo", EntryKind::Fifo),
+        ("sp/tty", EntryKind::CharDevice(0x0501)),
+        ("sp/disk", EntryKind::BlockDevice(0x0803)),
+        ("sp/sock", EntryKind::Socket),
+    ] {
+        let e = r.head(p).await.unwrap();
+        assert_eq!((e.kind, e.meta), (kind, meta(0o600)), "{p}");
     }
 }
