@@ -147,39 +147,50 @@ where
     rt.block_on(async { f(open(kind).await).await });
 }
 
-/// Every contract test, instantiated for one remote.
+/// Every contract test, instantiated for one remote; `ignore: [test = "why"]` marks the
+/// tests that remote is known to fail (each a finding to fix in that remote).
 macro_rules! contract {
-    ($name:ident, $kind:expr) => {
+    ($name:ident, $kind:expr $(, ignore: [$($ig:ident = $why:literal),* $(,)?])?) => {
+        contract!(@with ($) $name, $kind, [$($($ig = $why),*)?]);
+    };
+    (@with ($d:tt) $name:ident, $kind:expr, [$($ig:ident = $why:literal),*]) => {
         mod $name {
             use super::*;
-            contract!(@tests $kind;
-                put_head_and_list,
-                tree_pages_run_in_path_order,
-                a_failed_expectation_applies_nothing_and_names_every_conflict,
-                rename_moves_a_subtree,
-                delete_removes_a_subtree_and_nothing_beside_it,
-                revisions_increase_and_changes_name_the_directories,
-                hard_links_share_a_body_or_are_refused,
-                metadata_changes_keep_the_body,
-                special_files_are_kept_or_refused,
-                reads_of_every_range,
-                composed_bodies_read_back_exactly);
-        }
-    };
-    (@tests $kind:expr; $($t:ident),*) => {
-        $(
-            #[test]
-            fn $t() {
-                run($kind, super::$t)
+            macro_rules! one {
+                $( ($ig) => {
+                    #[test]
+                    #[ignore = $why]
+                    fn $ig() {
+                        run($kind, super::$ig)
+                    }
+                }; )*
+                ($d t:ident) => {
+                    #[test]
+                    fn $d t() {
+                        run($kind, super::$d t)
+                    }
+                };
             }
-        )*
+            one!(put_head_and_list);
+            one!(tree_pages_run_in_path_order);
+            one!(a_failed_expectation_applies_nothing_and_names_every_conflict);
+            one!(rename_moves_a_subtree);
+            one!(delete_removes_a_subtree_and_nothing_beside_it);
+            one!(revisions_increase_and_changes_name_the_directories);
+            one!(hard_links_share_a_body_or_are_refused);
+            one!(a_put_ignores_the_link_its_entry_names);
+            one!(metadata_changes_keep_the_body);
+            one!(special_files_are_kept_or_refused);
+            one!(reads_of_every_range);
+            one!(composed_bodies_read_back_exactly);
+        }
     };
 }
 
 contract!(mem, Kind::Mem);
 contract!(mem_plain, Kind::MemPlain);
-contract!(local, Kind::Local);
-contract!(http, Kind::Http);
+contract!(local, Kind::Local, ignore: [a_put_ignores_the_link_its_entry_names = "SqliteCatalog stores the entry.link of a Put at a path outside any group, so the path joins the group its entry names (remote/local/catalog.rs put_row; served as is behind HttpCatalog)"]);
+contract!(http, Kind::Http, ignore: [a_put_ignores_the_link_its_entry_names = "SqliteCatalog stores the entry.link of a Put at a path outside any group, so the path joins the group its entry names (remote/local/catalog.rs put_row; served as is behind HttpCatalog)"]);
 contract!(plain, Kind::Plain);
 
 // ---------------------------------------------------------------------------------------
@@ -964,4 +975,40 @@ async fn special_files_are_kept_or_refused(r: Remote) {
         let e = r.head(p).await.unwrap();
         assert_eq!((e.kind, e.meta), (kind, meta(0o600)), "{p}");
     }
+}
+
+/// `CatalogOp::Put`: "the path keeps its hard-link group (`entry.link` is ignored)".
+async fn a_put_ignores_the_link_its_entry_names(r: Remote) {
+    if !r.caps.hard_links {
+        return; // no groups to join: covered by hard_links_share_a_body_or_are_refused
+    }
+    let a = r.upload(&bytes_of(2700, 20)).await;
+    let b = r.upload(&bytes_of(2800, 21)).await;
+    r.commit(vec![
+        put("pl/a", Some(&a)),
+        CatalogOp::Link {
+            from: "pl/a".into(),
+            to: "pl/b".into(),
+        },
+    ])
+    .await;
+    let group = r.head("pl/a").await.unwrap().link.expect("a link group");
+    let foreign = Entry {
+        link: Some(group),
+        ..file("pl/fresh", Some(&b))
+    };
+    r.commit(vec![CatalogOp::Put(foreign)]).await;
+    assert_eq!(r.head("pl/fresh").await.unwrap().link, None);
+    assert_eq!(
+        r.catalog.link_paths(group).await.unwrap(),
+        strings(&["pl/a", "pl/b"])
+    );
+    // A put at a name of the group keeps it in the group, whatever its entry says.
+    let unlinked = Entry {
+        link: None,
+        ..file("pl/b", Some(&b))
+    };
+    r.commit(vec![CatalogOp::Put(unlinked)]).await;
+    assert_eq!(r.head("pl/b").await.unwrap().link, Some(group));
+    assert!(r.holds("pl/a", Some(&b)).await);
 }
