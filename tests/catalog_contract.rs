@@ -183,6 +183,8 @@ macro_rules! contract {
             one!(special_files_are_kept_or_refused);
             one!(reads_of_every_range);
             one!(composed_bodies_read_back_exactly);
+            one!(names_are_held_exactly_where_check_path_allows);
+            one!(a_name_check_path_refuses_is_not_found);
         }
     };
 }
@@ -191,7 +193,7 @@ contract!(mem, Kind::Mem);
 contract!(mem_plain, Kind::MemPlain);
 contract!(local, Kind::Local, ignore: [a_put_ignores_the_link_its_entry_names = "SqliteCatalog stores the entry.link of a Put at a path outside any group, so the path joins the group its entry names (remote/local/catalog.rs put_row; served as is behind HttpCatalog)"]);
 contract!(http, Kind::Http, ignore: [a_put_ignores_the_link_its_entry_names = "SqliteCatalog stores the entry.link of a Put at a path outside any group, so the path joins the group its entry names (remote/local/catalog.rs put_row; served as is behind HttpCatalog)"]);
-contract!(plain, Kind::Plain);
+contract!(plain, Kind::Plain, ignore: [a_name_check_path_refuses_is_not_found = "PlainCatalog::head of a name names::check_path refuses fails with HTTP 400 from the tree listing (remote/http/plain.rs head) where the reference answers Ok(None)"]);
 
 // ---------------------------------------------------------------------------------------
 // Helpers.
@@ -1011,4 +1013,51 @@ async fn a_put_ignores_the_link_its_entry_names(r: Remote) {
     r.commit(vec![CatalogOp::Put(unlinked)]).await;
     assert_eq!(r.head("pl/b").await.unwrap().link, Some(group));
     assert!(r.holds("pl/a", Some(&b)).await);
+}
+
+/// `Catalog::check_path` says which names the catalog can hold: each it allows is stored and
+/// found again under exactly that name; each it refuses fails the commit naming it.
+async fn names_are_held_exactly_where_check_path_allows(r: Remote) {
+    let a = r.upload(&bytes_of(800, 22)).await;
+    let names = [
+        "nm/sp ace",
+        "nm/ünïcødé",
+        "nm/ctl\u{1}name",
+        "nm/tab\tname",
+        "nm/q?#%&=+",
+        "nm/back\\slash",
+    ];
+    for name in names {
+        let allowed = r.catalog.check_path(name).is_ok();
+        let res = r.catalog.commit(vec![put(name, Some(&a))]).await;
+        if allowed {
+            res.unwrap_or_else(|e| panic!("{name:?} is allowed but refused: {e}"));
+            assert!(r.holds(name, Some(&a)).await, "{name:?}");
+            assert!(
+                r.names("nm").await.iter().any(|n| n == name),
+                "{name:?} listed"
+            );
+        } else {
+            assert!(
+                res.is_err(),
+                "{name:?} is refused by check_path but committed"
+            );
+            let head = r.catalog.head(name).await;
+            assert!(!matches!(head, Ok(Some(_))), "{name:?}: {head:?}");
+        }
+    }
+}
+
+/// Looking up a name the catalog cannot hold finds nothing (a lookup is no error: the VFS
+/// answers ENOENT, not EIO).
+async fn a_name_check_path_refuses_is_not_found(r: Remote) {
+    for name in ["nm/ctl\u{1}name", "nm/a\u{7f}b"] {
+        if r.catalog.check_path(name).is_err() {
+            assert_eq!(r.catalog.head(name).await.unwrap(), None, "{name:?}");
+            assert!(
+                r.catalog.list_dir(name).await.unwrap().is_empty(),
+                "{name:?}"
+            );
+        }
+    }
 }
