@@ -8,6 +8,7 @@ pub mod compose;
 pub mod defrag;
 pub mod http;
 pub mod local;
+pub mod mem;
 pub mod names;
 pub mod open;
 pub mod rechunk;
