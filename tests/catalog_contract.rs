@@ -193,7 +193,7 @@ contract!(mem, Kind::Mem);
 contract!(mem_plain, Kind::MemPlain);
 contract!(local, Kind::Local, ignore: [a_put_ignores_the_link_its_entry_names = "SqliteCatalog stores the entry.link of a Put at a path outside any group, so the path joins the group its entry names (remote/local/catalog.rs put_row; served as is behind HttpCatalog)"]);
 contract!(http, Kind::Http, ignore: [a_put_ignores_the_link_its_entry_names = "SqliteCatalog stores the entry.link of a Put at a path outside any group, so the path joins the group its entry names (remote/local/catalog.rs put_row; served as is behind HttpCatalog)"]);
-contract!(plain, Kind::Plain, ignore: [a_name_check_path_refuses_is_not_found = "PlainCatalog::head of a name names::check_path refuses fails with HTTP 400 from the tree listing (remote/http/plain.rs head) where the reference answers Ok(None)"]);
+contract!(plain, Kind::Plain);
 
 // ---------------------------------------------------------------------------------------
 // Helpers.

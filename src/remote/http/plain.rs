@@ -508,6 +508,10 @@ impl Catalog for PlainCatalog {
     }
 
     async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>> {
+        // A name the bucket cannot hold holds nothing (the tree route would answer 400).
+        if !dir.is_empty() && self.check_path(dir).is_err() {
+            return Ok(Vec::new());
+        }
         let full_dir = self.prefix.full(dir);
         let parent_of = |p: &str| p.rfind('/').map_or("", |i| &p[..i]).to_string();
         let mut out = Vec::new();
@@ -586,6 +590,10 @@ impl Catalog for PlainCatalog {
                 String::new(),
                 self.meta(EntryKind::Dir, ms),
             )));
+        }
+        // A name the bucket cannot hold is not there: a lookup of it is ENOENT, not EIO.
+        if self.check_path(path).is_err() {
+            return Ok(None);
         }
         if !path.is_empty() {
             if let Some(s) = self
