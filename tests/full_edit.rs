@@ -118,3 +118,39 @@ fn a_large_edit_sends_its_full_xorbs_first_and_the_last_with_the_commit() {
     m.stop();
     server.stop();
 }
+
+#[test]
+fn edits_past_the_carry_budget_go_to_the_cas_at_once_and_all_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (server, url) = served_file(d, 1 << 20);
+    let m = mount_served(&url, d, "m", &[]);
+    sh(
+        d,
+        "mkdir -p want m/many && for i in $(seq 1 24); do head -c 4194304 /dev/urandom > want/f$i; done \
+         && cp want/* m/many/",
+    );
+    m.stop();
+
+    // 1 MiB of new bytes in each of 24 files, committed together: more than the 16 MiB a
+    // mount keeps for its commits, so some compositions store their xorb and shard at once.
+    let m = mount_served(&url, d, "m", &["--flush-debounce-ms", "3000"]);
+    let before = serve_metrics(&url);
+    sh(
+        d,
+        "for i in $(seq 1 24); do head -c 1048576 /dev/urandom > p \
+           && dd if=p of=m/many/f$i bs=1M seek=1 conv=notrunc status=none \
+           && dd if=p of=want/f$i bs=1M seek=1 conv=notrunc status=none; done",
+    );
+    // The unmount commits them all.
+    m.stop();
+    let after = serve_metrics(&url);
+    let delta = |r: &str| count(&after, r) - count(&before, r);
+    assert!(delta("POST /v2/shards") > 0, "{after:?}");
+    assert!(delta("POST /v2/shards") < 24, "{after:?}");
+
+    let m = mount_served(&url, d, "m", &[]);
+    sh(d, "for i in $(seq 1 24); do cmp m/many/f$i want/f$i; done");
+    m.stop();
+    server.stop();
+}

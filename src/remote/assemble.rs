@@ -261,10 +261,6 @@ pub trait ShardWithXorbs: Send + Sync {
     ) -> RemoteResult<bool>;
 }
 
-/// A xorb and shard sent together larger than this go one by one instead (a request body of
-/// that size is worth no round trip saved, and the server bounds bodies).
-const BUNDLE_MAX_BYTES: usize = 32 << 20;
-
 /// A [`Packer`] that uploads each xorb as it fills, one at a time in the background while
 /// re-chunking goes on, and at the end the shard that makes the file reconstructible
 /// (after every xorb it names is stored). Given a [`ShardWithXorbs`], the last xorb goes with
@@ -393,7 +389,7 @@ impl<'a> Assembler<'a> {
         let shard = Bytes::from(self.shard.to_bytes().map_err(other)?);
         if let Some(x) = held {
             let bundled = match &self.bundle {
-                Some(b) if x.serialized_data.len() + shard.len() <= BUNDLE_MAX_BYTES => {
+                Some(b) => {
                     b.upload(
                         &self.settings.prefix,
                         std::slice::from_ref(&x),
@@ -401,7 +397,7 @@ impl<'a> Assembler<'a> {
                     )
                     .await?
                 }
-                _ => false,
+                None => false,
             };
             if bundled {
                 self.sent += x.serialized_data.len() as u64;

@@ -7,6 +7,9 @@
 //! is cut), then the bytes as they are. Serialized JSON never holds a raw newline, so the
 //! first `\n` ends the head.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -88,6 +91,35 @@ pub struct UploadHead {
 pub struct Carried {
     pub head: UploadHead,
     pub bytes: Bytes,
+    /// Its share of the holder's memory budget, given back when the last copy is dropped.
+    pub reserved: Option<Arc<Reserved>>,
+}
+
+/// Bytes taken from a shared budget (a count of bytes in use) while this lives.
+#[derive(Debug)]
+pub struct Reserved {
+    pool: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Reserved {
+    /// `bytes` more from `pool`, if that keeps it within `limit`.
+    pub fn take(pool: &Arc<AtomicU64>, bytes: u64, limit: u64) -> Option<Self> {
+        pool.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+            used.checked_add(bytes).filter(|&n| n <= limit)
+        })
+        .ok()
+        .map(|_| Reserved {
+            pool: pool.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
 }
 
 impl Carried {
@@ -111,6 +143,7 @@ impl Carried {
         Carried {
             head,
             bytes: Bytes::from(bytes),
+            reserved: None,
         }
     }
 }
@@ -220,6 +253,20 @@ mod tests {
         let mut more = c.bytes.to_vec();
         more.push(0);
         assert!(c.head.cut(Bytes::from(more)).is_err());
+    }
+
+    #[test]
+    fn reservations_stay_within_the_limit_and_are_given_back_on_drop() {
+        let pool = Arc::new(AtomicU64::new(0));
+        let a = Reserved::take(&pool, 6, 10).unwrap();
+        assert!(Reserved::take(&pool, 5, 10).is_none());
+        let b = Reserved::take(&pool, 4, 10).unwrap();
+        assert_eq!(pool.load(Ordering::SeqCst), 10);
+        drop(a);
+        assert_eq!(pool.load(Ordering::SeqCst), 4);
+        drop(b);
+        assert_eq!(pool.load(Ordering::SeqCst), 0);
+        assert!(Reserved::take(&pool, 11, 10).is_none());
     }
 
     #[test]

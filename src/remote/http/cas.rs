@@ -348,10 +348,19 @@ impl ChunkMap for RemoteChunks {
     }
 }
 
+/// Bytes of compositions waiting in memory for their commits, all files of the mount
+/// together. Within it a small edit's xorb and shard go with its commit; past it they go to
+/// the CAS at once. It bounds both the memory they hold and a commit's body (a batch may
+/// compose a thousand files; `serve` takes bodies up to 80 MiB).
+const CARRY_BUDGET: u64 = 16 << 20;
+
 /// Keeps a composition's last xorb and its shard for the commit to carry (see
-/// [`crate::remote::Catalog::commit_carrying`]) instead of sending them.
-#[derive(Default)]
-struct Holder(Mutex<Option<cas_wire::Carried>>);
+/// [`crate::remote::Catalog::commit_carrying`]) instead of sending them, within the mount's
+/// [`CARRY_BUDGET`].
+struct Holder {
+    held: Mutex<Option<cas_wire::Carried>>,
+    budget: Arc<std::sync::atomic::AtomicU64>,
+}
 
 #[async_trait]
 impl ShardWithXorbs for Holder {
@@ -361,7 +370,17 @@ impl ShardWithXorbs for Holder {
         xorbs: &[SerializedXorbObject],
         shard: Bytes,
     ) -> RemoteResult<bool> {
-        *self.0.lock() = Some(cas_wire::Carried::new(prefix, xorbs, &shard));
+        let len = xorbs
+            .iter()
+            .map(|x| x.serialized_data.len() as u64)
+            .sum::<u64>()
+            + shard.len() as u64;
+        let Some(r) = cas_wire::Reserved::take(&self.budget, len, CARRY_BUDGET) else {
+            return Ok(false);
+        };
+        let mut c = cas_wire::Carried::new(prefix, xorbs, &shard);
+        c.reserved = Some(Arc::new(r));
+        *self.held.lock() = Some(c);
         Ok(true)
     }
 }
@@ -429,6 +448,8 @@ pub struct HttpCas {
     /// Whether compositions leave their last xorb and shard to the commit (the catalog is
     /// `xetmount serve`'s own, which stores them with the commit).
     carry: std::sync::atomic::AtomicBool,
+    /// Bytes of compositions held for their commits (within [`CARRY_BUDGET`]).
+    carried_bytes: Arc<std::sync::atomic::AtomicU64>,
     xorbs: XorbSettings,
     staging: PathBuf,
 }
@@ -552,6 +573,7 @@ impl HttpCas {
             compose_client,
             chunks,
             carry: std::sync::atomic::AtomicBool::new(false),
+            carried_bytes: Arc::default(),
             xorbs,
             staging,
         })
@@ -661,7 +683,12 @@ impl Cas for HttpCas {
             let held = self
                 .carry
                 .load(std::sync::atomic::Ordering::Relaxed)
-                .then(|| Arc::new(Holder::default()));
+                .then(|| {
+                    Arc::new(Holder {
+                        held: Mutex::new(None),
+                        budget: self.carried_bytes.clone(),
+                    })
+                });
             let c = crate::remote::compose::compose_with(
                 &self.xorbs,
                 self.compose_client.clone(),
@@ -680,7 +707,7 @@ impl Cas for HttpCas {
                 dirty_chunk_bytes: c.dirty_chunk_bytes,
                 terms: c.terms,
                 whole_upload: false,
-                carried: held.and_then(|h| h.0.lock().take()),
+                carried: held.and_then(|h| h.held.lock().take()),
             });
         }
         // No chunk lists: compose by windows over the official route, unless the CAS lacks
