@@ -1,9 +1,9 @@
 //! NFSv3 frontend (nfsserve): a thin adapter from the protocol's stateless calls to the VFS.
-//! READ and WRITE borrow handles from the VFS's [`HandlePool`]; every decision (staging,
+//! READ and WRITE borrow VFS handles from a [`HandlePool`]; every decision (staging,
 //! flushing, durability) stays in `vfs`.
 //!
 //! Stability: nfsserve 0.11 answers every WRITE as `FILE_SYNC` and does not route COMMIT to
-//! the file system. The VFS makes that answer true: `pool_write` returns only once the bytes
+//! the file system. The VFS makes that answer true: `Vfs::write_stable` returns only once the bytes
 //! and the journal record are fsync'd in staging, from where a restart recovers and commits
 //! them (DESIGN.md §4); the commit to the store follows through the debounced flusher.
 
@@ -17,8 +17,8 @@ use nfsserve::nfs::{
 };
 use nfsserve::vfs::{DirEntry, NFSFileSystem, ReadDirResult, VFSCapabilities};
 
+use crate::frontend::handle_pool::HandlePool;
 use crate::remote::EntryKind;
-use crate::vfs::handle_pool::HandlePool;
 use crate::vfs::{Attr, Caller, Errno, Invalidation, SetAttr, TimeSet, Vfs, ROOT_INO};
 
 /// Inodes with a pooled handle at a time.
@@ -255,16 +255,16 @@ impl NFSFileSystem for NfsFs {
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
         let (data, eof) = self
-            .vfs
-            .pool_read(&self.pool, id, offset, count)
+            .pool
+            .read(&self.vfs, id, offset, count)
             .await
             .map_err(by_handle)?;
         Ok((data.to_vec(), eof))
     }
 
     async fn write(&self, id: fileid3, offset: u64, data: &[u8]) -> Result<fattr3, nfsstat3> {
-        self.vfs
-            .pool_write(&self.pool, id, offset, data.to_vec())
+        self.pool
+            .write(&self.vfs, id, offset, data.to_vec())
             .await
             .map_err(by_handle)?;
         self.getattr(id).await

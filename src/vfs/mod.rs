@@ -1,58 +1,73 @@
 //! POSIX semantics over a [`Catalog`] and a [`Cas`]. Frontends (FUSE, NFS) translate their
 //! protocol to these calls and never decide anything themselves.
 //!
+//! [`Vfs`] is a thin facade over parts that each hold their own state and locks:
+//!
+//! - [`namespace::Namespace`]: the inode table, the namespace log and the namespace lock;
+//!   listings (with the subtree prefetch) and every namespace change, local first.
+//! - [`write::WritePath`]: staging copies of files (`staging.rs`, `sparse.rs`, `ranges.rs`,
+//!   `journal.rs`), writes and hole filling, the staging budget (`write/gc.rs`).
+//! - [`read::ReadPath`]: reads of committed bodies through the read cache, with read-ahead.
+//! - [`flush::Flusher`]: commits staged files and namespace changes (debounced queue,
+//!   batches, conflicts, `fsync`, the commit at exit).
+//! - [`refresh::Refresher`]: follows other writers' changes into the namespace.
+//! - [`handles::Handles`]: the open-handle table.
+//!
+//! Start-up recovery (`recovery.rs`) drives the namespace, write path and flusher together.
+//!
 //! # Lock order
 //!
-//! Take locks only in this order, and never hold a std lock across an `.await`:
+//! Take locks only in this order, and never hold a std lock across an `.await` (each part
+//! says what its locks guard):
 //!
-//! 1. `Staged::flush_lock` (tokio, per inode): one flush of an inode at a time. Several are
-//!    taken in ascending inode order.
-//! 2. `commit_lock` (tokio): one catalog commit at a time, so pending namespace ops reach the
-//!    catalog in order. Held across the commit; never taken while holding `ns_lock`.
-//! 3. `ns_lock` (tokio): serialises namespace changes (table update + `nslog` append) and the
-//!    snapshot a commit takes of them with the file entries. Never held across store I/O.
-//! 4. `Staged` io lock (std, per inode): staging file I/O paired with its `SparseState`.
-//! 5. `inodes` (std): the inode table. Never held across file or network I/O.
-//! 6. `nslog` (std): pending namespace ops; taken alone.
-//! 7. `handles` (std): the open-handle table.
-//! 8. The subtree prefetch's registry (`prefetch.rs`, std): taken last, never across an
-//!    `.await`.
+//! 1. `Staged::flush_lock` (tokio, per inode, `Flusher`): several in ascending inode order.
+//! 2. `Flusher::commit_lock` (tokio): one catalog commit at a time.
+//! 3. `Namespace::lock` (tokio): namespace changes and the snapshot a commit takes of them.
+//! 4. `Staged` io lock (std, per inode, `staging.rs`).
+//! 5. `Namespace::table` (std): the inode table.
+//! 6. `Namespace::log` (std): pending namespace ops; taken alone.
+//! 7. `Handles` (std): the open-handle table.
+//! 8. The prefetch registry and the invalidation queue (std, `Namespace`): taken last.
 //!
 //! Namespace changes are local first (`nslog.rs`): they never wait for the store. A catalog
 //! read (listing a directory not yet in the table) first commits the pending ops, so that the
 //! catalog and the table agree on every path.
 
 pub mod errno;
-mod fileio;
 mod flush;
-mod gc;
-pub mod handle_pool;
+mod handles;
 pub mod inode;
 mod journal;
 mod namespace;
 mod nslog;
-mod prefetch;
 pub mod ranges;
+mod read;
 pub mod readcache;
 mod recovery;
 mod refresh;
 pub mod sparse;
 pub mod staging;
 pub mod stats;
+mod write;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use bytes::Bytes;
 
 pub use errno::{Errno, VfsResult};
-use inode::InodeTable;
+use flush::{FlushQueue, FlushSettings, Flusher};
+use handles::Handles;
 pub use inode::{Attr, Ino, Invalidation, ROOT_INO};
+use namespace::Namespace;
+use nslog::NsLog;
+use read::ReadPath;
 use readcache::ReadCache;
-use staging::StagingArea;
+use refresh::Refresher;
+use staging::{Falloc, StagingArea};
 pub use stats::{Stats, StatsSnapshot};
+use write::{Budget, WritePath};
 
 /// The extended attribute of the mount root that holds the counters.
 pub const STATS_XATTR: &str = "user.xetmount.stats";
@@ -157,64 +172,24 @@ pub struct Opened {
     pub keep_cache: bool,
 }
 
-/// Sequential-read detection of one handle.
-#[derive(Default)]
-struct ReadAhead {
-    next_offset: u64,
-    /// Read-ahead window in cache blocks (0: not sequential).
-    window: u64,
-    /// Blocks before this one have been requested by read-ahead already.
-    claimed_to: u64,
-}
-
-struct Handle {
-    ino: Ino,
-    writable: bool,
-    ra: ReadAhead,
-    /// When this handle first changed the file (a `Vfs` event number): flush failures after
-    /// that concern its data.
-    wrote_at: Option<u64>,
-    /// The last flush failure reported to this handle (each is reported once).
-    reported_at: u64,
-}
-
-enum HandleEntry {
-    File(Handle),
-    Dir(Vec<DirEntry>),
-}
-
-#[derive(Default)]
-struct Handles {
-    next: u64,
-    map: HashMap<u64, HandleEntry>,
-}
-
 pub struct Vfs {
-    catalog: Arc<dyn Catalog>,
-    cas: Arc<dyn Cas>,
     config: VfsConfig,
-    ns_lock: tokio::sync::Mutex<()>,
-    commit_lock: tokio::sync::Mutex<()>,
-    /// Odd while a catalog commit is in flight or its result is not yet in the table, bumped
-    /// again once it is: a refresh whose listing spans a change of it may mistake this
-    /// mount's own commit for another writer's, and tries again.
-    commit_epoch: std::sync::atomic::AtomicU64,
-    /// Revisions this mount's own commits produced that the change feed has not reported
-    /// yet: the refresher skips what only they changed.
-    own_revisions: Mutex<std::collections::BTreeSet<u64>>,
-    nslog: Mutex<nslog::NsLog>,
-    inodes: Mutex<InodeTable>,
-    handles: Mutex<Handles>,
-    staging: Arc<StagingArea>,
-    cache: Arc<ReadCache>,
+    ns: Arc<Namespace>,
+    files: Arc<WritePath>,
+    reads: ReadPath,
+    flusher: Arc<Flusher>,
+    refresher: Arc<Refresher>,
+    handles: Arc<Handles>,
     stats: Arc<Stats>,
-    flusher: Arc<flush::FlushQueue>,
-    /// Orders writes through handles and flush failures (see `Handle::wrote_at`).
-    events: std::sync::atomic::AtomicU64,
-    /// Where kernel cache invalidations go (the frontend's queue), once it asked.
-    invalidator: Mutex<Option<std::sync::mpsc::Sender<inode::Invalidation>>>,
-    /// Subtree listings in the background (`prefetch.rs`).
-    prefetch: prefetch::Prefetches,
+}
+
+/// Run blocking staging-file I/O off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> VfsResult<T> + Send + 'static,
+) -> VfsResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Errno::EIO)?
 }
 
 impl Vfs {
@@ -235,7 +210,7 @@ impl Vfs {
                 config.staging_dir.display()
             )
         })?;
-        let (nslog, left) = nslog::NsLog::open(&config.staging_dir).map_err(|e| {
+        let (nslog, left) = NsLog::open(&config.staging_dir).map_err(|e| {
             anyhow::anyhow!("cannot open the namespace log in the staging directory: {e}")
         })?;
         if !left.is_empty() {
@@ -244,7 +219,29 @@ impl Vfs {
         }
         // Re-read the root: the replay may have changed it.
         let root = catalog.head("").await?.unwrap_or(root);
+        let vfs = Arc::new(Self::assemble(
+            catalog.clone(),
+            cas,
+            config,
+            root,
+            nslog,
+            staging,
+        ));
+        vfs.start(catalog).await?;
+        Ok(vfs)
+    }
+
+    /// The parts, wired together (nothing runs yet).
+    fn assemble(
+        catalog: Arc<dyn Catalog>,
+        cas: Arc<dyn Cas>,
+        config: VfsConfig,
+        root: crate::remote::Entry,
+        nslog: NsLog,
+        staging: StagingArea,
+    ) -> Self {
         let stats = Arc::new(Stats::default());
+        let staging = Arc::new(staging);
         let cache = Arc::new(ReadCache::new(
             cas.clone(),
             stats.clone(),
@@ -252,28 +249,66 @@ impl Vfs {
             config.cache_capacity,
             config.read_timeout,
         ));
-        let vfs = Arc::new(Vfs {
+        let queue = FlushQueue::new(config.flush_debounce, config.flush_max_batch_window);
+        let ns = Namespace::new(
+            catalog.clone(),
+            root,
+            nslog,
+            staging.clone(),
+            queue.clone(),
+            stats.clone(),
+            config.read_only,
+        );
+        let budget = Budget {
+            bytes: config.max_staging_size,
+            files: config.max_staged_files,
+        };
+        let files = Arc::new(WritePath::new(
+            ns.clone(),
+            staging,
+            cache.clone(),
+            queue.clone(),
+            stats.clone(),
+            budget,
+        ));
+        let settings = FlushSettings {
+            write_timeout: config.write_timeout,
+            paranoid: config.paranoid,
+            staging_dir: config.staging_dir.clone(),
+        };
+        let flusher = Flusher::new(
             catalog,
             cas,
-            flusher: flush::FlushQueue::new(config.flush_debounce, config.flush_max_batch_window),
+            ns.clone(),
+            files.clone(),
+            queue,
+            stats.clone(),
+            settings,
+        );
+        let handles = Arc::new(Handles::default());
+        let refresher = Refresher::new(
+            ns.clone(),
+            files.clone(),
+            flusher.clone(),
+            handles.clone(),
+            stats.clone(),
+            config.poll_interval,
+        );
+        Vfs {
+            reads: ReadPath::new(cache, config.readahead_blocks, config.cache_capacity),
             config,
-            ns_lock: tokio::sync::Mutex::new(()),
-            commit_lock: tokio::sync::Mutex::new(()),
-            commit_epoch: std::sync::atomic::AtomicU64::new(0),
-            own_revisions: Mutex::default(),
-            nslog: Mutex::new(nslog),
-            inodes: Mutex::new(InodeTable::new(root)),
-            handles: Mutex::new(Handles::default()),
-            staging: Arc::new(staging),
-            cache,
+            ns,
+            files,
+            flusher,
+            refresher,
+            handles,
             stats,
-            events: std::sync::atomic::AtomicU64::new(0),
-            invalidator: Mutex::new(None),
-            prefetch: prefetch::Prefetches::default(),
-        });
-        vfs.prefetch.set_vfs(Arc::downgrade(&vfs));
-        let recovered = vfs
-            .recover()
+        }
+    }
+
+    /// Recover what an earlier run left, then start the flusher and the refresher.
+    async fn start(&self, catalog: Arc<dyn Catalog>) -> anyhow::Result<()> {
+        let recovered = recovery::recover(&self.ns, &self.files, &self.flusher)
             .await
             .map_err(|e| anyhow::anyhow!("cannot recover the staging directory: {e}"))?;
         if !recovered.committed.is_empty() {
@@ -290,23 +325,23 @@ impl Vfs {
                 recovered.pending.join(", ")
             );
         }
-        if let Err(e) = vfs.nslog.lock().clear_leftovers() {
+        if let Err(e) = self.ns.log().clear_leftovers() {
             tracing::warn!("cannot empty the namespace log: {e}");
         }
-        flush::spawn_flusher(&vfs);
-        for ino in vfs.dirty_inodes() {
-            vfs.flusher.schedule(ino);
+        self.flusher.spawn();
+        for ino in self.files.dirty_inodes() {
+            self.flusher.queue().schedule(ino);
         }
-        if !vfs.config.poll_interval.is_zero() {
-            let since = vfs.catalog.revision().await?;
-            vfs.spawn_refresher(since);
+        if !self.config.poll_interval.is_zero() {
+            let since = catalog.revision().await?;
+            self.refresher.spawn(since);
         }
         // Every path starts at the root: list it now rather than on the first lookup (one
         // round trip less for it; a failure leaves it to that lookup).
-        if let Err(e) = vfs.ensure_listed(ROOT_INO).await {
+        if let Err(e) = self.ns.ensure_listed(ROOT_INO).await {
             tracing::debug!("root not listed at mount ({e:?}); listed when first needed");
         }
-        Ok(vfs)
+        Ok(())
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -316,60 +351,26 @@ impl Vfs {
     /// Extended attributes. The only one is [`STATS_XATTR`] on the root: the mount's counters
     /// as `name value` lines (read by `xetmount stats`).
     pub fn getxattr(&self, ino: Ino, name: &str) -> VfsResult<Vec<u8>> {
-        self.inodes.lock().get(ino)?;
+        self.ns.table().get(ino)?;
         if ino == ROOT_INO && name == STATS_XATTR {
             return Ok(self.stats.snapshot().to_text().into_bytes());
         }
         Err(Errno::ENODATA)
     }
 
-    fn next_event(&self) -> u64 {
-        self.events
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1
-    }
-
     pub fn config(&self) -> &VfsConfig {
         &self.config
     }
 
-    fn check_writable(&self) -> VfsResult<()> {
-        if self.config.read_only {
-            Err(Errno::EROFS)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn check_name(name: &str) -> VfsResult<()> {
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            return Err(Errno::EINVAL);
-        }
-        if name.len() > NAME_MAX {
-            return Err(Errno::ENAMETOOLONG);
-        }
-        Ok(())
-    }
-
     /// Current attributes. A staged file's size lives in its staging state.
     pub fn getattr(&self, ino: Ino) -> VfsResult<Attr> {
-        let (staged, attr) = {
-            let t = self.inodes.lock();
-            let i = t.get(ino)?;
-            (i.staged.clone(), i.attr(i.remote_size()))
-        };
-        Ok(match staged {
-            Some(s) => Attr {
-                size: s.size(),
-                ..attr
-            },
-            None => attr,
-        })
+        self.ns.getattr(ino)
     }
 
     /// Filesystem usage, from the disk that holds the staging directory.
     pub fn statfs(&self) -> VfsResult<libc::statvfs> {
-        let path = std::ffi::CString::new(self.staging.dir().as_os_str().as_encoded_bytes())
+        let dir = self.files.area().dir();
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(|_| Errno::EINVAL)?;
         // SAFETY: statvfs writes into the zeroed struct; the path is a valid C string.
         unsafe {
@@ -383,99 +384,351 @@ impl Vfs {
 
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
-        let staged = {
-            let mut t = self.inodes.lock();
-            if let Ok(i) = t.get_mut(ino) {
-                i.nlookup = i.nlookup.saturating_sub(n);
-            }
-            t.reap(ino)
-        };
-        drop(staged);
+        self.ns.forget(ino, n)
     }
 
     /// Flush every dirty file and pending namespace change and wait, up to `timeout`, then
     /// let the store finish its background work (cache writes) for a moment. Returns the
     /// number of files still dirty (pending namespace changes count as one).
     pub async fn shutdown(&self, timeout: Duration) -> usize {
-        let left = self.commit_all(timeout).await;
-        self.cas.settle(Duration::from_secs(5)).await;
+        let left = self.flusher.commit_all(timeout).await;
+        self.flusher.settle_store(Duration::from_secs(5)).await;
         left
     }
 
-    /// Commit what is dirty, retrying transient failures with backoff until `timeout`. A file
-    /// the store refuses for good (permission, quota, integrity) is not retried: it is named
-    /// once in the log and stays journaled in staging for the next mount. Returns the number
-    /// of files left dirty (pending namespace changes count as one).
-    async fn commit_all(&self, timeout: Duration) -> usize {
-        self.flusher.stop();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let unsettled = || self.dirty_inodes().len() + usize::from(!self.nslog.lock().is_empty());
-        let mut refused: std::collections::HashSet<Ino> = std::collections::HashSet::new();
-        let mut backoff = SHUTDOWN_BACKOFF.0;
-        // What is still to try: dirty files and pending namespace changes not refused.
-        let work = |refused: &std::collections::HashSet<Ino>| {
-            let todo: Vec<Ino> = self
-                .dirty_inodes()
-                .into_iter()
-                .filter(|i| !refused.contains(i))
-                .collect();
-            let ns = !self.nslog.lock().is_empty() && !refused.contains(&flush::NS_INO);
-            (!todo.is_empty() || ns).then_some(todo)
-        };
-        let Some(mut todo) = work(&refused) else {
-            return unsettled();
-        };
-        loop {
-            tracing::info!("committing {} file(s) before exit", todo.len());
-            todo.push(flush::NS_INO);
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() {
-                return unsettled();
+    /// The queue the frontend drains to drop kernel caches (one consumer; a second call
+    /// replaces the first).
+    pub fn invalidations(&self) -> std::sync::mpsc::Receiver<Invalidation> {
+        self.ns.invalidations()
+    }
+
+    /// The frontend handled one queued invalidation.
+    pub fn invalidation_done(&self) {
+        self.ns.invalidation_done()
+    }
+
+    // ---- Namespace ----
+
+    /// FUSE LOOKUP: `name` in `parent`, taking one kernel reference (released by `forget`).
+    pub async fn lookup(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+        self.ns.lookup(parent, name).await
+    }
+
+    /// `name` in `parent` without a kernel reference: for stateless frontends and internal
+    /// path walks, which never send `forget` (a reference would pin unlinked inodes forever).
+    pub async fn find(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+        self.ns.find(parent, name).await
+    }
+
+    /// Walking a directory also starts prefetching the subtree below it.
+    pub async fn opendir(&self, ino: Ino) -> VfsResult<u64> {
+        let entries = self.ns.dir_entries(ino).await?;
+        Ok(self.handles.open_dir(entries))
+    }
+
+    /// Entries of an open directory from index `offset` on (a snapshot taken at opendir).
+    pub fn readdir(&self, fh: u64, offset: u64) -> VfsResult<Vec<DirEntry>> {
+        self.handles.readdir(fh, offset)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.release_dir(fh)
+    }
+
+    /// The directory holding `ino` (the root is its own parent).
+    pub fn parent_of(&self, ino: Ino) -> VfsResult<Ino> {
+        self.ns.parent_of(ino)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> VfsResult<String> {
+        self.ns.readlink(ino)
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        caller: Caller,
+    ) -> VfsResult<Attr> {
+        self.ns.mkdir(parent, name, mode, caller).await
+    }
+
+    /// `mknod(2)`: `mode` carries the file type. A regular file is created empty; FIFOs,
+    /// sockets and device nodes are catalog entries without a body.
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> VfsResult<Attr> {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => {
+                let (attr, opened) = self.create(parent, name, mode, caller).await?;
+                self.release(opened.fh)?;
+                return Ok(attr);
             }
-            let Ok(results) = tokio::time::timeout(remaining, self.flush_batch(&todo)).await else {
-                return unsettled();
-            };
-            let mut transient = false;
-            for (ino, r) in results {
-                let Err(f) = r else { continue };
-                let path = match ino {
-                    flush::NS_INO => "(namespace changes)".to_string(),
-                    _ => format!("/{}", self.inodes.lock().path_of(ino).unwrap_or_default()),
-                };
-                if f.permanent {
-                    tracing::error!(
-                        ino,
-                        "{path} not committed: {f}; not retried before exit, it stays journaled in {} and the next mount commits it",
-                        self.config.staging_dir.display()
-                    );
-                    refused.insert(ino);
-                } else {
-                    tracing::warn!(
-                        ino,
-                        "{path} not committed yet: {f}; retrying in {backoff:?}"
-                    );
-                    transient = true;
-                }
-            }
-            let Some(next) = work(&refused) else {
-                return unsettled();
-            };
-            todo = next;
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if transient {
-                tokio::time::sleep(backoff.min(remaining)).await;
-                backoff = (backoff * 2).min(SHUTDOWN_BACKOFF.1);
-            } else {
-                // Files changed during their flush (or moved aside on a conflict) go again at
-                // once, but never in a tight loop.
-                tokio::time::sleep(Duration::from_millis(50).min(remaining)).await;
+            libc::S_IFIFO => EntryKind::Fifo,
+            libc::S_IFSOCK => EntryKind::Socket,
+            libc::S_IFCHR => EntryKind::CharDevice(rdev),
+            libc::S_IFBLK => EntryKind::BlockDevice(rdev),
+            _ => return Err(Errno::EINVAL),
+        };
+        let ino = self
+            .ns
+            .create_entry(parent, name, kind, mode & 0o7777, None, caller)
+            .await?;
+        self.getattr(ino)
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &str,
+        target: &str,
+        caller: Caller,
+    ) -> VfsResult<Attr> {
+        self.ns.symlink(parent, name, target, caller).await
+    }
+
+    /// Remove `name` from `parent`: a file or symlink (`dir == false`) or an empty directory.
+    pub async fn remove(&self, parent: Ino, name: &str, dir: bool) -> VfsResult<()> {
+        self.ns.remove(parent, name, dir).await
+    }
+
+    /// `link(2)`: `new_parent/new_name` becomes another name of file `ino`, taking one kernel
+    /// reference like a lookup. Only where the catalog can keep hard links.
+    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &str) -> VfsResult<Attr> {
+        self.ns.link(ino, new_parent, new_name).await
+    }
+
+    /// Rename `parent/name` to `new_parent/new_name`, replacing an existing target
+    /// atomically. `noreplace` is RENAME_NOREPLACE.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+        noreplace: bool,
+    ) -> VfsResult<()> {
+        self.ns
+            .rename(parent, name, new_parent, new_name, noreplace)
+            .await
+    }
+
+    /// Change attributes. Size changes go through staging like writes; metadata changes are
+    /// namespace changes (local first, committed by the flusher).
+    pub async fn setattr(&self, ino: Ino, set: SetAttr) -> VfsResult<Attr> {
+        self.ns.check_setattr(ino, &set)?;
+        if let Some(size) = set.size {
+            self.files.truncate(ino, size).await?;
+        }
+        self.ns.set_meta(ino, &set).await?;
+        self.getattr(ino)
+    }
+
+    /// `fsyncdir`: commit every namespace change made so far to the store.
+    pub async fn sync_namespace(&self) -> VfsResult<()> {
+        self.ns.drain().await
+    }
+
+    /// Make the namespace changes made so far survive a power loss (not yet committed): for
+    /// NFS, whose namespace replies promise stable storage.
+    pub async fn sync_namespace_journal(&self) -> VfsResult<()> {
+        self.ns.sync_journal().await
+    }
+
+    // ---- File data ----
+
+    pub async fn open(&self, ino: Ino, write: bool, truncate: bool) -> VfsResult<Opened> {
+        let kind = self.ns.table().get(ino)?.kind;
+        if kind == EntryKind::Dir && write {
+            return Err(Errno::EISDIR);
+        }
+        if write {
+            self.ns.check_writable()?;
+            self.files.ensure_staged(ino).await?;
+            if truncate {
+                self.files.truncate(ino, 0).await?;
             }
         }
+        self.ns.table().get_mut(ino)?.open_handles += 1;
+        // O_TRUNC changed the file.
+        let wrote_at = truncate.then(|| self.ns.next_event());
+        let fh = self.handles.open_file(ino, write, wrote_at);
+        // Changes to a body pass through this mount (and so through the kernel's page cache),
+        // or come from other writers, whose changes invalidate the kernel's pages
+        // (`refresh`): what the kernel cached from an earlier open is still right.
+        Ok(Opened {
+            fh,
+            keep_cache: true,
+        })
+    }
+
+    /// Create and open a new regular file.
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: u32,
+        caller: Caller,
+    ) -> VfsResult<(Attr, Opened)> {
+        let ino = self
+            .ns
+            .create_entry(parent, name, EntryKind::File, mode, None, caller)
+            .await?;
+        let opened = self.open(ino, true, false).await?;
+        Ok((self.getattr(ino)?, opened))
+    }
+
+    /// Reads of a staged file come from staging (holes filled on demand), of an unstaged one
+    /// from the read cache with read-ahead.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<Bytes> {
+        let ino = self.handles.ino(fh, false)?;
+        let range = offset..offset.saturating_add(size as u64);
+        let (staged, remote) = {
+            let t = self.ns.table();
+            let i = t.get(ino)?;
+            if i.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            (i.staged.clone(), i.remote.clone())
+        };
+        match (staged, remote) {
+            (Some(s), _) => self.files.read(s, range).await,
+            (None, Some(id)) => {
+                let claim = self
+                    .handles
+                    .read_ahead(fh, |ra| self.reads.advance(ra, &range));
+                self.reads.read(&id, range, claim).await
+            }
+            (None, None) => Ok(Bytes::new()),
+        }
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> VfsResult<u32> {
+        let ino = self.handles.writer(fh, || self.ns.next_event())?;
+        self.files.write(ino, offset, data).await
+    }
+
+    /// `fallocate(2)` through a writable handle: mode 0 and `FALLOC_FL_KEEP_SIZE` reserve
+    /// space, `PUNCH_HOLE | KEEP_SIZE` and `ZERO_RANGE` zero a range (that is the user's data
+    /// and is committed); other modes are not supported.
+    pub async fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> VfsResult<()> {
+        self.ns.check_writable()?;
+        let op = Falloc::from_mode(mode).ok_or(Errno::EOPNOTSUPP)?;
+        if length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or(Errno::EFBIG)?;
+        let ino = self.handles.writer(fh, || self.ns.next_event())?;
+        self.files.fallocate(ino, offset..end, op).await
+    }
+
+    /// Make what was written to `ino` durable in its staging file and journal (it survives a
+    /// crash of this process or of the machine, and is committed by recovery).
+    pub async fn sync_staging(&self, ino: Ino) -> VfsResult<()> {
+        self.files.sync(ino).await
+    }
+
+    /// A write served on the caller's thread when the file already has its staging copy (the
+    /// common case: every write after the first of an open). `None`: take the async path.
+    /// It blocks only on the local staging file, like the async path's blocking section.
+    pub fn try_write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<VfsResult<u32>> {
+        let ino = match self.handles.writer(fh, || self.ns.next_event()) {
+            Ok(i) => i,
+            Err(e) => return Some(Err(e)),
+        };
+        self.files.try_write_now(ino, offset, data)
+    }
+
+    /// close(2) of one file descriptor. Reports a background flush failure that put this
+    /// handle's writes at risk (once per handle); a handle that only read, or that wrote
+    /// after the failure, is not told. In paranoid mode, commit (and verify) the file first.
+    pub async fn close(&self, fh: u64) -> VfsResult<()> {
+        let ino = self.handles.ino(fh, false)?;
+        if self.config.paranoid && self.handles.ino(fh, true).is_ok() {
+            self.fsync(ino).await?;
+        }
+        let Some(err) = self.ns.table().get(ino)?.flush_error else {
+            return Ok(());
+        };
+        match self.handles.take_failure(fh, err)? {
+            true => Err(err.errno),
+            false => Ok(()),
+        }
+    }
+
+    /// Last reference to an open file handle dropped.
+    pub fn release(&self, fh: u64) -> VfsResult<()> {
+        let ino = self.handles.release_file(fh)?.ino;
+        let staged = {
+            let mut t = self.ns.table();
+            let i = t.get_mut(ino)?;
+            i.open_handles = i.open_handles.saturating_sub(1);
+            if i.linked && i.staged.is_some() {
+                self.flusher.queue().schedule(ino);
+            }
+            t.reap(ino)
+        };
+        drop(staged);
+        if self.config.paranoid {
+            self.files.drop_clean_staging(ino);
+        }
+        self.files.collect_staging();
+        Ok(())
+    }
+
+    /// Commit this file's current content to the store, or return why it cannot be. After a
+    /// conflict (another writer replaced the file) the moved copy is committed before the
+    /// conflict is reported: when `fsync` returns, this mount's version is in the store.
+    pub async fn fsync(&self, ino: Ino) -> VfsResult<()> {
+        self.flusher.sync_file(ino).await
+    }
+
+    // ---- Handles lent by stateless frontends (NFS) ----
+
+    /// Open a handle for a stateless frontend's pool: unlike a kernel's open file, it does not
+    /// hold back other writers' changes from the file's name.
+    pub async fn open_pooled(&self, ino: Ino, write: bool) -> VfsResult<u64> {
+        let o = self.open(ino, write, false).await?;
+        let counted = self.ns.table().get_mut(ino).map(|i| i.pooled_handles += 1);
+        if let Err(e) = counted {
+            let _ = self.release(o.fh);
+            return Err(e);
+        }
+        Ok(o.fh)
+    }
+
+    /// Release a handle opened by [`Self::open_pooled`].
+    pub fn release_pooled(&self, ino: Ino, fh: u64) {
+        if let Ok(i) = self.ns.table().get_mut(ino) {
+            i.pooled_handles -= 1;
+        }
+        let _ = self.release(fh);
+    }
+
+    /// A write that is durable in the staging journal when it returns, its flush scheduled
+    /// (a stateless frontend sends no close to do it).
+    pub async fn write_stable(
+        &self,
+        fh: u64,
+        ino: Ino,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> VfsResult<u32> {
+        let n = self.write(fh, offset, data).await?;
+        self.sync_staging(ino).await?;
+        self.flusher.queue().schedule(ino);
+        Ok(n)
     }
 }
-
-/// The first and the longest wait between shutdown attempts of files that failed transiently.
-const SHUTDOWN_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(8));
 
 /// Commit namespace ops an earlier run left in its log. Ops that no longer apply (the run
 /// committed them but died before marking them) are skipped one by one.

@@ -13,9 +13,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::remote::EntryKind;
+use crate::vfs::flush::Flusher;
 use crate::vfs::inode::{Ino, ROOT_INO};
+use crate::vfs::namespace::Namespace;
 use crate::vfs::staging::{log_path, Staged};
-use crate::vfs::{Caller, Errno, Vfs, VfsResult};
+use crate::vfs::write::WritePath;
+use crate::vfs::{Caller, Errno, VfsResult};
 
 const RECOVERER: Caller = Caller { uid: 0, gid: 0 };
 
@@ -28,115 +31,119 @@ pub struct Recovered {
     pub pending: Vec<String>,
 }
 
-impl Vfs {
-    pub(super) async fn recover(&self) -> VfsResult<Recovered> {
-        let mut found: Vec<(Arc<Staged>, String)> = Vec::new();
-        let dir = self.staging.dir().to_path_buf();
-        let entries: Vec<PathBuf> = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        for p in &entries {
-            match p.extension().and_then(|e| e.to_str()) {
-                Some("stg") => match Staged::recover(p) {
-                    Ok(Some(found_one)) => found.push(found_one),
-                    Ok(None) => remove_pair(p),
-                    Err(e) => {
-                        tracing::warn!(path = %p.display(), "unreadable staging file left as is: {e}")
-                    }
-                },
-                // A journal whose staging file is gone describes nothing.
-                Some("log") if !p.with_extension("stg").exists() => remove_pair(p),
-                _ => {}
-            }
-        }
-        let mut out = Recovered::default();
-        let mut inos = Vec::new();
-        for (staged, path) in found {
-            match self.install_recovered(&staged, &path).await {
-                Ok(ino) => inos.push((ino, path)),
-                Err(e) => tracing::error!(
-                    "cannot restore {path} from {}: {e}; the staging file is kept",
-                    staged.path.display()
-                ),
-            }
-        }
-        if inos.is_empty() {
-            return Ok(out);
-        }
-        let ids: Vec<Ino> = inos.iter().map(|(i, _)| *i).collect();
-        // A failed or retried flush leaves the file dirty; the flusher takes it from there.
-        for (ino, r) in self.flush_batch(&ids).await {
-            if let Err(f) = r {
-                let path = inos
-                    .iter()
-                    .find(|(i, _)| *i == ino)
-                    .map(|(_, p)| p.as_str());
-                tracing::warn!(ino, "recovered /{}: {f}", path.unwrap_or_default());
-            }
-        }
-        let still_dirty = self.dirty_inodes();
-        for (ino, path) in inos {
-            if !still_dirty.contains(&ino) {
-                out.committed.push(path);
-            } else {
-                out.pending.push(path);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Put a recovered staging file on the inode of `path`, creating the path if needed.
-    async fn install_recovered(&self, staged: &Arc<Staged>, path: &str) -> VfsResult<Ino> {
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        let (last, dirs) = parts.split_last().ok_or(Errno::EINVAL)?;
-        let mut dir = ROOT_INO;
-        for d in dirs {
-            dir = match self.find(dir, d).await {
-                Ok(a) if a.kind == EntryKind::Dir => a.ino,
-                Ok(_) => return Err(Errno::ENOTDIR),
-                Err(Errno::ENOENT) => {
-                    let ino = self.mkdir(dir, d, 0o755, RECOVERER).await?.ino;
-                    self.forget(ino, 1); // creation took a kernel reference; no kernel here
-                    ino
+/// Bring back what an earlier run left in the staging directory: each journaled file is put
+/// on its path (created if needed) and committed in one batch.
+pub(super) async fn recover(
+    ns: &Namespace,
+    files: &WritePath,
+    flusher: &Flusher,
+) -> VfsResult<Recovered> {
+    let mut found: Vec<(Arc<Staged>, String)> = Vec::new();
+    let dir = files.area().dir().to_path_buf();
+    let entries: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    for p in &entries {
+        match p.extension().and_then(|e| e.to_str()) {
+            Some("stg") => match Staged::recover(p) {
+                Ok(Some(found_one)) => found.push(found_one),
+                Ok(None) => remove_pair(p),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), "unreadable staging file left as is: {e}")
                 }
-                Err(e) => return Err(e),
-            };
+            },
+            // A journal whose staging file is gone describes nothing.
+            Some("log") if !p.with_extension("stg").exists() => remove_pair(p),
+            _ => {}
         }
-        let ino = match self.find(dir, last).await {
-            Ok(a) if a.kind == EntryKind::File => a.ino,
-            Ok(_) => return Err(Errno::EISDIR),
+    }
+    let mut out = Recovered::default();
+    let mut inos = Vec::new();
+    for (staged, path) in found {
+        match install_recovered(ns, &staged, &path).await {
+            Ok(ino) => inos.push((ino, path)),
+            Err(e) => tracing::error!(
+                "cannot restore {path} from {}: {e}; the staging file is kept",
+                staged.path.display()
+            ),
+        }
+    }
+    if inos.is_empty() {
+        return Ok(out);
+    }
+    let ids: Vec<Ino> = inos.iter().map(|(i, _)| *i).collect();
+    // A failed or retried flush leaves the file dirty; the flusher takes it from there.
+    for (ino, r) in flusher.flush_batch(&ids).await {
+        if let Err(f) = r {
+            let path = inos
+                .iter()
+                .find(|(i, _)| *i == ino)
+                .map(|(_, p)| p.as_str());
+            tracing::warn!(ino, "recovered /{}: {f}", path.unwrap_or_default());
+        }
+    }
+    let still_dirty = files.dirty_inodes();
+    for (ino, path) in inos {
+        if !still_dirty.contains(&ino) {
+            out.committed.push(path);
+        } else {
+            out.pending.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Put a recovered staging file on the inode of `path`, creating the path if needed.
+async fn install_recovered(ns: &Namespace, staged: &Arc<Staged>, path: &str) -> VfsResult<Ino> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let (last, dirs) = parts.split_last().ok_or(Errno::EINVAL)?;
+    let mut dir = ROOT_INO;
+    for d in dirs {
+        dir = match ns.find(dir, d).await {
+            Ok(a) if a.kind == EntryKind::Dir => a.ino,
+            Ok(_) => return Err(Errno::ENOTDIR),
             Err(Errno::ENOENT) => {
-                tracing::warn!("{path} was deleted from the store meanwhile; recreating it");
-                let ino = self
-                    .create_entry(dir, last, EntryKind::File, 0o644, None, RECOVERER)
-                    .await?;
-                self.forget(ino, 1);
+                let ino = ns.mkdir(dir, d, 0o755, RECOVERER).await?.ino;
+                ns.forget(ino, 1); // creation took a kernel reference; no kernel here
                 ino
             }
             Err(e) => return Err(e),
         };
-        let base = staged.with_io(|io| io.state.base().cloned());
-        let mut t = self.inodes.lock();
-        let i = t.get_mut(ino)?;
-        if i.staged.is_some() {
-            return Err(Errno::EEXIST);
-        }
-        let current = i.remote.clone();
-        if current.is_some() && base.is_some() && current != base {
-            if self.catalog.capabilities().compare_and_swap {
-                // Committed against the version it was edited from: the store refuses it
-                // and the recovered content moves aside (flush/conflict.rs).
-                i.remote = base.filter(|b| b.size > 0);
-            } else {
-                tracing::warn!(
-                    "{path} changed in the store since it was edited here; the recovered \
-                     content replaces it (last writer wins)"
-                );
-            }
-        }
-        i.staged = Some(staged.clone());
-        Ok(ino)
     }
+    let ino = match ns.find(dir, last).await {
+        Ok(a) if a.kind == EntryKind::File => a.ino,
+        Ok(_) => return Err(Errno::EISDIR),
+        Err(Errno::ENOENT) => {
+            tracing::warn!("{path} was deleted from the store meanwhile; recreating it");
+            let ino = ns
+                .create_entry(dir, last, EntryKind::File, 0o644, None, RECOVERER)
+                .await?;
+            ns.forget(ino, 1);
+            ino
+        }
+        Err(e) => return Err(e),
+    };
+    let base = staged.with_io(|io| io.state.base().cloned());
+    let mut t = ns.table();
+    let i = t.get_mut(ino)?;
+    if i.staged.is_some() {
+        return Err(Errno::EEXIST);
+    }
+    let current = i.remote.clone();
+    if current.is_some() && base.is_some() && current != base {
+        if ns.catalog().capabilities().compare_and_swap {
+            // Committed against the version it was edited from: the store refuses it
+            // and the recovered content moves aside (flush/conflict.rs).
+            i.remote = base.filter(|b| b.size > 0);
+        } else {
+            tracing::warn!(
+                "{path} changed in the store since it was edited here; the recovered \
+                 content replaces it (last writer wins)"
+            );
+        }
+    }
+    i.staged = Some(staged.clone());
+    Ok(ino)
 }
 
 fn remove_pair(p: &std::path::Path) {

@@ -9,15 +9,19 @@
 //! never sent while a VFS lock is held (the kernel may call back into the file system while
 //! it handles one).
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::remote::{Changes, EntryKind, Meta};
-use crate::vfs::inode::{Ino, Invalidation};
-use crate::vfs::{Errno, Stats, Vfs, VfsResult};
+use crate::remote::{Catalog, Changes, EntryKind, Meta};
+use crate::vfs::flush::{Flusher, NS_INO};
+use crate::vfs::handles::Handles;
+use crate::vfs::inode::Ino;
+use crate::vfs::namespace::Namespace;
+use crate::vfs::staging::Staged;
+use crate::vfs::write::WritePath;
+use crate::vfs::{Errno, Stats, VfsResult};
 
 /// How long one change-feed request waits for a change.
 const FEED_WAIT: Duration = Duration::from_secs(25);
@@ -34,48 +38,46 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// a change is its own.
 const OWN_COMMIT_WAIT: Duration = Duration::from_secs(5);
 
-/// Whether `own` holds every revision in `since + 1..=revision` (catalog revisions count
-/// commits one by one, so any other writer's commit in that span is one missing from it).
-fn all_own(own: &std::collections::BTreeSet<u64>, since: u64, revision: u64) -> bool {
-    revision > since
-        && revision - since <= own.len() as u64
-        && (since + 1..=revision).all(|r| own.contains(&r))
+/// Follows other writers' changes into the namespace.
+pub(in crate::vfs) struct Refresher {
+    catalog: Arc<dyn Catalog>,
+    ns: Arc<Namespace>,
+    files: Arc<WritePath>,
+    flusher: Arc<Flusher>,
+    handles: Arc<Handles>,
+    stats: Arc<Stats>,
+    /// How often to poll a catalog without a change feed; zero: not at all.
+    poll_interval: Duration,
 }
 
-impl Vfs {
+impl Refresher {
+    pub(in crate::vfs) fn new(
+        ns: Arc<Namespace>,
+        files: Arc<WritePath>,
+        flusher: Arc<Flusher>,
+        handles: Arc<Handles>,
+        stats: Arc<Stats>,
+        poll_interval: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Refresher {
+            catalog: ns.catalog().clone(),
+            ns,
+            files,
+            flusher,
+            handles,
+            stats,
+            poll_interval,
+        })
+    }
+
     /// Follow other writers' changes from revision `since` (off when the poll interval is 0).
-    pub(super) fn spawn_refresher(self: &Arc<Self>, since: u64) {
-        if self.config.poll_interval.is_zero() {
+    pub(in crate::vfs) fn spawn(self: &Arc<Self>, since: u64) {
+        if self.poll_interval.is_zero() {
             return;
         }
         Stats::set(&self.stats.remote_revision, since);
         self.stats.note_refresh();
         tokio::spawn(follow(Arc::downgrade(self), since));
-    }
-
-    /// The queue the frontend drains to drop kernel caches (one consumer; a second call
-    /// replaces the first).
-    pub fn invalidations(&self) -> std::sync::mpsc::Receiver<Invalidation> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        *self.invalidator.lock() = Some(tx);
-        rx
-    }
-
-    /// The frontend handled one queued invalidation.
-    pub fn invalidation_done(&self) {
-        self.stats
-            .pending_invalidations
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub(super) fn invalidate(&self, v: Vec<Invalidation>) {
-        let tx = self.invalidator.lock().clone();
-        let Some(tx) = tx else { return };
-        for inv in v {
-            if tx.send(inv).is_ok() {
-                Stats::add(&self.stats.pending_invalidations, 1);
-            }
-        }
     }
 
     /// Refresh the listed directories among `dirs`; returns those to try again. With
@@ -104,81 +106,20 @@ impl Vfs {
         again
     }
 
-    /// Whether every revision after `since` up to `revision` is one of this mount's own
-    /// commits (forgetting those up to `revision`). A commit in flight is waited for first (it
-    /// may be the one the feed reports, its answer not in yet); past a deadline the answer
-    /// is no, so the directories are listed as before.
-    async fn only_own_commits(&self, since: u64, revision: u64) -> bool {
-        let deadline = tokio::time::Instant::now() + OWN_COMMIT_WAIT;
-        while self.commit_epoch.load(Ordering::SeqCst) % 2 == 1 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let mut own = self.own_revisions.lock();
-        let all = all_own(&own, since, revision);
-        *own = own.split_off(&(revision + 1));
-        all
-    }
-
-    /// Whether a handle open for writing names `ino`.
-    fn open_for_writing(&self, ino: Ino) -> bool {
-        self.handles
-            .lock()
-            .map
-            .values()
-            .any(|h| matches!(h, crate::vfs::HandleEntry::File(h) if h.ino == ino && h.writable))
-    }
-
     /// Bring directory `path` in line with the catalog, if it is listed here.
     async fn refresh_dir(&self, path: &str, drain: bool) -> VfsResult<()> {
-        if self.inodes.lock().listed_dir_at(path).is_none() {
+        if self.ns.table().listed_dir_at(path).is_none() {
             return Ok(());
         }
-        if drain && !self.flusher.refused(crate::vfs::flush::NS_INO) {
-            self.drain_namespace().await?;
-        } else if !self.nslog.lock().is_empty() {
+        if drain && !self.flusher.queue().refused(NS_INO) {
+            self.ns.drain().await?;
+        } else if !self.ns.log().is_empty() {
             return Err(Errno::EAGAIN);
         }
-        let epoch = self.commit_epoch.load(Ordering::SeqCst);
+        let epoch = self.flusher.commit_epoch();
         let entries = self.catalog.list_dir(path).await?;
-        let dir = self
-            .inodes
-            .lock()
-            .listed_dir_at(path)
-            .ok_or(Errno::EAGAIN)?;
-        // Files whose body changed lose an idle clean staging copy first (its io lock before
-        // the table lock, as in gc): what keeps a copy then has changes of its own, a flush
-        // in progress, or an open handle.
-        let stale: Vec<(Ino, Arc<crate::vfs::staging::Staged>)> = {
-            let t = self.inodes.lock();
-            entries
-                .iter()
-                .filter_map(|e| {
-                    let name = e.path.rsplit('/').next()?;
-                    let i = t.get(t.child(dir, name).ok()??).ok()?;
-                    if i.remote == e.content {
-                        return None;
-                    }
-                    Some((i.ino, i.staged.clone()?))
-                })
-                .collect()
-        };
-        // A clean copy goes even while readers have the file open: the file then becomes an
-        // orphan that keeps their version (from the store), and the name takes the new one,
-        // so a file read again and again still follows other writers. A copy kept because a
-        // flush is running or the file is open for writing is tried again later; a dirty one
-        // is committed against its own base anyway.
-        let mut retry = false;
-        for (ino, s) in stale {
-            let writers = self.open_for_writing(ino);
-            let forgotten = match s.flush_lock.try_lock() {
-                Ok(_flushing) => self.forget_clean_copy(ino, &s, !writers),
-                Err(_) => false,
-            };
-            retry |= !forgotten && !s.with_io(|io| io.state.is_dirty());
-        }
+        let dir = self.ns.table().listed_dir_at(path).ok_or(Errno::EAGAIN)?;
+        let retry = self.drop_stale_copies(dir, &entries);
         let caps = self.catalog.capabilities();
         let fixed = caps.fixed_owner.is_some();
         let same_meta = |a: &Meta, b: &Meta| {
@@ -191,17 +132,14 @@ impl Vfs {
             }
         };
         let done = {
-            let _ns = self.ns_lock.lock().await;
-            if !self.nslog.lock().is_empty()
-                || epoch % 2 == 1
-                || self.commit_epoch.load(Ordering::SeqCst) != epoch
-            {
+            let _ns = self.ns.lock().await;
+            if !self.ns.log().is_empty() || epoch % 2 == 1 || self.flusher.commit_epoch() != epoch {
                 // A change of this mount is not in the listing yet, or a commit of it landed
                 // in the store before the table shows it: this mount's own version would be
                 // taken for another writer's.
                 return Err(Errno::EAGAIN);
             }
-            let mut t = self.inodes.lock();
+            let mut t = self.ns.table();
             if t.listed_dir_at(path) != Some(dir) {
                 return Err(Errno::EAGAIN);
             }
@@ -229,19 +167,55 @@ impl Vfs {
         for link in done.new_links {
             for other in self.catalog.link_paths(link).await? {
                 let parent = other.rfind('/').map_or("", |i| &other[..i]);
-                self.ensure_path_listed(parent).await?;
+                self.ns.ensure_path_listed(parent).await?;
             }
         }
-        self.invalidate(done.invalidations);
+        self.ns.invalidate(done.invalidations);
         if retry {
             return Err(Errno::EAGAIN);
         }
         Ok(())
     }
+
+    /// Files of directory `dir` whose body changed in `entries` lose an idle clean staging
+    /// copy first (its io lock before the table lock, as in gc): what keeps a copy then has
+    /// changes of its own, a flush in progress, or an open handle. Returns whether a clean
+    /// copy had to stay (the directory is tried again later).
+    fn drop_stale_copies(&self, dir: Ino, entries: &[crate::remote::Entry]) -> bool {
+        let stale: Vec<(Ino, Arc<Staged>)> = {
+            let t = self.ns.table();
+            entries
+                .iter()
+                .filter_map(|e| {
+                    let name = e.path.rsplit('/').next()?;
+                    let i = t.get(t.child(dir, name).ok()??).ok()?;
+                    if i.remote == e.content {
+                        return None;
+                    }
+                    Some((i.ino, i.staged.clone()?))
+                })
+                .collect()
+        };
+        // A clean copy goes even while readers have the file open: the file then becomes an
+        // orphan that keeps their version (from the store), and the name takes the new one,
+        // so a file read again and again still follows other writers. A copy kept because a
+        // flush is running or the file is open for writing is tried again later; a dirty one
+        // is committed against its own base anyway.
+        let mut retry = false;
+        for (ino, s) in stale {
+            let writers = self.handles.open_for_writing(ino);
+            let forgotten = match s.flush_lock.try_lock() {
+                Ok(_flushing) => self.files.forget_clean_copy(ino, &s, !writers),
+                Err(_) => false,
+            };
+            retry |= !forgotten && !s.with_io(|io| io.state.is_dirty());
+        }
+        retry
+    }
 }
 
 /// The refresher: the change feed while the catalog has one, else polling.
-async fn follow(vfs: Weak<Vfs>, mut since: u64) {
+async fn follow(vfs: Weak<Refresher>, mut since: u64) {
     let Some(catalog) = vfs.upgrade().map(|v| v.catalog.clone()) else {
         return;
     };
@@ -259,7 +233,7 @@ async fn follow(vfs: Weak<Vfs>, mut since: u64) {
         let Some(v) = vfs.upgrade() else { return };
         let (revision, dirs) = match answer {
             Ok(Some(Changes::Dirs { revision, dirs })) => (revision, dirs),
-            Ok(Some(Changes::Reset { revision })) => (revision, v.inodes.lock().listed_dirs()),
+            Ok(Some(Changes::Reset { revision })) => (revision, v.ns.table().listed_dirs()),
             Ok(None) => break,
             Err(e) => {
                 tracing::debug!("change feed: {e}; trying again in {backoff:?}");
@@ -271,7 +245,11 @@ async fn follow(vfs: Weak<Vfs>, mut since: u64) {
         };
         backoff = BACKOFF.0;
         // Directories only this mount's own commits changed show nothing new.
-        let dirs = if !dirs.is_empty() && v.only_own_commits(since, revision).await {
+        let dirs = if !dirs.is_empty()
+            && v.flusher
+                .only_own_commits(since, revision, OWN_COMMIT_WAIT)
+                .await
+        {
             Vec::new()
         } else {
             dirs
@@ -300,8 +278,8 @@ async fn follow(vfs: Weak<Vfs>, mut since: u64) {
 
 /// Polling: one revision request per interval; only when it moved, every listed directory is
 /// listed again.
-async fn poll(vfs: Weak<Vfs>, catalog: Arc<dyn crate::remote::Catalog>, mut since: u64) {
-    let Some(interval) = vfs.upgrade().map(|v| v.config.poll_interval) else {
+async fn poll(vfs: Weak<Refresher>, catalog: Arc<dyn crate::remote::Catalog>, mut since: u64) {
+    let Some(interval) = vfs.upgrade().map(|v| v.poll_interval) else {
         return;
     };
     let mut wait = interval;
@@ -315,7 +293,7 @@ async fn poll(vfs: Weak<Vfs>, catalog: Arc<dyn crate::remote::Catalog>, mut sinc
                 failures = 0;
                 wait = interval;
                 if r != since {
-                    let dirs = v.inodes.lock().listed_dirs();
+                    let dirs = v.ns.table().listed_dirs();
                     let again = v.refresh(dirs, true).await;
                     if again.is_empty() {
                         since = r;
@@ -334,25 +312,5 @@ async fn poll(vfs: Weak<Vfs>, catalog: Arc<dyn crate::remote::Catalog>, mut sinc
                 tracing::debug!("revision poll: {e}; next in {wait:?}");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod own_tests {
-    use super::all_own;
-
-    #[test]
-    fn a_span_is_own_only_if_every_revision_in_it_is() {
-        let own = [5, 6, 8].into_iter().collect();
-        assert!(all_own(&own, 4, 6));
-        assert!(all_own(&own, 5, 6));
-        assert!(all_own(&own, 7, 8));
-        // Another writer's revision 7 between two of ours.
-        assert!(!all_own(&own, 4, 8));
-        assert!(!all_own(&own, 6, 8));
-        // Before ours, or nothing new.
-        assert!(!all_own(&own, 3, 6));
-        assert!(!all_own(&own, 6, 6));
-        assert!(!all_own(&Default::default(), 4, 5));
     }
 }

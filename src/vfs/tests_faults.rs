@@ -212,7 +212,7 @@ async fn failed_uploads_surface_at_fsync_and_close_and_are_retried() {
     let ino = write_file(v, ROOT_INO, "a", &data).await;
     assert_eq!(v.fsync(ino).await.unwrap_err(), Errno(libc::ENOSPC));
     assert!(
-        v.dirty_inodes().contains(&ino),
+        v.files.dirty_inodes().contains(&ino),
         "a failure cleared dirty data"
     );
     v.fsync(ino).await.unwrap();
@@ -242,13 +242,13 @@ async fn failed_uploads_surface_at_fsync_and_close_and_are_retried() {
     assert_eq!(v.fsync(ino_b).await.unwrap_err(), Errno(libc::EAGAIN));
     // ...and the flusher's backoff keeps retrying until the store accepts the file.
     for _ in 0..5000 {
-        if !v.dirty_inodes().contains(&ino_b) {
+        if !v.files.dirty_inodes().contains(&ino_b) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(
-        !v.dirty_inodes().contains(&ino_b),
+        !v.files.dirty_inodes().contains(&ino_b),
         "never retried to success"
     );
     v.fsync(ino_b).await.unwrap();
@@ -308,6 +308,7 @@ async fn a_permanent_failure_reaches_the_writer_only_and_says_why() {
     // Permanent: the flusher retries at its longest interval instead of hammering.
     until("the retry is scheduled a minute away", || {
         v.flusher
+            .queue()
             .due_in(ino)
             .is_some_and(|d| d > Duration::from_secs(50))
     })
@@ -365,7 +366,7 @@ async fn a_hung_upload_times_out() {
     f.faults.upload.hang.store(true, Ordering::SeqCst);
     let stuck = write_file(v, ROOT_INO, "stuck", b"waiting").await;
     assert_eq!(v.fsync(stuck).await.unwrap_err(), Errno::ETIMEDOUT);
-    assert!(v.dirty_inodes().contains(&stuck));
+    assert!(v.files.dirty_inodes().contains(&stuck));
     f.faults.upload.release();
     v.fsync(stuck).await.unwrap();
     let m = remount(f.m, &dir).await;
@@ -388,11 +389,11 @@ async fn a_hung_background_upload_does_not_hold_back_other_files() {
     f.faults.upload.hang.store(false, Ordering::SeqCst);
     let other = write_file(&v, ROOT_INO, "other", b"fine").await;
     until("the other file committed", || {
-        !v.dirty_inodes().contains(&other)
+        !v.files.dirty_inodes().contains(&other)
     })
     .await;
     assert!(
-        v.dirty_inodes().contains(&stuck),
+        v.files.dirty_inodes().contains(&stuck),
         "the hung upload finished: the test proved nothing"
     );
     // The stuck file commits once its call returns.
@@ -470,7 +471,7 @@ async fn a_hung_store_at_shutdown_leaves_the_file_journaled_for_the_next_start()
     drop(f);
     // The next start finds the journal and commits the file before serving.
     let m = mount_at(&dir).await;
-    assert!(m.vfs.dirty_inodes().is_empty());
+    assert!(m.vfs.files.dirty_inodes().is_empty());
     assert_eq!(read_all(&m.vfs, "stuck").await, data);
 }
 
@@ -536,7 +537,7 @@ async fn a_hung_catalog_commit_blocks_no_namespace_change_read_or_write() {
         .collect();
     assert_eq!(names, vec!["note", "sub"]);
     assert!(
-        v.dirty_inodes().contains(&n),
+        v.files.dirty_inodes().contains(&n),
         "the hung commit finished: the test proved nothing"
     );
     f.faults.commit.release();

@@ -301,13 +301,16 @@ async fn a_crash_loses_no_acknowledged_write() {
         .unwrap();
     write_file(v, ROOT_INO, "gone", b"unlinked while dirty").await;
     v.remove(ROOT_INO, "gone", false).await.unwrap();
-    assert!(!v.dirty_inodes().is_empty(), "nothing was left dirty");
+    assert!(!v.files.dirty_inodes().is_empty(), "nothing was left dirty");
     // The crash: no shutdown, no flush.
     drop(m);
 
     let m = mount_lazy(&dir).await;
     let v = &m.vfs;
-    assert!(v.dirty_inodes().is_empty(), "recovery left files dirty");
+    assert!(
+        v.files.dirty_inodes().is_empty(),
+        "recovery left files dirty"
+    );
     assert!(read_all(v, "f").await == edited);
     assert_eq!(read_all(v, "new").await, b"brand new");
     assert_eq!(read_all(v, "after").await, b"renamed later");
@@ -361,7 +364,7 @@ async fn staging_stays_within_its_budget_without_evicting_dirty_or_open_files() 
         let data = random(MB, n);
         let ino = write_file(v, ROOT_INO, &format!("f{n}"), &data).await;
         v.fsync(ino).await.unwrap();
-        v.collect_staging();
+        v.files.collect_staging();
         let s = v.stats();
         assert!(
             s.staging_bytes <= 3 * MB as u64 + MB as u64,
@@ -373,7 +376,7 @@ async fn staging_stays_within_its_budget_without_evicting_dirty_or_open_files() 
     let s = v.stats();
     assert!(s.staging_evictions >= 4, "{s:?}");
     assert!(
-        v.dirty_inodes().contains(&held.ino),
+        v.files.dirty_inodes().contains(&held.ino),
         "the open dirty file lost its staging"
     );
     assert_eq!(
@@ -395,7 +398,7 @@ async fn staging_stays_within_its_budget_without_evicting_dirty_or_open_files() 
     let v = &m.vfs;
     let mut model = big;
     edit(v, "big", &[Op::Write(MB as u64, vec![1; 4096])], &mut model).await;
-    v.collect_staging();
+    v.files.collect_staging();
     assert!(v.stats().staging_bytes < 64 * 1024, "{:?}", v.stats());
     assert_eq!(v.stats().staging_evictions, 0);
     let m = remount(m, &dir).await;

@@ -16,14 +16,13 @@ use std::time::Duration;
 
 use crate::remote::cas_wire::Carried;
 use crate::remote::{CatalogOp, ComposeEdit, FileId, RemoteError, RemoteResult, UploadItem};
-use crate::vfs::fileio::blocking;
 use crate::vfs::inode::Ino;
 use crate::vfs::staging::{empty_id, Staged};
-use crate::vfs::{Stats, Vfs};
+use crate::vfs::{blocking, Stats};
 
 use super::conflict::Committing;
 use super::failure::{FlushFailure, Step};
-use super::{Outcome, NS_INO};
+use super::{Flusher, Outcome, NS_INO};
 
 pub(in crate::vfs) type FlushResult = Result<Outcome, FlushFailure>;
 
@@ -35,10 +34,10 @@ const COMPOSE_MAX_DIRTY: u64 = 256 << 20;
 /// hung call fails while a large healthy one is not cut off (at least 8 MiB/s).
 const MIN_STORE_RATE: u64 = 8 << 20;
 
-/// Own commit revisions remembered for the refresher (see `Vfs::own_revisions`).
+/// Own commit revisions remembered for the refresher (see `Flusher::own_revisions`).
 const OWN_REVISIONS_KEPT: usize = 4096;
 
-/// Makes `Vfs::commit_epoch` odd while alive.
+/// Makes `Flusher::commit_epoch` odd while alive.
 struct Epoch<'a>(&'a AtomicU64);
 
 impl<'a> Epoch<'a> {
@@ -52,6 +51,21 @@ impl Drop for Epoch<'_> {
     fn drop(&mut self) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// The stored body of each file, or why it could not be stored.
+type Bodies = HashMap<Ino, Result<Option<FileId>, FlushFailure>>;
+
+/// One catalog commit being put together (`Flusher::gather`).
+struct Batch<'a> {
+    ops: Vec<CatalogOp>,
+    /// The namespace log's sequence number the ops reach, and how many of them it gave.
+    ns_seq: u64,
+    ns_ops: usize,
+    committing: Vec<Committing<'a>>,
+    uploads: Vec<Carried>,
+    /// Files already decided.
+    results: Vec<(Ino, FlushResult)>,
 }
 
 /// Why a batch's commit did not apply.
@@ -81,23 +95,7 @@ pub(super) struct Prepared {
     pub route: Route,
 }
 
-impl Vfs {
-    /// Linked inodes whose staging differs from what the store holds.
-    pub(in crate::vfs) fn dirty_inodes(&self) -> Vec<Ino> {
-        let staged: Vec<(Ino, Arc<Staged>)> = self
-            .inodes
-            .lock()
-            .iter()
-            .filter(|i| i.linked)
-            .filter_map(|i| i.staged.clone().map(|s| (i.ino, s)))
-            .collect();
-        staged
-            .into_iter()
-            .filter(|(_, s)| s.with_io(|io| io.state.is_dirty()))
-            .map(|(i, _)| i)
-            .collect()
-    }
-
+impl Flusher {
     /// Flush the given files: one upload session, one catalog commit that also carries every
     /// pending namespace change. [`NS_INO`] stands for the namespace changes alone.
     pub(in crate::vfs) async fn flush_batch(&self, inos: &[Ino]) -> Vec<(Ino, FlushResult)> {
@@ -111,7 +109,7 @@ impl Vfs {
                 continue;
             }
             let staged = {
-                let t = self.inodes.lock();
+                let t = self.ns.table();
                 t.get(ino)
                     .ok()
                     .filter(|i| i.linked)
@@ -135,7 +133,7 @@ impl Vfs {
                 Err(e) => results.push((ino, Err(FlushFailure::local(Step::Prepare, e)))),
             }
         }
-        if !ready.is_empty() || !self.nslog.lock().is_empty() {
+        if !ready.is_empty() || !self.ns.log().is_empty() {
             results.extend(self.upload_and_commit(ready).await);
         }
         for (_, r) in &results {
@@ -161,7 +159,7 @@ impl Vfs {
         if !covered && (dirty_bytes > COMPOSE_MAX_DIRTY || staged.compose_refused()) {
             // Too much to hold in memory, or the store refused the composition: complete the
             // staging copy, then upload it whole.
-            self.fill_all_holes(&staged).await?;
+            self.files.fill_all_holes(&staged).await?;
         }
         let covered = staged.with_io(|io| io.state.is_fully_covered());
         if covered {
@@ -193,7 +191,7 @@ impl Vfs {
         what: &str,
         call: impl Future<Output = RemoteResult<T>>,
     ) -> RemoteResult<T> {
-        let limit = self.config.write_timeout + Duration::from_secs(bytes / MIN_STORE_RATE);
+        let limit = self.settings.write_timeout + Duration::from_secs(bytes / MIN_STORE_RATE);
         match tokio::time::timeout(limit, call).await {
             Ok(r) => r,
             Err(_) => Err(RemoteError::Timeout(format!(
@@ -207,21 +205,15 @@ impl Vfs {
     fn superseded(&self, p: &Prepared) -> bool {
         p.staged.with_io(|io| io.state.generation()) != p.generation
             || !self
-                .inodes
-                .lock()
+                .ns
+                .table()
                 .get(p.ino)
                 .is_ok_and(|i| i.linked && i.holds(&p.staged))
     }
 
     /// Store the bodies of `ready`: compositions and one upload session for whole files run
     /// side by side. Also what compositions left for the commit to carry.
-    async fn store_bodies(
-        &self,
-        ready: &[Prepared],
-    ) -> (
-        HashMap<Ino, Result<Option<FileId>, FlushFailure>>,
-        HashMap<Ino, Carried>,
-    ) {
+    async fn store_bodies(&self, ready: &[Prepared]) -> (Bodies, HashMap<Ino, Carried>) {
         let mut bodies = HashMap::new();
         let mut carried = HashMap::new();
         let mut whole: Vec<&Prepared> = Vec::new();
@@ -314,7 +306,7 @@ impl Vfs {
     /// path and unlink records are made durable, and the log records the catalog revision
     /// the commit starts from, so that a crash before its end is decided right.
     async fn before_namespace_commit(&self, ns_seq: u64) -> Result<(), FlushFailure> {
-        let staging = self.staging.clone();
+        let staging = self.files.area().clone();
         blocking(move || Ok(staging.sync_journals()?))
             .await
             .map_err(|e| FlushFailure::local(Step::Commit, e))?;
@@ -322,79 +314,25 @@ impl Vfs {
             .bounded(0, "revision", self.catalog.revision())
             .await
             .map_err(|e| FlushFailure::remote(Step::Commit, e))?;
-        self.nslog
-            .lock()
+        self.ns
+            .log()
             .committing(ns_seq, rev)
             .map_err(|e| FlushFailure::local(Step::Commit, e.into()))
     }
 
     async fn upload_and_commit(&self, ready: Vec<Prepared>) -> Vec<(Ino, FlushResult)> {
-        let mut results = Vec::new();
-        let (mut bodies, mut carried) = self.store_bodies(&ready).await;
-        let mut uploads = Vec::new();
-
+        let (bodies, carried) = self.store_bodies(&ready).await;
         // Commits in order: the pending namespace ops, then the bodies at the paths those ops
         // lead to, snapshotted together under the namespace lock and committed after it.
         let _commit = self.commit_lock.lock().await;
-        let ns = self.ns_lock.lock().await;
-        let (mut ops, ns_seq) = self.nslog.lock().snapshot();
-        let ns_ops = ops.len();
-        let cas = self.catalog.capabilities().compare_and_swap;
-        let mut committing: Vec<Committing<'_>> = Vec::new();
-        for p in &ready {
-            let body = match bodies.remove(&p.ino) {
-                Some(Ok(body)) => body,
-                Some(Err(e)) => {
-                    if self.superseded(p) {
-                        tracing::debug!(
-                            ino = p.ino,
-                            "{e} for content replaced meanwhile; retrying"
-                        );
-                        results.push((p.ino, Ok(Outcome::Retry)));
-                    } else {
-                        results.push((p.ino, Err(e)));
-                    }
-                    continue;
-                }
-                None => continue,
-            };
-            if p.staged.with_io(|io| io.state.generation()) != p.generation {
-                tracing::debug!(ino = p.ino, "written during its upload; flushed again");
-                results.push((p.ino, Ok(Outcome::Retry)));
-                continue;
-            }
-            let entry = {
-                let t = self.inodes.lock();
-                match t.get(p.ino) {
-                    // The body replaces the version this mount's changes started from, and
-                    // only that one. A file with several names is not checked: its version
-                    // could not move aside alone.
-                    Ok(i) if i.linked => t.entry_of(p.ino, body.clone()).map(|e| {
-                        let expect = (cas && i.link.is_none()).then(|| CatalogOp::Expect {
-                            path: e.path.clone(),
-                            content: i.remote.clone(),
-                        });
-                        (e, expect)
-                    }),
-                    // Unlinked meanwhile: an orphan is never committed.
-                    _ => {
-                        results.push((p.ino, Ok(Outcome::Clean)));
-                        continue;
-                    }
-                }
-            };
-            match entry {
-                Ok((e, expect)) => {
-                    let path = e.path.clone();
-                    ops.extend(expect);
-                    ops.push(CatalogOp::Put(e));
-                    uploads.extend(carried.remove(&p.ino));
-                    committing.push((p, body, path));
-                }
-                Err(e) => results.push((p.ino, Err(FlushFailure::local(Step::Commit, e)))),
-            }
-        }
-        drop(ns);
+        let Batch {
+            ops,
+            ns_seq,
+            ns_ops,
+            committing,
+            uploads,
+            mut results,
+        } = self.gather(&ready, bodies, carried).await;
         if ops.is_empty() {
             return results;
         }
@@ -443,63 +381,144 @@ impl Vfs {
         }
         Stats::add(&self.stats.flush_commits, 1);
         if ns_ops > 0 {
-            if let Err(e) = self.nslog.lock().committed(ns_seq) {
+            if let Err(e) = self.ns.log().committed(ns_seq) {
                 // Committed; a crash before the mark is decided by the `Committing` mark.
                 tracing::warn!("cannot mark namespace changes committed: {e}");
             }
             results.push((NS_INO, Ok(Outcome::Committed)));
         }
         for (p, body, _) in committing {
-            let overwritten = {
-                let mut t = self.inodes.lock();
-                let path = t.path_of(p.ino).unwrap_or_default();
-                t.get_mut(p.ino).ok().and_then(|i| {
-                    i.remote = body.clone();
-                    // A conflict stays reported: this commit put the version aside.
-                    if i.flush_error.is_some_and(|e| !e.conflict) {
-                        i.flush_error = None;
-                    }
-                    Some((path, i.overwritten.take()?))
-                })
-            };
-            if let Some((path, other)) = overwritten {
-                Stats::add(&self.stats.remote_overwrites, 1);
-                tracing::warn!(
-                    "/{path}: replaced another writer's version ({other}) with this mount's ({}); last writer wins",
-                    body.as_ref().map_or("empty", |b| b.hash.as_str())
-                );
-            }
-            let base = body.clone().unwrap_or_else(empty_id);
-            let applied = p.staged.commit(base, p.generation).unwrap_or_else(|e| {
-                // The store has the content; only the journal entry is missing, so a crash
-                // would merely commit it again.
-                tracing::warn!(ino = p.ino, "cannot journal a commit: {e:?}");
-                false
-            });
-            // Not applied: written since the snapshot. The store holds the snapshot; staging
-            // keeps its dirty ranges against the old base, which stays readable in the CAS.
-            let outcome = if applied {
-                match p.route {
-                    _ if p.size == 0 => {}
-                    Route::Whole => Stats::add(&self.stats.files_uploaded, 1),
-                    Route::Compose { .. } => Stats::add(&self.stats.files_composed, 1),
-                }
-                Outcome::Committed
-            } else {
-                tracing::debug!(ino = p.ino, "written during its commit; flushed again");
-                Outcome::Retry
-            };
-            if applied && self.config.paranoid {
-                if let Some(body) = &body {
-                    if let Err(e) = self.verify_commit(p, body).await {
-                        Stats::add(&self.stats.commit_verify_failures, 1);
-                        tracing::error!(ino = p.ino, "committed body does not read back: {e}");
-                    }
-                }
-                self.drop_clean_staging(p.ino);
-            }
+            let outcome = self.committed(p, body).await;
             results.push((p.ino, Ok(outcome)));
         }
         results
+    }
+
+    /// Under the namespace lock: the pending namespace ops and, after them, a `Put` (with its
+    /// expectation) of every file whose body was stored and that is still what was stored.
+    async fn gather<'a>(
+        &self,
+        ready: &'a [Prepared],
+        mut bodies: Bodies,
+        mut carried: HashMap<Ino, Carried>,
+    ) -> Batch<'a> {
+        let _ns = self.ns.lock().await;
+        let (ops, ns_seq) = self.ns.log().snapshot();
+        let mut b = Batch {
+            ns_ops: ops.len(),
+            ops,
+            ns_seq,
+            committing: Vec::new(),
+            uploads: Vec::new(),
+            results: Vec::new(),
+        };
+        let cas = self.catalog.capabilities().compare_and_swap;
+        for p in ready {
+            let body = match bodies.remove(&p.ino) {
+                Some(Ok(body)) => body,
+                Some(Err(e)) => {
+                    if self.superseded(p) {
+                        tracing::debug!(
+                            ino = p.ino,
+                            "{e} for content replaced meanwhile; retrying"
+                        );
+                        b.results.push((p.ino, Ok(Outcome::Retry)));
+                    } else {
+                        b.results.push((p.ino, Err(e)));
+                    }
+                    continue;
+                }
+                None => continue,
+            };
+            if p.staged.with_io(|io| io.state.generation()) != p.generation {
+                tracing::debug!(ino = p.ino, "written during its upload; flushed again");
+                b.results.push((p.ino, Ok(Outcome::Retry)));
+                continue;
+            }
+            let entry = {
+                let t = self.ns.table();
+                match t.get(p.ino) {
+                    // The body replaces the version this mount's changes started from, and
+                    // only that one. A file with several names is not checked: its version
+                    // could not move aside alone.
+                    Ok(i) if i.linked => t.entry_of(p.ino, body.clone()).map(|e| {
+                        let expect = (cas && i.link.is_none()).then(|| CatalogOp::Expect {
+                            path: e.path.clone(),
+                            content: i.remote.clone(),
+                        });
+                        (e, expect)
+                    }),
+                    // Unlinked meanwhile: an orphan is never committed.
+                    _ => {
+                        b.results.push((p.ino, Ok(Outcome::Clean)));
+                        continue;
+                    }
+                }
+            };
+            match entry {
+                Ok((e, expect)) => {
+                    let path = e.path.clone();
+                    b.ops.extend(expect);
+                    b.ops.push(CatalogOp::Put(e));
+                    b.uploads.extend(carried.remove(&p.ino));
+                    b.committing.push((p, body, path));
+                }
+                Err(e) => b
+                    .results
+                    .push((p.ino, Err(FlushFailure::local(Step::Commit, e)))),
+            }
+        }
+        b
+    }
+
+    /// File `p` was committed with `body`: show it in the table and settle its staging copy.
+    async fn committed(&self, p: &Prepared, body: Option<FileId>) -> Outcome {
+        let overwritten = {
+            let mut t = self.ns.table();
+            let path = t.path_of(p.ino).unwrap_or_default();
+            t.get_mut(p.ino).ok().and_then(|i| {
+                i.remote = body.clone();
+                // A conflict stays reported: this commit put the version aside.
+                if i.flush_error.is_some_and(|e| !e.conflict) {
+                    i.flush_error = None;
+                }
+                Some((path, i.overwritten.take()?))
+            })
+        };
+        if let Some((path, other)) = overwritten {
+            Stats::add(&self.stats.remote_overwrites, 1);
+            tracing::warn!(
+                "/{path}: replaced another writer's version ({other}) with this mount's ({}); last writer wins",
+                body.as_ref().map_or("empty", |b| b.hash.as_str())
+            );
+        }
+        let base = body.clone().unwrap_or_else(empty_id);
+        let applied = p.staged.commit(base, p.generation).unwrap_or_else(|e| {
+            // The store has the content; only the journal entry is missing, so a crash
+            // would merely commit it again.
+            tracing::warn!(ino = p.ino, "cannot journal a commit: {e:?}");
+            false
+        });
+        if !applied {
+            // Written since the snapshot. The store holds the snapshot; staging keeps its
+            // dirty ranges against the old base, which stays readable in the CAS.
+            tracing::debug!(ino = p.ino, "written during its commit; flushed again");
+            return Outcome::Retry;
+        }
+        match p.route {
+            _ if p.size == 0 => {}
+            Route::Whole => Stats::add(&self.stats.files_uploaded, 1),
+            Route::Compose { .. } => Stats::add(&self.stats.files_composed, 1),
+        }
+        if self.settings.paranoid {
+            if let Some(body) = &body {
+                if let Err(e) = self.verify_commit(p, body).await {
+                    Stats::add(&self.stats.commit_verify_failures, 1);
+                    tracing::error!(ino = p.ino, "committed body does not read back: {e}");
+                }
+            }
+            self.files.drop_clean_staging(p.ino);
+        }
+        Outcome::Committed
     }
 }

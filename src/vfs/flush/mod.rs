@@ -5,30 +5,46 @@
 //! - `batch.rs`: one batch: prepare, upload/compose, commit, settle.
 //! - `conflict.rs`: a commit refused because another writer replaced a file (compare-and-swap).
 //! - `failure.rs`: what a failure was, for the log and for the writers it is reported to.
+//! - `sync.rs`: what callers wait for: `fsync` of a file, the commit of everything at exit.
 //! - `verify.rs`: paranoid mode's read-back of every commit.
+//!
+//! # Locks held here (their place in the whole order is in `vfs/mod.rs`)
+//!
+//! - `Staged::flush_lock` (tokio, per inode): one flush of an inode at a time; several are
+//!   taken in ascending inode order. Taken first of all.
+//! - `commit_lock` (tokio): one catalog commit at a time, so pending namespace ops reach the
+//!   catalog in order. Held across the commit; taken before the namespace lock, never while
+//!   holding it.
+//! - `own_revisions` and the queue's locks (std): taken alone, never across an `.await`.
 
 mod batch;
 mod conflict;
 mod failure;
+mod sync;
 mod verify;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-pub(super) use batch::FlushResult;
+pub(in crate::vfs) use batch::FlushResult;
 
+use crate::remote::{Cas, Catalog};
 use crate::vfs::inode::{FlushError, Ino};
-use crate::vfs::Vfs;
+use crate::vfs::namespace::{Drain, Namespace};
+use crate::vfs::write::WritePath;
+use crate::vfs::{Stats, VfsResult};
 
 /// Stands for the pending namespace changes in the flush queue and in flush results (no inode
 /// has number 0).
-pub(super) const NS_INO: Ino = 0;
+pub(in crate::vfs) const NS_INO: Ino = 0;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Also the retry interval after a permanent failure: the data is kept and retried now and
@@ -69,7 +85,7 @@ impl Due {
 }
 
 /// Files waiting for their debounce to expire.
-pub(super) struct FlushQueue {
+pub(in crate::vfs) struct FlushQueue {
     debounce: Duration,
     /// A file closed again and again is still flushed this long after it first queued.
     max_window: Duration,
@@ -175,50 +191,141 @@ impl FlushQueue {
     }
 }
 
-pub(super) fn spawn_flusher(vfs: &Arc<Vfs>) {
-    let weak = Arc::downgrade(vfs);
-    let queue = vfs.flusher.clone();
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    tokio::spawn(async move {
-        loop {
-            let wake = queue.wake.notified();
-            tokio::pin!(wake);
-            wake.as_mut().enable();
-            if queue.stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            let (due, next) = queue.take_due(Instant::now());
-            if due.is_empty() {
-                match next {
-                    Some(at) => {
-                        tokio::select! {
-                            _ = wake => {}
-                            _ = tokio::time::sleep_until(at) => {}
-                        }
-                    }
-                    None => wake.await,
-                }
-                continue;
-            }
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let Some(vfs) = weak.upgrade() else { return };
-            tokio::spawn(async move {
-                let results = vfs.flush_batch(&due).await;
-                vfs.collect_staging();
-                vfs.settle(results);
-                drop(slot);
-            });
-        }
-    });
+/// How flushes behave, from the mount's configuration.
+#[derive(Clone, Debug)]
+pub(in crate::vfs) struct FlushSettings {
+    /// Limit for one store call, stretched by the bytes it carries (`batch.rs`).
+    pub write_timeout: Duration,
+    /// Read every commit back and drop clean copies (`verify.rs`).
+    pub paranoid: bool,
+    /// Named in the log for what stays journaled.
+    pub staging_dir: PathBuf,
 }
 
-impl Vfs {
+/// Commits staged files and pending namespace changes to the store: in the background as
+/// they fall due, and at once for `fsync`, listings and exit.
+pub(in crate::vfs) struct Flusher {
+    catalog: Arc<dyn Catalog>,
+    cas: Arc<dyn Cas>,
+    ns: Arc<Namespace>,
+    files: Arc<WritePath>,
+    queue: Arc<FlushQueue>,
+    stats: Arc<Stats>,
+    settings: FlushSettings,
+    commit_lock: tokio::sync::Mutex<()>,
+    /// Odd while a catalog commit is in flight or its result is not yet in the table, bumped
+    /// again once it is: a refresh whose listing spans a change of it may mistake this
+    /// mount's own commit for another writer's, and tries again.
+    commit_epoch: AtomicU64,
+    /// Revisions this mount's own commits produced that the change feed has not reported
+    /// yet: the refresher skips what only they changed.
+    own_revisions: Mutex<BTreeSet<u64>>,
+}
+
+impl Flusher {
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::vfs) fn new(
+        catalog: Arc<dyn Catalog>,
+        cas: Arc<dyn Cas>,
+        ns: Arc<Namespace>,
+        files: Arc<WritePath>,
+        queue: Arc<FlushQueue>,
+        stats: Arc<Stats>,
+        settings: FlushSettings,
+    ) -> Arc<Self> {
+        let f = Arc::new(Flusher {
+            catalog,
+            cas,
+            ns,
+            files,
+            queue,
+            stats,
+            settings,
+            commit_lock: tokio::sync::Mutex::new(()),
+            commit_epoch: AtomicU64::new(0),
+            own_revisions: Mutex::default(),
+        });
+        let drainer: Weak<dyn Drain> = Arc::downgrade(&f) as Weak<dyn Drain>;
+        f.ns.set_drainer(drainer);
+        f
+    }
+
+    pub(in crate::vfs) fn queue(&self) -> &Arc<FlushQueue> {
+        &self.queue
+    }
+
+    /// The commit epoch (see the field): odd while a commit is in flight.
+    pub(in crate::vfs) fn commit_epoch(&self) -> u64 {
+        self.commit_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Whether every revision after `since` up to `revision` is one of this mount's own
+    /// commits (forgetting those up to `revision`). A commit in flight is waited for first (it
+    /// may be the one the feed reports, its answer not in yet); past `wait` the answer is no.
+    pub(in crate::vfs) async fn only_own_commits(
+        &self,
+        since: u64,
+        revision: u64,
+        wait: Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.commit_epoch() % 2 == 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut own = self.own_revisions.lock();
+        let all = all_own(&own, since, revision);
+        *own = own.split_off(&(revision + 1));
+        all
+    }
+
+    /// Run due files in batches in the background until the queue is stopped or the
+    /// flusher dropped.
+    pub(in crate::vfs) fn spawn(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let queue = self.queue.clone();
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        tokio::spawn(async move {
+            loop {
+                let wake = queue.wake.notified();
+                tokio::pin!(wake);
+                wake.as_mut().enable();
+                if queue.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (due, next) = queue.take_due(Instant::now());
+                if due.is_empty() {
+                    match next {
+                        Some(at) => {
+                            tokio::select! {
+                                _ = wake => {}
+                                _ = tokio::time::sleep_until(at) => {}
+                            }
+                        }
+                        None => wake.await,
+                    }
+                    continue;
+                }
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(f) = weak.upgrade() else { return };
+                tokio::spawn(async move {
+                    let results = f.flush_batch(&due).await;
+                    f.files.collect_staging();
+                    f.settle(results);
+                    drop(slot);
+                });
+            }
+        });
+    }
+
     /// After a background flush: reschedule what changed meanwhile, back off and record what
     /// failed (for the next `close`/`fsync` of the file's writers).
     fn settle(&self, results: Vec<(Ino, FlushResult)>) {
-        let queue = &self.flusher;
+        let queue = &self.queue;
         for (ino, r) in results {
             match r {
                 Ok(Outcome::Retry) => queue.schedule(ino),
@@ -227,9 +334,9 @@ impl Vfs {
                 }
                 Err(f) => {
                     let b = queue.next_backoff(ino, f.permanent);
-                    let at = self.next_event();
+                    let at = self.ns.next_event();
                     let path = {
-                        let mut t = self.inodes.lock();
+                        let mut t = self.ns.table();
                         let path = match ino {
                             NS_INO => "(namespace changes)".into(),
                             _ => t.path_of(ino).unwrap_or_else(|_| "(unlinked)".into()),
@@ -258,9 +365,44 @@ impl Vfs {
     }
 }
 
+#[async_trait]
+impl Drain for Flusher {
+    async fn drain(&self) -> VfsResult<()> {
+        for (ino, r) in self.flush_batch(&[NS_INO]).await {
+            if ino == NS_INO {
+                r.map_err(|f| f.errno)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `own` holds every revision in `since + 1..=revision` (catalog revisions count
+/// commits one by one, so any other writer's commit in that span is one missing from it).
+fn all_own(own: &BTreeSet<u64>, since: u64, revision: u64) -> bool {
+    revision > since
+        && revision - since <= own.len() as u64
+        && (since + 1..=revision).all(|r| own.contains(&r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_span_is_own_only_if_every_revision_in_it_is() {
+        let own = [5, 6, 8].into_iter().collect();
+        assert!(all_own(&own, 4, 6));
+        assert!(all_own(&own, 5, 6));
+        assert!(all_own(&own, 7, 8));
+        // Another writer's revision 7 between two of ours.
+        assert!(!all_own(&own, 4, 8));
+        assert!(!all_own(&own, 6, 8));
+        // Before ours, or nothing new.
+        assert!(!all_own(&own, 3, 6));
+        assert!(!all_own(&own, 6, 6));
+        assert!(!all_own(&Default::default(), 4, 5));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_file_closed_again_and_again_still_falls_due_within_the_window() {

@@ -4,12 +4,11 @@
 use std::os::unix::fs::FileExt;
 
 use crate::remote::FileId;
-use crate::vfs::inode::Ino;
-use crate::vfs::Vfs;
 
 use super::batch::{Prepared, Route};
+use super::Flusher;
 
-impl Vfs {
+impl Flusher {
     /// Paranoid mode: read `body` back from the store and compare it with staging (holes:
     /// with the base they mirror). Stops quietly if the file changes meanwhile.
     pub(super) async fn verify_commit(&self, p: &Prepared, body: &FileId) -> Result<(), String> {
@@ -55,21 +54,5 @@ impl Vfs {
             off = end;
         }
         Ok(())
-    }
-
-    /// Paranoid mode: forget a clean staging copy, even of an open file. A writer that picked
-    /// up the copy before it was forgotten redoes its write on the new one
-    /// (`with_current_staging`).
-    pub(in crate::vfs) fn drop_clean_staging(&self, ino: Ino) {
-        let staged = self
-            .inodes
-            .lock()
-            .get(ino)
-            .ok()
-            .and_then(|i| i.staged.clone());
-        if let Some(s) = staged {
-            // `s` still holds a reference: the file goes when it is dropped, outside the locks.
-            self.forget_clean_copy(ino, &s, true);
-        }
     }
 }

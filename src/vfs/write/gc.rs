@@ -12,16 +12,18 @@ use std::sync::Arc;
 
 use crate::vfs::inode::Ino;
 use crate::vfs::staging::Staged;
-use crate::vfs::{Stats, Vfs};
+use crate::vfs::Stats;
 
-impl Vfs {
+use super::WritePath;
+
+impl WritePath {
     /// Evict clean staging copies until usage is within the budget and their number within
     /// the limit.
-    pub(super) fn collect_staging(&self) {
-        let budget = self.config.max_staging_size;
-        let max_files = self.config.max_staged_files;
+    pub(in crate::vfs) fn collect_staging(&self) {
+        let budget = self.budget.bytes;
+        let max_files = self.budget.files;
         let staged: Vec<(Ino, Arc<Staged>, bool)> = {
-            let t = self.inodes.lock();
+            let t = self.ns.table();
             t.iter()
                 .filter_map(|i| {
                     let s = i.staged.clone()?;
@@ -73,12 +75,17 @@ impl Vfs {
     /// Forget `s` as `ino`'s staging copy if it is clean, still current, linked, and (unless
     /// `even_if_open`) unopened. The io lock keeps writers out while it is checked, the inode
     /// table lock keeps openers out. Returns whether it was forgotten.
-    pub(super) fn forget_clean_copy(&self, ino: Ino, s: &Arc<Staged>, even_if_open: bool) -> bool {
+    pub(in crate::vfs) fn forget_clean_copy(
+        &self,
+        ino: Ino,
+        s: &Arc<Staged>,
+        even_if_open: bool,
+    ) -> bool {
         s.with_io(|io| {
             if io.state.is_dirty() {
                 return false;
             }
-            let mut t = self.inodes.lock();
+            let mut t = self.ns.table();
             match t.get_mut(ino) {
                 Ok(i) if (even_if_open || i.open_handles == 0) && i.linked && i.holds(s) => {
                     i.staged = None;
@@ -87,5 +94,16 @@ impl Vfs {
                 _ => false,
             }
         })
+    }
+
+    /// Paranoid mode: forget a clean staging copy, even of an open file. A writer that picked
+    /// up the copy before it was forgotten redoes its write on the new one
+    /// (`with_current_staging`).
+    pub(in crate::vfs) fn drop_clean_staging(&self, ino: Ino) {
+        let staged = self.ns.table().get(ino).ok().and_then(|i| i.staged.clone());
+        if let Some(s) = staged {
+            // `s` still holds a reference: the file goes when it is dropped, outside the locks.
+            self.forget_clean_copy(ino, &s, true);
+        }
     }
 }

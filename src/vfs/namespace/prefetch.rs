@@ -27,14 +27,15 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::remote::{Entry, EntryKind, FixedOwner, Meta, RemoteError};
 use crate::vfs::inode::Ino;
-use crate::vfs::Vfs;
+
+use super::Namespace;
 
 /// Most entries one prefetch reads; a bigger subtree is left to per-directory listing past it.
 pub(super) const PREFETCH_BUDGET: usize = 50_000;
@@ -42,9 +43,9 @@ pub(super) const PREFETCH_BUDGET: usize = 50_000;
 const MAX_ACTIVE: usize = 4;
 
 /// The prefetches of one mount.
-pub(super) struct Prefetches {
-    /// The VFS, for the tasks (set once it is built).
-    vfs: OnceLock<Weak<Vfs>>,
+pub(in crate::vfs) struct Prefetches {
+    /// The namespace the tasks install into.
+    ns: Weak<Namespace>,
     active: Mutex<Vec<Arc<Prefetch>>>,
     /// The catalog cannot list recursively.
     unsupported: AtomicBool,
@@ -54,21 +55,15 @@ pub(super) struct Prefetches {
     budget: AtomicUsize,
 }
 
-impl Default for Prefetches {
-    fn default() -> Self {
+impl Prefetches {
+    pub(super) fn new(ns: Weak<Namespace>) -> Self {
         Prefetches {
-            vfs: OnceLock::new(),
+            ns,
             active: Mutex::default(),
             unsupported: AtomicBool::new(false),
             too_big: Mutex::default(),
             budget: AtomicUsize::new(PREFETCH_BUDGET),
         }
-    }
-}
-
-impl Prefetches {
-    pub(super) fn set_vfs(&self, vfs: Weak<Vfs>) {
-        let _ = self.vfs.set(vfs);
     }
 }
 
@@ -285,12 +280,12 @@ impl TreeBuilder {
     }
 }
 
-impl Vfs {
+impl Namespace {
     /// Wait for a running prefetch to list directory `path` (`dir`). Returns once `dir` is
     /// listed, or when no prefetch is going to list it (the caller lists it itself).
     pub(super) async fn wait_for_prefetch(&self, dir: Ino, path: &str) {
         loop {
-            let renames = self.nslog.lock().renames();
+            let renames = self.log.lock().renames();
             let mut rx = {
                 let active = self.prefetch.active.lock();
                 match active
@@ -302,13 +297,13 @@ impl Vfs {
                 }
             };
             // Subscribed before looking: an install after this look wakes the wait.
-            if self.inodes.lock().is_listed(dir) {
+            if self.table().is_listed(dir) {
                 return;
             }
             if rx.changed().await.is_err() {
                 return;
             }
-            if self.inodes.lock().is_listed(dir) {
+            if self.table().is_listed(dir) {
                 return;
             }
         }
@@ -321,11 +316,9 @@ impl Vfs {
         if pf.unsupported.load(Ordering::Relaxed) {
             return;
         }
-        let Some(vfs) = pf.vfs.get().cloned() else {
-            return;
-        };
+        let ns = pf.ns.clone();
         let path = {
-            let t = self.inodes.lock();
+            let t = self.table();
             let Ok(d) = t.get(dir) else { return };
             if d.prefetched || !d.linked {
                 return;
@@ -343,7 +336,7 @@ impl Vfs {
             }
             path
         };
-        let renames = self.nslog.lock().renames();
+        let renames = self.log.lock().renames();
         let p = {
             let mut active = pf.active.lock();
             let covered = active
@@ -360,12 +353,12 @@ impl Vfs {
             active.push(p.clone());
             p
         };
-        if let Ok(d) = self.inodes.lock().get_mut(dir) {
+        if let Ok(d) = self.table().get_mut(dir) {
             d.prefetched = true;
         }
         tokio::spawn(async move {
-            let running = Running { vfs, p };
-            if let Err(e) = run(&running.vfs, &running.p).await {
+            let running = Running { ns, p };
+            if let Err(e) = run(&running.ns, &running.p).await {
                 tracing::debug!("prefetch of /{} stopped: {e}", running.p.top);
             }
         });
@@ -377,11 +370,11 @@ impl Vfs {
         if listings.is_empty() {
             return true;
         }
-        let _ns = self.ns_lock.lock().await;
-        if self.nslog.lock().renames() != renames {
+        let _ns = self.lock.lock().await;
+        if self.log.lock().renames() != renames {
             return false;
         }
-        let mut t = self.inodes.lock();
+        let mut t = self.table();
         for l in listings {
             let Some(dir) = t.unlisted_dir_at(&l.path) else {
                 continue;
@@ -402,14 +395,14 @@ impl Vfs {
 /// A running prefetch task: however it ends (done, failed, or dropped with its runtime), its
 /// waiters are woken and it leaves the active list, so nothing waits for it forever.
 struct Running {
-    vfs: Weak<Vfs>,
+    ns: Weak<Namespace>,
     p: Arc<Prefetch>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.p.end();
-        if let Some(v) = self.vfs.upgrade() {
+        if let Some(v) = self.ns.upgrade() {
             v.prefetch
                 .active
                 .lock()
@@ -419,13 +412,13 @@ impl Drop for Running {
 }
 
 /// The prefetch task: page by page until the end, the budget, a failure or a rename.
-async fn run(vfs: &Weak<Vfs>, p: &Prefetch) -> Result<(), RemoteError> {
+async fn run(ns: &Weak<Namespace>, p: &Prefetch) -> Result<(), RemoteError> {
     let (catalog, fixed) = {
-        let Some(v) = vfs.upgrade() else {
+        let Some(v) = ns.upgrade() else {
             return Ok(());
         };
         // The catalog must hold every change made here before it is read.
-        v.drain_namespace()
+        v.drain()
             .await
             .map_err(|e| RemoteError::Other(format!("pending changes not committed: {e:?}")))?;
         (v.catalog.clone(), v.catalog.capabilities().fixed_owner)
@@ -435,7 +428,7 @@ async fn run(vfs: &Weak<Vfs>, p: &Prefetch) -> Result<(), RemoteError> {
     let mut seen = 0usize;
     loop {
         let Some(page) = catalog.list_tree(&p.top, cursor.as_deref()).await? else {
-            if let Some(v) = vfs.upgrade() {
+            if let Some(v) = ns.upgrade() {
                 v.prefetch.unsupported.store(true, Ordering::Relaxed);
             }
             return Ok(());
@@ -444,7 +437,7 @@ async fn run(vfs: &Weak<Vfs>, p: &Prefetch) -> Result<(), RemoteError> {
         let last = page.entries.last().map(|e| e.path.clone());
         let end = page.next.is_none();
         let ready = b.push_page(page.entries, end).map_err(RemoteError::Other)?;
-        let Some(v) = vfs.upgrade() else {
+        let Some(v) = ns.upgrade() else {
             return Ok(());
         };
         if !v.install_prefetched(p.renames, ready).await {
@@ -803,7 +796,7 @@ mod vfs_tests {
 
     async fn stored_tree(dir: &std::path::Path) {
         let (m, _) = mount(dir, false, true).await;
-        m.vfs.catalog.commit(tree_ops()).await.unwrap();
+        m.vfs.ns.catalog().commit(tree_ops()).await.unwrap();
         m.vfs.shutdown(std::time::Duration::from_secs(30)).await;
     }
 
@@ -845,10 +838,10 @@ mod vfs_tests {
         let (m, w) = mount(&dir, true, true).await;
         // One page, then it stops: `top` and the directory it was in are not prefetched
         // again; the directories not reached are listed (and prefetched) on their own.
-        m.vfs.prefetch.budget.store(1_000, Ordering::Relaxed);
+        m.vfs.ns.prefetch.budget.store(1_000, Ordering::Relaxed);
         let got = walk(&m.vfs, "top").await;
         assert_eq!(got, per_dir);
-        let too_big = m.vfs.prefetch.too_big.lock().clone();
+        let too_big = m.vfs.ns.prefetch.too_big.lock().clone();
         assert!(too_big.contains("top/a2"), "{too_big:?}");
         let (lists, trees) = w.counts();
         assert!(

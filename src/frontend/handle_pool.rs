@@ -1,5 +1,5 @@
 //! Handles for stateless protocols (NFSv3): READ and WRITE name a file, not an open file, so
-//! the VFS keeps a bounded pool of open handles per inode and lends them out.
+//! the frontend keeps a bounded pool of open VFS handles per inode and lends them out.
 //!
 //! A lent handle is an `Arc<Pooled>`; the VFS handle is released when the last `Arc` drops.
 //! Replacing or evicting a pool entry therefore never closes a handle another request is
@@ -14,8 +14,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::vfs::inode::Ino;
-use crate::vfs::{Vfs, VfsResult};
+use crate::vfs::{Ino, Vfs, VfsResult};
 
 /// One open VFS handle, released when the last user lets go of it.
 pub struct Pooled {
@@ -28,10 +27,7 @@ pub struct Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(vfs) = self.vfs.upgrade() {
-            if let Ok(i) = vfs.inodes.lock().get_mut(self.ino) {
-                i.pooled_handles -= 1;
-            }
-            let _ = vfs.release(self.fh);
+            vfs.release_pooled(self.ino, self.fh);
         }
     }
 }
@@ -128,69 +124,57 @@ impl HandlePool {
     }
 }
 
-impl Vfs {
-    async fn open_pooled(self: &Arc<Self>, ino: Ino, write: bool) -> VfsResult<Arc<Pooled>> {
-        let o = self.open(ino, write, false).await?;
-        let counted = self
-            .inodes
-            .lock()
-            .get_mut(ino)
-            .map(|i| i.pooled_handles += 1);
-        if let Err(e) = counted {
-            let _ = self.release(o.fh);
-            return Err(e);
-        }
+impl HandlePool {
+    async fn open(vfs: &Arc<Vfs>, ino: Ino, write: bool) -> VfsResult<Arc<Pooled>> {
+        let fh = vfs.open_pooled(ino, write).await?;
         Ok(Arc::new(Pooled {
-            vfs: Arc::downgrade(self),
+            vfs: Arc::downgrade(vfs),
             ino,
-            fh: o.fh,
+            fh,
             writable: write,
         }))
     }
 
     /// Stateless read: bytes and whether they reach the end of the file.
-    pub async fn pool_read(
-        self: &Arc<Self>,
-        pool: &HandlePool,
+    pub async fn read(
+        &self,
+        vfs: &Arc<Vfs>,
         ino: Ino,
         offset: u64,
         count: u32,
     ) -> VfsResult<(Bytes, bool)> {
-        let h = match pool.lend(ino, false) {
+        let h = match self.lend(ino, false) {
             Some(h) => h,
             None => {
-                let h = self.open_pooled(ino, false).await?;
-                pool.publish(ino, h.clone());
+                let h = Self::open(vfs, ino, false).await?;
+                self.publish(ino, h.clone());
                 h
             }
         };
-        let data = self.read(h.fh, offset, count).await?;
-        let size = self.getattr(ino)?.size;
+        let data = vfs.read(h.fh, offset, count).await?;
+        let size = vfs.getattr(ino)?.size;
         let eof = offset + data.len() as u64 >= size;
         Ok((data, eof))
     }
 
     /// Stateless write, durable in the staging journal when it returns; schedules a flush.
-    pub async fn pool_write(
-        self: &Arc<Self>,
-        pool: &HandlePool,
+    pub async fn write(
+        &self,
+        vfs: &Arc<Vfs>,
         ino: Ino,
         offset: u64,
         data: Vec<u8>,
     ) -> VfsResult<u32> {
-        let n = match pool.lend(ino, true) {
-            Some(h) => self.write(h.fh, offset, data).await?,
+        match self.lend(ino, true) {
+            Some(h) => vfs.write_stable(h.fh, ino, offset, data).await,
             None => {
                 // Upgrade: a fresh writable handle, published only once its write landed.
-                let h = self.open_pooled(ino, true).await?;
-                let n = self.write(h.fh, offset, data).await?;
-                pool.publish(ino, h);
-                n
+                let h = Self::open(vfs, ino, true).await?;
+                let n = vfs.write_stable(h.fh, ino, offset, data).await?;
+                self.publish(ino, h);
+                Ok(n)
             }
-        };
-        self.sync_staging(ino).await?;
-        self.flusher.schedule(ino);
-        Ok(n)
+        }
     }
 }
 
@@ -207,31 +191,26 @@ mod tests {
         let v = m.vfs.clone();
         let pool = HandlePool::new(8);
         let ino = write_file(&v, ROOT_INO, "f", b"0123456789").await;
-        let (d, eof) = v.pool_read(&pool, ino, 0, 4).await.unwrap();
+        let (d, eof) = pool.read(&v, ino, 0, 4).await.unwrap();
         assert_eq!((&d[..], eof), (&b"0123"[..], false));
         assert_eq!(pool.writable(ino), Some(false));
         // The regression: a WRITE after a READ must upgrade, not fail.
-        assert_eq!(
-            v.pool_write(&pool, ino, 2, b"ab".to_vec()).await.unwrap(),
-            2
-        );
+        assert_eq!(pool.write(&v, ino, 2, b"ab".to_vec()).await.unwrap(), 2);
         assert_eq!(pool.writable(ino), Some(true));
         let fh = pool.lend(ino, true).unwrap().fh;
-        v.pool_write(&pool, ino, 8, b"YZ!".to_vec()).await.unwrap();
+        pool.write(&v, ino, 8, b"YZ!".to_vec()).await.unwrap();
         assert_eq!(
             pool.lend(ino, true).unwrap().fh,
             fh,
             "a second write reopened"
         );
         // A read is served by the writable handle too.
-        let (d, eof) = v.pool_read(&pool, ino, 0, 100).await.unwrap();
+        let (d, eof) = pool.read(&v, ino, 0, 100).await.unwrap();
         assert_eq!((&d[..], eof), (&b"01ab4567YZ!"[..], true));
         // A write with no prior read.
         let (g, o) = v.create(ROOT_INO, "g", 0o644, ME).await.unwrap();
         v.release(o.fh).unwrap();
-        v.pool_write(&pool, g.ino, 0, b"fresh".to_vec())
-            .await
-            .unwrap();
+        pool.write(&v, g.ino, 0, b"fresh".to_vec()).await.unwrap();
         assert_eq!(pool.writable(g.ino), Some(true));
         pool.clear();
         let m = remount(m, &dir).await;
@@ -246,16 +225,16 @@ mod tests {
         let v = m.vfs.clone();
         let pool = HandlePool::new(2);
         let ino = write_file(&v, ROOT_INO, "f", b"abc").await;
-        v.pool_read(&pool, ino, 0, 1).await.unwrap();
+        pool.read(&v, ino, 0, 1).await.unwrap();
         let borrowed = pool.lend(ino, false).unwrap();
         // An upgrade replaces the read-only handle while it is borrowed...
-        v.pool_write(&pool, ino, 0, b"X".to_vec()).await.unwrap();
+        pool.write(&v, ino, 0, b"X".to_vec()).await.unwrap();
         // ...and the borrower can still use it: it is released only when dropped.
         assert_eq!(&v.read(borrowed.fh, 0, 3).await.unwrap()[..], b"Xbc");
         drop(borrowed);
         for n in 0..5 {
             let i = write_file(&v, ROOT_INO, &format!("g{n}"), b"x").await;
-            v.pool_read(&pool, i, 0, 1).await.unwrap();
+            pool.read(&v, i, 0, 1).await.unwrap();
         }
         assert!(pool.len() <= 2);
         pool.clear();
@@ -274,7 +253,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 for k in 0..20u64 {
                     let off = (k * 8 + w) * 1000;
-                    v.pool_write(&pool, ino, off, vec![w as u8 + 1; 1000])
+                    pool.write(&v, ino, off, vec![w as u8 + 1; 1000])
                         .await
                         .unwrap();
                 }
@@ -305,7 +284,7 @@ mod tests {
         let v = m.vfs.clone();
         let ino = crate::vfs::tests::resolve(&v, "f").await.unwrap();
         let pool = HandlePool::new(4);
-        v.pool_write(&pool, ino, 1_234_567, b"nfs edit".to_vec())
+        pool.write(&v, ino, 1_234_567, b"nfs edit".to_vec())
             .await
             .unwrap();
         assert_eq!(v.stats().bytes_fetched, 0, "the write downloaded data");

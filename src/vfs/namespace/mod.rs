@@ -1,25 +1,206 @@
-//! Namespace operations. Each mutation is validated against the inode table and applied to it
-//! under `ns_lock`, together with the append of its catalog ops to the namespace log
+//! The namespace part: the inode table, the namespace log and the lock that orders changes
+//! to both. Each mutation is validated against the table and applied to it under the
+//! namespace lock, together with the append of its catalog ops to the namespace log
 //! (`nslog.rs`); the flusher commits them. Directories an operation needs are listed before
-//! `ns_lock` is taken (a listing may commit pending ops first, which takes `commit_lock`).
+//! the lock is taken (a listing may commit pending ops first, which takes the flusher's
+//! commit lock).
+//!
+//! # Locks held here (their place in the whole order is in `vfs/mod.rs`)
+//!
+//! - `lock` (tokio): serialises namespace changes (table update + log append) and the
+//!   snapshot a commit takes of them with the file entries. Never held across store I/O;
+//!   taken after the flusher's commit lock, never before it.
+//! - `table` (std): the inode table. Never held across file or network I/O; taken after a
+//!   staged file's io lock.
+//! - `log` (std): pending namespace ops; taken alone.
+//! - `invalidator` and the prefetch registry (std): taken last, never across an `.await`.
 
-use crate::remote::{CatalogOp, Entry, EntryKind, Meta};
-use crate::vfs::flush::NS_INO;
-use crate::vfs::inode::{now_ns, Attr, Ino, InodeTable, ROOT_INO};
-use crate::vfs::staging::Staged;
-use crate::vfs::{Caller, DirEntry, Errno, SetAttr, TimeSet, Vfs, VfsResult};
-use std::sync::Arc;
+mod aside;
+mod prefetch;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::remote::{Catalog, CatalogOp, Entry, EntryKind, Meta};
+use crate::vfs::flush::{FlushQueue, NS_INO};
+use crate::vfs::inode::{now_ns, Attr, Ino, InodeTable, Invalidation, ROOT_INO};
+use crate::vfs::nslog::NsLog;
+use crate::vfs::staging::{Staged, StagingArea};
+use crate::vfs::{Caller, DirEntry, Errno, SetAttr, Stats, TimeSet, VfsResult, NAME_MAX};
+
+pub(in crate::vfs) use prefetch::Prefetches;
 
 const S_ISGID: u32 = libc::S_ISGID;
 
-impl Vfs {
+/// What commits the pending namespace ops (the flusher): a catalog read needs them in the
+/// catalog first, so that the catalog and the table agree on every path.
+#[async_trait]
+pub(in crate::vfs) trait Drain: Send + Sync {
+    /// Commit every pending namespace change now.
+    async fn drain(&self) -> VfsResult<()>;
+}
+
+/// The mount's namespace: which entries exist, under which names, with which metadata, and
+/// the changes made here that the catalog does not hold yet.
+pub(in crate::vfs) struct Namespace {
+    catalog: Arc<dyn Catalog>,
+    read_only: bool,
+    lock: tokio::sync::Mutex<()>,
+    table: Mutex<InodeTable>,
+    log: Mutex<NsLog>,
+    /// Staging files journal the paths of their files: renames and unlinks update them.
+    staging: Arc<StagingArea>,
+    /// Where pending namespace changes are scheduled for commit ([`NS_INO`]).
+    queue: Arc<FlushQueue>,
+    stats: Arc<Stats>,
+    drainer: OnceLock<Weak<dyn Drain>>,
+    /// Orders writes through handles and flush failures (see `Handle::wrote_at`).
+    events: AtomicU64,
+    /// Where kernel cache invalidations go (the frontend's queue), once it asked.
+    invalidator: Mutex<Option<std::sync::mpsc::Sender<Invalidation>>>,
+    /// Subtree listings in the background (`prefetch.rs`).
+    prefetch: Prefetches,
+}
+
+/// EINVAL for `.`, `..`, empty names and names with a slash; ENAMETOOLONG past [`NAME_MAX`].
+pub(in crate::vfs) fn check_name(name: &str) -> VfsResult<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+impl Namespace {
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::vfs) fn new(
+        catalog: Arc<dyn Catalog>,
+        root: Entry,
+        log: NsLog,
+        staging: Arc<StagingArea>,
+        queue: Arc<FlushQueue>,
+        stats: Arc<Stats>,
+        read_only: bool,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me: &Weak<Namespace>| Namespace {
+            catalog,
+            read_only,
+            lock: tokio::sync::Mutex::new(()),
+            table: Mutex::new(InodeTable::new(root)),
+            log: Mutex::new(log),
+            staging,
+            queue,
+            stats,
+            drainer: OnceLock::new(),
+            events: AtomicU64::new(0),
+            invalidator: Mutex::new(None),
+            prefetch: Prefetches::new(me.clone()),
+        })
+    }
+
+    /// Name what commits pending changes (once, when the flusher exists).
+    pub(in crate::vfs) fn set_drainer(&self, d: Weak<dyn Drain>) {
+        let _ = self.drainer.set(d);
+    }
+
+    /// The inode table.
+    pub(in crate::vfs) fn table(&self) -> MutexGuard<'_, InodeTable> {
+        self.table.lock()
+    }
+
+    /// The namespace log.
+    pub(in crate::vfs) fn log(&self) -> MutexGuard<'_, NsLog> {
+        self.log.lock()
+    }
+
+    /// The namespace lock (see the module doc).
+    pub(in crate::vfs) async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    pub(in crate::vfs) fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.catalog
+    }
+
+    /// The next event number (see `Handle::wrote_at`).
+    pub(in crate::vfs) fn next_event(&self) -> u64 {
+        self.events.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(in crate::vfs) fn check_writable(&self) -> VfsResult<()> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Current attributes. A staged file's size lives in its staging state.
+    pub(in crate::vfs) fn getattr(&self, ino: Ino) -> VfsResult<Attr> {
+        let (staged, attr) = {
+            let t = self.table();
+            let i = t.get(ino)?;
+            (i.staged.clone(), i.attr(i.remote_size()))
+        };
+        Ok(match staged {
+            Some(s) => Attr {
+                size: s.size(),
+                ..attr
+            },
+            None => attr,
+        })
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub(in crate::vfs) fn forget(&self, ino: Ino, n: u64) {
+        let staged = {
+            let mut t = self.table();
+            if let Ok(i) = t.get_mut(ino) {
+                i.nlookup = i.nlookup.saturating_sub(n);
+            }
+            t.reap(ino)
+        };
+        drop(staged);
+    }
+
+    /// The queue the frontend drains to drop kernel caches (one consumer; a second call
+    /// replaces the first).
+    pub(in crate::vfs) fn invalidations(&self) -> std::sync::mpsc::Receiver<Invalidation> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self.invalidator.lock() = Some(tx);
+        rx
+    }
+
+    /// The frontend handled one queued invalidation.
+    pub(in crate::vfs) fn invalidation_done(&self) {
+        self.stats
+            .pending_invalidations
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Queue kernel cache invalidations for the frontend.
+    pub(in crate::vfs) fn invalidate(&self, v: Vec<Invalidation>) {
+        let tx = self.invalidator.lock().clone();
+        let Some(tx) = tx else { return };
+        for inv in v {
+            if tx.send(inv).is_ok() {
+                Stats::add(&self.stats.pending_invalidations, 1);
+            }
+        }
+    }
+
     /// Make sure directory `dir`'s children are in the table, and every name of the
     /// hard-linked files among them (see the invariant in `inode.rs`). Never called with
     /// `ns_lock` held. A directory below a running subtree prefetch is listed by it (`prefetch.rs`).
-    pub(super) async fn ensure_listed(&self, dir: Ino) -> VfsResult<()> {
+    pub(in crate::vfs) async fn ensure_listed(&self, dir: Ino) -> VfsResult<()> {
         let entries = loop {
             let path = {
-                let t = self.inodes.lock();
+                let t = self.table();
                 t.dir(dir)?;
                 if t.is_listed(dir) {
                     return Ok(());
@@ -27,21 +208,21 @@ impl Vfs {
                 t.path_of(dir)?
             };
             self.wait_for_prefetch(dir, &path).await;
-            if self.inodes.lock().is_listed(dir) {
+            if self.table().is_listed(dir) {
                 return Ok(());
             }
             // Counted before the drain: a rename pushed during it may not be committed.
-            let renames = self.nslog.lock().renames();
+            let renames = self.log.lock().renames();
             // The catalog is read only once it holds every change made here.
-            self.drain_namespace().await?;
-            let path = self.inodes.lock().path_of(dir)?;
+            self.drain().await?;
+            let path = self.table().path_of(dir)?;
             let entries = self.catalog.list_dir(&path).await?;
-            if self.nslog.lock().renames() == renames {
+            if self.log.lock().renames() == renames {
                 break entries;
             }
             // A rename meanwhile may have moved the directory: list it again.
         };
-        let new_links = self.inodes.lock().install_listing(dir, entries)?;
+        let new_links = self.table().install_listing(dir, entries)?;
         for link in new_links {
             for other in self.catalog.link_paths(link).await? {
                 let parent = other.rfind('/').map_or("", |i| &other[..i]);
@@ -51,16 +232,11 @@ impl Vfs {
         Ok(())
     }
 
-    /// `fsyncdir`: commit every namespace change made so far to the store.
-    pub async fn sync_namespace(&self) -> VfsResult<()> {
-        self.drain_namespace().await
-    }
-
     /// Make the namespace changes made so far survive a power loss (not yet committed): for
     /// NFS, whose namespace replies promise stable storage.
-    pub async fn sync_namespace_journal(&self) -> VfsResult<()> {
-        let file = self.nslog.lock().handle()?;
-        super::fileio::blocking(move || Ok(file.sync_data()?)).await
+    pub(in crate::vfs) async fn sync_journal(&self) -> VfsResult<()> {
+        let file = self.log.lock().handle()?;
+        crate::vfs::blocking(move || Ok(file.sync_data()?)).await
     }
 
     /// Take `ns_lock` with every directory a change needs in the table: `dirs`, and the entry
@@ -78,13 +254,13 @@ impl Vfs {
             for d in dirs {
                 self.ensure_listed(*d).await?;
             }
-            let child = self.inodes.lock().child(dir, name)?;
-            if let Some(c) = child.filter(|c| unlisted_dir(&self.inodes.lock(), *c)) {
+            let child = self.table().child(dir, name)?;
+            if let Some(c) = child.filter(|c| unlisted_dir(&self.table(), *c)) {
                 self.ensure_listed(c).await?;
             }
-            let ns = self.ns_lock.lock().await;
+            let ns = self.lock.lock().await;
             let child = {
-                let t = self.inodes.lock();
+                let t = self.table();
                 let child = t.child(dir, name)?;
                 (!child.is_some_and(|c| unlisted_dir(&t, c))).then_some(child)
             };
@@ -95,65 +271,58 @@ impl Vfs {
     }
 
     /// Commit every pending namespace change now.
-    pub(super) async fn drain_namespace(&self) -> VfsResult<()> {
-        if self.nslog.lock().is_empty() {
+    pub(in crate::vfs) async fn drain(&self) -> VfsResult<()> {
+        if self.log.lock().is_empty() {
             return Ok(());
         }
-        for (ino, r) in self.flush_batch(&[NS_INO]).await {
-            if ino == NS_INO {
-                r.map_err(|f| f.errno)?;
-            }
-        }
-        Ok(())
+        let drainer = self.drainer.get().and_then(Weak::upgrade);
+        // Without a flusher (being torn down) nothing can commit: the catalog is behind.
+        drainer.ok_or(Errno::EIO)?.drain().await
     }
 
     /// Record a namespace change: journaled before this returns, committed by the flusher.
     /// Called under `ns_lock`, after the change was validated and before the table shows it.
-    pub(super) fn push_ns(&self, ops: Vec<CatalogOp>) -> VfsResult<()> {
-        self.nslog.lock().push(ops)?;
-        self.flusher.schedule(NS_INO);
+    pub(in crate::vfs) fn push_ns(&self, ops: Vec<CatalogOp>) -> VfsResult<()> {
+        self.log.lock().push(ops)?;
+        self.queue.schedule(NS_INO);
         Ok(())
     }
 
     /// List every directory from the root down to the directory at `path`.
-    pub(super) async fn ensure_path_listed(&self, path: &str) -> VfsResult<()> {
+    pub(in crate::vfs) async fn ensure_path_listed(&self, path: &str) -> VfsResult<()> {
         let mut dir = ROOT_INO;
         self.ensure_listed(dir).await?;
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            dir = self.inodes.lock().child(dir, part)?.ok_or(Errno::ENOENT)?;
+            dir = self.table().child(dir, part)?.ok_or(Errno::ENOENT)?;
             self.ensure_listed(dir).await?;
         }
         Ok(())
     }
 
     /// FUSE LOOKUP: `name` in `parent`, taking one kernel reference (released by `forget`).
-    pub async fn lookup(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+    pub(in crate::vfs) async fn lookup(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
         let attr = self.find(parent, name).await?;
-        self.inodes.lock().get_mut(attr.ino)?.nlookup += 1;
+        self.table().get_mut(attr.ino)?.nlookup += 1;
         Ok(attr)
     }
 
     /// `name` in `parent` without a kernel reference: for stateless frontends and internal
     /// path walks, which never send `forget` (a reference would pin unlinked inodes forever).
-    pub async fn find(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
-        if name.len() > crate::vfs::NAME_MAX {
+    pub(in crate::vfs) async fn find(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+        if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
         self.ensure_listed(parent).await?;
-        let ino = self
-            .inodes
-            .lock()
-            .child(parent, name)?
-            .ok_or(Errno::ENOENT)?;
+        let ino = self.table().child(parent, name)?.ok_or(Errno::ENOENT)?;
         self.getattr(ino)
     }
 
     /// Walking a directory also starts prefetching the subtree below it (`prefetch.rs`).
-    pub async fn opendir(&self, ino: Ino) -> VfsResult<u64> {
+    pub(in crate::vfs) async fn dir_entries(&self, ino: Ino) -> VfsResult<Vec<DirEntry>> {
         self.ensure_listed(ino).await?;
         self.prefetch_below(ino);
         let entries = {
-            let t = self.inodes.lock();
+            let t = self.table();
             let d = t.dir(ino)?;
             let mut v = vec![
                 DirEntry {
@@ -176,31 +345,16 @@ impl Vfs {
             }
             v
         };
-        Ok(self.new_handle(super::HandleEntry::Dir(entries)))
-    }
-
-    /// Entries of an open directory from index `offset` on (a snapshot taken at opendir).
-    pub fn readdir(&self, fh: u64, offset: u64) -> VfsResult<Vec<DirEntry>> {
-        let h = self.handles.lock();
-        match h.map.get(&fh) {
-            Some(super::HandleEntry::Dir(v)) => {
-                Ok(v.iter().skip(offset as usize).cloned().collect())
-            }
-            _ => Err(Errno::EBADF),
-        }
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.lock().map.remove(&fh);
+        Ok(entries)
     }
 
     /// The directory holding `ino` (the root is its own parent).
-    pub fn parent_of(&self, ino: Ino) -> VfsResult<Ino> {
-        Ok(self.inodes.lock().get(ino)?.parent)
+    pub(in crate::vfs) fn parent_of(&self, ino: Ino) -> VfsResult<Ino> {
+        Ok(self.table().get(ino)?.parent)
     }
 
-    pub fn readlink(&self, ino: Ino) -> VfsResult<String> {
-        let t = self.inodes.lock();
+    pub(in crate::vfs) fn readlink(&self, ino: Ino) -> VfsResult<String> {
+        let t = self.table();
         let i = t.get(ino)?;
         i.target.clone().ok_or(Errno::EINVAL)
     }
@@ -211,7 +365,7 @@ impl Vfs {
         if let Some(fixed) = self.catalog.capabilities().fixed_owner {
             return Ok(Meta::now(fixed.mode(kind), fixed.uid, fixed.gid));
         }
-        let t = self.inodes.lock();
+        let t = self.table();
         let p = t.dir(parent)?;
         let inherit_gid = p.meta.mode & S_ISGID != 0;
         let gid = if inherit_gid { p.meta.gid } else { caller.gid };
@@ -239,7 +393,7 @@ impl Vfs {
     /// `moved` there brings the paths below it along: the longest this mount knows is checked.
     fn check_holdable(&self, parent: Ino, name: &str, moved: Option<Ino>) -> VfsResult<()> {
         let path = {
-            let t = self.inodes.lock();
+            let t = self.table();
             let mut path = t.child_path(parent, name)?;
             if let Some(src) = moved {
                 if let Some((_, deepest)) = Self::deepest_below(&t, src, 0) {
@@ -288,7 +442,7 @@ impl Vfs {
     }
 
     /// Create a new entry `name` in `parent` (file, directory or symlink). Returns its inode.
-    pub(super) async fn create_entry(
+    pub(in crate::vfs) async fn create_entry(
         &self,
         parent: Ino,
         name: &str,
@@ -298,14 +452,14 @@ impl Vfs {
         caller: Caller,
     ) -> VfsResult<Ino> {
         self.check_writable()?;
-        Self::check_name(name)?;
+        check_name(name)?;
         self.check_storable(kind)?;
         self.check_holdable(parent, name, None)?;
         self.ensure_listed(parent).await?;
-        let _ns = self.ns_lock.lock().await;
+        let _ns = self.lock.lock().await;
         let meta = self.new_meta(parent, kind, mode, caller)?;
         let (entry, parent_op) = {
-            let t = self.inodes.lock();
+            let t = self.table();
             if t.child(parent, name)?.is_some() {
                 return Err(Errno::EEXIST);
             }
@@ -320,14 +474,14 @@ impl Vfs {
             (entry, Self::touched_dir_op(&t, parent, meta.mtime_ns)?)
         };
         self.push_ns(vec![CatalogOp::Put(entry.clone()), parent_op])?;
-        let mut t = self.inodes.lock();
+        let mut t = self.table();
         Self::touch_dir(&mut t, parent, meta.mtime_ns)?;
         let ino = t.insert_child(parent, name, entry)?;
         t.get_mut(ino)?.nlookup += 1;
         Ok(ino)
     }
 
-    pub async fn mkdir(
+    pub(in crate::vfs) async fn mkdir(
         &self,
         parent: Ino,
         name: &str,
@@ -340,35 +494,7 @@ impl Vfs {
         self.getattr(ino)
     }
 
-    /// `mknod(2)`: `mode` carries the file type. A regular file is created empty; FIFOs,
-    /// sockets and device nodes are catalog entries without a body.
-    pub async fn mknod(
-        &self,
-        parent: Ino,
-        name: &str,
-        mode: u32,
-        rdev: u64,
-        caller: Caller,
-    ) -> VfsResult<Attr> {
-        let kind = match mode & libc::S_IFMT {
-            libc::S_IFREG | 0 => {
-                let (attr, opened) = self.create(parent, name, mode, caller).await?;
-                self.release(opened.fh)?;
-                return Ok(attr);
-            }
-            libc::S_IFIFO => EntryKind::Fifo,
-            libc::S_IFSOCK => EntryKind::Socket,
-            libc::S_IFCHR => EntryKind::CharDevice(rdev),
-            libc::S_IFBLK => EntryKind::BlockDevice(rdev),
-            _ => return Err(Errno::EINVAL),
-        };
-        let ino = self
-            .create_entry(parent, name, kind, mode & 0o7777, None, caller)
-            .await?;
-        self.getattr(ino)
-    }
-
-    pub async fn symlink(
+    pub(in crate::vfs) async fn symlink(
         &self,
         parent: Ino,
         name: &str,
@@ -395,11 +521,11 @@ impl Vfs {
     }
 
     /// Remove `name` from `parent`: a file or symlink (`dir == false`) or an empty directory.
-    pub async fn remove(&self, parent: Ino, name: &str, dir: bool) -> VfsResult<()> {
+    pub(in crate::vfs) async fn remove(&self, parent: Ino, name: &str, dir: bool) -> VfsResult<()> {
         self.check_writable()?;
         let (_ns, ino) = self.lock_listed(&[parent], (parent, name)).await?;
         let ino = ino.ok_or(Errno::ENOENT)?;
-        let is_dir = self.inodes.lock().get(ino)?.is_dir();
+        let is_dir = self.table().get(ino)?.is_dir();
         match (dir, is_dir) {
             (true, false) => return Err(Errno::ENOTDIR),
             (false, true) => return Err(Errno::EISDIR),
@@ -408,8 +534,7 @@ impl Vfs {
         let nonempty = |c: &std::collections::BTreeMap<String, Ino>| !c.is_empty();
         if is_dir
             && self
-                .inodes
-                .lock()
+                .table()
                 .get(ino)?
                 .children
                 .as_ref()
@@ -419,7 +544,7 @@ impl Vfs {
         }
         let now = now_ns();
         let ops = {
-            let t = self.inodes.lock();
+            let t = self.table();
             let path = t.child_path(parent, name)?;
             let mut ops = vec![
                 CatalogOp::Delete { path },
@@ -431,7 +556,7 @@ impl Vfs {
         };
         self.push_ns(ops)?;
         let (still_linked, staged, reaped) = {
-            let mut t = self.inodes.lock();
+            let mut t = self.table();
             Self::touch_dir(&mut t, parent, now)?;
             t.get_mut(ino)?.meta.ctime_ns = now;
             let still_linked = t.unlink_name(ino, parent, name)?;
@@ -469,9 +594,14 @@ impl Vfs {
 
     /// `link(2)`: `new_parent/new_name` becomes another name of file `ino`, taking one kernel
     /// reference like a lookup. Only where the catalog can keep hard links.
-    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &str) -> VfsResult<Attr> {
+    pub(in crate::vfs) async fn link(
+        &self,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &str,
+    ) -> VfsResult<Attr> {
         self.check_writable()?;
-        Self::check_name(new_name)?;
+        check_name(new_name)?;
         if !self.catalog.capabilities().hard_links {
             tracing::warn!(
                 "link(2) refused with EPERM: this store keeps one name per file (no hard links)"
@@ -480,10 +610,10 @@ impl Vfs {
         }
         self.check_holdable(new_parent, new_name, None)?;
         self.ensure_listed(new_parent).await?;
-        let _ns = self.ns_lock.lock().await;
+        let _ns = self.lock.lock().await;
         let now = now_ns();
         let ops = {
-            let t = self.inodes.lock();
+            let t = self.table();
             let i = t.get(ino)?;
             if i.is_dir() {
                 return Err(Errno::EPERM);
@@ -509,7 +639,7 @@ impl Vfs {
         };
         self.push_ns(ops)?;
         {
-            let mut t = self.inodes.lock();
+            let mut t = self.table();
             Self::touch_dir(&mut t, new_parent, now)?;
             t.add_name(ino, new_parent, new_name)?;
             let i = t.get_mut(ino)?;
@@ -521,7 +651,7 @@ impl Vfs {
 
     /// Rename `parent/name` to `new_parent/new_name`, replacing an existing target
     /// atomically. `noreplace` is RENAME_NOREPLACE.
-    pub async fn rename(
+    pub(in crate::vfs) async fn rename(
         &self,
         parent: Ino,
         name: &str,
@@ -530,20 +660,16 @@ impl Vfs {
         noreplace: bool,
     ) -> VfsResult<()> {
         self.check_writable()?;
-        Self::check_name(new_name)?;
+        check_name(new_name)?;
         let (_ns, dst) = self
             .lock_listed(&[parent, new_parent], (new_parent, new_name))
             .await?;
-        let src = self
-            .inodes
-            .lock()
-            .child(parent, name)?
-            .ok_or(Errno::ENOENT)?;
+        let src = self.table().child(parent, name)?.ok_or(Errno::ENOENT)?;
         if dst == Some(src) {
             return Ok(());
         }
-        let src_dir = self.inodes.lock().get(src)?.is_dir();
-        if src_dir && self.inodes.lock().is_within(new_parent, src) {
+        let src_dir = self.table().get(src)?.is_dir();
+        if src_dir && self.table().is_within(new_parent, src) {
             return Err(Errno::EINVAL);
         }
         self.check_holdable(new_parent, new_name, src_dir.then_some(src))?;
@@ -551,12 +677,12 @@ impl Vfs {
             if noreplace {
                 return Err(Errno::EEXIST);
             }
-            let dst_dir = self.inodes.lock().get(dst)?.is_dir();
+            let dst_dir = self.table().get(dst)?.is_dir();
             match (src_dir, dst_dir) {
                 (true, false) => return Err(Errno::ENOTDIR),
                 (false, true) => return Err(Errno::EISDIR),
                 (true, true) => {
-                    let t = self.inodes.lock();
+                    let t = self.table();
                     if t.get(dst)?.children.as_ref().is_some_and(|c| !c.is_empty()) {
                         return Err(Errno::ENOTEMPTY);
                     }
@@ -566,7 +692,7 @@ impl Vfs {
         }
         let now = now_ns();
         let ops = {
-            let t = self.inodes.lock();
+            let t = self.table();
             let from = t.child_path(parent, name)?;
             let to = t.child_path(new_parent, new_name)?;
             let mut ops = vec![
@@ -584,7 +710,7 @@ impl Vfs {
         };
         self.push_ns(ops)?;
         let (replaced, reaped) = {
-            let mut t = self.inodes.lock();
+            let mut t = self.table();
             Self::touch_dir(&mut t, parent, now)?;
             Self::touch_dir(&mut t, new_parent, now)?;
             let replaced = match dst {
@@ -620,9 +746,9 @@ impl Vfs {
 
     /// Journal the current path of every staged file (those that did not move are skipped
     /// cheaply).
-    pub(super) fn journal_paths(&self) {
+    pub(in crate::vfs) fn journal_paths(&self) {
         let staged: Vec<(Arc<Staged>, String)> = {
-            let t = self.inodes.lock();
+            let t = self.table();
             t.iter()
                 .filter(|i| i.linked)
                 .filter_map(|i| Some((i.staged.clone()?, t.path_of(i.ino).ok()?)))
@@ -637,21 +763,16 @@ impl Vfs {
         }
     }
 
-    /// Change attributes. Size changes go through staging like writes; metadata changes are
-    /// namespace changes (local first, committed by the flusher).
-    pub async fn setattr(&self, ino: Ino, set: SetAttr) -> VfsResult<Attr> {
-        let meta_change = set.mode.is_some()
-            || set.uid.is_some()
-            || set.gid.is_some()
-            || set.atime.is_some()
-            || set.mtime.is_some();
-        if meta_change || set.size.is_some() {
+    /// Whether `set` may be applied to `ino` at all (checked before any part of it is):
+    /// EROFS on a read-only mount, EPERM for an owner or mode a fixed-owner catalog cannot keep.
+    pub(in crate::vfs) fn check_setattr(&self, ino: Ino, set: &SetAttr) -> VfsResult<()> {
+        if meta_change(set) || set.size.is_some() {
             self.check_writable()?;
         }
         if let Some(fixed) = self.catalog.capabilities().fixed_owner {
             // Owner and mode are the mount's; setting them to what they are is allowed (cp -p,
             // tar and rsync do), changing them is not.
-            let kind = self.inodes.lock().get(ino)?.kind;
+            let kind = self.table().get(ino)?.kind;
             let changes = set.mode.is_some_and(|m| m & 0o7777 != fixed.mode(kind))
                 || set.uid.is_some_and(|u| u != fixed.uid)
                 || set.gid.is_some_and(|g| g != fixed.gid);
@@ -663,14 +784,17 @@ impl Vfs {
                 return Err(Errno::EPERM);
             }
         }
-        if let Some(size) = set.size {
-            self.truncate(ino, size).await?;
-        }
-        if meta_change {
-            let _ns = self.ns_lock.lock().await;
+        Ok(())
+    }
+
+    /// Apply the metadata part of `set` (checked by [`Self::check_setattr`]): a namespace
+    /// change, local first, committed by the flusher.
+    pub(in crate::vfs) async fn set_meta(&self, ino: Ino, set: &SetAttr) -> VfsResult<()> {
+        if meta_change(set) {
+            let _ns = self.lock.lock().await;
             let now = now_ns();
             let (meta, commit) = {
-                let t = self.inodes.lock();
+                let t = self.table();
                 let i = t.get(ino)?;
                 let mut m = i.meta;
                 if let Some(mode) = set.mode {
@@ -706,8 +830,17 @@ impl Vfs {
             if let Some(op) = commit {
                 self.push_ns(vec![op])?;
             }
-            self.inodes.lock().get_mut(ino)?.meta = meta;
+            self.table().get_mut(ino)?.meta = meta;
         }
-        self.getattr(ino)
+        Ok(())
     }
+}
+
+/// Whether `set` changes metadata (anything but the size).
+fn meta_change(set: &SetAttr) -> bool {
+    set.mode.is_some()
+        || set.uid.is_some()
+        || set.gid.is_some()
+        || set.atime.is_some()
+        || set.mtime.is_some()
 }
