@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::remote::{Entry, EntryKind, FileId, Meta};
 use crate::vfs::errno::{Errno, VfsResult};
-use crate::vfs::staging::Staged;
+use crate::vfs::write::staging::Staged;
 
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;

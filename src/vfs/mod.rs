@@ -6,14 +6,13 @@
 //! - [`namespace::Namespace`]: the inode table, the namespace log and the namespace lock;
 //!   listings (with the subtree prefetch) and every namespace change, local first.
 //! - [`write::WritePath`]: staging copies of files (`staging.rs`, `sparse.rs`, `ranges.rs`,
-//!   `journal.rs`), writes and hole filling, the staging budget (`write/gc.rs`).
+//!   `journal.rs`), writes and hole filling, the staging budget (`gc.rs`), start-up
+//!   recovery (`recovery.rs`, which drives the namespace and the flusher too).
 //! - [`read::ReadPath`]: reads of committed bodies through the read cache, with read-ahead.
 //! - [`flush::Flusher`]: commits staged files and namespace changes (debounced queue,
 //!   batches, conflicts, `fsync`, the commit at exit).
 //! - [`refresh::Refresher`]: follows other writers' changes into the namespace.
 //! - [`handles::Handles`]: the open-handle table.
-//!
-//! Start-up recovery (`recovery.rs`) drives the namespace, write path and flusher together.
 //!
 //! # Lock order
 //!
@@ -37,16 +36,11 @@ pub mod errno;
 mod flush;
 mod handles;
 pub mod inode;
-mod journal;
 mod namespace;
 mod nslog;
-pub mod ranges;
 mod read;
 pub mod readcache;
-mod recovery;
 mod refresh;
-pub mod sparse;
-pub mod staging;
 pub mod stats;
 mod write;
 
@@ -65,8 +59,8 @@ use nslog::NsLog;
 use read::ReadPath;
 use readcache::ReadCache;
 use refresh::Refresher;
-use staging::{Falloc, StagingArea};
 pub use stats::{Stats, StatsSnapshot};
+use write::staging::{Falloc, StagingArea};
 use write::{Budget, WritePath};
 
 /// The extended attribute of the mount root that holds the counters.
@@ -308,7 +302,7 @@ impl Vfs {
 
     /// Recover what an earlier run left, then start the flusher and the refresher.
     async fn start(&self, catalog: Arc<dyn Catalog>) -> anyhow::Result<()> {
-        let recovered = recovery::recover(&self.ns, &self.files, &self.flusher)
+        let recovered = write::recovery::recover(&self.ns, &self.files, &self.flusher)
             .await
             .map_err(|e| anyhow::anyhow!("cannot recover the staging directory: {e}"))?;
         if !recovered.committed.is_empty() {

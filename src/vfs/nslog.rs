@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::remote::{CatalogOp, Entry, EntryKind, FileId, Meta};
-use crate::vfs::journal::{frame, frames};
+use crate::vfs::write::journal::{frame, frames};
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;

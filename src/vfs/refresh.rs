@@ -19,7 +19,7 @@ use crate::vfs::flush::{Flusher, NS_INO};
 use crate::vfs::handles::Handles;
 use crate::vfs::inode::Ino;
 use crate::vfs::namespace::Namespace;
-use crate::vfs::staging::Staged;
+use crate::vfs::write::staging::Staged;
 use crate::vfs::write::WritePath;
 use crate::vfs::{Errno, Stats, VfsResult};
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::remote::cas_wire::Carried;
 use crate::remote::{CatalogOp, ComposeEdit, FileId, RemoteError, RemoteResult, UploadItem};
 use crate::vfs::inode::Ino;
-use crate::vfs::staging::{empty_id, Staged};
+use crate::vfs::write::staging::{empty_id, Staged};
 use crate::vfs::{blocking, Stats};
 
 use super::conflict::Committing;

@@ -458,7 +458,7 @@ mod part_tests {
     use crate::vfs::inode::ROOT_INO;
     use crate::vfs::nslog::NsLog;
     use crate::vfs::readcache::ReadCache;
-    use crate::vfs::staging::StagingArea;
+    use crate::vfs::write::staging::StagingArea;
     use crate::vfs::write::Budget;
     use crate::vfs::Caller;
 

@@ -28,7 +28,7 @@ use crate::remote::{Catalog, CatalogOp, Entry, EntryKind, Meta};
 use crate::vfs::flush::{FlushQueue, NS_INO};
 use crate::vfs::inode::{now_ns, Attr, Ino, InodeTable, Invalidation, ROOT_INO};
 use crate::vfs::nslog::NsLog;
-use crate::vfs::staging::{Staged, StagingArea};
+use crate::vfs::write::staging::{Staged, StagingArea};
 use crate::vfs::{Caller, DirEntry, Errno, SetAttr, Stats, TimeSet, VfsResult, NAME_MAX};
 
 pub(in crate::vfs) use prefetch::Prefetches;

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::vfs::inode::Ino;
-use crate::vfs::staging::Staged;
+use crate::vfs::write::staging::Staged;
 use crate::vfs::Stats;
 
 use super::WritePath;

@@ -10,6 +10,11 @@
 //! journaled with it stays current until it is installed.
 
 mod gc;
+pub(in crate::vfs) mod journal;
+pub mod ranges;
+pub(in crate::vfs) mod recovery;
+pub mod sparse;
+pub mod staging;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -21,8 +26,8 @@ use crate::vfs::flush::FlushQueue;
 use crate::vfs::inode::{now_ns, Ino};
 use crate::vfs::namespace::Namespace;
 use crate::vfs::readcache::ReadCache;
-use crate::vfs::staging::{empty_id, Falloc, ReadPlan, Staged, StagingArea};
 use crate::vfs::{blocking, Errno, Stats, VfsResult};
+use staging::{empty_id, Falloc, ReadPlan, Staged, StagingArea};
 
 /// Largest piece of a hole fetched into memory at once while filling staging.
 const FILL_PIECE: u64 = 8 << 20;

@@ -16,7 +16,7 @@ use crate::remote::EntryKind;
 use crate::vfs::flush::Flusher;
 use crate::vfs::inode::{Ino, ROOT_INO};
 use crate::vfs::namespace::Namespace;
-use crate::vfs::staging::{log_path, Staged};
+use crate::vfs::write::staging::{log_path, Staged};
 use crate::vfs::write::WritePath;
 use crate::vfs::{Caller, Errno, VfsResult};
 
@@ -33,7 +33,7 @@ pub struct Recovered {
 
 /// Bring back what an earlier run left in the staging directory: each journaled file is put
 /// on its path (created if needed) and committed in one batch.
-pub(super) async fn recover(
+pub(in crate::vfs) async fn recover(
     ns: &Namespace,
     files: &WritePath,
     flusher: &Flusher,

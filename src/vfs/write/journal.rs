@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::remote::FileId;
-use crate::vfs::sparse::SparseState;
+use crate::vfs::write::sparse::SparseState;
 
 const BASE: u8 = 1;
 const PATH: u8 = 2;
@@ -113,7 +113,7 @@ impl Record {
 
 /// Append one record, framed `[kind u8][payload length u32 LE][payload]`: the framing of
 /// both the staging journals and the namespace log.
-pub(super) fn frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+pub(in crate::vfs) fn frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.push(kind);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
@@ -121,7 +121,7 @@ pub(super) fn frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
 
 /// The complete records of a framed log, in order, as (kind, payload); a torn last record
 /// (a crash mid-append: its operation was never acknowledged) ends the sequence.
-pub(super) fn frames(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+pub(in crate::vfs) fn frames(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     let mut at = 0;
     std::iter::from_fn(move || {
         let head = bytes.get(at..at + 5)?;

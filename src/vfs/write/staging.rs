@@ -20,8 +20,8 @@ use parking_lot::Mutex;
 
 use crate::remote::{ComposeEdit, FileId};
 use crate::vfs::errno::{Errno, VfsResult};
-use crate::vfs::journal::{self, Record};
-use crate::vfs::sparse::SparseState;
+use crate::vfs::write::journal::{self, Record};
+use crate::vfs::write::sparse::SparseState;
 
 /// The body of an empty file has no CAS object; this identity stands for it.
 pub fn empty_id() -> FileId {

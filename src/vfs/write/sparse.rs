@@ -12,7 +12,7 @@
 use std::ops::Range;
 
 use crate::remote::FileId;
-use crate::vfs::ranges::RangeSet;
+use crate::vfs::write::ranges::RangeSet;
 
 #[derive(Clone, Debug)]
 pub struct SparseState {
