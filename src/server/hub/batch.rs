@@ -6,41 +6,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{error, internal, EMPTY_HASH, MAX_MTIME_MS, S};
+use super::{error, internal, Field, EMPTY_HASH, MAX_MTIME_MS, S};
 use crate::remote::{Catalog, CatalogOp, Entry, EntryKind, FileId, Meta};
 use crate::server::buckets::{now_ms, Bucket};
 use crate::server::extract::{OpenBucket, Write};
 use crate::server::{auth::Scope, Answer, Server};
-
-/// A field of a batch line: absent, of the type it should have, or something else. Each is
-/// refused with its own reason, line by line, so one odd field never fails the whole batch.
-#[derive(Default)]
-enum Field<T> {
-    #[default]
-    Absent,
-    Given(T),
-    Other,
-}
-
-impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = Value::deserialize(d)?;
-        Ok(serde_json::from_value(v).map_or(Field::Other, Field::Given))
-    }
-}
-
-impl<T> Field<T> {
-    fn given(&self) -> Option<&T> {
-        match self {
-            Field::Given(t) => Some(t),
-            _ => None,
-        }
-    }
-}
 
 /// One batch line as the client sends it (unknown fields are ignored).
 #[derive(Deserialize)]

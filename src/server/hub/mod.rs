@@ -16,6 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -83,12 +84,49 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A JSON request body; an empty body is the type's default. 400 for anything else.
-fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
+fn json_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     serde_json::from_slice(body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("bad JSON body: {e}")))
+}
+
+/// A field of a JSON body: absent, of the type it should have, or something else. A body
+/// is read as leniently as the Hub reads it: a field of another type is as good as absent
+/// unless the route refuses it with its own reason, and one odd field never makes the whole
+/// body unreadable.
+#[derive(Default)]
+enum Field<T> {
+    #[default]
+    Absent,
+    Given(T),
+    Other,
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok(serde_json::from_value(v).map_or(Field::Other, Field::Given))
+    }
+}
+
+impl<T> Field<T> {
+    fn given(&self) -> Option<&T> {
+        match self {
+            Field::Given(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// The fields of a JSON object as `T` names them; any other JSON value has none. `T`'s
+/// fields are [`Field`]s (or defaulted), so this never fails.
+fn object_fields<T: DeserializeOwned + Default>(v: Value) -> T {
+    match v {
+        Value::Object(m) => serde_json::from_value(Value::Object(m)).unwrap_or_default(),
+        _ => T::default(),
+    }
 }
 
 /// A listing's next-page cursor: the last key returned, so the next page starts after it
@@ -309,27 +347,42 @@ pub async fn delete(State(s): S, b: BucketAccess<Write>) -> Response {
     }
 }
 
+/// `PUT .../settings`: what may change (unknown fields are ignored).
+#[derive(Deserialize, Default)]
+struct SettingsBody {
+    #[serde(default)]
+    private: Field<bool>,
+}
+
 pub async fn settings(State(s): S, b: BucketAccess<Write>, body: Bytes) -> Answer {
-    let v: Value = json_body(&body)?;
-    if let Some(p) = v.get("private").and_then(Value::as_bool) {
-        s.buckets.set_private(&b.id, p).map_err(internal)?;
+    let body: SettingsBody = object_fields(json_body(&body)?);
+    if let Some(p) = body.private.given() {
+        s.buckets.set_private(&b.id, *p).map_err(internal)?;
     }
     Ok(axum::Json(json!({})).into_response())
 }
 
+/// `POST /api/repos/move` (unknown fields are ignored).
+#[derive(Deserialize, Default)]
+struct MoveBody {
+    #[serde(default, rename = "fromRepo")]
+    from_repo: Field<String>,
+    #[serde(default, rename = "toRepo")]
+    to_repo: Field<String>,
+    #[serde(default, rename = "type")]
+    repo_type: Field<String>,
+}
+
 pub async fn move_repo(State(s): S, headers: HeaderMap, body: Bytes) -> Answer {
-    let v: Value = json_body(&body)?;
-    let (Some(from), Some(to)) = (
-        v.get("fromRepo").and_then(Value::as_str),
-        v.get("toRepo").and_then(Value::as_str),
-    ) else {
+    let body: MoveBody = object_fields(json_body(&body)?);
+    let (Some(from), Some(to)) = (body.from_repo.given(), body.to_repo.given()) else {
         return Err(error(
             StatusCode::BAD_REQUEST,
             None,
             "fromRepo and toRepo are required",
         ));
     };
-    if v.get("type").and_then(Value::as_str) != Some("bucket") {
+    if body.repo_type.given().map(String::as_str) != Some("bucket") {
         return Err(error(
             StatusCode::BAD_REQUEST,
             None,

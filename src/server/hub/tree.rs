@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    bad_path, decode_cursor, encode_cursor, error, internal, iso, with_next, EMPTY_HASH,
-    MAX_PATHS_INFO, PAGE, S,
+    bad_path, decode_cursor, encode_cursor, error, internal, iso, object_fields, with_next, Field,
+    EMPTY_HASH, MAX_PATHS_INFO, PAGE, S,
 };
 use crate::remote::local::SqliteCatalog;
 use crate::remote::{Catalog, Entry, EntryKind};
@@ -165,10 +165,19 @@ async fn entries_in(
     Ok((items, next_after))
 }
 
+/// `POST .../paths-info` (unknown fields are ignored).
+#[derive(Deserialize, Default)]
+struct PathsInfoBody {
+    /// Paths that are not strings name nothing.
+    #[serde(default)]
+    paths: Field<Vec<Field<String>>>,
+}
+
 pub async fn paths_info(b: OpenBucket<Read>, body: Bytes) -> Answer {
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("bad JSON body: {e}")))?;
-    let Some(paths) = v.get("paths").and_then(Value::as_array) else {
+    let body: PathsInfoBody = object_fields(v);
+    let Some(paths) = body.paths.given() else {
         return Err(error(
             StatusCode::BAD_REQUEST,
             None,
@@ -187,7 +196,7 @@ pub async fn paths_info(b: OpenBucket<Read>, body: Bytes) -> Answer {
     // into one that does.
     let valid = paths
         .iter()
-        .filter_map(Value::as_str)
+        .filter_map(Field::given)
         .filter(|p| crate::remote::names::check_path(p).is_ok());
     for p in valid {
         match b.bucket.catalog.head(p).await.map_err(internal)? {
