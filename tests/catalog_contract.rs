@@ -191,8 +191,8 @@ macro_rules! contract {
 
 contract!(mem, Kind::Mem);
 contract!(mem_plain, Kind::MemPlain);
-contract!(local, Kind::Local, ignore: [a_put_ignores_the_link_its_entry_names = "SqliteCatalog stores the entry.link of a Put at a path outside any group, so the path joins the group its entry names (remote/local/catalog.rs put_row; served as is behind HttpCatalog)"]);
-contract!(http, Kind::Http, ignore: [a_put_ignores_the_link_its_entry_names = "SqliteCatalog stores the entry.link of a Put at a path outside any group, so the path joins the group its entry names (remote/local/catalog.rs put_row; served as is behind HttpCatalog)"]);
+contract!(local, Kind::Local);
+contract!(http, Kind::Http);
 contract!(plain, Kind::Plain);
 
 // ---------------------------------------------------------------------------------------

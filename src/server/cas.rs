@@ -22,9 +22,11 @@ use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::metadata_shard::streaming_shard::MDBMinimalShard;
 use xet_core_structures::xorb_object::SerializedXorbObject;
 
-use super::auth::{now_secs, Scope};
-use super::hub::{bearer, error, internal};
-use super::Server;
+use super::auth::now_secs;
+use super::extract::{CasToken, Read, Write};
+use super::hub::{error, internal};
+use super::{Answer, Server};
+use crate::remote::local::LocatedTerm;
 use crate::remote::{cas_wire, RemoteError};
 
 /// Lifetime of a fetch URL.
@@ -99,33 +101,12 @@ pub fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>,
 }
 
 impl Server {
-    /// The bucket the CAS token names: 401 without a valid token, 403 when it cannot `need`.
-    fn cas_access(&self, headers: &HeaderMap, need: Scope) -> Result<String, Response> {
-        let Some((bucket, scope)) = bearer(headers).and_then(|t| self.auth.check_cas_token(t))
-        else {
-            return Err(error(
-                StatusCode::UNAUTHORIZED,
-                None,
-                "missing, invalid or expired CAS token",
-            ));
-        };
-        if scope < need {
-            return Err(error(
-                StatusCode::FORBIDDEN,
-                None,
-                "this CAS token is read-only",
-            ));
-        }
-        Ok(bucket)
-    }
-
-    /// File `file`'s hash, if the CAS token in `headers` may read it: 404 for a body its
+    /// File `file`'s hash, if a CAS token for `bucket` may read it: 404 for a body the
     /// bucket does not hold (the same answer as for a body the CAS lacks, so a hash alone
     /// tells nothing about other buckets).
-    async fn readable_file(&self, headers: &HeaderMap, file: &str) -> Result<MerkleHash, Response> {
-        let bucket = self.cas_access(headers, Scope::Read)?;
+    async fn readable_file(&self, bucket: &str, file: &str) -> Result<MerkleHash, Response> {
         let hash = parse_hash(file)?;
-        match self.bucket_has_body(&bucket, file).await {
+        match self.bucket_has_body(bucket, file).await {
             Ok(true) => Ok(hash),
             Ok(false) => Err(no_file(file)),
             Err(e) => Err(remote_err(e)),
@@ -164,49 +145,87 @@ fn no_file(file: &str) -> Response {
     )
 }
 
-async fn reconstruction(s: Arc<Server>, file: String, headers: HeaderMap, v2: bool) -> Response {
-    let hash = match s.readable_file(&headers, &file).await {
-        Ok(h) => h,
-        Err(r) => return r,
+async fn reconstruction(
+    s: &Server,
+    bucket: &str,
+    file: &str,
+    headers: &HeaderMap,
+    v2: bool,
+) -> Answer {
+    let hash = s.readable_file(bucket, file).await?;
+    let size = match s.file_size(file).await.map_err(remote_err)? {
+        Some(n) => n,
+        None => return Err(no_file(file)),
     };
-    let size = match s.file_size(&file).await {
-        Ok(Some(n)) => n,
-        Ok(None) => return no_file(&file),
-        Err(e) => return remote_err(e),
+    let range = parse_range(headers, size)?;
+    let Some(located) = s
+        .cas
+        .reader()
+        .locate(hash, range)
+        .await
+        .map_err(remote_err)?
+    else {
+        return Err(error(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            None,
+            "range past the end",
+        ));
     };
-    let range = match parse_range(&headers, size) {
-        Ok(r) => r,
-        Err(r) => return r,
+    let terms: Vec<Value> = located
+        .terms
+        .iter()
+        .map(|t| {
+            json!({
+                "hash": t.xorb.hex(),
+                "unpacked_length": t.unpacked_len,
+                "range": {"start": t.chunks.start, "end": t.chunks.end},
+            })
+        })
+        .collect();
+    let per_xorb = fetch_ranges(&located.terms, v2);
+    let offset = located.offset_into_first;
+    let body = if v2 {
+        let xorbs: serde_json::Map<String, Value> = per_xorb
+            .into_iter()
+            .map(|(h, ranges)| {
+                let url = s.fetch_url(&h);
+                (h, json!([{"url": url, "ranges": ranges}]))
+            })
+            .collect();
+        json!({"offset_into_first_range": offset, "terms": terms, "xorbs": xorbs})
+    } else {
+        let fetch: serde_json::Map<String, Value> = per_xorb
+            .into_iter()
+            .map(|(h, ranges)| {
+                let url = s.fetch_url(&h);
+                let list: Vec<Value> = ranges
+                    .into_iter()
+                    .map(|mut r| {
+                        r["url"] = json!(url);
+                        r
+                    })
+                    .collect();
+                (h, json!(list))
+            })
+            .collect();
+        json!({"offset_into_first_range": offset, "terms": terms, "fetch_info": fetch})
     };
-    let located = match s.cas.reader().locate(hash, range).await {
-        Ok(Some(l)) => l,
-        Ok(None) => {
-            return error(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                None,
-                "range past the end",
-            )
-        }
-        Err(e) => return remote_err(e),
-    };
-    let mut terms = Vec::new();
-    // Per xorb, the chunk ranges to fetch (with their stored byte ranges), merged where they
-    // overlap or touch: a body may use a xorb's chunks in several terms, even the same chunks
-    // twice, and the client wants each xorb's fetch ranges disjoint.
+    Ok(axum::Json(body).into_response())
+}
+
+/// Per xorb, the chunk ranges to fetch (with their stored byte ranges), merged where they
+/// overlap or touch: a body may use a xorb's chunks in several terms, even the same chunks
+/// twice, and the client wants each xorb's fetch ranges disjoint. Written as the v2 or v1
+/// answer has them.
+fn fetch_ranges(terms: &[LocatedTerm], v2: bool) -> BTreeMap<String, Vec<Value>> {
     let mut spans: BTreeMap<String, Vec<Span>> = BTreeMap::new();
-    for t in &located.terms {
-        let h = t.xorb.hex();
-        terms.push(json!({
-            "hash": h,
-            "unpacked_length": t.unpacked_len,
-            "range": {"start": t.chunks.start, "end": t.chunks.end},
-        }));
+    for t in terms {
         spans
-            .entry(h)
+            .entry(t.xorb.hex())
             .or_default()
             .push((t.chunks.clone(), t.packed.clone()));
     }
-    let mut per_xorb: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut per_xorb = BTreeMap::new();
     for (h, mut list) in spans {
         list.sort_by_key(|(c, _)| c.start);
         let mut merged: Vec<Span> = Vec::new();
@@ -235,49 +254,25 @@ async fn reconstruction(s: Arc<Server>, file: String, headers: HeaderMap, v2: bo
                 .collect(),
         );
     }
-    let body = if v2 {
-        let xorbs: serde_json::Map<String, Value> = per_xorb
-            .into_iter()
-            .map(|(h, ranges)| {
-                let url = s.fetch_url(&h);
-                (h, json!([{"url": url, "ranges": ranges}]))
-            })
-            .collect();
-        json!({"offset_into_first_range": located.offset_into_first, "terms": terms, "xorbs": xorbs})
-    } else {
-        let fetch: serde_json::Map<String, Value> = per_xorb
-            .into_iter()
-            .map(|(h, ranges)| {
-                let url = s.fetch_url(&h);
-                let list: Vec<Value> = ranges
-                    .into_iter()
-                    .map(|mut r| {
-                        r["url"] = json!(url);
-                        r
-                    })
-                    .collect();
-                (h, json!(list))
-            })
-            .collect();
-        json!({"offset_into_first_range": located.offset_into_first, "terms": terms, "fetch_info": fetch})
-    };
-    axum::Json(body).into_response()
+    per_xorb
 }
 
 pub async fn reconstruction_v2(
     State(s): S,
     Path(file): Path<String>,
+    t: CasToken<Read>,
     headers: HeaderMap,
-) -> Response {
-    reconstruction(s, file, headers, true).await
+) -> Answer {
+    reconstruction(&s, &t.bucket, &file, &headers, true).await
 }
 
 pub async fn reconstruction_v1(
     State(s): S,
     Path(file): Path<String>,
+    t: CasToken<Read>,
     headers: HeaderMap,
-) -> Response {
-    reconstruction(s, file, headers, false).await
+) -> Answer {
+    reconstruction(&s, &t.bucket, &file, &headers, false).await
 }
 
 #[derive(Deserialize)]
@@ -292,34 +287,24 @@ pub async fn fetch(
     Path(xorb): Path<String>,
     Query(q): Query<FetchQuery>,
     headers: HeaderMap,
-) -> Response {
+) -> Answer {
     if !s.auth.check_fetch(&xorb, q.exp, &q.sig) {
-        return error(
+        return Err(error(
             StatusCode::FORBIDDEN,
             None,
             "fetch URL expired or not signed by this server",
-        );
+        ));
     }
-    let hash = match parse_hash(&xorb) {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+    let hash = parse_hash(&xorb)?;
     let reader = s.cas.reader().clone();
-    let len = match reader.raw_len(&hash) {
-        Ok(n) => n,
-        Err(e) => return remote_err(e),
-    };
-    let range = match parse_range(&headers, len) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+    let len = reader.raw_len(&hash).map_err(remote_err)?;
+    let range = parse_range(&headers, len)?;
     let span = range.clone().unwrap_or(0..len);
-    let bytes = match tokio::task::spawn_blocking(move || reader.raw(&hash, span)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => return remote_err(e),
-        Err(e) => return internal(e),
-    };
-    match range {
+    let bytes = tokio::task::spawn_blocking(move || reader.raw(&hash, span))
+        .await
+        .map_err(internal)?
+        .map_err(remote_err)?;
+    Ok(match range {
         Some(r) => (
             StatusCode::PARTIAL_CONTENT,
             [(
@@ -330,30 +315,24 @@ pub async fn fetch(
         )
             .into_response(),
         None => bytes.into_response(),
-    }
+    })
 }
 
 pub async fn dedup(
     State(s): S,
     Path((prefix, chunk)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = s.cas_access(&headers, Scope::Read) {
-        return r;
-    }
-    let hash = match parse_hash(&chunk) {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+    _: CasToken<Read>,
+) -> Answer {
+    let hash = parse_hash(&chunk)?;
     let shard = match s
         .cas
         .client()
         .query_for_global_dedup_shard(&prefix, &hash)
         .await
+        .map_err(internal)?
     {
-        Ok(Some(shard)) => shard,
-        Ok(None) => return StatusCode::NOT_FOUND.into_response(),
-        Err(e) => return internal(e),
+        Some(shard) => shard,
+        None => return Ok(StatusCode::NOT_FOUND.into_response()),
     };
     // Answered as the Hub answers: xorb sections only (no other file's hash or layout) and
     // chunk hashes keyed with a key of this server's, so a client recognises only chunks it
@@ -373,11 +352,11 @@ pub async fn dedup(
         .map(|_| out)
     })
     .await;
-    match keyed {
+    Ok(match keyed {
         Ok(Ok(out)) => out.into_response(),
         Ok(Err(e)) => internal(e),
         Err(e) => internal(e),
-    }
+    })
 }
 
 /// Grants are not offered: the client uploads straight to `/v1/xorbs`.
@@ -388,12 +367,9 @@ pub async fn no_grants() -> Response {
 pub async fn upload_xorb(
     State(s): S,
     Path((prefix, xorb)): Path<(String, String)>,
-    headers: HeaderMap,
+    _: CasToken<Write>,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = s.cas_access(&headers, Scope::Write) {
-        return r;
-    }
     match store_xorb(&s, &prefix, &xorb, body).await {
         Ok(inserted) => axum::Json(json!({"was_inserted": inserted})).into_response(),
         Err(r) => r,
@@ -529,12 +505,8 @@ async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Respon
         .map_err(internal)
 }
 
-pub async fn shard_v2(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
-    let bucket = match s.cas_access(&headers, Scope::Write) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    match store_shard(&s, &bucket, body).await {
+pub async fn shard_v2(State(s): S, t: CasToken<Write>, body: Bytes) -> Response {
+    match store_shard(&s, &t.bucket, body).await {
         Ok(()) => (
             [(
                 header::CONTENT_TYPE,
@@ -547,12 +519,8 @@ pub async fn shard_v2(State(s): S, headers: HeaderMap, body: Bytes) -> Response 
     }
 }
 
-pub async fn shard_v1(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
-    let bucket = match s.cas_access(&headers, Scope::Write) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    match store_shard(&s, &bucket, body).await {
+pub async fn shard_v1(State(s): S, t: CasToken<Write>, body: Bytes) -> Response {
+    match store_shard(&s, &t.bucket, body).await {
         Ok(()) => axum::Json(json!({"result": 1})).into_response(),
         Err(r) => r,
     }
@@ -562,12 +530,10 @@ pub async fn shard_v1(State(s): S, headers: HeaderMap, body: Bytes) -> Response 
 pub async fn file_chunk_hashes(
     State(s): S,
     Path(file): Path<String>,
+    t: CasToken<Read>,
     headers: HeaderMap,
-) -> Response {
-    let hash = match s.readable_file(&headers, &file).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+) -> Answer {
+    let hash = s.readable_file(&t.bucket, &file).await?;
     let bad = || {
         error(
             StatusCode::BAD_REQUEST,
@@ -586,13 +552,15 @@ pub async fn file_chunk_hashes(
                 .collect::<Vec<_>>()
         })
     else {
-        return bad();
+        return Err(bad());
     };
     ranges.sort_by_key(|r| r.start);
-    match s.cas.client().get_file_chunk_hashes(&hash, ranges).await {
-        Ok(resp) => axum::Json(resp).into_response(),
-        Err(e) => error(StatusCode::NOT_FOUND, None, e.to_string()),
-    }
+    Ok(
+        match s.cas.client().get_file_chunk_hashes(&hash, ranges).await {
+            Ok(resp) => axum::Json(resp).into_response(),
+            Err(e) => error(StatusCode::NOT_FOUND, None, e.to_string()),
+        },
+    )
 }
 
 pub async fn telemetry() -> Response {
@@ -608,13 +576,10 @@ pub async fn chunk_lists(
     State(s): S,
     Path(file): Path<String>,
     Query(q): Query<ChunkListsQuery>,
-    headers: HeaderMap,
-) -> Response {
+    t: CasToken<Read>,
+) -> Answer {
     use crate::remote::compose::ChunkMap;
-    let hash = match s.readable_file(&headers, &file).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+    let hash = s.readable_file(&t.bucket, &file).await?;
     let wanted = match q.bytes.as_deref().map(cas_wire::parse_ranges) {
         None => Vec::new(),
         Some(Some(r))
@@ -623,20 +588,24 @@ pub async fn chunk_lists(
             r
         }
         Some(_) => {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 None,
                 format!(
                     "bytes must be a-b[,c-d...], at most {} bytes in all",
                     cas_wire::MAX_PIECE_BYTES
                 ),
-            )
+            ))
         }
     };
-    let lists = match s.cas.chunk_map().chunk_lists(&hash).await {
-        Ok(Some(l)) => l,
-        Ok(None) => return no_file(&file),
-        Err(e) => return remote_err(e),
+    let Some(lists) = s
+        .cas
+        .chunk_map()
+        .chunk_lists(&hash)
+        .await
+        .map_err(remote_err)?
+    else {
+        return Err(no_file(&file));
     };
     let segments: Vec<cas_wire::WireSegment> = lists
         .segments
@@ -651,29 +620,50 @@ pub async fn chunk_lists(
         })
         .collect();
     if q.bytes.is_none() {
-        return axum::Json(cas_wire::ChunkListsAnswer {
+        return Ok(axum::Json(cas_wire::ChunkListsAnswer {
             segments,
             pieces: Vec::new(),
         })
-        .into_response();
+        .into_response());
     }
+    let (pieces, data) = stored_pieces(&s, hash, wanted).await?;
+    let tail: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(cas_wire::FRAMED),
+        )],
+        cas_wire::frame(&cas_wire::ChunkListsAnswer { segments, pieces }, &tail),
+    )
+        .into_response())
+}
+
+/// The stored chunks that hold bytes `wanted` of file `hash`, as the xorbs store them, and
+/// where each piece starts in the file.
+async fn stored_pieces(
+    s: &Server,
+    hash: MerkleHash,
+    wanted: Vec<Range<u64>>,
+) -> Result<(Vec<cas_wire::WirePiece>, Vec<Bytes>), Response> {
     let mut pieces = Vec::new();
     let mut data: Vec<Bytes> = Vec::new();
     for r in wanted {
-        let located = match s.cas.reader().locate(hash, Some(r.clone())).await {
-            Ok(Some(l)) => l,
-            Ok(None) => continue,
-            Err(e) => return remote_err(e),
+        let Some(located) = s
+            .cas
+            .reader()
+            .locate(hash, Some(r.clone()))
+            .await
+            .map_err(remote_err)?
+        else {
+            continue;
         };
         let mut at = r.start - located.offset_into_first;
         for t in located.terms {
             let reader = s.cas.reader().clone();
-            let bytes =
-                match tokio::task::spawn_blocking(move || reader.raw(&t.xorb, t.packed)).await {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => return remote_err(e),
-                    Err(e) => return internal(e),
-                };
+            let bytes = tokio::task::spawn_blocking(move || reader.raw(&t.xorb, t.packed))
+                .await
+                .map_err(internal)?
+                .map_err(remote_err)?;
             pieces.push(cas_wire::WirePiece {
                 at,
                 len: bytes.len() as u64,
@@ -682,15 +672,7 @@ pub async fn chunk_lists(
             data.push(bytes);
         }
     }
-    let tail: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(cas_wire::FRAMED),
-        )],
-        cas_wire::frame(&cas_wire::ChunkListsAnswer { segments, pieces }, &tail),
-    )
-        .into_response()
+    Ok((pieces, data))
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod buckets;
 pub mod cas;
+pub mod extract;
 pub mod hub;
 pub mod limit;
 pub mod metrics;
@@ -34,6 +35,9 @@ use axum::Router;
 use xet_runtime::core::XetContext;
 
 use crate::remote::local::{lock_store, XetCas};
+
+/// A handler's answer: `Err` is an early refusal, answered as it is.
+pub type Answer = Result<axum::response::Response, axum::response::Response>;
 
 const MARKER: &str = "XETMOUNT_SERVE";
 const FORMAT_VERSION: u32 = 1;

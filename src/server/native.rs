@@ -6,20 +6,20 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::Scope;
 use super::cas::store_upload;
+use super::extract::{OpenBucket, Read, Write};
 use super::hub::error;
-use super::Server;
+use super::{Answer, Server};
 use crate::remote::cas_wire;
 use crate::remote::names::check_posix_path;
 use crate::remote::wire::{WireEntry, WireOp};
-use crate::remote::{Catalog, CatalogOp, Changes, RemoteError};
+use crate::remote::{Catalog, CatalogOp, Changes, FileId, RemoteError};
 
 type S = State<Arc<Server>>;
 
@@ -42,23 +42,15 @@ pub struct DirQuery {
     dir: String,
 }
 
-pub async fn list(
-    State(s): S,
-    Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<DirQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(r) = query_path(&q.dir) {
-        return r;
-    }
-    match b.catalog.list_dir(&q.dir).await {
-        Ok(v) => axum::Json(v.iter().map(WireEntry::from).collect::<Vec<_>>()).into_response(),
-        Err(e) => remote_err(e),
-    }
+pub async fn list(Query(q): Query<DirQuery>, b: OpenBucket<Read>) -> Answer {
+    query_path(&q.dir)?;
+    let v = b
+        .bucket
+        .catalog
+        .list_dir(&q.dir)
+        .await
+        .map_err(remote_err)?;
+    Ok(axum::Json(v.iter().map(WireEntry::from).collect::<Vec<_>>()).into_response())
 }
 
 #[derive(Deserialize)]
@@ -79,32 +71,22 @@ const TREE_PAGE: usize = crate::remote::local::TREE_PAGE;
 /// keyed by the last path (`after`), so a listing sees every entry that exists for its whole
 /// duration exactly once however the bucket changes between pages. One indexed range query
 /// per page.
-pub async fn tree(
-    State(s): S,
-    Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<TreeQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(r) = query_path(&q.dir) {
-        return r;
-    }
+pub async fn tree(Query(q): Query<TreeQuery>, b: OpenBucket<Read>) -> Answer {
+    query_path(&q.dir)?;
     let limit = q.limit.unwrap_or(TREE_PAGE).clamp(1, 10_000);
     // One more than the page holds says whether another page follows.
-    match b.catalog.tree_page(&q.dir, &q.after, limit + 1).await {
-        Ok(mut v) => {
-            let next = (v.len() > limit).then(|| {
-                v.truncate(limit);
-                v.last().map(|e| e.path.clone())
-            });
-            let entries: Vec<WireEntry> = v.iter().map(WireEntry::from).collect();
-            axum::Json(json!({ "entries": entries, "next": next.flatten() })).into_response()
-        }
-        Err(e) => remote_err(e),
-    }
+    let mut v = b
+        .bucket
+        .catalog
+        .tree_page(&q.dir, &q.after, limit + 1)
+        .await
+        .map_err(remote_err)?;
+    let next = (v.len() > limit).then(|| {
+        v.truncate(limit);
+        v.last().map(|e| e.path.clone())
+    });
+    let entries: Vec<WireEntry> = v.iter().map(WireEntry::from).collect();
+    Ok(axum::Json(json!({ "entries": entries, "next": next.flatten() })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -113,27 +95,15 @@ pub struct PathQuery {
     path: String,
 }
 
-pub async fn head(
-    State(s): S,
-    Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<PathQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(r) = query_path(&q.path) {
-        return r;
-    }
-    match b.catalog.head(&q.path).await {
-        Ok(Some(e)) => axum::Json(WireEntry::from(&e)).into_response(),
-        Ok(None) => error(
+pub async fn head(Query(q): Query<PathQuery>, b: OpenBucket<Read>) -> Answer {
+    query_path(&q.path)?;
+    match b.bucket.catalog.head(&q.path).await.map_err(remote_err)? {
+        Some(e) => Ok(axum::Json(WireEntry::from(&e)).into_response()),
+        None => Err(error(
             StatusCode::NOT_FOUND,
             Some("EntryNotFound"),
             format!("{} does not exist", q.path),
-        ),
-        Err(e) => remote_err(e),
+        )),
     }
 }
 
@@ -142,35 +112,19 @@ pub struct LinkQuery {
     link: u64,
 }
 
-pub async fn link_paths(
-    State(s): S,
-    Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<LinkQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    match b.catalog.link_paths(q.link).await {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => remote_err(e),
-    }
+pub async fn link_paths(Query(q): Query<LinkQuery>, b: OpenBucket<Read>) -> Answer {
+    let v = b
+        .bucket
+        .catalog
+        .link_paths(q.link)
+        .await
+        .map_err(remote_err)?;
+    Ok(axum::Json(v).into_response())
 }
 
-pub async fn revision(
-    State(s): S,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    match b.catalog.revision().await {
-        Ok(r) => axum::Json(json!({ "revision": r })).into_response(),
-        Err(e) => remote_err(e),
-    }
+pub async fn revision(b: OpenBucket<Read>) -> Answer {
+    let r = b.bucket.catalog.revision().await.map_err(remote_err)?;
+    Ok(axum::Json(json!({ "revision": r })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -187,25 +141,14 @@ const MAX_WAIT_SECS: u64 = 55;
 /// The change feed: `{"revision": N, "dirs": [...]}`, the directories whose listings changed
 /// after revision `since` (held open up to `wait` seconds until there is one), or
 /// `{"revision": N, "reset": true}` when the history no longer reaches back that far.
-pub async fn changes(
-    State(s): S,
-    Path((ns, name)): Path<(String, String)>,
-    Query(q): Query<ChangesQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let b = match s.open_bucket(&headers, &format!("{ns}/{name}"), Scope::Read) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+pub async fn changes(Query(q): Query<ChangesQuery>, b: OpenBucket<Read>) -> Answer {
+    let b = &b.bucket;
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
     // Subscribed before looking, so a commit in between is not missed.
     let mut committed = b.committed.subscribe();
     loop {
-        let c = match b.catalog.changes_since(q.since).await {
-            Ok(c) => c,
-            Err(e) => return remote_err(e),
-        };
+        let c = b.catalog.changes_since(q.since).await.map_err(remote_err)?;
         let answer = match &c {
             Changes::Reset { revision } => json!({ "revision": revision, "reset": true }),
             Changes::Dirs { revision, dirs } => json!({ "revision": revision, "dirs": dirs }),
@@ -217,75 +160,84 @@ pub async fn changes(
                 Ok(Ok(()))
             );
         if !woken {
-            return axum::Json(answer).into_response();
+            return Ok(axum::Json(answer).into_response());
         }
     }
 }
 
-/// Apply a JSON array of ops, all or none; answers the new revision.
-pub async fn commit(
-    State(s): S,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
+/// Apply a JSON array of ops, all or none; answers the new revision. Three steps: [`parse`]
+/// the body (storing the uploads a framed body carries), [`check_bodies`] of the ops, and
+/// the commit.
+pub async fn commit(State(s): S, b: OpenBucket<Write>, headers: HeaderMap, body: Bytes) -> Answer {
+    let ops = parse(&s, &b.id, &headers, body).await?;
+    if let Some(r) = refuse_paths(&ops) {
+        return Err(r);
+    }
+    let added = check_bodies(&s, &headers, &b.id, &ops).await?;
+    let _one_batch_at_a_time = b.bucket.batch_lock.lock().await;
+    let rev = b.bucket.commit(ops).await.map_err(remote_err)?;
+    s.buckets
+        .note_hashes(&b.id, added.iter().map(String::as_str), false)
+        .and_then(|()| s.buckets.touch(&b.id))
+        .map_err(remote_err)?;
+    Ok(axum::Json(json!({ "revision": rev })).into_response())
+}
+
+/// The ops of a commit body. A framed body carries a composition's uploads with the ops
+/// (`cas_wire::CommitHead`): they are stored first, whether the ops then apply or not.
+async fn parse(
+    s: &Server,
+    id: &str,
+    headers: &HeaderMap,
     body: Bytes,
-) -> Response {
-    let id = format!("{ns}/{name}");
-    let b = match s.open_bucket(&headers, &id, Scope::Write) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    // A framed body carries a composition's uploads with the ops (`cas_wire::CommitHead`):
-    // they are stored first, whether the ops then apply or not.
+) -> Result<Vec<CatalogOp>, Response> {
     let framed = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == cas_wire::FRAMED.as_bytes());
     let parsed = if framed {
-        match cas_wire::unframe::<cas_wire::CommitHead>(body) {
-            Ok((head, mut rest)) => {
-                for u in &head.uploads {
-                    let n = (u.body_len() as usize).min(rest.len());
-                    if let Err(r) = store_upload(&s, &id, u, rest.split_to(n)).await {
-                        return r;
-                    }
-                }
-                if !rest.is_empty() {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        None,
-                        format!("{} bytes after the last upload", rest.len()),
-                    );
-                }
-                serde_json::from_value(head.ops)
-            }
-            Err(e) => return error(StatusCode::BAD_REQUEST, None, e),
+        let (head, mut rest) = cas_wire::unframe::<cas_wire::CommitHead>(body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, None, e))?;
+        for u in &head.uploads {
+            let n = (u.body_len() as usize).min(rest.len());
+            store_upload(s, id, u, rest.split_to(n)).await?;
         }
+        if !rest.is_empty() {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("{} bytes after the last upload", rest.len()),
+            ));
+        }
+        serde_json::from_value(head.ops)
     } else {
         serde_json::from_slice(&body)
     };
-    let wire: Vec<WireOp> = match parsed {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, None, format!("bad ops: {e}")),
-    };
-    let mut ops = Vec::with_capacity(wire.len());
-    for w in wire {
-        match w.op() {
-            Some(op) => ops.push(op),
-            None => {
-                return error(
+    let wire: Vec<WireOp> =
+        parsed.map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("bad ops: {e}")))?;
+    wire.into_iter()
+        .map(|w| {
+            w.op().ok_or_else(|| {
+                error(
                     StatusCode::BAD_REQUEST,
                     None,
                     "an entry has an unknown kind",
                 )
-            }
-        }
-    }
-    if let Some(r) = refuse_paths(&ops) {
-        return r;
-    }
-    // Every body an op names must be stored, of the size it says, and one the caller may
-    // name in this bucket.
+            })
+        })
+        .collect()
+}
+
+/// Every body an op names must be written as a xet hash; every body a `Put` names must be
+/// stored, of the size it says, and one the caller may name in bucket `id`. The bodies the
+/// ops add.
+async fn check_bodies(
+    s: &Server,
+    headers: &HeaderMap,
+    id: &str,
+    ops: &[CatalogOp],
+) -> Result<Vec<String>, Response> {
     let mut added = Vec::new();
-    for op in &ops {
+    for op in ops {
         let content = match op {
             CatalogOp::Put(e) => e.content.as_ref(),
             CatalogOp::Expect { content, .. } => content.as_ref(),
@@ -293,62 +245,45 @@ pub async fn commit(
         };
         let Some(c) = content else { continue };
         if !crate::server::scope::is_hash(&c.hash) {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 None,
                 format!("{:?} is not a xet hash (64 lowercase hex digits)", c.hash),
-            );
+            ));
         }
         if !matches!(op, CatalogOp::Put(_)) {
             continue;
         }
-        match s.may_add_body(&headers, &id, &c.hash).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    None,
-                    format!(
-                    "xet hash {} was not uploaded to this bucket and is in no bucket you may read",
-                    c.hash
-                ),
-                )
-            }
-            Err(r) => return r,
-        }
-        match s.file_size(&c.hash).await {
-            Ok(Some(n)) if n == c.size => {}
-            Ok(Some(n)) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    format!("{} is {n} bytes, not {}", c.hash, c.size),
-                )
-            }
-            Ok(None) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    format!("xet hash {} not found", c.hash),
-                )
-            }
-            Err(e) => return remote_err(e),
-        }
+        check_body(s, headers, id, c).await?;
         added.push(c.hash.clone());
     }
-    let _one_batch_at_a_time = b.batch_lock.lock().await;
-    match b.commit(ops).await {
-        Ok(rev) => {
-            if let Err(e) = s
-                .buckets
-                .note_hashes(&id, added.iter().map(String::as_str), false)
-                .and_then(|()| s.buckets.touch(&id))
-            {
-                return remote_err(e);
-            }
-            axum::Json(json!({ "revision": rev })).into_response()
-        }
-        Err(e) => remote_err(e),
+    Ok(added)
+}
+
+/// Body `c` of a `Put` in bucket `id`: one the caller may name there, stored, of its size.
+async fn check_body(s: &Server, headers: &HeaderMap, id: &str, c: &FileId) -> Result<(), Response> {
+    if !s.may_add_body(headers, id, &c.hash).await? {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            None,
+            format!(
+                "xet hash {} was not uploaded to this bucket and is in no bucket you may read",
+                c.hash
+            ),
+        ));
+    }
+    match s.file_size(&c.hash).await.map_err(remote_err)? {
+        Some(n) if n == c.size => Ok(()),
+        Some(n) => Err(error(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!("{} is {n} bytes, not {}", c.hash, c.size),
+        )),
+        None => Err(error(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!("xet hash {} not found", c.hash),
+        )),
     }
 }
 

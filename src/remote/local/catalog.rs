@@ -501,6 +501,8 @@ fn apply(
             let link = get_row(tx, &e.path)
                 .map_err(db_err)?
                 .and_then(|old| old.link);
+            // A Put never names a group: the path keeps the one it is in, or stays outside.
+            let e = &Entry { link, ..e.clone() };
             match link {
                 Some(link) => put_group(tx, e, link, rev).map_err(db_err)?,
                 None => put_row(tx, e, rev).map_err(db_err)?,
