@@ -2,22 +2,16 @@
 //! and a [`Cas`] (content-addressed file bodies). The VFS sees only these traits; the
 //! embedded local store and (later) the HTTP remote implement them.
 
-pub mod assemble;
 pub mod cas_wire;
-pub mod compose;
-pub mod defrag;
 pub mod http;
 pub mod local;
 pub mod mem;
 pub mod names;
 pub mod open;
-pub mod rechunk;
 #[cfg(test)]
 pub(crate) mod testing;
-pub mod window_compose;
 pub mod wire;
 pub mod xet;
-pub mod xorb_footer;
 
 use std::ops::Range;
 use std::path::Path;

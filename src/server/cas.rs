@@ -610,7 +610,7 @@ pub async fn chunk_lists(
     Query(q): Query<ChunkListsQuery>,
     headers: HeaderMap,
 ) -> Response {
-    use crate::remote::compose::ChunkMap;
+    use crate::remote::xet::compose::ChunkMap;
     let hash = match s.readable_file(&headers, &file).await {
         Ok(h) => h,
         Err(r) => return r,

@@ -10,7 +10,7 @@
 //! window keeps its chunks on either side by reference, but its kept parts need verification
 //! hashes of their own, which only their chunk hashes give, and the route hands out none.
 //! Every stored xorb ends with a footer listing each chunk's hash, packed end and unpacked end
-//! (`remote::xorb_footer`): one suffix-range fetch of each touched xorb gives them (~40 bytes
+//! (`remote::xet::xorb_footer`): one suffix-range fetch of each touched xorb gives them (~40 bytes
 //! a chunk). A footer counts only if its chunks hash to the xorb's name (so every hash and
 //! length in it is the xorb's) and its lengths add up to the terms the reconstruction names.
 //! Chunk *bytes* are then needed only for the windows: a ranged reconstruction of each edit's
@@ -66,7 +66,7 @@ use super::assemble::{Assembler, ChunkRef, Packer, XorbSettings};
 use super::compose::{known_chunk, parse_hash};
 use super::rechunk::{BaseChunk, Piece, PieceSink};
 use super::xorb_footer::{self, Suffix, XorbIndex};
-use super::{ComposeEdit, Composed, FileId, RemoteError, RemoteResult};
+use crate::remote::{ComposeEdit, Composed, FileId, RemoteError, RemoteResult};
 
 /// Where `GET /v2/file-chunk-hashes/{file}` is asked, and stored xorb bytes fetched raw.
 #[async_trait]
@@ -1157,8 +1157,8 @@ async fn check_stored(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::rechunk::tests::apply;
     use crate::remote::testing::random;
+    use crate::remote::xet::rechunk::tests::apply;
     use xet_client::cas_client::chunk_window_builder::build_file_chunk_hashes_response;
     use xet_core_structures::merklehash::file_hash;
     use xet_core_structures::metadata_shard::file_structs::MDBFileInfo;

@@ -28,7 +28,7 @@ use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::xorb_object::Chunk;
 use xet_data::deduplication::Chunker;
 
-use super::{ComposeEdit, RemoteError, RemoteResult};
+use crate::remote::{ComposeEdit, RemoteError, RemoteResult};
 
 /// One chunk of the base: its hash and length, in file order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
