@@ -73,7 +73,7 @@ impl MemCatalog {
     /// root directory is owned by `0:0`, mode 0755, times 0.
     pub fn posix() -> Self {
         let mut state = State::default();
-        let root = Entry::dir(String::new(), meta_at(0o755, 0, 0, 0));
+        let root = Entry::dir(String::new(), Meta::at(0o755, 0, 0, 0));
         state.entries.insert(String::new(), root);
         Self::with(Capabilities::POSIX, state)
     }
@@ -112,7 +112,7 @@ impl MemCatalog {
 
     /// A plain bucket's metadata of an entry of `kind` with mtime `ms` milliseconds.
     fn plain_meta(owner: &FixedOwner, kind: EntryKind, ms: i64) -> Meta {
-        meta_at(
+        Meta::at(
             owner.mode(kind),
             owner.uid,
             owner.gid,
@@ -144,17 +144,6 @@ impl MemCatalog {
         dirs.into_iter()
             .map(|(p, ms)| Entry::dir(p, Self::plain_meta(owner, EntryKind::Dir, ms)))
             .collect()
-    }
-}
-
-fn meta_at(mode: u32, uid: u32, gid: u32, t: i64) -> Meta {
-    Meta {
-        mode,
-        uid,
-        gid,
-        atime_ns: t,
-        mtime_ns: t,
-        ctime_ns: t,
     }
 }
 
@@ -694,21 +683,11 @@ mod tests {
     use super::*;
 
     fn meta() -> Meta {
-        meta_at(0o644, 1, 2, 5_000_000_123)
+        Meta::at(0o644, 1, 2, 5_000_000_123)
     }
 
     fn file(path: &str, hash: &str, size: u64) -> Entry {
-        Entry {
-            path: path.into(),
-            kind: EntryKind::File,
-            content: Some(FileId {
-                hash: hash.into(),
-                size,
-            }),
-            target: None,
-            meta: meta(),
-            link: None,
-        }
+        crate::remote::testing::file_entry(path, hash, size, meta())
     }
 
     fn paths(v: &[Entry]) -> Vec<&str> {

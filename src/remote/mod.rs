@@ -173,13 +173,18 @@ impl Meta {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
+        Meta::at(mode, uid, gid, t)
+    }
+
+    /// `mode`, `uid` and `gid`, with every time set to `t_ns` (nanoseconds since the epoch).
+    pub fn at(mode: u32, uid: u32, gid: u32, t_ns: i64) -> Meta {
         Meta {
             mode,
             uid,
             gid,
-            atime_ns: t,
-            mtime_ns: t,
-            ctime_ns: t,
+            atime_ns: t_ns,
+            mtime_ns: t_ns,
+            ctime_ns: t_ns,
         }
     }
 }

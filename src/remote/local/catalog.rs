@@ -748,17 +748,7 @@ mod tests {
     }
 
     fn file(path: &str, hash: &str, size: u64) -> Entry {
-        Entry {
-            path: path.into(),
-            kind: EntryKind::File,
-            content: Some(FileId {
-                hash: hash.into(),
-                size,
-            }),
-            target: None,
-            meta: meta(),
-            link: None,
-        }
+        crate::remote::testing::file_entry(path, hash, size, meta())
     }
 
     fn names(v: &[Entry]) -> Vec<&str> {

@@ -6,12 +6,15 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use xet_client::cas_client::Client;
+use xet_client::cas_types::{
+    FileChunkHashesResponse, HexMerkleHash, QueryReconstructionResponseV2,
+};
 use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 use xet_data::deduplication::Chunker;
 
 use super::fetch::{fetch_near, fetch_terms, reconstruction, terms_in, Fetched};
-use super::footers::{by_footers, fetch_footers, xorbs_meeting};
+use super::footers::{fetch_footers, xorbs_meeting, ByFooters, Footer};
 use super::verify::{check_stored, check_written};
 use super::windows::{assign, check_answer, dirty_ranges, merged_hash, read_ranges};
 use super::{integrity, ChunkHashes};
@@ -47,6 +50,107 @@ pub async fn compose(
     edits: Vec<ComposeEdit>,
 ) -> RemoteResult<Option<Composed>> {
     let size = base.size;
+    let edits = checked_edits(edits, size)?;
+    let expected = edits.iter().fold(size, |s, e| {
+        s - (e.original_range.end - e.original_range.start) + e.data.len() as u64
+    });
+    if edits.is_empty() {
+        return Ok(Some(unchanged(base)));
+    }
+    if size == 0 || expected == 0 {
+        return Ok(None);
+    }
+    let base_hash = parse_hash(&base.hash)?;
+    let started = std::time::Instant::now();
+    let Some(asked) = ask(&client, route, &base_hash, size, &edits).await? else {
+        return Ok(None);
+    };
+    tracing::debug!(
+        "window compose: windows, terms, {} footers and {} bytes ahead in {:?}",
+        asked.footers.len(),
+        asked.near.read,
+        started.elapsed()
+    );
+    let plan = Plan::new(&asked.resp, &asked.recon, &edits, size)?;
+    let Asked {
+        resp,
+        recon,
+        footers,
+        near,
+    } = asked;
+    let from = BaseSources {
+        recon: &recon,
+        footers,
+        near,
+    };
+    let base_chunks = base_chunks(&client, route, from, &plan, &base.hash).await?;
+    tracing::debug!(
+        "window compose: base chunks of {} terms in {:?}",
+        plan.which.len(),
+        started.elapsed()
+    );
+    let window_chunks = window_chunks(&plan, &base_chunks, &resp, &base_hash)?;
+    let dirty_chunk_bytes = chunk_rounded(&base_chunks, &edits);
+
+    let packer = Packer::new(&base_chunks.chunks, &base_chunks.refs, true);
+    let sink = Assembler::new(packer, client.clone(), settings.clone());
+    let mut new = NewFile::new(sink, &resp.gap_verification);
+    new.build(&plan, &base_chunks, &window_chunks, &edits)
+        .await?;
+    if new.windows.len() != plan.windows.len() || new.len != expected {
+        return Err(integrity(format!(
+            "composed {} bytes from {} of {} windows, expected {expected}",
+            new.len,
+            new.windows.len(),
+            plan.windows.len()
+        )));
+    }
+    let lists: Vec<Vec<(MerkleHash, u64)>> = new.windows.iter().map(|w| w.chunks.clone()).collect();
+    let hash = merged_hash(&resp.hash_ranges, &lists)?;
+    let (a, sent, written) = new.sink.finish_listed(Some(hash)).await?;
+    let id = FileId {
+        hash: hash.hex(),
+        size: a.size,
+    };
+    let known = base_chunks.by_ref();
+    tracing::debug!("window compose: stored in {:?}", started.elapsed());
+    check_written(
+        &a.file.segments,
+        &new.parts,
+        &known,
+        &written,
+        &id,
+        expected,
+    )?;
+    check_stored(&client, &id, &a.file.segments).await?;
+    tracing::debug!("window compose: verified in {:?}", started.elapsed());
+    Ok(Some(Composed {
+        id,
+        new_bytes: sent,
+        base_bytes_read: base_chunks.read,
+        dirty_chunk_bytes,
+        terms: a.terms(),
+        whole_upload: false,
+        carried: None,
+    }))
+}
+
+/// The composition of no edits: the base itself, nothing stored.
+fn unchanged(base: &FileId) -> Composed {
+    Composed {
+        id: base.clone(),
+        new_bytes: 0,
+        base_bytes_read: 0,
+        dirty_chunk_bytes: 0,
+        terms: 0,
+        whole_upload: false,
+        carried: None,
+    }
+}
+
+/// `edits` without those that change nothing; an error if they are out of order or reach
+/// past the end of a `size` byte base.
+fn checked_edits(edits: Vec<ComposeEdit>, size: u64) -> RemoteResult<Vec<ComposeEdit>> {
     let mut prev_end = 0;
     for e in &edits {
         let r = &e.original_range;
@@ -57,41 +161,40 @@ pub async fn compose(
         }
         prev_end = r.end;
     }
-    let edits: Vec<ComposeEdit> = edits
+    Ok(edits
         .into_iter()
         .filter(|e| !(e.original_range.is_empty() && e.data.is_empty()))
-        .collect();
-    let expected = edits.iter().fold(size, |s, e| {
-        s - (e.original_range.end - e.original_range.start) + e.data.len() as u64
-    });
-    if edits.is_empty() {
-        return Ok(Some(Composed {
-            id: base.clone(),
-            new_bytes: 0,
-            base_bytes_read: 0,
-            dirty_chunk_bytes: 0,
-            terms: 0,
-            whole_upload: false,
-            carried: None,
-        }));
-    }
-    if size == 0 || expected == 0 {
-        return Ok(None);
-    }
-    let base_hash = parse_hash(&base.hash)?;
-    let started = std::time::Instant::now();
-    // One round trip for the windows, the base's terms (with their fetch URLs) and ranged
-    // reconstructions of the edits' neighbourhoods; then, side by side, the footers of the
-    // xorbs holding those neighbourhoods and the neighbourhoods' bytes.
-    let dirty = dirty_ranges(&edits, size);
-    let near = crate::remote::xet::rechunk::near_ranges(size, &edits);
+        .collect())
+}
+
+/// What the CAS said of the base, in one round trip and what follows it side by side.
+struct Asked {
+    /// The chunk-hashes route's answer for the dirty ranges.
+    resp: FileChunkHashesResponse,
+    /// The base's whole-file reconstruction.
+    recon: QueryReconstructionResponseV2,
+    /// Footers of the xorbs holding the edits' neighbourhoods.
+    footers: HashMap<MerkleHash, Result<Footer, String>>,
+    /// The neighbourhoods' chunks, bytes and all.
+    near: Fetched,
+}
+
+/// Ask for the windows, the base's terms (with their fetch URLs) and ranged reconstructions
+/// of the edits' neighbourhoods at once; then, side by side, the footers of the xorbs holding
+/// those neighbourhoods and the neighbourhoods' bytes. `None`: no chunk-hashes route.
+async fn ask(
+    client: &Arc<dyn Client>,
+    route: &dyn ChunkHashes,
+    base_hash: &MerkleHash,
+    size: u64,
+    edits: &[ComposeEdit],
+) -> RemoteResult<Option<Asked>> {
+    let dirty = dirty_ranges(edits, size);
+    let near = crate::remote::xet::rechunk::near_ranges(size, edits);
     let spots = if near.is_empty() { &dirty } else { &near };
     let terms_and_footers = async {
-        let recon = reconstruction(&client, &base_hash).await?;
-        let mut starts = vec![0u64];
-        for t in &recon.terms {
-            starts.push(starts[starts.len() - 1] + u64::from(t.unpacked_length));
-        }
+        let recon = reconstruction(client, base_hash).await?;
+        let starts = term_starts(recon.terms.iter().map(|t| t.unpacked_length));
         let footers = if starts[recon.terms.len()] == size {
             fetch_footers(route, &recon, &xorbs_meeting(&recon, &starts, spots)).await
         } else {
@@ -100,83 +203,136 @@ pub async fn compose(
         Ok::<_, RemoteError>((recon, footers))
     };
     let (resp, recon, near) = tokio::join!(
-        route.file_chunk_hashes(&base_hash, &dirty),
+        route.file_chunk_hashes(base_hash, &dirty),
         terms_and_footers,
-        fetch_near(&client, &base_hash, &near)
+        fetch_near(client, base_hash, &near)
     );
     let Some(resp) = resp? else {
         return Ok(None);
     };
     let (recon, footers) = recon?;
-    tracing::debug!(
-        "window compose: windows, terms, {} footers and {} bytes ahead in {:?}",
-        footers.len(),
-        near.read,
-        started.elapsed()
-    );
-    let windows = check_answer(&resp, size)?;
-    let per_window = assign(&edits, &windows, size)?;
-    let terms = terms_in(&recon);
+    Ok(Some(Asked {
+        resp,
+        recon,
+        footers,
+        near,
+    }))
+}
+
+/// The file offset where each term starts, and the end.
+fn term_starts(lens: impl Iterator<Item = u32>) -> Vec<u64> {
     let mut starts = vec![0u64];
-    for t in &terms {
-        starts.push(starts[starts.len() - 1] + u64::from(t.unpacked_segment_bytes));
+    for len in lens {
+        starts.push(starts[starts.len() - 1] + u64::from(len));
     }
-    if starts[terms.len()] != size {
-        return Err(integrity(format!(
-            "the base's terms add up to {} bytes, expected {size}",
-            starts[terms.len()]
-        )));
-    }
-    let reads = read_ranges(&windows, &starts);
-    let untouched = terms
-        .iter()
-        .zip(&starts)
-        .filter(|(_, &s)| !reads.iter().any(|r| r.start <= s && s < r.end))
-        .count();
-    if untouched != resp.gap_verification.len() {
-        return Err(integrity(format!(
-            "{untouched} untouched terms but {} verification hashes",
-            resp.gap_verification.len()
-        )));
-    }
-    // The chunks of the terms the reads cover: from their footers, with bytes for the
-    // windows; without usable footers, read whole from the reconstruction in hand.
-    let which: Vec<usize> = (0..terms.len())
-        .filter(|&i| {
-            reads
-                .iter()
-                .any(|r| r.start <= starts[i] && starts[i] < r.end)
-        })
-        .collect();
-    let base_chunks = match by_footers(
-        &client, route, &recon, &which, &starts, &windows, footers, near,
-    )
-    .await
-    {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::info!(
-                "compose of {}: {e}; reading the terms the edits touch whole",
-                base.hash
-            );
-            let mut f = Fetched::default();
-            fetch_terms(&client, &recon, &which, &starts, &mut f).await?;
-            f
+    starts
+}
+
+/// The CAS's answer read against the base: the windows and the edits each takes, the base's
+/// terms and where they start, the ranges to read and the terms they cover.
+struct Plan {
+    windows: Vec<Range<u64>>,
+    /// For each window, the range of `edits` it takes.
+    per_window: Vec<Range<usize>>,
+    terms: Vec<FileDataSequenceEntry>,
+    /// Where each term starts, and the end.
+    starts: Vec<u64>,
+    reads: Vec<Range<u64>>,
+    /// The terms the reads cover (indices into `terms`).
+    which: Vec<usize>,
+}
+
+impl Plan {
+    /// Refused unless the terms add up to the base and every untouched term has its
+    /// verification hash.
+    fn new(
+        resp: &FileChunkHashesResponse,
+        recon: &QueryReconstructionResponseV2,
+        edits: &[ComposeEdit],
+        size: u64,
+    ) -> RemoteResult<Self> {
+        let windows = check_answer(resp, size)?;
+        let per_window = assign(edits, &windows, size)?;
+        let terms = terms_in(recon);
+        let starts = term_starts(terms.iter().map(|t| t.unpacked_segment_bytes));
+        if starts[terms.len()] != size {
+            return Err(integrity(format!(
+                "the base's terms add up to {} bytes, expected {size}",
+                starts[terms.len()]
+            )));
         }
+        let reads = read_ranges(&windows, &starts);
+        let read = |s: u64| reads.iter().any(|r| r.start <= s && s < r.end);
+        let which: Vec<usize> = (0..terms.len()).filter(|&i| read(starts[i])).collect();
+        let untouched = terms.len() - which.len();
+        if untouched != resp.gap_verification.len() {
+            return Err(integrity(format!(
+                "{untouched} untouched terms but {} verification hashes",
+                resp.gap_verification.len()
+            )));
+        }
+        Ok(Plan {
+            windows,
+            per_window,
+            terms,
+            starts,
+            reads,
+            which,
+        })
+    }
+}
+
+/// What the base's chunks are read from: its reconstruction, the footers and the bytes
+/// fetched ahead.
+struct BaseSources<'a> {
+    recon: &'a QueryReconstructionResponseV2,
+    footers: HashMap<MerkleHash, Result<Footer, String>>,
+    near: Fetched,
+}
+
+/// The chunks of the terms the reads cover: from their footers, with bytes for the windows;
+/// without usable footers, read whole from the reconstruction in hand.
+async fn base_chunks(
+    client: &Arc<dyn Client>,
+    route: &dyn ChunkHashes,
+    from: BaseSources<'_>,
+    plan: &Plan,
+    base: &str,
+) -> RemoteResult<Fetched> {
+    let by_footers = ByFooters {
+        client,
+        route,
+        recon: from.recon,
+        which: &plan.which,
+        starts: &plan.starts,
+        windows: &plan.windows,
     };
-    tracing::debug!(
-        "window compose: base chunks of {} terms in {:?}",
-        which.len(),
-        started.elapsed()
-    );
-    // The windows must be chunk-aligned and their bytes in hand, and the base's own window
-    // chunks merged with the gaps must give the base's identity: the CAS's answer and our
-    // reading of the base agree.
-    let mut window_chunks = Vec::with_capacity(windows.len());
-    for w in &windows {
+    match by_footers.fetch(from.footers, from.near).await {
+        Ok(f) => Ok(f),
+        Err(e) => {
+            tracing::info!("compose of {base}: {e}; reading the terms the edits touch whole");
+            let mut f = Fetched::default();
+            fetch_terms(client, from.recon, &plan.which, &plan.starts, &mut f).await?;
+            Ok(f)
+        }
+    }
+}
+
+/// The base chunks of each window. The windows must be chunk-aligned and their bytes in
+/// hand, and the base's own window chunks merged with the gaps must give the base's identity:
+/// the CAS's answer and our reading of the base agree.
+fn window_chunks(
+    plan: &Plan,
+    base_chunks: &Fetched,
+    resp: &FileChunkHashesResponse,
+    base_hash: &MerkleHash,
+) -> RemoteResult<Vec<Range<usize>>> {
+    let mut window_chunks = Vec::with_capacity(plan.windows.len());
+    for w in &plan.windows {
         let a = base_chunks.starting_at(w.start);
         let b = base_chunks.pos.partition_point(|&p| p < w.end);
-        let end_ok = base_chunks.pos.get(b) == Some(&w.end) || reads.iter().any(|r| r.end == w.end);
+        let end_ok =
+            base_chunks.pos.get(b) == Some(&w.end) || plan.reads.iter().any(|r| r.end == w.end);
         let (Some(a), true) = (a, end_ok) else {
             return Err(integrity(format!("window {w:?} is not chunk-aligned")));
         };
@@ -195,101 +351,108 @@ pub async fn compose(
         })
         .collect();
     let check = merged_hash(&resp.hash_ranges, &lists)?;
-    if check != base_hash {
+    if check != *base_hash {
         return Err(integrity(format!(
             "the CAS's gaps and the base's window chunks hash to {}, not to the base {}",
             check.hex(),
-            base.hash
+            base_hash.hex()
         )));
     }
-    let dirty_chunk_bytes = chunk_rounded(&base_chunks, &edits);
+    Ok(window_chunks)
+}
 
-    // The new file, in order: untouched terms as they are; in each read range, the base's
-    // chunks outside the windows and each window re-chunked with its edits.
-    let packer = Packer::new(&base_chunks.chunks, &base_chunks.refs, true);
-    let mut sink = Assembler::new(packer, client.clone(), settings.clone());
-    let mut gaps_verification = resp.gap_verification.iter();
-    let mut new_windows: Vec<NewWindow> = Vec::with_capacity(windows.len());
-    let mut parts: Vec<Part> = Vec::new();
-    let mut out_at = 0u64;
-    let mut t = 0usize;
-    let mut k = 0usize;
-    let mut wi = 0usize;
-    for r in &reads {
-        while starts[t] < r.start {
-            let v = gaps_verification.next().expect("counted above");
-            sink.push_term(terms[t].clone(), v.0);
-            parts.push(Part::Term(terms[t].clone()));
-            out_at += u64::from(terms[t].unpacked_segment_bytes);
-            t += 1;
+/// The new file as it is assembled: what it is made of (for [`check_written`]), its
+/// re-chunked windows and its length so far.
+struct NewFile<'a, 'v> {
+    sink: Assembler<'a>,
+    /// The verification hash of each untouched term, in order.
+    gaps_verification: std::slice::Iter<'v, HexMerkleHash>,
+    parts: Vec<Part>,
+    windows: Vec<NewWindow>,
+    len: u64,
+}
+
+impl<'a, 'v> NewFile<'a, 'v> {
+    fn new(sink: Assembler<'a>, gaps_verification: &'v [HexMerkleHash]) -> Self {
+        NewFile {
+            sink,
+            gaps_verification: gaps_verification.iter(),
+            parts: Vec::new(),
+            windows: Vec::new(),
+            len: 0,
         }
-        while k < base_chunks.pos.len() && base_chunks.pos[k] < r.end {
-            if wi < windows.len() && base_chunks.pos[k] == windows[wi].start {
-                let (w, chunks) = rechunk_window(
-                    &base_chunks,
-                    window_chunks[wi].clone(),
-                    &edits[per_window[wi].clone()],
-                    &windows[wi],
-                );
-                for c in chunks {
-                    sink.push(Piece::New(c)).await?;
+    }
+
+    /// The new file, in order: untouched terms as they are; in each read range, the base's
+    /// chunks outside the windows and each window re-chunked with its edits.
+    async fn build(
+        &mut self,
+        plan: &Plan,
+        base_chunks: &Fetched,
+        window_chunks: &[Range<usize>],
+        edits: &[ComposeEdit],
+    ) -> RemoteResult<()> {
+        let (mut t, mut k, mut wi) = (0usize, 0usize, 0usize);
+        for r in &plan.reads {
+            while plan.starts[t] < r.start {
+                self.push_term(&plan.terms[t]);
+                t += 1;
+            }
+            while k < base_chunks.pos.len() && base_chunks.pos[k] < r.end {
+                let w = plan.windows.get(wi);
+                if w.is_some_and(|w| base_chunks.pos[k] == w.start) {
+                    let edits = &edits[plan.per_window[wi].clone()];
+                    let ks = window_chunks[wi].clone();
+                    self.push_window(rechunk_window(base_chunks, ks, edits, &plan.windows[wi]))
+                        .await?;
+                    k = window_chunks[wi].end;
+                    wi += 1;
+                } else {
+                    self.push_base(base_chunks, k).await?;
+                    k += 1;
                 }
-                parts.extend(w.chunks.iter().map(|&(h, n)| Part::Chunk(h, n)));
-                out_at += w.len;
-                new_windows.push(w);
-                k = window_chunks[wi].end;
-                wi += 1;
-            } else {
-                sink.push(Piece::Base(k)).await?;
-                let c = base_chunks.chunks[k];
-                parts.push(Part::Chunk(c.hash, c.len));
-                out_at += c.len;
-                k += 1;
+            }
+            while t < plan.terms.len() && plan.starts[t] < r.end {
+                t += 1;
             }
         }
-        while t < terms.len() && starts[t] < r.end {
-            t += 1;
+        for term in &plan.terms[t..] {
+            self.push_term(term);
         }
+        Ok(())
     }
-    while t < terms.len() {
-        let v = gaps_verification.next().expect("counted above");
-        sink.push_term(terms[t].clone(), v.0);
-        parts.push(Part::Term(terms[t].clone()));
-        out_at += u64::from(terms[t].unpacked_segment_bytes);
-        t += 1;
+
+    /// An untouched base term, with the verification hash the CAS gave for it.
+    fn push_term(&mut self, term: &FileDataSequenceEntry) {
+        let v = self.gaps_verification.next().expect("counted in Plan::new");
+        self.sink.push_term(term.clone(), v.0);
+        self.parts.push(Part::Term(term.clone()));
+        self.len += u64::from(term.unpacked_segment_bytes);
     }
-    if wi != windows.len() || out_at != expected {
-        return Err(integrity(format!(
-            "composed {out_at} bytes from {wi} of {} windows, expected {expected}",
-            windows.len()
-        )));
+
+    /// A re-chunked window and its chunks' bytes.
+    async fn push_window(
+        &mut self,
+        (w, chunks): (NewWindow, Vec<xet_core_structures::xorb_object::Chunk>),
+    ) -> RemoteResult<()> {
+        for c in chunks {
+            self.sink.push(Piece::New(c)).await?;
+        }
+        self.parts
+            .extend(w.chunks.iter().map(|&(h, n)| Part::Chunk(h, n)));
+        self.len += w.len;
+        self.windows.push(w);
+        Ok(())
     }
-    let lists: Vec<Vec<(MerkleHash, u64)>> = new_windows.iter().map(|w| w.chunks.clone()).collect();
-    let hash = merged_hash(&resp.hash_ranges, &lists)?;
-    let (a, sent, written) = sink.finish_listed(Some(hash)).await?;
-    let id = FileId {
-        hash: hash.hex(),
-        size: a.size,
-    };
-    let known: HashMap<(MerkleHash, u32), (MerkleHash, u64)> = base_chunks
-        .refs
-        .iter()
-        .zip(&base_chunks.chunks)
-        .map(|(r, c)| ((r.xorb, r.index), (c.hash, c.len)))
-        .collect();
-    tracing::debug!("window compose: stored in {:?}", started.elapsed());
-    check_written(&a.file.segments, &parts, &known, &written, &id, expected)?;
-    check_stored(&client, &id, &a.file.segments).await?;
-    tracing::debug!("window compose: verified in {:?}", started.elapsed());
-    Ok(Some(Composed {
-        id,
-        new_bytes: sent,
-        base_bytes_read: base_chunks.read,
-        dirty_chunk_bytes,
-        terms: a.terms(),
-        whole_upload: false,
-        carried: None,
-    }))
+
+    /// Base chunk `k`, kept by reference.
+    async fn push_base(&mut self, base_chunks: &Fetched, k: usize) -> RemoteResult<()> {
+        self.sink.push(Piece::Base(k)).await?;
+        let c = base_chunks.chunks[k];
+        self.parts.push(Part::Chunk(c.hash, c.len));
+        self.len += c.len;
+        Ok(())
+    }
 }
 
 /// Window `w` (base chunks `ks`, whose bytes are in hand) with `edits` applied, re-chunked

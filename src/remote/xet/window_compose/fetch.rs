@@ -56,6 +56,43 @@ impl Fetched {
     pub(super) fn starting_at(&self, at: u64) -> Option<usize> {
         self.pos.binary_search(&at).ok()
     }
+
+    /// Chunk `index` of `xorb` (`chunk`), starting at file offset `at`, after those held.
+    pub(super) fn push(
+        &mut self,
+        chunk: BaseChunk,
+        xorb: MerkleHash,
+        index: u32,
+        at: u64,
+        data: Option<Bytes>,
+    ) {
+        self.chunks.push(chunk);
+        self.refs.push(ChunkRef {
+            xorb,
+            flags: 0,
+            index,
+        });
+        self.pos.push(at);
+        self.data.push(data);
+    }
+
+    /// Each chunk's hash and length by its xorb and index.
+    pub(super) fn by_ref(&self) -> HashMap<(MerkleHash, u32), (MerkleHash, u64)> {
+        self.refs
+            .iter()
+            .zip(&self.chunks)
+            .map(|(r, c)| ((r.xorb, r.index), (c.hash, c.len)))
+            .collect()
+    }
+
+    /// `other`'s chunks after those held, and its bytes read counted.
+    fn append(&mut self, other: Fetched) {
+        self.read += other.read;
+        self.chunks.extend(other.chunks);
+        self.refs.extend(other.refs);
+        self.data.extend(other.data);
+        self.pos.extend(other.pos);
+    }
 }
 
 /// Term data (chunks) of one stored range, decoded: the bytes and each chunk's offset in them
@@ -129,17 +166,8 @@ pub(super) async fn fetch_terms(
             let j = (c - first) as usize;
             let bytes = data.slice(idx[j] as usize..idx[j + 1] as usize);
             let len = bytes.len() as u64;
-            out.chunks.push(BaseChunk {
-                hash: compute_data_hash(&bytes),
-                len,
-            });
-            out.refs.push(ChunkRef {
-                xorb: term.hash.0,
-                flags: 0,
-                index: c,
-            });
-            out.pos.push(at);
-            out.data.push(Some(bytes));
+            let hash = compute_data_hash(&bytes);
+            out.push(BaseChunk { hash, len }, term.hash.0, c, at, Some(bytes));
             at += len;
             held += len;
         }
@@ -186,13 +214,7 @@ pub(super) async fn fetch_near(
     let mut out = Fetched::default();
     for (r, got) in ranges.iter().zip(got) {
         match got {
-            Ok(f) => {
-                out.read += f.read;
-                out.chunks.extend(f.chunks);
-                out.refs.extend(f.refs);
-                out.data.extend(f.data);
-                out.pos.extend(f.pos);
-            }
+            Ok(f) => out.append(f),
             Err(e) => tracing::debug!("window compose: fetching {r:?} ahead: {e}"),
         }
     }

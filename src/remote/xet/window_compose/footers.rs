@@ -12,7 +12,6 @@ use xet_core_structures::xorb_object::XorbObjectInfoV1;
 
 use super::fetch::{term_data, Fetched};
 use super::{integrity, ChunkHashes};
-use crate::remote::xet::assemble::ChunkRef;
 use crate::remote::xet::rechunk::BaseChunk;
 use crate::remote::xet::xorb_footer::{self, Suffix, XorbIndex};
 use crate::remote::{RemoteError, RemoteResult};
@@ -136,61 +135,135 @@ pub(super) fn xorbs_meeting(
         .collect()
 }
 
-/// The chunks of terms `which` of `recon` (term `i` starting at `starts[i]`) from their
-/// xorbs' footers (those in `footers`, the others fetched now), with bytes for every chunk
-/// inside `windows`: from `near` where it holds them, the rest fetched by the footer's packed
-/// offsets. `Err` says why the footers cannot serve (the caller then reads the terms whole).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn by_footers(
-    client: &Arc<dyn Client>,
-    route: &dyn ChunkHashes,
-    recon: &QueryReconstructionResponseV2,
-    which: &[usize],
-    starts: &[u64],
-    windows: &[Range<u64>],
-    mut footers: HashMap<MerkleHash, Result<Footer, String>>,
-    near: Fetched,
-) -> RemoteResult<Fetched> {
-    let mut want: Vec<MerkleHash> = Vec::new();
-    for &i in which {
-        let x = recon.terms[i].hash.0;
-        if !footers.contains_key(&x) && !want.contains(&x) {
-            want.push(x);
+/// Where the base's chunks are read from their xorbs' footers: terms `which` of `recon`
+/// (term `i` starting at `starts[i]`), with bytes for every chunk inside `windows`.
+pub(super) struct ByFooters<'a> {
+    pub client: &'a Arc<dyn Client>,
+    pub route: &'a dyn ChunkHashes,
+    pub recon: &'a QueryReconstructionResponseV2,
+    pub which: &'a [usize],
+    pub starts: &'a [u64],
+    pub windows: &'a [Range<u64>],
+}
+
+/// Consecutive chunks of one xorb that a window needs the bytes of: the xorb, its chunk
+/// indices, and where they are in the [`Fetched`] being filled.
+type Run = (MerkleHash, Range<u32>, Range<usize>);
+
+impl ByFooters<'_> {
+    /// The chunks, from their xorbs' footers (those in `footers`, the others fetched now),
+    /// with window bytes from `near` where it holds them, the rest fetched by the footer's
+    /// packed offsets. `Err` says why the footers cannot serve (the caller then reads the
+    /// terms whole).
+    pub async fn fetch(
+        &self,
+        mut footers: HashMap<MerkleHash, Result<Footer, String>>,
+        near: Fetched,
+    ) -> RemoteResult<Fetched> {
+        self.fetch_missing_footers(&mut footers).await;
+        let mut out = self.listed(&footers)?;
+        out.read = near.read;
+        take_near_bytes(&mut out, &near);
+        let runs = runs_without_bytes(&out, self.windows);
+        self.fetch_runs(&footers, &runs, &mut out).await?;
+        Ok(out)
+    }
+
+    /// The footers of the xorbs of terms `which` not yet in `footers`, added to it.
+    async fn fetch_missing_footers(
+        &self,
+        footers: &mut HashMap<MerkleHash, Result<Footer, String>>,
+    ) {
+        let mut want: Vec<MerkleHash> = Vec::new();
+        for &i in self.which {
+            let x = self.recon.terms[i].hash.0;
+            if !footers.contains_key(&x) && !want.contains(&x) {
+                want.push(x);
+            }
+        }
+        if !want.is_empty() {
+            footers.extend(fetch_footers(self.route, self.recon, &want).await);
         }
     }
-    if !want.is_empty() {
-        footers.extend(fetch_footers(route, recon, &want).await);
-    }
-    let mut out = Fetched {
-        read: near.read,
-        ..Default::default()
-    };
-    for &i in which {
-        let t = &recon.terms[i];
-        let f = match footers.get(&t.hash.0) {
-            Some(Ok(f)) => f,
-            Some(Err(e)) => return Err(integrity(format!("footer of xorb {}: {e}", t.hash))),
-            None => return Err(integrity(format!("no footer of xorb {}", t.hash))),
-        };
-        let mut at = starts[i];
-        for c in t.range.start..t.range.end {
-            let len = f.index.chunk_len(c);
-            out.chunks.push(BaseChunk {
-                hash: f.hashes[c as usize],
-                len,
-            });
-            out.refs.push(ChunkRef {
-                xorb: t.hash.0,
-                flags: 0,
-                index: c,
-            });
-            out.pos.push(at);
-            out.data.push(None);
-            at += len;
+
+    /// Every chunk of terms `which` as its footer lists it, without bytes.
+    fn listed(
+        &self,
+        footers: &HashMap<MerkleHash, Result<Footer, String>>,
+    ) -> RemoteResult<Fetched> {
+        let mut out = Fetched::default();
+        for &i in self.which {
+            let t = &self.recon.terms[i];
+            let f = match footers.get(&t.hash.0) {
+                Some(Ok(f)) => f,
+                Some(Err(e)) => return Err(integrity(format!("footer of xorb {}: {e}", t.hash))),
+                None => return Err(integrity(format!("no footer of xorb {}", t.hash))),
+            };
+            let mut at = self.starts[i];
+            for c in t.range.start..t.range.end {
+                let len = f.index.chunk_len(c);
+                let hash = f.hashes[c as usize];
+                out.push(BaseChunk { hash, len }, t.hash.0, c, at, None);
+                at += len;
+            }
         }
+        Ok(out)
     }
-    // The bytes fetched ahead, wherever a chunk of the same content starts at the same place
-    // (their hashes were computed from the bytes).
+
+    /// The bytes of `runs`, one ranged fetch each by the footer's packed offsets, each chunk
+    /// checked against the footer's hash and length and put into `out`.
+    async fn fetch_runs(
+        &self,
+        footers: &HashMap<MerkleHash, Result<Footer, String>>,
+        runs: &[Run],
+        out: &mut Fetched,
+    ) -> RemoteResult<()> {
+        let got = futures::future::try_join_all(runs.iter().map(|(x, c, ks)| {
+            // Every touched term's footer was checked by `listed`.
+            let range = footers.get(x).and_then(|f| f.as_ref().ok()).map(|f| {
+                HttpRange::new(
+                    f.index.packed_start(c.start),
+                    f.index.packed_start(c.end) - 1,
+                )
+            });
+            let url = self
+                .recon
+                .xorbs
+                .get(&(*x).into())
+                .and_then(|l| l.first())
+                .map(|f| f.url.clone());
+            async move {
+                let (Some(url), Some(range)) = (url, range) else {
+                    return Err(integrity(format!("no fetch URL or footer for xorb {x}")));
+                };
+                let what = format!("chunks {c:?} of {x}");
+                let (data, idx) = term_data(self.client, &url, range, c.len(), &what).await?;
+                Ok::<_, RemoteError>((ks.clone(), data, idx))
+            }
+        }))
+        .await?;
+        for (ks, data, idx) in got {
+            for (n, j) in ks.enumerate() {
+                let bytes = data.slice(idx[n] as usize..idx[n + 1] as usize);
+                if compute_data_hash(&bytes) != out.chunks[j].hash
+                    || bytes.len() as u64 != out.chunks[j].len
+                {
+                    return Err(integrity(format!(
+                        "chunk {} of {} does not hash as its footer says",
+                        out.refs[j].index, out.refs[j].xorb
+                    )));
+                }
+                out.read += bytes.len() as u64;
+                out.data[j] = Some(bytes);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bytes fetched ahead (`near`) put into `out` wherever a chunk of the same content
+/// starts at the same place (their hashes were computed from the bytes).
+fn take_near_bytes(out: &mut Fetched, near: &Fetched) {
     for (k, &p) in near.pos.iter().enumerate() {
         if let Some(j) = out.starting_at(p) {
             if out.chunks[j] == near.chunks[k] {
@@ -198,9 +271,12 @@ pub(super) async fn by_footers(
             }
         }
     }
-    // Window chunks still without bytes: runs of consecutive chunks of one xorb, each one
-    // ranged fetch.
-    let mut runs: Vec<(MerkleHash, Range<u32>, Range<usize>)> = Vec::new();
+}
+
+/// The chunks inside `windows` still without bytes, as runs of consecutive chunks of one
+/// xorb (each one ranged fetch).
+fn runs_without_bytes(out: &Fetched, windows: &[Range<u64>]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
     for w in windows {
         let a = out.pos.partition_point(|&p| p < w.start);
         let b = out.pos.partition_point(|&p| p < w.end);
@@ -218,43 +294,5 @@ pub(super) async fn by_footers(
             }
         }
     }
-    let got = futures::future::try_join_all(runs.iter().map(|(x, c, ks)| {
-        // Every touched term's footer was checked above.
-        let range = footers.get(x).and_then(|f| f.as_ref().ok()).map(|f| {
-            HttpRange::new(
-                f.index.packed_start(c.start),
-                f.index.packed_start(c.end) - 1,
-            )
-        });
-        let url = recon
-            .xorbs
-            .get(&(*x).into())
-            .and_then(|l| l.first())
-            .map(|f| f.url.clone());
-        async move {
-            let (Some(url), Some(range)) = (url, range) else {
-                return Err(integrity(format!("no fetch URL or footer for xorb {x}")));
-            };
-            let what = format!("chunks {c:?} of {x}");
-            let (data, idx) = term_data(client, &url, range, c.len(), &what).await?;
-            Ok::<_, RemoteError>((ks.clone(), data, idx))
-        }
-    }))
-    .await?;
-    for (ks, data, idx) in got {
-        for (n, j) in ks.enumerate() {
-            let bytes = data.slice(idx[n] as usize..idx[n + 1] as usize);
-            if compute_data_hash(&bytes) != out.chunks[j].hash
-                || bytes.len() as u64 != out.chunks[j].len
-            {
-                return Err(integrity(format!(
-                    "chunk {} of {} does not hash as its footer says",
-                    out.refs[j].index, out.refs[j].xorb
-                )));
-            }
-            out.read += bytes.len() as u64;
-            out.data[j] = Some(bytes);
-        }
-    }
-    Ok(out)
+    runs
 }
