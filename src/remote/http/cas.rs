@@ -624,6 +624,45 @@ impl HttpCas {
     }
 }
 
+impl HttpCas {
+    /// `base` with `edits`, written out (base pieces between the edits, and the edits) and
+    /// uploaded whole.
+    async fn compose_whole(&self, base: &FileId, edits: &[ComposeEdit]) -> RemoteResult<Composed> {
+        let path = self.staging.join(uuid::Uuid::now_v7().to_string());
+        let result = async {
+            let mut f = std::fs::File::create(&path)?;
+            let mut at = 0u64;
+            let mut read = 0u64;
+            for e in edits {
+                read += self
+                    .copy_base(base, at..e.original_range.start, &mut f)
+                    .await?;
+                f.write_all(&e.data)?;
+                at = e.original_range.end;
+            }
+            read += self.copy_base(base, at..base.size, &mut f).await?;
+            f.sync_all()?;
+            let len = f.metadata()?.len();
+            let up = self
+                .upload_batch(vec![UploadItem { path: &path, len }])
+                .await?
+                .remove(0)?;
+            Ok::<Composed, RemoteError>(Composed {
+                id: up.id,
+                new_bytes: up.new_bytes,
+                base_bytes_read: read,
+                dirty_chunk_bytes: edits.iter().map(|e| e.data.len() as u64).sum(),
+                terms: 0,
+                whole_upload: true,
+                carried: None,
+            })
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+}
+
 #[async_trait]
 impl Cas for HttpCas {
     async fn read_range(&self, id: &FileId, range: Range<u64>) -> RemoteResult<Bytes> {
@@ -714,40 +753,7 @@ impl Cas for HttpCas {
             }
             Err(e) => return Err(e),
         }
-        // The new body, written out (base pieces between the edits, and the
-        // edits) and uploaded whole.
-        let path = self.staging.join(uuid::Uuid::now_v7().to_string());
-        let result = async {
-            let mut f = std::fs::File::create(&path)?;
-            let mut at = 0u64;
-            let mut read = 0u64;
-            for e in &edits {
-                read += self
-                    .copy_base(base, at..e.original_range.start, &mut f)
-                    .await?;
-                f.write_all(&e.data)?;
-                at = e.original_range.end;
-            }
-            read += self.copy_base(base, at..base.size, &mut f).await?;
-            f.sync_all()?;
-            let len = f.metadata()?.len();
-            let up = self
-                .upload_batch(vec![UploadItem { path: &path, len }])
-                .await?
-                .remove(0)?;
-            Ok::<Composed, RemoteError>(Composed {
-                id: up.id,
-                new_bytes: up.new_bytes,
-                base_bytes_read: read,
-                dirty_chunk_bytes: edits.iter().map(|e| e.data.len() as u64).sum(),
-                terms: 0,
-                whole_upload: true,
-                carried: None,
-            })
-        }
-        .await;
-        let _ = std::fs::remove_file(&path);
-        result
+        self.compose_whole(base, &edits).await
     }
 }
 

@@ -151,16 +151,7 @@ fn unchanged(base: &FileId) -> Composed {
 /// `edits` without those that change nothing; an error if they are out of order or reach
 /// past the end of a `size` byte base.
 fn checked_edits(edits: Vec<ComposeEdit>, size: u64) -> RemoteResult<Vec<ComposeEdit>> {
-    let mut prev_end = 0;
-    for e in &edits {
-        let r = &e.original_range;
-        if r.start > r.end || r.start < prev_end || r.end > size {
-            return Err(RemoteError::Other(format!(
-                "edit {r:?} is out of order or past the end of a {size} byte base"
-            )));
-        }
-        prev_end = r.end;
-    }
+    crate::remote::xet::rechunk::check_edit_order(&edits, size)?;
     Ok(edits
         .into_iter()
         .filter(|e| !(e.original_range.is_empty() && e.data.is_empty()))
