@@ -20,10 +20,10 @@ use xet_client::cas_types::{FileChunkHashesResponse, FileRange};
 use xet_core_structures::merklehash::MerkleHash;
 use xet_data::processing::configurations::{SessionContext, TranslatorConfig};
 use xet_data::processing::create_remote_client;
-use xetmount::remote::assemble::XorbSettings;
 use xetmount::remote::http::cas::HttpCas;
 use xetmount::remote::http::hub::Hub;
-use xetmount::remote::window_compose::{self, ChunkHashes};
+use xetmount::remote::xet::assemble::XorbSettings;
+use xetmount::remote::xet::window_compose::{self, ChunkHashes};
 use xetmount::remote::{Cas, ComposeEdit, FileId, RemoteError, RemoteResult};
 
 const MIB: u64 = 1 << 20;

@@ -73,7 +73,7 @@ impl MemCatalog {
     /// root directory is owned by `0:0`, mode 0755, times 0.
     pub fn posix() -> Self {
         let mut state = State::default();
-        let root = Entry::dir(String::new(), meta_at(0o755, 0, 0, 0));
+        let root = Entry::dir(String::new(), Meta::at(0o755, 0, 0, 0));
         state.entries.insert(String::new(), root);
         Self::with(Capabilities::POSIX, state)
     }
@@ -112,7 +112,7 @@ impl MemCatalog {
 
     /// A plain bucket's metadata of an entry of `kind` with mtime `ms` milliseconds.
     fn plain_meta(owner: &FixedOwner, kind: EntryKind, ms: i64) -> Meta {
-        meta_at(
+        Meta::at(
             owner.mode(kind),
             owner.uid,
             owner.gid,
@@ -144,17 +144,6 @@ impl MemCatalog {
         dirs.into_iter()
             .map(|(p, ms)| Entry::dir(p, Self::plain_meta(owner, EntryKind::Dir, ms)))
             .collect()
-    }
-}
-
-fn meta_at(mode: u32, uid: u32, gid: u32, t: i64) -> Meta {
-    Meta {
-        mode,
-        uid,
-        gid,
-        atime_ns: t,
-        mtime_ns: t,
-        ctime_ns: t,
     }
 }
 
@@ -207,6 +196,74 @@ impl Tx<'_> {
         self.s.entries.retain(|p, _| !at_or_below(p, path));
     }
 
+    /// A hard link `to` of `from`, which joins (or starts) `from`'s link group.
+    fn link(&mut self, from: &str, to: &str) -> RemoteResult<()> {
+        let src = self
+            .s
+            .entries
+            .get(from)
+            .cloned()
+            .ok_or_else(|| RemoteError::NotFound(from.to_string()))?;
+        if src.kind == EntryKind::Dir || to.is_empty() {
+            return Err(refused(format!("cannot link {from:?} to {to:?}")));
+        }
+        if self.s.entries.contains_key(to) {
+            return Err(refused(format!("link target {to:?} exists")));
+        }
+        let link = match src.link {
+            Some(l) => l,
+            None => {
+                self.s.last_link += 1;
+                let l = self.s.last_link;
+                if let Some(e) = self.s.entries.get_mut(from) {
+                    e.link = Some(l);
+                }
+                l
+            }
+        };
+        // The source's listing shows its new link count.
+        self.changed.insert(parent_of(from).to_string());
+        self.ensure_ancestors(to, &src.meta);
+        self.put_row(Entry {
+            path: to.to_string(),
+            link: Some(link),
+            ..src
+        });
+        Ok(())
+    }
+
+    /// `from` and everything below it moved to `to`, replacing whatever was there.
+    fn rename(&mut self, from: &str, to: &str) -> RemoteResult<()> {
+        if from.is_empty() || to.is_empty() || strictly_below(to, from) {
+            return Err(refused(format!("cannot rename {from:?} to {to:?}")));
+        }
+        if from == to {
+            return Ok(());
+        }
+        let meta = self
+            .s
+            .entries
+            .get(from)
+            .ok_or_else(|| RemoteError::NotFound(from.to_string()))?
+            .meta;
+        self.delete_tree(to);
+        self.changed.insert(parent_of(from).to_string());
+        self.ensure_ancestors(to, &meta);
+        let moved: Vec<String> = self
+            .s
+            .entries
+            .keys()
+            .filter(|p| at_or_below(p, from))
+            .cloned()
+            .collect();
+        for old in moved {
+            let mut e = self.s.entries.remove(&old).expect("listed above");
+            e.path = format!("{to}{}", &old[from.len()..]);
+            self.s.entries.insert(e.path.clone(), e);
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, op: &CatalogOp) -> RemoteResult<()> {
         match op {
             CatalogOp::Expect { path, content } => {
@@ -239,74 +296,14 @@ impl Tx<'_> {
                     .ok_or_else(|| RemoteError::NotFound(path.clone()))?;
                 self.put_group(&Entry { meta: *meta, ..e });
             }
-            CatalogOp::Link { from, to } => {
-                let src = self
-                    .s
-                    .entries
-                    .get(from)
-                    .cloned()
-                    .ok_or_else(|| RemoteError::NotFound(from.clone()))?;
-                if src.kind == EntryKind::Dir || to.is_empty() {
-                    return Err(refused(format!("cannot link {from:?} to {to:?}")));
-                }
-                if self.s.entries.contains_key(to) {
-                    return Err(refused(format!("link target {to:?} exists")));
-                }
-                let link = match src.link {
-                    Some(l) => l,
-                    None => {
-                        self.s.last_link += 1;
-                        let l = self.s.last_link;
-                        if let Some(e) = self.s.entries.get_mut(from) {
-                            e.link = Some(l);
-                        }
-                        l
-                    }
-                };
-                // The source's listing shows its new link count.
-                self.changed.insert(parent_of(from).to_string());
-                self.ensure_ancestors(to, &src.meta);
-                self.put_row(Entry {
-                    path: to.clone(),
-                    link: Some(link),
-                    ..src
-                });
-            }
+            CatalogOp::Link { from, to } => self.link(from, to)?,
             CatalogOp::Delete { path } => {
                 if path.is_empty() {
                     return Err(refused("cannot delete the root".into()));
                 }
                 self.delete_tree(path);
             }
-            CatalogOp::Rename { from, to } => {
-                if from.is_empty() || to.is_empty() || strictly_below(to, from) {
-                    return Err(refused(format!("cannot rename {from:?} to {to:?}")));
-                }
-                if from == to {
-                    return Ok(());
-                }
-                let meta = self
-                    .s
-                    .entries
-                    .get(from)
-                    .ok_or_else(|| RemoteError::NotFound(from.clone()))?
-                    .meta;
-                self.delete_tree(to);
-                self.changed.insert(parent_of(from).to_string());
-                self.ensure_ancestors(to, &meta);
-                let moved: Vec<String> = self
-                    .s
-                    .entries
-                    .keys()
-                    .filter(|p| at_or_below(p, from))
-                    .cloned()
-                    .collect();
-                for old in moved {
-                    let mut e = self.s.entries.remove(&old).expect("listed above");
-                    e.path = format!("{to}{}", &old[from.len()..]);
-                    self.s.entries.insert(e.path.clone(), e);
-                }
-            }
+            CatalogOp::Rename { from, to } => self.rename(from, to)?,
         }
         Ok(())
     }
@@ -694,21 +691,11 @@ mod tests {
     use super::*;
 
     fn meta() -> Meta {
-        meta_at(0o644, 1, 2, 5_000_000_123)
+        Meta::at(0o644, 1, 2, 5_000_000_123)
     }
 
     fn file(path: &str, hash: &str, size: u64) -> Entry {
-        Entry {
-            path: path.into(),
-            kind: EntryKind::File,
-            content: Some(FileId {
-                hash: hash.into(),
-                size,
-            }),
-            target: None,
-            meta: meta(),
-            link: None,
-        }
+        crate::remote::testing::file_entry(path, hash, size, meta())
     }
 
     fn paths(v: &[Entry]) -> Vec<&str> {

@@ -2,22 +2,16 @@
 //! and a [`Cas`] (content-addressed file bodies). The VFS sees only these traits; the
 //! embedded local store and (later) the HTTP remote implement them.
 
-pub mod assemble;
 pub mod cas_wire;
-pub mod compose;
-pub mod defrag;
 pub mod http;
 pub mod local;
 pub mod mem;
 pub mod names;
 pub mod open;
-pub mod rechunk;
 #[cfg(test)]
 pub(crate) mod testing;
-pub mod window_compose;
 pub mod wire;
 pub mod xet;
-pub mod xorb_footer;
 
 use std::ops::Range;
 use std::path::Path;
@@ -179,13 +173,18 @@ impl Meta {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
+        Meta::at(mode, uid, gid, t)
+    }
+
+    /// `mode`, `uid` and `gid`, with every time set to `t_ns` (nanoseconds since the epoch).
+    pub fn at(mode: u32, uid: u32, gid: u32, t_ns: i64) -> Meta {
         Meta {
             mode,
             uid,
             gid,
-            atime_ns: t,
-            mtime_ns: t,
-            ctime_ns: t,
+            atime_ns: t_ns,
+            mtime_ns: t_ns,
+            ctime_ns: t_ns,
         }
     }
 }

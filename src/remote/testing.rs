@@ -1,5 +1,7 @@
 //! Helpers for the tests of `remote` and of the layers above it.
 
+use crate::remote::{Entry, EntryKind, FileId, Meta};
+
 /// Incompressible bytes, so that big files really span several xorbs and segments.
 pub(crate) fn random(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(6364136223846793005) | 1;
@@ -11,4 +13,19 @@ pub(crate) fn random(n: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// A file entry at `path` holding `size` bytes of content `hash`.
+pub(crate) fn file_entry(path: &str, hash: &str, size: u64, meta: Meta) -> Entry {
+    Entry {
+        path: path.into(),
+        kind: EntryKind::File,
+        content: Some(FileId {
+            hash: hash.into(),
+            size,
+        }),
+        target: None,
+        meta,
+        link: None,
+    }
 }

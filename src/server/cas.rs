@@ -578,7 +578,7 @@ pub async fn chunk_lists(
     Query(q): Query<ChunkListsQuery>,
     t: CasToken<Read>,
 ) -> Answer {
-    use crate::remote::compose::ChunkMap;
+    use crate::remote::xet::compose::ChunkMap;
     let hash = s.readable_file(&t.bucket, &file).await?;
     let wanted = match q.bytes.as_deref().map(cas_wire::parse_ranges) {
         None => Vec::new(),

@@ -2,12 +2,12 @@
 //! bucket's token route names, with CAS tokens fetched (and refreshed before they expire)
 //! from that route.
 //!
-//! Compositions run chunk by chunk (`remote::compose`) where the CAS says which chunks a body
+//! Compositions run chunk by chunk (`remote::xet::compose`) where the CAS says which chunks a body
 //! is made of (`xetmount serve`'s `/v1/xetmount/chunks/{file}`): only the chunks around each
 //! edit are downloaded and uploaded. A small edit costs two requests there, its commit
 //! included: the chunk lists come with the stored chunks around the edit (`?bytes=`), and the
 //! last xorb and the shard go with the commit (`Composed::carried`; see `remote::cas_wire`). A CAS with only the official routes composes by windows
-//! (`remote::window_compose`, over `GET /v2/file-chunk-hashes/{file}`): only the terms the
+//! (`remote::xet::window_compose`, over `GET /v2/file-chunk-hashes/{file}`): only the terms the
 //! edits touch are read and only new chunks uploaded. A CAS without either route, or a
 //! window composition that does not verify, gets the base read and the result uploaded whole
 //! (content-defined chunking still stores only the changed chunks; the cost is reading the
@@ -36,11 +36,12 @@ use xet_runtime::core::XetContext;
 use super::chunk_cache::ChunkStore;
 use super::hub::Hub;
 use super::planned::PlannedReads;
-use crate::remote::assemble::{ShardWithXorbs, XorbSettings};
 use crate::remote::cas_wire;
-use crate::remote::compose::{parse_hash, ChunkLists, ChunkMap};
-use crate::remote::rechunk::{near_ranges, BaseBytes};
-use crate::remote::window_compose::{self, ChunkHashes};
+use crate::remote::xet::assemble::{ShardWithXorbs, XorbSettings};
+use crate::remote::xet::compose::{parse_hash, ChunkLists, ChunkMap};
+use crate::remote::xet::rechunk::{near_ranges, BaseBytes};
+use crate::remote::xet::window_compose::{self, ChunkHashes};
+use crate::remote::xet::xet_err;
 use crate::remote::{
     Cas, ComposeEdit, Composed, FileId, RemoteError, RemoteResult, UploadItem, Uploaded,
 };
@@ -454,21 +455,6 @@ pub struct HttpCas {
     staging: PathBuf,
 }
 
-fn xet_err(e: impl std::fmt::Display) -> RemoteError {
-    let s = e.to_string();
-    if s.contains("401") || s.contains("Unauthorized") {
-        RemoteError::Unauthenticated(s)
-    } else if s.contains("403") || s.contains("Forbidden") {
-        RemoteError::PermissionDenied(s)
-    } else if s.contains("413") || s.contains("507") {
-        RemoteError::Quota(s)
-    } else if s.contains("429") {
-        RemoteError::RateLimited(s)
-    } else {
-        RemoteError::Other(format!("xet: {s}"))
-    }
-}
-
 /// A `Write` into a shared buffer (the reconstructor wants an owned writer).
 #[derive(Clone, Default)]
 struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -638,6 +624,45 @@ impl HttpCas {
     }
 }
 
+impl HttpCas {
+    /// `base` with `edits`, written out (base pieces between the edits, and the edits) and
+    /// uploaded whole.
+    async fn compose_whole(&self, base: &FileId, edits: &[ComposeEdit]) -> RemoteResult<Composed> {
+        let path = self.staging.join(uuid::Uuid::now_v7().to_string());
+        let result = async {
+            let mut f = std::fs::File::create(&path)?;
+            let mut at = 0u64;
+            let mut read = 0u64;
+            for e in edits {
+                read += self
+                    .copy_base(base, at..e.original_range.start, &mut f)
+                    .await?;
+                f.write_all(&e.data)?;
+                at = e.original_range.end;
+            }
+            read += self.copy_base(base, at..base.size, &mut f).await?;
+            f.sync_all()?;
+            let len = f.metadata()?.len();
+            let up = self
+                .upload_batch(vec![UploadItem { path: &path, len }])
+                .await?
+                .remove(0)?;
+            Ok::<Composed, RemoteError>(Composed {
+                id: up.id,
+                new_bytes: up.new_bytes,
+                base_bytes_read: read,
+                dirty_chunk_bytes: edits.iter().map(|e| e.data.len() as u64).sum(),
+                terms: 0,
+                whole_upload: true,
+                carried: None,
+            })
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+}
+
 #[async_trait]
 impl Cas for HttpCas {
     async fn read_range(&self, id: &FileId, range: Range<u64>) -> RemoteResult<Bytes> {
@@ -689,7 +714,7 @@ impl Cas for HttpCas {
                         budget: self.carried_bytes.clone(),
                     })
                 });
-            let c = crate::remote::compose::compose_with(
+            let c = crate::remote::xet::compose::compose_with(
                 &self.xorbs,
                 self.compose_client.clone(),
                 held.clone().map(|h| h as Arc<dyn ShardWithXorbs>),
@@ -728,40 +753,7 @@ impl Cas for HttpCas {
             }
             Err(e) => return Err(e),
         }
-        // The new body, written out (base pieces between the edits, and the
-        // edits) and uploaded whole.
-        let path = self.staging.join(uuid::Uuid::now_v7().to_string());
-        let result = async {
-            let mut f = std::fs::File::create(&path)?;
-            let mut at = 0u64;
-            let mut read = 0u64;
-            for e in &edits {
-                read += self
-                    .copy_base(base, at..e.original_range.start, &mut f)
-                    .await?;
-                f.write_all(&e.data)?;
-                at = e.original_range.end;
-            }
-            read += self.copy_base(base, at..base.size, &mut f).await?;
-            f.sync_all()?;
-            let len = f.metadata()?.len();
-            let up = self
-                .upload_batch(vec![UploadItem { path: &path, len }])
-                .await?
-                .remove(0)?;
-            Ok::<Composed, RemoteError>(Composed {
-                id: up.id,
-                new_bytes: up.new_bytes,
-                base_bytes_read: read,
-                dirty_chunk_bytes: edits.iter().map(|e| e.data.len() as u64).sum(),
-                terms: 0,
-                whole_upload: true,
-                carried: None,
-            })
-        }
-        .await;
-        let _ = std::fs::remove_file(&path);
-        result
+        self.compose_whole(base, &edits).await
     }
 }
 

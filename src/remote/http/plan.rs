@@ -19,8 +19,8 @@ use std::sync::Arc;
 use xet_client::cas_types::QueryReconstructionResponseV2;
 use xet_core_structures::merklehash::MerkleHash;
 
-use crate::remote::xorb_footer::{self, Suffix};
-pub use crate::remote::xorb_footer::{Located, XorbIndex};
+use crate::remote::xet::xorb_footer::{self, Suffix};
+pub use crate::remote::xet::xorb_footer::{Located, XorbIndex};
 
 /// Lifetime assumed for a fetch URL whose expiry cannot be read from it.
 pub const DEFAULT_URL_LIFE_SECS: u64 = 300;

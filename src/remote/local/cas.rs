@@ -16,6 +16,7 @@ use xet_runtime::utils::ByteSize;
 use super::compose;
 use super::durable::Durable;
 use super::reader::ChunkReader;
+use crate::remote::xet::xet_err;
 use crate::remote::{
     Cas, ComposeEdit, Composed, FileId, RemoteError, RemoteResult, UploadItem, Uploaded,
 };
@@ -43,12 +44,8 @@ pub struct XetCas {
     /// measured as the growth of `xorb_dir`.
     upload_lock: tokio::sync::Mutex<()>,
     reader: Arc<ChunkReader>,
-    xorbs: crate::remote::assemble::XorbSettings,
+    xorbs: crate::remote::xet::assemble::XorbSettings,
     durable: Durable,
-}
-
-fn xet_err(e: impl std::fmt::Display) -> RemoteError {
-    RemoteError::Other(format!("xet: {e}"))
 }
 
 impl XetCas {
@@ -94,7 +91,7 @@ impl XetCas {
             .await
             .map_err(xet_err)?;
         let xorb_dir = client_dir.join("xorbs");
-        let xorbs = crate::remote::assemble::XorbSettings {
+        let xorbs = crate::remote::xet::assemble::XorbSettings {
             prefix: ctx.config.data.default_prefix.clone(),
             compression: ctx.config.xorb.compression_policy.as_str().to_string(),
             retest_interval: ctx.config.xorb.compression_scheme_retest_interval,
@@ -148,7 +145,7 @@ impl Cas for XetCas {
             id: base.clone(),
             hash: compose::parse_hash(&base.hash)?,
         });
-        let c = crate::remote::compose::compose(
+        let c = crate::remote::xet::compose::compose(
             &self.xorbs,
             self.client.clone(),
             &self.chunk_map(),

@@ -473,6 +473,94 @@ fn delete_tree(tx: &Transaction<'_>, path: &str, rev: i64) -> rusqlite::Result<u
     )
 }
 
+/// A hard link `to` of `from`, which joins (or starts) `from`'s link group.
+fn link(tx: &Transaction<'_>, from: &str, to: &str, rev: i64) -> RemoteResult<()> {
+    let src = get_row(tx, from)
+        .map_err(db_err)?
+        .ok_or_else(|| RemoteError::NotFound(from.to_string()))?;
+    if src.kind == EntryKind::Dir || to.is_empty() {
+        return Err(RemoteError::Other(format!(
+            "cannot link {from:?} to {to:?}"
+        )));
+    }
+    if get_row(tx, to).map_err(db_err)?.is_some() {
+        return Err(RemoteError::Other(format!("link target {to:?} exists")));
+    }
+    let link = match src.link {
+        Some(l) => l,
+        None => {
+            let next: i64 = one(
+                tx,
+                "SELECT COALESCE(MAX(link), 0) + 1 FROM entries",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+            exec(
+                tx,
+                "UPDATE entries SET link = ?2 WHERE path = ?1",
+                params![from, next],
+            )
+            .map_err(db_err)?;
+            next as u64
+        }
+    };
+    // The source's listing shows its new link count.
+    note_changed(tx, parent_of(from), rev).map_err(db_err)?;
+    ensure_ancestors(tx, to, &src.meta, rev).map_err(db_err)?;
+    let named = Entry {
+        path: to.to_string(),
+        link: Some(link),
+        ..src
+    };
+    put_row(tx, &named, rev).map_err(db_err)?;
+    Ok(())
+}
+
+/// `from` and everything below it moved to `to`, replacing whatever was there.
+fn rename(tx: &Transaction<'_>, from: &str, to: &str, rev: i64) -> RemoteResult<()> {
+    if from.is_empty() || to.is_empty() || to.starts_with(&format!("{from}/")) {
+        return Err(RemoteError::Other(format!(
+            "cannot rename {from:?} to {to:?}"
+        )));
+    }
+    if from == to {
+        return Ok(());
+    }
+    let meta: Meta = one(
+        tx,
+        &format!("SELECT {COLUMNS} FROM entries WHERE path = ?1"),
+        [from],
+        row_to_entry,
+    )
+    .optional()
+    .map_err(db_err)?
+    .ok_or_else(|| RemoteError::NotFound(from.to_string()))?
+    .meta;
+    delete_tree(tx, to, rev).map_err(db_err)?;
+    note_changed(tx, parent_of(from), rev).map_err(db_err)?;
+    ensure_ancestors(tx, to, &meta, rev).map_err(db_err)?;
+    exec(
+        tx,
+        "UPDATE entries SET path = ?2, parent = ?3, revision = ?4 WHERE path = ?1",
+        params![from, to, parent_of(to), rev],
+    )
+    .map_err(db_err)?;
+    let (lo, hi) = subtree_bounds(from);
+    let n = from.len() as i64;
+    exec(
+        tx,
+        "UPDATE entries SET
+            path = ?1 || substr(path, ?2 + 1),
+            parent = ?1 || substr(parent, ?2 + 1),
+            revision = ?5
+         WHERE path >= ?3 AND path < ?4",
+        params![to, n, lo, hi, rev],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
 /// Apply `op` within the commit's transaction; a failed expectation is added to `conflicts`.
 fn apply(
     tx: &Transaction<'_>,
@@ -518,94 +606,14 @@ fn apply(
                 None => put_row(tx, &e, rev).map_err(db_err)?,
             }
         }
-        CatalogOp::Link { from, to } => {
-            let src = get_row(tx, from)
-                .map_err(db_err)?
-                .ok_or_else(|| RemoteError::NotFound(from.clone()))?;
-            if src.kind == EntryKind::Dir || to.is_empty() {
-                return Err(RemoteError::Other(format!(
-                    "cannot link {from:?} to {to:?}"
-                )));
-            }
-            if get_row(tx, to).map_err(db_err)?.is_some() {
-                return Err(RemoteError::Other(format!("link target {to:?} exists")));
-            }
-            let link = match src.link {
-                Some(l) => l,
-                None => {
-                    let next: i64 = one(
-                        tx,
-                        "SELECT COALESCE(MAX(link), 0) + 1 FROM entries",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .map_err(db_err)?;
-                    exec(
-                        tx,
-                        "UPDATE entries SET link = ?2 WHERE path = ?1",
-                        params![from, next],
-                    )
-                    .map_err(db_err)?;
-                    next as u64
-                }
-            };
-            // The source's listing shows its new link count.
-            note_changed(tx, parent_of(from), rev).map_err(db_err)?;
-            ensure_ancestors(tx, to, &src.meta, rev).map_err(db_err)?;
-            let named = Entry {
-                path: to.clone(),
-                link: Some(link),
-                ..src
-            };
-            put_row(tx, &named, rev).map_err(db_err)?;
-        }
+        CatalogOp::Link { from, to } => link(tx, from, to, rev)?,
         CatalogOp::Delete { path } => {
             if path.is_empty() {
                 return Err(RemoteError::Other("cannot delete the root".into()));
             }
             delete_tree(tx, path, rev).map_err(db_err)?;
         }
-        CatalogOp::Rename { from, to } => {
-            if from.is_empty() || to.is_empty() || to.starts_with(&format!("{from}/")) {
-                return Err(RemoteError::Other(format!(
-                    "cannot rename {from:?} to {to:?}"
-                )));
-            }
-            if from == to {
-                return Ok(());
-            }
-            let meta: Meta = one(
-                tx,
-                &format!("SELECT {COLUMNS} FROM entries WHERE path = ?1"),
-                [from],
-                row_to_entry,
-            )
-            .optional()
-            .map_err(db_err)?
-            .ok_or_else(|| RemoteError::NotFound(from.clone()))?
-            .meta;
-            delete_tree(tx, to, rev).map_err(db_err)?;
-            note_changed(tx, parent_of(from), rev).map_err(db_err)?;
-            ensure_ancestors(tx, to, &meta, rev).map_err(db_err)?;
-            exec(
-                tx,
-                "UPDATE entries SET path = ?2, parent = ?3, revision = ?4 WHERE path = ?1",
-                params![from, to, parent_of(to), rev],
-            )
-            .map_err(db_err)?;
-            let (lo, hi) = subtree_bounds(from);
-            let n = from.len() as i64;
-            exec(
-                tx,
-                "UPDATE entries SET
-                    path = ?1 || substr(path, ?2 + 1),
-                    parent = ?1 || substr(parent, ?2 + 1),
-                    revision = ?5
-                 WHERE path >= ?3 AND path < ?4",
-                params![to, n, lo, hi, rev],
-            )
-            .map_err(db_err)?;
-        }
+        CatalogOp::Rename { from, to } => rename(tx, from, to, rev)?,
     }
     Ok(())
 }
@@ -750,17 +758,7 @@ mod tests {
     }
 
     fn file(path: &str, hash: &str, size: u64) -> Entry {
-        Entry {
-            path: path.into(),
-            kind: EntryKind::File,
-            content: Some(FileId {
-                hash: hash.into(),
-                size,
-            }),
-            target: None,
-            meta: meta(),
-            link: None,
-        }
+        crate::remote::testing::file_entry(path, hash, size, meta())
     }
 
     fn names(v: &[Entry]) -> Vec<&str> {

@@ -1,4 +1,4 @@
-//! The local store's side of composing (see `remote::compose`): which chunks a stored body
+//! The local store's side of composing (see `remote::xet::compose`): which chunks a stored body
 //! is made of, read from its xorbs' footers, and the base's bytes through the chunk reader.
 
 use std::collections::HashMap;
@@ -14,15 +14,12 @@ use xet_core_structures::metadata_shard::file_structs::MDBFileInfo;
 use xet_core_structures::xorb_object::XorbObject;
 
 use super::reader::ChunkReader;
-use crate::remote::compose::{ChunkLists, ChunkMap};
-use crate::remote::rechunk::BaseBytes;
+use crate::remote::xet::compose::{ChunkLists, ChunkMap};
+use crate::remote::xet::rechunk::BaseBytes;
+use crate::remote::xet::xet_err;
 use crate::remote::{FileId, RemoteError, RemoteResult};
 
-fn xet_err(e: impl std::fmt::Display) -> RemoteError {
-    RemoteError::Other(format!("xet compose: {e}"))
-}
-
-pub(super) use crate::remote::compose::parse_hash;
+pub(super) use crate::remote::xet::compose::parse_hash;
 
 /// A body's bytes, through the chunk reader.
 pub struct Base {
@@ -137,7 +134,7 @@ fn read_footer(dir: &Path, hash: &MerkleHash) -> RemoteResult<XorbObject> {
 pub(super) mod tests {
     use super::*;
     use crate::remote::local::{xet_config, XetCas};
-    use crate::remote::rechunk::tests::{apply, disjoint_edits};
+    use crate::remote::xet::rechunk::tests::{apply, disjoint_edits};
     use crate::remote::{Cas, ComposeEdit, Composed, UploadItem};
     use bytes::Bytes;
     use xet_data::processing::{upload_ranges, DirtyInput};
@@ -225,7 +222,7 @@ pub(super) mod tests {
             hash: info.hash().to_string(),
             size: base.size,
         };
-        let err = crate::remote::compose::verify(&cas.chunk_map(), &id, base.size)
+        let err = crate::remote::xet::compose::verify(&cas.chunk_map(), &id, base.size)
             .await
             .unwrap_err();
         assert!(matches!(err, RemoteError::Integrity(_)), "{err}");
@@ -300,7 +297,7 @@ pub(super) mod tests {
     }
 
     /// The defragmentation rule: a region that many edits cut into more than
-    /// `crate::remote::defrag::MAX_TERMS` terms is rewritten whole by the next edit inside it; other regions
+    /// `crate::remote::xet::defrag::MAX_TERMS` terms is rewritten whole by the next edit inside it; other regions
     /// are left alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fragmented_region_is_rewritten_by_the_next_edit_inside_it() {
@@ -314,7 +311,7 @@ pub(super) mod tests {
         for round in 0..10u64 {
             if c1
                 .as_ref()
-                .is_some_and(|c: &Composed| c.terms > crate::remote::defrag::MAX_TERMS as u64)
+                .is_some_and(|c: &Composed| c.terms > crate::remote::xet::defrag::MAX_TERMS as u64)
             {
                 break;
             }
@@ -331,7 +328,7 @@ pub(super) mod tests {
         }
         let c1 = c1.unwrap();
         assert!(
-            c1.terms > crate::remote::defrag::MAX_TERMS as u64,
+            c1.terms > crate::remote::xet::defrag::MAX_TERMS as u64,
             "the first region should be fragmented: {} terms",
             c1.terms
         );
@@ -340,13 +337,13 @@ pub(super) mod tests {
         let want2 = apply(&want1, &e2);
         let c2 = cas.compose(&c1.id, e2).await.unwrap();
         assert!(
-            c2.terms <= crate::remote::defrag::MAX_TERMS as u64 / 4,
+            c2.terms <= crate::remote::xet::defrag::MAX_TERMS as u64 / 4,
             "{} terms after the rewrite",
             c2.terms
         );
         assert!(
-            c2.base_bytes_read >= crate::remote::defrag::REGION - MIB
-                && c2.base_bytes_read <= crate::remote::defrag::REGION + 2 * MIB,
+            c2.base_bytes_read >= crate::remote::xet::defrag::REGION - MIB
+                && c2.base_bytes_read <= crate::remote::xet::defrag::REGION + 2 * MIB,
             "read {} bytes rewriting a region",
             c2.base_bytes_read
         );

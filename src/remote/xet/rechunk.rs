@@ -28,7 +28,7 @@ use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::xorb_object::Chunk;
 use xet_data::deduplication::Chunker;
 
-use super::{ComposeEdit, RemoteError, RemoteResult};
+use crate::remote::{ComposeEdit, RemoteError, RemoteResult};
 
 /// One chunk of the base: its hash and length, in file order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,13 +176,46 @@ pub async fn rechunk(
     bytes: Arc<dyn BaseBytes>,
     sink: &mut dyn PieceSink,
 ) -> RemoteResult<Rechunked> {
-    let mut ends = Vec::with_capacity(base.len());
-    let mut at = 0u64;
-    for c in base {
-        at += c.len;
-        ends.push(at);
+    let ends = Ends::of(base);
+    let size = ends.size();
+    check_edit_order(edits, size)?;
+    let edits: Vec<&ComposeEdit> = edits
+        .iter()
+        .filter(|e| !(e.original_range.is_empty() && e.data.is_empty()))
+        .collect();
+    let mut bytes = Prefetch::new(bytes, planned_reads(&ends, &edits));
+
+    let mut out = Rechunked::default();
+    let mut next = 0usize; // first base chunk not yet emitted or replaced
+    let mut i = 0usize; // first edit not yet fed
+    while i < edits.len() {
+        let first = edits[i].original_range.start;
+        let k0 = if size == 0 {
+            0
+        } else {
+            ends.chunk_at(first.min(size - 1))
+        };
+        if k0 < next {
+            return Err(RemoteError::Other(format!(
+                "rechunk: window at chunk {k0} starts before chunk {next}"
+            )));
+        }
+        for k in next..k0 {
+            sink.push(Piece::Base(k)).await?;
+        }
+        out.windows += 1;
+        let mut window = Window::new(&ends, ends.start_of(k0));
+        next = window.run(&edits, &mut i, &mut bytes, sink).await?;
     }
-    let size = at;
+    for k in next..base.len() {
+        sink.push(Piece::Base(k)).await?;
+    }
+    out.base_bytes_read = bytes.read.load(Ordering::Relaxed);
+    Ok(out)
+}
+
+/// Refuse edits that are out of order, overlap, or reach past the end of a `size` byte base.
+pub(crate) fn check_edit_order(edits: &[ComposeEdit], size: u64) -> RemoteResult<()> {
     let mut prev_end = 0;
     for e in edits {
         let r = &e.original_range;
@@ -193,16 +226,46 @@ pub async fn rechunk(
         }
         prev_end = r.end;
     }
-    let edits: Vec<&ComposeEdit> = edits
-        .iter()
-        .filter(|e| !(e.original_range.is_empty() && e.data.is_empty()))
-        .collect();
-    // Index of the chunk holding byte `p` (< size).
-    let chunk_at = |p: u64| ends.partition_point(|&e| e <= p);
-    let start_of = |k: usize| if k == 0 { 0 } else { ends[k - 1] };
-    // Around each edit: the base bytes before it in its first chunk, and after it to the end
-    // of the chunk it ends in. That is what its window reads unless the chunker takes longer
-    // to re-synchronise (the bytes it replaces are never read).
+    Ok(())
+}
+
+/// Where each base chunk ends, in file offsets.
+struct Ends(Vec<u64>);
+
+impl Ends {
+    fn of(base: &[BaseChunk]) -> Self {
+        let mut ends = Vec::with_capacity(base.len());
+        let mut at = 0u64;
+        for c in base {
+            at += c.len;
+            ends.push(at);
+        }
+        Ends(ends)
+    }
+
+    fn size(&self) -> u64 {
+        self.0.last().copied().unwrap_or(0)
+    }
+
+    /// Index of the chunk holding byte `p` (< size).
+    fn chunk_at(&self, p: u64) -> usize {
+        self.0.partition_point(|&e| e <= p)
+    }
+
+    fn start_of(&self, k: usize) -> u64 {
+        if k == 0 {
+            0
+        } else {
+            self.0[k - 1]
+        }
+    }
+}
+
+/// Around each edit: the base bytes before it in its first chunk, and after it to the end of
+/// the chunk it ends in. That is what its window reads unless the chunker takes longer to
+/// re-synchronise (the bytes it replaces are never read).
+fn planned_reads(ends: &Ends, edits: &[&ComposeEdit]) -> Vec<Range<u64>> {
+    let size = ends.size();
     let mut planned: Vec<Range<u64>> = Vec::new();
     let mut plan = |range: Range<u64>| {
         if range.is_empty() {
@@ -214,103 +277,129 @@ pub async fn rechunk(
         }
     };
     if size > 0 {
-        for e in &edits {
+        for e in edits {
             let r = &e.original_range;
-            plan(start_of(chunk_at(r.start.min(size - 1)))..r.start);
+            plan(ends.start_of(ends.chunk_at(r.start.min(size - 1)))..r.start);
             if r.end < size {
                 // One chunk more: the chunker seldom re-synchronises at the very cut it
                 // lands next to, and a read that misses the plan costs a round trip alone.
-                let k = chunk_at(r.end);
-                plan(r.end..ends[(k + 1).min(ends.len() - 1)]);
+                let k = ends.chunk_at(r.end);
+                plan(r.end..ends.0[(k + 1).min(ends.0.len() - 1)]);
             }
         }
     }
-    let mut bytes = Prefetch::new(bytes, planned);
+    planned
+}
 
-    let mut out = Rechunked::default();
-    let mut next = 0usize; // first base chunk not yet emitted or replaced
-    let mut i = 0usize; // first edit not yet fed
-    while i < edits.len() {
-        let first = edits[i].original_range.start;
-        let k0 = if size == 0 {
-            0
-        } else {
-            chunk_at(first.min(size - 1))
-        };
-        if k0 < next {
-            return Err(RemoteError::Other(format!(
-                "rechunk: window at chunk {k0} starts before chunk {next}"
-            )));
+/// One window being re-chunked from base offset `ws` (a chunk boundary).
+struct Window<'a> {
+    ends: &'a Ends,
+    ws: u64,
+    chunker: Chunker,
+    /// Next base byte to feed.
+    base_pos: u64,
+    /// Window bytes fed to the chunker.
+    fed: u64,
+    /// Window bytes in the chunks emitted so far.
+    cut: u64,
+    /// After the last edit fed: the window offset its data ends at, and the window offset
+    /// minus the base offset from there on.
+    sync_from: u64,
+    shift: i64,
+}
+
+impl<'a> Window<'a> {
+    fn new(ends: &'a Ends, ws: u64) -> Self {
+        Window {
+            ends,
+            ws,
+            chunker: Chunker::default(),
+            base_pos: ws,
+            fed: 0,
+            cut: 0,
+            sync_from: u64::MAX,
+            shift: 0,
         }
-        for k in next..k0 {
-            sink.push(Piece::Base(k)).await?;
+    }
+
+    /// Feed the edits from `edits[*i]` on and the base bytes between them until the chunker
+    /// re-synchronises with a base chunk boundary after the last edit fed, or the file ends;
+    /// the new chunks go to `sink`. The index of the base chunk the window ends before.
+    async fn run(
+        &mut self,
+        edits: &[&ComposeEdit],
+        i: &mut usize,
+        bytes: &mut Prefetch,
+        sink: &mut dyn PieceSink,
+    ) -> RemoteResult<usize> {
+        let size = self.ends.size();
+        loop {
+            let chunks = if let Some(e) = edits
+                .get(*i)
+                .filter(|e| e.original_range.start == self.base_pos)
+            {
+                *i += 1;
+                self.base_pos = e.original_range.end;
+                self.fed += e.data.len() as u64;
+                self.sync_from = self.fed;
+                self.shift = self.fed as i64 - (self.base_pos - self.ws) as i64;
+                self.chunker.next_block_bytes(&e.data, false)
+            } else if self.base_pos < size {
+                // One base chunk at a time (or up to the next edit), so a window reads at
+                // most a chunk past its re-synchronising cut.
+                let mut end = self.ends.0[self.ends.chunk_at(self.base_pos)];
+                if let Some(e) = edits.get(*i) {
+                    end = end.min(e.original_range.start);
+                }
+                let data = read_exact(bytes, self.base_pos..end).await?;
+                self.base_pos = end;
+                self.fed += data.len() as u64;
+                self.chunker.next_block_bytes(&data, false)
+            } else {
+                // End of file: the window runs to the end.
+                if let Some(c) = self.chunker.finish() {
+                    sink.push(Piece::New(c)).await?;
+                }
+                return Ok(self.ends.0.len());
+            };
+            if let Some(k) = self.emit(chunks, sink).await? {
+                return Ok(k);
+            }
         }
-        out.windows += 1;
-        let ws = start_of(k0);
-        let mut chunker = Chunker::default();
-        let mut base_pos = ws; // next base byte to feed
-        let mut fed = 0u64; // window bytes fed to the chunker
-        let mut cut = 0u64; // window bytes in the chunks emitted so far
-                            // After the last edit fed: the window offset its data ends at, and the window offset
-                            // minus the base offset from there on.
-        let mut sync_from = u64::MAX;
-        let mut shift = 0i64;
-        next = loop {
-            let chunks =
-                if let Some(e) = edits.get(i).filter(|e| e.original_range.start == base_pos) {
-                    i += 1;
-                    base_pos = e.original_range.end;
-                    fed += e.data.len() as u64;
-                    sync_from = fed;
-                    shift = fed as i64 - (base_pos - ws) as i64;
-                    chunker.next_block_bytes(&e.data, false)
-                } else if base_pos < size {
-                    // One base chunk at a time (or up to the next edit), so a window reads at
-                    // most a chunk past its re-synchronising cut.
-                    let mut end = ends[chunk_at(base_pos)];
-                    if let Some(e) = edits.get(i) {
-                        end = end.min(e.original_range.start);
-                    }
-                    let data = bytes.read(base_pos..end).await?;
-                    if data.len() as u64 != end - base_pos {
-                        return Err(RemoteError::Integrity(format!(
-                            "base read {:?} returned {} bytes",
-                            base_pos..end,
-                            data.len()
-                        )));
-                    }
-                    base_pos = end;
-                    fed += data.len() as u64;
-                    chunker.next_block_bytes(&data, false)
-                } else {
-                    // End of file: the window runs to the end.
-                    if let Some(c) = chunker.finish() {
-                        sink.push(Piece::New(c)).await?;
-                    }
-                    break base.len();
-                };
-            let mut synced = None;
-            for c in chunks {
-                cut += c.data.len() as u64;
-                sink.push(Piece::New(c)).await?;
-                if cut >= sync_from {
-                    let b = (ws as i64 + cut as i64 - shift) as u64;
-                    if b < size && ends.binary_search(&b).is_ok() {
-                        synced = Some(chunk_at(b));
-                        break;
-                    }
+    }
+
+    /// Push `chunks`; the base chunk the window re-synchronised at, if one of them ends on a
+    /// base chunk boundary past the last edit.
+    async fn emit(
+        &mut self,
+        chunks: Vec<Chunk>,
+        sink: &mut dyn PieceSink,
+    ) -> RemoteResult<Option<usize>> {
+        let size = self.ends.size();
+        for c in chunks {
+            self.cut += c.data.len() as u64;
+            sink.push(Piece::New(c)).await?;
+            if self.cut >= self.sync_from {
+                let b = (self.ws as i64 + self.cut as i64 - self.shift) as u64;
+                if b < size && self.ends.0.binary_search(&b).is_ok() {
+                    return Ok(Some(self.ends.chunk_at(b)));
                 }
             }
-            if let Some(k) = synced {
-                break k;
-            }
-        };
+        }
+        Ok(None)
     }
-    for k in next..base.len() {
-        sink.push(Piece::Base(k)).await?;
+}
+
+/// Base bytes `range`, refused unless all of them came.
+async fn read_exact(bytes: &mut Prefetch, range: Range<u64>) -> RemoteResult<Bytes> {
+    let data = bytes.read(range.clone()).await?;
+    if data.len() as u64 != range.end - range.start {
+        return Err(RemoteError::Integrity(format!(
+            "base read {range:?} returned {} bytes",
+            data.len()
+        )));
     }
-    out.base_bytes_read = bytes.read.load(Ordering::Relaxed);
-    Ok(out)
+    Ok(data)
 }
 
 /// Base bytes on each side of an edit worth fetching before the windows are known (with the

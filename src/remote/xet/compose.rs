@@ -26,7 +26,7 @@ use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 use super::assemble::{Assembler, ChunkRef, Packer, ShardWithXorbs, XorbSettings};
 use super::defrag;
 use super::rechunk::{self, BaseBytes, BaseChunk};
-use super::{ComposeEdit, FileId, RemoteError, RemoteResult};
+use crate::remote::{ComposeEdit, FileId, RemoteError, RemoteResult};
 
 /// A stored body's terms and the (hash, size) of every chunk in each.
 pub struct ChunkLists {

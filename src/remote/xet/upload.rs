@@ -9,7 +9,8 @@ use tokio::io::AsyncReadExt;
 use xet_data::processing::configurations::TranslatorConfig;
 use xet_data::processing::{FileUploadSession, Sha256Policy};
 
-use super::{FileId, RemoteError, RemoteResult, UploadItem, Uploaded};
+use super::xet_err;
+use crate::remote::{FileId, RemoteError, RemoteResult, UploadItem, Uploaded};
 
 /// Files of one upload batch processed at once, at most: each small file waits a round trip
 /// for its global-dedup query (xet asks for every file's first chunk), so across a 50 ms link
@@ -22,10 +23,6 @@ const BUFFER_BYTES_IN_FLIGHT: usize = 32 << 20;
 
 /// Read size when streaming a staging file into the chunker.
 const UPLOAD_BLOCK: usize = 4 << 20;
-
-fn xet_err(e: impl std::fmt::Display) -> RemoteError {
-    RemoteError::Other(format!("xet: {e}"))
-}
 
 /// A spawned upload that stops when the batch that wants it is dropped (a timeout).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use xet_core_structures::metadata_shard::file_structs::FileDataSequenceEntry;
 
 use super::rechunk::BaseBytes;
-use super::{ComposeEdit, RemoteResult};
+use crate::remote::{ComposeEdit, RemoteResult};
 
 /// Size of a defragmentation region (the size of a full xorb).
 pub const REGION: u64 = 64 << 20;

@@ -19,7 +19,7 @@ use xet_core_structures::xorb_object::constants::{MAX_XORB_BYTES, MAX_XORB_CHUNK
 use xet_core_structures::xorb_object::{Chunk, RawXorbData, SerializedXorbObject};
 
 use super::rechunk::{BaseChunk, Piece, PieceSink};
-use super::{RemoteError, RemoteResult};
+use crate::remote::{RemoteError, RemoteResult};
 
 /// Where a chunk is stored: chunk `index` of xorb `xorb`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
