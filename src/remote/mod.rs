@@ -6,6 +6,7 @@ pub mod assemble;
 pub mod cas_wire;
 pub mod compose;
 pub mod defrag;
+pub mod fault;
 pub mod http;
 pub mod local;
 pub mod mem;
