@@ -845,21 +845,21 @@ fn config(n: u32) -> ProptestConfig {
 proptest! {
     #![proptest_config(config(cases(500)))]
     #[test]
-    fn posix_matches_the_model(lazy in any::<bool>(), ops in prop::collection::vec(op(true), 1..40)) {
+    fn posix_matches_the_model(lazy in any::<bool>(), ops in prop::collection::vec(op(true), 1..60)) {
         run(Setup::Posix, lazy, &ops)?;
     }
 }
 
 proptest! {
-    #![proptest_config(config(cases(500) / 4))]
+    #![proptest_config(config(cases(500) / 2))]
     #[test]
-    fn plain_bucket_matches_the_model(lazy in any::<bool>(), ops in prop::collection::vec(op(false), 1..40)) {
+    fn plain_bucket_matches_the_model(lazy in any::<bool>(), ops in prop::collection::vec(op(false), 1..60)) {
         run(Setup::Plain, lazy, &ops)?;
     }
 }
 
 proptest! {
-    #![proptest_config(config(cases(500) / 20))]
+    #![proptest_config(config(cases(500) / 10))]
     #[test]
     fn failing_commits_converge_to_the_model(
         n in 1..=2u32,
