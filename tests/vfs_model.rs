@@ -324,9 +324,9 @@ impl Model {
             },
             Op::Rmdir(p) => {
                 let path = p.as_str();
-                match self.get(&path) {
+                match self.get(path) {
                     Err(e) => Outcome::Done(Err(e)),
-                    Ok(Node::Dir) if self.has_children(&path) => {
+                    Ok(Node::Dir) if self.has_children(path) => {
                         Outcome::Done(Err(Errno::ENOTEMPTY))
                     }
                     Ok(Node::Dir) => {
