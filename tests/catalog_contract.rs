@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use xet_core_structures::merklehash::file_hash;
 use xet_data::deduplication::Chunker;
+use xetmount::remote::fault::{self, Faults};
 use xetmount::remote::http::{BucketUri, RemoteOptions};
 use xetmount::remote::local::LocalStore;
 use xetmount::remote::mem::{MemCas, MemCatalog};
@@ -185,6 +186,8 @@ macro_rules! contract {
             one!(composed_bodies_read_back_exactly);
             one!(names_are_held_exactly_where_check_path_allows);
             one!(a_name_check_path_refuses_is_not_found);
+            one!(a_failed_batch_changes_nothing_visible);
+            one!(a_failed_read_returns_the_typed_error);
         }
     };
 }
@@ -1060,4 +1063,127 @@ async fn a_name_check_path_refuses_is_not_found(r: Remote) {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults (`remote::fault` around the remote under test).
+
+impl Remote {
+    /// The same remote behind the fault wrappers, and their switches.
+    fn faulty(self) -> (Remote, Arc<Faults>) {
+        let faults = Arc::new(Faults::default());
+        let (catalog, cas) = fault::wrap(self.catalog, self.cas, faults.clone());
+        let r = Remote {
+            catalog,
+            cas,
+            ..self
+        };
+        (r, faults)
+    }
+
+    /// Everything below `dir`, each path with its kind, body and metadata.
+    async fn everything(&self, dir: &str) -> Vec<(String, EntryKind, Option<FileId>, Meta)> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_string()];
+        while let Some(d) = todo.pop() {
+            for e in self.catalog.list_dir(&d).await.unwrap() {
+                if e.kind == EntryKind::Dir {
+                    todo.push(e.path.clone());
+                }
+                out.push((e.path, e.kind, e.content, e.meta));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+async fn a_failed_batch_changes_nothing_visible(r: Remote) {
+    let (r, faults) = r.faulty();
+    let a = r.upload(&bytes_of(5000, 11)).await;
+    let b = r.upload(&bytes_of(7000, 12)).await;
+    r.commit(vec![
+        put("d/f", Some(&a)),
+        put("d/g", Some(&b)),
+        put("top", None),
+    ])
+    .await;
+    let before = r.everything("").await;
+    let revision = r.catalog.revision().await.unwrap();
+    // A batch of every kind of op, failing with each kind of error a remote gives.
+    let batch = || {
+        vec![
+            put("d/new", Some(&b)),
+            put("top", Some(&a)),
+            CatalogOp::Delete { path: "d/g".into() },
+            CatalogOp::Rename {
+                from: "d/f".into(),
+                to: "e/f".into(),
+            },
+        ]
+    };
+    let errors = [
+        RemoteError::Other("injected".into()),
+        RemoteError::Timeout("injected".into()),
+        RemoteError::RateLimited("injected".into()),
+        RemoteError::Quota("injected".into()),
+        RemoteError::PermissionDenied("injected".into()),
+    ];
+    for e in errors {
+        let want = e.to_string();
+        faults.commit.fail(1, e);
+        let err = r.catalog.commit(batch()).await.unwrap_err();
+        assert_eq!(err.to_string(), want, "the injected error, typed");
+        assert_eq!(
+            r.everything("").await,
+            before,
+            "a failed batch changed something"
+        );
+        assert_eq!(r.catalog.revision().await.unwrap(), revision);
+    }
+    // The same batch, retried once the remote recovers, applies exactly once.
+    r.commit(batch()).await;
+    assert!(r.holds("d/new", Some(&b)).await);
+    assert!(r.holds("top", Some(&a)).await);
+    assert!(r.head("d/g").await.is_none());
+    assert!(r.head("d/f").await.is_none());
+    assert!(r.holds("e/f", Some(&a)).await);
+    assert_eq!(
+        faults.commit.calls(),
+        7,
+        "one commit, five failures, one retry"
+    );
+}
+
+async fn a_failed_read_returns_the_typed_error(r: Remote) {
+    let (r, faults) = r.faulty();
+    let data = bytes_of(20_000, 13);
+    let id = r.upload(&data).await;
+    faults
+        .read
+        .fail(1, RemoteError::NotFound("injected".into()));
+    let err = r.cas.read_range(&id, 100..5000).await.unwrap_err();
+    assert!(matches!(err, RemoteError::NotFound(_)), "{err:?}");
+    assert_eq!(err.errno(), libc::ENOENT);
+    faults
+        .read
+        .fail(1, RemoteError::Integrity("injected".into()));
+    let err = r.cas.read_range(&id, 0..20_000).await.unwrap_err();
+    assert!(matches!(err, RemoteError::Integrity(_)), "{err:?}");
+    // The next read is served, exactly.
+    let got = r.cas.read_range(&id, 100..5000).await.unwrap();
+    assert_eq!(&got[..], &data[100..5000]);
+    // A failed upload stores nothing the catalog could name, and is typed too.
+    faults.upload.fail(1, RemoteError::Quota("injected".into()));
+    let p = r.stage(&bytes_of(3000, 14));
+    let err = r
+        .cas
+        .upload_batch(vec![UploadItem {
+            path: &p,
+            len: 3000,
+        }])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Quota(_)), "{err:?}");
+    assert_eq!(err.errno(), libc::ENOSPC);
 }

@@ -3,6 +3,7 @@
 //! embedded local store and (later) the HTTP remote implement them.
 
 pub mod cas_wire;
+pub mod fault;
 pub mod http;
 pub mod local;
 pub mod mem;

@@ -4,125 +4,11 @@
 //! remount.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-
-use async_trait::async_trait;
-use bytes::Bytes;
+use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::remote::{
-    CatalogOp, ComposeEdit, Composed, Entry, FileId, RemoteError, RemoteResult, UploadItem,
-    Uploaded,
-};
-
-/// Fails the next `n` calls of a kind with a given error; can also hang them.
-#[derive(Default)]
-struct Fault {
-    /// Calls made so far.
-    calls: AtomicU32,
-    /// Bumped to let go of the calls hung so far.
-    released: AtomicU32,
-    remaining: AtomicU32,
-    hang: AtomicBool,
-    /// Added to every call.
-    delay_ms: std::sync::atomic::AtomicU64,
-    error: parking_lot::Mutex<Option<RemoteError>>,
-}
-
-impl Fault {
-    /// New calls no longer hang, and those hung so far return.
-    fn release(&self) {
-        self.hang.store(false, Ordering::SeqCst);
-        self.released.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn fail(&self, n: u32, e: RemoteError) {
-        *self.error.lock() = Some(e);
-        self.remaining.store(n, Ordering::SeqCst);
-    }
-
-    async fn check(&self) -> RemoteResult<()> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let delay = self.delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        // A call made while `hang` is set stays hung until `release` (or forever).
-        if self.hang.load(Ordering::SeqCst) {
-            let r = self.released.load(Ordering::SeqCst);
-            while self.released.load(Ordering::SeqCst) == r {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        let took = self
-            .remaining
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        match took {
-            Ok(_) => Err(self.error.lock().clone().expect("an error to inject")),
-            Err(_) => Ok(()),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Faults {
-    upload: Fault,
-    compose: Fault,
-    commit: Fault,
-    read: Fault,
-}
-
-struct FaultyCas {
-    inner: Arc<dyn Cas>,
-    faults: Arc<Faults>,
-}
-
-#[async_trait]
-impl Cas for FaultyCas {
-    async fn read_range(&self, id: &FileId, range: Range<u64>) -> RemoteResult<Bytes> {
-        self.faults.read.check().await?;
-        self.inner.read_range(id, range).await
-    }
-    async fn upload_batch(
-        &self,
-        items: Vec<UploadItem<'_>>,
-    ) -> RemoteResult<Vec<RemoteResult<Uploaded>>> {
-        self.faults.upload.check().await?;
-        self.inner.upload_batch(items).await
-    }
-    async fn compose(&self, base: &FileId, edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {
-        self.faults.compose.check().await?;
-        self.inner.compose(base, edits).await
-    }
-}
-
-struct FaultyCatalog {
-    inner: Arc<dyn Catalog>,
-    faults: Arc<Faults>,
-}
-
-#[async_trait]
-impl Catalog for FaultyCatalog {
-    fn capabilities(&self) -> crate::remote::Capabilities {
-        self.inner.capabilities()
-    }
-    async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
-        self.inner.link_paths(link).await
-    }
-    async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>> {
-        self.inner.list_dir(dir).await
-    }
-    async fn head(&self, path: &str) -> RemoteResult<Option<Entry>> {
-        self.inner.head(path).await
-    }
-    async fn commit(&self, ops: Vec<CatalogOp>) -> RemoteResult<u64> {
-        self.faults.commit.check().await?;
-        self.inner.commit(ops).await
-    }
-    async fn revision(&self) -> RemoteResult<u64> {
-        self.inner.revision().await
-    }
-}
+use crate::remote::fault::{self, Faults};
+use crate::remote::RemoteError;
 
 struct Faulty {
     m: Mounted,
@@ -136,18 +22,7 @@ async fn mount_faulty(dir: &Path) -> Faulty {
 async fn mount_faulty_with(dir: &Path, tune: impl FnOnce(&mut VfsConfig)) -> Faulty {
     let faults = Arc::new(Faults::default());
     let f = faults.clone();
-    let m = mount_with(dir, tune, move |catalog, cas| {
-        let catalog: Arc<dyn Catalog> = Arc::new(FaultyCatalog {
-            inner: catalog,
-            faults: f.clone(),
-        });
-        let cas: Arc<dyn Cas> = Arc::new(FaultyCas {
-            inner: cas,
-            faults: f,
-        });
-        (catalog, cas)
-    })
-    .await;
+    let m = mount_with(dir, tune, move |catalog, cas| fault::wrap(catalog, cas, f)).await;
     Faulty { m, faults }
 }
 
