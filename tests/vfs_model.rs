@@ -886,20 +886,16 @@ proptest! {
 
 proptest! {
     #![proptest_config(config(cases(500) / 10))]
-    /// Without crashes: a crash here finds a recovery bug (reported with issue 22, not fixed
-    /// here). A file whose flush was retried after an injected commit failure, written again,
-    /// then crashed, comes back with an older committed body, its last content moved aside to
-    /// `NAME.conflict-…`. Found with this test (no shrinking, 5000 cases), e.g. `n = 1`:
-    /// Create("c"), Write c@3352+2198, Write c@3391+2482, Fsync("c"), …, Write c@4459+164,
-    /// Chmod("c", 0o644), …, Write c@2270+2651, Crash → `c` lacks the last write. Recovery
-    /// (vfs/recovery.rs) takes a body differing from the journal's base for another writer's;
-    /// here it is likely the mount's own commit, landed before the crash but not yet recorded
-    /// as the new base. `VFS_MODEL_CRASH_WITH_FAULTS=1` puts crashes back, to see it.
+    /// With crashes: this found a recovery bug (issue 22, fixed). A commit that landed while
+    /// its file was written again left the journal's base behind, and recovery took this
+    /// mount's own landed body for another writer's, moving the newest content aside as
+    /// `NAME.conflict-…` (now `Record::Landed` in the staging journal; a unit test in
+    /// `vfs/tests_faults.rs` reproduces the race directly).
     #[test]
     fn failing_commits_converge_to_the_model(
         n in 1..=2u32,
         ops in prop::collection::vec(
-            op(true, std::env::var_os("VFS_MODEL_CRASH_WITH_FAULTS").is_some()),
+            op(true, true),
             1..30,
         ),
     ) {

@@ -500,3 +500,60 @@ async fn at_shutdown_refused_files_are_not_retried_and_transient_failures_are() 
     assert!(read_all(&m.vfs, "a").await == a);
     assert_eq!(read_all(&m.vfs, "b").await, b"bbb");
 }
+
+/// A commit that lands while its file is written again leaves the file dirty against its old
+/// base. After a crash, recovery must take the landed body for this mount's own: it took it for
+/// another writer's and moved the newest content aside as a conflict copy (found by the
+/// reference-model test, `tests/vfs_model.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_a_commit_overtaken_by_a_write_keeps_the_newest_content_at_its_name() {
+    let (_d, dir) = tmp();
+    let f = mount_faulty_with(&dir, |c| c.flush_debounce = Duration::from_secs(3600)).await;
+    let v = f.m.vfs.clone();
+    let mut model = pattern(200_000, 5);
+    let ino = write_file(&v, ROOT_INO, "f", &model).await;
+    v.fsync(ino).await.unwrap();
+    let o = v.open(ino, true, false).await.unwrap();
+    v.write(o.fh, 1_000, vec![1; 100]).await.unwrap();
+    model[1_000..1_100].fill(1);
+    f.faults.commit.hang.store(true, Ordering::SeqCst);
+    let calls = f.faults.commit.calls();
+    let syncing = tokio::spawn({
+        let v = v.clone();
+        async move { v.fsync(ino).await }
+    });
+    until("the commit is hung", || f.faults.commit.calls() > calls).await;
+    v.write(o.fh, 50_000, vec![2; 100]).await.unwrap();
+    model[50_000..50_100].fill(2);
+    // The hung commit lands; nothing after it reaches the store.
+    let down = || RemoteError::Other("store down".into());
+    f.faults.upload.fail(u32::MAX, down());
+    f.faults.compose.fail(u32::MAX, down());
+    f.faults.commit.release();
+    assert!(
+        syncing.await.unwrap().is_err(),
+        "the second write was committed"
+    );
+    v.release(o.fh).unwrap();
+    assert!(v.files.dirty_inodes().contains(&ino));
+    // The crash: no shutdown, no flush.
+    drop(v);
+    drop(f);
+
+    let m = mount_at(&dir).await;
+    let v = &m.vfs;
+    assert!(read_all(v, "f").await == model, "f lost the last write");
+    let root = v.opendir(ROOT_INO).await.unwrap();
+    let names: Vec<String> = v
+        .readdir(root, 2)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec!["f"],
+        "a conflict copy was made of this mount's own version"
+    );
+    assert_eq!(m.vfs.shutdown(Duration::from_secs(30)).await, 0);
+}

@@ -501,7 +501,14 @@ impl Flusher {
         });
         if !applied {
             // Written since the snapshot. The store holds the snapshot; staging keeps its
-            // dirty ranges against the old base, which stays readable in the CAS.
+            // dirty ranges against the old base, which stays readable in the CAS. The journal
+            // notes that the stored body is this mount's, or recovery after a crash would take
+            // it for another writer's and move this version aside.
+            if let Some(b) = &body {
+                if let Err(e) = p.staged.note_landed(b) {
+                    tracing::warn!(ino = p.ino, "cannot journal a commit: {e:?}");
+                }
+            }
             tracing::debug!(ino = p.ino, "written during its commit; flushed again");
             return Outcome::Retry;
         }

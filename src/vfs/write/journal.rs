@@ -25,6 +25,7 @@ const FILL: u8 = 4;
 const RESIZE: u8 = 5;
 const COMMIT: u8 = 6;
 const UNLINKED: u8 = 7;
+const LANDED: u8 = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -39,6 +40,10 @@ pub enum Record {
     Commit(FileId),
     /// The file was unlinked: never recover it.
     Unlinked,
+    /// The store holds this body at the file's path, committed by this mount from a state
+    /// written to since (so not a [`Record::Commit`]: the dirty ranges stay against the base).
+    /// Recovery takes it for this mount's own version, not another writer's.
+    Landed(FileId),
 }
 
 fn put_id(out: &mut Vec<u8>, id: &FileId) {
@@ -77,6 +82,10 @@ impl Record {
                 COMMIT
             }
             Record::Unlinked => UNLINKED,
+            Record::Landed(id) => {
+                put_id(&mut payload, id);
+                LANDED
+            }
         };
         let mut out = Vec::with_capacity(5 + payload.len());
         frame(&mut out, kind, &payload);
@@ -104,6 +113,7 @@ impl Record {
                 RESIZE => Record::Resize(u64_at(0)?),
                 COMMIT => Record::Commit(id()?),
                 UNLINKED => Record::Unlinked,
+                LANDED => Record::Landed(id()?),
                 _ => return None,
             });
         }
@@ -138,6 +148,9 @@ pub struct Replayed {
     pub state: SparseState,
     pub path: Option<String>,
     pub unlinked: bool,
+    /// The last body this mount committed from a state written to since, if no commit of
+    /// the whole state followed.
+    pub landed: Option<FileId>,
 }
 
 /// Rebuild the state a log describes. `None`: the log is not usable.
@@ -148,6 +161,7 @@ pub fn replay(records: &[Record]) -> Option<Replayed> {
     let mut state = SparseState::from_base(base.clone());
     let mut path = None;
     let mut unlinked = false;
+    let mut landed = None;
     for r in &records[1..] {
         match r {
             Record::Base(_) => return None,
@@ -158,14 +172,17 @@ pub fn replay(records: &[Record]) -> Option<Replayed> {
             Record::Commit(id) => {
                 let g = state.generation();
                 state.commit(id.clone(), g);
+                landed = None;
             }
             Record::Unlinked => unlinked = true,
+            Record::Landed(id) => landed = Some(id.clone()),
         }
     }
     Some(Replayed {
         state,
         path,
         unlinked,
+        landed,
     })
 }
 

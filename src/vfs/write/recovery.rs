@@ -10,13 +10,12 @@
 //! deleted.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use crate::remote::EntryKind;
 use crate::vfs::flush::Flusher;
 use crate::vfs::inode::{Ino, ROOT_INO};
 use crate::vfs::namespace::Namespace;
-use crate::vfs::write::staging::{log_path, Staged};
+use crate::vfs::write::staging::{log_path, Found, Staged};
 use crate::vfs::write::WritePath;
 use crate::vfs::{Caller, Errno, VfsResult};
 
@@ -38,7 +37,7 @@ pub(in crate::vfs) async fn recover(
     files: &WritePath,
     flusher: &Flusher,
 ) -> VfsResult<Recovered> {
-    let mut found: Vec<(Arc<Staged>, String)> = Vec::new();
+    let mut found: Vec<Found> = Vec::new();
     let dir = files.area().dir().to_path_buf();
     let entries: Vec<PathBuf> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -59,9 +58,10 @@ pub(in crate::vfs) async fn recover(
     }
     let mut out = Recovered::default();
     let mut inos = Vec::new();
-    for (staged, path) in found {
-        match install_recovered(ns, &staged, &path).await {
-            Ok(ino) => inos.push((ino, path)),
+    for f in found {
+        let (staged, path) = (&f.staged, &f.path);
+        match install_recovered(ns, &f).await {
+            Ok(ino) => inos.push((ino, path.clone())),
             Err(e) => tracing::error!(
                 "cannot restore {path} from {}: {e}; the staging file is kept",
                 staged.path.display()
@@ -93,8 +93,9 @@ pub(in crate::vfs) async fn recover(
     Ok(out)
 }
 
-/// Put a recovered staging file on the inode of `path`, creating the path if needed.
-async fn install_recovered(ns: &Namespace, staged: &Arc<Staged>, path: &str) -> VfsResult<Ino> {
+/// Put a recovered staging file on the inode of its path, creating the path if needed.
+async fn install_recovered(ns: &Namespace, found: &Found) -> VfsResult<Ino> {
+    let (staged, path) = (&found.staged, found.path.as_str());
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let (last, dirs) = parts.split_last().ok_or(Errno::EINVAL)?;
     let mut dir = ROOT_INO;
@@ -130,7 +131,9 @@ async fn install_recovered(ns: &Namespace, staged: &Arc<Staged>, path: &str) -> 
         return Err(Errno::EEXIST);
     }
     let current = i.remote.clone();
-    if current.is_some() && base.is_some() && current != base {
+    // A body this mount committed from an earlier state is its own, not another writer's.
+    let own = current == base || current == found.landed;
+    if current.is_some() && base.is_some() && !own {
         if ns.catalog().capabilities().compare_and_swap {
             // Committed against the version it was edited from: the store refuses it
             // and the recovered content moves aside (flush/conflict.rs).

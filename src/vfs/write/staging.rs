@@ -94,6 +94,16 @@ pub enum ReadPlan {
     },
 }
 
+/// A staging file an earlier run left, as its journal describes it.
+pub struct Found {
+    pub staged: Arc<Staged>,
+    /// Its path in the bucket.
+    pub path: String,
+    /// What the journal says this mount last committed of it, if not the whole state
+    /// ([`Record::Landed`]).
+    pub landed: Option<FileId>,
+}
+
 impl Staged {
     /// A staging file mirroring `base` with nothing downloaded: a sparse file of the base's
     /// size with empty coverage.
@@ -171,7 +181,7 @@ impl Staged {
     /// Reopen a staging file left by an earlier run, as its journal describes it. `None`: the
     /// journal does not vouch for a dirty file (missing, unreadable, clean or unlinked); the
     /// caller removes both files.
-    pub fn recover(path: &Path) -> std::io::Result<Option<(Arc<Self>, String)>> {
+    pub fn recover(path: &Path) -> std::io::Result<Option<Found>> {
         let log = log_path(path);
         let Some(replayed) = Record::decode_all(&journal::read(&log)?)
             .as_deref()
@@ -197,7 +207,11 @@ impl Staged {
             replayed.state,
             Some(bucket_path.clone()),
         );
-        Ok(Some((staged, bucket_path)))
+        Ok(Some(Found {
+            staged,
+            path: bucket_path,
+            landed: replayed.landed,
+        }))
     }
 
     /// Make the staging file and its journal durable on the local disk.
@@ -219,6 +233,12 @@ impl Staged {
         io.journal(&Record::Path(path.to_string()))?;
         io.journaled_path = Some(path.to_string());
         Ok(true)
+    }
+
+    /// Journal that the store now holds `body` at this file's path, committed from a state
+    /// written to since (see [`Record::Landed`]).
+    pub fn note_landed(&self, body: &FileId) -> VfsResult<()> {
+        Ok(self.io.lock().journal(&Record::Landed(body.clone()))?)
     }
 
     /// Journal that the file left the bucket: it is never recovered. Made durable like
