@@ -233,7 +233,7 @@ impl ReadCache {
             let mut g = inner.lock();
             for i in span.start..span.start + claimed {
                 let key = (hash.clone(), i);
-                if !g.loading.get(&key).is_some_and(|l| l.run == run) {
+                if g.loading.get(&key).is_none_or(|l| l.run != run) {
                     continue;
                 }
                 g.loading.remove(&key);
