@@ -4,6 +4,7 @@
 //! (all POSIX decisions) → `remote` (catalog and CAS traits, the local store).
 
 pub mod frontend;
+pub mod lru;
 pub mod remote;
 pub mod server;
 pub mod signals;

@@ -9,7 +9,7 @@
 //! fetch has a timeout, so a stalled store fails reads instead of wedging the threads that
 //! wait on them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 
+use crate::lru::Lru;
 use crate::remote::{Cas, FileId, RemoteError};
 use crate::vfs::errno::{Errno, VfsResult};
 use crate::vfs::stats::Stats;
@@ -28,40 +29,20 @@ pub const MAX_RUN: u64 = 4 << 20;
 type Key = (Arc<str>, u64);
 type Fetch = Shared<BoxFuture<'static, Result<Bytes, Errno>>>;
 
-enum Slot {
-    Ready {
-        data: Bytes,
-        tick: u64,
-    },
-    /// Part of run `run`, whose bytes start at this block's offset minus `at`.
-    Loading {
-        run: u64,
-        fetch: Fetch,
-        at: usize,
-    },
+/// A block whose run is being fetched: part of run `run`, whose bytes start at this block's
+/// offset minus `at`.
+struct Loading {
+    run: u64,
+    fetch: Fetch,
+    at: usize,
 }
 
-#[derive(Default)]
 struct Inner {
-    slots: HashMap<Key, Slot>,
-    /// tick → key of every Ready slot; the smallest tick is the least recently used.
-    lru: BTreeMap<u64, Key>,
-    used: u64,
-    tick: u64,
+    /// Blocks with their bytes, each costing its length; the capacity is the budget.
+    ready: Lru<Key, Bytes>,
+    /// Blocks being fetched: not in the LRU order (nor counted) until their bytes arrive.
+    loading: HashMap<Key, Loading>,
     runs: u64,
-}
-
-impl Inner {
-    fn evict(&mut self, capacity: u64) {
-        while self.used > capacity {
-            let Some((_, key)) = self.lru.pop_first() else {
-                break;
-            };
-            if let Some(Slot::Ready { data, .. }) = self.slots.remove(&key) {
-                self.used -= data.len() as u64;
-            }
-        }
-    }
 }
 
 pub struct ReadCache {
@@ -69,7 +50,6 @@ pub struct ReadCache {
     stats: Arc<Stats>,
     inner: Arc<Mutex<Inner>>,
     block: u64,
-    capacity: u64,
     timeout: Duration,
 }
 
@@ -90,9 +70,12 @@ impl ReadCache {
         ReadCache {
             cas,
             stats,
-            inner: Arc::new(Mutex::new(Inner::default())),
+            inner: Arc::new(Mutex::new(Inner {
+                ready: Lru::new(capacity),
+                loading: HashMap::new(),
+                runs: 0,
+            })),
             block,
-            capacity,
             timeout,
         }
     }
@@ -158,19 +141,14 @@ impl ReadCache {
         let mut run: Option<(u64, Range<u64>, Fetch)> = None;
         for i in blocks {
             let key = (hash.clone(), i);
-            g.tick += 1;
-            let tick = g.tick;
-            match g.slots.get_mut(&key) {
-                Some(Slot::Ready { data, tick: t }) => {
-                    let old = std::mem::replace(t, tick);
-                    let data = data.clone();
-                    g.lru.remove(&old);
-                    g.lru.insert(tick, key);
-                    run = None;
-                    needs.push(Need::Ready(data));
-                }
-                Some(Slot::Loading { fetch, at, .. }) => {
-                    needs.push(Need::Wait(fetch.clone(), *at));
+            if let Some(data) = g.ready.get(&key) {
+                needs.push(Need::Ready(data.clone()));
+                run = None;
+                continue;
+            }
+            match g.loading.get(&key) {
+                Some(l) => {
+                    needs.push(Need::Wait(l.fetch.clone(), l.at));
                     run = None;
                 }
                 None => {
@@ -186,9 +164,9 @@ impl ReadCache {
                     let (n, r, fetch) = run.as_mut().expect("a run was just started");
                     let at = ((i - r.start) * self.block) as usize;
                     r.end = i + 1;
-                    g.slots.insert(
+                    g.loading.insert(
                         key,
-                        Slot::Loading {
+                        Loading {
                             run: *n,
                             fetch: fetch.clone(),
                             at,
@@ -219,7 +197,7 @@ impl ReadCache {
         let cas = self.cas.clone();
         let stats = self.stats.clone();
         let inner = self.inner.clone();
-        let (block, capacity, timeout) = (self.block, self.capacity, self.timeout);
+        let (block, timeout) = (self.block, self.timeout);
         let hash = hash.clone();
         async move {
             // The blocks this run claimed (consecutive from the span's start).
@@ -227,8 +205,9 @@ impl ReadCache {
                 let g = inner.lock();
                 span.clone()
                     .take_while(|i| {
-                        matches!(g.slots.get(&(hash.clone(), *i)),
-                            Some(Slot::Loading { run: r, .. }) if *r == run)
+                        g.loading
+                            .get(&(hash.clone(), *i))
+                            .is_some_and(|l| l.run == run)
                     })
                     .count() as u64
             };
@@ -249,30 +228,23 @@ impl ReadCache {
                     }
                     Ok(Ok(data)) => Ok(data),
                 };
-            // File the run's blocks (or drop them, on failure) where they still wait for it.
+            // File the run's blocks (or drop them, on failure) where they still wait for it;
+            // filing evicts the least recently used blocks beyond the capacity.
             let mut g = inner.lock();
             for i in span.start..span.start + claimed {
                 let key = (hash.clone(), i);
-                if !matches!(g.slots.get(&key), Some(Slot::Loading { run: r, .. }) if *r == run) {
+                if g.loading.get(&key).is_none_or(|l| l.run != run) {
                     continue;
                 }
-                match &result {
-                    Ok(data) => {
-                        let lo = ((i - span.start) * block) as usize;
-                        let hi = (lo + block as usize).min(data.len());
-                        let piece = data.slice(lo..hi);
-                        g.tick += 1;
-                        let tick = g.tick;
-                        g.used += piece.len() as u64;
-                        g.lru.insert(tick, key.clone());
-                        g.slots.insert(key, Slot::Ready { data: piece, tick });
-                    }
-                    Err(_) => {
-                        g.slots.remove(&key);
-                    }
+                g.loading.remove(&key);
+                if let Ok(data) = &result {
+                    let lo = ((i - span.start) * block) as usize;
+                    let hi = (lo + block as usize).min(data.len());
+                    let piece = data.slice(lo..hi);
+                    let cost = piece.len() as u64;
+                    g.ready.insert(key, piece, cost);
                 }
             }
-            g.evict(capacity);
             drop(g);
             let data = result?;
             Stats::add(&stats.bytes_fetched, data.len() as u64);
@@ -284,7 +256,7 @@ impl ReadCache {
 
     #[cfg(test)]
     fn used(&self) -> u64 {
-        self.inner.lock().used
+        self.inner.lock().ready.used()
     }
 }
 

@@ -33,7 +33,7 @@
 //! files are serialized by one writer lock, so an offset reserved for an append cannot be
 //! reused and a file cannot be unlinked while it is written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -48,6 +48,8 @@ use xet_client::cas_types::{ChunkRange, Key};
 use xet_client::chunk_cache::error::ChunkCacheError;
 use xet_client::chunk_cache::{CacheRange, ChunkCache};
 use xet_core_structures::merklehash::MerkleHash;
+
+use crate::lru::Lru;
 
 const MAGIC: &[u8; 8] = b"XMCHUNK1";
 /// Index, length, checksum.
@@ -105,39 +107,25 @@ struct Xorb {
     chunks: HashMap<u32, Loc>,
     /// Length of its file, including appends reserved and under way.
     bytes: u64,
-    /// Its key in `State::lru`.
-    used: u64,
     /// Tells this entry from a later one for the same xorb (after an eviction or a drop), so
     /// that work planned against one does not land in the other.
     generation: u64,
 }
 
-#[derive(Default)]
 struct State {
-    xorbs: HashMap<XorbId, Xorb>,
-    /// Recency → xorb, oldest first.
-    lru: BTreeMap<u64, XorbId>,
+    /// Oldest first. Unbounded there (cost 0): eviction is `make_room`'s, which spares the
+    /// xorb being appended to and unlinks files.
+    xorbs: Lru<XorbId, Xorb>,
+    /// Sum of the xorbs' `bytes`.
     total: u64,
-    clock: u64,
     generations: u64,
 }
 
 impl State {
-    fn touch(&mut self, id: &XorbId) {
-        self.clock += 1;
-        let now = self.clock;
-        if let Some(x) = self.xorbs.get_mut(id) {
-            self.lru.remove(&x.used);
-            x.used = now;
-            self.lru.insert(now, id.clone());
-        }
-    }
-
     /// Forget a xorb and unlink its file (under the lock, so that a later entry for the same
     /// xorb cannot be created before the old file is gone).
     fn remove(&mut self, dir: &Path, id: &XorbId) {
         if let Some(x) = self.xorbs.remove(id) {
-            self.lru.remove(&x.used);
             self.total -= x.bytes;
             if let Err(e) = std::fs::remove_file(dir.join(id.file_name())) {
                 if e.kind() != io::ErrorKind::NotFound {
@@ -151,7 +139,13 @@ impl State {
     /// `limit`; false if they cannot.
     fn make_room(&mut self, dir: &Path, limit: u64, need: u64, keep: &XorbId) -> bool {
         while self.total + need > limit {
-            let Some(victim) = self.lru.values().find(|id| *id != keep).cloned() else {
+            let Some(victim) = self
+                .xorbs
+                .iter_lru()
+                .map(|(id, _)| id)
+                .find(|id| *id != keep)
+                .cloned()
+            else {
                 return false;
             };
             self.remove(dir, &victim);
@@ -325,27 +319,31 @@ impl ChunkStore {
                 }
             }
         }
-        // Recency from the files' modification times: oldest gets the smallest clock.
+        // Recency from the files' modification times: the oldest goes in first, as the least
+        // recently used.
         found.sort_by_key(|f| f.0);
-        let mut state = State::default();
+        let mut state = State {
+            xorbs: Lru::new(u64::MAX),
+            total: 0,
+            generations: 0,
+        };
         for (_, id, chunks, bytes) in found {
-            state.clock += 1;
             state.generations += 1;
             state.total += bytes;
-            state.lru.insert(state.clock, id.clone());
+            let generation = state.generations;
             state.xorbs.insert(
                 id,
                 Xorb {
                     chunks,
                     bytes,
-                    used: state.clock,
-                    generation: state.generations,
+                    generation,
                 },
+                0,
             );
         }
         // A smaller --cache-size than last time.
         while state.total > limit {
-            let Some(oldest) = state.lru.values().next().cloned() else {
+            let Some(oldest) = state.xorbs.iter_lru().next().map(|(id, _)| id.clone()) else {
                 break;
             };
             state.remove(&dir, &oldest);
@@ -400,7 +398,11 @@ impl Inner {
     fn drop_xorb(&self, id: &XorbId, generation: u64) {
         let _w = self.writer.lock();
         let mut st = self.state.lock();
-        if st.xorbs.get(id).is_some_and(|x| x.generation == generation) {
+        if st
+            .xorbs
+            .peek(id)
+            .is_some_and(|x| x.generation == generation)
+        {
             st.remove(&self.dir, id);
         }
     }
@@ -409,12 +411,12 @@ impl Inner {
     fn get_blocking(&self, id: &XorbId, start: u32, end: u32) -> Option<CacheRange> {
         let (locs, generation) = {
             let mut st = self.state.lock();
-            let x = st.xorbs.get(id)?;
+            let x = st.xorbs.peek(id)?;
             let locs = (start..end)
                 .map(|i| x.chunks.get(&i).copied())
                 .collect::<Option<Vec<Loc>>>()?;
             let generation = x.generation;
-            st.touch(id);
+            st.xorbs.touch(id);
             (locs, generation)
         };
         let path = self.dir.join(id.file_name());
@@ -474,13 +476,12 @@ impl Inner {
                 let fresh = Xorb {
                     chunks: HashMap::new(),
                     bytes: 0,
-                    used: 0,
                     generation,
                 };
-                st.xorbs.insert(id.clone(), fresh);
+                st.xorbs.insert(id.clone(), fresh, 0);
             }
-            st.touch(id);
-            let x = &st.xorbs[id];
+            st.xorbs.touch(id);
+            let x = st.xorbs.peek(id).expect("inserted above");
             let stored = (0..offsets.len() as u32 - 1)
                 .map(|i| x.chunks.contains_key(&(start + i)))
                 .collect::<Vec<bool>>();
@@ -515,14 +516,14 @@ impl Inner {
                 && base + need <= self.limit
                 && st.make_room(&self.dir, self.limit, need, id);
             if !fits {
-                if st.xorbs.get(id).is_some_and(|x| x.bytes == 0) {
+                if st.xorbs.peek(id).is_some_and(|x| x.bytes == 0) {
                     st.remove(&self.dir, id);
                 }
                 return;
             }
             // Reserved before writing, so the total never exceeds the limit.
             st.total += need;
-            st.xorbs.get_mut(id).expect("kept by make_room").bytes += need;
+            st.xorbs.peek_mut(id).expect("kept by make_room").bytes += need;
         }
         let path = self.dir.join(id.file_name());
         let written = OpenOptions::new()
@@ -540,7 +541,7 @@ impl Inner {
                 r
             });
         let mut st = self.state.lock();
-        let Some(x) = st.xorbs.get_mut(id).filter(|x| x.generation == generation) else {
+        let Some(x) = st.xorbs.peek_mut(id).filter(|x| x.generation == generation) else {
             return;
         };
         match written {
@@ -548,7 +549,7 @@ impl Inner {
             Err(e) => {
                 x.bytes -= need;
                 st.total -= need;
-                if st.xorbs.get(id).is_some_and(|x| x.bytes == 0) {
+                if st.xorbs.peek(id).is_some_and(|x| x.bytes == 0) {
                     st.remove(&self.dir, id);
                 }
                 drop(st);
@@ -583,7 +584,7 @@ impl ChunkCache for ChunkStore {
         {
             // Most misses need no thread.
             let st = self.0.state.lock();
-            let Some(x) = st.xorbs.get(&id) else {
+            let Some(x) = st.xorbs.peek(&id) else {
                 return Ok(None);
             };
             if !(range.start..range.end).all(|i| x.chunks.contains_key(&i)) {
@@ -612,7 +613,7 @@ impl ChunkCache for ChunkStore {
             let st = self.0.state.lock();
             if st
                 .xorbs
-                .get(&id)
+                .peek(&id)
                 .is_some_and(|x| (range.start..range.end).all(|i| x.chunks.contains_key(&i)))
             {
                 return Ok(());

@@ -11,8 +11,7 @@
 //! Round trips of a cold read: plan and index known → 1 (the fetch). Unknown → the caller reads
 //! through a ranged reconstruction (2) while the plan and indexes load behind it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -253,66 +252,6 @@ impl XorbIndex {
     }
 }
 
-/// A least-recently-used map bounded by the sum of its values' costs.
-pub struct Lru<K, V> {
-    map: HashMap<K, (V, u64, u64)>,
-    order: BTreeMap<u64, K>,
-    used: u64,
-    tick: u64,
-    budget: u64,
-}
-
-impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
-    pub fn new(budget: u64) -> Self {
-        Lru {
-            map: HashMap::new(),
-            order: BTreeMap::new(),
-            used: 0,
-            tick: 0,
-            budget,
-        }
-    }
-
-    pub fn get(&mut self, k: &K) -> Option<V> {
-        self.tick += 1;
-        let tick = self.tick;
-        let (v, t, _) = self.map.get_mut(k)?;
-        let old = std::mem::replace(t, tick);
-        let v = v.clone();
-        self.order.remove(&old);
-        self.order.insert(tick, k.clone());
-        Some(v)
-    }
-
-    pub fn insert(&mut self, k: K, v: V, cost: u64) {
-        self.remove(&k);
-        self.tick += 1;
-        self.order.insert(self.tick, k.clone());
-        self.map.insert(k, (v, self.tick, cost));
-        self.used += cost;
-        while self.used > self.budget {
-            let Some((_, old)) = self.order.pop_first() else {
-                break;
-            };
-            if let Some((_, _, c)) = self.map.remove(&old) {
-                self.used -= c;
-            }
-        }
-    }
-
-    pub fn remove(&mut self, k: &K) {
-        if let Some((_, t, c)) = self.map.remove(k) {
-            self.order.remove(&t);
-            self.used -= c;
-        }
-    }
-
-    #[cfg(test)]
-    pub fn used(&self) -> u64 {
-        self.used
-    }
-}
-
 #[cfg(test)]
 pub(in crate::remote) mod tests {
     use super::*;
@@ -541,23 +480,5 @@ pub(in crate::remote) mod tests {
         assert!(!ix.agrees(&wrong_len, &h));
         let wrong_bytes = Plan::from_v2(&mk(500, b1..b3 + 1), 500, 0).unwrap();
         assert!(!ix.agrees(&wrong_bytes, &h));
-    }
-
-    #[test]
-    fn lru_stays_within_budget() {
-        let mut l: Lru<u32, u32> = Lru::new(10);
-        l.insert(1, 1, 4);
-        l.insert(2, 2, 4);
-        assert_eq!(l.get(&1), Some(1));
-        l.insert(3, 3, 4);
-        // 2 was the least recently used.
-        assert_eq!(l.get(&2), None);
-        assert_eq!(l.get(&1), Some(1));
-        assert_eq!(l.get(&3), Some(3));
-        assert_eq!(l.used(), 8);
-        l.insert(3, 30, 2);
-        assert_eq!((l.get(&3), l.used()), (Some(30), 6));
-        l.remove(&1);
-        assert_eq!(l.used(), 2);
     }
 }

@@ -23,7 +23,8 @@ use xet_client::chunk_cache::ChunkCache;
 use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::xorb_object::deserialize_chunks;
 
-use super::plan::{suffix_len, Lru, Plan, Tail, XorbIndex};
+use super::plan::{suffix_len, Plan, Tail, XorbIndex};
+use crate::lru::Lru;
 use crate::remote::wire::now_secs;
 
 /// Memory for cached plans and for cached xorb indexes (each).
@@ -166,7 +167,7 @@ impl PlannedReads {
     /// query starts in the background. A plan near expiry is renewed in the background.
     pub fn plan(self: &Arc<Self>, hash: &MerkleHash, size: u64) -> Option<Arc<Plan>> {
         let now = now_secs();
-        let cached = self.state.lock().plans.get(hash);
+        let cached = self.state.lock().plans.get(hash).cloned();
         match cached {
             Some(Cached::Plan(p)) if !p.expired(now) => {
                 if p.stale(now) {
@@ -191,7 +192,7 @@ impl PlannedReads {
     ) -> Option<Arc<Plan>> {
         {
             let mut g = self.state.lock();
-            if matches!(g.plans.get(hash), Some(Cached::Plan(p)) if Arc::ptr_eq(&p, old)) {
+            if matches!(g.plans.get(hash), Some(Cached::Plan(p)) if Arc::ptr_eq(p, old)) {
                 g.plans.remove(hash);
             }
         }
@@ -265,7 +266,7 @@ impl PlannedReads {
     ) -> Option<Arc<XorbIndex>> {
         let mut g = self.state.lock();
         if let Some(ix) = g.indexes.get(xorb) {
-            return ix;
+            return ix.clone();
         }
         if !g.index_loads.insert(*xorb) {
             return None;
@@ -754,7 +755,7 @@ mod tests {
         let s = setup(48, Mode::Footer, false).await;
         let p = plan(&s).await;
         let x = p.terms[0].xorb;
-        poll(|| s.reads.state.lock().indexes.get(&x).flatten()).await;
+        poll(|| s.reads.state.lock().indexes.get(&x).cloned().flatten()).await;
         for (lo, hi) in [
             (0u64, 4096u64),
             (65_530, 65_546),

@@ -11,9 +11,7 @@
 //! its header, so a damaged store fails the read with an integrity error instead of returning
 //! wrong bytes.
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::hash::Hash;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -29,12 +27,13 @@ use xet_core_structures::xorb_object::{
 };
 
 use super::compose::xorb_path;
+use crate::lru::Lru;
 use crate::remote::{FileId, RemoteError, RemoteResult};
 
 /// Plans kept (one per body read recently; a few KiB each for a multi-GiB body).
-const PLANS: usize = 4096;
+const PLANS: u64 = 4096;
 /// Xorb footers kept, each with an open file (about 12 bytes per chunk, ~1,000 chunks).
-const XORBS: usize = 256;
+const XORBS: u64 = 256;
 
 /// One run of a body: unpacked bytes `start..start + len` of the file are chunks `chunks`
 /// of `xorb`.
@@ -251,48 +250,6 @@ fn append_at(file: &File, out: &mut BytesMut, len: usize, offset: u64) -> Remote
     Ok(())
 }
 
-/// A bounded map evicting the least recently used entry.
-struct Lru<K, V> {
-    map: HashMap<K, (V, u64)>,
-    tick: u64,
-    cap: usize,
-}
-
-impl<K: Hash + Eq + Clone, V: Clone> Lru<K, V> {
-    fn new(cap: usize) -> Self {
-        Lru {
-            map: HashMap::new(),
-            tick: 0,
-            cap,
-        }
-    }
-
-    fn get(&mut self, k: &K) -> Option<V> {
-        self.tick += 1;
-        let tick = self.tick;
-        self.map.get_mut(k).map(|(v, t)| {
-            *t = tick;
-            v.clone()
-        })
-    }
-
-    fn insert(&mut self, k: K, v: V) {
-        if self.map.len() >= self.cap && !self.map.contains_key(&k) {
-            // A linear scan, only when a miss finds the map full.
-            if let Some(old) = self
-                .map
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(k, _)| k.clone())
-            {
-                self.map.remove(&old);
-            }
-        }
-        self.tick += 1;
-        self.map.insert(k, (v, self.tick));
-    }
-}
-
 pub struct ChunkReader {
     client: Arc<dyn Client>,
     xorb_dir: PathBuf,
@@ -337,7 +294,7 @@ impl ChunkReader {
 
     /// The body's terms; `size`, when known, is checked against them.
     async fn plan(&self, hash: MerkleHash, size: Option<u64>) -> RemoteResult<Arc<Plan>> {
-        if let Some(p) = self.plans.lock().get(&hash) {
+        if let Some(p) = self.plans.lock().get(&hash).cloned() {
             return Ok(p);
         }
         let (info, _shard) = self
@@ -365,7 +322,7 @@ impl ChunkReader {
             )));
         }
         let plan = Arc::new(Plan { terms, size: at });
-        self.plans.lock().insert(hash, plan.clone());
+        self.plans.lock().insert(hash, plan.clone(), 1);
         Ok(plan)
     }
 
@@ -457,11 +414,11 @@ impl ChunkReader {
     }
 
     fn xorb(&self, hash: &MerkleHash) -> RemoteResult<Arc<Xorb>> {
-        if let Some(x) = self.xorbs.lock().get(hash) {
+        if let Some(x) = self.xorbs.lock().get(hash).cloned() {
             return Ok(x);
         }
         let x = Arc::new(Xorb::open(&xorb_path(&self.xorb_dir, hash))?);
-        self.xorbs.lock().insert(*hash, x.clone());
+        self.xorbs.lock().insert(*hash, x.clone(), 1);
         Ok(x)
     }
 }
