@@ -241,6 +241,141 @@ impl WireOp {
     }
 }
 
+/// Every form of `Entry` and `CatalogOp`, as the fixtures in `tests/fixtures/format-v1/` hold
+/// them: the namespace log, staging journals and wire JSON written by the code of 2026-12-05.
+/// Whatever the codecs become, they must read these files back as these values.
+#[cfg(test)]
+pub(crate) mod format_v1 {
+    use crate::remote::{CatalogOp, Conflict, Entry, EntryKind, FileId, Meta};
+
+    pub fn read(name: &str) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/format-v1")
+            .join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    pub fn hash(n: u8) -> String {
+        format!("{n:02x}").repeat(32)
+    }
+
+    fn meta(n: i64) -> Meta {
+        Meta {
+            mode: 0o4755 - n as u32,
+            uid: 1000 + n as u32,
+            gid: 100,
+            atime_ns: -5 - n,
+            mtime_ns: 1_700_000_000_123_456_789 + n,
+            ctime_ns: 3 * n,
+        }
+    }
+
+    fn entry(n: i64, path: &str, kind: EntryKind) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            content: None,
+            target: None,
+            meta: meta(n),
+            link: None,
+        }
+    }
+
+    /// One entry of every kind, with and without a body and a hard-link group (group 0
+    /// included: the log stores it shifted by one).
+    pub fn entries() -> Vec<Entry> {
+        vec![
+            Entry {
+                content: Some(FileId {
+                    hash: hash(0xab),
+                    size: 1 << 40,
+                }),
+                ..entry(0, "dir/é file", EntryKind::File)
+            },
+            entry(1, "empty", EntryKind::File),
+            entry(2, "dir", EntryKind::Dir),
+            Entry {
+                target: Some("../tar\nget".into()),
+                ..entry(3, "dir/ln", EntryKind::Symlink)
+            },
+            entry(4, "fifo", EntryKind::Fifo),
+            entry(5, "sock", EntryKind::Socket),
+            entry(6, "dev/c", EntryKind::CharDevice(0x0501)),
+            entry(7, "dev/b", EntryKind::BlockDevice((259 << 32) | 7)),
+            Entry {
+                content: Some(FileId {
+                    hash: hash(0x01),
+                    size: 9,
+                }),
+                link: Some(0),
+                ..entry(8, "hard/a", EntryKind::File)
+            },
+            Entry {
+                link: Some(7),
+                ..entry(9, "hard/b", EntryKind::File)
+            },
+        ]
+    }
+
+    /// A `Put` of every entry, then every other op (an expectation with and without a body).
+    pub fn ops() -> Vec<CatalogOp> {
+        let mut ops: Vec<CatalogOp> = entries().into_iter().map(CatalogOp::Put).collect();
+        ops.extend([
+            CatalogOp::SetMeta {
+                path: "dir/é file".into(),
+                meta: meta(10),
+            },
+            CatalogOp::Link {
+                from: "hard/a".into(),
+                to: "hard/c".into(),
+            },
+            CatalogOp::Delete {
+                path: "sock".into(),
+            },
+            CatalogOp::Rename {
+                from: "dir".into(),
+                to: "dir2".into(),
+            },
+            CatalogOp::Expect {
+                path: "dir2/é file".into(),
+                content: Some(FileId {
+                    hash: hash(0xab),
+                    size: 1 << 40,
+                }),
+            },
+            CatalogOp::Expect {
+                path: "empty".into(),
+                content: None,
+            },
+        ]);
+        ops
+    }
+
+    /// A refused commit's conflicts: a file, a path that is gone, a directory.
+    pub fn conflicts() -> Vec<Conflict> {
+        let e = entries();
+        vec![
+            Conflict {
+                path: e[0].path.clone(),
+                current: Some(e[0].clone()),
+            },
+            Conflict {
+                path: "gone".into(),
+                current: None,
+            },
+            Conflict {
+                path: "dir".into(),
+                current: Some(e[2].clone()),
+            },
+        ]
+    }
+
+    /// Ops compared by their debug form (`CatalogOp` has no `PartialEq`).
+    pub fn same(a: &[CatalogOp], b: &[CatalogOp]) -> bool {
+        format!("{a:?}") == format!("{b:?}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +445,35 @@ mod tests {
             .collect();
         let want: Vec<String> = ops.iter().map(|o| format!("{o:?}")).collect();
         assert_eq!(back, want);
+    }
+
+    /// A commit request, a list answer and a conflict answer as today's client and server
+    /// write them (the client sends `serde_json::to_value` of the ops: keys sorted).
+    #[test]
+    fn the_format_1_wire_fixtures_read_back_and_are_written_alike() {
+        use format_v1::*;
+        let request = String::from_utf8(read("commit_request.json")).unwrap();
+        let wire: Vec<WireOp> = serde_json::from_str(&request).unwrap();
+        let back: Vec<CatalogOp> = wire.into_iter().map(|w| w.op().unwrap()).collect();
+        assert!(same(&back, &ops()), "{back:?}");
+        let sent: Vec<WireOp> = ops().iter().map(WireOp::from).collect();
+        let sent = serde_json::to_value(&sent).unwrap().to_string();
+        assert_eq!(sent, request.trim_end());
+
+        let list = String::from_utf8(read("entries.json")).unwrap();
+        let got: Vec<WireEntry> = serde_json::from_str(&list).unwrap();
+        let got: Vec<Entry> = got.into_iter().map(|w| w.entry().unwrap()).collect();
+        assert_eq!(got, entries());
+        let answered: Vec<WireEntry> = entries().iter().map(WireEntry::from).collect();
+        assert_eq!(serde_json::to_string(&answered).unwrap(), list.trim_end());
+
+        let refused = String::from_utf8(read("conflict_answer.json")).unwrap();
+        let got: WireConflicts = serde_json::from_str(&refused).unwrap();
+        assert_eq!(got.conflicts(), conflicts());
+        let answered = WireConflicts::from(conflicts().as_slice());
+        assert_eq!(
+            serde_json::to_string(&answered).unwrap(),
+            refused.trim_end()
+        );
     }
 }
