@@ -12,6 +12,7 @@ pub mod mem;
 pub mod names;
 pub mod open;
 pub mod rechunk;
+pub mod record;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod window_compose;

@@ -228,7 +228,7 @@ mod tests {
     /// again and renamed (it recovers), one unlinked (it does not). Copied into `dir` as
     /// `live.*` and `unlinked.*`.
     fn write_format_1_journals(dir: &Path) {
-        use crate::remote::wire::format_v1::hash;
+        use crate::remote::record::format_v1::hash;
         use crate::vfs::staging::{log_path, StagingArea};
         let t = tempfile::tempdir().unwrap();
         let area = StagingArea::open(t.path()).unwrap();
@@ -258,7 +258,7 @@ mod tests {
     /// and recover, and today's code writes them byte for byte alike.
     #[test]
     fn the_format_1_journal_fixtures_recover() {
-        use crate::remote::wire::format_v1::{hash, read};
+        use crate::remote::record::format_v1::{hash, read};
         use crate::vfs::staging::Staged;
         let live = Record::decode_all(&read("live.log")).unwrap();
         assert_eq!(
