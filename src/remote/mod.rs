@@ -163,7 +163,7 @@ impl EntryKind {
 }
 
 /// POSIX metadata persisted with every entry. Times are nanoseconds since the epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Meta {
     /// Permission bits including setuid/setgid/sticky (no file-type bits).
     pub mode: u32,

@@ -24,12 +24,9 @@ pub struct EntryRecord {
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub atime_ns: i64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    /// Inline: `mode`, `uid`, `gid`, `atime_ns`, `mtime_ns`, `ctime_ns`.
+    #[serde(flatten)]
+    pub meta: Meta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<u64>,
 }
@@ -63,38 +60,21 @@ impl EntryRecord {
             hash: None,
             size: 0,
             target: None,
-            mode: m.mode,
-            uid: m.uid,
-            gid: m.gid,
-            atime_ns: m.atime_ns,
-            mtime_ns: m.mtime_ns,
-            ctime_ns: m.ctime_ns,
+            meta: *m,
             link: None,
         }
     }
 
     /// The entry, or `None` for an unknown kind.
     pub fn entry(self) -> Option<Entry> {
-        let meta = self.meta();
         Some(Entry {
             kind: EntryKind::from_code(self.kind, self.rdev)?,
             content: body(self.hash, self.size),
             target: self.target,
-            meta,
+            meta: self.meta,
             link: self.link,
             path: self.path,
         })
-    }
-
-    pub fn meta(&self) -> Meta {
-        Meta {
-            mode: self.mode,
-            uid: self.uid,
-            gid: self.gid,
-            atime_ns: self.atime_ns,
-            mtime_ns: self.mtime_ns,
-            ctime_ns: self.ctime_ns,
-        }
     }
 }
 
@@ -167,7 +147,7 @@ impl OpRecord {
             OpRecord::Put { entry } => CatalogOp::Put(entry.entry()?),
             OpRecord::SetMeta { path, meta } => CatalogOp::SetMeta {
                 path,
-                meta: meta.meta(),
+                meta: meta.meta,
             },
             OpRecord::Link { from, to } => CatalogOp::Link { from, to },
             OpRecord::Delete { path } => CatalogOp::Delete { path },

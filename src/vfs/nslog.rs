@@ -207,13 +207,13 @@ fn encode_op(out: &mut Vec<u8>, seq: u64, op: &CatalogOp) {
             put_opt_str(&mut p, e.hash.as_deref());
             put_u64(&mut p, e.size);
             put_opt_str(&mut p, e.target.as_deref());
-            put_meta(&mut p, &e.meta());
+            put_meta(&mut p, &e.meta);
             put_u64(&mut p, e.link.map_or(0, |l| l + 1));
             PUT
         }
         OpRecord::SetMeta { path, meta } => {
             put_str(&mut p, &path);
-            put_meta(&mut p, &meta.meta());
+            put_meta(&mut p, &meta.meta);
             SETMETA
         }
         OpRecord::Delete { path } => {
