@@ -178,7 +178,7 @@ pub(crate) mod format_v1 {
         format!("{n:02x}").repeat(32)
     }
 
-    fn meta(n: i64) -> Meta {
+    pub fn meta(n: i64) -> Meta {
         Meta {
             mode: 0o4755 - n as u32,
             uid: 1000 + n as u32,

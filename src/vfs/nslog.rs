@@ -389,14 +389,7 @@ mod tests {
                 size: 7,
             }),
             target: Some("t\narget".into()),
-            meta: Meta {
-                mode: 0o4755,
-                uid: 1000,
-                gid: 100,
-                atime_ns: -5,
-                mtime_ns: 1_700_000_000_123_456_789,
-                ctime_ns: 3,
-            },
+            meta: crate::remote::record::format_v1::meta(0),
             link: Some(0),
         })
     }
