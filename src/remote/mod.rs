@@ -9,6 +9,7 @@ pub mod local;
 pub mod mem;
 pub mod names;
 pub mod open;
+pub mod record;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod wire;
@@ -157,7 +158,7 @@ impl EntryKind {
 }
 
 /// POSIX metadata persisted with every entry. Times are nanoseconds since the epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Meta {
     /// Permission bits including setuid/setgid/sticky (no file-type bits).
     pub mode: u32,

@@ -14,9 +14,10 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
+use crate::remote::record::EntryRecord;
 use crate::remote::{
-    Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, EntryKind, FileId, Meta,
-    RemoteError, RemoteResult, TreePage,
+    Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, EntryKind, Meta, RemoteError,
+    RemoteResult, TreePage,
 };
 
 const SCHEMA: &str = "
@@ -86,22 +87,15 @@ fn subtree_bounds(path: &str) -> (String, String) {
 const COLUMNS: &str =
     "path, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, rdev, link";
 
+/// The entry of a row of [`COLUMNS`]: the columns are the fields of its shared record.
 fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
-    let rdev = row.get::<_, i64>(11)? as u64;
     let code = row.get::<_, i64>(1)?;
-    let kind = u8::try_from(code)
-        .ok()
-        .and_then(|c| EntryKind::from_code(c, rdev))
-        .ok_or(rusqlite::Error::IntegralValueOutOfRange(1, code))?;
-    let hash: Option<String> = row.get(2)?;
-    let size: i64 = row.get(3)?;
-    Ok(Entry {
+    let bad_kind = || rusqlite::Error::IntegralValueOutOfRange(1, code);
+    let record = EntryRecord {
         path: row.get(0)?,
-        kind,
-        content: hash.map(|hash| FileId {
-            hash,
-            size: size as u64,
-        }),
+        kind: u8::try_from(code).map_err(|_| bad_kind())?,
+        hash: row.get(2)?,
+        size: row.get::<_, i64>(3)? as u64,
         target: row.get(4)?,
         meta: Meta {
             mode: row.get::<_, i64>(5)? as u32,
@@ -111,8 +105,10 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
             mtime_ns: row.get(9)?,
             ctime_ns: row.get(10)?,
         },
+        rdev: row.get::<_, i64>(11)? as u64,
         link: row.get::<_, Option<i64>>(12)?.map(|l| l as u64),
-    })
+    };
+    record.entry().ok_or_else(bad_kind)
 }
 
 impl SqliteCatalog {
@@ -745,6 +741,7 @@ impl Catalog for SqliteCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::FileId;
 
     fn meta() -> Meta {
         Meta {

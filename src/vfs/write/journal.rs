@@ -240,4 +240,85 @@ mod tests {
         assert!(replay(&[Record::Path("x".into())]).is_none());
         assert!(Record::decode_all(&[9, 0, 0, 0, 0]).is_none());
     }
+
+    /// Two staging files as today's `Staged` journals them: one edited, committed, edited
+    /// again and renamed (it recovers), one unlinked (it does not). Copied into `dir` as
+    /// `live.*` and `unlinked.*`.
+    fn write_format_1_journals(dir: &Path) {
+        use crate::remote::record::format_v1::hash;
+        use crate::vfs::staging::{log_path, StagingArea};
+        let t = tempfile::tempdir().unwrap();
+        let area = StagingArea::open(t.path()).unwrap();
+        let keep = |s: &crate::vfs::staging::Staged, name: &str| {
+            std::fs::copy(&s.path, dir.join(format!("{name}.stg"))).unwrap();
+            std::fs::copy(log_path(&s.path), dir.join(format!("{name}.log"))).unwrap();
+        };
+        let base = id(&hash(0xcd), 100);
+        let live = area.create(base.clone()).unwrap();
+        live.fill(&base, 0, &[1; 10]).unwrap();
+        live.write(5, &[2; 15]).unwrap();
+        live.note_path("dir/é file").unwrap();
+        live.resize(150).unwrap();
+        let (generation, _, _) = live.snapshot_edits().unwrap();
+        assert!(live.commit(id(&hash(0xef), 150), generation).unwrap());
+        live.write(90, &[3; 5]).unwrap();
+        live.note_path("moved").unwrap();
+        keep(&live, "live");
+        let gone = area.create(id(&hash(0x12), 8)).unwrap();
+        gone.write(0, b"abc").unwrap();
+        gone.note_path("gone").unwrap();
+        gone.note_unlinked().unwrap();
+        keep(&gone, "unlinked");
+    }
+
+    /// Journals written by the code of 2026-12-05 (`tests/fixtures/format-v1/`) still decode
+    /// and recover, and today's code writes them byte for byte alike.
+    #[test]
+    fn the_format_1_journal_fixtures_recover() {
+        use crate::remote::record::format_v1::{hash, read};
+        use crate::vfs::staging::Staged;
+        let live = Record::decode_all(&read("live.log")).unwrap();
+        assert_eq!(
+            live,
+            [
+                Record::Base(id(&hash(0xcd), 100)),
+                Record::Fill(0, 10),
+                Record::Write(5, 20),
+                Record::Path("dir/é file".into()),
+                Record::Resize(150),
+                Record::Commit(id(&hash(0xef), 150)),
+                Record::Write(90, 95),
+                Record::Path("moved".into()),
+            ]
+        );
+        let gone = Record::decode_all(&read("unlinked.log")).unwrap();
+        assert_eq!(gone.last(), Some(&Record::Unlinked));
+
+        let t = tempfile::tempdir().unwrap();
+        for f in ["live.stg", "live.log", "unlinked.stg", "unlinked.log"] {
+            std::fs::write(t.path().join(f), read(f)).unwrap();
+        }
+        let (staged, path) = Staged::recover(&t.path().join("live.stg"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(path, "moved");
+        staged.with_io(|io| {
+            assert_eq!(io.state.base(), Some(&id(&hash(0xef), 150)));
+            assert_eq!(io.state.dirty().ranges(), &[90..95]);
+            assert_eq!(io.state.size(), 150);
+        });
+        match staged.read(90..95).unwrap() {
+            crate::vfs::staging::ReadPlan::Data(d) => assert_eq!(d, [3; 5]),
+            crate::vfs::staging::ReadPlan::Holes { .. } => panic!("the edit is a hole"),
+        }
+        assert!(Staged::recover(&t.path().join("unlinked.stg"))
+            .unwrap()
+            .is_none());
+
+        let again = tempfile::tempdir().unwrap();
+        write_format_1_journals(again.path());
+        for f in ["live.stg", "live.log", "unlinked.stg", "unlinked.log"] {
+            assert_eq!(std::fs::read(again.path().join(f)).unwrap(), read(f), "{f}");
+        }
+    }
 }
