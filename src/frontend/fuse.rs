@@ -17,7 +17,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::remote::EntryKind;
-use crate::vfs::inode::time_to_ns;
+use crate::vfs::time_to_ns;
 use crate::vfs::Invalidation;
 use crate::vfs::{Attr, Caller, Errno, SetAttr, TimeSet, Vfs};
 

@@ -2,7 +2,7 @@
 //! sends them: the JSON of xetmount's catalog routes between `HttpCatalog` and `xetmount serve`
 //! (`remote::wire`, through serde), the rows of the local store's `entries` table
 //! (`local/catalog.rs`: one column a field) and the records of the namespace log
-//! (`vfs/nslog.rs`: these fields in this order, in binary). The mapping between the typed
+//! (`vfs/namespace/log.rs`: these fields in this order, in binary). The mapping between the typed
 //! values and the flat fields (kind codes, a body as hash + size, metadata) is written here
 //! only. A new field of `Entry` goes into [`EntryRecord`] with a serde default (older peers
 //! omit it), a column, and a field at the end of the log's `Put` record.

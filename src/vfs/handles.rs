@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use parking_lot::Mutex;
 
-use crate::vfs::inode::{FlushError, Ino};
+use crate::vfs::namespace::inode::{FlushError, Ino};
 use crate::vfs::read::ReadAhead;
 use crate::vfs::{DirEntry, Errno, VfsResult};
 

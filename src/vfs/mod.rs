@@ -28,16 +28,14 @@
 //! 7. `Handles` (std): the open-handle table.
 //! 8. The prefetch registry and the invalidation queue (std, `Namespace`): taken last.
 //!
-//! Namespace changes are local first (`nslog.rs`): they never wait for the store. A catalog
+//! Namespace changes are local first (`namespace/log.rs`): they never wait for the store. A catalog
 //! read (listing a directory not yet in the table) first commits the pending ops, so that the
 //! catalog and the table agree on every path.
 
 pub mod errno;
 mod flush;
 mod handles;
-pub mod inode;
 mod namespace;
-mod nslog;
 mod read;
 pub mod readcache;
 mod refresh;
@@ -53,9 +51,9 @@ use bytes::Bytes;
 pub use errno::{Errno, VfsResult};
 use flush::{FlushQueue, FlushSettings, Flusher};
 use handles::Handles;
-pub use inode::{Attr, Ino, Invalidation, ROOT_INO};
+pub use namespace::inode::{time_to_ns, Attr, Ino, Invalidation, ROOT_INO};
+use namespace::log::NsLog;
 use namespace::Namespace;
-use nslog::NsLog;
 use read::ReadPath;
 use readcache::ReadCache;
 use refresh::Refresher;

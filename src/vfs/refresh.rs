@@ -17,7 +17,7 @@ use futures::StreamExt;
 use crate::remote::{Catalog, Changes, EntryKind, Meta};
 use crate::vfs::flush::{Flusher, NS_INO};
 use crate::vfs::handles::Handles;
-use crate::vfs::inode::Ino;
+use crate::vfs::namespace::inode::Ino;
 use crate::vfs::namespace::Namespace;
 use crate::vfs::write::staging::Staged;
 use crate::vfs::write::WritePath;

@@ -164,7 +164,7 @@ async fn files_dirs_symlinks_survive_remount() {
     let s = v.getattr(resolve(v, "small.txt").await.unwrap()).unwrap();
     assert_eq!((s.mode, s.uid, s.gid), (0o600, 1234, 99));
     assert_eq!(
-        crate::vfs::inode::time_to_ns(s.mtime),
+        crate::vfs::namespace::inode::time_to_ns(s.mtime),
         1_500_000_000_123_456_789
     );
     let fh = v.opendir(ROOT_INO).await.unwrap();

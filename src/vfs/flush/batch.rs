@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::remote::cas_wire::Carried;
 use crate::remote::{CatalogOp, ComposeEdit, FileId, RemoteError, RemoteResult, UploadItem};
-use crate::vfs::inode::Ino;
+use crate::vfs::namespace::inode::Ino;
 use crate::vfs::write::staging::{empty_id, Staged};
 use crate::vfs::{blocking, Stats};
 

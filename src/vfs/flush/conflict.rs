@@ -12,7 +12,7 @@
 //! staged copy's new path), so a crash before the next commit loses nothing either.
 
 use crate::remote::{body, Conflict, EntryKind, FileId};
-use crate::vfs::inode::{FlushError, Ino};
+use crate::vfs::namespace::inode::{FlushError, Ino};
 use crate::vfs::{Errno, Stats};
 
 use super::batch::{FlushResult, Prepared};

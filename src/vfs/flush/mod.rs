@@ -37,7 +37,7 @@ use tokio::time::Instant;
 pub(in crate::vfs) use batch::FlushResult;
 
 use crate::remote::{Cas, Catalog};
-use crate::vfs::inode::{FlushError, Ino};
+use crate::vfs::namespace::inode::{FlushError, Ino};
 use crate::vfs::namespace::{Drain, Namespace};
 use crate::vfs::write::WritePath;
 use crate::vfs::{Stats, VfsResult};
@@ -455,8 +455,8 @@ mod part_tests {
     use super::*;
     use crate::remote::mem::{MemCas, MemCatalog};
     use crate::remote::EntryKind;
-    use crate::vfs::inode::ROOT_INO;
-    use crate::vfs::nslog::NsLog;
+    use crate::vfs::namespace::inode::ROOT_INO;
+    use crate::vfs::namespace::log::NsLog;
     use crate::vfs::readcache::ReadCache;
     use crate::vfs::write::staging::StagingArea;
     use crate::vfs::write::Budget;

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::vfs::inode::Ino;
+use crate::vfs::namespace::inode::Ino;
 use crate::vfs::VfsResult;
 
 use super::{Flusher, Outcome, NS_INO};

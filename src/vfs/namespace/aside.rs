@@ -2,7 +2,7 @@
 //! takes a free conflict name beside it, and the other writer's version shows at its name.
 
 use crate::remote::{CatalogOp, Entry, EntryKind};
-use crate::vfs::inode::{Ino, Invalidation};
+use crate::vfs::namespace::inode::{Ino, Invalidation};
 
 use super::Namespace;
 

@@ -1,7 +1,7 @@
 //! The namespace part: the inode table, the namespace log and the lock that orders changes
 //! to both. Each mutation is validated against the table and applied to it under the
 //! namespace lock, together with the append of its catalog ops to the namespace log
-//! (`nslog.rs`); the flusher commits them. Directories an operation needs are listed before
+//! (`log.rs`); the flusher commits them. Directories an operation needs are listed before
 //! the lock is taken (a listing may commit pending ops first, which takes the flusher's
 //! commit lock).
 //!
@@ -16,6 +16,8 @@
 //! - `invalidator` and the prefetch registry (std): taken last, never across an `.await`.
 
 mod aside;
+pub mod inode;
+pub(in crate::vfs) mod log;
 mod prefetch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +28,8 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::remote::{Catalog, CatalogOp, Entry, EntryKind, Meta};
 use crate::vfs::flush::{FlushQueue, NS_INO};
-use crate::vfs::inode::{now_ns, Attr, Ino, InodeTable, Invalidation, ROOT_INO};
-use crate::vfs::nslog::NsLog;
+use crate::vfs::namespace::inode::{now_ns, Attr, Ino, InodeTable, Invalidation, ROOT_INO};
+use crate::vfs::namespace::log::NsLog;
 use crate::vfs::write::staging::{Staged, StagingArea};
 use crate::vfs::{Caller, DirEntry, Errno, SetAttr, Stats, TimeSet, VfsResult, NAME_MAX};
 

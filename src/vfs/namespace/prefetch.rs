@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::remote::{Entry, EntryKind, FixedOwner, Meta, RemoteError};
-use crate::vfs::inode::Ino;
+use crate::vfs::namespace::inode::Ino;
 
 use super::Namespace;
 

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::vfs::inode::Ino;
+use crate::vfs::namespace::inode::Ino;
 use crate::vfs::write::staging::Staged;
 use crate::vfs::Stats;
 

@@ -246,10 +246,10 @@ mod tests {
     /// `live.*` and `unlinked.*`.
     fn write_format_1_journals(dir: &Path) {
         use crate::remote::record::format_v1::hash;
-        use crate::vfs::staging::{log_path, StagingArea};
+        use crate::vfs::write::staging::{log_path, StagingArea};
         let t = tempfile::tempdir().unwrap();
         let area = StagingArea::open(t.path()).unwrap();
-        let keep = |s: &crate::vfs::staging::Staged, name: &str| {
+        let keep = |s: &crate::vfs::write::staging::Staged, name: &str| {
             std::fs::copy(&s.path, dir.join(format!("{name}.stg"))).unwrap();
             std::fs::copy(log_path(&s.path), dir.join(format!("{name}.log"))).unwrap();
         };
@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn the_format_1_journal_fixtures_recover() {
         use crate::remote::record::format_v1::{hash, read};
-        use crate::vfs::staging::Staged;
+        use crate::vfs::write::staging::Staged;
         let live = Record::decode_all(&read("live.log")).unwrap();
         assert_eq!(
             live,
@@ -298,18 +298,21 @@ mod tests {
         for f in ["live.stg", "live.log", "unlinked.stg", "unlinked.log"] {
             std::fs::write(t.path().join(f), read(f)).unwrap();
         }
-        let (staged, path) = Staged::recover(&t.path().join("live.stg"))
+        let found = Staged::recover(&t.path().join("live.stg"))
             .unwrap()
             .unwrap();
-        assert_eq!(path, "moved");
+        let staged = found.staged;
+        assert_eq!(found.path, "moved");
+        // Format 1 had no landing records.
+        assert_eq!(found.landed, None);
         staged.with_io(|io| {
             assert_eq!(io.state.base(), Some(&id(&hash(0xef), 150)));
             assert_eq!(io.state.dirty().ranges(), &[90..95]);
             assert_eq!(io.state.size(), 150);
         });
         match staged.read(90..95).unwrap() {
-            crate::vfs::staging::ReadPlan::Data(d) => assert_eq!(d, [3; 5]),
-            crate::vfs::staging::ReadPlan::Holes { .. } => panic!("the edit is a hole"),
+            crate::vfs::write::staging::ReadPlan::Data(d) => assert_eq!(d, [3; 5]),
+            crate::vfs::write::staging::ReadPlan::Holes { .. } => panic!("the edit is a hole"),
         }
         assert!(Staged::recover(&t.path().join("unlinked.stg"))
             .unwrap()

@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use crate::remote::{EntryKind, FileId};
 use crate::vfs::flush::FlushQueue;
-use crate::vfs::inode::{now_ns, Ino};
+use crate::vfs::namespace::inode::{now_ns, Ino};
 use crate::vfs::namespace::Namespace;
 use crate::vfs::readcache::ReadCache;
 use crate::vfs::{blocking, Errno, Stats, VfsResult};

@@ -13,16 +13,19 @@ impl RangeSet {
         Self::default()
     }
 
+    #[cfg(test)]
     pub fn from_range(r: Range<u64>) -> Self {
         let mut s = Self::new();
         s.insert(r);
         s
     }
 
+    #[cfg(test)]
     pub fn ranges(&self) -> &[Range<u64>] {
         &self.ranges
     }
 
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &Range<u64>> {
         self.ranges.iter()
     }
@@ -118,12 +121,14 @@ impl RangeSet {
         out
     }
 
+    #[cfg(test)]
     pub fn subtract(&mut self, other: &RangeSet) {
         for r in other.iter() {
             self.remove(r.clone());
         }
     }
 
+    #[cfg(test)]
     pub fn union_with(&mut self, other: &RangeSet) {
         for r in other.iter() {
             self.insert(r.clone());

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use crate::remote::EntryKind;
 use crate::vfs::flush::Flusher;
-use crate::vfs::inode::{Ino, ROOT_INO};
+use crate::vfs::namespace::inode::{Ino, ROOT_INO};
 use crate::vfs::namespace::Namespace;
 use crate::vfs::write::staging::{log_path, Found, Staged};
 use crate::vfs::write::WritePath;

@@ -33,17 +33,6 @@ pub struct Edit {
 }
 
 impl SparseState {
-    /// A new file, or one truncated to zero: nothing to mirror.
-    pub fn new_empty() -> Self {
-        SparseState {
-            base: None,
-            size: 0,
-            coverage: RangeSet::new(),
-            dirty: RangeSet::new(),
-            generation: 0,
-        }
-    }
-
     /// An existing body, nothing downloaded yet.
     pub fn from_base(base: FileId) -> Self {
         SparseState {
@@ -61,6 +50,7 @@ impl SparseState {
     pub fn size(&self) -> u64 {
         self.size
     }
+    #[cfg(test)]
     pub fn coverage(&self) -> &RangeSet {
         &self.coverage
     }
