@@ -40,11 +40,6 @@ pub(in crate::vfs) struct Handles {
     table: Mutex<Table>,
 }
 
-/// A file handle just released.
-pub(in crate::vfs) struct Released {
-    pub ino: Ino,
-}
-
 impl Handles {
     fn insert(&self, e: HandleEntry) -> u64 {
         let mut h = self.table.lock();
@@ -82,14 +77,14 @@ impl Handles {
         self.table.lock().map.remove(&fh);
     }
 
-    /// Forget file handle `fh`.
-    pub(in crate::vfs) fn release_file(&self, fh: u64) -> VfsResult<Released> {
+    /// Forget file handle `fh`; returns its file.
+    pub(in crate::vfs) fn release_file(&self, fh: u64) -> VfsResult<Ino> {
         let mut t = self.table.lock();
         match t.map.get(&fh) {
             Some(HandleEntry::File(h)) => {
                 let ino = h.ino;
                 t.map.remove(&fh);
-                Ok(Released { ino })
+                Ok(ino)
             }
             _ => Err(Errno::EBADF),
         }

@@ -659,7 +659,7 @@ impl Vfs {
 
     /// Last reference to an open file handle dropped.
     pub fn release(&self, fh: u64) -> VfsResult<()> {
-        let ino = self.handles.release_file(fh)?.ino;
+        let ino = self.handles.release_file(fh)?;
         let staged = {
             let mut t = self.ns.table();
             let i = t.get_mut(ino)?;
