@@ -587,7 +587,7 @@ impl Vfs {
             if i.is_dir() {
                 return Err(Errno::EISDIR);
             }
-            (i.staged.clone(), i.remote.clone())
+            (i.staged().cloned(), i.remote.clone())
         };
         match (staged, remote) {
             (Some(s), _) => self.files.read(s, range).await,
@@ -664,7 +664,7 @@ impl Vfs {
             let mut t = self.ns.table();
             let i = t.get_mut(ino)?;
             i.open_handles = i.open_handles.saturating_sub(1);
-            if i.linked && i.staged.is_some() {
+            if i.linked && i.staged().is_some() {
                 self.flusher.queue().schedule(ino);
             }
             t.reap(ino)

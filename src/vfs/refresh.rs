@@ -192,7 +192,7 @@ impl Refresher {
                     if i.remote == e.content {
                         return None;
                     }
-                    Some((i.ino, i.staged.clone()?))
+                    Some((i.ino, i.staged()?.clone()))
                 })
                 .collect()
         };

@@ -113,7 +113,7 @@ impl Flusher {
                 t.get(ino)
                     .ok()
                     .filter(|i| i.linked)
-                    .and_then(|i| i.staged.clone())
+                    .and_then(|i| i.staged().cloned())
             };
             match staged {
                 Some(s) => work.push((ino, s)),

@@ -50,7 +50,7 @@ impl Namespace {
                 t.add_listed(parent, name.clone(), e)?;
             }
         }
-        self.journal_paths();
+        self.journal_paths(ino);
         self.invalidate(vec![
             Invalidation::Entry {
                 parent,

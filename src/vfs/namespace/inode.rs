@@ -40,8 +40,9 @@ pub struct Inode {
     /// Directories: a prefetch of the subtree below it was started, or listed it (see
     /// `prefetch.rs`): no new one is started for it.
     pub prefetched: bool,
-    /// Files opened for write, or written and not yet evicted: the staging file.
-    pub staged: Option<Arc<Staged>>,
+    /// Files opened for write, or written and not yet evicted: the staging file. Set only
+    /// through [`InodeTable::set_staged`], which keeps the table's index of staged inodes.
+    staged: Option<Arc<Staged>>,
     pub open_handles: u32,
     /// Those of `open_handles` a stateless frontend (NFS) keeps for its own use. They do not
     /// pin a version: an NFS client names the file, not an open of it, so another writer's
@@ -168,6 +169,11 @@ impl Inode {
         self.remote.as_ref().map_or(0, |r| r.size)
     }
 
+    /// The staging copy, if the file has one.
+    pub fn staged(&self) -> Option<&Arc<Staged>> {
+        self.staged.as_ref()
+    }
+
     /// Whether `s` is this inode's current staging copy (it may have been replaced).
     pub fn holds(&self, s: &Arc<Staged>) -> bool {
         self.staged.as_ref().is_some_and(|c| Arc::ptr_eq(c, s))
@@ -204,6 +210,9 @@ pub struct InodeTable {
     next: Ino,
     /// The inode of each hard-link group in the table.
     by_link: HashMap<u64, Ino>,
+    /// Invariant: exactly the inodes whose `staged` is set. Walks over staged files (the
+    /// staging budget, renames, refreshes) cost what is staged, not what was ever listed.
+    staged: HashSet<Ino>,
 }
 
 impl InodeTable {
@@ -216,6 +225,7 @@ impl InodeTable {
             map,
             next: ROOT_INO + 1,
             by_link: HashMap::new(),
+            staged: HashSet::new(),
         }
     }
 
@@ -327,7 +337,7 @@ impl InodeTable {
     /// refresh), and every directory above one.
     fn local_changes(&self) -> HashSet<Ino> {
         let mut keep = HashSet::new();
-        for i in self.map.values().filter(|i| i.staged.is_some() && i.linked) {
+        for i in self.staged_inodes().filter(|i| i.linked) {
             keep.insert(i.ino);
             let names = std::iter::once(i.parent).chain(i.other_names.iter().map(|(p, _)| *p));
             for mut dir in names {
@@ -572,6 +582,7 @@ impl InodeTable {
             return None;
         }
         let i = self.map.remove(&ino)?;
+        self.staged.remove(&ino);
         if let Some(l) = i.link {
             if self.by_link.get(&l) == Some(&ino) {
                 self.by_link.remove(&l);
@@ -593,8 +604,23 @@ impl InodeTable {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Inode> {
-        self.map.values()
+    /// Give `ino` staging copy `s` (or none); returns the one it replaces.
+    pub fn set_staged(
+        &mut self,
+        ino: Ino,
+        s: Option<Arc<Staged>>,
+    ) -> VfsResult<Option<Arc<Staged>>> {
+        let i = self.map.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        match &s {
+            Some(_) => self.staged.insert(ino),
+            None => self.staged.remove(&ino),
+        };
+        Ok(std::mem::replace(&mut i.staged, s))
+    }
+
+    /// Every inode with a staging copy, linked or not, in no particular order.
+    pub fn staged_inodes(&self) -> impl Iterator<Item = &Inode> {
+        self.staged.iter().filter_map(|ino| self.map.get(ino))
     }
 
     /// The catalog entry for a linked inode, with `content` as its body.
@@ -664,7 +690,7 @@ mod tests {
             },
         )
         .unwrap();
-        t.get_mut(local).unwrap().staged = Some(staged);
+        t.set_staged(local, Some(staged)).unwrap();
         let changed = ino(&t, "changed").unwrap();
 
         // Another writer: removed `gone` and `dir`, changed three bodies, added `new`.

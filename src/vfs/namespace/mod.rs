@@ -28,7 +28,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::remote::{Catalog, CatalogOp, Entry, EntryKind, Meta};
 use crate::vfs::flush::{FlushQueue, NS_INO};
-use crate::vfs::namespace::inode::{now_ns, Attr, Ino, InodeTable, Invalidation, ROOT_INO};
+use crate::vfs::namespace::inode::{now_ns, Attr, Ino, Inode, InodeTable, Invalidation, ROOT_INO};
 use crate::vfs::namespace::log::NsLog;
 use crate::vfs::write::staging::{Staged, StagingArea};
 use crate::vfs::{Caller, DirEntry, Errno, SetAttr, Stats, TimeSet, VfsResult, NAME_MAX};
@@ -147,7 +147,7 @@ impl Namespace {
         let (staged, attr) = {
             let t = self.table();
             let i = t.get(ino)?;
-            (i.staged.clone(), i.attr(i.remote_size()))
+            (i.staged().cloned(), i.attr(i.remote_size()))
         };
         Ok(match staged {
             Some(s) => Attr {
@@ -562,9 +562,9 @@ impl Namespace {
             Self::touch_dir(&mut t, parent, now)?;
             t.get_mut(ino)?.meta.ctime_ns = now;
             let still_linked = t.unlink_name(ino, parent, name)?;
-            (still_linked, t.get(ino)?.staged.clone(), t.reap(ino))
+            (still_linked, t.get(ino)?.staged().cloned(), t.reap(ino))
         };
-        self.journal_name_change(still_linked, staged);
+        self.journal_name_change(ino, still_linked, staged);
         drop(reaped);
         Ok(())
     }
@@ -585,10 +585,10 @@ impl Namespace {
         Ok(Some(CatalogOp::SetMeta { path, meta }))
     }
 
-    /// After a file lost a name: journal that it left the bucket, or the path it keeps.
-    fn journal_name_change(&self, still_linked: bool, staged: Option<Arc<Staged>>) {
+    /// After file `ino` lost a name: journal that it left the bucket, or the path it keeps.
+    fn journal_name_change(&self, ino: Ino, still_linked: bool, staged: Option<Arc<Staged>>) {
         if still_linked {
-            self.journal_paths();
+            self.journal_paths(ino);
         } else {
             self.journal_unlinked(staged);
         }
@@ -719,7 +719,7 @@ impl Namespace {
                 Some(dst) => {
                     t.get_mut(dst)?.meta.ctime_ns = now;
                     let still_linked = t.unlink_name(dst, new_parent, new_name)?;
-                    (still_linked, t.get(dst)?.staged.clone(), t.reap(dst))
+                    (still_linked, t.get(dst)?.staged().cloned(), t.reap(dst))
                 }
                 None => (true, None, None),
             };
@@ -727,12 +727,14 @@ impl Namespace {
             t.get_mut(src)?.meta.ctime_ns = now;
             ((replaced.0, replaced.1), replaced.2)
         };
-        if !replaced.0 {
-            self.journal_unlinked(replaced.1);
+        match dst {
+            // A replaced file that keeps another name: that name may now be its primary.
+            Some(dst) if replaced.0 => self.journal_paths(dst),
+            _ => self.journal_unlinked(replaced.1),
         }
         drop(reaped);
         // The renamed file, or every file below a renamed directory, has a new path.
-        self.journal_paths();
+        self.journal_paths(src);
         Ok(())
     }
 
@@ -746,14 +748,17 @@ impl Namespace {
         }
     }
 
-    /// Journal the current path of every staged file (those that did not move are skipped
-    /// cheaply).
-    pub(in crate::vfs) fn journal_paths(&self) {
+    /// Journal the current path of every staged file at or below `moved` (a file that got
+    /// a new name, or a directory that did). Costs what is staged, not what is listed.
+    pub(in crate::vfs) fn journal_paths(&self, moved: Ino) {
         let staged: Vec<(Arc<Staged>, String)> = {
             let t = self.table();
-            t.iter()
+            let dir = t.get(moved).is_ok_and(|m| m.is_dir());
+            let below = |i: &&Inode| i.ino == moved || (dir && t.is_within(i.ino, moved));
+            t.staged_inodes()
                 .filter(|i| i.linked)
-                .filter_map(|i| Some((i.staged.clone()?, t.path_of(i.ino).ok()?)))
+                .filter(below)
+                .filter_map(|i| Some((i.staged()?.clone(), t.path_of(i.ino).ok()?)))
                 .collect()
         };
         for (s, p) in staged {

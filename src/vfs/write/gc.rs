@@ -24,9 +24,9 @@ impl WritePath {
         let max_files = self.budget.files;
         let staged: Vec<(Ino, Arc<Staged>, bool)> = {
             let t = self.ns.table();
-            t.iter()
+            t.staged_inodes()
                 .filter_map(|i| {
-                    let s = i.staged.clone()?;
+                    let s = i.staged()?.clone();
                     Some((i.ino, s, i.open_handles == 0 && i.linked))
                 })
                 .collect()
@@ -86,10 +86,9 @@ impl WritePath {
                 return false;
             }
             let mut t = self.ns.table();
-            match t.get_mut(ino) {
+            match t.get(ino) {
                 Ok(i) if (even_if_open || i.open_handles == 0) && i.linked && i.holds(s) => {
-                    i.staged = None;
-                    true
+                    t.set_staged(ino, None).is_ok()
                 }
                 _ => false,
             }
@@ -100,7 +99,12 @@ impl WritePath {
     /// up the copy before it was forgotten redoes its write on the new one
     /// (`with_current_staging`).
     pub(in crate::vfs) fn drop_clean_staging(&self, ino: Ino) {
-        let staged = self.ns.table().get(ino).ok().and_then(|i| i.staged.clone());
+        let staged = self
+            .ns
+            .table()
+            .get(ino)
+            .ok()
+            .and_then(|i| i.staged().cloned());
         if let Some(s) = staged {
             // `s` still holds a reference: the file goes when it is dropped, outside the locks.
             self.forget_clean_copy(ino, &s, true);

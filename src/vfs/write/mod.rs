@@ -89,7 +89,7 @@ impl WritePath {
                     // opens FIFOs and devices itself.
                     _ => return Err(Errno::EINVAL),
                 }
-                if let Some(s) = &i.staged {
+                if let Some(s) = i.staged() {
                     return Ok(s.clone());
                 }
                 i.remote.clone().unwrap_or_else(empty_id)
@@ -112,13 +112,13 @@ impl WritePath {
             }
             self.area.journal_changed(&fresh);
             let mut t = self.ns.table();
-            let i = t.get_mut(ino)?;
-            if let Some(s) = &i.staged {
+            let i = t.get(ino)?;
+            if let Some(s) = i.staged() {
                 // Lost a race with another opener: ours is dropped and its file removed.
                 return Ok(s.clone());
             }
             if i.remote.clone().unwrap_or_else(empty_id) == base {
-                i.staged = Some(fresh.clone());
+                t.set_staged(ino, Some(fresh.clone()))?;
                 return Ok(fresh);
             }
             // The body changed meanwhile: mirror the new one.
@@ -206,7 +206,7 @@ impl WritePath {
     /// Make what was written to `ino` durable in its staging file and journal (it survives a
     /// crash of this process or of the machine, and is committed by recovery).
     pub(in crate::vfs) async fn sync(&self, ino: Ino) -> VfsResult<()> {
-        let staged = self.ns.table().get(ino)?.staged.clone();
+        let staged = self.ns.table().get(ino)?.staged().cloned();
         match staged {
             Some(s) => blocking(move || s.sync()).await,
             None => Ok(()),
@@ -221,7 +221,7 @@ impl WritePath {
         offset: u64,
         data: &[u8],
     ) -> Option<VfsResult<u32>> {
-        let s = self.ns.table().get(ino).ok()?.staged.clone()?;
+        let s = self.ns.table().get(ino).ok()?.staged().cloned()?;
         let r = s.write(offset, data);
         if !self.ns.table().get(ino).ok()?.holds(&s) {
             // The copy was dropped meanwhile (see `with_current_staging`): redo it there.
@@ -280,9 +280,9 @@ impl WritePath {
         let staged: Vec<(Ino, Arc<Staged>)> = self
             .ns
             .table()
-            .iter()
+            .staged_inodes()
             .filter(|i| i.linked)
-            .filter_map(|i| i.staged.clone().map(|s| (i.ino, s)))
+            .filter_map(|i| i.staged().map(|s| (i.ino, s.clone())))
             .collect();
         staged
             .into_iter()

@@ -127,7 +127,7 @@ async fn install_recovered(ns: &Namespace, found: &Found) -> VfsResult<Ino> {
     let base = staged.with_io(|io| io.state.base().cloned());
     let mut t = ns.table();
     let i = t.get_mut(ino)?;
-    if i.staged.is_some() {
+    if i.staged().is_some() {
         return Err(Errno::EEXIST);
     }
     let current = i.remote.clone();
@@ -145,7 +145,7 @@ async fn install_recovered(ns: &Namespace, found: &Found) -> VfsResult<Ino> {
             );
         }
     }
-    i.staged = Some(staged.clone());
+    t.set_staged(ino, Some(staged.clone()))?;
     Ok(ino)
 }
 
