@@ -129,6 +129,15 @@ pub struct StoreArgs {
     /// arrive as they happen); 0 turns change detection off.
     #[arg(long, default_value_t = 30)]
     pub poll_interval_secs: u64,
+    /// How long the kernel keeps attributes and names without asking again, in seconds.
+    /// Changes, this mount's and other writers' (as they are detected), reach the kernel at
+    /// once whatever this is; it only bounds how long a cached answer can live.
+    #[arg(long, default_value_t = 3600)]
+    pub attr_timeout_secs: u64,
+    /// Entries the mount keeps in memory before it drops directory listings nothing uses
+    /// (read again from the bucket when next needed); 0 keeps every entry it ever listed.
+    #[arg(long, default_value_t = 100_000)]
+    pub inode_soft_limit: usize,
     /// Where staging files live (default: STORE/staging).
     #[arg(long)]
     pub staging_dir: Option<PathBuf>,
@@ -250,6 +259,8 @@ impl StoreArgs {
             cache_capacity: self.cache_mib << 20,
             cache_block: self.read_block_kib << 10,
             paranoid: self.paranoid,
+            attr_ttl: Duration::from_secs(self.attr_timeout_secs),
+            inode_soft_limit: self.inode_soft_limit,
             max_staging_size: self.max_staging_size,
             // Only this process writes a local store (it is locked); a remote bucket is shared.
             poll_interval: if shared {

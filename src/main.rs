@@ -74,7 +74,8 @@ struct Served {
     shutdown_timeout: Duration,
 }
 
-fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
+/// `nfs`: the store is served to NFS clients, whose file handles are inode numbers.
+fn open_store(args: &StoreArgs, nfs: bool) -> Result<Served, UserError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("xetmount")
@@ -85,7 +86,8 @@ fn open_store(args: &StoreArgs) -> Result<Served, UserError> {
         xetmount::remote::local::xet_config(),
     );
     let opened = rt.block_on(xetmount::remote::open::open(ctx, &args.open_options()))?;
-    let config = args.vfs_config(opened.staging_dir, opened.read_only, opened.shared);
+    let mut config = args.vfs_config(opened.staging_dir, opened.read_only, opened.shared);
+    config.stateless_handles = nfs;
     let vfs = rt.block_on(Vfs::new(opened.catalog, opened.cas, config))?;
     if args.read_only {
         tracing::info!("read-only because of --read-only: writes fail with EROFS");
@@ -121,7 +123,7 @@ fn mount(args: MountArgs) -> Result<(), UserError> {
         return mount_nfs(&args, &mountpoint);
     }
     check_fuse()?;
-    let served = open_store(&args.store)?;
+    let served = open_store(&args.store, false)?;
     let opts = FuseOptions {
         fs_name: format!("xetmount:{}", served.source),
         read_only: served.read_only,
@@ -189,7 +191,7 @@ fn nfs_mount_command(port: u16, mp: &Path) -> String {
 }
 
 fn serve_nfs(args: ServeArgs) -> Result<(), UserError> {
-    let served = open_store(&args.store)?;
+    let served = open_store(&args.store, true)?;
     let (fs, port) = start_nfs(&served, args.port)?;
     tracing::info!("serving {} over NFSv3 on 127.0.0.1:{port}", served.source);
     // A closed stdout (the caller stopped reading) must not stop the server.
@@ -207,7 +209,7 @@ fn serve_nfs(args: ServeArgs) -> Result<(), UserError> {
 }
 
 fn mount_nfs(args: &MountArgs, mountpoint: &Path) -> Result<(), UserError> {
-    let served = open_store(&args.store)?;
+    let served = open_store(&args.store, true)?;
     let (fs, port) = start_nfs(&served, args.nfs_port)?;
     let status = std::process::Command::new("mount")
         .args(["-t", "nfs", "-o"])

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::task::Context;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -23,8 +23,6 @@ use crate::vfs::{Attr, Caller, Errno, SetAttr, TimeSet, Vfs};
 
 /// How long the kernel may cache attributes and names. Every change passes through this
 /// mount, so this only bounds how stale a view of another writer's change can be.
-const TTL: Duration = Duration::from_secs(1);
-
 pub struct FuseFs {
     vfs: Arc<Vfs>,
     rt: Handle,
@@ -119,16 +117,18 @@ impl FuseFs {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
+/// Replies carry the VFS's attribute lifetime (`VfsConfig::attr_ttl`): the VFS invalidates
+/// what the kernel holds whenever something changes.
+fn reply_entry(reply: ReplyEntry, vfs: &Vfs, r: Result<Attr, Errno>) {
     match r {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Ok(a) => reply.entry(&vfs.config().attr_ttl, &file_attr(&a), Generation(0)),
         Err(e) => reply.error(errno(e)),
     }
 }
 
-fn reply_attr(reply: ReplyAttr, r: Result<Attr, Errno>) {
+fn reply_attr(reply: ReplyAttr, vfs: &Vfs, r: Result<Attr, Errno>) {
     match r {
-        Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        Ok(a) => reply.attr(&vfs.config().attr_ttl, &file_attr(&a)),
         Err(e) => reply.error(errno(e)),
     }
 }
@@ -156,7 +156,7 @@ impl Filesystem for FuseFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.run(|vfs| async move { reply_entry(reply, vfs.lookup(parent.0, &name).await) });
+        self.run(|vfs| async move { reply_entry(reply, &vfs, vfs.lookup(parent.0, &name).await) });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -164,7 +164,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply_attr(reply, self.vfs.getattr(ino.0));
+        reply_attr(reply, &self.vfs, self.vfs.getattr(ino.0));
     }
 
     fn setattr(
@@ -193,7 +193,7 @@ impl Filesystem for FuseFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
-        self.run(|vfs| async move { reply_attr(reply, vfs.setattr(ino.0, set).await) });
+        self.run(|vfs| async move { reply_attr(reply, &vfs, vfs.setattr(ino.0, set).await) });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -221,6 +221,7 @@ impl Filesystem for FuseFs {
         self.run(|vfs| async move {
             reply_entry(
                 reply,
+                &vfs,
                 vfs.mknod(parent.0, &name, mode, u64::from(rdev), who).await,
             )
         });
@@ -240,9 +241,9 @@ impl Filesystem for FuseFs {
             Err(e) => return reply.error(e),
         };
         let who = caller(req);
-        self.run(
-            |vfs| async move { reply_entry(reply, vfs.mkdir(parent.0, &name, mode, who).await) },
-        );
+        self.run(|vfs| async move {
+            reply_entry(reply, &vfs, vfs.mkdir(parent.0, &name, mode, who).await)
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -275,7 +276,11 @@ impl Filesystem for FuseFs {
         };
         let who = caller(req);
         self.run(|vfs| async move {
-            reply_entry(reply, vfs.symlink(parent.0, &name, &target, who).await)
+            reply_entry(
+                reply,
+                &vfs,
+                vfs.symlink(parent.0, &name, &target, who).await,
+            )
         });
     }
 
@@ -318,9 +323,9 @@ impl Filesystem for FuseFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.run(
-            |vfs| async move { reply_entry(reply, vfs.link(ino.0, newparent.0, &name).await) },
-        );
+        self.run(|vfs| async move {
+            reply_entry(reply, &vfs, vfs.link(ino.0, newparent.0, &name).await)
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -557,7 +562,7 @@ impl Filesystem for FuseFs {
         self.run(|vfs| async move {
             match vfs.create(parent.0, &name, mode, who).await {
                 Ok((a, o)) => reply.created(
-                    &TTL,
+                    &vfs.config().attr_ttl,
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(o.fh),

@@ -87,6 +87,12 @@ impl NfsFs {
         Ok(a)
     }
 
+    /// A file handle names an inode number, which the VFS may have dropped from memory
+    /// since (`--inode-soft-limit`): bring it back, or answer STALE if the file is gone.
+    async fn known(&self, id: fileid3) -> Result<(), nfsstat3> {
+        self.vfs.revive(id).await.map_err(by_handle)
+    }
+
     /// Release every pooled handle (before shutdown, so their flushes are scheduled).
     pub fn close_handles(&self) {
         self.pool.clear();
@@ -226,6 +232,7 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn lookup(&self, dirid: fileid3, filename: &filename3) -> Result<fileid3, nfsstat3> {
+        self.known(dirid).await?;
         let n = name(filename)?;
         match n.as_str() {
             "." => Ok(dirid),
@@ -235,10 +242,12 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn getattr(&self, id: fileid3) -> Result<fattr3, nfsstat3> {
+        self.known(id).await?;
         self.vfs.getattr(id).map(|a| fattr(&a)).map_err(by_handle)
     }
 
     async fn setattr(&self, id: fileid3, setattr: sattr3) -> Result<fattr3, nfsstat3> {
+        self.known(id).await?;
         let s = setattr_of(&setattr);
         if is_noop(&s) {
             return self.getattr(id).await;
@@ -254,6 +263,7 @@ impl NFSFileSystem for NfsFs {
         offset: u64,
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
+        self.known(id).await?;
         let (data, eof) = self
             .pool
             .read(&self.vfs, id, offset, count)
@@ -263,6 +273,7 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn write(&self, id: fileid3, offset: u64, data: &[u8]) -> Result<fattr3, nfsstat3> {
+        self.known(id).await?;
         self.pool
             .write(&self.vfs, id, offset, data.to_vec())
             .await
@@ -276,6 +287,7 @@ impl NFSFileSystem for NfsFs {
         filename: &filename3,
         attr: sattr3,
     ) -> Result<(fileid3, fattr3), nfsstat3> {
+        self.known(dirid).await?;
         let n = name(filename)?;
         let mut s = setattr_of(&attr);
         let mode = s.mode.take().unwrap_or(0o644);
@@ -307,6 +319,7 @@ impl NFSFileSystem for NfsFs {
         dirid: fileid3,
         filename: &filename3,
     ) -> Result<fileid3, nfsstat3> {
+        self.known(dirid).await?;
         let n = name(filename)?;
         let a = self.create_file(dirid, &n, 0o644).await.map_err(stat)?;
         self.stable().await?;
@@ -318,6 +331,7 @@ impl NFSFileSystem for NfsFs {
         dirid: fileid3,
         dirname: &filename3,
     ) -> Result<(fileid3, fattr3), nfsstat3> {
+        self.known(dirid).await?;
         let n = name(dirname)?;
         let a = self
             .vfs
@@ -330,6 +344,7 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn remove(&self, dirid: fileid3, filename: &filename3) -> Result<(), nfsstat3> {
+        self.known(dirid).await?;
         let n = name(filename)?;
         let a = self.vfs.find(dirid, &n).await.map_err(stat)?;
         let is_dir = a.kind == EntryKind::Dir;
@@ -346,6 +361,8 @@ impl NFSFileSystem for NfsFs {
         to_dirid: fileid3,
         to_filename: &filename3,
     ) -> Result<(), nfsstat3> {
+        self.known(from_dirid).await?;
+        self.known(to_dirid).await?;
         let (from, to) = (name(from_filename)?, name(to_filename)?);
         if let Ok(replaced) = self.vfs.find(to_dirid, &to).await {
             self.pool.forget(replaced.ino);
@@ -363,6 +380,7 @@ impl NFSFileSystem for NfsFs {
         start_after: fileid3,
         max_entries: usize,
     ) -> Result<ReadDirResult, nfsstat3> {
+        self.known(dirid).await?;
         let fh = self.vfs.opendir(dirid).await.map_err(stat)?;
         let listed = self.vfs.readdir(fh, 0);
         self.vfs.releasedir(fh);
@@ -403,6 +421,7 @@ impl NFSFileSystem for NfsFs {
         symlink: &nfspath3,
         _attr: &sattr3,
     ) -> Result<(fileid3, fattr3), nfsstat3> {
+        self.known(dirid).await?;
         let n = name(linkname)?;
         let target = name(symlink)?;
         let a = self
@@ -416,6 +435,7 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn readlink(&self, id: fileid3) -> Result<nfspath3, nfsstat3> {
+        self.known(id).await?;
         let t = self.vfs.readlink(id).map_err(by_handle)?;
         Ok(t.into_bytes().into())
     }
@@ -529,5 +549,84 @@ mod tests {
             fs.getattr(ino).await,
             Err(nfsstat3::NFS3ERR_STALE)
         ));
+    }
+
+    /// NFS file handles are inode numbers and NFS never forgets them: entries the VFS
+    /// dropped to stay within its inode soft limit are found again by number, keep it, and
+    /// read the same bytes; one removed meanwhile by another writer answers STALE.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handles_outlive_the_inode_limit() {
+        use crate::vfs::tests::{random, remount, write_file};
+
+        let (_d, dir) = tmp();
+        let a = mount_at(&dir).await;
+        let mut bodies = Vec::new();
+        for d in 0..6 {
+            let name = format!("d{d}");
+            let sub = a.vfs.mkdir(ROOT_INO, &name, 0o755, crate::vfs::tests::ME);
+            let sub = sub.await.unwrap().ino;
+            for f in 0..40 {
+                let body = random(100 + f * 7, (d * 100 + f) as u64);
+                write_file(&a.vfs, sub, &format!("f{f}"), &body).await;
+                bodies.push((d, f, body));
+            }
+        }
+        let a = remount(a, &dir).await;
+        let config = crate::vfs::VfsConfig {
+            inode_soft_limit: 60,
+            stateless_handles: true,
+            ..crate::vfs::VfsConfig::new(dir.join("staging-b"))
+        };
+        let b = Vfs::new(a._store.catalog.clone(), a._store.cas.clone(), config)
+            .await
+            .unwrap();
+        let fs = NfsFs::new(b.clone());
+        let n = |s: &str| -> filename3 { s.as_bytes().to_vec().into() };
+        let d0 = fs.lookup(ROOT_INO, &n("d0")).await.unwrap();
+        let held = fs.lookup(d0, &n("f5")).await.unwrap();
+        let gone = fs.lookup(d0, &n("f6")).await.unwrap();
+        // (Not read yet: a pooled read handle would keep d0's listing in the table.)
+        assert_eq!(
+            fs.getattr(held).await.unwrap().size,
+            bodies[5].2.len() as u64
+        );
+        // Walking the other directories pushes d0's listing out of the table.
+        for d in 1..6 {
+            let id = fs.lookup(ROOT_INO, &n(&format!("d{d}"))).await.unwrap();
+            assert_eq!(fs.readdir(id, 0, 1000).await.unwrap().entries.len(), 40);
+        }
+        let s = b.stats();
+        assert!(s.listings_dropped > 0 && s.inodes < 100, "{s:?}");
+        assert!(
+            matches!(b.getattr(held), Err(Errno::ENOENT)),
+            "d0's listing was dropped"
+        );
+        // Another writer removes d0/f6 while d0 is out of the table.
+        a.vfs
+            .remove(d0_of(&a.vfs).await, "f6", false)
+            .await
+            .unwrap();
+        a.vfs.sync_namespace().await.unwrap();
+
+        assert_eq!(
+            fs.getattr(held).await.unwrap().size,
+            bodies[5].2.len() as u64
+        );
+        assert_eq!(fs.read(held, 0, 1 << 20).await.unwrap().0, bodies[5].2);
+        assert_eq!(fs.lookup(d0, &n("f5")).await.unwrap(), held);
+        assert!(matches!(
+            fs.getattr(gone).await,
+            Err(nfsstat3::NFS3ERR_STALE)
+        ));
+        // Files of the other dropped listings read back through fresh lookups.
+        for (d, f, body) in bodies.iter().filter(|(d, f, _)| *d > 0 && f % 13 == 0) {
+            let id = fs.lookup(ROOT_INO, &n(&format!("d{d}"))).await.unwrap();
+            let id = fs.lookup(id, &n(&format!("f{f}"))).await.unwrap();
+            assert_eq!(&fs.read(id, 0, 1 << 20).await.unwrap().0, body);
+        }
+
+        async fn d0_of(v: &Vfs) -> u64 {
+            crate::vfs::tests::resolve(v, "d0").await.unwrap()
+        }
     }
 }

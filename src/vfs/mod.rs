@@ -51,6 +51,7 @@ use bytes::Bytes;
 pub use errno::{Errno, VfsResult};
 use flush::{FlushQueue, FlushSettings, Flusher};
 use handles::Handles;
+use namespace::inode::TableLimits;
 pub use namespace::inode::{time_to_ns, Attr, Ino, Invalidation, ROOT_INO};
 use namespace::log::NsLog;
 use namespace::Namespace;
@@ -102,6 +103,16 @@ pub struct VfsConfig {
     /// How often to ask a catalog without a change feed whether others changed it (a feed is
     /// followed as changes come); zero turns change detection off.
     pub poll_interval: Duration,
+    /// How long the kernel may keep attributes and names it was given. Every change this
+    /// VFS learns of (its own, or other writers' through the feed or polling) invalidates
+    /// what the kernel holds, so this only bounds how long a missed invalidation could last.
+    pub attr_ttl: Duration,
+    /// Above this many entries the mount drops listings nothing uses (0: never); see
+    /// `InodeTable::trim`.
+    pub inode_soft_limit: usize,
+    /// The frontend names files by inode number without lookups (NFS file handles): entries
+    /// dropped from the table must be found again by number.
+    pub stateless_handles: bool,
 }
 
 impl VfsConfig {
@@ -120,6 +131,9 @@ impl VfsConfig {
             max_staging_size: 0,
             max_staged_files: 1000,
             poll_interval: Duration::from_secs(30),
+            attr_ttl: Duration::from_secs(3600),
+            inode_soft_limit: 100_000,
+            stateless_handles: false,
         }
     }
 }
@@ -251,6 +265,10 @@ impl Vfs {
             stats.clone(),
             config.read_only,
         );
+        ns.table().set_limits(TableLimits {
+            soft_limit: config.inode_soft_limit,
+            keep_ghosts: config.stateless_handles,
+        });
         let budget = Budget {
             bytes: config.max_staging_size,
             files: config.max_staged_files,
@@ -425,6 +443,12 @@ impl Vfs {
 
     pub fn releasedir(&self, fh: u64) {
         self.handles.release_dir(fh)
+    }
+
+    /// Bring back inode `ino` if the table dropped it to stay within its soft limit (for
+    /// frontends whose clients name files by number: NFS). ENOENT if it no longer exists.
+    pub async fn revive(&self, ino: Ino) -> VfsResult<()> {
+        self.ns.revive(ino).await
     }
 
     /// The directory holding `ino` (the root is its own parent).

@@ -45,6 +45,10 @@ pub struct Stats {
     pub remote_overwrites: AtomicU64,
     /// Commits refused because another writer replaced the file; the version moved aside.
     pub remote_conflicts: AtomicU64,
+    /// Entries in the inode table, as of the last listing or trim.
+    pub inodes: AtomicU64,
+    /// Directory listings dropped to keep the inode table within `--inode-soft-limit`.
+    pub listings_dropped: AtomicU64,
     /// When the catalog was last asked for changes successfully (unix ms).
     last_refresh_ms: AtomicU64,
 }
@@ -77,6 +81,8 @@ pub struct StatsSnapshot {
     pub pending_invalidations: u64,
     pub remote_overwrites: u64,
     pub remote_conflicts: u64,
+    pub inodes: u64,
+    pub listings_dropped: u64,
     /// Milliseconds since the catalog was last asked for changes successfully (0: change
     /// detection is off).
     pub since_last_poll_ms: u64,
@@ -118,6 +124,8 @@ impl Stats {
             pending_invalidations: g(&self.pending_invalidations),
             remote_overwrites: g(&self.remote_overwrites),
             remote_conflicts: g(&self.remote_conflicts),
+            inodes: g(&self.inodes),
+            listings_dropped: g(&self.listings_dropped),
             since_last_poll_ms: match g(&self.last_refresh_ms) {
                 0 => 0,
                 at => unix_ms().saturating_sub(at),
@@ -149,6 +157,8 @@ impl StatsSnapshot {
             ("pending_invalidations", self.pending_invalidations),
             ("remote_overwrites", self.remote_overwrites),
             ("remote_conflicts", self.remote_conflicts),
+            ("inodes", self.inodes),
+            ("listings_dropped", self.listings_dropped),
             ("since_last_poll_ms", self.since_last_poll_ms),
         ];
         fields.iter().map(|(k, v)| format!("{k} {v}\n")).collect()

@@ -40,6 +40,9 @@ pub struct Inode {
     /// Directories: a prefetch of the subtree below it was started, or listed it (see
     /// `prefetch.rs`): no new one is started for it.
     pub prefetched: bool,
+    /// Listed directories: when the listing was last used (the table's clock), so the
+    /// least recently used listings are the first dropped (see [`InodeTable::trim`]).
+    used: u64,
     /// Files opened for write, or written and not yet evicted: the staging file. Set only
     /// through [`InodeTable::set_staged`], which keeps the table's index of staged inodes.
     staged: Option<Arc<Staged>>,
@@ -121,6 +124,7 @@ impl Inode {
             target: e.target,
             children: None,
             prefetched: false,
+            used: 0,
             staged: None,
             open_handles: 0,
             pooled_handles: 0,
@@ -205,6 +209,54 @@ pub struct Reconciled {
     pub new_links: Vec<u64>,
 }
 
+/// How many inodes the table keeps, and what it remembers of those it drops.
+#[derive(Clone, Copy, Debug)]
+pub struct TableLimits {
+    /// Above this many inodes, listings nothing references are dropped (0: never).
+    pub soft_limit: usize,
+    /// Remember where dropped entries were (a ghost per entry), so a frontend that names
+    /// files by inode number without lookups (NFS file handles) can have them found again.
+    pub keep_ghosts: bool,
+}
+
+/// What the table remembers of an entry it dropped: its directory and name. Looking that
+/// name up again gives the entry back its number.
+struct Ghosts {
+    of: HashMap<Ino, (Ino, Arc<str>)>,
+    /// The same, by directory then name.
+    in_dir: HashMap<Ino, HashMap<Arc<str>, Ino>>,
+}
+
+impl Ghosts {
+    fn add(&mut self, ino: Ino, dir: Ino, name: &str) {
+        let name: Arc<str> = Arc::from(name);
+        self.in_dir
+            .entry(dir)
+            .or_default()
+            .insert(name.clone(), ino);
+        self.of.insert(ino, (dir, name));
+    }
+
+    /// The number a dropped `dir/name` had, taken back.
+    fn take(&mut self, dir: Ino, name: &str) -> Option<Ino> {
+        let names = self.in_dir.get_mut(&dir)?;
+        let ino = names.remove(name)?;
+        if names.is_empty() {
+            self.in_dir.remove(&dir);
+        }
+        self.of.remove(&ino);
+        Some(ino)
+    }
+
+    /// Forget every ghost of `dir` (it was listed afresh, or is gone): the entries not in
+    /// its new listing no longer exist.
+    fn clear_dir(&mut self, dir: Ino) {
+        for (_, ino) in self.in_dir.remove(&dir).into_iter().flatten() {
+            self.of.remove(&ino);
+        }
+    }
+}
+
 pub struct InodeTable {
     map: HashMap<Ino, Inode>,
     next: Ino,
@@ -213,6 +265,21 @@ pub struct InodeTable {
     /// Invariant: exactly the inodes whose `staged` is set. Walks over staged files (the
     /// staging budget, renames, refreshes) cost what is staged, not what was ever listed.
     staged: HashSet<Ino>,
+    limits: TableLimits,
+    ghosts: Ghosts,
+    /// Ticks at each use of a listing (see `Inode::used`).
+    clock: u64,
+    /// Inodes added or forgotten by the kernel since the last trim: a trim runs only after
+    /// a tenth of the limit changed, so its walk over listed directories costs O(1) per
+    /// operation amortised.
+    since_trim: usize,
+}
+
+/// The outcome of [`InodeTable::trim`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    pub listings: u64,
+    pub inodes: u64,
 }
 
 impl InodeTable {
@@ -226,7 +293,122 @@ impl InodeTable {
             next: ROOT_INO + 1,
             by_link: HashMap::new(),
             staged: HashSet::new(),
+            limits: TableLimits {
+                soft_limit: 0,
+                keep_ghosts: false,
+            },
+            ghosts: Ghosts {
+                of: HashMap::new(),
+                in_dir: HashMap::new(),
+            },
+            clock: 0,
+            since_trim: 0,
         }
+    }
+
+    pub fn set_limits(&mut self, limits: TableLimits) {
+        self.limits = limits;
+    }
+
+    /// Inodes in the table.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Where a dropped entry was: its directory (in the table, or itself a ghost) and name.
+    pub fn ghost(&self, ino: Ino) -> Option<(Ino, Arc<str>)> {
+        self.ghosts.of.get(&ino).cloned()
+    }
+
+    /// Whether listed directory `dir`'s listing is installed; if so, mark it used now.
+    pub fn use_listing(&mut self, dir: Ino) -> bool {
+        self.clock += 1;
+        let now = self.clock;
+        match self.map.get_mut(&dir) {
+            Some(d) if d.children.is_some() => {
+                d.used = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The kernel dropped references to `n` inodes: they may now be trimmed.
+    pub fn note_forgotten(&mut self, n: usize) {
+        self.since_trim += n;
+    }
+
+    /// Keep the table near its soft limit: when over it (and a tenth of the limit changed
+    /// since the last try), drop the least recently used listings whose entries nothing
+    /// holds (no kernel reference, no open handle, no staging copy, no listing below, no
+    /// other name) down to nine tenths of the limit. A dropped listing is read from the
+    /// catalog again when next needed (after pending changes are committed, as any listing);
+    /// the directory itself stays; so does the listing of `keep` (the one in use). Returns
+    /// what was dropped.
+    pub fn trim(&mut self, keep: Ino) -> Trimmed {
+        let limit = self.limits.soft_limit;
+        let mut out = Trimmed::default();
+        if limit == 0 || self.map.len() <= limit || self.since_trim < limit.div_ceil(10) {
+            return out;
+        }
+        self.since_trim = 0;
+        let target = limit - limit / 10;
+        let mut dirs: Vec<(u64, Ino)> = self
+            .map
+            .values()
+            .filter(|i| i.children.is_some() && i.ino != keep)
+            .map(|i| (i.used, i.ino))
+            .collect();
+        dirs.sort_unstable();
+        // Leaves first: a directory's listing can go once those below it went, so a few
+        // passes empty a cold subtree bottom up.
+        loop {
+            let before = out.listings;
+            dirs.retain(|&(_, d)| {
+                if self.map.len() <= target || !self.droppable(d) {
+                    return true;
+                }
+                out.inodes += self.drop_listing(d) as u64;
+                out.listings += 1;
+                false
+            });
+            if out.listings == before || self.map.len() <= target {
+                return out;
+            }
+        }
+    }
+
+    /// Whether every entry of listed directory `dir` can leave the table.
+    fn droppable(&self, dir: Ino) -> bool {
+        let Some(children) = self.map.get(&dir).and_then(|d| d.children.as_ref()) else {
+            return false;
+        };
+        children.values().all(|c| {
+            self.map.get(c).is_some_and(|c| {
+                c.nlookup == 0
+                    && c.open_handles == 0
+                    && c.staged.is_none()
+                    && c.linked
+                    && c.link.is_none()
+                    && c.other_names.is_empty()
+                    && c.children.is_none()
+            })
+        })
+    }
+
+    /// Drop `dir`'s listing and its entries (see [`Self::droppable`]); returns how many.
+    fn drop_listing(&mut self, dir: Ino) -> usize {
+        let Some(children) = self.map.get_mut(&dir).and_then(|d| d.children.take()) else {
+            return 0;
+        };
+        let n = children.len();
+        for (name, c) in children {
+            self.map.remove(&c);
+            if self.limits.keep_ghosts {
+                self.ghosts.add(c, dir, &name);
+            }
+        }
+        n
     }
 
     pub fn get(&self, ino: Ino) -> VfsResult<&Inode> {
@@ -290,12 +472,16 @@ impl InodeTable {
             return Ok(Vec::new());
         }
         self.get_mut(dir)?.children = Some(BTreeMap::new());
+        self.since_trim += entries.len();
         let mut new_links = Vec::new();
         for e in entries {
             let name = e.path.rsplit('/').next().unwrap_or("").to_string();
             let (_, new_link) = self.add_listed(dir, name, e)?;
             new_links.extend(new_link);
         }
+        // Dropped entries the new listing lacks are gone from the catalog.
+        self.ghosts.clear_dir(dir);
+        self.use_listing(dir);
         Ok(new_links)
     }
 
@@ -315,7 +501,11 @@ impl InodeTable {
                 (ino, None)
             }
             None => {
-                let ino = self.alloc();
+                // An entry dropped earlier gets its number back (NFS handles name it).
+                let ino = match self.ghosts.take(dir, &name) {
+                    Some(ino) => ino,
+                    None => self.alloc(),
+                };
                 if let Some(l) = e.link {
                     self.by_link.insert(l, ino);
                 }
@@ -583,6 +773,7 @@ impl InodeTable {
         }
         let i = self.map.remove(&ino)?;
         self.staged.remove(&ino);
+        self.ghosts.clear_dir(ino);
         if let Some(l) = i.link {
             if self.by_link.get(&l) == Some(&ino) {
                 self.by_link.remove(&l);
@@ -729,5 +920,83 @@ mod tests {
         assert_eq!((r.changed, r.invalidations.len()), (0, 0));
         t.reconcile(ROOT_INO, fresh, same, false).unwrap();
         assert!(ino(&t, "dir").is_none());
+    }
+
+    #[test]
+    fn trim_drops_cold_unreferenced_listings_and_ghosts_give_numbers_back() {
+        let mut t = InodeTable::new(Entry::dir(String::new(), meta(0)));
+        t.set_limits(TableLimits {
+            soft_limit: 40,
+            keep_ghosts: true,
+        });
+        let dirs: Vec<Entry> = (0..4)
+            .map(|d| Entry::dir(format!("d{d}"), meta(0)))
+            .collect();
+        t.install_listing(ROOT_INO, dirs).unwrap();
+        let dir = |t: &InodeTable, d: usize| t.child(ROOT_INO, &format!("d{d}")).unwrap().unwrap();
+        let files = |d: usize| -> Vec<Entry> {
+            (0..20).map(|f| file(&format!("d{d}/f{f}"), "h")).collect()
+        };
+        for d in 0..4 {
+            t.install_listing(dir(&t, d), files(d)).unwrap();
+        }
+        // d0 is the coldest listing, but one of its files is held by the kernel; d1 is next.
+        let held = t.child(dir(&t, 0), "f3").unwrap().unwrap();
+        t.get_mut(held).unwrap().nlookup = 1;
+        let d1_f7 = t.child(dir(&t, 1), "f7").unwrap().unwrap();
+        t.use_listing(dir(&t, 3));
+        assert_eq!(t.len(), 85);
+        let r = t.trim(ROOT_INO);
+        assert!(r.listings >= 2 && t.len() <= 36, "{r:?}, {} left", t.len());
+        assert!(t.is_listed(dir(&t, 0)), "a held entry keeps its listing");
+        assert!(!t.is_listed(dir(&t, 1)), "the next coldest went");
+        assert!(
+            t.is_listed(ROOT_INO),
+            "directories below it are still in the table"
+        );
+        assert!(t.get(d1_f7).is_err());
+        assert_eq!(
+            t.ghost(d1_f7).map(|(p, n)| (p, n.to_string())),
+            Some((dir(&t, 1), "f7".into()))
+        );
+
+        // Listed again, f7 gets its number back; a name gone from the catalog stays unknown.
+        let d1 = dir(&t, 1);
+        let mut again = files(1);
+        again.retain(|e| e.path != "d1/f8");
+        t.install_listing(d1, again).unwrap();
+        assert_eq!(t.child(d1, "f7").unwrap(), Some(d1_f7));
+        assert!(t.ghost(d1_f7).is_none());
+        assert!(t.child(d1, "f8").unwrap().is_none());
+        assert!(
+            !t.ghosts.of.values().any(|(p, _)| *p == d1),
+            "no ghost of d1 is left after it was listed"
+        );
+    }
+
+    #[test]
+    fn trim_without_ghosts_forgets_and_runs_only_after_enough_changed() {
+        let mut t = InodeTable::new(Entry::dir(String::new(), meta(0)));
+        t.set_limits(TableLimits {
+            soft_limit: 100,
+            keep_ghosts: false,
+        });
+        t.install_listing(ROOT_INO, vec![Entry::dir("a".into(), meta(0))])
+            .unwrap();
+        let a = t.child(ROOT_INO, "a").unwrap().unwrap();
+        t.install_listing(a, (0..150).map(|f| file(&format!("a/f{f}"), "h")).collect())
+            .unwrap();
+        let f0 = t.child(a, "f0").unwrap().unwrap();
+        assert_eq!(t.trim(ROOT_INO).listings, 1);
+        assert_eq!(t.len(), 2);
+        assert!(t.ghosts.of.is_empty());
+        assert!(t.ghost(f0).is_none());
+        // Over the limit again, but nothing changed since: no walk.
+        t.install_listing(a, (0..150).map(|f| file(&format!("a/f{f}"), "h")).collect())
+            .unwrap();
+        t.since_trim = 0;
+        assert_eq!(t.trim(ROOT_INO), Trimmed::default());
+        t.note_forgotten(10);
+        assert_eq!(t.trim(ROOT_INO).listings, 1);
     }
 }

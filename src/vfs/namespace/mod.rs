@@ -165,9 +165,59 @@ impl Namespace {
             if let Ok(i) = t.get_mut(ino) {
                 i.nlookup = i.nlookup.saturating_sub(n);
             }
+            t.note_forgotten(1);
             t.reap(ino)
         };
         drop(staged);
+        self.trim(ROOT_INO);
+    }
+
+    /// Keep the inode table near its soft limit (see [`InodeTable::trim`]), keeping `dir`'s
+    /// listing. Only under the namespace lock, so a namespace change never finds a listing
+    /// it checked gone; skipped when the lock is busy (the next listing or forget retries).
+    /// Readers without the lock re-check that their listing is there (`listed_child`).
+    pub(in crate::vfs) fn trim(&self, dir: Ino) {
+        let Ok(_ns) = self.lock.try_lock() else {
+            Stats::set(&self.stats.inodes, self.table().len() as u64);
+            return;
+        };
+        self.trim_locked(&mut self.table(), dir);
+    }
+
+    /// [`Self::trim`] with the namespace lock held.
+    pub(in crate::vfs) fn trim_locked(&self, t: &mut InodeTable, dir: Ino) {
+        let trimmed = t.trim(dir);
+        Stats::set(&self.stats.inodes, t.len() as u64);
+        if trimmed.listings > 0 {
+            Stats::add(&self.stats.listings_dropped, trimmed.listings);
+            tracing::debug!(
+                "dropped {} listings ({} entries) to stay near the inode soft limit",
+                trimmed.listings,
+                trimmed.inodes
+            );
+        }
+    }
+
+    /// Bring back the entries a frontend names by number (an NFS file handle) if the table
+    /// dropped them (see [`InodeTable::trim`]): list their directories again, outermost
+    /// first. An entry gone meanwhile stays unknown (ENOENT).
+    pub(in crate::vfs) async fn revive(&self, ino: Ino) -> VfsResult<()> {
+        loop {
+            // The outermost dropped entry on the way up from `ino`, and its directory.
+            let (mut outermost, mut dir) = (None, ino);
+            while let Some((parent, _)) = self.table().ghost(dir) {
+                outermost = Some(dir);
+                dir = parent;
+            }
+            let Some(outermost) = outermost else {
+                return Ok(());
+            };
+            self.ensure_listed(dir).await?;
+            if self.table().ghost(outermost).is_some() {
+                // Listing a directory takes its ghosts back; never loop on one that stays.
+                return Err(Errno::ENOENT);
+            }
+        }
     }
 
     /// The queue the frontend drains to drop kernel caches (one consumer; a second call
@@ -202,9 +252,9 @@ impl Namespace {
     pub(in crate::vfs) async fn ensure_listed(&self, dir: Ino) -> VfsResult<()> {
         let entries = loop {
             let path = {
-                let t = self.table();
+                let mut t = self.table();
                 t.dir(dir)?;
-                if t.is_listed(dir) {
+                if t.use_listing(dir) {
                     return Ok(());
                 }
                 t.path_of(dir)?
@@ -225,6 +275,7 @@ impl Namespace {
             // A rename meanwhile may have moved the directory: list it again.
         };
         let new_links = self.table().install_listing(dir, entries)?;
+        self.trim(dir);
         for link in new_links {
             for other in self.catalog.link_paths(link).await? {
                 let parent = other.rfind('/').map_or("", |i| &other[..i]);
@@ -264,7 +315,8 @@ impl Namespace {
             let child = {
                 let t = self.table();
                 let child = t.child(dir, name)?;
-                (!child.is_some_and(|c| unlisted_dir(&t, c))).then_some(child)
+                let listed = dirs.iter().all(|d| t.is_listed(*d));
+                (listed && !child.is_some_and(|c| unlisted_dir(&t, c))).then_some(child)
             };
             if let Some(child) = child {
                 return Ok((ns, child));
@@ -293,12 +345,37 @@ impl Namespace {
     /// List every directory from the root down to the directory at `path`.
     pub(in crate::vfs) async fn ensure_path_listed(&self, path: &str) -> VfsResult<()> {
         let mut dir = ROOT_INO;
-        self.ensure_listed(dir).await?;
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            dir = self.table().child(dir, part)?.ok_or(Errno::ENOENT)?;
-            self.ensure_listed(dir).await?;
+            dir = self.listed_child(dir, part).await?.ok_or(Errno::ENOENT)?;
         }
-        Ok(())
+        self.ensure_listed(dir).await
+    }
+
+    /// `name` in directory `dir`, listing it first if needed. Checked under the same table
+    /// lock as the listing's presence: a listing dropped meanwhile (`trim`) is listed again
+    /// rather than taken for an empty directory.
+    async fn listed_child(&self, dir: Ino, name: &str) -> VfsResult<Option<Ino>> {
+        loop {
+            self.ensure_listed(dir).await?;
+            let t = self.table();
+            if t.is_listed(dir) {
+                return t.child(dir, name);
+            }
+        }
+    }
+
+    /// The namespace lock, taken once every directory of `dirs` is listed (a listing a trim
+    /// dropped before the lock was taken is listed again).
+    async fn lock_with_listed(&self, dirs: &[Ino]) -> VfsResult<tokio::sync::MutexGuard<'_, ()>> {
+        loop {
+            for d in dirs {
+                self.ensure_listed(*d).await?;
+            }
+            let ns = self.lock.lock().await;
+            if dirs.iter().all(|d| self.table().is_listed(*d)) {
+                return Ok(ns);
+            }
+        }
     }
 
     /// FUSE LOOKUP: `name` in `parent`, taking one kernel reference (released by `forget`).
@@ -314,8 +391,10 @@ impl Namespace {
         if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        self.ensure_listed(parent).await?;
-        let ino = self.table().child(parent, name)?.ok_or(Errno::ENOENT)?;
+        let ino = self
+            .listed_child(parent, name)
+            .await?
+            .ok_or(Errno::ENOENT)?;
         self.getattr(ino)
     }
 
@@ -323,31 +402,42 @@ impl Namespace {
     pub(in crate::vfs) async fn dir_entries(&self, ino: Ino) -> VfsResult<Vec<DirEntry>> {
         self.ensure_listed(ino).await?;
         self.prefetch_below(ino);
-        let entries = {
-            let t = self.table();
-            let d = t.dir(ino)?;
-            let mut v = vec![
-                DirEntry {
-                    ino,
-                    name: ".".into(),
-                    kind: EntryKind::Dir,
-                },
-                DirEntry {
-                    ino: d.parent,
-                    name: "..".into(),
-                    kind: EntryKind::Dir,
-                },
-            ];
-            for (name, &child) in d.children.iter().flatten() {
-                v.push(DirEntry {
-                    ino: child,
-                    name: name.clone(),
-                    kind: t.get(child)?.kind,
-                });
+        loop {
+            if let Some(v) = self.listed_entries(ino)? {
+                return Ok(v);
             }
-            v
+            // Dropped meanwhile (`trim`): list it again.
+            self.ensure_listed(ino).await?;
+        }
+    }
+
+    /// The entries of directory `ino` with `.` and `..`, if its listing is in the table.
+    fn listed_entries(&self, ino: Ino) -> VfsResult<Option<Vec<DirEntry>>> {
+        let t = self.table();
+        let d = t.dir(ino)?;
+        let Some(children) = &d.children else {
+            return Ok(None);
         };
-        Ok(entries)
+        let mut v = vec![
+            DirEntry {
+                ino,
+                name: ".".into(),
+                kind: EntryKind::Dir,
+            },
+            DirEntry {
+                ino: d.parent,
+                name: "..".into(),
+                kind: EntryKind::Dir,
+            },
+        ];
+        for (name, &child) in children {
+            v.push(DirEntry {
+                ino: child,
+                name: name.clone(),
+                kind: t.get(child)?.kind,
+            });
+        }
+        Ok(Some(v))
     }
 
     /// The directory holding `ino` (the root is its own parent).
@@ -457,8 +547,7 @@ impl Namespace {
         check_name(name)?;
         self.check_storable(kind)?;
         self.check_holdable(parent, name, None)?;
-        self.ensure_listed(parent).await?;
-        let _ns = self.lock.lock().await;
+        let _ns = self.lock_with_listed(&[parent]).await?;
         let meta = self.new_meta(parent, kind, mode, caller)?;
         let (entry, parent_op) = {
             let t = self.table();
@@ -611,8 +700,7 @@ impl Namespace {
             return Err(Errno::EPERM);
         }
         self.check_holdable(new_parent, new_name, None)?;
-        self.ensure_listed(new_parent).await?;
-        let _ns = self.lock.lock().await;
+        let _ns = self.lock_with_listed(&[new_parent]).await?;
         let now = now_ns();
         let ops = {
             let t = self.table();

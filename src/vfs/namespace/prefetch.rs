@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::remote::{Entry, EntryKind, FixedOwner, Meta, RemoteError};
-use crate::vfs::namespace::inode::Ino;
+use crate::vfs::namespace::inode::{Ino, ROOT_INO};
 
 use super::Namespace;
 
@@ -388,6 +388,7 @@ impl Namespace {
                 }
             }
         }
+        self.trim_locked(&mut t, ROOT_INO);
         true
     }
 }
