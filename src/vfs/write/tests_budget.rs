@@ -153,3 +153,46 @@ async fn a_create_that_finds_no_room_in_time_fails_and_leaves_nothing() {
         Errno::ENOENT
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dirtying_a_clean_copy_in_a_full_staging_area_waits_for_a_commit() {
+    let (_d, dir) = tmp();
+    const MB: u64 = 1 << 20;
+    let m = mount_with(
+        &dir,
+        |c| {
+            lazy(c);
+            c.max_staging_size = MB;
+        },
+        |c, s| (c, s),
+    )
+    .await;
+    let v = &m.vfs;
+    // A committed file whose clean copy stays staged: open, so it cannot be evicted.
+    let a = write_file(v, ROOT_INO, "a", &pattern(200_000, 1)).await;
+    v.fsync(a).await.unwrap();
+    let o = v.open(a, true, false).await.unwrap();
+    // Dirty files fill staging; nothing falls due for ten minutes.
+    let b = write_file(v, ROOT_INO, "b", &pattern(450_000, 2)).await;
+    let c = write_file(v, ROOT_INO, "c", &pattern(450_000, 3)).await;
+    assert!(
+        v.files.full(false).is_some(),
+        "{} bytes",
+        v.files.area().usage().bytes()
+    );
+    // Dirtying `a` waits until a commit made room.
+    v.write(o.fh, 0, vec![9; 1000]).await.unwrap();
+    let dirty = v.files.dirty_inodes();
+    assert!(dirty.contains(&a), "{dirty:?}");
+    assert!(
+        !dirty.contains(&b) || !dirty.contains(&c),
+        "nothing was committed: {dirty:?}"
+    );
+    v.release(o.fh).unwrap();
+    let m = remount(m, &dir).await;
+    let mut want = pattern(200_000, 1);
+    want[..1000].fill(9);
+    assert!(read_all(&m.vfs, "a").await == want);
+    assert!(read_all(&m.vfs, "b").await == pattern(450_000, 2));
+    assert!(read_all(&m.vfs, "c").await == pattern(450_000, 3));
+}
