@@ -28,6 +28,8 @@
 //! 7. `Handles` (std): the open-handle table.
 //! 8. The prefetch registry and the invalidation queue (std, `Namespace`): taken last.
 //!
+//! The staging descriptor cache (std, `write/staging.rs`) is taken alone, under an io lock.
+//!
 //! Namespace changes are local first (`namespace/log.rs`): they never wait for the store. A catalog
 //! read (listing a directory not yet in the table) first commits the pending ops, so that the
 //! catalog and the table agree on every path.
@@ -97,8 +99,8 @@ pub struct VfsConfig {
     /// Disk budget for staging files in bytes (0 = unlimited); clean copies are evicted to
     /// stay within it.
     pub max_staging_size: u64,
-    /// Most staging files kept (each holds two open descriptors); clean copies beyond it are
-    /// evicted.
+    /// Most staging files kept (their descriptors are opened on demand, through a bounded
+    /// cache); clean copies beyond it are evicted, and past it writers wait for the flusher.
     pub max_staged_files: usize,
     /// How often to ask a catalog without a change feed whether others changed it (a feed is
     /// followed as changes come); zero turns change detection off.
@@ -129,7 +131,7 @@ impl VfsConfig {
             readahead_blocks: 2048,
             paranoid: false,
             max_staging_size: 0,
-            max_staged_files: 1000,
+            max_staged_files: 10_000,
             poll_interval: Duration::from_secs(30),
             attr_ttl: Duration::from_secs(3600),
             inode_soft_limit: 100_000,
@@ -272,6 +274,7 @@ impl Vfs {
         let budget = Budget {
             bytes: config.max_staging_size,
             files: config.max_staged_files,
+            wait: config.write_timeout,
         };
         let files = Arc::new(WritePath::new(
             ns.clone(),
@@ -403,6 +406,8 @@ impl Vfs {
     pub async fn shutdown(&self, timeout: Duration) -> usize {
         let left = self.flusher.commit_all(timeout).await;
         self.flusher.settle_store(Duration::from_secs(5)).await;
+        // Clean copies are only a cache: their files go now, not at the next start.
+        self.files.drop_clean_copies();
         left
     }
 
@@ -592,12 +597,36 @@ impl Vfs {
         mode: u32,
         caller: Caller,
     ) -> VfsResult<(Attr, Opened)> {
+        // A full staging area makes the creator wait here, before the name exists.
+        self.files.admit(true).await?;
         let ino = self
             .ns
             .create_entry(parent, name, EntryKind::File, mode, None, caller)
             .await?;
-        let opened = self.open(ino, true, false).await?;
-        Ok((self.getattr(ino)?, opened))
+        match self.open(ino, true, false).await {
+            Ok(opened) => Ok((self.getattr(ino)?, opened)),
+            Err(e) => {
+                self.undo_create(parent, name, ino).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A create whose file could not be opened leaves no name behind (its staging files are
+    /// removed where they failed, `Staged::create`).
+    async fn undo_create(&self, parent: Ino, name: &str, ino: Ino) {
+        let ours = self.ns.table().child(parent, name).ok().flatten() == Some(ino);
+        if ours {
+            if let Err(e) = self.ns.remove(parent, name, false).await {
+                tracing::warn!(
+                    parent,
+                    name,
+                    "cannot remove the entry of a failed create: {e}"
+                );
+            }
+        }
+        // The kernel never saw the entry: no FORGET will drop the reference the create took.
+        self.ns.forget(ino, 1);
     }
 
     /// Reads of a staged file come from staging (holes filled on demand), of an unstaged one

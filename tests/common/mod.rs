@@ -39,9 +39,40 @@ pub struct Mount {
 impl Mount {
     /// Mount `store` at `mountpoint` with extra CLI args; waits until the mount is live.
     pub fn start(store: &Path, mountpoint: &Path, extra: &[&str]) -> Mount {
+        Self::start_with(store, mountpoint, extra, |_| {})
+    }
+
+    /// [`Mount::start`] of a process allowed `nofile` open descriptors (soft and hard limit).
+    pub fn start_limited(store: &Path, mountpoint: &Path, extra: &[&str], nofile: u64) -> Mount {
+        use std::os::unix::process::CommandExt;
+        Self::start_with(store, mountpoint, extra, |cmd| {
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    fn start_with(
+        store: &Path,
+        mountpoint: &Path,
+        extra: &[&str],
+        tune: impl FnOnce(&mut Command),
+    ) -> Mount {
         std::fs::create_dir_all(mountpoint).unwrap();
         let log = mountpoint.with_extension("log");
-        let child = Command::new(bin())
+        let mut cmd = Command::new(bin());
+        tune(&mut cmd);
+        let child = cmd
             .arg("mount")
             .arg(store)
             .arg(mountpoint)

@@ -95,6 +95,8 @@ pub(in crate::vfs) struct FlushQueue {
     backoff: Mutex<HashMap<Ino, (Duration, bool)>>,
     wake: Notify,
     stopped: AtomicBool,
+    /// Staging is full: the next batch goes now, whatever its due time (`write/gc.rs`).
+    hurried: AtomicBool,
 }
 
 impl FlushQueue {
@@ -106,6 +108,7 @@ impl FlushQueue {
             backoff: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
+            hurried: AtomicBool::new(false),
         })
     }
 
@@ -133,6 +136,13 @@ impl FlushQueue {
         }
     }
 
+    /// Commit now: the next batch (the files due first) is taken at once instead of after
+    /// its debounce. For writers waiting for room in a full staging area.
+    pub fn hurry(&self) {
+        self.hurried.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.wake.notify_one();
@@ -144,10 +154,14 @@ impl FlushQueue {
     /// batches instead of one per wake-up; a batch holds at most [`MAX_BATCH`] files.
     fn take_due(&self, now: Instant) -> (Vec<Ino>, Option<Instant>) {
         let mut g = self.due.lock();
-        if g.order.first().is_none_or(|(t, _)| *t > now) {
+        let hurried = self.hurried.swap(false, Ordering::SeqCst);
+        if !hurried && g.order.first().is_none_or(|(t, _)| *t > now) {
             return (Vec::new(), g.order.first().map(|(t, _)| *t));
         }
-        let horizon = now + self.debounce / 4;
+        let horizon = match g.order.last() {
+            Some((last, _)) if hurried => (*last).max(now),
+            _ => now + self.debounce / 4,
+        };
         let mut due = Vec::new();
         while due.len() < MAX_BATCH {
             match g.order.first() {
@@ -427,6 +441,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_hurried_queue_hands_out_its_next_batch_before_it_falls_due() {
+        let q = FlushQueue::new(Duration::from_secs(600), Duration::from_secs(600));
+        for ino in 1..=3 {
+            q.schedule(ino);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert!(q.take_due(Instant::now()).0.is_empty());
+        q.hurry();
+        assert_eq!(q.take_due(Instant::now()).0, vec![1, 2, 3]);
+        // Once only: what is queued later waits for its debounce again.
+        q.schedule(4);
+        assert!(q.take_due(Instant::now()).0.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn files_closed_one_after_another_share_a_batch() {
         let q = FlushQueue::new(Duration::from_secs(2), Duration::from_secs(30));
         let start = Instant::now();
@@ -501,6 +530,7 @@ mod part_tests {
         let budget = Budget {
             bytes: 0,
             files: 100,
+            wait: Duration::from_secs(60),
         };
         let files = Arc::new(WritePath::new(
             ns.clone(),

@@ -186,7 +186,7 @@ pub fn replay(records: &[Record]) -> Option<Replayed> {
     })
 }
 
-pub fn append(log: &mut File, r: &Record) -> std::io::Result<()> {
+pub fn append(mut log: &File, r: &Record) -> std::io::Result<()> {
     log.write_all(&r.encode())
 }
 

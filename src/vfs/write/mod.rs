@@ -1,12 +1,13 @@
 //! The write path: staging copies of files, written in place, filled from their committed
-//! body on demand, and kept within their disk and file budgets (`gc.rs`).
+//! body on demand, and kept within their disk and file budgets (`gc.rs`: clean copies are
+//! evicted, and writers wait for the flusher when only dirty ones are left).
 //!
 //! A file opened for write gets a staging file that mirrors its committed body without
 //! downloading it (a sparse file of the right size, empty coverage). Reads of a staged file
 //! come from staging, filling holes from the body on demand.
 //!
 //! Locks: a staged file's io lock (std, in `staging.rs`) is taken before the inode table's and
-//! never across an `.await`; creating a staging copy holds the namespace lock so that the path
+//! never across an `.await` (the staging descriptor cache's lock is taken under it, alone); creating a staging copy holds the namespace lock so that the path
 //! journaled with it stays current until it is installed.
 
 mod gc;
@@ -15,6 +16,8 @@ pub mod ranges;
 pub(in crate::vfs) mod recovery;
 pub mod sparse;
 pub mod staging;
+#[cfg(test)]
+mod tests_budget;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -37,8 +40,10 @@ const FILL_PIECE: u64 = 8 << 20;
 pub(in crate::vfs) struct Budget {
     /// Bytes of staging files (0 = unlimited).
     pub bytes: u64,
-    /// Staging files (each holds two open descriptors).
+    /// Staging files.
     pub files: usize,
+    /// Longest a writer waits for room in a full staging area (`gc.rs`).
+    pub wait: std::time::Duration,
 }
 
 /// Staging copies of the mount's files and the operations on them.
@@ -94,6 +99,7 @@ impl WritePath {
                 }
                 i.remote.clone().unwrap_or_else(empty_id)
             };
+            self.admit(true).await?;
             // Created outside the table lock (file I/O); installed only if nothing changed. The
             // namespace lock keeps the path journaled with it current until it is installed
             // (renames journal the paths of installed staging files).
@@ -222,6 +228,10 @@ impl WritePath {
         data: &[u8],
     ) -> Option<VfsResult<u32>> {
         let s = self.ns.table().get(ino).ok()?.staged().cloned()?;
+        if self.full(false).is_some() && !s.is_dirty() {
+            // Dirtying another file in a full staging area waits (`admit`).
+            return None;
+        }
         let r = s.write(offset, data);
         if !self.ns.table().get(ino).ok()?.holds(&s) {
             // The copy was dropped meanwhile (see `with_current_staging`): redo it there.
@@ -244,6 +254,9 @@ impl WritePath {
         let f = Arc::new(f);
         loop {
             let s = self.ensure_staged(ino).await?;
+            if self.full(false).is_some() && !s.is_dirty() {
+                self.admit(false).await?;
+            }
             let (s2, f2) = (s.clone(), f.clone());
             let r = blocking(move || f2(&s2)).await?;
             if self.ns.table().get(ino)?.holds(&s) {

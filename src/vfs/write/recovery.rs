@@ -7,7 +7,8 @@
 //! writer), a catalog with compare-and-swap refuses the commit and the recovered content is
 //! kept beside the other version (see `flush/conflict.rs`); without it the recovered content
 //! wins as the last writer and the log says so. Everything the journal does not vouch for is
-//! deleted.
+//! deleted: a staging file without a journal (a crash while it was created), a journal without
+//! its staging file, and the files of a clean or unlinked copy.
 
 use std::path::PathBuf;
 
@@ -15,7 +16,7 @@ use crate::remote::EntryKind;
 use crate::vfs::flush::Flusher;
 use crate::vfs::namespace::inode::{Ino, ROOT_INO};
 use crate::vfs::namespace::Namespace;
-use crate::vfs::write::staging::{log_path, Found, Staged};
+use crate::vfs::write::staging::{log_path, Found};
 use crate::vfs::write::WritePath;
 use crate::vfs::{Caller, Errno, VfsResult};
 
@@ -44,7 +45,7 @@ pub(in crate::vfs) async fn recover(
         .collect();
     for p in &entries {
         match p.extension().and_then(|e| e.to_str()) {
-            Some("stg") => match Staged::recover(p) {
+            Some("stg") => match files.area().recover(p) {
                 Ok(Some(found_one)) => found.push(found_one),
                 Ok(None) => remove_pair(p),
                 Err(e) => {

@@ -8,16 +8,24 @@
 //!
 //! `flush_lock` (the per-inode staging lock) serialises flushes of one inode; it is a tokio
 //! mutex held across the upload, and is taken before the io lock.
+//!
+//! A staging file holds no descriptor of its own: its data file and journal are opened on
+//! demand through the process's [`FdCache`] (bounded, least recently used closed first), so
+//! tens of thousands of pending files fit in a 1,024-descriptor limit. What the files occupy
+//! is kept as running totals ([`Usage`]): each copy remembers what it was charged and is
+//! charged the difference when its allocation changes, so the staging budget never walks
+//! every staged file to measure it.
 
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
+use crate::lru::Lru;
 use crate::remote::{ComposeEdit, FileId};
 use crate::vfs::errno::{Errno, VfsResult};
 use crate::vfs::write::journal::{self, Record};
@@ -31,20 +39,153 @@ pub fn empty_id() -> FileId {
     }
 }
 
+/// Which of a staging file's two files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Part {
+    Data,
+    Log,
+}
+
+/// Open descriptors of staging files, the least recently used closed first: a pending file
+/// pins none, so any number of them fits in the process's descriptor limit. One per process,
+/// as the limit is. A descriptor in use when it is evicted stays open until that use ends.
+pub struct FdCache {
+    open: Mutex<Lru<(u64, Part), Arc<File>>>,
+    next_id: AtomicU64,
+}
+
+impl FdCache {
+    /// A cache keeping at most `cap` descriptors open.
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(FdCache {
+            open: Mutex::new(Lru::new(cap as u64)),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// The process's cache: a quarter of the soft descriptor limit (the rest is for the
+    /// store, connections and the kernel channel), at most 512, at least 16.
+    pub fn global() -> Arc<Self> {
+        static GLOBAL: OnceLock<Arc<FdCache>> = OnceLock::new();
+        GLOBAL
+            .get_or_init(|| {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: getrlimit with a valid pointer to a local struct.
+                let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
+                    0 => lim.rlim_cur,
+                    _ => 1024,
+                };
+                FdCache::new((soft / 4).clamp(16, 512) as usize)
+            })
+            .clone()
+    }
+
+    /// Descriptors open now (in use elsewhere or not).
+    #[cfg(test)]
+    pub fn open_count(&self) -> usize {
+        self.open.lock().len()
+    }
+
+    fn get(&self, id: u64, part: Part, path: &Path) -> std::io::Result<Arc<File>> {
+        if let Some(f) = self.open.lock().get(&(id, part)) {
+            return Ok(f.clone());
+        }
+        // Opened outside the cache lock; the file's io lock keeps its other users out.
+        let mut o = OpenOptions::new();
+        match part {
+            Part::Data => o.read(true).write(true),
+            Part::Log => o.append(true),
+        };
+        let f = Arc::new(o.open(path)?);
+        self.put(id, part, f.clone());
+        Ok(f)
+    }
+
+    fn put(&self, id: u64, part: Part, f: Arc<File>) {
+        self.open.lock().insert((id, part), f, 1);
+    }
+
+    fn forget(&self, id: u64) {
+        let mut g = self.open.lock();
+        g.remove(&(id, Part::Data));
+        g.remove(&(id, Part::Log));
+    }
+}
+
+/// One of a staging file's files, opened on demand through the [`FdCache`].
+pub struct Fd {
+    fds: Arc<FdCache>,
+    id: u64,
+    part: Part,
+    path: PathBuf,
+}
+
+impl Fd {
+    fn get(&self) -> std::io::Result<Arc<File>> {
+        self.fds.get(self.id, self.part, &self.path)
+    }
+}
+
+/// Positioned I/O as on the open file (`read_exact_at` and the rest come with the trait).
+impl FileExt for Fd {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.get()?.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<usize> {
+        self.get()?.write_at(buf, offset)
+    }
+}
+
+/// What a staging area's files occupy, kept up to date as they change (never measured by
+/// walking them: a close must not cost what is staged).
+#[derive(Default)]
+pub struct Usage {
+    /// Allocated bytes of the staging files.
+    bytes: AtomicU64,
+    /// Live staging copies.
+    files: AtomicUsize,
+    /// Those of them that are clean (evictable, unless open or flushing).
+    clean: AtomicUsize,
+    /// Woken whenever a staging copy goes away: room for writers waiting for it.
+    pub freed: tokio::sync::Notify,
+}
+
+impl Usage {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+
+    pub fn files(&self) -> usize {
+        self.files.load(Ordering::SeqCst)
+    }
+
+    pub fn clean(&self) -> usize {
+        self.clean.load(Ordering::SeqCst)
+    }
+}
+
 pub struct StagedIo {
-    pub file: File,
+    pub file: Fd,
     pub state: SparseState,
     /// The journal of this staging file (see `journal.rs`).
-    log: File,
+    log: Fd,
     /// The path last written to the journal.
     journaled_path: Option<String>,
     /// Unlinked from the bucket: its content must never be recovered.
     unlinked: bool,
+    /// The allocated bytes of the data file charged to the area's [`Usage`].
+    charged: u64,
+    /// Whether this copy is counted clean in the area's [`Usage`].
+    counted_clean: bool,
 }
 
 impl StagedIo {
     fn journal(&mut self, r: &Record) -> std::io::Result<()> {
-        journal::append(&mut self.log, r)
+        journal::append(&*self.log.get()?, r)
     }
 }
 
@@ -56,6 +197,10 @@ pub struct Staged {
     last_used: AtomicU64,
     /// The store refused to compose this file (verification failed): flush it whole.
     compose_refused: AtomicBool,
+    /// Its key in `fds`.
+    id: u64,
+    fds: Arc<FdCache>,
+    usage: Arc<Usage>,
 }
 
 /// Orders uses of staging files; only comparisons matter.
@@ -63,19 +208,25 @@ static TICK: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for Staged {
     fn drop(&mut self) {
+        self.fds.forget(self.id);
         // A clean staging file is just a cache, an unlinked one is garbage; a dirty one (a
         // shutdown that timed out) stays, with its journal, for the next start to commit.
         let io = self.io.get_mut();
-        if io.state.is_dirty() && !io.unlinked {
-            return;
-        }
-        for p in [self.path.clone(), log_path(&self.path)] {
-            if let Err(e) = std::fs::remove_file(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %p.display(), "cannot remove staging file: {e}");
+        if !io.state.is_dirty() || io.unlinked {
+            for p in [self.path.clone(), log_path(&self.path)] {
+                if let Err(e) = std::fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(path = %p.display(), "cannot remove staging file: {e}");
+                    }
                 }
             }
         }
+        self.usage.bytes.fetch_sub(io.charged, Ordering::SeqCst);
+        self.usage.files.fetch_sub(1, Ordering::SeqCst);
+        if io.counted_clean {
+            self.usage.clean.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.usage.freed.notify_waiters();
     }
 }
 
@@ -106,48 +257,137 @@ pub struct Found {
 
 impl Staged {
     /// A staging file mirroring `base` with nothing downloaded: a sparse file of the base's
-    /// size with empty coverage.
+    /// size with empty coverage (outside any [`StagingArea`]'s accounting).
+    #[cfg(test)]
     pub fn create(path: PathBuf, base: FileId) -> std::io::Result<Arc<Self>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        file.set_len(base.size)?;
-        let mut log = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(log_path(&path))?;
-        journal::append(&mut log, &Record::Base(base.clone()))?;
+        Self::create_in(FdCache::global(), Arc::default(), path, base)
+    }
+
+    /// As [`Self::create`]; a failure leaves neither file behind.
+    fn create_in(
+        fds: Arc<FdCache>,
+        usage: Arc<Usage>,
+        path: PathBuf,
+        base: FileId,
+    ) -> std::io::Result<Arc<Self>> {
+        let mut made = Vec::new();
+        let opened = match Self::create_files(&path, &base, &mut made) {
+            Ok(o) => o,
+            Err(e) => {
+                for p in made {
+                    if let Err(e) = std::fs::remove_file(&p) {
+                        tracing::warn!(path = %p.display(), "cannot remove staging file: {e}");
+                    }
+                }
+                return Err(e);
+            }
+        };
         Ok(Self::assemble(
+            (fds, usage),
             path,
-            file,
-            log,
+            opened,
             SparseState::from_base(base),
             None,
         ))
     }
 
+    /// The staging file and its journal, each pushed on `made` once it exists.
+    fn create_files(
+        path: &Path,
+        base: &FileId,
+        made: &mut Vec<PathBuf>,
+    ) -> std::io::Result<(File, File)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        made.push(path.to_path_buf());
+        file.set_len(base.size)?;
+        let log = log_path(path);
+        let journal = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&log)?;
+        made.push(log);
+        journal::append(&journal, &Record::Base(base.clone()))?;
+        Ok((file, journal))
+    }
+
     fn assemble(
+        (fds, usage): (Arc<FdCache>, Arc<Usage>),
         path: PathBuf,
-        file: File,
-        log: File,
+        (file, log): (File, File),
         state: SparseState,
         journaled_path: Option<String>,
     ) -> Arc<Self> {
-        Arc::new(Staged {
+        let id = fds.next_id.fetch_add(1, Ordering::Relaxed);
+        let fd = |part| Fd {
+            fds: fds.clone(),
+            id,
+            part,
+            path: match part {
+                Part::Data => path.clone(),
+                Part::Log => log_path(&path),
+            },
+        };
+        let io = StagedIo {
+            file: fd(Part::Data),
+            log: fd(Part::Log),
+            state,
+            journaled_path,
+            unlinked: false,
+            charged: 0,
+            counted_clean: false,
+        };
+        fds.put(id, Part::Data, Arc::new(file));
+        fds.put(id, Part::Log, Arc::new(log));
+        usage.files.fetch_add(1, Ordering::SeqCst);
+        let staged = Arc::new(Staged {
             path,
-            io: Mutex::new(StagedIo {
-                file,
-                state,
-                log,
-                journaled_path,
-                unlinked: false,
-            }),
+            io: Mutex::new(io),
             flush_lock: Arc::new(tokio::sync::Mutex::new(())),
             last_used: AtomicU64::new(TICK.fetch_add(1, Ordering::Relaxed)),
             compose_refused: AtomicBool::new(false),
-        })
+            id,
+            fds,
+            usage,
+        });
+        staged.settle(&mut staged.io.lock(), true);
+        staged
+    }
+
+    /// Charge the area's usage with what the data file occupies now (`measure`: one fstat)
+    /// and whether the copy is clean. Run under the io lock after every operation that may
+    /// change either, so the running totals equal a fresh walk of the staged files.
+    fn settle(&self, io: &mut StagedIo, measure: bool) {
+        if measure {
+            match io.file.get().and_then(|f| f.metadata()) {
+                Ok(m) => {
+                    let now = m.blocks() * 512;
+                    if now >= io.charged {
+                        self.usage
+                            .bytes
+                            .fetch_add(now - io.charged, Ordering::SeqCst);
+                    } else {
+                        self.usage
+                            .bytes
+                            .fetch_sub(io.charged - now, Ordering::SeqCst);
+                    }
+                    io.charged = now;
+                }
+                Err(e) => tracing::debug!(path = %self.path.display(), "cannot measure: {e}"),
+            }
+        }
+        let clean = !io.state.is_dirty();
+        if clean != io.counted_clean {
+            if clean {
+                self.usage.clean.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.usage.clean.fetch_sub(1, Ordering::SeqCst);
+            }
+            io.counted_clean = clean;
+        }
     }
 
     fn touch(&self) {
@@ -167,23 +407,45 @@ impl Staged {
         self.last_used.load(Ordering::Relaxed)
     }
 
-    /// What the staging file really occupies on disk (allocated blocks): a sparse copy with
-    /// one 4 KiB edit costs about 4 KiB.
+    /// What this copy is charged in its area's usage: its allocated blocks when last
+    /// changed (a sparse copy with one 4 KiB edit costs about 4 KiB).
+    pub fn charged(&self) -> u64 {
+        self.io.lock().charged
+    }
+
+    /// What the staging file occupies on disk now, measured afresh.
+    #[cfg(test)]
     pub fn allocated_bytes(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        self.io
-            .lock()
-            .file
-            .metadata()
+        let io = self.io.lock();
+        io.file
+            .get()
+            .and_then(|f| f.metadata())
             .map_or(0, |m| m.blocks() * 512)
     }
 
-    /// Reopen a staging file left by an earlier run, as its journal describes it. `None`: the
-    /// journal does not vouch for a dirty file (missing, unreadable, clean or unlinked); the
-    /// caller removes both files.
+    /// Reopen a staging file left by an earlier run, as its journal describes it (outside any
+    /// [`StagingArea`]'s accounting; see [`StagingArea::recover`]).
+    #[cfg(test)]
     pub fn recover(path: &Path) -> std::io::Result<Option<Found>> {
+        Self::recover_in(FdCache::global(), Arc::default(), path)
+    }
+
+    /// `None`: the journal does not vouch for a dirty file (missing, unreadable, clean or
+    /// unlinked); the caller removes both files.
+    fn recover_in(
+        fds: Arc<FdCache>,
+        usage: Arc<Usage>,
+        path: &Path,
+    ) -> std::io::Result<Option<Found>> {
         let log = log_path(path);
-        let Some(replayed) = Record::decode_all(&journal::read(&log)?)
+        let bytes = match journal::read(&log) {
+            Ok(b) => b,
+            // A crash between creating the staging file and its journal: nothing in it was
+            // ever acknowledged.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(replayed) = Record::decode_all(&bytes)
             .as_deref()
             .and_then(journal::replay)
         else {
@@ -201,9 +463,9 @@ impl Staged {
         file.set_len(replayed.state.size())?;
         let log = OpenOptions::new().append(true).open(&log)?;
         let staged = Self::assemble(
+            (fds, usage),
             path.to_path_buf(),
-            file,
-            log,
+            (file, log),
             replayed.state,
             Some(bucket_path.clone()),
         );
@@ -214,11 +476,13 @@ impl Staged {
         }))
     }
 
-    /// Make the staging file and its journal durable on the local disk.
+    /// Make the staging file and its journal durable on the local disk. A descriptor opened
+    /// after the write was evicted syncs it all the same (`fsync` is per file, not per
+    /// descriptor, and reports write-back errors no descriptor has seen yet).
     pub fn sync(&self) -> VfsResult<()> {
         let io = self.io.lock();
-        io.file.sync_data()?;
-        io.log.sync_data()?;
+        io.file.get()?.sync_data()?;
+        io.log.get()?.sync_data()?;
         Ok(())
     }
 
@@ -260,7 +524,9 @@ impl Staged {
         if !io.state.commit(base.clone(), generation) {
             return Ok(false);
         }
-        io.journal(&Record::Commit(base))?;
+        let r = io.journal(&Record::Commit(base));
+        self.settle(&mut io, false);
+        r?;
         Ok(true)
     }
 
@@ -268,9 +534,17 @@ impl Staged {
         self.io.lock().state.size()
     }
 
+    /// Whether the content differs from what the store holds.
+    pub fn is_dirty(&self) -> bool {
+        self.io.lock().state.is_dirty()
+    }
+
     /// Run `f` under the io lock.
     pub fn with_io<T>(&self, f: impl FnOnce(&mut StagedIo) -> T) -> T {
-        f(&mut self.io.lock())
+        let mut io = self.io.lock();
+        let r = f(&mut io);
+        self.settle(&mut io, false);
+        r
     }
 
     /// Read `range` (clipped to the size) if it holds no holes; otherwise say which holes.
@@ -296,10 +570,11 @@ impl Staged {
     pub fn snapshot_edits(&self) -> VfsResult<(u64, FileId, Vec<ComposeEdit>)> {
         let io = self.io.lock();
         let base = io.state.base().cloned().ok_or(Errno::EIO)?;
+        let file = io.file.get()?;
         let mut edits = Vec::new();
         for e in io.state.edits() {
             let mut buf = vec![0u8; (e.new_range.end - e.new_range.start) as usize];
-            io.file.read_exact_at(&mut buf, e.new_range.start)?;
+            file.read_exact_at(&mut buf, e.new_range.start)?;
             edits.push(ComposeEdit {
                 original_range: e.original_range,
                 data: buf.into(),
@@ -316,11 +591,17 @@ impl Staged {
         if io.state.base() != Some(base) {
             return Ok(());
         }
-        let range = offset..offset + data.len() as u64;
-        for hole in io.state.holes(range) {
+        let r = Self::fill_locked(&mut io, offset, data);
+        self.settle(&mut io, true);
+        r
+    }
+
+    fn fill_locked(io: &mut StagedIo, offset: u64, data: &[u8]) -> VfsResult<()> {
+        let file = io.file.get()?;
+        for hole in io.state.holes(offset..offset + data.len() as u64) {
             let from = (hole.start - offset) as usize;
             let to = (hole.end - offset) as usize;
-            io.file.write_all_at(&data[from..to], hole.start)?;
+            file.write_all_at(&data[from..to], hole.start)?;
             io.state.track_fill(hole.clone());
             io.journal(&Record::Fill(hole.start, hole.end))?;
         }
@@ -339,17 +620,23 @@ impl Staged {
             .ok_or(Errno::EFBIG)?;
         self.touch();
         let mut io = self.io.lock();
+        let r = Self::write_locked(&mut io, offset, data);
+        self.settle(&mut io, true);
+        r
+    }
+
+    fn write_locked(io: &mut StagedIo, offset: u64, data: &[u8]) -> VfsResult<usize> {
+        let file = io.file.get()?;
         let mut done = 0usize;
         while done < data.len() {
-            match io.file.write_at(&data[done..], offset + done as u64) {
+            match file.write_at(&data[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     if done == 0 {
                         // The failed write may have extended the file; put the size back.
-                        let size = io.state.size();
-                        let _ = io.file.set_len(size);
+                        let _ = file.set_len(io.state.size());
                         return Err(e.into());
                     }
                     break;
@@ -368,23 +655,30 @@ impl Staged {
     pub fn fallocate(&self, range: Range<u64>, op: Falloc) -> VfsResult<bool> {
         self.touch();
         let mut io = self.io.lock();
+        let r = Self::fallocate_locked(&mut io, range, op);
+        self.settle(&mut io, true);
+        r
+    }
+
+    fn fallocate_locked(io: &mut StagedIo, range: Range<u64>, op: Falloc) -> VfsResult<bool> {
+        let file = io.file.get()?;
         let size = io.state.size();
         let grow_to = (!op.keep_size() && range.end > size).then_some(range.end);
         match op {
             Falloc::Allocate { .. } => {
-                reserve(&io.file, range.clone())?;
+                reserve(&file, range.clone())?;
             }
             Falloc::Zero { .. } => {
                 let zero = range.start.min(size)..range.end.min(size);
                 if !zero.is_empty() {
-                    punch(&io.file, zero.clone())?;
+                    punch(&file, zero.clone())?;
                     io.state.track_write(zero.clone());
                     io.journal(&Record::Write(zero.start, zero.end))?;
                 }
             }
         }
         if let Some(end) = grow_to {
-            io.file.set_len(end)?;
+            file.set_len(end)?;
             io.state.resize(end);
             io.journal(&Record::Resize(end))?;
         }
@@ -397,7 +691,13 @@ impl Staged {
             return Err(Errno::EFBIG);
         }
         let mut io = self.io.lock();
-        io.file.set_len(size)?;
+        let r = Self::resize_locked(&mut io, size);
+        self.settle(&mut io, true);
+        r
+    }
+
+    fn resize_locked(io: &mut StagedIo, size: u64) -> VfsResult<()> {
+        io.file.get()?.set_len(size)?;
         io.state.resize(size);
         io.journal(&Record::Resize(size))?;
         Ok(())
@@ -490,7 +790,8 @@ fn punch(file: &File, range: Range<u64>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The staging directory: names new staging files.
+/// The staging directory: names new staging files, and keeps the running totals of what
+/// they occupy.
 pub struct StagingArea {
     dir: PathBuf,
     /// Journals with a path or unlink record that may not be on disk yet.
@@ -498,10 +799,17 @@ pub struct StagingArea {
     counter: AtomicU64,
     /// Distinguishes this mount's files from leftovers of earlier runs.
     epoch: u128,
+    fds: Arc<FdCache>,
+    usage: Arc<Usage>,
 }
 
 impl StagingArea {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
+        Self::open_with(dir, FdCache::global())
+    }
+
+    /// A staging area whose files share the descriptors of `fds`.
+    pub fn open_with(dir: &Path, fds: Arc<FdCache>) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -511,11 +819,18 @@ impl StagingArea {
             unsynced: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
             epoch,
+            fds,
+            usage: Arc::default(),
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What this area's staging files occupy now.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// `s`'s journal got a path or unlink record (`Staged::note_path`, `note_unlinked`).
@@ -544,7 +859,7 @@ impl StagingArea {
             changed
                 .iter()
                 .filter_map(|w| w.upgrade())
-                .try_for_each(|s| s.io.lock().log.sync_data())
+                .try_for_each(|s| s.io.lock().log.get()?.sync_data())
         };
         if result.is_err() {
             self.unsynced.lock().extend(changed);
@@ -557,6 +872,125 @@ impl StagingArea {
         let path = self
             .dir
             .join(format!("{}-{:x}-{n}.stg", std::process::id(), self.epoch));
-        Ok(Staged::create(path, base)?)
+        Ok(Staged::create_in(
+            self.fds.clone(),
+            self.usage.clone(),
+            path,
+            base,
+        )?)
+    }
+
+    /// Reopen a staging file an earlier run left in this area (see `Staged::recover_in`).
+    pub fn recover(&self, path: &Path) -> std::io::Result<Option<Found>> {
+        Staged::recover_in(self.fds.clone(), self.usage.clone(), path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(size: u64) -> FileId {
+        FileId {
+            hash: format!("{size:064x}"),
+            size,
+        }
+    }
+
+    /// Fifty staging files written and read back through a cache of four descriptors.
+    #[test]
+    fn staging_files_share_a_bounded_set_of_descriptors() {
+        let d = tempfile::tempdir().unwrap();
+        let fds = FdCache::new(4);
+        let area = StagingArea::open_with(d.path(), fds.clone()).unwrap();
+        let files: Vec<Arc<Staged>> = (0..50).map(|_| area.create(empty_id()).unwrap()).collect();
+        assert!(fds.open_count() <= 4);
+        for (n, s) in files.iter().enumerate() {
+            s.write(0, format!("file {n}").as_bytes()).unwrap();
+            s.note_path(&format!("f{n}")).unwrap();
+            assert!(fds.open_count() <= 4);
+        }
+        for (n, s) in files.iter().enumerate().rev() {
+            s.sync().unwrap();
+            match s.read(0..100).unwrap() {
+                ReadPlan::Data(d) => assert_eq!(d, format!("file {n}").as_bytes()),
+                ReadPlan::Holes { .. } => panic!("file {n} has holes"),
+            }
+        }
+        // The journals written through reopened descriptors recover.
+        let found = area.recover(&files[0].path).unwrap().unwrap();
+        assert_eq!(found.path, "f0");
+        drop(found);
+        assert!(fds.open_count() <= 4);
+        drop(files);
+        assert_eq!(
+            fds.open_count(),
+            0,
+            "a dropped file's descriptors stay open"
+        );
+    }
+
+    /// Sum of what the live files occupy, measured afresh, against the running totals.
+    fn check_totals(area: &StagingArea, live: &[Arc<Staged>]) {
+        let fresh: u64 = live.iter().map(|s| s.allocated_bytes()).sum();
+        let clean = live.iter().filter(|s| !s.is_dirty()).count();
+        let u = area.usage();
+        assert_eq!(
+            (u.bytes(), u.files(), u.clean()),
+            (fresh, live.len(), clean)
+        );
+    }
+
+    #[test]
+    fn the_running_total_equals_a_fresh_sum_of_allocated_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let area = StagingArea::open(d.path()).unwrap();
+        let mut live: Vec<Arc<Staged>> = Vec::new();
+        let mb = 1u64 << 20;
+        for n in 0..6u64 {
+            live.push(area.create(id(n * mb)).unwrap());
+            check_totals(&area, &live);
+        }
+        live[0].write(0, &vec![1; 300_000]).unwrap();
+        live[1].fill(&id(mb), 0, &vec![2; mb as usize]).unwrap();
+        live[2].write(5 * mb, &[3; 10]).unwrap();
+        check_totals(&area, &live);
+        live[2].resize(mb / 2).unwrap();
+        live[3]
+            .fill(&id(3 * mb), mb, &vec![4; mb as usize])
+            .unwrap();
+        live[3]
+            .fallocate(mb..mb + 65536, Falloc::Zero { keep_size: true })
+            .unwrap();
+        live[4]
+            .fallocate(0..mb, Falloc::Allocate { keep_size: true })
+            .unwrap();
+        check_totals(&area, &live);
+        let (generation, _, _) = live[0].snapshot_edits().unwrap();
+        assert!(live[0].commit(id(300_000), generation).unwrap());
+        live[1].resize(0).unwrap();
+        check_totals(&area, &live);
+        // Evicted copies give back what they were charged.
+        live.remove(3);
+        live.remove(0);
+        check_totals(&area, &live);
+        live.clear();
+        check_totals(&area, &live);
+        assert_eq!(area.usage().bytes(), 0);
+    }
+
+    #[test]
+    fn a_failed_create_leaves_no_file_and_a_file_without_journal_is_not_recovered() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("x.stg");
+        // The journal cannot be created: the staging file made before it goes again.
+        std::fs::create_dir(log_path(&path)).unwrap();
+        assert!(Staged::create(path.clone(), empty_id()).is_err());
+        assert!(!path.exists());
+        // A crash between the two: the staging file alone vouches for nothing.
+        std::fs::remove_dir(log_path(&path)).unwrap();
+        std::fs::write(&path, b"half made").unwrap();
+        let area = StagingArea::open(d.path()).unwrap();
+        assert!(area.recover(&path).unwrap().is_none());
     }
 }
