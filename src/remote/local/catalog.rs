@@ -61,6 +61,44 @@ const LINK_MIGRATION: &str = "ALTER TABLE entries ADD COLUMN link INTEGER";
 const LINK_INDEX: &str =
     "CREATE INDEX IF NOT EXISTS entries_link ON entries(link) WHERE link IS NOT NULL";
 
+/// Running totals of the files (rows of kind 0: each name of a hard-linked file counts, as a
+/// listing shows it) and their bytes, kept by triggers in the transaction that changes
+/// `entries`, so `totals` reads one row instead of counting every file. `put_row` replaces
+/// rows (`INSERT OR REPLACE`), whose implicit delete fires no delete trigger (SQLite does that
+/// only with `recursive_triggers` on, which is never set), so the insert trigger takes out the
+/// row it replaces first. A catalog made before the totals gets them, counted once, in the
+/// transaction that adds the triggers.
+const TOTALS: &str = "
+CREATE TABLE totals (
+    id    INTEGER PRIMARY KEY CHECK (id = 0),
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT INTO totals (id, files, bytes)
+    SELECT 0, COUNT(*), COALESCE(SUM(size), 0) FROM entries WHERE kind = 0;
+CREATE TRIGGER totals_replace BEFORE INSERT ON entries BEGIN
+    UPDATE totals SET
+        files = files - (SELECT COUNT(*) FROM entries WHERE path = NEW.path AND kind = 0),
+        bytes = bytes - (SELECT COALESCE(SUM(size), 0) FROM entries
+                         WHERE path = NEW.path AND kind = 0)
+        WHERE id = 0;
+END;
+CREATE TRIGGER totals_insert AFTER INSERT ON entries WHEN NEW.kind = 0 BEGIN
+    UPDATE totals SET files = files + 1, bytes = bytes + NEW.size WHERE id = 0;
+END;
+CREATE TRIGGER totals_delete AFTER DELETE ON entries WHEN OLD.kind = 0 BEGIN
+    UPDATE totals SET files = files - 1, bytes = bytes - OLD.size WHERE id = 0;
+END;
+CREATE TRIGGER totals_update AFTER UPDATE OF kind, size ON entries
+    WHEN OLD.kind = 0 OR NEW.kind = 0 BEGIN
+    UPDATE totals SET
+        files = files - (OLD.kind = 0) + (NEW.kind = 0),
+        bytes = bytes - (CASE WHEN OLD.kind = 0 THEN OLD.size ELSE 0 END)
+                      + (CASE WHEN NEW.kind = 0 THEN NEW.size ELSE 0 END)
+        WHERE id = 0;
+END;
+";
+
 pub struct SqliteCatalog {
     conn: Arc<Mutex<Connection>>,
 }
@@ -113,7 +151,7 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 
 impl SqliteCatalog {
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // WAL + FULL: a returned commit survives a crash or power loss.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -137,6 +175,7 @@ impl SqliteCatalog {
              COALESCE((SELECT value FROM meta WHERE key = 'revision'), '0')",
             [],
         )?;
+        add_totals(&mut conn)?;
         let has_root: bool = conn
             .query_row("SELECT 1 FROM entries WHERE path = ''", [], |_| Ok(()))
             .optional()?
@@ -305,15 +344,15 @@ impl SqliteCatalog {
         .await
     }
 
-    /// Number of files and their total size.
+    /// Number of files and their total size (kept as the catalog changes: see [`TOTALS`]).
     pub async fn totals(&self) -> RemoteResult<(u64, u64)> {
         self.with_conn(move |c| {
-            one(
-                c,
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries WHERE kind = 0",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )
+            one(c, "SELECT files, bytes FROM totals WHERE id = 0", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?.max(0) as u64,
+                    r.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })
             .map_err(db_err)
         })
         .await
@@ -343,6 +382,23 @@ impl SqliteCatalog {
             .await
             .map_err(RemoteError::other)?
     }
+}
+
+/// Add the running totals ([`TOTALS`]) to a catalog that has none yet, all at once.
+fn add_totals(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let has: bool = tx
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'totals'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !has {
+        tx.execute_batch(TOTALS)?;
+    }
+    tx.commit()
 }
 
 /// `Connection::execute` through the statement cache: commits run the same few statements
@@ -1069,5 +1125,116 @@ mod tests {
         .await
         .unwrap();
         assert!(c.head("new").await.unwrap().unwrap().link.is_some());
+    }
+
+    /// Files and bytes counted row by row, what the running totals must equal.
+    fn recount(p: &Path) -> (u64, u64) {
+        Connection::open(p)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries WHERE kind = 0",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .unwrap()
+    }
+
+    /// Random batches of every kind of op over a few paths (so they replace, move, link and
+    /// delete each other's entries), some refused whole: after each, and after reopening, the
+    /// running totals equal a recount.
+    #[tokio::test]
+    async fn running_totals_equal_a_recount_after_any_mix_of_batches_and_a_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.db");
+        let paths = ["a", "a/b", "a/c", "a/b/d", "e", "e/f", "g"];
+        let r = crate::remote::testing::random(40_000, 23);
+        let mut next = r.iter().map(|&b| b as usize).cycle();
+        let mut pick = |n: usize| next.next().unwrap() % n;
+        let (mut applied, mut refused) = (0, 0);
+        {
+            let c = SqliteCatalog::open(&p).unwrap();
+            assert_eq!(c.totals().await.unwrap(), (0, 0));
+            for _ in 0..400 {
+                let ops: Vec<CatalogOp> = (0..1 + pick(4))
+                    .map(|_| {
+                        let path = paths[pick(paths.len())].to_string();
+                        let other = paths[pick(paths.len())].to_string();
+                        match pick(9) {
+                            0..=2 => CatalogOp::Put(file(&path, "h", pick(1000) as u64)),
+                            3 => CatalogOp::Put(Entry::dir(path, meta())),
+                            4 => CatalogOp::Put(Entry {
+                                kind: EntryKind::Symlink,
+                                content: None,
+                                target: Some("somewhere".into()),
+                                ..file(&path, "h", 0)
+                            }),
+                            5 => CatalogOp::Delete { path },
+                            6 => CatalogOp::Rename {
+                                from: path,
+                                to: other,
+                            },
+                            7 => CatalogOp::Link {
+                                from: path,
+                                to: other,
+                            },
+                            _ => CatalogOp::SetMeta { path, meta: meta() },
+                        }
+                    })
+                    .collect();
+                match c.commit(ops).await {
+                    Ok(_) => applied += 1,
+                    Err(_) => refused += 1,
+                }
+                assert_eq!(c.totals().await.unwrap(), recount(&p));
+            }
+        }
+        assert!(
+            applied > 50 && refused > 50,
+            "{applied} applied, {refused} refused"
+        );
+        let c = SqliteCatalog::open(&p).unwrap();
+        let t = c.totals().await.unwrap();
+        assert_eq!(t, recount(&p));
+        assert!(t.0 > 0 || applied > 0);
+    }
+
+    /// A catalog made before the running totals gets them at open, counted once; they are
+    /// then kept.
+    #[tokio::test]
+    async fn a_catalog_without_totals_counts_them_once_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.db");
+        {
+            let c = SqliteCatalog::open(&p).unwrap();
+            c.commit(vec![
+                CatalogOp::Put(file("a/x", "h", 7)),
+                CatalogOp::Put(file("a/y", "h", 5)),
+                CatalogOp::Put(Entry::dir("z".into(), meta())),
+            ])
+            .await
+            .unwrap();
+        }
+        let conn = Connection::open(&p).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER totals_replace; DROP TRIGGER totals_insert;
+             DROP TRIGGER totals_delete; DROP TRIGGER totals_update; DROP TABLE totals;",
+        )
+        .unwrap();
+        drop(conn);
+        let c = SqliteCatalog::open(&p).unwrap();
+        assert_eq!(c.totals().await.unwrap(), (2, 12));
+        c.commit(vec![
+            CatalogOp::Put(file("a/x", "h", 100)),
+            CatalogOp::Delete { path: "a/y".into() },
+        ])
+        .await
+        .unwrap();
+        assert_eq!(c.totals().await.unwrap(), (1, 100));
+        drop(c);
+        // Reopening does not count again (the kept totals stand) nor lose them.
+        assert_eq!(
+            SqliteCatalog::open(&p).unwrap().totals().await.unwrap(),
+            (1, 100)
+        );
     }
 }
