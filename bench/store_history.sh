@@ -8,7 +8,7 @@
 #            batch: a xorb and a shard) until the store holds at least MIN-FILES xorb and
 #            shard files.
 # On each, through a fresh mount: 200 four-byte edits at scattered offsets of the file, each
-# fsync'd (one composition and commit each), then 2000 cold 4 KiB reads at scattered offsets.
+# fsync'd (one composition and commit each), then 20000 cold 4 KiB reads at scattered offsets.
 # It prints the mount process's CPU time (user + system, from /proc/PID/stat) for each phase
 # and the history/fresh ratio (target <= 1.5), and checks the content.
 # Usage: bench/store_history.sh [MIN-FILES] [BIN]   (default 20000; BIN: default this
@@ -133,13 +133,13 @@ run() { # name
   sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
   mount_bg "$store" "$mp" "$work/mount.log"
   c1b=$(cpu)
-  python3 -c "$read_py" "$mp/big.bin" "$work/want.bin" 2000
+  python3 -c "$read_py" "$mp/big.bin" "$work/want.bin" 20000
   c2=$(cpu)
   cmp "$mp/big.bin" "$work/want.bin" || { echo "$1: content differs"; exit 1; }
   stop_mount
   eval "edit_$1=$(echo "$c1 - $c0" | bc -l)"
   eval "read_$1=$(echo "$c2 - $c1b" | bc -l)"
-  printf '%-8s 200 sparse edits: %6.2f s CPU   2000 cold 4 KiB reads: %6.2f s CPU\n' \
+  printf '%-8s 200 sparse edits: %6.2f s CPU   20000 cold 4 KiB reads: %6.2f s CPU\n' \
     "$1" "$(eval echo "\$edit_$1")" "$(eval echo "\$read_$1")"
 }
 

@@ -17,15 +17,17 @@ use xet_client::cas_types::{
 };
 use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::metadata_shard::file_structs::MDBFileInfo;
+use xet_core_structures::metadata_shard::{get_shard_file_cache, ShardFileCache};
 use xet_core_structures::xorb_object::SerializedXorbObject;
 use xet_data::processing::configurations::TranslatorConfig;
 use xet_runtime::config::XetConfig;
-use xet_runtime::core::XetContext;
+use xet_runtime::core::{XetContext, XetRuntime};
 use xet_runtime::utils::ByteSize;
 
 use super::compose;
 use super::durable::Durable;
 use super::reader::ChunkReader;
+use super::shard_cache;
 use crate::remote::xet::xet_err;
 use crate::remote::{Cas, ComposeEdit, Composed, FileId, RemoteResult, UploadItem, Uploaded};
 
@@ -54,6 +56,9 @@ pub struct XetCas {
     reader: Arc<ChunkReader>,
     xorbs: crate::remote::xet::assemble::XorbSettings,
     durable: Durable,
+    /// What compacting the upload sessions' shard cache needs (see `shard_cache.rs`).
+    runtime: Arc<XetRuntime>,
+    shard_files: ShardFileCache,
 }
 
 impl XetCas {
@@ -104,11 +109,18 @@ impl XetCas {
             compression: ctx.config.xorb.compression_policy.as_str().to_string(),
             retest_interval: ctx.config.xorb.compression_scheme_retest_interval,
         };
+        let runtime = ctx.runtime.clone();
+        let shard_files = get_shard_file_cache(&ctx.common);
+        let config = config.disable_progress_aggregation();
+        // Before any session lists the cache (a compaction a crash cut short is finished).
+        compact_shard_cache(&runtime, &shard_files, &config.shard_cache_directory).await;
         Ok(XetCas {
+            runtime,
+            shard_files,
             durable: Durable::new(&client_dir),
             xorbs,
             reader: Arc::new(ChunkReader::new(client.clone(), xorb_dir.clone())),
-            config: Arc::new(config.disable_progress_aggregation()),
+            config: Arc::new(config),
             client,
             xorb_dir,
             upload_lock: tokio::sync::Mutex::new(()),
@@ -132,8 +144,16 @@ impl Cas for XetCas {
         items: Vec<UploadItem<'_>>,
     ) -> RemoteResult<Vec<RemoteResult<Uploaded>>> {
         let one_at_a_time = self.upload_lock.lock().await;
-        let results = crate::remote::xet::upload_files(self.config.clone(), &items).await?;
+        let results = crate::remote::xet::upload_files(self.config.clone(), &items).await;
+        // Each batch's session left one more shard in the cache the next session lists.
+        compact_shard_cache(
+            &self.runtime,
+            &self.shard_files,
+            &self.config.shard_cache_directory,
+        )
+        .await;
         drop(one_at_a_time);
+        let results = results?;
         // Before the caller's commit may name them (see durable.rs).
         let stored = results
             .iter()
@@ -179,6 +199,20 @@ impl Cas for XetCas {
             whole_upload: false,
             carried: None,
         })
+    }
+}
+
+/// Merge the small shards of the shard cache `dir` if there are enough of them (see
+/// `shard_cache.rs`). A failure costs dedup, never data: it is logged and the next batch tries
+/// again.
+async fn compact_shard_cache(runtime: &Arc<XetRuntime>, files: &ShardFileCache, dir: &Path) {
+    let (runtime, files, dir) = (runtime.clone(), files.clone(), dir.to_path_buf());
+    let done = tokio::task::spawn_blocking(move || shard_cache::compact(&runtime, &files, &dir))
+        .await
+        .map_err(crate::remote::RemoteError::other)
+        .and_then(|r| r);
+    if let Err(e) = done {
+        tracing::warn!("could not compact the shard cache: {e}");
     }
 }
 
