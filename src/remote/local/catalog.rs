@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_parent_path ON entries(parent, path);
 CREATE INDEX IF NOT EXISTS entries_hash ON entries(hash) WHERE hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_empty_files ON entries(path) WHERE kind = 0 AND hash IS NULL;
 DROP INDEX IF EXISTS entries_parent;
 CREATE TABLE IF NOT EXISTS changed (
     revision INTEGER NOT NULL,
@@ -60,6 +61,44 @@ const HISTORY: i64 = 100_000;
 const LINK_MIGRATION: &str = "ALTER TABLE entries ADD COLUMN link INTEGER";
 const LINK_INDEX: &str =
     "CREATE INDEX IF NOT EXISTS entries_link ON entries(link) WHERE link IS NOT NULL";
+
+/// Running totals of the files (rows of kind 0: each name of a hard-linked file counts, as a
+/// listing shows it) and their bytes, kept by triggers in the transaction that changes
+/// `entries`, so `totals` reads one row instead of counting every file. `put_row` replaces
+/// rows (`INSERT OR REPLACE`), whose implicit delete fires no delete trigger (SQLite does that
+/// only with `recursive_triggers` on, which is never set), so the insert trigger takes out the
+/// row it replaces first. A catalog made before the totals gets them, counted once, in the
+/// transaction that adds the triggers.
+const TOTALS: &str = "
+CREATE TABLE totals (
+    id    INTEGER PRIMARY KEY CHECK (id = 0),
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT INTO totals (id, files, bytes)
+    SELECT 0, COUNT(*), COALESCE(SUM(size), 0) FROM entries WHERE kind = 0;
+CREATE TRIGGER totals_replace BEFORE INSERT ON entries BEGIN
+    UPDATE totals SET
+        files = files - (SELECT COUNT(*) FROM entries WHERE path = NEW.path AND kind = 0),
+        bytes = bytes - (SELECT COALESCE(SUM(size), 0) FROM entries
+                         WHERE path = NEW.path AND kind = 0)
+        WHERE id = 0;
+END;
+CREATE TRIGGER totals_insert AFTER INSERT ON entries WHEN NEW.kind = 0 BEGIN
+    UPDATE totals SET files = files + 1, bytes = bytes + NEW.size WHERE id = 0;
+END;
+CREATE TRIGGER totals_delete AFTER DELETE ON entries WHEN OLD.kind = 0 BEGIN
+    UPDATE totals SET files = files - 1, bytes = bytes - OLD.size WHERE id = 0;
+END;
+CREATE TRIGGER totals_update AFTER UPDATE OF kind, size ON entries
+    WHEN OLD.kind = 0 OR NEW.kind = 0 BEGIN
+    UPDATE totals SET
+        files = files - (OLD.kind = 0) + (NEW.kind = 0),
+        bytes = bytes - (CASE WHEN OLD.kind = 0 THEN OLD.size ELSE 0 END)
+                      + (CASE WHEN NEW.kind = 0 THEN NEW.size ELSE 0 END)
+        WHERE id = 0;
+END;
+";
 
 pub struct SqliteCatalog {
     conn: Arc<Mutex<Connection>>,
@@ -113,7 +152,7 @@ fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 
 impl SqliteCatalog {
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // WAL + FULL: a returned commit survives a crash or power loss.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -137,6 +176,7 @@ impl SqliteCatalog {
              COALESCE((SELECT value FROM meta WHERE key = 'revision'), '0')",
             [],
         )?;
+        add_totals(&mut conn)?;
         let has_root: bool = conn
             .query_row("SELECT 1 FROM entries WHERE path = ''", [], |_| Ok(()))
             .optional()?
@@ -180,20 +220,25 @@ impl SqliteCatalog {
         after: &str,
         limit: usize,
     ) -> RemoteResult<Vec<Entry>> {
-        let (lo, hi) = subtree_bounds(path);
         let (path, after) = (path.to_string(), after.to_string());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_conn(move |c| {
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM entries WHERE kind = 0 AND path != '' AND path > ?4 AND \
-                     (path = ?1 OR ?1 = '' OR (path >= ?2 AND path < ?3)) ORDER BY path LIMIT ?5"
-                ))
-                .map_err(db_err)?;
-            let rows = st
-                .query_map(params![path, lo, hi, after, limit], row_to_entry)
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+            // `path` itself, when it names a file: it sorts before everything below it.
+            let mut out = Vec::new();
+            if !path.is_empty() && path > after {
+                out.extend(
+                    one(
+                        c,
+                        &format!("SELECT {COLUMNS} FROM entries WHERE path = ?1 AND kind = 0"),
+                        [&path],
+                        row_to_entry,
+                    )
+                    .optional()
+                    .map_err(db_err)?,
+                );
+            }
+            let rest = limit.saturating_sub(out.len());
+            out.extend(range_page(c, &path, &after, rest, " AND kind = 0").map_err(db_err)?);
+            Ok(out)
         })
         .await
     }
@@ -233,22 +278,9 @@ impl SqliteCatalog {
         after: &str,
         limit: usize,
     ) -> RemoteResult<Vec<Entry>> {
-        let (lo, hi) = subtree_bounds(dir);
         let (dir, after) = (dir.to_string(), after.to_string());
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with_conn(move |c| {
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM entries WHERE path != '' AND path > ?4 AND \
-                     (?1 = '' OR (path >= ?2 AND path < ?3)) ORDER BY path LIMIT ?5"
-                ))
-                .map_err(db_err)?;
-            let rows = st
-                .query_map(params![dir, lo, hi, after, limit], row_to_entry)
-                .map_err(db_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
-        })
-        .await
+        self.with_conn(move |c| range_page(c, &dir, &after, limit, "").map_err(db_err))
+            .await
     }
 
     /// Whether some entry's body is `hash`.
@@ -265,7 +297,7 @@ impl SqliteCatalog {
     /// Whether some file is empty (its body has no hash).
     pub async fn has_empty_file(&self) -> RemoteResult<bool> {
         self.with_conn(move |c| {
-            c.prepare_cached("SELECT 1 FROM entries WHERE kind = 0 AND hash IS NULL AND path != ''")
+            c.prepare_cached(EMPTY_FILE_SQL)
                 .and_then(|mut st| st.exists([]))
                 .map_err(db_err)
         })
@@ -305,15 +337,15 @@ impl SqliteCatalog {
         .await
     }
 
-    /// Number of files and their total size.
+    /// Number of files and their total size (kept as the catalog changes: see [`TOTALS`]).
     pub async fn totals(&self) -> RemoteResult<(u64, u64)> {
         self.with_conn(move |c| {
-            one(
-                c,
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries WHERE kind = 0",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )
+            one(c, TOTALS_SQL, [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?.max(0) as u64,
+                    r.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })
             .map_err(db_err)
         })
         .await
@@ -344,6 +376,71 @@ impl SqliteCatalog {
             .map_err(RemoteError::other)?
     }
 }
+
+/// Add the running totals ([`TOTALS`]) to a catalog that has none yet, all at once.
+fn add_totals(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let has: bool = tx
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'totals'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !has {
+        tx.execute_batch(TOTALS)?;
+    }
+    tx.commit()
+}
+
+/// At most `limit` entries strictly below `dir` (`""`: the whole tree) whose paths sort after
+/// `after` and that match `filter` (SQL added to the WHERE clause), in path order. One range
+/// of the primary key from the later of `after` and the subtree's start to the subtree's end:
+/// a page costs what it returns wherever it lies in the table. (A cursor condition alone,
+/// with the subtree checked row by row, walked every row between the table's start or the
+/// cursor and the subtree: up to the whole table per page.)
+fn range_page(
+    c: &Connection,
+    dir: &str,
+    after: &str,
+    limit: usize,
+    filter: &str,
+) -> rusqlite::Result<Vec<Entry>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    if dir.is_empty() {
+        let mut st = c.prepare_cached(&range_sql(true, filter))?;
+        let rows = st.query_map(params![after, limit], row_to_entry)?;
+        return rows.collect();
+    }
+    let (lo, hi) = subtree_bounds(dir);
+    // `lo` ("dir/") names no entry, so "after it" is "from it".
+    let from = if after > lo.as_str() { after } else { &lo };
+    let mut st = c.prepare_cached(&range_sql(false, filter))?;
+    let rows = st.query_map(params![from, hi, limit], row_to_entry)?;
+    rows.collect()
+}
+
+/// The query of [`range_page`]: paths after `?1` (and before `?2` unless `whole_tree`), at
+/// most `?2` / `?3` of them.
+fn range_sql(whole_tree: bool, filter: &str) -> String {
+    if whole_tree {
+        format!("SELECT {COLUMNS} FROM entries WHERE path > ?1{filter} ORDER BY path LIMIT ?2")
+    } else {
+        format!(
+            "SELECT {COLUMNS} FROM entries WHERE path > ?1 AND path < ?2{filter} \
+             ORDER BY path LIMIT ?3"
+        )
+    }
+}
+
+/// Files and bytes of every file, from the running totals.
+const TOTALS_SQL: &str = "SELECT files, bytes FROM totals WHERE id = 0";
+/// Whether some file is empty (through `entries_empty_files`).
+const EMPTY_FILE_SQL: &str = "SELECT 1 FROM entries WHERE kind = 0 AND hash IS NULL AND path != ''";
+/// A hard-link group number no row uses (through the `link` index; a bare MAX(link) read every
+/// row).
+const NEXT_LINK_SQL: &str = "SELECT COALESCE(MAX(link), 0) + 1 FROM entries WHERE link IS NOT NULL";
 
 /// `Connection::execute` through the statement cache: commits run the same few statements
 /// thousands of times, and parsing them each time cost more than running them.
@@ -485,13 +582,7 @@ fn link(tx: &Transaction<'_>, from: &str, to: &str, rev: i64) -> RemoteResult<()
     let link = match src.link {
         Some(l) => l,
         None => {
-            let next: i64 = one(
-                tx,
-                "SELECT COALESCE(MAX(link), 0) + 1 FROM entries",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(db_err)?;
+            let next: i64 = one(tx, NEXT_LINK_SQL, [], |r| r.get(0)).map_err(db_err)?;
             exec(
                 tx,
                 "UPDATE entries SET link = ?2 WHERE path = ?1",
@@ -1069,5 +1160,201 @@ mod tests {
         .await
         .unwrap();
         assert!(c.head("new").await.unwrap().unwrap().link.is_some());
+    }
+
+    /// Files and bytes counted row by row, what the running totals must equal.
+    fn recount(p: &Path) -> (u64, u64) {
+        Connection::open(p)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries WHERE kind = 0",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .unwrap()
+    }
+
+    /// Random batches of every kind of op over a few paths (so they replace, move, link and
+    /// delete each other's entries), some refused whole: after each, and after reopening, the
+    /// running totals equal a recount.
+    #[tokio::test]
+    async fn running_totals_equal_a_recount_after_any_mix_of_batches_and_a_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.db");
+        let paths = ["a", "a/b", "a/c", "a/b/d", "e", "e/f", "g"];
+        let r = crate::remote::testing::random(40_000, 23);
+        let mut next = r.iter().map(|&b| b as usize).cycle();
+        let mut pick = |n: usize| next.next().unwrap() % n;
+        let (mut applied, mut refused) = (0, 0);
+        {
+            let c = SqliteCatalog::open(&p).unwrap();
+            assert_eq!(c.totals().await.unwrap(), (0, 0));
+            for _ in 0..400 {
+                let ops: Vec<CatalogOp> = (0..1 + pick(4))
+                    .map(|_| {
+                        let path = paths[pick(paths.len())].to_string();
+                        let other = paths[pick(paths.len())].to_string();
+                        match pick(9) {
+                            0..=2 => CatalogOp::Put(file(&path, "h", pick(1000) as u64)),
+                            3 => CatalogOp::Put(Entry::dir(path, meta())),
+                            4 => CatalogOp::Put(Entry {
+                                kind: EntryKind::Symlink,
+                                content: None,
+                                target: Some("somewhere".into()),
+                                ..file(&path, "h", 0)
+                            }),
+                            5 => CatalogOp::Delete { path },
+                            6 => CatalogOp::Rename {
+                                from: path,
+                                to: other,
+                            },
+                            7 => CatalogOp::Link {
+                                from: path,
+                                to: other,
+                            },
+                            _ => CatalogOp::SetMeta { path, meta: meta() },
+                        }
+                    })
+                    .collect();
+                match c.commit(ops).await {
+                    Ok(_) => applied += 1,
+                    Err(_) => refused += 1,
+                }
+                assert_eq!(c.totals().await.unwrap(), recount(&p));
+            }
+        }
+        assert!(
+            applied > 50 && refused > 50,
+            "{applied} applied, {refused} refused"
+        );
+        let c = SqliteCatalog::open(&p).unwrap();
+        let t = c.totals().await.unwrap();
+        assert_eq!(t, recount(&p));
+        assert!(t.0 > 0 || applied > 0);
+    }
+
+    /// A catalog made before the running totals gets them at open, counted once; they are
+    /// then kept.
+    #[tokio::test]
+    async fn a_catalog_without_totals_counts_them_once_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.db");
+        {
+            let c = SqliteCatalog::open(&p).unwrap();
+            c.commit(vec![
+                CatalogOp::Put(file("a/x", "h", 7)),
+                CatalogOp::Put(file("a/y", "h", 5)),
+                CatalogOp::Put(Entry::dir("z".into(), meta())),
+            ])
+            .await
+            .unwrap();
+        }
+        let conn = Connection::open(&p).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER totals_replace; DROP TRIGGER totals_insert;
+             DROP TRIGGER totals_delete; DROP TRIGGER totals_update; DROP TABLE totals;",
+        )
+        .unwrap();
+        drop(conn);
+        let c = SqliteCatalog::open(&p).unwrap();
+        assert_eq!(c.totals().await.unwrap(), (2, 12));
+        c.commit(vec![
+            CatalogOp::Put(file("a/x", "h", 100)),
+            CatalogOp::Delete { path: "a/y".into() },
+        ])
+        .await
+        .unwrap();
+        assert_eq!(c.totals().await.unwrap(), (1, 100));
+        drop(c);
+        // Reopening does not count again (the kept totals stand) nor lose them.
+        assert_eq!(
+            SqliteCatalog::open(&p).unwrap().totals().await.unwrap(),
+            (1, 100)
+        );
+    }
+
+    /// The queries a server runs per request (bucket info, listing pages, copies of empty
+    /// files, a first hard link) each read an index range or one row, never the whole table:
+    /// their cost must not grow with the bucket.
+    #[tokio::test]
+    async fn per_request_queries_read_a_range_never_the_whole_table() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.db");
+        let c = SqliteCatalog::open(&p).unwrap();
+        let ops = (0..200)
+            .map(|i| CatalogOp::Put(file(&format!("d{}/f{i}", i % 10), "h", 1)))
+            .collect();
+        c.commit(ops).await.unwrap();
+        drop(c);
+        let conn = Connection::open(&p).unwrap();
+        conn.execute_batch("ANALYZE").unwrap();
+        let plan = |sql: &str| -> Vec<String> {
+            let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            // Unbound: the plan must not depend on the values.
+            let nulls = vec![rusqlite::types::Null; st.parameter_count()];
+            st.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        for sql in [TOTALS_SQL, EMPTY_FILE_SQL, NEXT_LINK_SQL] {
+            let p = plan(sql);
+            assert!(
+                p.iter().all(|d| !d.starts_with("SCAN entries")
+                    || d.contains("USING INDEX entries_empty_files")),
+                "{sql}: {p:?}"
+            );
+            assert!(!p.iter().any(|d| d == "SEARCH entries"), "{sql}: {p:?}");
+        }
+        for filter in ["", " AND kind = 0"] {
+            let p = plan(&range_sql(false, filter));
+            assert!(
+                p.iter().any(|d| d.contains("(path>? AND path<?)")),
+                "a subtree page must be one range of paths: {p:?}"
+            );
+            let p = plan(&range_sql(true, filter));
+            assert!(
+                p.iter().any(|d| d.contains("(path>?)")),
+                "a whole-tree page must start at its cursor: {p:?}"
+            );
+        }
+    }
+
+    /// File pages of a prefix: the file the prefix names, then the files below it, never a
+    /// path beside it, each once across pages.
+    #[tokio::test]
+    async fn file_pages_list_the_prefix_file_and_the_files_below_it() {
+        let d = tempfile::tempdir().unwrap();
+        let c = SqliteCatalog::open(&d.path().join("c.db")).unwrap();
+        let paths = ["a/x", "a/b/c", "a.txt", "a-b/y", "a/b/d", "b/z", "z"];
+        c.commit(
+            paths
+                .iter()
+                .map(|p| CatalogOp::Put(file(p, "h", 1)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+        let all = |prefix: &'static str, size: usize| {
+            let c = &c;
+            async move {
+                let (mut out, mut after) = (Vec::new(), String::new());
+                loop {
+                    let page = c.files_page(prefix, &after, size).await.unwrap();
+                    let Some(last) = page.last() else { break };
+                    after = last.path.clone();
+                    out.extend(page.into_iter().map(|e| e.path));
+                }
+                out
+            }
+        };
+        for size in [1, 2, 100] {
+            assert_eq!(all("a", size).await, ["a/b/c", "a/b/d", "a/x"], "{size}");
+            assert_eq!(all("a.txt", size).await, ["a.txt"], "{size}");
+            assert_eq!(all("z", size).await, ["z"], "{size}");
+            assert_eq!(all("", size).await.len(), paths.len(), "{size}");
+        }
+        // Directories are not files.
+        assert!(c.files_page("a/b", "a/b/d", 10).await.unwrap().is_empty());
     }
 }

@@ -14,6 +14,7 @@ mod catalog;
 mod compose;
 pub(crate) mod durable;
 mod reader;
+mod shard_cache;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
