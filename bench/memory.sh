@@ -39,11 +39,12 @@ mkdir -p "$mp"
 pid=""
 serve_pid=""
 cleanup() {
+  trap - EXIT INT TERM
   if [ -n "$pid" ]; then fusermount3 -u -z "$mp" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
-trap cleanup EXIT
+trap cleanup EXIT INT TERM
 hwm() { awk '/^VmHWM/{printf "%d", $2/1024}' "/proc/$pid/status"; }
 # Wait (at most the step limit) until the mount's stats line `$1` is at least `$2`.
 wait_stat() {
@@ -75,9 +76,11 @@ phases() {
   wait_stat files_uploaded 1
   report "$label" commit "$(hwm)"
   unmount
-  # Served: a fresh cache directory, so the read fetches everything.
+  # Served: a fresh cache directory, so the read fetches everything (the old one, with the
+  # staging copy, goes: a 10 GiB run needs the disk).
   if [ "$label" = served ]; then
     cache_n=1
+    rm -rf "$work/cache-0"
     args=("${args[@]/$work\/cache-0/$work/cache-$cache_n}")
   fi
   mount_bg "${args[@]:0:1}" "$mp" "$work/mount.log" "${args[@]:1}" "${extra[@]}"
@@ -90,6 +93,7 @@ phases() {
 export HF_TOKEN=bench
 echo "file: $size_mib MiB of random bytes; mount arguments: ${extra[*]:-(defaults)}"
 phases local "$work/store"
+rm -rf "$work/store"
 
 "$bin" serve "$work/srv" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.log" &
 serve_pid=$!
