@@ -44,7 +44,8 @@ cleanup() {
   if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 1' INT TERM
 hwm() { awk '/^VmHWM/{printf "%d", $2/1024}' "/proc/$pid/status"; }
 # Wait (at most the step limit) until the mount's stats line `$1` is at least `$2`.
 wait_stat() {
