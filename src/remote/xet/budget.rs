@@ -55,7 +55,7 @@ impl MemoryBudget {
             .reconstruction
             .download_buffer_limit
             .as_u64()
-            .saturating_mul(16)
+            .saturating_mul(32)
             .max(MIN_MIB << 20);
         MemoryBudget { total }
     }
@@ -84,15 +84,18 @@ impl MemoryBudget {
         self.total / 32
     }
 
-    /// Downloaded chunks waiting to be written to the on-disk chunk cache: 1/32 (half for the
-    /// fetched chunks waiting for a put, half for the puts' copies being written).
+    /// Downloaded chunks waiting to be written to the on-disk chunk cache: 1/16 (half for the
+    /// fetched chunks waiting for a put, half for the puts' copies being written). At 1/32 a
+    /// 4 MiB fetch took the whole room at the default budget: reads waited for each write,
+    /// and a cold read of a served 1 GiB file took 5.6 s instead of 2.8 s.
     pub fn chunk_cache_writes(&self) -> u64 {
-        self.total / 32
+        self.total / 16
     }
 
-    /// xet-core's download buffers (ranged reconstructions, the WAN fallback): 1/16.
+    /// xet-core's download buffers (ranged reconstructions, only the WAN read path's
+    /// fallback): 1/32.
     pub fn download_buffers(&self) -> u64 {
-        self.total / 16
+        self.total / 32
     }
 
     /// Uploads: what the shares above leave.
