@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use xetmount::remote::open::OpenOptions;
+use xetmount::remote::xet::budget::{MemoryBudget, DEFAULT_MIB};
 use xetmount::vfs::VfsConfig;
 
 #[derive(Parser)]
@@ -160,9 +161,17 @@ pub struct StoreArgs {
     /// a call that takes longer fails and is retried.
     #[arg(long, default_value_t = 120000)]
     pub write_timeout_ms: u64,
-    /// Memory for the read cache, in MiB.
-    #[arg(long, default_value_t = 128)]
-    pub cache_mib: u64,
+    /// Memory budget, in MiB, for everything that holds file bytes in memory: the read cache
+    /// (1/4), read-ahead in flight (1/16), remote buckets' reconstruction plans, xorb indexes,
+    /// chunk-cache writes and download buffers, and uploads (the rest: files being chunked and
+    /// xorbs in flight). The mount's RSS stays within this plus about 20 MiB of fixed cost;
+    /// the default keeps it under 256 MiB.
+    #[arg(long, default_value_t = DEFAULT_MIB, value_parser = parse_memory_mib)]
+    pub memory_mib: u64,
+    /// Memory for the read cache alone, in MiB (default: its share of --memory-mib). Given,
+    /// it replaces that share and adds to the budget's other shares.
+    #[arg(long)]
+    pub cache_mib: Option<u64>,
     /// Read cache block, in KiB (4 to 1024, a power of two): the least a read of a cold
     /// range fetches. Sequential reads fetch far more through read-ahead.
     #[arg(long, default_value_t = 16, value_parser = parse_block_kib)]
@@ -196,6 +205,15 @@ fn parse_block_kib(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A memory budget in MiB, at least [`xetmount::remote::xet::budget::MIN_MIB`].
+fn parse_memory_mib(s: &str) -> Result<u64, String> {
+    let mib = s
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{s:?} is not a whole number of MiB"))?;
+    MemoryBudget::from_mib(mib).map(|_| mib)
+}
+
 /// `123`, `64K`, `500M`, `20G`, `1T` (powers of 1024).
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -220,6 +238,25 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// Allocations from this size up get their own mapping, returned to the system when freed.
+const MMAP_THRESHOLD: i32 = 1 << 20;
+
+/// Keep freed buffers from staying in the process. glibc raises its mmap threshold to the
+/// size of every mapped block freed (up to 32 MiB), after which the 4 MiB read runs and
+/// 16 MiB xorbs come from the heap arenas, whose freed space stays resident: a 1 GiB commit
+/// peaked at 300-345 MiB of RSS with the threshold moving, 95-98 MiB with it fixed
+/// (bench/memory.sh 1024). Setting it fixes it. Call before any thread starts.
+pub fn fix_malloc_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; no allocation is in progress on
+    // another thread (none has started).
+    unsafe {
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 {
+            tracing::debug!("mallopt(M_MMAP_THRESHOLD) was refused");
+        }
+    }
+}
+
 /// A failure the user can act on: printed as one sentence.
 pub struct UserError(pub String);
 
@@ -230,6 +267,19 @@ impl<E: std::fmt::Display> From<E> for UserError {
 }
 
 impl StoreArgs {
+    /// The memory budget (`--memory-mib`, checked by its parser).
+    pub fn memory(&self) -> MemoryBudget {
+        MemoryBudget::from_mib(self.memory_mib).expect("checked when parsed")
+    }
+
+    /// xet-core's settings with the memory budget's shares in them; every remote is opened
+    /// with a context holding these.
+    pub fn xet_config(&self) -> xet_runtime::config::XetConfig {
+        let mut c = xetmount::remote::local::xet_config();
+        self.memory().apply_xet(&mut c);
+        c
+    }
+
     /// What the remote needs to open the store.
     pub fn open_options(&self) -> OpenOptions {
         OpenOptions {
@@ -256,8 +306,14 @@ impl StoreArgs {
             flush_max_batch_window: Duration::from_millis(self.flush_max_batch_window_ms),
             read_timeout: Duration::from_millis(self.read_timeout_ms.max(1)),
             write_timeout: Duration::from_millis(self.write_timeout_ms.max(1)),
-            cache_capacity: self.cache_mib << 20,
+            cache_capacity: self
+                .cache_mib
+                .map_or_else(|| self.memory().read_cache(), |m| m << 20),
             cache_block: self.read_block_kib << 10,
+            // Read-ahead has a quarter of the cache at most (see `ReadPath`): its share.
+            readahead_blocks: (self.memory().readahead() >> 10)
+                .div_ceil(self.read_block_kib)
+                .max(1),
             paranoid: self.paranoid,
             attr_ttl: Duration::from_secs(self.attr_timeout_secs),
             inode_soft_limit: self.inode_soft_limit,

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    cli::fix_malloc_threshold();
     raise_open_file_limit();
     let cli = Cli::parse();
     let r = match cli.command {
@@ -81,10 +82,8 @@ fn open_store(args: &StoreArgs, nfs: bool) -> Result<Served, UserError> {
         .thread_name("xetmount")
         .enable_all()
         .build()?;
-    let ctx = xet_runtime::core::XetContext::from_external(
-        rt.handle().clone(),
-        xetmount::remote::local::xet_config(),
-    );
+    let ctx = xet_runtime::core::XetContext::from_external(rt.handle().clone(), args.xet_config());
+    tracing::info!("{}", args.memory().describe());
     let opened = rt.block_on(xetmount::remote::open::open(ctx, &args.open_options()))?;
     let mut config = args.vfs_config(opened.staging_dir, opened.read_only, opened.shared);
     config.stateless_handles = nfs;

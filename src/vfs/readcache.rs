@@ -40,8 +40,11 @@ struct Loading {
 struct Inner {
     /// Blocks with their bytes, each costing its length; the capacity is the budget.
     ready: Lru<Key, Bytes>,
-    /// Blocks being fetched: not in the LRU order (nor counted) until their bytes arrive.
+    /// Blocks being fetched: not in the LRU order until their bytes arrive.
     loading: HashMap<Key, Loading>,
+    /// Bytes of the blocks in `loading`: read-ahead stops claiming at [`ReadCache`]'s
+    /// `ahead_limit` (however many streams read ahead), reads that wait never do.
+    loading_bytes: u64,
     runs: u64,
 }
 
@@ -50,6 +53,9 @@ pub struct ReadCache {
     stats: Arc<Stats>,
     inner: Arc<Mutex<Inner>>,
     block: u64,
+    /// Most bytes read-ahead may have in flight: a quarter of the capacity, the share
+    /// `--memory-mib` gives it beside the cache.
+    ahead_limit: u64,
     timeout: Duration,
 }
 
@@ -73,9 +79,11 @@ impl ReadCache {
             inner: Arc::new(Mutex::new(Inner {
                 ready: Lru::new(capacity),
                 loading: HashMap::new(),
+                loading_bytes: 0,
                 runs: 0,
             })),
             block,
+            ahead_limit: capacity / 4,
             timeout,
         }
     }
@@ -151,6 +159,10 @@ impl ReadCache {
                     needs.push(Need::Wait(l.fetch.clone(), l.at));
                     run = None;
                 }
+                None if !want && g.loading_bytes + self.block > self.ahead_limit => {
+                    // Read-ahead's share is in flight: the rest waits for a later refill.
+                    break;
+                }
                 None => {
                     let extend = run
                         .as_ref()
@@ -164,6 +176,7 @@ impl ReadCache {
                     let (n, r, fetch) = run.as_mut().expect("a run was just started");
                     let at = ((i - r.start) * self.block) as usize;
                     r.end = i + 1;
+                    g.loading_bytes += self.block_len(id.size, i);
                     g.loading.insert(
                         key,
                         Loading {
@@ -237,6 +250,7 @@ impl ReadCache {
                     continue;
                 }
                 g.loading.remove(&key);
+                g.loading_bytes -= ((i + 1) * block).min(size) - i * block;
                 if let Ok(data) = &result {
                     let lo = ((i - span.start) * block) as usize;
                     let hi = (lo + block as usize).min(data.len());
@@ -257,6 +271,11 @@ impl ReadCache {
     #[cfg(test)]
     fn used(&self) -> u64 {
         self.inner.lock().ready.used()
+    }
+
+    #[cfg(test)]
+    fn loading_bytes(&self) -> u64 {
+        self.inner.lock().loading_bytes
     }
 }
 
@@ -395,5 +414,45 @@ mod tests {
             calls,
             "read-ahead was not kept"
         );
+    }
+
+    #[tokio::test]
+    async fn read_ahead_in_flight_stays_within_its_share_across_streams() {
+        // Capacity 400: read-ahead may have 100 bytes (ten 10-byte blocks) in flight.
+        let (_cas, c) = cache(true, 400);
+        for f in 0..5 {
+            let id = FileId {
+                hash: format!("f{f}"),
+                size: 1000,
+            };
+            c.prefetch(&id, 0..100);
+            assert!(c.loading_bytes() <= 100, "{}", c.loading_bytes());
+        }
+        assert_eq!(c.loading_bytes(), 100, "read-ahead claimed its whole share");
+        // A read that waits is not held to the share.
+        let id = FileId {
+            hash: "g".into(),
+            size: 1000,
+        };
+        let r = tokio::time::timeout(Duration::from_millis(10), c.read(&id, 0..50)).await;
+        assert!(r.is_err(), "the stalled store answers nothing");
+        assert!(c.loading_bytes() > 100);
+    }
+
+    #[tokio::test]
+    async fn loading_bytes_return_to_zero_when_runs_land_or_fail() {
+        let (_cas, c) = cache(false, 1000);
+        let id = FileId {
+            hash: "h".into(),
+            size: 95,
+        };
+        c.read(&id, 0..95).await.unwrap();
+        assert_eq!(c.loading_bytes(), 0);
+        let (_cas, stalled) = cache(true, 1000);
+        assert_eq!(
+            stalled.read(&id, 0..95).await.unwrap_err(),
+            Errno::ETIMEDOUT
+        );
+        assert_eq!(stalled.loading_bytes(), 0);
     }
 }

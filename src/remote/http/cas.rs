@@ -518,6 +518,7 @@ impl HttpCas {
             compression: ctx.config.xorb.compression_policy.as_str().to_string(),
             retest_interval: ctx.config.xorb.compression_scheme_retest_interval,
         };
+        let memory = crate::remote::xet::budget::MemoryBudget::of_xet(&ctx.config);
         let chunk_cache = if chunk_cache_bytes == 0 {
             None
         } else {
@@ -526,9 +527,11 @@ impl HttpCas {
             let dir = cache.join("chunks");
             let opened = {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || ChunkStore::open(&dir, chunk_cache_bytes))
-                    .await
-                    .map_err(|e| RemoteError::Other(format!("chunk cache: {e}")))?
+                tokio::task::spawn_blocking(move || {
+                    ChunkStore::open_with(&dir, chunk_cache_bytes, memory.chunk_cache_writes() / 2)
+                })
+                .await
+                .map_err(|e| RemoteError::Other(format!("chunk cache: {e}")))?
             };
             match opened {
                 Ok(c) => Some(Arc::new(c)),
@@ -542,10 +545,13 @@ impl HttpCas {
             }
         };
         let chunk_cache_dyn = chunk_cache.clone().map(|c| c as Arc<dyn ChunkCache>);
-        let planned = PlannedReads::new(
+        let planned = PlannedReads::with_budget(
             Box::new(client.clone()),
             chunk_cache_dyn.clone(),
             ctx.config.data.default_prefix.clone(),
+            memory.plans(),
+            memory.indexes(),
+            memory.chunk_cache_writes() / 2,
         );
         Ok(HttpCas {
             chunk_cache,

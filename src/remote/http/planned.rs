@@ -27,9 +27,14 @@ use super::plan::{suffix_len, Plan, Tail, XorbIndex};
 use crate::lru::Lru;
 use crate::remote::wire::now_secs;
 
-/// Memory for cached plans and for cached xorb indexes (each).
+/// Memory for cached plans, for cached xorb indexes and for fetched chunks waiting to be put
+/// in the chunk cache, of [`PlannedReads::new`] (a mount's budget sets its own: see
+/// [`PlannedReads::with_budget`]).
 const PLAN_BUDGET: u64 = 16 << 20;
 const INDEX_BUDGET: u64 = 16 << 20;
+const PUT_BUDGET: u64 = 16 << 20;
+/// The unit puts waiting for the chunk cache are counted in.
+const PUT_UNIT: usize = 4 << 10;
 /// A stored range at most this long is fetched whole when its xorb has no index: one round
 /// trip for a small file, without knowing where its chunks start.
 const SMALL_SOURCE: u64 = 2 << 20;
@@ -98,6 +103,11 @@ pub struct PlannedReads {
     refused: AtomicBool,
     /// Whether a missing xorb index was logged (once per mount, not once per xorb).
     told_no_index: AtomicBool,
+    /// Fetched chunks on their way to the chunk cache, in [`PUT_UNIT`]s: a fetch waits for
+    /// room before it hands its chunks to a background put, so puts slower than the network
+    /// hold back reads instead of keeping their chunks in memory.
+    puts: Arc<tokio::sync::Semaphore>,
+    put_units: u32,
 }
 
 /// A failed `GET`.
@@ -139,6 +149,30 @@ impl PlannedReads {
         chunk_cache: Option<Arc<dyn ChunkCache>>,
         prefix: String,
     ) -> Arc<Self> {
+        Self::with_budget(
+            query,
+            chunk_cache,
+            prefix,
+            PLAN_BUDGET,
+            INDEX_BUDGET,
+            PUT_BUDGET,
+        )
+    }
+
+    /// [`Self::new`] holding at most `plans` bytes of plans, `indexes` of xorb indexes and
+    /// `puts` of fetched chunks waiting for the chunk cache.
+    pub fn with_budget(
+        query: Box<dyn PlanQuery>,
+        chunk_cache: Option<Arc<dyn ChunkCache>>,
+        prefix: String,
+        plans: u64,
+        indexes: u64,
+        puts: u64,
+    ) -> Arc<Self> {
+        let put_units = (puts as usize / PUT_UNIT).clamp(
+            1,
+            tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+        ) as u32;
         // Kept-alive connections (reqwest pools them per host), timeouts so a stalled fetch
         // falls back rather than hangs.
         let http = reqwest::Client::builder()
@@ -153,13 +187,15 @@ impl PlannedReads {
             chunk_cache,
             prefix,
             state: Mutex::new(State {
-                plans: Lru::new(PLAN_BUDGET),
-                indexes: Lru::new(INDEX_BUDGET),
+                plans: Lru::new(plans),
+                indexes: Lru::new(indexes),
                 plan_loads: HashMap::new(),
                 index_loads: HashSet::new(),
             }),
             refused: AtomicBool::new(false),
             told_no_index: AtomicBool::new(false),
+            puts: Arc::new(tokio::sync::Semaphore::new(put_units as usize)),
+            put_units,
         })
     }
 
@@ -521,11 +557,19 @@ impl PlannedReads {
         check(&offsets, data.len(), &chunks, index).map_err(FetchError::Other)?;
         let data = Bytes::from(data);
         if let Some(c) = &self.chunk_cache {
+            // A put larger than the whole allowance takes all of it (it would wait forever).
+            let units = (data.len().div_ceil(PUT_UNIT) as u32).clamp(1, self.put_units);
+            // The semaphore is never closed.
+            let room = Arc::clone(&self.puts)
+                .acquire_many_owned(units)
+                .await
+                .map_err(|e| FetchError::Other(e.to_string()))?;
             let (c, data, offsets) = (c.clone(), data.clone(), offsets.clone());
             tokio::spawn(async move {
                 if let Err(e) = c.put(&key, &crange, &offsets, &data).await {
                     tracing::debug!("chunk cache put: {e}");
                 }
+                drop(room);
             });
         }
         Ok((data, offsets))

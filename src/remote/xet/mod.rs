@@ -4,6 +4,7 @@
 //! ([`defrag`]), reading xorb footers ([`xorb_footer`]) and uploading whole files ([`upload`]).
 
 pub mod assemble;
+pub mod budget;
 pub mod compose;
 pub mod defrag;
 pub mod rechunk;

@@ -17,12 +17,8 @@ use crate::remote::{FileId, RemoteError, RemoteResult, UploadItem, Uploaded};
 /// an untar is bound by how many files are in flight, not by bandwidth.
 const FILES_IN_FLIGHT: usize = 64;
 
-/// Read buffers of the files in flight, at most (each holds min(its length, [`UPLOAD_BLOCK`])):
-/// many small files at once, few large ones.
-const BUFFER_BYTES_IN_FLIGHT: usize = 32 << 20;
-
 /// Read size when streaming a staging file into the chunker.
-const UPLOAD_BLOCK: usize = 4 << 20;
+const UPLOAD_BLOCK: usize = super::budget::UPLOAD_BLOCK as usize;
 
 /// A spawned upload that stops when the batch that wants it is dropped (a timeout).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -67,6 +63,9 @@ pub async fn upload_files(
     config: Arc<TranslatorConfig>,
     items: &[UploadItem<'_>],
 ) -> RemoteResult<Vec<RemoteResult<Uploaded>>> {
+    // The memory budget's share for files being chunked: many small files at once, few
+    // large ones (each holds its read buffer and up to a xorb of chunks).
+    let budget = super::budget::upload_file_bytes(&config.ctx.config);
     let session = FileUploadSession::new(config).await.map_err(xet_err)?;
     // Each file on its own task, a few at a time: the cleaner does much of its work (dedup,
     // xorb assembly, compression) on the task that drives it, so files driven from one task
@@ -76,16 +75,15 @@ pub async fn upload_files(
         .map(|it| (it.path.to_path_buf(), it.len))
         .collect();
     let s = session.clone();
-    let buffers = Arc::new(tokio::sync::Semaphore::new(
-        BUFFER_BYTES_IN_FLIGHT / BUFFER_UNIT,
-    ));
+    let total_units = (budget as usize / BUFFER_UNIT).min(tokio::sync::Semaphore::MAX_PERMITS);
+    let buffers = Arc::new(tokio::sync::Semaphore::new(total_units));
     let results: Vec<RemoteResult<Uploaded>> =
         futures::stream::iter(jobs.into_iter().map(move |(path, len)| {
             let (s, buffers) = (s.clone(), buffers.clone());
             async move {
                 // The semaphore is never closed.
                 let _buffer = buffers
-                    .acquire_many_owned(buffer_units(len))
+                    .acquire_many_owned(buffer_units(len).min(total_units as u32))
                     .await
                     .map_err(RemoteError::other)?;
                 let mut task = AbortOnDrop(tokio::spawn(upload_one(s, path, len)));
@@ -101,12 +99,14 @@ pub async fn upload_files(
     Ok(results)
 }
 
-/// The unit [`BUFFER_BYTES_IN_FLIGHT`] is counted in.
+/// The unit the upload share is counted in.
 const BUFFER_UNIT: usize = 4 << 10;
 
-/// Units of the read buffer a file of `len` bytes holds while it uploads (at least one).
+/// Units a file of `len` bytes holds while it is chunked (at least one): its read buffer and
+/// the chunks it collects until they fill a xorb.
 fn buffer_units(len: u64) -> u32 {
-    let bytes = (len as usize).clamp(1, UPLOAD_BLOCK);
+    let per_file = (super::budget::XORB_BYTES + super::budget::UPLOAD_BLOCK) as usize;
+    let bytes = (len as usize).clamp(1, per_file);
     bytes.div_ceil(BUFFER_UNIT) as u32
 }
 
@@ -158,15 +158,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn any_file_fits_the_buffer_budget_and_small_files_share_it() {
-        let budget = (BUFFER_BYTES_IN_FLIGHT / BUFFER_UNIT) as u32;
-        // A file that waited for more than the whole budget would wait forever.
-        assert!(buffer_units(u64::MAX) <= budget);
+    fn any_file_fits_the_upload_share_and_small_files_share_it() {
+        let mut c = xet_runtime::config::XetConfig::new();
+        super::super::budget::MemoryBudget::default().apply_xet(&mut c);
+        let budget = (super::super::budget::upload_file_bytes(&c) as usize / BUFFER_UNIT) as u32;
+        // A large file counts its read buffer and a xorb of chunks: the default budget
+        // chunks one at a time.
+        assert_eq!(budget / buffer_units(u64::MAX), 1);
         assert_eq!(buffer_units(0), 1);
         assert_eq!(buffer_units(1), 1);
         assert_eq!(buffer_units(BUFFER_UNIT as u64 + 1), 2);
         // Small files are not held to the count of large ones.
         assert!(budget / buffer_units(8 << 10) >= FILES_IN_FLIGHT as u32);
-        assert!(budget / buffer_units(u64::MAX) < FILES_IN_FLIGHT as u32);
     }
 }
