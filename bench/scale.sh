@@ -185,7 +185,7 @@ for t in $targets; do
 done
 if [ -x "$repo/bench/store_history.sh" ] && [[ " $targets " == *" local "* ]]; then
   echo "== store history"
-  result+=("history: $("$repo/bench/store_history.sh" | tail -1)")
+  result+=("history: $("$repo/bench/store_history.sh" | tail -2 | paste -sd";")")
 fi
 
 echo

@@ -245,8 +245,12 @@ const MMAP_THRESHOLD: i32 = 1 << 20;
 /// size of every mapped block freed (up to 32 MiB), after which the 4 MiB read runs and
 /// 16 MiB xorbs come from the heap arenas, whose freed space stays resident: a 1 GiB commit
 /// peaked at 300-345 MiB of RSS with the threshold moving, 95-98 MiB with it fixed
-/// (bench/memory.sh 1024). Setting it fixes it. Call before any thread starts.
+/// (bench/memory.sh 1024). Setting it fixes it. Call before any thread starts. A threshold
+/// the user set through glibc's own `MALLOC_MMAP_THRESHOLD_` is left as it is.
 pub fn fix_malloc_threshold() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; no allocation is in progress on
     // another thread (none has started).
