@@ -1,6 +1,6 @@
 //! Helpers for the tests of `remote` and of the layers above it.
 
-use crate::remote::{Entry, EntryKind, FileId, Meta};
+use crate::remote::{Cas, Entry, EntryKind, FileId, Meta, UploadItem, Uploaded};
 
 /// Incompressible bytes, so that big files really span several xorbs and segments.
 pub(crate) fn random(n: usize, seed: u64) -> Vec<u8> {
@@ -28,4 +28,13 @@ pub(crate) fn file_entry(path: &str, hash: &str, size: u64, meta: Meta) -> Entry
         meta,
         link: None,
     }
+}
+
+/// Upload the file at `path` (`len` bytes) alone in one batch; panics on failure.
+pub(crate) async fn upload_one(cas: &dyn Cas, path: &std::path::Path, len: u64) -> Uploaded {
+    cas.upload_batch(vec![UploadItem { path, len }])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap()
 }

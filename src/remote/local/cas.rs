@@ -361,15 +361,7 @@ mod tests {
         }
         assert!(cas.read_range(&up.id, 0..3_000_001).await.is_err());
         // Re-uploading identical bytes dedups to the same identity and adds nothing.
-        let again = cas
-            .upload_batch(vec![UploadItem {
-                path: &src,
-                len: data.len() as u64,
-            }])
-            .await
-            .unwrap()
-            .remove(0)
-            .unwrap();
+        let again = crate::remote::testing::upload_one(&cas, &src, data.len() as u64).await;
         assert_eq!(again.id, up.id);
         assert_eq!(again.new_bytes, 0);
     }

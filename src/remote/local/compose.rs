@@ -135,7 +135,7 @@ pub(super) mod tests {
     use super::*;
     use crate::remote::local::{xet_config, XetCas};
     use crate::remote::xet::rechunk::tests::{apply, disjoint_edits};
-    use crate::remote::{Cas, ComposeEdit, Composed, UploadItem};
+    use crate::remote::{Cas, ComposeEdit, Composed};
     use bytes::Bytes;
     use xet_data::processing::{upload_ranges, DirtyInput};
     use xet_runtime::core::XetContext;
@@ -149,15 +149,7 @@ pub(super) mod tests {
         let cas = XetCas::open(ctx, &dir.join("cas")).await.unwrap();
         let src = dir.join("src");
         std::fs::write(&src, data).unwrap();
-        let up = cas
-            .upload_batch(vec![UploadItem {
-                path: &src,
-                len: data.len() as u64,
-            }])
-            .await
-            .unwrap()
-            .remove(0)
-            .unwrap();
+        let up = crate::remote::testing::upload_one(&cas, &src, data.len() as u64).await;
         (cas, up.id)
     }
 

@@ -238,7 +238,7 @@ fn remove_matching(dir: &Path, pick: impl Fn(&str, bool) -> bool) -> std::io::Re
 pub(crate) mod tests {
     use super::*;
     use crate::remote::local::{xet_config, LocalStore};
-    use crate::remote::{Cas, UploadItem};
+    use crate::remote::Cas;
     use xet_runtime::core::XetContext;
 
     /// What a crash mid-write leaves, planted below `cas` (paths relative to it), and what
@@ -302,16 +302,7 @@ pub(crate) mod tests {
         std::fs::write(&src, &data).unwrap();
         let root = d.path().join("store");
         let store = LocalStore::open(&root, ctx()).await.unwrap();
-        let up = store
-            .cas
-            .upload_batch(vec![UploadItem {
-                path: &src,
-                len: data.len() as u64,
-            }])
-            .await
-            .unwrap()
-            .remove(0)
-            .unwrap();
+        let up = crate::remote::testing::upload_one(&*store.cas, &src, data.len() as u64).await;
         drop(store);
         let cas = root.join("cas");
         let before = xorbs(&cas);

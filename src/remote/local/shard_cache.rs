@@ -112,16 +112,7 @@ mod tests {
             let data = random(3000 + i, seed + i as u64);
             let src = dir.join(format!("src{seed}-{i}"));
             std::fs::write(&src, &data).unwrap();
-            let up = store
-                .cas
-                .upload_batch(vec![UploadItem {
-                    path: &src,
-                    len: data.len() as u64,
-                }])
-                .await
-                .unwrap()
-                .remove(0)
-                .unwrap();
+            let up = crate::remote::testing::upload_one(&*store.cas, &src, data.len() as u64).await;
             out.push((up.id, data));
         }
         out

@@ -15,6 +15,14 @@ fn lazy(c: &mut VfsConfig) {
     c.flush_max_batch_window = Duration::from_secs(600);
 }
 
+const MB: u64 = 1 << 20;
+
+/// [`lazy`], with a staging byte budget.
+fn lazy_within(c: &mut VfsConfig, bytes: u64) {
+    lazy(c);
+    c.max_staging_size = bytes;
+}
+
 /// The running totals against a fresh walk of the staged files. Copies the flusher has just
 /// evicted are still counted until its last reference to them goes: poll until it has.
 async fn check_totals(v: &Vfs) {
@@ -81,16 +89,7 @@ async fn a_full_file_budget_makes_creators_wait_for_the_flusher() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byte_budget_makes_writers_of_another_file_wait_and_keeps_staging_within_it() {
     let (_d, dir) = tmp();
-    const MB: u64 = 1 << 20;
-    let m = mount_with(
-        &dir,
-        |c| {
-            lazy(c);
-            c.max_staging_size = MB;
-        },
-        |c, s| (c, s),
-    )
-    .await;
+    let m = mount_with(&dir, |c| lazy_within(c, MB), |c, s| (c, s)).await;
     let v = &m.vfs;
     for n in 0..12u32 {
         write_file(v, ROOT_INO, &format!("f{n}"), &pattern(300_000, n)).await;
@@ -157,16 +156,7 @@ async fn a_create_that_finds_no_room_in_time_fails_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dirtying_a_clean_copy_in_a_full_staging_area_waits_for_a_commit() {
     let (_d, dir) = tmp();
-    const MB: u64 = 1 << 20;
-    let m = mount_with(
-        &dir,
-        |c| {
-            lazy(c);
-            c.max_staging_size = MB;
-        },
-        |c, s| (c, s),
-    )
-    .await;
+    let m = mount_with(&dir, |c| lazy_within(c, MB), |c, s| (c, s)).await;
     let v = &m.vfs;
     // A committed file whose clean copy stays staged: open, so it cannot be evicted.
     let a = write_file(v, ROOT_INO, "a", &pattern(200_000, 1)).await;
