@@ -83,11 +83,12 @@ fn open_store(args: &StoreArgs, nfs: bool) -> Result<Served, UserError> {
         .enable_all()
         .build()?;
     let ctx = xet_runtime::core::XetContext::from_external(rt.handle().clone(), args.xet_config());
-    tracing::info!("{}", args.memory().describe());
     let opened = rt.block_on(xetmount::remote::open::open(ctx, &args.open_options()))?;
     let mut config = args.vfs_config(opened.staging_dir, opened.read_only, opened.shared);
     config.stateless_handles = nfs;
     let vfs = rt.block_on(Vfs::new(opened.catalog, opened.cas, config))?;
+    // After opening: a store that cannot be opened gets its one sentence alone.
+    tracing::info!("{}", args.memory().describe());
     if args.read_only {
         tracing::info!("read-only because of --read-only: writes fail with EROFS");
     }

@@ -103,9 +103,9 @@ pub struct PlannedReads {
     refused: AtomicBool,
     /// Whether a missing xorb index was logged (once per mount, not once per xorb).
     told_no_index: AtomicBool,
-    /// Fetched chunks on their way to the chunk cache, in [`PUT_UNIT`]s: a fetch that finds
-    /// no room does not cache its chunks, so puts slower than the network neither hold back
-    /// reads nor keep their chunks in memory.
+    /// Fetched chunks on their way to the chunk cache, in [`PUT_UNIT`]s: a fetch waits for
+    /// room before it hands its chunks to a background put, so puts slower than the network
+    /// hold back reads instead of keeping their chunks in memory.
     puts: Arc<tokio::sync::Semaphore>,
     put_units: u32,
 }
@@ -559,13 +559,11 @@ impl PlannedReads {
         if let Some(c) = &self.chunk_cache {
             // A put larger than the whole allowance takes all of it (it would wait forever).
             let units = (data.len().div_ceil(PUT_UNIT) as u32).clamp(1, self.put_units);
-            // No room (the disk cache is slower than the network just now): these chunks are
-            // not cached rather than the read waiting for the disk (a cold sequential read
-            // ran at half speed waiting) or their copies piling up in memory.
-            let Ok(room) = Arc::clone(&self.puts).try_acquire_many_owned(units) else {
-                tracing::trace!("chunk cache busy: {range} not cached");
-                return Ok((data, offsets));
-            };
+            // The semaphore is never closed.
+            let room = Arc::clone(&self.puts)
+                .acquire_many_owned(units)
+                .await
+                .map_err(|e| FetchError::Other(e.to_string()))?;
             let (c, data, offsets) = (c.clone(), data.clone(), offsets.clone());
             tokio::spawn(async move {
                 if let Err(e) = c.put(&key, &crange, &offsets, &data).await {
