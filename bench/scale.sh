@@ -13,8 +13,8 @@
 #             <= 0.5 s)
 #   rss       peak RSS of the mount (sampled every 0.1 s) writing a SCALE_BIG_GIB file (default
 #             4), while it commits, and reading it back cold on a fresh mount (target <= 256 MiB)
-#   history   if bench/store_history.sh exists (local target only): sparse-edit cost on a store
-#             with >= 20k xorb/shard files against a fresh store
+#   history   (local target only; SCALE_HISTORY=0 skips it) bench/store_history.sh: sparse-edit
+#             cost on a store with >= 20k xorb/shard files against a fresh store
 # Mount CPU is read from /proc/PID/stat (user+system), so other load on the machine moves it
 # less than wall time. Usage: bench/scale.sh [N]. Needs root for drop_caches (skipped
 # otherwise) and, for `served`, scripts/install-tools.sh (the hf venv creates the bucket).
@@ -183,7 +183,7 @@ for t in $targets; do
     *) echo "scale.sh: unknown target '$t' (local or served)"; exit 2 ;;
   esac
 done
-if [ -x "$repo/bench/store_history.sh" ] && [[ " $targets " == *" local "* ]]; then
+if [ "${SCALE_HISTORY:-1}" != 0 ] && [[ " $targets " == *" local "* ]]; then
   echo "== store history"
   result+=("history: $("$repo/bench/store_history.sh" | tail -2 | paste -sd";")")
 fi

@@ -358,6 +358,7 @@ impl Vfs {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
+        Stats::set(&self.stats.inodes, self.ns.table().len() as u64);
         self.stats.snapshot()
     }
 
@@ -366,7 +367,7 @@ impl Vfs {
     pub fn getxattr(&self, ino: Ino, name: &str) -> VfsResult<Vec<u8>> {
         self.ns.table().get(ino)?;
         if ino == ROOT_INO && name == STATS_XATTR {
-            return Ok(self.stats.snapshot().to_text().into_bytes());
+            return Ok(self.stats().to_text().into_bytes());
         }
         Err(Errno::ENODATA)
     }

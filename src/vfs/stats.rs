@@ -45,7 +45,7 @@ pub struct Stats {
     pub remote_overwrites: AtomicU64,
     /// Commits refused because another writer replaced the file; the version moved aside.
     pub remote_conflicts: AtomicU64,
-    /// Entries in the inode table, as of the last listing or trim.
+    /// Entries in the inode table.
     pub inodes: AtomicU64,
     /// Directory listings dropped to keep the inode table within `--inode-soft-limit`.
     pub listings_dropped: AtomicU64,
