@@ -178,7 +178,6 @@ impl Namespace {
     /// Readers without the lock re-check that their listing is there (`listed_child`).
     pub(in crate::vfs) fn trim(&self, dir: Ino) {
         let Ok(_ns) = self.lock.try_lock() else {
-            Stats::set(&self.stats.inodes, self.table().len() as u64);
             return;
         };
         self.trim_locked(&mut self.table(), dir);
@@ -187,7 +186,6 @@ impl Namespace {
     /// [`Self::trim`] with the namespace lock held.
     pub(in crate::vfs) fn trim_locked(&self, t: &mut InodeTable, dir: Ino) {
         let trimmed = t.trim(dir);
-        Stats::set(&self.stats.inodes, t.len() as u64);
         if trimmed.listings > 0 {
             Stats::add(&self.stats.listings_dropped, trimmed.listings);
             tracing::debug!(
