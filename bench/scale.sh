@@ -16,7 +16,8 @@
 #   history   (local target only; SCALE_HISTORY=0 skips it) bench/store_history.sh: sparse-edit
 #             cost on a store with >= 20k xorb/shard files against a fresh store
 # Mount CPU is read from /proc/PID/stat (user+system), so other load on the machine moves it
-# less than wall time. Usage: bench/scale.sh [N]. Needs root for drop_caches (skipped
+# less than wall time. SCALE_PHASES picks phases (default "creates ops ls rss"; history follows
+# SCALE_HISTORY). Usage: bench/scale.sh [N]. Needs root for drop_caches (skipped
 # otherwise) and, for `served`, scripts/install-tools.sh (the hf venv creates the bucket).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +29,8 @@ ops="${SCALE_OPS:-3000}"
 ls_n="${SCALE_LS:-50000}"
 big_gib="${SCALE_BIG_GIB:-4}"
 targets="${SCALE_TARGETS:-local served}"
+phases=" ${SCALE_PHASES:-creates ops ls rss} "
+phase() { [[ "$phases" == *" $1 "* ]]; }
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount
 bin="$repo/target/release/xetmount"
 hf="$repo/.tools/hf-venv/bin/hf"
@@ -96,9 +99,17 @@ op_cost() { # dir kind
 run_target() {
   target="$1"
   rm -rf "$work/store" "$work/cache"
+  phase creates && run_creates
+  phase ops && run_ops
+  phase ls && run_wide_ls
+  phase rss && [ "$big_gib" -gt 0 ] && run_big_rss
+  return 0
+}
+
+run_creates() {
   echo "== $target: creating $n files in 100 directories"
   mount_it
-  local per_dir=$((n / 100)) block=10000 made=0 c0 s0 first="" first_s="" last="" last_s=""
+  local per_dir=$((n / 100)) block=10000 made=0 c0 s0 first="" first_s="" last="" last_s="" all=""
   c0=$(cpu "$pid"); s0=$(serve_cpu)
   for ((d = 0; d < 100; d++)); do
     mkdir "$mp/d$d"
@@ -110,6 +121,7 @@ run_target() {
         c1=$(cpu "$pid"); s1=$(serve_cpu)
         [ -z "$first" ] && { first=$(calc "$c1 - $c0"); first_s=$(calc "$s1 - $s0"); }
         last=$(calc "$c1 - $c0"); last_s=$(calc "$s1 - $s0")
+        all+=" $(printf '%.2f' "$last")"
         c0=$c1; s0=$s1
       fi
     done
@@ -117,6 +129,11 @@ run_target() {
   local t0 t1
   t0=$(now); stop_mount; t1=$(now)
   result+=("$target creates: mount CPU s per 10k first $(fmt "$first") last $(fmt "$last") ratio $(fmt "$(calc "$last / $first")") (target <= 1.2); serve CPU first $(fmt "$first_s") last $(fmt "$last_s"); unmount commit $(fmt "$(calc "$t1 - $t0")") s")
+  result+=("$target creates: mount CPU s for each 10k:$all")
+}
+
+run_ops() {
+  local t0 t1
 
   echo "== $target: operation cost, fresh mount vs after a full find"
   mount_it "${long_debounce[@]}"
@@ -137,7 +154,10 @@ run_target() {
   done
   result+=("$line")
   result+=("$target find of $((n + 4 * ops + 100)) entries: cold $(fmt "$find_cold") s, warm $(fmt "$find_warm") s")
+}
 
+run_wide_ls() {
+  local t0 t1
   echo "== $target: ls -l of $ls_n entries"
   mount_it
   mkdir "$mp/wide"
@@ -151,19 +171,19 @@ run_target() {
   ls_warm=$(calc "$t1 - $t0")
   stop_mount
   result+=("$target ls -l of $ls_n entries: cold $(fmt "$ls_cold") s, warm $(fmt "$ls_warm") s (target warm <= 0.5)")
+}
 
-  if [ "$big_gib" -gt 0 ]; then
-    echo "== $target: peak RSS for a $big_gib GiB file"
-    mount_it
-    local w c r
-    w=$(peak_rss "$pid" dd if=/dev/urandom of="$mp/big.bin" bs=4M count=$((big_gib * 256)) status=none)
-    c=$(peak_rss "$pid" "$bin" unmount "$mp")
-    wait "$pid"; pid=""
-    mount_it
-    r=$(peak_rss "$pid" dd if="$mp/big.bin" of=/dev/null bs=4M status=none)
-    stop_mount
-    result+=("$target peak RSS MiB: write $w, commit $c, cold read $r (target <= 256)")
-  fi
+run_big_rss() {
+  echo "== $target: peak RSS for a $big_gib GiB file"
+  mount_it
+  local w c r
+  w=$(peak_rss "$pid" dd if=/dev/urandom of="$mp/big.bin" bs=4M count=$((big_gib * 256)) status=none)
+  c=$(peak_rss "$pid" "$bin" unmount "$mp")
+  wait "$pid"; pid=""
+  mount_it
+  r=$(peak_rss "$pid" dd if="$mp/big.bin" of=/dev/null bs=4M status=none)
+  stop_mount
+  result+=("$target peak RSS MiB: write $w, commit $c, cold read $r (target <= 256)")
 }
 
 result=()

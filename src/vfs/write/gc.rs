@@ -176,6 +176,8 @@ impl WritePath {
         for (ino, s) in &staged {
             self.forget_clean_copy(*ino, s, true);
         }
+        drop(staged);
+        self.area().close_spares();
     }
 
     /// Paranoid mode: forget a clean staging copy, even of an open file. A writer that picked

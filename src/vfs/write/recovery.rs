@@ -16,7 +16,7 @@ use crate::remote::EntryKind;
 use crate::vfs::flush::Flusher;
 use crate::vfs::namespace::inode::{Ino, ROOT_INO};
 use crate::vfs::namespace::Namespace;
-use crate::vfs::write::staging::{log_path, Found};
+use crate::vfs::write::staging::{remove_pair, Found};
 use crate::vfs::write::WritePath;
 use crate::vfs::{Caller, Errno, VfsResult};
 
@@ -53,7 +53,9 @@ pub(in crate::vfs) async fn recover(
                 }
             },
             // A journal whose staging file is gone describes nothing.
-            Some("log") if !p.with_extension("stg").exists() => remove_pair(p),
+            Some("log") if !p.with_extension("stg").exists() => {
+                remove_pair(&p.with_extension("stg"))
+            }
             _ => {}
         }
     }
@@ -148,14 +150,4 @@ async fn install_recovered(ns: &Namespace, found: &Found) -> VfsResult<Ino> {
     }
     t.set_staged(ino, Some(staged.clone()))?;
     Ok(ino)
-}
-
-fn remove_pair(p: &std::path::Path) {
-    for f in [p.with_extension("stg"), log_path(&p.with_extension("stg"))] {
-        if let Err(e) = std::fs::remove_file(&f) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %f.display(), "cannot remove stale staging file: {e}");
-            }
-        }
-    }
 }
