@@ -249,29 +249,22 @@ fn mount_nfs(args: &MountArgs, mountpoint: &Path) -> Result<(), UserError> {
 }
 
 fn stats(mp: &Path) -> Result<(), UserError> {
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::fd::AsRawFd;
     let not_ours = || {
         UserError(format!(
             "{} is not an xetmount mount point; pass the directory a bucket is mounted on",
             mp.display()
         ))
     };
-    let path = std::ffi::CString::new(mp.as_os_str().as_bytes()).map_err(|_| not_ours())?;
-    let name = std::ffi::CString::new(xetmount::vfs::STATS_XATTR).expect("no NUL in the name");
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: both strings are NUL-terminated and `buf` is valid for `buf.len()` bytes.
-    let n = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let dir = std::fs::File::open(mp)
+        .map_err(|e| UserError(format!("cannot open {}: {e}", mp.display())))?;
+    let mut buf = vec![0u8; fuse::STATS_MAX];
+    // SAFETY: the ioctl writes at most its size field's STATS_MAX bytes into `buf`.
+    let n = unsafe { libc::ioctl(dir.as_raw_fd(), fuse::STATS_IOCTL as _, buf.as_mut_ptr()) };
     if n < 0 {
         let e = std::io::Error::last_os_error();
         return match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Err(not_ours()),
+            Some(libc::ENOTTY) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Err(not_ours()),
             _ => Err(UserError(format!(
                 "cannot read stats of {}: {e}",
                 mp.display()

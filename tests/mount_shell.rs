@@ -103,6 +103,10 @@ fn cli_rejects_bad_input_with_one_sentence() {
         assert!(said[0].contains("serve-nfs"), "{err}");
     }
 
+    // `stats` of a directory that is no mount says so.
+    let err = run(&["stats", mp.to_str().unwrap()]);
+    assert!(err.contains("not an xetmount mount point"), "{err}");
+
     // A store in use by a live mount names the holder's pid.
     let m = Mount::start(&store, &tmp.path().join("m1"), &[]);
     let err = run(&["mount", store.to_str().unwrap(), mp.to_str().unwrap()]);
@@ -110,6 +114,27 @@ fn cli_rejects_bad_input_with_one_sentence() {
         err.contains("already in use") && err.contains("pid"),
         "{err}"
     );
+    // No extended attributes (the kernel answers for us after the first call); the counters
+    // come through the stats ioctl.
+    std::fs::write(m.mountpoint.join("f"), "x").unwrap();
+    let path = std::ffi::CString::new(m.mountpoint.join("f").to_str().unwrap()).unwrap();
+    // (The kernel reports "no ACL" as ENODATA.)
+    for (name, want) in [
+        (c"security.selinux", libc::EOPNOTSUPP),
+        (c"user.x", libc::EOPNOTSUPP),
+        (c"system.posix_acl_access", libc::ENODATA),
+    ] {
+        // SAFETY: NUL-terminated strings; a zero-size query writes nothing.
+        let r = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(r, -1);
+        let got = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!(got, Some(want), "{name:?}");
+    }
+    let stats = sh(
+        tmp.path(),
+        &format!("{} stats {}", common::bin(), m.mountpoint.display()),
+    );
+    assert!(stats.lines().any(|l| l.starts_with("inodes ")), "{stats}");
     m.stop();
 }
 

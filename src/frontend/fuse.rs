@@ -10,9 +10,10 @@ use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+    INodeNo, IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, SessionUnmounter, TimeOrNow,
+    WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -21,8 +22,16 @@ use crate::vfs::time_to_ns;
 use crate::vfs::Invalidation;
 use crate::vfs::{Attr, Caller, Errno, SetAttr, TimeSet, Vfs};
 
-/// How long the kernel may cache attributes and names. Every change passes through this
-/// mount, so this only bounds how stale a view of another writer's change can be.
+/// The most bytes of counters [`STATS_IOCTL`] returns (its size field has 14 bits).
+pub const STATS_MAX: usize = (1 << 14) - 1;
+
+/// `ioctl` on the mount root that reads the mount's counters as `name value` lines
+/// (`_IOR('x', 1, [u8; STATS_MAX])`; its return value is their length). An ioctl rather than
+/// an extended attribute: a file system that answers getxattr at all gets two of them per
+/// file from `ls -l`, each a round trip; answering none lets the kernel stop asking.
+pub const STATS_IOCTL: u32 = (2 << 30) | ((STATS_MAX as u32) << 16) | ((b'x' as u32) << 8) | 1;
+
+/// The FUSE file system: a thin adapter over the VFS.
 pub struct FuseFs {
     vfs: Arc<Vfs>,
     rt: Handle,
@@ -500,27 +509,42 @@ impl Filesystem for FuseFs {
         self.run(|vfs| async move { reply_empty(reply, vfs.sync_namespace().await) });
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let value = match self.vfs.getxattr(ino.0, &name.to_string_lossy()) {
-            Ok(v) => v,
-            Err(e) => return reply.error(errno(e)),
-        };
-        if size == 0 {
-            reply.size(value.len() as u32);
-        } else if (size as usize) < value.len() {
-            reply.error(fuser::Errno::from_i32(libc::ERANGE));
-        } else {
-            reply.data(&value);
-        }
+    // No extended attributes: ENOSYS tells the kernel so once, and it answers every later
+    // call itself (EOPNOTSUPP) instead of asking for each file `ls -l` or `cp -a` looks at.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(fuser::Errno::from_i32(libc::ENOSYS));
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        // The stats attribute is not listed, so that copies (cp -a, rsync -X) leave it alone.
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(fuser::Errno::from_i32(libc::ENOSYS));
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        if ino.0 != crate::vfs::ROOT_INO || cmd != STATS_IOCTL {
+            return reply.error(fuser::Errno::from_i32(libc::ENOTTY));
         }
+        let text = self.vfs.stats().to_text();
+        if text.len() > (out_size as usize).min(STATS_MAX) {
+            return reply.error(fuser::Errno::from_i32(libc::E2BIG));
+        }
+        reply.ioctl(text.len() as i32, text.as_bytes());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

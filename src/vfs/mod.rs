@@ -64,9 +64,6 @@ pub use stats::{Stats, StatsSnapshot};
 use write::staging::{Falloc, StagingArea};
 use write::{Budget, WritePath};
 
-/// The extended attribute of the mount root that holds the counters.
-pub const STATS_XATTR: &str = "user.xetmount.stats";
-
 use crate::remote::{Cas, Catalog, EntryKind};
 
 /// Longest name of one path component.
@@ -360,16 +357,6 @@ impl Vfs {
     pub fn stats(&self) -> StatsSnapshot {
         Stats::set(&self.stats.inodes, self.ns.table().len() as u64);
         self.stats.snapshot()
-    }
-
-    /// Extended attributes. The only one is [`STATS_XATTR`] on the root: the mount's counters
-    /// as `name value` lines (read by `xetmount stats`).
-    pub fn getxattr(&self, ino: Ino, name: &str) -> VfsResult<Vec<u8>> {
-        self.ns.table().get(ino)?;
-        if ino == ROOT_INO && name == STATS_XATTR {
-            return Ok(self.stats().to_text().into_bytes());
-        }
-        Err(Errno::ENODATA)
     }
 
     pub fn config(&self) -> &VfsConfig {
