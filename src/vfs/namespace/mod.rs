@@ -835,17 +835,21 @@ impl Namespace {
     }
 
     /// Journal the current path of every staged file at or below `moved` (a file that got
-    /// a new name, or a directory that did). Costs what is staged, not what is listed.
+    /// a new name, or a directory that did). A file costs one lookup; a directory what is
+    /// staged, not what is listed.
     pub(in crate::vfs) fn journal_paths(&self, moved: Ino) {
         let staged: Vec<(Arc<Staged>, String)> = {
             let t = self.table();
-            let dir = t.get(moved).is_ok_and(|m| m.is_dir());
-            let below = |i: &&Inode| i.ino == moved || (dir && t.is_within(i.ino, moved));
-            t.staged_inodes()
-                .filter(|i| i.linked)
-                .filter(below)
-                .filter_map(|i| Some((i.staged()?.clone(), t.path_of(i.ino).ok()?)))
-                .collect()
+            let journaled = |i: &Inode| Some((i.staged()?.clone(), t.path_of(i.ino).ok()?));
+            match t.get(moved) {
+                Ok(m) if m.is_dir() => t
+                    .staged_inodes()
+                    .filter(|i| i.linked && t.is_within(i.ino, moved))
+                    .filter_map(journaled)
+                    .collect(),
+                Ok(m) if m.linked => journaled(m).into_iter().collect(),
+                _ => Vec::new(),
+            }
         };
         for (s, p) in staged {
             match s.note_path(&p) {
