@@ -381,36 +381,24 @@ impl NFSFileSystem for NfsFs {
         max_entries: usize,
     ) -> Result<ReadDirResult, nfsstat3> {
         self.known(dirid).await?;
-        let fh = self.vfs.opendir(dirid).await.map_err(stat)?;
-        let listed = self.vfs.readdir(fh, 0);
-        self.vfs.releasedir(fh);
-        let entries: Vec<_> = listed
-            .map_err(stat)?
-            .into_iter()
-            .filter(|e| e.name != "." && e.name != "..")
-            .collect();
-        let start = if start_after == 0 {
-            0
-        } else {
-            entries
-                .iter()
-                .position(|e| e.ino == start_after)
-                .map(|p| p + 1)
-                .ok_or(nfsstat3::NFS3ERR_BAD_COOKIE)?
+        // The cookie is the last entry's file id: the next page starts after its name.
+        let after = (start_after != 0).then_some(start_after);
+        let (page, end) = match self.vfs.dir_page(dirid, after, max_entries).await {
+            Err(Errno::ENOENT) if after.is_some() => return Err(nfsstat3::NFS3ERR_BAD_COOKIE),
+            r => r.map_err(stat)?,
         };
-        let mut out = ReadDirResult::default();
-        for e in entries.iter().skip(start) {
-            if out.entries.len() >= max_entries {
-                return Ok(out);
-            }
+        let mut out = ReadDirResult {
+            entries: Vec::with_capacity(page.len()),
+            end,
+        };
+        for e in page {
             let attr = self.vfs.getattr(e.ino).map_err(stat)?;
             out.entries.push(DirEntry {
                 fileid: e.ino,
-                name: e.name.as_bytes().to_vec().into(),
+                name: e.name.into_bytes().into(),
                 attr: fattr(&attr),
             });
         }
-        out.end = true;
         Ok(out)
     }
 
@@ -525,6 +513,55 @@ mod tests {
             Err(nfsstat3::NFS3ERR_NOENT)
         ));
         b.shutdown(Duration::from_secs(10)).await;
+    }
+
+    /// A directory listed page by page, each page resuming after the last entry of the one
+    /// before: every name once, in order, the end on the last page only; a page resuming
+    /// after a removed entry says its cookie is bad; a file with two names resumes after the
+    /// first of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readdir_pages_resume_after_their_last_entry() {
+        let (_d, dir) = tmp();
+        let m = mount_at(&dir).await;
+        let fs = NfsFs::new(m.vfs.clone());
+        let n = |s: &str| -> filename3 { s.as_bytes().to_vec().into() };
+        let (d, _) = fs.mkdir(ROOT_INO, &n("d")).await.unwrap();
+        let mut want: Vec<String> = (0..250).map(|i| format!("f{i:03}")).collect();
+        for name in &want {
+            fs.create(d, &n(name), sattr3::default()).await.unwrap();
+        }
+        let first = fs.lookup(d, &n("f000")).await.unwrap();
+        m.vfs.link(first, d, "link").await.unwrap();
+        want.push("link".into());
+        want.sort();
+
+        let mut got = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = fs.readdir(d, after, 40).await.unwrap();
+            assert!(page.entries.len() <= 40);
+            got.extend(page.entries.iter().map(|e| e.name.0.clone()));
+            if page.end {
+                break;
+            }
+            assert_eq!(page.entries.len(), 40, "a short page that is not the end");
+            after = page.entries.last().unwrap().fileid;
+        }
+        let got: Vec<String> = got
+            .into_iter()
+            .map(|b| String::from_utf8(b).unwrap())
+            .collect();
+        assert_eq!(got, want);
+
+        // After "f000", which is also "link": resumes after the first name, at "f001".
+        let page = fs.readdir(d, first, 1).await.unwrap();
+        assert_eq!(page.entries[0].name.0, b"f001");
+        let cursor = fs.lookup(d, &n("f100")).await.unwrap();
+        fs.remove(d, &n("f100")).await.unwrap();
+        assert!(matches!(
+            fs.readdir(d, cursor, 10).await,
+            Err(nfsstat3::NFS3ERR_BAD_COOKIE)
+        ));
     }
 
     /// NFS never sends FORGET: lookups and creations must not pin inodes, or a removed file

@@ -434,6 +434,17 @@ impl Vfs {
         self.handles.readdir(fh, offset)
     }
 
+    /// A page of directory `ino`'s entries after the one numbered `after` (see
+    /// `Namespace::dir_page`), and whether it is the last.
+    pub async fn dir_page(
+        &self,
+        ino: Ino,
+        after: Option<Ino>,
+        limit: usize,
+    ) -> VfsResult<(Vec<DirEntry>, bool)> {
+        self.ns.dir_page(ino, after, limit).await
+    }
+
     pub fn releasedir(&self, fh: u64) {
         self.handles.release_dir(fh)
     }

@@ -438,6 +438,69 @@ impl Namespace {
         Ok(Some(v))
     }
 
+    /// Up to `limit` entries of directory `ino` (without `.` and `..`) in name order, after
+    /// the entry numbered `after` (from the first if `None`), and whether they run to the
+    /// end. Costs the page, not the directory, for clients that list page by page and resume
+    /// after an entry (NFS). ENOENT if `after` is no longer in the directory.
+    pub(in crate::vfs) async fn dir_page(
+        &self,
+        ino: Ino,
+        after: Option<Ino>,
+        limit: usize,
+    ) -> VfsResult<(Vec<DirEntry>, bool)> {
+        self.ensure_listed(ino).await?;
+        if after.is_none() {
+            self.prefetch_below(ino);
+        }
+        loop {
+            if let Some(page) = self.listed_page(ino, after, limit)? {
+                return Ok(page);
+            }
+            // Dropped meanwhile (`trim`): list it again.
+            self.ensure_listed(ino).await?;
+        }
+    }
+
+    /// [`Self::dir_page`] if the listing of `ino` is in the table.
+    fn listed_page(
+        &self,
+        ino: Ino,
+        after: Option<Ino>,
+        limit: usize,
+    ) -> VfsResult<Option<(Vec<DirEntry>, bool)>> {
+        use std::ops::Bound;
+        let t = self.table();
+        let Some(children) = &t.dir(ino)?.children else {
+            return Ok(None);
+        };
+        let from = match after {
+            None => Bound::Unbounded,
+            Some(a) => {
+                let i = t.get(a)?;
+                // An entry with two names here resumes after the first: a file id names no
+                // one name (NFS's cookie is one).
+                let name = std::iter::once((i.parent, &i.name))
+                    .chain(i.other_names.iter().map(|(d, n)| (*d, n)))
+                    .filter(|(d, n)| *d == ino && children.get(n.as_str()) == Some(&a))
+                    .map(|(_, n)| n.as_str())
+                    .min()
+                    .ok_or(Errno::ENOENT)?;
+                Bound::Excluded(name)
+            }
+        };
+        let mut page = Vec::new();
+        let mut rest = children.range::<str, _>((from, Bound::Unbounded));
+        for (name, &child) in rest.by_ref().take(limit) {
+            page.push(DirEntry {
+                ino: child,
+                name: name.clone(),
+                kind: t.get(child)?.kind,
+            });
+        }
+        let end = rest.next().is_none();
+        Ok(Some((page, end)))
+    }
+
     /// The directory holding `ino` (the root is its own parent).
     pub(in crate::vfs) fn parent_of(&self, ino: Ino) -> VfsResult<Ino> {
         Ok(self.table().get(ino)?.parent)
