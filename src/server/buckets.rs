@@ -57,6 +57,11 @@ fn db_err(e: rusqlite::Error) -> RemoteError {
     RemoteError::Other(format!("server registry: {e}"))
 }
 
+/// SQLite page cache of each open bucket's catalog, MiB: a 100k-file bucket's indexes, so a
+/// batch's inserts and the change feed's reads stay in memory (serve CPU per 10k files grew
+/// 3x over 100k files with SQLite's 2 MiB default, 2x with this).
+const BUCKET_PAGE_CACHE_MIB: i64 = 32;
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -65,8 +70,11 @@ impl Buckets {
     pub fn open(root: &Path) -> RemoteResult<Self> {
         std::fs::create_dir_all(root.join("buckets"))?;
         let db = Connection::open(root.join("server.db")).map_err(db_err)?;
+        // 32 MiB of pages: the hash-to-bucket index is keyed by random hashes, so every
+        // commit's inserts land on pages all over it; past SQLite's 2 MiB default each one
+        // was read back from the OS (serve CPU per 10k files grew 3x over 100k files).
         db.execute_batch(
-            "PRAGMA journal_mode=WAL;
+            "PRAGMA journal_mode=WAL; PRAGMA cache_size=-32768;
              CREATE TABLE IF NOT EXISTS buckets (
                  id TEXT PRIMARY KEY, private INTEGER NOT NULL,
                  created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
@@ -293,6 +301,7 @@ impl Buckets {
         }
         let path = self.dir(id).join("catalog.db");
         let catalog = SqliteCatalog::open(&path)
+            .and_then(|c| c.set_page_cache_mib(BUCKET_PAGE_CACHE_MIB).map(|()| c))
             .map_err(|e| RemoteError::Other(format!("catalog of {id}: {e}")))?;
         let b = Arc::new(Bucket {
             id: id.to_string(),
