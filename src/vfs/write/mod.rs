@@ -10,6 +10,7 @@
 //! never across an `.await` (the staging descriptor cache's lock is taken under it, alone); creating a staging copy holds the namespace lock so that the path
 //! journaled with it stays current until it is installed.
 
+mod fds;
 mod gc;
 pub(in crate::vfs) mod journal;
 pub mod ranges;

@@ -21,13 +21,13 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::lru::Lru;
 use crate::remote::{ComposeEdit, FileId};
 use crate::vfs::errno::{Errno, VfsResult};
+use crate::vfs::write::fds::{Fd, FdCache, Part};
 use crate::vfs::write::journal::{self, Record};
 use crate::vfs::write::sparse::SparseState;
 
@@ -36,83 +36,6 @@ pub fn empty_id() -> FileId {
     FileId {
         hash: String::new(),
         size: 0,
-    }
-}
-
-/// Which of a staging file's two files.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Part {
-    Data,
-    Log,
-}
-
-/// Open descriptors of staging files, the least recently used closed first: a pending file
-/// pins none, so any number of them fits in the process's descriptor limit. One per process,
-/// as the limit is. A descriptor in use when it is evicted stays open until that use ends.
-pub struct FdCache {
-    open: Mutex<Lru<(u64, Part), Arc<File>>>,
-    next_id: AtomicU64,
-}
-
-impl FdCache {
-    /// A cache keeping at most `cap` descriptors open.
-    pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(FdCache {
-            open: Mutex::new(Lru::new(cap as u64)),
-            next_id: AtomicU64::new(0),
-        })
-    }
-
-    /// The process's cache: a quarter of the soft descriptor limit (the rest is for the
-    /// store, connections and the kernel channel), at most 512, at least 16.
-    pub fn global() -> Arc<Self> {
-        static GLOBAL: OnceLock<Arc<FdCache>> = OnceLock::new();
-        GLOBAL
-            .get_or_init(|| {
-                let mut lim = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                // SAFETY: getrlimit with a valid pointer to a local struct.
-                let soft = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
-                    0 => lim.rlim_cur,
-                    _ => 1024,
-                };
-                FdCache::new((soft / 4).clamp(16, 512) as usize)
-            })
-            .clone()
-    }
-
-    /// Descriptors open now (in use elsewhere or not).
-    #[cfg(test)]
-    pub fn open_count(&self) -> usize {
-        self.open.lock().len()
-    }
-
-    fn get(&self, id: u64, part: Part, path: &Path) -> std::io::Result<Arc<File>> {
-        if let Some(f) = self.open.lock().get(&(id, part)) {
-            return Ok(f.clone());
-        }
-        // Opened outside the cache lock; the file's io lock keeps its other users out.
-        let mut o = OpenOptions::new();
-        match part {
-            Part::Data => o.read(true).write(true),
-            Part::Log => o.append(true),
-        };
-        let f = Arc::new(o.open(path)?);
-        self.put(id, part, f.clone());
-        Ok(f)
-    }
-
-    fn put(&self, id: u64, part: Part, f: Arc<File>) {
-        self.open.lock().insert((id, part), f, 1);
-    }
-
-    /// Drop a staging file's descriptors from the cache, handing back those that were open
-    /// (data, journal).
-    fn forget(&self, id: u64) -> [Option<Arc<File>>; 2] {
-        let mut g = self.open.lock();
-        [g.remove(&(id, Part::Data)), g.remove(&(id, Part::Log))]
     }
 }
 
@@ -198,31 +121,6 @@ pub fn remove_pair(staging: &Path) {
                 tracing::warn!(path = %p.display(), "cannot remove staging file: {e}");
             }
         }
-    }
-}
-
-/// One of a staging file's files, opened on demand through the [`FdCache`].
-pub struct Fd {
-    fds: Arc<FdCache>,
-    id: u64,
-    part: Part,
-    path: PathBuf,
-}
-
-impl Fd {
-    fn get(&self) -> std::io::Result<Arc<File>> {
-        self.fds.get(self.id, self.part, &self.path)
-    }
-}
-
-/// Positioned I/O as on the open file (`read_exact_at` and the rest come with the trait).
-impl FileExt for Fd {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        self.get()?.read_at(buf, offset)
-    }
-
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<usize> {
-        self.get()?.write_at(buf, offset)
     }
 }
 
