@@ -18,7 +18,8 @@
 # 0 ms; then the proxy restarts on the same port with each delay in turn.
 # Usage: bench/wan.sh [DELAYS-MS...]   (default: 0 10 25)
 # Environment: WAN_SIZE_MIB (256), WAN_FILES (1000), WAN_FIO_SECS (10 per fio run),
-# WAN_STEP_SECS (300: the limit on any one step), WAN_BANDWIDTH (bytes/s per direction, 0: none).
+# WAN_STEP_SECS (300: the limit on any one step), WAN_BANDWIDTH (bytes/s per direction, 0: none),
+# WAN_MOUNT_ARGS (extra mount arguments, e.g. "--memory-mib 320").
 # Needs scripts/install-tools.sh (the hf venv); installs fio with apt-get if missing and root.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +35,7 @@ nfiles="${WAN_FILES:-1000}"
 fio_secs="${WAN_FIO_SECS:-10}"
 step_secs="${WAN_STEP_SECS:-300}"
 bandwidth="${WAN_BANDWIDTH:-0}"
+read -r -a mount_args <<<"${WAN_MOUNT_ARGS:-}"
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount --bin xetmount-delay-proxy
 bin="$repo/target/release/xetmount"
 proxy_bin="$repo/target/release/xetmount-delay-proxy"
@@ -105,7 +107,8 @@ mount_kind() { # kind: a fresh, cold mount of kind's bucket through its proxy
   ncache=$((ncache + 1))
   drop_caches
   : >"$work/mount.log"
-  mount_bg hf://buckets/local/bench "$mp" "$work/mount.log" --endpoint "$(url_of "$1")" --cache-dir "$work/cache-$ncache"
+  mount_bg hf://buckets/local/bench "$mp" "$work/mount.log" --endpoint "$(url_of "$1")" --cache-dir "$work/cache-$ncache" \
+    ${mount_args[@]+"${mount_args[@]}"}
 }
 # Unmount, bounded by the step limit; sets `mount_rc` to the mount's exit status.
 stop_mount() {
