@@ -412,30 +412,15 @@ impl Namespace {
     /// The entries of directory `ino` with `.` and `..`, if its listing is in the table.
     fn listed_entries(&self, ino: Ino) -> VfsResult<Option<Vec<DirEntry>>> {
         let t = self.table();
-        let d = t.dir(ino)?;
-        let Some(children) = &d.children else {
+        let Some((children, _)) = Self::page_of(&t, ino, None, usize::MAX)? else {
             return Ok(None);
         };
-        let mut v = vec![
-            DirEntry {
-                ino,
-                name: ".".into(),
-                kind: EntryKind::Dir,
-            },
-            DirEntry {
-                ino: d.parent,
-                name: "..".into(),
-                kind: EntryKind::Dir,
-            },
-        ];
-        for (name, &child) in children {
-            v.push(DirEntry {
-                ino: child,
-                name: name.clone(),
-                kind: t.get(child)?.kind,
-            });
-        }
-        Ok(Some(v))
+        let dots = [(ino, "."), (t.dir(ino)?.parent, "..")].map(|(ino, name)| DirEntry {
+            ino,
+            name: name.into(),
+            kind: EntryKind::Dir,
+        });
+        Ok(Some(dots.into_iter().chain(children).collect()))
     }
 
     /// Up to `limit` entries of directory `ino` (without `.` and `..`) in name order, after
@@ -468,8 +453,17 @@ impl Namespace {
         after: Option<Ino>,
         limit: usize,
     ) -> VfsResult<Option<(Vec<DirEntry>, bool)>> {
+        Self::page_of(&self.table(), ino, after, limit)
+    }
+
+    /// [`Self::listed_page`] under the table lock `t`.
+    fn page_of(
+        t: &InodeTable,
+        ino: Ino,
+        after: Option<Ino>,
+        limit: usize,
+    ) -> VfsResult<Option<(Vec<DirEntry>, bool)>> {
         use std::ops::Bound;
-        let t = self.table();
         let Some(children) = &t.dir(ino)?.children else {
             return Ok(None);
         };
