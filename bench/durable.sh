@@ -20,10 +20,9 @@ source "$repo/bench/lib.sh"
 without="${1:?usage: bench/durable.sh WITHOUT-BIN [WITH-BIN] [RUNS]}"
 with="${2:-}"
 runs="${3:-3}"
-if [ -z "$with" ]; then
-  cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount
-  with="$repo/target/release/xetmount"
-fi
+bin="$with"
+build_bin
+with="$bin"
 work="$(mktemp -d /var/tmp/xetmount-durable.XXXXXX)"
 mp="$work/mnt"
 mkdir -p "$mp"

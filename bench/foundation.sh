@@ -12,8 +12,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=bench/lib.sh
 source "$repo/bench/lib.sh"
 size_mib="${1:-2048}"
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount --example xet_download
-bin="$repo/target/release/xetmount"
+bin=""
+build_bin --example xet_download
 dl="$repo/target/release/examples/xet_download"
 work="$(mktemp -d /var/tmp/xetmount-bench.XXXXXX)"
 mp="$work/mnt"

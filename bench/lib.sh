@@ -12,3 +12,12 @@ mount_bg() { # store mountpoint log [extra args]
   done
   echo "mount did not appear"; exit 1
 }
+
+# Build this checkout's xetmount (with any further cargo targets given) and point `bin` at
+# it, unless `bin` already names a binary to measure.
+build_bin() { # [cargo target args]
+  if [ -z "${bin:-}" ]; then
+    cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount "$@"
+    bin="$repo/target/release/xetmount"
+  fi
+}

@@ -20,12 +20,8 @@ size_mib="${1:-4096}"
 [[ "$size_mib" =~ ^[0-9]+$ ]] && [ "$size_mib" -gt 0 ] || { echo "memory.sh: size '$size_mib' is not a whole number of MiB"; exit 2; }
 step_secs="${MEMORY_STEP_SECS:-1800}"
 read -r -a extra <<<"${MEMORY_ARGS:-}"
-if [ -n "${XETMOUNT_BIN:-}" ]; then
-  bin="$XETMOUNT_BIN"
-else
-  cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount
-  bin="$repo/target/release/xetmount"
-fi
+bin="${XETMOUNT_BIN:-}"
+build_bin
 # The budget line: what --help says the default is, unless MEMORY_ARGS sets it.
 budget="$("$bin" mount --help | grep -A6 -e '--memory-mib' | grep -o 'default: [0-9]*' | head -1 | cut -d' ' -f2 || true)"
 for ((i = 0; i < ${#extra[@]}; i++)); do

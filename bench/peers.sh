@@ -26,8 +26,8 @@ for tool in fio bindfs rclone bc; do command -v "$tool" >/dev/null || need+=("$t
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
 fi
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount
-bin="$repo/target/release/xetmount"
+bin=""
+build_bin
 work="$(mktemp -d /var/tmp/xetmount-peers.XXXXXX)"
 pid=""
 mp=""

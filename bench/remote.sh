@@ -15,8 +15,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=bench/lib.sh
 source "$repo/bench/lib.sh"
 size_mib="${1:-1024}"
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount
-bin="$repo/target/release/xetmount"
+bin=""
+build_bin
 hf="$repo/.tools/hf-venv/bin/hf"
 [ -x "$hf" ] || { echo "run scripts/install-tools.sh first (it makes the hf venv)"; exit 1; }
 work="$(mktemp -d /var/tmp/xetmount-remote.XXXXXX)"

@@ -31,8 +31,8 @@ big_gib="${SCALE_BIG_GIB:-4}"
 targets="${SCALE_TARGETS:-local served}"
 phases=" ${SCALE_PHASES:-creates ops ls rss} "
 phase() { [[ "$phases" == *" $1 "* ]]; }
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount
-bin="$repo/target/release/xetmount"
+bin=""
+build_bin
 hf="$repo/.tools/hf-venv/bin/hf"
 work="$(mktemp -d /var/tmp/xetmount-scale.XXXXXX)"
 mp="$work/mnt"

@@ -14,8 +14,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=bench/lib.sh
 source "$repo/bench/lib.sh"
 size_mib="${1:-1024}"
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount
-bin="$repo/target/release/xetmount"
+bin=""
+build_bin
 work="$(mktemp -d /var/tmp/xetmount-sparse.XXXXXX)"
 mp="$work/mnt"
 mkdir -p "$mp"

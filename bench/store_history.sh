@@ -20,10 +20,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/bench/lib.sh"
 min_files="${1:-20000}"
 bin="${2:-}"
-if [ -z "$bin" ]; then
-  cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount
-  bin="$repo/target/release/xetmount"
-fi
+build_bin
 work="$(mktemp -d /var/tmp/xetmount-history.XXXXXX)"
 mp="$work/mnt"
 mkdir -p "$mp"

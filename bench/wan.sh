@@ -36,8 +36,8 @@ fio_secs="${WAN_FIO_SECS:-10}"
 step_secs="${WAN_STEP_SECS:-300}"
 bandwidth="${WAN_BANDWIDTH:-0}"
 read -r -a mount_args <<<"${WAN_MOUNT_ARGS:-}"
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin xetmount --bin xetmount-delay-proxy
-bin="$repo/target/release/xetmount"
+bin=""
+build_bin --bin xetmount-delay-proxy
 proxy_bin="$repo/target/release/xetmount-delay-proxy"
 hf="$repo/.tools/hf-venv/bin/hf"
 [ -x "$hf" ] || { echo "run scripts/install-tools.sh first (it makes the hf venv)"; exit 1; }
