@@ -49,6 +49,7 @@ use xet_client::chunk_cache::error::ChunkCacheError;
 use xet_client::chunk_cache::{CacheRange, ChunkCache};
 use xet_core_structures::merklehash::MerkleHash;
 
+use super::room::Room;
 use crate::lru::Lru;
 
 const MAGIC: &[u8; 8] = b"XMCHUNK1";
@@ -57,8 +58,6 @@ const RECORD_HEADER: u64 = 4 + 4 + 32;
 /// Xet chunks are at most 128 KiB; anything much larger in a header is corruption.
 const MAX_CHUNK: u32 = 16 << 20;
 const XORBS_DIR: &str = "xorbs";
-/// The unit puts in flight are counted in.
-const WRITE_UNIT: usize = 4 << 10;
 /// Bytes of puts in flight of [`ChunkStore::open`] (the mount's budget sets its own).
 pub const DEFAULT_WRITES_IN_FLIGHT: u64 = 16 << 20;
 
@@ -172,11 +171,10 @@ struct Inner {
     /// not wait for them, so an unmount waits here instead of losing them.
     writing: AtomicUsize,
     written: tokio::sync::Notify,
-    /// Bytes of puts waiting for or doing their write, in [`WRITE_UNIT`]s: a put waits for
-    /// room before it copies its chunks, so a disk slower than the network holds back the
-    /// downloads instead of piling their copies up in memory.
-    write_room: Arc<tokio::sync::Semaphore>,
-    write_units: u32,
+    /// Bytes of puts waiting for or doing their write: a put waits for room before it
+    /// copies its chunks, so a disk slower than the network holds back the downloads instead
+    /// of piling their copies up in memory.
+    write_room: Room,
     /// Whether a failed write has been reported at warn level already.
     warned: AtomicBool,
     /// Held (flock) while this store is open: two processes appending to the same files
@@ -286,10 +284,6 @@ impl ChunkStore {
 
     /// [`Self::open`] with at most `writes_in_flight` bytes of puts held in memory.
     pub fn open_with(root: &Path, limit: u64, writes_in_flight: u64) -> io::Result<Self> {
-        let write_units = (writes_in_flight as usize / WRITE_UNIT).clamp(
-            1,
-            tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
-        ) as u32;
         let dir = root.join(XORBS_DIR);
         std::fs::create_dir_all(&dir)?;
         let lock = OpenOptions::new()
@@ -373,8 +367,7 @@ impl ChunkStore {
             writer: Mutex::new(()),
             writing: AtomicUsize::new(0),
             written: tokio::sync::Notify::new(),
-            write_room: Arc::new(tokio::sync::Semaphore::new(write_units as usize)),
-            write_units,
+            write_room: Room::new(writes_in_flight),
             warned: AtomicBool::new(false),
             _lock: lock,
         })))
@@ -643,11 +636,10 @@ impl ChunkCache for ChunkStore {
         // Moved into the thread: the put counts as in flight until its write is done, even if
         // xet-core's task is dropped while waiting for it.
         let writing = Writing(Arc::clone(&self.0));
-        // A put larger than the whole allowance takes all of it (it would wait forever).
-        let units = (data.len().div_ceil(WRITE_UNIT) as u32).clamp(1, self.0.write_units);
-        // The semaphore is never closed.
-        let room = Arc::clone(&self.0.write_room)
-            .acquire_many_owned(units)
+        let room = self
+            .0
+            .write_room
+            .take(data.len())
             .await
             .map_err(|e| ChunkCacheError::General(e.to_string()))?;
         let (start, offsets, data) = (range.start, chunk_byte_indices.to_vec(), data.to_vec());
@@ -1022,10 +1014,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         // Room for one unit: every put holds all of it while it writes.
         let c = Arc::new(ChunkStore::open_with(d.path(), 1 << 20, 1).unwrap());
-        let held = Arc::clone(&c.0.write_room)
-            .acquire_many_owned(c.0.write_units)
-            .await
-            .unwrap();
+        let held = c.0.write_room.take(usize::MAX).await.unwrap();
         let waiting = {
             let c = c.clone();
             tokio::spawn(async move { put(&c, 1, 0, 3).await })
@@ -1039,10 +1028,6 @@ mod tests {
         drop(held);
         waiting.await.unwrap();
         assert!(get(&c, 1, 0, 3).await.is_some());
-        assert_eq!(
-            c.0.write_room.available_permits(),
-            1,
-            "the put gave its room back"
-        );
+        assert_eq!(c.0.write_room.available(), 1, "the put gave its room back");
     }
 }

@@ -9,6 +9,7 @@ pub mod hub;
 pub mod plain;
 pub mod plan;
 pub mod planned;
+mod room;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

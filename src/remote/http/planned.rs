@@ -24,6 +24,7 @@ use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::xorb_object::deserialize_chunks;
 
 use super::plan::{suffix_len, Plan, Tail, XorbIndex};
+use super::room::Room;
 use crate::lru::Lru;
 use crate::remote::wire::now_secs;
 
@@ -33,8 +34,6 @@ use crate::remote::wire::now_secs;
 const PLAN_BUDGET: u64 = 16 << 20;
 const INDEX_BUDGET: u64 = 16 << 20;
 const PUT_BUDGET: u64 = 16 << 20;
-/// The unit puts waiting for the chunk cache are counted in.
-const PUT_UNIT: usize = 4 << 10;
 /// A stored range at most this long is fetched whole when its xorb has no index: one round
 /// trip for a small file, without knowing where its chunks start.
 const SMALL_SOURCE: u64 = 2 << 20;
@@ -103,11 +102,10 @@ pub struct PlannedReads {
     refused: AtomicBool,
     /// Whether a missing xorb index was logged (once per mount, not once per xorb).
     told_no_index: AtomicBool,
-    /// Fetched chunks on their way to the chunk cache, in [`PUT_UNIT`]s: a fetch waits for
-    /// room before it hands its chunks to a background put, so puts slower than the network
-    /// hold back reads instead of keeping their chunks in memory.
-    puts: Arc<tokio::sync::Semaphore>,
-    put_units: u32,
+    /// Fetched chunks on their way to the chunk cache: a fetch waits for room before it
+    /// hands its chunks to a background put, so puts slower than the network hold back reads
+    /// instead of keeping their chunks in memory.
+    puts: Room,
 }
 
 /// A failed `GET`.
@@ -169,10 +167,6 @@ impl PlannedReads {
         indexes: u64,
         puts: u64,
     ) -> Arc<Self> {
-        let put_units = (puts as usize / PUT_UNIT).clamp(
-            1,
-            tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
-        ) as u32;
         // Kept-alive connections (reqwest pools them per host), timeouts so a stalled fetch
         // falls back rather than hangs.
         let http = reqwest::Client::builder()
@@ -194,8 +188,7 @@ impl PlannedReads {
             }),
             refused: AtomicBool::new(false),
             told_no_index: AtomicBool::new(false),
-            puts: Arc::new(tokio::sync::Semaphore::new(put_units as usize)),
-            put_units,
+            puts: Room::new(puts),
         })
     }
 
@@ -557,11 +550,9 @@ impl PlannedReads {
         check(&offsets, data.len(), &chunks, index).map_err(FetchError::Other)?;
         let data = Bytes::from(data);
         if let Some(c) = &self.chunk_cache {
-            // A put larger than the whole allowance takes all of it (it would wait forever).
-            let units = (data.len().div_ceil(PUT_UNIT) as u32).clamp(1, self.put_units);
-            // The semaphore is never closed.
-            let room = Arc::clone(&self.puts)
-                .acquire_many_owned(units)
+            let room = self
+                .puts
+                .take(data.len())
                 .await
                 .map_err(|e| FetchError::Other(e.to_string()))?;
             let (c, data, offsets) = (c.clone(), data.clone(), offsets.clone());
