@@ -9,7 +9,7 @@
 # shows the memory budget the mount ran with (--memory-mib, from MEMORY_ARGS or the default)
 # beside the peak.
 # Usage: bench/memory.sh [SIZE_MIB]   (default 4096)
-# Environment: MEMORY_ARGS (extra mount arguments, e.g. "--memory-mib 128"),
+# Environment: MEMORY_ARGS (extra mount arguments, e.g. "--memory-mib 150"),
 # XETMOUNT_BIN (a prebuilt binary instead of building this checkout, e.g. to measure another
 # version), MEMORY_STEP_SECS (1800: the limit on any one phase).
 set -euo pipefail

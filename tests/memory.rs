@@ -15,7 +15,7 @@ use common::{bin, http, mount_served, random_bytes, Mount, Serve};
 
 const MIB: usize = 1 << 20;
 /// The least budget `--memory-mib` accepts.
-const LEAST: &str = "128";
+const LEAST: &str = "150";
 
 #[test]
 fn a_budget_below_the_least_is_refused_before_anything_is_created() {
@@ -47,7 +47,7 @@ fn a_budget_below_the_least_is_refused_before_anything_is_created() {
 fn round_trip(data: &[u8], mount: impl Fn(&str) -> Mount) {
     let m = mount("w");
     assert!(
-        m.log_text().contains("memory budget 128 MiB"),
+        m.log_text().contains("memory budget 150 MiB"),
         "the mount does not log its budget: {}",
         m.log_text()
     );

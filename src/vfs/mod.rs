@@ -85,9 +85,9 @@ pub struct VfsConfig {
     /// Read cache block size and capacity in bytes.
     pub cache_block: u64,
     pub cache_capacity: u64,
-    /// Largest read-ahead window, in cache blocks (also at most a quarter of the cache). It
-    /// bounds the bytes a sequential stream has in flight: at 32 MiB, eight 4 MiB runs, enough
-    /// to fill a 50 ms round trip at over 300 MiB/s.
+    /// Largest read-ahead window, in cache blocks, and the most read-ahead has in flight
+    /// across streams (a stream's window is also at most its part of half the cache). At
+    /// 32 MiB, eight 4 MiB runs, enough to fill a 50 ms round trip at over 300 MiB/s.
     pub readahead_blocks: u64,
     /// Test mode: after every commit read the stored body back and compare it byte for byte
     /// with what was committed, and drop the clean staging copy so the next open starts
@@ -252,6 +252,7 @@ impl Vfs {
             stats.clone(),
             config.cache_block,
             config.cache_capacity,
+            config.readahead_blocks * config.cache_block,
             config.read_timeout,
         ));
         let queue = FlushQueue::new(config.flush_debounce, config.flush_max_batch_window);

@@ -1,8 +1,10 @@
 //! The read path of unstaged files: the read cache, and read-ahead for sequential streams.
 //!
 //! Sequential reads grow a read-ahead window (in cache blocks, from 1 MiB up to
-//! `readahead_blocks`, at most a quarter of the cache); a seek resets it, so random reads
-//! fetch only what they touch. The window is refilled once half of it was consumed, so
+//! `readahead_blocks`); a seek resets it, so random reads fetch only what they touch. What
+//! streams fetched ahead waits in the cache until they read it, so the windows of the
+//! streams reading at once share half the cache: a stream's read-ahead is never evicted by
+//! another's before it is read (which would fetch it twice). The window is refilled once half of it was consumed, so
 //! read-ahead goes out in large runs (each one fetch, [`MAX_RUN`] bytes at most) rather than
 //! one small fetch per read; at 32 MiB, four to eight runs are in flight, enough to keep a
 //! 50 ms round trip busy.
@@ -10,6 +12,7 @@
 //! [`MAX_RUN`]: crate::vfs::readcache::MAX_RUN
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,6 +29,24 @@ pub(in crate::vfs) struct ReadAhead {
     window: u64,
     /// Blocks before this one have been requested by read-ahead already.
     claimed_to: u64,
+    /// Present while the handle reads sequentially: it is one of the streams sharing the cache.
+    stream: Option<Stream>,
+}
+
+/// One sequential stream, counted in [`ReadPath`]'s `streams` while it lives.
+struct Stream(Arc<AtomicU64>);
+
+impl Stream {
+    fn join(streams: &Arc<AtomicU64>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Stream(streams.clone())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Reads of committed bodies through the cache, with read-ahead.
@@ -34,19 +55,26 @@ pub(in crate::vfs) struct ReadPath {
     /// Read-ahead window bounds, in cache blocks.
     min_window: u64,
     max_window: u64,
+    /// Half the cache, in blocks: what all streams' windows share.
+    shared_blocks: u64,
+    /// Handles reading sequentially now.
+    streams: Arc<AtomicU64>,
 }
 
 impl ReadPath {
     /// `readahead_blocks`: the largest window; read-ahead must not evict itself (nor
-    /// everything else) from the cache, so it is also at most a quarter of it.
+    /// everything else) from the cache, so the windows together are at most half of it.
     pub(in crate::vfs) fn new(cache: Arc<ReadCache>, readahead_blocks: u64, capacity: u64) -> Self {
         let block = cache.block_size();
-        let max_window = readahead_blocks.min(capacity / 4 / block).max(1);
+        let shared_blocks = (capacity / 2 / block).max(1);
+        let max_window = readahead_blocks.min(shared_blocks).max(1);
         let min_window = ((1 << 20) / block).clamp(1, max_window);
         ReadPath {
             cache,
             min_window,
             max_window,
+            shared_blocks,
+            streams: Arc::default(),
         }
     }
 
@@ -76,9 +104,15 @@ impl ReadPath {
         if !sequential {
             ra.window = 0;
             ra.claimed_to = 0;
+            ra.stream = None;
             return None;
         }
-        ra.window = (ra.window * 2).clamp(self.min_window, self.max_window);
+        if ra.stream.is_none() {
+            ra.stream = Some(Stream::join(&self.streams));
+        }
+        let streams = self.streams.load(Ordering::Relaxed).max(1);
+        let most = self.max_window.min(self.shared_blocks / streams).max(1);
+        ra.window = (ra.window * 2).clamp(self.min_window.min(most), most);
         let next = range.end.div_ceil(block);
         let from = ra.claimed_to.max(next);
         let to = next + ra.window;
@@ -87,5 +121,66 @@ impl ReadPath {
         }
         ra.claimed_to = to;
         Some(from..to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::remote::mem::MemCas;
+    use crate::vfs::stats::Stats;
+
+    /// A path with 1 KiB blocks, a 64-block cache and windows of at most 16 blocks.
+    fn path() -> ReadPath {
+        let cache = ReadCache::new(
+            Arc::new(MemCas::new()),
+            Arc::new(Stats::default()),
+            1 << 10,
+            64 << 10,
+            16 << 10,
+            Duration::from_secs(1),
+        );
+        ReadPath::new(Arc::new(cache), 16, 64 << 10)
+    }
+
+    /// Read `n` KiB sequentially from the start on `ra`; the last refill's window.
+    fn stream(p: &ReadPath, ra: &mut ReadAhead, n: u64) -> u64 {
+        for k in 0..n {
+            p.advance(ra, &((k << 10)..((k + 1) << 10)));
+        }
+        ra.window
+    }
+
+    #[test]
+    fn the_streams_reading_at_once_share_half_the_cache() {
+        let p = path();
+        let mut a = ReadAhead::default();
+        assert_eq!(
+            stream(&p, &mut a, 10),
+            16,
+            "one stream gets the largest window"
+        );
+        let mut others: Vec<ReadAhead> = (0..3).map(|_| ReadAhead::default()).collect();
+        for ra in &mut others {
+            stream(&p, ra, 10);
+        }
+        assert_eq!(p.streams.load(Ordering::Relaxed), 4);
+        // Four streams share 32 blocks: 8 each, so their unread read-ahead fits the cache.
+        assert_eq!(stream(&p, &mut others[0], 12), 8);
+        // A seek leaves the streams; a closed handle does too.
+        p.advance(&mut others[1], &(0..10));
+        drop(others.pop());
+        assert_eq!(p.streams.load(Ordering::Relaxed), 2);
+        let mut again = ReadAhead::default();
+        assert_eq!(
+            stream(&p, &mut again, 12),
+            10,
+            "three streams: 32 / 3 blocks"
+        );
+        drop(others);
+        drop(again);
+        assert_eq!(p.streams.load(Ordering::Relaxed), 1);
     }
 }

@@ -53,8 +53,8 @@ pub struct ReadCache {
     stats: Arc<Stats>,
     inner: Arc<Mutex<Inner>>,
     block: u64,
-    /// Most bytes read-ahead may have in flight: a quarter of the capacity, the share
-    /// `--memory-mib` gives it beside the cache.
+    /// Most bytes read-ahead may have in flight: the share `--memory-mib` gives it beside
+    /// the cache.
     ahead_limit: u64,
     timeout: Duration,
 }
@@ -71,6 +71,7 @@ impl ReadCache {
         stats: Arc<Stats>,
         block: u64,
         capacity: u64,
+        ahead_limit: u64,
         timeout: Duration,
     ) -> Self {
         ReadCache {
@@ -83,7 +84,7 @@ impl ReadCache {
                 runs: 0,
             })),
             block,
-            ahead_limit: capacity / 4,
+            ahead_limit,
             timeout,
         }
     }
@@ -325,6 +326,7 @@ mod tests {
             Arc::new(Stats::default()),
             10,
             capacity,
+            capacity / 4,
             Duration::from_millis(200),
         );
         (cas, c)

@@ -525,6 +525,7 @@ mod part_tests {
             stats.clone(),
             16 << 10,
             8 << 20,
+            2 << 20,
             Duration::from_secs(60),
         ));
         let budget = Budget {
