@@ -28,6 +28,27 @@ pub fn percent_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
+/// A value of an `application/x-www-form-urlencoded` body: `+` is a space, `%XX` a byte;
+/// `None` for a bad escape or bytes that are not UTF-8.
+pub fn form_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 use serde::{Deserialize, Serialize};
 
 use super::{Conflict, RemoteError};

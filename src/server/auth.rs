@@ -1,8 +1,11 @@
 //! Who may do what on `xetmount serve`.
 //!
 //! - **Hub tokens** (what `HF_TOKEN` holds) come from `--token-file`: one per line,
-//!   `TOKEN USER read|write [BUCKET-PATTERN ...]`, where a pattern is `ns/name`, `ns/*` or `*`
-//!   (default: `USER/*`). A write token also reads. Without a token file the server is open:
+//!   `TOKEN USER read|write [PATTERN ...]`, where a pattern is `ns/name`, `ns/*` or `*`
+//!   (default: `USER/*`), optionally typed: `buckets/ns/*`, `models/ns/name`, `datasets/…`,
+//!   `spaces/…`. An untyped pattern covers buckets and repos of every type alike; a typed one
+//!   only its type, so bucket `alice/x` and model `alice/x` can be granted apart. A write
+//!   token also reads. Without a token file the server is open:
 //!   every caller writes everything, as user `--user`.
 //! - **CAS tokens** are minted by the bucket's `xet-read-token`/`xet-write-token` routes for a
 //!   caller the Hub half admitted: `xmc1.<payload>.<mac>`, the payload naming the bucket, the
@@ -41,15 +44,35 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The best scope this caller holds on bucket `id` (`ns/name`).
-    pub fn scope_on(&self, id: &str) -> Option<Scope> {
-        let ns = id.split('/').next().unwrap_or("");
+    /// The best scope this caller holds on `key`: a bucket's `ns/name`, or a repo's
+    /// `models/ns/name` (`datasets/…`, `spaces/…`).
+    pub fn scope_on(&self, key: &str) -> Option<Scope> {
         self.grants
             .iter()
-            .filter(|(p, _)| p == "*" || p == id || p.strip_suffix("/*") == Some(ns))
+            .filter(|(p, _)| pattern_covers(p, key))
             .map(|(_, s)| *s)
             .max()
     }
+}
+
+/// Whether token pattern `p` covers `key` (see the module documentation).
+fn pattern_covers(p: &str, key: &str) -> bool {
+    if p == "*" {
+        return true;
+    }
+    let split = |s: &str| -> Option<(Option<String>, String, String)> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts[..] {
+            [ns, name] => Some((None, ns.into(), name.into())),
+            [kind, ns, name] => Some((Some(kind.into()), ns.into(), name.into())),
+            _ => None,
+        }
+    };
+    let (Some((pk, pns, pname)), Some((kk, kns, kname))) = (split(p), split(key)) else {
+        return false;
+    };
+    let kind = kk.unwrap_or_else(|| "buckets".into());
+    pk.is_none_or(|k| k == kind) && pns == kns && (pname == "*" || pname == kname)
 }
 
 /// The server issues CAS token expiries by the clock the client checks them with.
@@ -64,9 +87,7 @@ pub enum AuthError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "line {line} of the token file {path} is not `TOKEN USER read|write [BUCKET-PATTERN ...]`"
-    )]
+    #[error("line {line} of the token file {path} is not `TOKEN USER read|write [PATTERN ...]`")]
     Syntax { path: String, line: usize },
     #[error("cannot create the server secret {path}: {source}")]
     Secret {
@@ -283,6 +304,21 @@ mod tests {
         assert_eq!(bob.scope_on("alice/shared"), Some(Scope::Read));
         assert_eq!(bob.scope_on("carol/y"), Some(Scope::Read));
         assert!(a.caller(Some("nope")).is_err());
+        // Untyped patterns cover every kind; typed ones their own.
+        assert_eq!(alice.scope_on("models/alice/x"), Some(Scope::Write));
+        assert_eq!(bob.scope_on("datasets/alice/shared"), Some(Scope::Read));
+        let typed = Caller {
+            user: "t".into(),
+            grants: vec![
+                ("models/alice/*".into(), Scope::Write),
+                ("buckets/alice/b".into(), Scope::Read),
+            ],
+        };
+        assert_eq!(typed.scope_on("models/alice/m"), Some(Scope::Write));
+        assert_eq!(typed.scope_on("alice/m"), None);
+        assert_eq!(typed.scope_on("datasets/alice/m"), None);
+        assert_eq!(typed.scope_on("alice/b"), Some(Scope::Read));
+        assert_eq!(typed.scope_on("models/alice/b"), Some(Scope::Write));
         assert!(a.caller(None).unwrap().is_none());
         let (t, _) = a.mint_cas_token("alice/x", Scope::Write);
         assert_eq!(

@@ -236,6 +236,15 @@ impl Buckets {
         Ok(())
     }
 
+    /// Drop the hash records of owner `key` (a deleted repo's).
+    pub fn forget(&self, key: &str) -> RemoteResult<()> {
+        self.db
+            .lock()
+            .execute("DELETE FROM hash_buckets WHERE bucket = ?1", [key])
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     pub fn delete(&self, id: &str) -> RemoteResult<bool> {
         let n = {
             let mut db = self.db.lock();

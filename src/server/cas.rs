@@ -493,6 +493,14 @@ async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Respon
                 .hex()
         })
         .collect();
+    // The sha256 the uploader gave each file: a repo commit names its LFS files by it.
+    let shas: Vec<(String, String)> = (0..shard.num_files())
+        .filter_map(|i| {
+            let f = shard.file(i).expect("index below num_files");
+            f.metadata_ext()
+                .map(|m| (m.sha256.hex(), f.file_hash().hex()))
+        })
+        .collect();
     let client = s.cas.client();
     let permit = client.acquire_upload_permit().await.map_err(internal)?;
     let stored = client
@@ -500,6 +508,9 @@ async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Respon
         .await
         .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("shard refused: {e}")))?;
     s.cas.durable().shard(stored).await.map_err(internal)?;
+    s.repos
+        .note_sha256(shas.iter().map(|(a, b)| (a.as_str(), b.as_str())))
+        .map_err(internal)?;
     s.buckets
         .note_hashes(bucket, files.iter().map(String::as_str), true)
         .map_err(internal)

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::auth::{Caller, Scope};
 use super::buckets::{Bucket, BucketInfo};
-use super::hub::{bearer, error, internal, no_bucket};
+use super::hub::{bearer, error, internal};
 use super::Server;
 
 /// The scope a route needs, as a type so an extractor names it.
@@ -136,11 +136,7 @@ impl Server {
         })
     }
 
-    /// The bucket, if the caller may `need` it. Refusals say what is wrong without telling
-    /// a caller about a bucket it may not see: a missing bucket and a private one the caller
-    /// holds no right on get the same answer (404 `RepoNotFound`; 401 with that code to an
-    /// anonymous caller, who may have forgotten a token); 401 for an anonymous caller who
-    /// needs a token to write; 403 for a caller who may read the bucket but not write it.
+    /// The bucket, if the caller may `need` it (see [`Self::decide`] for the refusals).
     pub(super) fn access(
         &self,
         headers: &HeaderMap,
@@ -148,34 +144,65 @@ impl Server {
         need: Scope,
     ) -> Result<(BucketInfo, Option<Caller>), Response> {
         let caller = self.caller(headers)?;
+        let info = self.buckets.info(id).map_err(internal)?;
+        let private = info.as_ref().map(|i| i.private);
+        Self::decide(caller.as_ref(), private, id, &format!("Bucket {id}"), need)?;
+        Ok((info.expect("decide refuses a missing bucket"), caller))
+    }
+
+    /// Whether `caller` may `need` what `key` names (`what` in messages: "Bucket a/b"),
+    /// given whether it exists and is private (`private`). Refusals say what is wrong without telling a
+    /// caller about something it may not see: a missing bucket or repo and a private one the
+    /// caller holds no right on get the same answer (404 `RepoNotFound`; 401 with that code
+    /// to an anonymous caller, who may have forgotten a token); 401 for an anonymous caller
+    /// who needs a token to write; 403 for a caller who may read but not write.
+    pub(super) fn decide(
+        caller: Option<&Caller>,
+        private: Option<bool>,
+        key: &str,
+        what: &str,
+        need: Scope,
+    ) -> Result<(), Response> {
         let hidden = || match caller {
-            Some(_) => no_bucket(id),
+            Some(_) => error(
+                StatusCode::NOT_FOUND,
+                Some("RepoNotFound"),
+                format!("{what} does not exist"),
+            ),
             None => error(
                 StatusCode::UNAUTHORIZED,
                 Some("RepoNotFound"),
-                format!("Bucket {id} does not exist, or it is private and needs a token"),
+                format!("{what} does not exist, or it is private and needs a token"),
             ),
         };
-        let Some(info) = self.buckets.info(id).map_err(internal)? else {
+        let Some(private) = private else {
             return Err(hidden());
         };
-        let scope = caller.as_ref().and_then(|c| c.scope_on(id));
-        let can_read = scope.is_some() || !info.private;
+        let scope = caller.and_then(|c| c.scope_on(key));
+        let can_read = scope.is_some() || !private;
         if scope >= Some(need) || (need == Scope::Read && can_read) {
-            return Ok((info, caller));
+            return Ok(());
         }
         Err(match (caller.is_some(), can_read) {
             (_, false) => hidden(),
             (false, true) => error(
                 StatusCode::UNAUTHORIZED,
                 None,
-                format!("Writing to bucket {id} needs a token"),
+                format!("Writing to {} needs a token", lower_first(what)),
             ),
             (true, true) => error(
                 StatusCode::FORBIDDEN,
                 None,
-                format!("Your token may read bucket {id} but not write it"),
+                format!("Your token may read {} but not write it", lower_first(what)),
             ),
         })
     }
+}
+
+/// `what` with its first letter in lower case ("Bucket a/b" → "bucket a/b").
+fn lower_first(what: &str) -> String {
+    let mut c = what.chars();
+    c.next()
+        .map(|f| f.to_lowercase().chain(c).collect())
+        .unwrap_or_default()
 }

@@ -1,11 +1,12 @@
-//! `xetmount serve`: hosts buckets from one store directory and speaks both protocols a
-//! bucket client needs: the Hugging Face bucket API (hub.rs) and the Xet CAS API (cas.rs),
-//! on one listener. Layout of the directory:
+//! `xetmount serve`: hosts buckets and repos from one store directory and speaks the
+//! protocols their clients need: the Hugging Face bucket API (hub/), the repo API (repo_api/)
+//! and the Xet CAS API (cas.rs), on one listener. Layout of the directory:
 //!
 //! ```text
 //! <dir>/XETMOUNT_SERVE          marker with the format version
 //! <dir>/server.db               bucket registry (visibility, creation and update times)
 //! <dir>/buckets/<ns>/<name>/    one SQLite catalog per bucket
+//! <dir>/repos.db                model, dataset and space repos: commits, refs, trees
 //! <dir>/cas/                    the Xet CAS every bucket's bodies live in
 //! <dir>/secret                  key for CAS tokens and fetch URLs (0600)
 //! <dir>/lock                    flock'ed by the serving process
@@ -23,6 +24,8 @@ pub mod hub;
 pub mod limit;
 pub mod metrics;
 pub mod native;
+pub mod repo_api;
+pub mod repos;
 pub mod scope;
 
 use std::fs::File;
@@ -74,6 +77,7 @@ pub enum ServeError {
 
 pub struct Server {
     pub buckets: buckets::Buckets,
+    pub repos: repos::Repos,
     pub cas: Arc<XetCas>,
     pub auth: auth::Auth,
     pub public_url: String,
@@ -139,6 +143,10 @@ impl Server {
             path: root.join("server.db"),
             detail: e.to_string(),
         })?;
+        let repos = repos::Repos::open(&root).map_err(|e| ServeError::Io {
+            path: root.join("repos.db"),
+            detail: e.to_string(),
+        })?;
         let auth = auth::Auth::new(
             opts.token_file.as_deref(),
             opts.user,
@@ -147,6 +155,7 @@ impl Server {
         )?;
         Ok(Arc::new(Server {
             buckets,
+            repos,
             cas: Arc::new(cas),
             auth,
             public_url: opts.public_url.trim_end_matches('/').to_string(),
@@ -189,6 +198,7 @@ pub fn router(state: Arc<Server>) -> Router {
         .route("/v1/shards", post(cas::shard_v1))
         .route("/v2/file-chunk-hashes/{file}", get(cas::file_chunk_hashes))
         .route("/v1/telemetry", post(cas::telemetry));
+    r = repo_api::routes(r);
     if !state.hub_only {
         r = r
             // xetmount's own catalog routes.

@@ -9,6 +9,7 @@ use axum::response::Response;
 
 use super::auth::Scope;
 use super::hub::internal;
+use super::repos::is_repo_key;
 use super::Server;
 use crate::remote::RemoteResult;
 
@@ -21,10 +22,13 @@ pub fn is_hash(h: &str) -> bool {
 }
 
 impl Server {
-    /// Whether body `hash` may be read through bucket `id`.
+    /// Whether body `hash` may be read through bucket or repo `id`.
     pub async fn bucket_has_body(&self, id: &str, hash: &str) -> RemoteResult<bool> {
         if hash == EMPTY_HASH || self.buckets.was_uploaded(id, hash)? {
             return Ok(true);
+        }
+        if is_repo_key(id) {
+            return self.repos.references(id, hash);
         }
         if self.buckets.info(id)?.is_none() {
             return Ok(false);
@@ -47,13 +51,24 @@ impl Server {
         // The buckets the body was ever recorded in; each is checked as it is now.
         for other in self.buckets.buckets_with(hash).map_err(internal)? {
             if other != id
-                && self.access(headers, &other, Scope::Read).is_ok()
+                && self.may_read(headers, &other)?
                 && self.bucket_has_body(&other, hash).await.map_err(internal)?
             {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// Whether the caller of `headers` may read bucket or repo `key`.
+    pub fn may_read(&self, headers: &HeaderMap, key: &str) -> Result<bool, Response> {
+        let caller = self.caller(headers)?;
+        let private = if is_repo_key(key) {
+            self.repos.info(key).map_err(internal)?.map(|i| i.private)
+        } else {
+            self.buckets.info(key).map_err(internal)?.map(|i| i.private)
+        };
+        Ok(Self::decide(caller.as_ref(), private, key, key, Scope::Read).is_ok())
     }
 }
 

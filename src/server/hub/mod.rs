@@ -7,7 +7,7 @@
 //! out of these listings.
 
 mod batch;
-mod resolve;
+pub(crate) mod resolve;
 mod tree;
 
 use std::sync::Arc;
@@ -84,7 +84,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A JSON request body; an empty body is the type's default. 400 for anything else.
-fn json_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
+pub(crate) fn json_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -131,12 +131,12 @@ fn object_fields<T: DeserializeOwned + Default>(v: Value) -> T {
 
 /// A listing's next-page cursor: the last key returned, so the next page starts after it
 /// whatever was added or removed meanwhile.
-fn encode_cursor(last: &str) -> String {
+pub(crate) fn encode_cursor(last: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)
 }
 
-fn decode_cursor(c: Option<&str>) -> Result<String, Response> {
+pub(crate) fn decode_cursor(c: Option<&str>) -> Result<String, Response> {
     use base64::Engine;
     let Some(c) = c else {
         return Ok(String::new());
@@ -155,7 +155,7 @@ fn decode_cursor(c: Option<&str>) -> Result<String, Response> {
 }
 
 /// Adds a `Link: <url>; rel="next"` header.
-fn with_next(mut r: Response, url: &str) -> Response {
+pub(crate) fn with_next(mut r: Response, url: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")) {
         r.headers_mut().insert(header::LINK, v);
     }
@@ -424,7 +424,12 @@ pub async fn move_repo(State(s): S, headers: HeaderMap, body: Bytes) -> Answer {
 
 /// A CAS token for the bucket, with the scope the caller asked for (and may hold).
 fn token<N: Need>(s: &Server, b: BucketAccess<N>) -> Response {
-    let (tok, exp) = s.auth.mint_cas_token(&b.id, N::SCOPE);
+    cas_token(s, &b.id, N::SCOPE)
+}
+
+/// A CAS token for bucket or repo `key` with `scope`, as JSON and as `X-Xet-*` headers.
+pub(crate) fn cas_token(s: &Server, key: &str, scope: Scope) -> Response {
+    let (tok, exp) = s.auth.mint_cas_token(key, scope);
     let mut r =
         axum::Json(json!({"casUrl": s.public_url, "accessToken": tok, "exp": exp})).into_response();
     let h = r.headers_mut();

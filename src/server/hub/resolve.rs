@@ -88,7 +88,7 @@ fn identity_headers(s: &Server, id: &str, hash: &str, size: u64) -> HeaderMap {
 
 /// Bytes `span` of `content`, streamed in 4 MiB pieces so a large file never sits in memory
 /// whole.
-fn stream(s: &Server, content: FileId, span: Range<u64>) -> Body {
+pub(crate) fn stream(s: &Server, content: FileId, span: Range<u64>) -> Body {
     let cas: Arc<_> = s.cas.clone();
     let stream = futures::stream::unfold(span.start, move |at| {
         let cas = cas.clone();
