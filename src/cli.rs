@@ -94,8 +94,9 @@ pub struct MountArgs {
 /// The bucket and how the VFS serves it (shared by every frontend).
 #[derive(clap::Args)]
 pub struct StoreArgs {
-    /// Directory of the local store (created if missing or empty), or a remote bucket
-    /// `hf://buckets/NAMESPACE/NAME[/PATH]`.
+    /// Directory of the local store (created if missing or empty), a remote bucket
+    /// `hf://buckets/NAMESPACE/NAME[/PATH]`, or a model, dataset or space repo (read-only)
+    /// `hf://[datasets/|spaces/]NAMESPACE/NAME[@REVISION][/PATH]`.
     pub store: PathBuf,
     /// For hf:// buckets: the Hub endpoint (default $HF_ENDPOINT, else https://huggingface.co).
     #[arg(long)]
@@ -162,7 +163,7 @@ pub struct StoreArgs {
     #[arg(long, default_value_t = 120000)]
     pub write_timeout_ms: u64,
     /// Memory budget, in MiB, for everything that holds file bytes in memory: the read cache
-    /// (1/4), read-ahead in flight (1/16), remote buckets' reconstruction plans, xorb indexes,
+    /// (1/4), read-ahead in flight (1/8), remote buckets' reconstruction plans, xorb indexes,
     /// chunk-cache writes and download buffers, and uploads (the rest: files being chunked and
     /// xorbs in flight). The mount's RSS stays within this plus about 20 MiB of fixed cost;
     /// the default keeps it under 256 MiB.
@@ -179,6 +180,10 @@ pub struct StoreArgs {
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// For hf:// repos: stay at the commit the branch pointed to at mount instead of
+    /// following the branch (a tag or a commit never moves).
+    #[arg(long)]
+    pub pin: bool,
     /// Disk budget for staging files (e.g. 20G, 500M; 0 = unlimited). Clean copies are
     /// evicted, least recently used first; dirty, open and flushing files never are.
     #[arg(long, default_value = "0", value_parser = parse_size)]
@@ -298,6 +303,7 @@ impl StoreArgs {
             dir_mode: self.dir_mode,
             staging_dir: self.staging_dir.clone(),
             read_only: self.read_only,
+            pin: self.pin,
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use xet_runtime::core::XetContext;
 
+use super::http::repo::RepoUri;
 use super::http::{find_token, BucketUri, RemoteOptions};
 use super::local::{lock_store, LocalStore, StoreError};
 use super::{Cas, Catalog, FixedOwner, RemoteError};
@@ -35,6 +36,8 @@ pub struct OpenOptions {
     pub staging_dir: Option<PathBuf>,
     /// Read-only was asked for: no write token is requested.
     pub read_only: bool,
+    /// For repos: do not follow a branch.
+    pub pin: bool,
 }
 
 /// A store opened for the VFS.
@@ -67,11 +70,11 @@ pub enum OpenError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{}", remote_sentence(.error, .bucket, .endpoint, *.anonymous))]
+    #[error("{}", remote_sentence(.error, .what, .endpoint, *.anonymous))]
     Remote {
         error: RemoteError,
-        /// `NAMESPACE/NAME`.
-        bucket: String,
+        /// What was opened: "bucket NAMESPACE/NAME", "model NAMESPACE/NAME", …
+        what: String,
         endpoint: String,
         /// No token was found.
         anonymous: bool,
@@ -81,8 +84,10 @@ pub enum OpenError {
 /// Open the store `o.store` names.
 pub async fn open(ctx: XetContext, o: &OpenOptions) -> Result<Opened, OpenError> {
     let store_arg = o.store.to_string_lossy().to_string();
-    if store_arg.starts_with("hf://") {
+    if store_arg.starts_with("hf://buckets/") {
         open_bucket(ctx, o, store_arg).await
+    } else if store_arg.starts_with("hf://") {
+        open_repo(ctx, o, store_arg).await
     } else {
         let store = LocalStore::open(&o.store, ctx).await?;
         let staging_dir = o
@@ -151,7 +156,7 @@ async fn open_bucket(
     .await
     .map_err(|error| OpenError::Remote {
         error,
-        bucket: uri.id(),
+        what: format!("bucket {}", uri.id()),
         endpoint: endpoint.clone(),
         anonymous,
     })?;
@@ -191,26 +196,107 @@ pub fn default_cache_dir(uri: &BucketUri) -> PathBuf {
     base.join("xetmount").join(&uri.namespace).join(&uri.name)
 }
 
-/// One sentence for a remote bucket that could not be opened.
-fn remote_sentence(e: &RemoteError, bucket: &str, endpoint: &str, anonymous: bool) -> String {
+/// One sentence for a remote bucket or repo (`what`) that could not be opened.
+fn remote_sentence(e: &RemoteError, what: &str, endpoint: &str, anonymous: bool) -> String {
+    let bucket = what.strip_prefix("bucket ");
     match e {
         RemoteError::Unauthenticated(_) if anonymous => format!(
-            "bucket {bucket} on {endpoint} needs a token (it is private, or does not exist); pass one with --token-file or HF_TOKEN"
+            "{what} on {endpoint} needs a token (it is private, or does not exist); pass one with --token-file or HF_TOKEN"
         ),
-        RemoteError::NotFound(_) => format!(
-            "bucket {bucket} does not exist on {endpoint} (or your token cannot see it); create it with `hf buckets create {bucket}`"
-        ),
+        RemoteError::NotFound(m) if m.starts_with(NO_REVISION) => {
+            format!("{what} on {endpoint} has no {}", &m[NO_REVISION.len()..])
+        }
+        RemoteError::NotFound(_) => match bucket {
+            Some(b) => format!(
+                "{what} does not exist on {endpoint} (or your token cannot see it); create it with `hf buckets create {b}`"
+            ),
+            None => format!("{what} does not exist on {endpoint} (or your token cannot see it)"),
+        },
         RemoteError::Unauthenticated(_) => format!(
-            "{endpoint} refused the token for bucket {bucket}; pass a valid one with --token-file or HF_TOKEN"
+            "{endpoint} refused the token for {what}; pass a valid one with --token-file or HF_TOKEN"
         ),
         RemoteError::PermissionDenied(_) => format!(
-            "the token may not read bucket {bucket} on {endpoint}; pass one with read access with --token-file or HF_TOKEN"
+            "the token may not read {what} on {endpoint}; pass one with read access with --token-file or HF_TOKEN"
         ),
         RemoteError::Other(m) if m.contains("error sending request") || m.contains("connect") => {
             format!("cannot reach {endpoint}: {m}; check --endpoint / HF_ENDPOINT and the network")
         }
-        e => format!("cannot open bucket {bucket} on {endpoint}: {e}"),
+        e => format!("cannot open {what} on {endpoint}: {e}"),
     }
+}
+
+/// How a repo's missing revision (or folder) is told apart from a missing repo.
+pub const NO_REVISION: &str = "no revision: ";
+
+async fn open_repo(ctx: XetContext, o: &OpenOptions, store_arg: String) -> Result<Opened, OpenError> {
+    let uri = RepoUri::parse(&store_arg).map_err(OpenError::BadUri)?;
+    let endpoint = o
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("HF_ENDPOINT").ok())
+        .unwrap_or_else(|| "https://huggingface.co".to_string());
+    let token = find_token(o.token_file.as_deref()).map_err(OpenError::Token)?;
+    let anonymous = token.is_none();
+    let (ns, name) = uri.id.split_once('/').unwrap_or_default();
+    let cache = o.cache_dir.clone().unwrap_or_else(|| {
+        default_cache_dir(&BucketUri {
+            namespace: format!("{}-{ns}", uri.plural),
+            name: name.to_string(),
+            prefix: String::new(),
+        })
+    });
+    // Nothing is staged, but the VFS keeps its (empty) staging area; it is locked, like a
+    // bucket mount's, so two mounts of one cache do not share it.
+    let staging_dir = o
+        .staging_dir
+        .clone()
+        .unwrap_or_else(|| cache.join("staging"));
+    std::fs::create_dir_all(&staging_dir).map_err(|source| OpenError::StagingDir {
+        dir: staging_dir.clone(),
+        source,
+    })?;
+    let lock = lock_store(&staging_dir)?;
+    let opened = super::http::repo::open(
+        ctx,
+        &uri,
+        &RemoteOptions {
+            endpoint: endpoint.clone(),
+            token,
+            write: false,
+            cache_dir: cache,
+            chunk_cache_bytes: o.chunk_cache_bytes,
+            owner: FixedOwner {
+                // SAFETY: getuid/getgid cannot fail.
+                uid: o.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
+                gid: o.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
+                file_mode: o.file_mode,
+                dir_mode: o.dir_mode,
+            },
+        },
+        o.pin,
+    )
+    .await
+    .map_err(|error| OpenError::Remote {
+        error,
+        what: uri.describe(),
+        endpoint: endpoint.clone(),
+        anonymous,
+    })?;
+    tracing::info!(
+        "{} at {} (commit {}): read-only, writes fail with EROFS",
+        uri.describe(),
+        uri.revision,
+        opened.commit
+    );
+    Ok(Opened {
+        catalog: opened.catalog,
+        cas: opened.cas,
+        staging_dir,
+        source: store_arg,
+        read_only: true,
+        shared: true,
+        hold: Box::new(lock),
+    })
 }
 
 #[cfg(test)]
@@ -223,7 +309,7 @@ mod tests {
         let s = |e: RemoteError, anonymous| {
             OpenError::Remote {
                 error: e,
-                bucket: "ns/b".into(),
+                what: "bucket ns/b".into(),
                 endpoint: "http://h".into(),
                 anonymous,
             }
@@ -265,6 +351,7 @@ mod tests {
             dir_mode: 0o755,
             staging_dir: None,
             read_only: false,
+            pin: false,
         };
         let rt = tokio::runtime::Runtime::new().unwrap();
         let ctx = XetContext::from_external(rt.handle().clone(), super::super::local::xet_config());

@@ -157,7 +157,9 @@ impl Refresher {
                     }
                 }
             }
-            t.reconcile(dir, entries, same_meta, !caps.empty_dirs)?
+            // A read-only mount made no directory of its own: one the listing lacks is gone.
+            let keep_missing_dirs = !caps.empty_dirs && self.ns.check_writable().is_ok();
+            t.reconcile(dir, entries, same_meta, keep_missing_dirs)?
         };
         if done.changed > 0 {
             tracing::debug!("/{path}: {} change(s) by other writers", done.changed);

@@ -1,5 +1,5 @@
-//! The Hub half of a remote bucket: HTTP requests to the bucket API and to xetmount's own
-//! catalog routes, with retries and the status → [`RemoteError`] mapping.
+//! The Hub half of a remote bucket or repo: HTTP requests to the bucket or repo API and to
+//! xetmount's own catalog routes, with retries and the status → [`RemoteError`] mapping.
 //!
 //! Retried: 408, 429 and 5xx answers and connection failures, up to [`ATTEMPTS`] times,
 //! waiting what `Retry-After` or `RateLimit: ...;t=N` asks (at most [`MAX_WAIT`]), else an
@@ -24,6 +24,10 @@ pub struct Hub {
     token: Option<String>,
     /// `ns/name`.
     pub bucket: String,
+    /// API routes start at `{endpoint}/{api_base}`: `api/buckets/ns/name`, `api/models/ns/name`.
+    api_base: String,
+    /// A repo's CAS tokens are asked for at a revision (percent-encoded); a bucket's are not.
+    token_rev: Option<String>,
 }
 
 /// How long the server asked us to wait, if it did.
@@ -97,12 +101,29 @@ impl Hub {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             token,
             bucket: bucket.to_string(),
+            api_base: format!("api/buckets/{bucket}"),
+            token_rev: None,
         })
     }
 
-    /// `{endpoint}/api/buckets/{bucket}{suffix}`.
+    /// The Hub of repo `id` of kind `plural` (`models`, `datasets`, `spaces`), whose CAS
+    /// tokens are asked for at revision `rev`.
+    pub fn for_repo(
+        endpoint: &str,
+        token: Option<String>,
+        plural: &str,
+        id: &str,
+        rev: &str,
+    ) -> RemoteResult<Self> {
+        let mut hub = Hub::new(endpoint, token, id)?;
+        hub.api_base = format!("api/{plural}/{id}");
+        hub.token_rev = Some(crate::remote::wire::percent_encode(rev, false));
+        Ok(hub)
+    }
+
+    /// `{endpoint}/api/buckets/{bucket}{suffix}` (or the repo's API).
     pub fn api(&self, suffix: &str) -> String {
-        format!("{}/api/buckets/{}{suffix}", self.endpoint, self.bucket)
+        format!("{}/{}{suffix}", self.endpoint, self.api_base)
     }
 
     /// Send the request `build` makes, retrying transient failures; a non-2xx answer that is
@@ -224,7 +245,11 @@ impl Hub {
         } else {
             "/xet-read-token"
         };
-        let v = self.get_json("CAS token", &self.api(route)).await?;
+        let route = match &self.token_rev {
+            Some(rev) => format!("{route}/{rev}"),
+            None => route.to_string(),
+        };
+        let v = self.get_json("CAS token", &self.api(&route)).await?;
         let field = |k: &str| v.get(k).cloned();
         match (
             field("casUrl").and_then(|x| x.as_str().map(str::to_string)),

@@ -8,6 +8,7 @@ pub mod chunk_cache;
 pub mod hub;
 pub mod plain;
 pub mod plan;
+pub mod repo;
 pub mod planned;
 mod room;
 
