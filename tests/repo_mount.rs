@@ -56,7 +56,14 @@ fn source(dir: &Path) {
     w("shards/part-0.bin", &random_bytes(11 << 20, 2));
 }
 
-fn mount_repo(url: &str, d: &Path, uri: &str, name: &str, token: Option<&str>, extra: &[&str]) -> Mount {
+fn mount_repo(
+    url: &str,
+    d: &Path,
+    uri: &str,
+    name: &str,
+    token: Option<&str>,
+    extra: &[&str],
+) -> Mount {
     let cache = d.join(format!("cache-{name}"));
     let mut args = vec!["--endpoint", url, "--cache-dir", cache.to_str().unwrap()];
     let tf = d.join(format!("token-{name}"));
@@ -90,7 +97,11 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     let src: PathBuf = d.join("src");
     source(&src);
     push(&url, d, &["create", "alice/m", "model"]);
-    let first = push(&url, d, &["upload", "alice/m", "model", src.to_str().unwrap()]);
+    let first = push(
+        &url,
+        d,
+        &["upload", "alice/m", "model", src.to_str().unwrap()],
+    );
     assert_eq!(push(&url, d, &["tag", "alice/m", "model", "v1"]), first);
     let want_v1 = files(&src);
 
@@ -100,7 +111,14 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     assert!(m.path(".gitattributes").exists());
     assert_read_only(&m);
     // A sub-folder of the repo.
-    let sub = mount_repo(&url, d, "hf://alice/m@v1/notes", "sub", Some("reader-token"), &[]);
+    let sub = mount_repo(
+        &url,
+        d,
+        "hf://alice/m@v1/notes",
+        "sub",
+        Some("reader-token"),
+        &[],
+    );
     assert_eq!(files(&sub.mountpoint), files(&src.join("notes")));
     sub.stop();
 
@@ -132,9 +150,11 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     std::fs::copy(&new_weights, src.join("model.safetensors")).unwrap();
     std::fs::remove_dir_all(src.join("shards")).unwrap();
     let want_main = files(&src);
-    let took = wait_for("main to follow the new commit", Duration::from_secs(30), || {
-        !main.path("shards").exists()
-    });
+    let took = wait_for(
+        "main to follow the new commit",
+        Duration::from_secs(30),
+        || !main.path("shards").exists(),
+    );
     eprintln!("the branch mount followed the commit in {took:?}");
     assert_eq!(files(&main.mountpoint), want_main);
     // The tag did not move.
@@ -158,7 +178,11 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     std::fs::write(dsrc.join("data/train.csv"), b"a,b\n1,2\n").unwrap();
     std::fs::write(dsrc.join("data/blob.bin"), random_bytes(3 << 20, 4)).unwrap();
     push(&url, d, &["create", "alice/ds", "dataset"]);
-    let dc = push(&url, d, &["upload", "alice/ds", "dataset", dsrc.to_str().unwrap()]);
+    let dc = push(
+        &url,
+        d,
+        &["upload", "alice/ds", "dataset", dsrc.to_str().unwrap()],
+    );
     let ds = mount_repo(
         &url,
         d,
@@ -176,26 +200,48 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     let mp = d.join("anon");
     std::fs::create_dir_all(&mp).unwrap();
     let out = Command::new(bin())
-        .args(["mount", "hf://alice/secret", mp.to_str().unwrap(), "--endpoint", &url])
+        .args([
+            "mount",
+            "hf://alice/secret",
+            mp.to_str().unwrap(),
+            "--endpoint",
+            &url,
+        ])
         .args(["--cache-dir", d.join("cache-anon").to_str().unwrap()])
         .env_remove("HF_TOKEN")
         .env("HOME", d)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "an anonymous mount of a private repo worked");
+    assert!(
+        !out.status.success(),
+        "an anonymous mount of a private repo worked"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("model alice/secret") && err.contains("needs a token"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let secret = mount_repo(&url, d, "hf://alice/secret", "secret", Some("reader-token"), &[]);
+    let secret = mount_repo(
+        &url,
+        d,
+        "hf://alice/secret",
+        "secret",
+        Some("reader-token"),
+        &[],
+    );
     assert!(secret.path(".gitattributes").exists());
     secret.stop();
 
     // A revision that does not exist is named.
     let out = Command::new(bin())
-        .args(["mount", "hf://alice/m@nope", mp.to_str().unwrap(), "--endpoint", &url])
+        .args([
+            "mount",
+            "hf://alice/m@nope",
+            mp.to_str().unwrap(),
+            "--endpoint",
+            &url,
+        ])
         .args(["--cache-dir", d.join("cache-nope").to_str().unwrap()])
         .env("HF_TOKEN", "reader-token")
         .output()

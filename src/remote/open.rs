@@ -115,51 +115,25 @@ async fn open_bucket(
     store_arg: String,
 ) -> Result<Opened, OpenError> {
     let uri = BucketUri::parse(&store_arg).map_err(OpenError::BadUri)?;
-    let endpoint = o
-        .endpoint
-        .clone()
-        .or_else(|| std::env::var("HF_ENDPOINT").ok())
-        .unwrap_or_else(|| "https://huggingface.co".to_string());
-    let token = find_token(o.token_file.as_deref()).map_err(OpenError::Token)?;
-    let anonymous = token.is_none();
     let cache = o
         .cache_dir
         .clone()
-        .unwrap_or_else(|| default_cache_dir(&uri));
-    let staging_dir = o
-        .staging_dir
-        .clone()
-        .unwrap_or_else(|| cache.join("staging"));
-    std::fs::create_dir_all(&staging_dir).map_err(|source| OpenError::StagingDir {
-        dir: staging_dir.clone(),
-        source,
-    })?;
-    let lock = lock_store(&staging_dir)?;
-    let opened = super::http::open(
-        ctx,
-        &uri,
-        &RemoteOptions {
-            endpoint: endpoint.clone(),
-            token,
-            write: !o.read_only,
-            cache_dir: cache,
-            chunk_cache_bytes: o.chunk_cache_bytes,
-            owner: FixedOwner {
-                // SAFETY: getuid/getgid cannot fail.
-                uid: o.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
-                gid: o.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
-                file_mode: o.file_mode,
-                dir_mode: o.dir_mode,
-            },
-        },
-    )
-    .await
-    .map_err(|error| OpenError::Remote {
-        error,
-        what: format!("bucket {}", uri.id()),
-        endpoint: endpoint.clone(),
+        .unwrap_or_else(|| default_cache_dir(&uri.namespace, &uri.name));
+    let RemoteSetup {
+        endpoint,
         anonymous,
-    })?;
+        staging_dir,
+        lock,
+        options,
+    } = remote_setup(o, cache, !o.read_only)?;
+    let opened = super::http::open(ctx, &uri, &options)
+        .await
+        .map_err(|error| OpenError::Remote {
+            error,
+            what: format!("bucket {}", uri.id()),
+            endpoint: endpoint.clone(),
+            anonymous,
+        })?;
     let mut read_only = o.read_only;
     if !opened.writable && !read_only {
         read_only = true;
@@ -187,13 +161,63 @@ async fn open_bucket(
     })
 }
 
-/// `~/.cache/xetmount/<ns>/<name>` (or under `$XDG_CACHE_HOME`).
-pub fn default_cache_dir(uri: &BucketUri) -> PathBuf {
+/// What opening a bucket or a repo starts with: the endpoint and token, and the staging
+/// directory under the cache directory, locked.
+struct RemoteSetup {
+    endpoint: String,
+    /// No token was found.
+    anonymous: bool,
+    staging_dir: PathBuf,
+    lock: std::fs::File,
+    options: RemoteOptions,
+}
+
+fn remote_setup(o: &OpenOptions, cache: PathBuf, write: bool) -> Result<RemoteSetup, OpenError> {
+    let endpoint = o
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("HF_ENDPOINT").ok())
+        .unwrap_or_else(|| "https://huggingface.co".to_string());
+    let token = find_token(o.token_file.as_deref()).map_err(OpenError::Token)?;
+    let staging_dir = o
+        .staging_dir
+        .clone()
+        .unwrap_or_else(|| cache.join("staging"));
+    std::fs::create_dir_all(&staging_dir).map_err(|source| OpenError::StagingDir {
+        dir: staging_dir.clone(),
+        source,
+    })?;
+    let lock = lock_store(&staging_dir)?;
+    Ok(RemoteSetup {
+        anonymous: token.is_none(),
+        options: RemoteOptions {
+            endpoint: endpoint.clone(),
+            token,
+            write,
+            cache_dir: cache,
+            chunk_cache_bytes: o.chunk_cache_bytes,
+            owner: FixedOwner {
+                // SAFETY: getuid/getgid cannot fail.
+                uid: o.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
+                gid: o.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
+                file_mode: o.file_mode,
+                dir_mode: o.dir_mode,
+            },
+        },
+        endpoint,
+        staging_dir,
+        lock,
+    })
+}
+
+/// `~/.cache/xetmount/<ns>/<name>` (or under `$XDG_CACHE_HOME`); a repo's `ns` is
+/// `models+NS` (`datasets+NS`, …).
+pub fn default_cache_dir(ns: &str, name: &str) -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    base.join("xetmount").join(&uri.namespace).join(&uri.name)
+    base.join("xetmount").join(ns).join(name)
 }
 
 /// One sentence for a remote bucket or repo (`what`) that could not be opened.
@@ -228,60 +252,35 @@ fn remote_sentence(e: &RemoteError, what: &str, endpoint: &str, anonymous: bool)
 /// How a repo's missing revision (or folder) is told apart from a missing repo.
 pub const NO_REVISION: &str = "no revision: ";
 
-async fn open_repo(ctx: XetContext, o: &OpenOptions, store_arg: String) -> Result<Opened, OpenError> {
+async fn open_repo(
+    ctx: XetContext,
+    o: &OpenOptions,
+    store_arg: String,
+) -> Result<Opened, OpenError> {
     let uri = RepoUri::parse(&store_arg).map_err(OpenError::BadUri)?;
-    let endpoint = o
-        .endpoint
-        .clone()
-        .or_else(|| std::env::var("HF_ENDPOINT").ok())
-        .unwrap_or_else(|| "https://huggingface.co".to_string());
-    let token = find_token(o.token_file.as_deref()).map_err(OpenError::Token)?;
-    let anonymous = token.is_none();
     let (ns, name) = uri.id.split_once('/').unwrap_or_default();
-    let cache = o.cache_dir.clone().unwrap_or_else(|| {
-        default_cache_dir(&BucketUri {
-            namespace: format!("{}-{ns}", uri.plural),
-            name: name.to_string(),
-            prefix: String::new(),
-        })
-    });
-    // Nothing is staged, but the VFS keeps its (empty) staging area; it is locked, like a
-    // bucket mount's, so two mounts of one cache do not share it.
-    let staging_dir = o
-        .staging_dir
+    // `+` is in no name: a repo's cache never meets a bucket's.
+    let cache = o
+        .cache_dir
         .clone()
-        .unwrap_or_else(|| cache.join("staging"));
-    std::fs::create_dir_all(&staging_dir).map_err(|source| OpenError::StagingDir {
-        dir: staging_dir.clone(),
-        source,
-    })?;
-    let lock = lock_store(&staging_dir)?;
-    let opened = super::http::repo::open(
-        ctx,
-        &uri,
-        &RemoteOptions {
-            endpoint: endpoint.clone(),
-            token,
-            write: false,
-            cache_dir: cache,
-            chunk_cache_bytes: o.chunk_cache_bytes,
-            owner: FixedOwner {
-                // SAFETY: getuid/getgid cannot fail.
-                uid: o.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
-                gid: o.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
-                file_mode: o.file_mode,
-                dir_mode: o.dir_mode,
-            },
-        },
-        o.pin,
-    )
-    .await
-    .map_err(|error| OpenError::Remote {
-        error,
-        what: uri.describe(),
-        endpoint: endpoint.clone(),
+        .unwrap_or_else(|| default_cache_dir(&format!("{}+{ns}", uri.plural), name));
+    // Nothing is staged, but the VFS keeps its (empty) staging area, locked as a bucket
+    // mount's is, so two mounts of one cache directory do not share it.
+    let RemoteSetup {
+        endpoint,
         anonymous,
-    })?;
+        staging_dir,
+        lock,
+        options,
+    } = remote_setup(o, cache, false)?;
+    let opened = super::http::repo::open(ctx, &uri, &options, o.pin)
+        .await
+        .map_err(|error| OpenError::Remote {
+            error,
+            what: uri.describe(),
+            endpoint: endpoint.clone(),
+            anonymous,
+        })?;
     tracing::info!(
         "{} at {} (commit {}): read-only, writes fail with EROFS",
         uri.describe(),
@@ -366,6 +365,6 @@ mod tests {
     #[test]
     fn a_bucket_caches_under_its_namespace_and_name() {
         let uri = BucketUri::parse("hf://buckets/ns/b").unwrap();
-        assert!(default_cache_dir(&uri).ends_with(Path::new("xetmount/ns/b")));
+        assert!(default_cache_dir(&uri.namespace, &uri.name).ends_with(Path::new("xetmount/ns/b")));
     }
 }

@@ -1,7 +1,10 @@
 //! The read path of unstaged files: the read cache, and read-ahead for sequential streams.
 //!
 //! Sequential reads grow a read-ahead window (in cache blocks, from 1 MiB up to
-//! `readahead_blocks`); a seek resets it, so random reads fetch only what they touch. What
+//! `readahead_blocks`, and never past what the stream has read so far: a model loader that
+//! reads one tensor, then jumps to the next, fetches at most about twice each tensor instead
+//! of a whole window past every one); a seek resets it, so random reads fetch only what they
+//! touch. What
 //! streams fetched ahead waits in the cache until they read it, so the windows of the
 //! streams reading at once share half the cache: a stream's read-ahead is never evicted by
 //! another's before it is read (which would fetch it twice). The window is refilled once half of it was consumed, so
@@ -29,6 +32,8 @@ pub(in crate::vfs) struct ReadAhead {
     window: u64,
     /// Blocks before this one have been requested by read-ahead already.
     claimed_to: u64,
+    /// Bytes read sequentially since the last seek.
+    run: u64,
     /// Present while the handle reads sequentially: it is one of the streams sharing the cache.
     stream: Option<Stream>,
 }
@@ -104,14 +109,20 @@ impl ReadPath {
         if !sequential {
             ra.window = 0;
             ra.claimed_to = 0;
+            ra.run = 0;
             ra.stream = None;
             return None;
         }
+        ra.run += range.end - range.start;
         if ra.stream.is_none() {
             ra.stream = Some(Stream::join(&self.streams));
         }
         let streams = self.streams.load(Ordering::Relaxed).max(1);
-        let most = self.max_window.min(self.shared_blocks / streams).max(1);
+        let most = self
+            .max_window
+            .min(self.shared_blocks / streams)
+            .min((ra.run / block).max(self.min_window))
+            .max(1);
         ra.window = (ra.window * 2).clamp(self.min_window.min(most), most);
         let next = range.end.div_ceil(block);
         let from = ra.claimed_to.max(next);
@@ -151,6 +162,35 @@ mod tests {
             p.advance(ra, &((k << 10)..((k + 1) << 10)));
         }
         ra.window
+    }
+
+    #[test]
+    fn the_window_never_outgrows_what_the_stream_has_read() {
+        // 1 KiB blocks, windows from 1 MiB up to 4 MiB, a cache that does not limit them.
+        let cache = ReadCache::new(
+            Arc::new(MemCas::new()),
+            Arc::new(Stats::default()),
+            1 << 10,
+            64 << 20,
+            4 << 20,
+            Duration::from_secs(1),
+        );
+        let p = ReadPath::new(Arc::new(cache), 4096, 64 << 20);
+        let mut ra = ReadAhead::default();
+        // 128 KiB reads, as the kernel sends them.
+        let read = |ra: &mut ReadAhead, k: u64| {
+            p.advance(ra, &((k << 17)..((k + 1) << 17)));
+            ra.window
+        };
+        assert_eq!(read(&mut ra, 0), 1024, "1 MiB to start with");
+        let after_2m = (1..16).map(|k| read(&mut ra, k)).last().unwrap();
+        assert_eq!(after_2m, 2048, "2 MiB read: 2 MiB ahead at most");
+        let after_8m = (16..64).map(|k| read(&mut ra, k)).last().unwrap();
+        assert_eq!(after_8m, 4096, "the largest window once enough was read");
+        // A seek starts over.
+        p.advance(&mut ra, &(0..10));
+        assert_eq!(read(&mut ra, 1000), 0);
+        assert_eq!(read(&mut ra, 1001), 1024);
     }
 
     #[test]

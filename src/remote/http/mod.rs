@@ -8,8 +8,8 @@ pub mod chunk_cache;
 pub mod hub;
 pub mod plain;
 pub mod plan;
-pub mod repo;
 pub mod planned;
+pub mod repo;
 mod room;
 
 use std::path::{Path, PathBuf};

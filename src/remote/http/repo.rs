@@ -23,7 +23,7 @@ use super::hub::Hub;
 use crate::remote::names::valid_bucket_name;
 use crate::remote::wire::percent_encode;
 use crate::remote::{
-    Capabilities, Cas, Catalog, CatalogOp, Composed, ComposeEdit, Entry, EntryKind, FileId,
+    Capabilities, Cas, Catalog, CatalogOp, ComposeEdit, Composed, Entry, EntryKind, FileId,
     FixedOwner, Meta, RemoteError, RemoteResult, UploadItem, Uploaded,
 };
 
@@ -62,8 +62,8 @@ impl RepoUri {
             None => (name_rev, "main".to_string(), after.to_string()),
             Some((name, rev)) => {
                 // `refs/pr/N` and `refs/convert/NAME` may be written with their slashes.
-                let special = rev == "refs"
-                    && (after.starts_with("pr/") || after.starts_with("convert/"));
+                let special =
+                    rev == "refs" && (after.starts_with("pr/") || after.starts_with("convert/"));
                 if special {
                     let mut segs = after.splitn(3, '/');
                     let kind = segs.next().unwrap_or("");
@@ -78,7 +78,9 @@ impl RepoUri {
             }
         };
         if !valid_bucket_name(ns) || !valid_bucket_name(name) {
-            return Err(format!("{s} does not name a repo (NAMESPACE/NAME); {usage}"));
+            return Err(format!(
+                "{s} does not name a repo (NAMESPACE/NAME); {usage}"
+            ));
         }
         if revision.is_empty() {
             return Err(format!("{s} has an empty revision after @; {usage}"));
@@ -131,9 +133,13 @@ pub struct RepoCatalog {
     regular: Regular,
 }
 
-/// The commit `rev` of the repo names, and its date: `GET …/revision/{rev}`.
+/// The commit `rev` of the repo names, and its date: `GET …/revision/{rev}`, asking for
+/// those two fields only (not the list of every file).
 async fn resolve(hub: &Hub, rev: &str) -> RemoteResult<(String, i64)> {
-    let url = hub.api(&format!("/revision/{}", percent_encode(rev, false)));
+    let url = hub.api(&format!(
+        "/revision/{}?expand=sha&expand=lastModified",
+        percent_encode(rev, false)
+    ));
     let v = hub.get_json("repo revision", &url).await?;
     let sha = v
         .get("sha")
@@ -164,7 +170,12 @@ const GIT_BLOB: &str = "git-blob:";
 
 impl RepoCatalog {
     fn meta(&self, kind: EntryKind, time_ns: i64) -> Meta {
-        Meta::at(self.owner.mode(kind), self.owner.uid, self.owner.gid, time_ns)
+        Meta::at(
+            self.owner.mode(kind),
+            self.owner.uid,
+            self.owner.gid,
+            time_ns,
+        )
     }
 
     /// A tree entry as the mount shows it, `None` for one outside the mounted folder.
@@ -178,7 +189,10 @@ impl RepoCatalog {
             path.strip_prefix(&self.uri.prefix)?.strip_prefix('/')?
         };
         if v.get("type").and_then(Value::as_str) != Some("file") {
-            return Some(Entry::dir(rel.to_string(), self.meta(EntryKind::Dir, shown.time_ns)));
+            return Some(Entry::dir(
+                rel.to_string(),
+                self.meta(EntryKind::Dir, shown.time_ns),
+            ));
         }
         let size = v.get("size")?.as_u64()?;
         let content = match v.get("xetHash").and_then(Value::as_str) {
@@ -359,11 +373,15 @@ impl Cas for RepoCas {
         &self,
         _items: Vec<UploadItem<'_>>,
     ) -> RemoteResult<Vec<RemoteResult<Uploaded>>> {
-        Err(RemoteError::PermissionDenied("a repo mount is read-only".into()))
+        Err(RemoteError::PermissionDenied(
+            "a repo mount is read-only".into(),
+        ))
     }
 
     async fn compose(&self, _base: &FileId, _edits: Vec<ComposeEdit>) -> RemoteResult<Composed> {
-        Err(RemoteError::PermissionDenied("a repo mount is read-only".into()))
+        Err(RemoteError::PermissionDenied(
+            "a repo mount is read-only".into(),
+        ))
     }
 
     async fn settle(&self, timeout: std::time::Duration) {
@@ -386,17 +404,17 @@ pub async fn open(
     o: &super::RemoteOptions,
     pin: bool,
 ) -> RemoteResult<OpenedRepo> {
-    let hub = Arc::new(Hub::for_repo(
+    let probe = Hub::for_repo(
         &o.endpoint,
         o.token.clone(),
         uri.plural,
         &uri.id,
         &uri.revision,
-    )?);
-    let (sha, time_ns) = match resolve(&hub, &uri.revision).await {
+    )?;
+    let (sha, time_ns) = match resolve(&probe, &uri.revision).await {
         Err(RemoteError::NotFound(m)) => {
             // The repo is there but the revision is not: say which.
-            hub.get_json("repo info", &hub.api("")).await?;
+            probe.get_json("repo info", &probe.api("")).await?;
             tracing::debug!("revision {}: {m}", uri.revision);
             return Err(RemoteError::NotFound(format!(
                 "{}revision {}",
@@ -406,14 +424,27 @@ pub async fn open(
         }
         r => r?,
     };
+    // CAS tokens are asked for at the first commit, which stays readable whatever happens to
+    // the branch or tag named.
+    let hub = Arc::new(Hub::for_repo(
+        &o.endpoint,
+        o.token.clone(),
+        uri.plural,
+        &uri.id,
+        &sha,
+    )?);
     // Only a branch moves; a tag is named like one, so ask.
+    let name = uri
+        .revision
+        .strip_prefix("refs/heads/")
+        .unwrap_or(&uri.revision);
     let branch = !pin && !uri.is_commit_id() && {
         let refs = hub.get_json("repo refs", &hub.api("/refs")).await?;
         refs.get("branches")
             .and_then(Value::as_array)
             .is_some_and(|b| {
                 b.iter()
-                    .any(|r| r.get("name").and_then(Value::as_str) == Some(&uri.revision))
+                    .any(|r| r.get("name").and_then(Value::as_str) == Some(name))
             })
     };
     let xet = super::cas::HttpCas::open(ctx, hub.clone(), false, &o.cache_dir, o.chunk_cache_bytes)
@@ -470,7 +501,12 @@ mod tests {
     fn repo_uris_parse_as_hf_file_system_writes_them() {
         let u = RepoUri::parse("hf://alice/m").unwrap();
         assert_eq!(
-            (u.plural, u.id.as_str(), u.revision.as_str(), u.prefix.as_str()),
+            (
+                u.plural,
+                u.id.as_str(),
+                u.revision.as_str(),
+                u.prefix.as_str()
+            ),
             ("models", "alice/m", "main", "")
         );
         let u = RepoUri::parse("hf://datasets/alice/d@v1.0/data/train").unwrap();
@@ -486,9 +522,17 @@ mod tests {
             ("refs/convert/parquet", "sub")
         );
         let sha = "0123456789abcdef0123456789abcdef01234567";
-        assert!(RepoUri::parse(&format!("hf://a/m@{sha}")).unwrap().is_commit_id());
+        assert!(RepoUri::parse(&format!("hf://a/m@{sha}"))
+            .unwrap()
+            .is_commit_id());
         assert_eq!(RepoUri::parse("hf://a/m").unwrap().describe(), "model a/m");
-        for bad in ["hf://only", "hf://a/m@", "hf://a/m/../x", "s3://a/b", "hf://-a/m"] {
+        for bad in [
+            "hf://only",
+            "hf://a/m@",
+            "hf://a/m/../x",
+            "s3://a/b",
+            "hf://-a/m",
+        ] {
             assert!(RepoUri::parse(bad).is_err(), "{bad}");
         }
     }

@@ -160,11 +160,16 @@ mod tests {
     #[test]
     fn any_file_fits_the_upload_share_and_small_files_share_it() {
         let mut c = xet_runtime::config::XetConfig::new();
-        super::super::budget::MemoryBudget::default().apply_xet(&mut c);
+        let memory = super::super::budget::MemoryBudget::default();
+        memory.apply_xet(&mut c);
         let budget = (super::super::budget::upload_file_bytes(&c) as usize / BUFFER_UNIT) as u32;
         // A large file counts its read buffer and a xorb of chunks: the default budget
-        // chunks one at a time.
-        assert_eq!(budget / buffer_units(u64::MAX), 1);
+        // chunks as many at a time as its upload share holds (two).
+        assert_eq!(
+            budget / buffer_units(u64::MAX),
+            memory.upload_files() as u32
+        );
+        assert_eq!(memory.upload_files(), 2);
         assert_eq!(buffer_units(0), 1);
         assert_eq!(buffer_units(1), 1);
         assert_eq!(buffer_units(BUFFER_UNIT as u64 + 1), 2);

@@ -51,7 +51,13 @@ fn check_path(p: &str) -> Result<(), Response> {
 /// `POST …/preupload/{rev}`: `lfs` for large or binary files, `regular` otherwise, and each
 /// path's current `oid` at the revision (sha256 of an LFS file, git blob id of a regular
 /// one), so the client skips files that did not change.
-pub async fn preupload(State(s): S, r: RepoAccess<Write>, body: Bytes) -> Answer {
+pub async fn preupload(
+    State(s): S,
+    r: RepoAccess<Write>,
+    axum::extract::Query(q): axum::extract::Query<CommitQuery>,
+    body: Bytes,
+) -> Answer {
+    refuse_pull_requests(&q)?;
     let b: PreBody = crate::server::hub::json_body(&body)?;
     if b.files.len() > MAX_PREUPLOAD {
         return Err(bad(format!("at most {MAX_PREUPLOAD} files per preupload")));
@@ -237,14 +243,8 @@ pub struct CommitQuery {
     create_pr: Option<String>,
 }
 
-/// `POST …/commit/{rev}`: `rev` must be a branch.
-pub async fn commit(
-    State(s): S,
-    r: RepoAccess<Write>,
-    axum::extract::Query(q): axum::extract::Query<CommitQuery>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Answer {
+/// Pull requests are not hosted: refused before anything is uploaded (at preupload).
+fn refuse_pull_requests(q: &CommitQuery) -> Result<(), Response> {
     if q.create_pr
         .as_deref()
         .is_some_and(|v| v == "1" || v == "true")
@@ -253,6 +253,18 @@ pub async fn commit(
             "this server does not host pull requests; commit to a branch",
         ));
     }
+    Ok(())
+}
+
+/// `POST …/commit/{rev}`: `rev` must be a branch.
+pub async fn commit(
+    State(s): S,
+    r: RepoAccess<Write>,
+    axum::extract::Query(q): axum::extract::Query<CommitQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    refuse_pull_requests(&q)?;
     let branch = r
         .rev()
         .strip_prefix("refs/heads/")

@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +30,10 @@ use super::{Answer, Server};
 use crate::remote::names::valid_bucket_name;
 
 type S = State<Arc<Server>>;
+
+/// Largest commit body: `upload_folder` sends up to 100 MB of regular files per commit,
+/// base64 in NDJSON (4/3 of that, plus the lines around it).
+const COMMIT_BODY_LIMIT: usize = 160 << 20;
 
 /// Every repo route, for each kind.
 pub fn routes(mut r: Router<Arc<Server>>) -> Router<Arc<Server>> {
@@ -56,7 +60,10 @@ pub fn routes(mut r: Router<Arc<Server>>) -> Router<Arc<Server>> {
             .route(&format!("{b}/tree/{{rev}}/{{*path}}"), get(read::tree))
             .route(&format!("{b}/paths-info/{{rev}}"), post(read::paths_info))
             .route(&format!("{b}/preupload/{{rev}}"), post(commit::preupload))
-            .route(&format!("{b}/commit/{{rev}}"), post(commit::commit))
+            .route(
+                &format!("{b}/commit/{{rev}}"),
+                post(commit::commit).layer(DefaultBodyLimit::max(COMMIT_BODY_LIMIT)),
+            )
             .route(&format!("{b}/xet-read-token/{{rev}}"), get(read_token))
             .route(&format!("{b}/xet-write-token/{{rev}}"), get(write_token))
             .route(
@@ -286,16 +293,41 @@ struct InfoQuery {
     blobs: Option<String>,
 }
 
-async fn info(State(s): S, r: RepoAccess<Read>, Query(q): Query<InfoQuery>) -> Answer {
+/// The `expand` values of a query (`expand=a&expand=b`, or `expand[]=a`): the fields asked
+/// for, if any were named.
+fn expanded(query: Option<&str>) -> Option<Vec<String>> {
+    let asked: Vec<String> = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| matches!(*k, "expand" | "expand[]" | "expand%5B%5D"))
+        .filter_map(|(_, v)| crate::remote::wire::form_decode(v))
+        .collect();
+    (!asked.is_empty()).then_some(asked)
+}
+
+/// `GET …` and `GET …/revision/{rev}`: the repo at the revision. With `expand`, only the
+/// fields named (and `id`): a caller asking for `sha` does not pay for a list of every file.
+async fn info(
+    State(s): S,
+    r: RepoAccess<Read>,
+    Query(q): Query<InfoQuery>,
+    uri: axum::http::Uri,
+) -> Answer {
     let c = s.commit_at(&r.info, r.rev())?;
+    let only = expanded(uri.query());
+    let wants = |f: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == f));
     let blobs = q.blobs.as_deref() == Some("true") || q.blobs.as_deref() == Some("1");
-    let files = s
-        .repos
-        .with_trees(r.key(), |t| {
-            super::repos::tree::list(t, &c.tree, "", true, "", usize::MAX)
-        })
-        .map_err(internal)?
-        .0;
+    let files = if wants("siblings") {
+        s.repos
+            .with_trees(r.key(), |t| {
+                super::repos::tree::list(t, &c.tree, "", true, "", usize::MAX)
+            })
+            .map_err(internal)?
+            .0
+    } else {
+        Vec::new()
+    };
     let siblings: Vec<Value> = files
         .iter()
         .filter_map(|(path, n)| match n {
@@ -328,6 +360,9 @@ async fn info(State(s): S, r: RepoAccess<Read>, Query(q): Query<InfoQuery>) -> A
     });
     if r.info.kind == Kind::Space {
         v["sdk"] = json!("static");
+    }
+    if let (Some(only), Value::Object(m)) = (&only, &mut v) {
+        m.retain(|k, _| k == "id" || only.iter().any(|x| x == k));
     }
     Ok(axum::Json(v).into_response())
 }
@@ -416,6 +451,9 @@ fn valid_ref_name(n: &str) -> bool {
         && !n.contains("..")
         && !n.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
         && !(n.len() == 40 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        // Revisions are read with these prefixes taken off: such a ref could never be named.
+        && !n.starts_with("refs/heads/")
+        && !n.starts_with("refs/tags/")
 }
 
 fn made_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str, at: &Commit) -> Answer {
@@ -513,11 +551,34 @@ mod tests {
     }
 
     #[test]
+    fn expand_names_the_fields_asked_for() {
+        assert_eq!(expanded(None), None);
+        assert_eq!(expanded(Some("blobs=true")), None);
+        assert_eq!(
+            expanded(Some("expand=sha&expand=lastModified")),
+            Some(vec!["sha".to_string(), "lastModified".to_string()])
+        );
+        assert_eq!(
+            expanded(Some("expand%5B%5D=sha")),
+            Some(vec!["sha".to_string()])
+        );
+    }
+
+    #[test]
     fn ref_names_are_checked() {
         for ok in ["dev", "v1.0", "refs/pr/1", "feature/x"] {
             assert!(valid_ref_name(ok), "{ok}");
         }
-        for bad in ["", "/x", "x/", "a..b", "a b", "a:b", &"a".repeat(40)] {
+        for bad in [
+            "",
+            "/x",
+            "x/",
+            "a..b",
+            "a b",
+            "a:b",
+            &"a".repeat(40),
+            "refs/heads/x",
+        ] {
             assert!(!valid_ref_name(bad), "{bad}");
         }
     }

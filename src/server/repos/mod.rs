@@ -448,7 +448,7 @@ impl Repos {
         Ok(out)
     }
 
-    /// The sha256 → xet hash candidates for `sha256`, newest first.
+    /// The xet files uploaded with content hash `sha256` (usually one).
     pub fn files_with_sha256(&self, sha256: &str) -> RemoteResult<Vec<String>> {
         let db = self.db.lock();
         let mut st = db
