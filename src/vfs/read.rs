@@ -1,10 +1,11 @@
 //! The read path of unstaged files: the read cache, and read-ahead for sequential streams.
 //!
-//! Sequential reads grow a read-ahead window (in cache blocks, from 1 MiB up to
-//! `readahead_blocks`, and never past what the stream has read so far: a model loader that
-//! reads one tensor, then jumps to the next, fetches at most about twice each tensor instead
-//! of a whole window past every one); a seek resets it, so random reads fetch only what they
-//! touch. What
+//! Sequential reads grow a read-ahead window (in cache blocks, from 4 MiB up to
+//! `readahead_blocks`, and past 4 MiB never beyond what the stream has read so far: a model
+//! loader that reads one tensor, then jumps to the next, fetches at most about twice each
+//! tensor instead of a whole window past every one, and starts each tensor with 4 MiB in
+//! flight rather than ramping up over round trips: bench/repo_load.sh); a seek resets it, so
+//! random reads fetch only what they touch. What
 //! streams fetched ahead waits in the cache until they read it, so the windows of the
 //! streams reading at once share half the cache: a stream's read-ahead is never evicted by
 //! another's before it is read (which would fetch it twice). The window is refilled once half of it was consumed, so
@@ -73,7 +74,7 @@ impl ReadPath {
         let block = cache.block_size();
         let shared_blocks = (capacity / 2 / block).max(1);
         let max_window = readahead_blocks.min(shared_blocks).max(1);
-        let min_window = ((1 << 20) / block).clamp(1, max_window);
+        let min_window = ((4 << 20) / block).clamp(1, max_window);
         ReadPath {
             cache,
             min_window,
@@ -166,31 +167,33 @@ mod tests {
 
     #[test]
     fn the_window_never_outgrows_what_the_stream_has_read() {
-        // 1 KiB blocks, windows from 1 MiB up to 4 MiB, a cache that does not limit them.
+        // 1 KiB blocks, windows from 4 MiB up to 16 MiB, a cache that does not limit them.
         let cache = ReadCache::new(
             Arc::new(MemCas::new()),
             Arc::new(Stats::default()),
             1 << 10,
             64 << 20,
-            4 << 20,
+            16 << 20,
             Duration::from_secs(1),
         );
-        let p = ReadPath::new(Arc::new(cache), 4096, 64 << 20);
+        let p = ReadPath::new(Arc::new(cache), 16384, 64 << 20);
         let mut ra = ReadAhead::default();
         // 128 KiB reads, as the kernel sends them.
         let read = |ra: &mut ReadAhead, k: u64| {
             p.advance(ra, &((k << 17)..((k + 1) << 17)));
             ra.window
         };
-        assert_eq!(read(&mut ra, 0), 1024, "1 MiB to start with");
+        assert_eq!(read(&mut ra, 0), 4096, "4 MiB to start with");
         let after_2m = (1..16).map(|k| read(&mut ra, k)).last().unwrap();
-        assert_eq!(after_2m, 2048, "2 MiB read: 2 MiB ahead at most");
+        assert_eq!(after_2m, 4096, "2 MiB read: still the least window");
         let after_8m = (16..64).map(|k| read(&mut ra, k)).last().unwrap();
-        assert_eq!(after_8m, 4096, "the largest window once enough was read");
+        assert_eq!(after_8m, 8192, "8 MiB read: 8 MiB ahead at most");
+        let after_16m = (64..128).map(|k| read(&mut ra, k)).last().unwrap();
+        assert_eq!(after_16m, 16384, "the largest window once enough was read");
         // A seek starts over.
         p.advance(&mut ra, &(0..10));
         assert_eq!(read(&mut ra, 1000), 0);
-        assert_eq!(read(&mut ra, 1001), 1024);
+        assert_eq!(read(&mut ra, 1001), 4096);
     }
 
     #[test]

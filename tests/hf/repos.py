@@ -617,6 +617,21 @@ check(api.repo_exists(MODEL) and not api.repo_exists("alice/no-such-repo"), "rep
 check(api.repo_exists(DATA, repo_type="dataset"), "repo_exists dataset")
 step("typed errors: EntryNotFound, RevisionNotFound, RepositoryNotFound; *_exists")
 
+# --- copy_files from a repo into a bucket: by hash, under the repo's read rules ----------
+api.create_bucket("alice/copies")
+api.copy_files(f"hf://{MODEL}/big.bin", "hf://buckets/alice/copies/from-model/")
+copied = scratch / "copied-big.bin"
+api.download_bucket_files("alice/copies", [("from-model/big.bin", str(copied))])
+check(copied.read_bytes() == main_files["big.bin"], "a file copied from a model into a bucket reads back")
+raises(
+    Exception,
+    lambda: HfApi(endpoint=endpoint, token=os.environ["HF_TOKEN"]).copy_files(
+        f"hf://{PRIVATE}/nothing.bin", "hf://buckets/alice/copies/x/"
+    ),
+    "copying a file the private repo does not hold",
+)
+step("copy_files from a model repo into a bucket")
+
 write_tree(scratch / "tree-main", main_files)
 write_tree(scratch / "tree-dev", dev_files)
 write_tree(scratch / "tree-data", data_files)

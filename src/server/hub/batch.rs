@@ -320,16 +320,28 @@ async fn check_copy_source(
     hash: &str,
 ) -> Result<Result<(), Refused>, Response> {
     let refuse = |m: String| Ok(Err(Refused(m)));
-    match &line.source_repo_type {
-        Field::Absent => {}
-        Field::Given(t) if t == "bucket" => {}
-        Field::Given(t) => return refuse(format!("this server hosts buckets only, not a {t}")),
-        // Not a string: what `as_str` made of it before, no type at all.
-        Field::Other => {}
-    }
     let Some(src) = line.source_repo_id.given() else {
         return refuse("copyFile needs sourceRepoId".into());
     };
+    let repo = match &line.source_repo_type {
+        // Not a string: what `as_str` made of it before, no type at all.
+        Field::Absent | Field::Other => None,
+        Field::Given(t) if t == "bucket" => None,
+        Field::Given(t) => match crate::server::repos::Kind::from_type(Some(t)) {
+            Some(kind) => Some(crate::server::repos::key(kind, src)),
+            None => return refuse(format!("{t} is not a kind of repo")),
+        },
+    };
+    if let Some(key) = repo {
+        // A repo source: readable by the caller, and some commit of it names the body.
+        let holds = hash == EMPTY_HASH || s.repos.references(&key, hash).map_err(internal)?;
+        if !s.may_read(headers, &key)? || !holds {
+            return refuse(format!(
+                "{key} does not exist, you may not read it, or it holds no file with xetHash {hash}"
+            ));
+        }
+        return Ok(Ok(()));
+    }
     if s.access(headers, src, Scope::Read).is_err() {
         return refuse(format!(
             "source bucket {src} does not exist or you may not read it"
