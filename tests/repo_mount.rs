@@ -194,6 +194,22 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     assert_eq!(files(&ds.mountpoint), files(&dsrc));
     assert_read_only(&ds);
     ds.stop();
+    // A revision with slashes, written as HfFileSystem accepts it.
+    let convert = "refs/convert/parquet";
+    assert_eq!(
+        push(&url, d, &["branch", "alice/ds", "dataset", convert]),
+        dc
+    );
+    let conv = mount_repo(
+        &url,
+        d,
+        &format!("hf://datasets/alice/ds@{convert}/data"),
+        "conv",
+        Some("reader-token"),
+        &[],
+    );
+    assert_eq!(files(&conv.mountpoint), files(&dsrc.join("data")));
+    conv.stop();
 
     // A private repo: refused in one sentence without a token, mounted with a read token.
     push(&url, d, &["create", "alice/secret", "model", "private"]);

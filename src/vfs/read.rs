@@ -25,6 +25,12 @@ use crate::remote::FileId;
 use crate::vfs::readcache::ReadCache;
 use crate::vfs::VfsResult;
 
+/// Runs shorter than this set no expectation for the next one: random reads stay exact.
+const EXPECT_MIN: u64 = 1 << 20;
+/// What a kernel client reads ahead of its reader (FUSE's `max_readahead` here): a run read
+/// to its expected end shows up to this much more.
+const READER_AHEAD: u64 = 1 << 20;
+
 /// Sequential-read detection of one open handle.
 #[derive(Default)]
 pub(in crate::vfs) struct ReadAhead {
@@ -33,8 +39,11 @@ pub(in crate::vfs) struct ReadAhead {
     window: u64,
     /// Blocks before this one have been requested by read-ahead already.
     claimed_to: u64,
-    /// Bytes read sequentially since the last seek.
+    /// Bytes read sequentially since the last seek (the read at the seek included).
     run: u64,
+    /// Where the run in progress is expected to end (a byte offset; 0: no expectation): at
+    /// the seek that started it, the run before was that long (see [`ReadPath::advance`]).
+    expect_end: u64,
     /// Present while the handle reads sequentially: it is one of the streams sharing the cache.
     stream: Option<Stream>,
 }
@@ -108,11 +117,24 @@ impl ReadPath {
         let sequential = range.start == ra.next_offset;
         ra.next_offset = range.end;
         if !sequential {
+            let ended = ra.run;
             ra.window = 0;
             ra.claimed_to = 0;
-            ra.run = 0;
+            ra.run = range.end - range.start;
+            ra.expect_end = 0;
             ra.stream = None;
-            return None;
+            // A handle that read a long run and jumped (a loader going to its next tensor)
+            // likely reads another as long: fetch it now, in one round trip, not a ramp.
+            if ended < EXPECT_MIN {
+                return None;
+            }
+            ra.expect_end = range.start + ended.min(self.max_window * block);
+            let (from, to) = (range.end.div_ceil(block), ra.expect_end.div_ceil(block));
+            if to <= from {
+                return None;
+            }
+            ra.claimed_to = to;
+            return Some(from..to);
         }
         ra.run += range.end - range.start;
         if ra.stream.is_none() {
@@ -127,7 +149,11 @@ impl ReadPath {
         ra.window = (ra.window * 2).clamp(self.min_window.min(most), most);
         let next = range.end.div_ceil(block);
         let from = ra.claimed_to.max(next);
-        let to = next + ra.window;
+        let mut to = next + ra.window;
+        // Within the expected run, nothing past its end: past it, the window grows as usual.
+        if range.end < ra.expect_end + READER_AHEAD {
+            to = to.min(ra.expect_end.div_ceil(block));
+        }
         if to.saturating_sub(from) < ra.window.div_ceil(2) {
             return None;
         }
@@ -194,6 +220,51 @@ mod tests {
         p.advance(&mut ra, &(0..10));
         assert_eq!(read(&mut ra, 1000), 0);
         assert_eq!(read(&mut ra, 1001), 4096);
+    }
+
+    #[test]
+    fn a_jump_after_a_long_run_fetches_a_run_as_long_and_nothing_past_it() {
+        // 1 KiB blocks, windows from 4 MiB up to 16 MiB.
+        let cache = ReadCache::new(
+            Arc::new(MemCas::new()),
+            Arc::new(Stats::default()),
+            1 << 10,
+            64 << 20,
+            16 << 20,
+            Duration::from_secs(1),
+        );
+        let p = ReadPath::new(Arc::new(cache), 16384, 64 << 20);
+        let mut ra = ReadAhead::default();
+        let kib = |n: u64| n << 10;
+        // A tensor of 8 MiB at 100 MiB, read in 128 KiB pieces.
+        let tensor = |ra: &mut ReadAhead, at: u64| -> Vec<Option<Range<u64>>> {
+            (0..64)
+                .map(|k| p.advance(ra, &(at + kib(128 * k)..at + kib(128 * (k + 1)))))
+                .collect()
+        };
+        tensor(&mut ra, 100 << 20);
+        // The next tensor: its first read fetches the rest of 8 MiB at once (blocks of
+        // 1 KiB)...
+        let first = tensor(&mut ra, 200 << 20);
+        assert_eq!(first[0], Some((200 * 1024 + 128)..(208 * 1024)));
+        // ...and nothing else is fetched within it.
+        assert!(first[1..].iter().all(Option::is_none), "{first:?}");
+        // Reading on past the expected end: the first MiB is taken for the kernel's own
+        // read-ahead; then the window grows as usual.
+        let at = |k: u64| (208 << 20) + kib(128 * k)..(208 << 20) + kib(128 * (k + 1));
+        for k in 0..7 {
+            assert_eq!(p.advance(&mut ra, &at(k)), None, "read {k} past the end");
+        }
+        let on = p.advance(&mut ra, &at(7));
+        assert!(
+            on.as_ref().is_some_and(|r| r.end >= 209 * 1024 + 4096),
+            "{on:?}"
+        );
+        // Short runs (random reads) set no expectation.
+        let mut r = ReadAhead::default();
+        p.advance(&mut r, &(kib(4)..kib(8)));
+        assert_eq!(p.advance(&mut r, &(kib(64)..kib(68))), None);
+        assert_eq!(p.advance(&mut r, &(kib(640)..kib(644))), None);
     }
 
     #[test]

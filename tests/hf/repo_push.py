@@ -5,6 +5,7 @@ needs on one line of stdout.
   create REPO_ID TYPE [private]      create a repo (TYPE: model or dataset)
   upload REPO_ID TYPE DIR            upload_folder of DIR to main; prints the commit id
   tag REPO_ID TYPE TAG               tag main; prints the commit id it names
+  branch REPO_ID TYPE BRANCH         branch off main; prints the commit id it names
   replace REPO_ID TYPE PATH SRC DEL  one commit on main: PATH gets SRC's bytes, DEL is deleted;
                                      prints the commit id
 """
@@ -26,6 +27,9 @@ def main():
         print(info.oid)
     elif action == "tag":
         api.create_tag(repo, repo_type=kind, tag=sys.argv[4])
+        print(api.repo_info(repo, repo_type=kind, revision=sys.argv[4]).sha)
+    elif action == "branch":
+        api.create_branch(repo, repo_type=kind, branch=sys.argv[4])
         print(api.repo_info(repo, repo_type=kind, revision=sys.argv[4]).sha)
     elif action == "replace":
         path, src, gone = sys.argv[4], sys.argv[5], sys.argv[6]

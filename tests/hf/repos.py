@@ -529,9 +529,16 @@ check(fs.cat_file(f"datasets/{DATA}/data/train.csv") == data_files["data/train.c
 off = 6 * MIB - 3
 got = fs.cat_file(f"datasets/{DATA}/data/big.parquet", start=off, end=off + 9)
 check(got == data_files["data/big.parquet"][off : off + 9], "fs dataset ranged read")
+# A revision with slashes, percent-encoded by the client wherever it goes in a path.
+CONVERT = "refs/convert/parquet"
+api.create_branch(DATA, repo_type="dataset", branch=CONVERT, revision=data_head)
+check(api.dataset_info(DATA, revision=CONVERT).sha == data_head, "dataset_info at refs/convert/parquet")
+download(api, DATA, "data/big.parquet", CONVERT, data_files["data/big.parquet"], data_head, repo_type="dataset")
+got = fs.cat_file(f"datasets/{DATA}@{CONVERT}/data/big.parquet", start=off, end=off + 9)
+check(got == data_files["data/big.parquet"][off : off + 9], "fs ranged read at refs/convert/parquet")
 raises(RepositoryNotFoundError, lambda: api.model_info(DATA), "a dataset is not a model")
 raises(RepositoryNotFoundError, lambda: api.dataset_info(MODEL), "a model is not a dataset")
-step("dataset repo: upload_file x3, snapshot_download, hf_hub_download and HfFileSystem match")
+step("dataset repo: upload_file x3, snapshot_download, hf_hub_download and HfFileSystem match, also at refs/convert/parquet")
 
 # --- access ----------------------------------------------------------------------------
 download(reader, MODEL, "big.bin", "main", main_files["big.bin"], second)
