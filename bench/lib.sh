@@ -21,3 +21,19 @@ build_bin() { # [cargo target args]
     bin="$repo/target/release/xetmount"
   fi
 }
+
+# Timing, caches, ports and servers starting in the background (wan.sh, repo_load.sh).
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}'; }
+drop_caches() { sync; if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# The first line a starting server or proxy prints: "... listening on http://ADDR".
+announced() { # stdout-file pid
+  for _ in $(seq 1 400); do
+    grep -q listening "$1" 2>/dev/null && { grep -o 'http://[0-9.:]*' "$1" | head -1; return 0; }
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "did not start: $(cat "$1" "${1%.out}.log" 2>/dev/null)" >&2
+  exit 1
+}

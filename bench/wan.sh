@@ -59,25 +59,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.3f", b-a}'; }
-drop_caches() { sync; if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# The first line a starting server or proxy prints: "... listening on http://ADDR".
-announced() { # stdout-file pid
-  for _ in $(seq 1 400); do
-    grep -q listening "$1" 2>/dev/null && { grep -o 'http://[0-9.:]*' "$1" | head -1; return 0; }
-    kill -0 "$2" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "did not start: $(cat "$1" "${1%.out}.log" 2>/dev/null)" >&2
-  exit 1
-}
 
 # (Re)start kind $1's proxy with a one-way delay of $2 ms, on the port it had before.
 start_proxy() {
   local k="$1" delay="$2"
   if [ -n "${proxy_pid[$k]:-}" ]; then kill "${proxy_pid[$k]}"; wait "${proxy_pid[$k]}" 2>/dev/null || true; fi
+  # Gone before the new proxy starts, so `announced` never reads the old one's address.
+  rm -f "$work/proxy-$k.out" "$work/proxy-$k.log"
   "$proxy_bin" --listen "127.0.0.1:${proxy_port[$k]}" --upstream "${direct[$k]#http://}" \
     --delay-ms "$delay" --bandwidth "$bandwidth" >"$work/proxy-$k.out" 2>"$work/proxy-$k.log" &
   proxy_pid[$k]=$!
