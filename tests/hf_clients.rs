@@ -3,52 +3,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
-use common::Serve;
-
+/// A restarted server (same directory, same port or not) keeps everything committed, and
+/// the clients' cached dedup state still matches it.
 #[test]
 fn the_official_clients_create_upload_list_and_download_byte_exact() {
-    let venv = common::hf_venv();
-    let d = tempfile::tempdir().unwrap();
-    let server = Serve::with_tokens(
-        d.path(),
-        "alice-token alice write\nreader-token bob read alice/*\n",
-    );
-    let scratch = d.path().join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
-    let run = |server: &Serve, phase: &str| {
-        let mut cmd = Command::new(venv.join("python"));
-        cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf/conformance.py"))
-            .arg(&scratch)
-            .arg(phase)
-            .env("READ_TOKEN", "reader-token");
-        // A fresh HF_HOME per phase: nothing comes from the client's own caches.
-        let home = d.path().join(format!("hfhome-{phase}"));
-        common::hf_env(&mut cmd, &server.url, &home, Some("alice-token"));
-        let out = cmd.output().unwrap();
-        let text = format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "{phase}: {text}\nserver log:\n{}",
-            std::fs::read_to_string(&server.log).unwrap_or_default()
-        );
-        eprintln!("{text}");
-    };
-    run(&server, "first");
-    // A restarted server (same directory, same port or not) keeps everything committed, and
-    // the clients' cached dedup state still matches it.
-    server.stop();
-    let server = Serve::start(
-        &d.path().join("srv"),
-        &d.path().join("serve2.log"),
-        &["--token-file", d.path().join("tokens").to_str().unwrap()],
-    );
-    run(&server, "after-restart");
-    server.stop();
+    common::run_hf_script_across_a_restart("conformance.py");
 }

@@ -80,15 +80,7 @@ impl MemCatalog {
 
     /// A catalog keeping what a plain bucket keeps, every entry showing `owner`.
     pub fn plain(owner: FixedOwner) -> Self {
-        let caps = Capabilities {
-            hard_links: false,
-            symlinks: false,
-            special_files: false,
-            empty_dirs: false,
-            fixed_owner: Some(owner),
-            compare_and_swap: false,
-        };
-        Self::with(caps, State::default())
+        Self::with(Capabilities::files_only(owner), State::default())
     }
 
     fn with(caps: Capabilities, state: State) -> Self {

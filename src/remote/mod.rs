@@ -284,6 +284,19 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// What a Hub bucket or repo keeps: files (with an mtime) under folders implied by them;
+    /// every entry shows `owner`, and writers are not checked against each other.
+    pub fn files_only(owner: FixedOwner) -> Capabilities {
+        Capabilities {
+            hard_links: false,
+            symlinks: false,
+            special_files: false,
+            empty_dirs: false,
+            fixed_owner: Some(owner),
+            compare_and_swap: false,
+        }
+    }
+
     /// Everything a POSIX file system keeps.
     pub const POSIX: Capabilities = Capabilities {
         hard_links: true,

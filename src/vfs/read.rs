@@ -183,6 +183,19 @@ mod tests {
         ReadPath::new(Arc::new(cache), 16, 64 << 10)
     }
 
+    /// 1 KiB blocks, windows from 4 MiB up to 16 MiB, a 64 MiB cache that does not limit them.
+    fn large_path() -> ReadPath {
+        let cache = ReadCache::new(
+            Arc::new(MemCas::new()),
+            Arc::new(Stats::default()),
+            1 << 10,
+            64 << 20,
+            16 << 20,
+            Duration::from_secs(1),
+        );
+        ReadPath::new(Arc::new(cache), 16384, 64 << 20)
+    }
+
     /// Read `n` KiB sequentially from the start on `ra`; the last refill's window.
     fn stream(p: &ReadPath, ra: &mut ReadAhead, n: u64) -> u64 {
         for k in 0..n {
@@ -193,16 +206,7 @@ mod tests {
 
     #[test]
     fn the_window_never_outgrows_what_the_stream_has_read() {
-        // 1 KiB blocks, windows from 4 MiB up to 16 MiB, a cache that does not limit them.
-        let cache = ReadCache::new(
-            Arc::new(MemCas::new()),
-            Arc::new(Stats::default()),
-            1 << 10,
-            64 << 20,
-            16 << 20,
-            Duration::from_secs(1),
-        );
-        let p = ReadPath::new(Arc::new(cache), 16384, 64 << 20);
+        let p = large_path();
         let mut ra = ReadAhead::default();
         // 128 KiB reads, as the kernel sends them.
         let read = |ra: &mut ReadAhead, k: u64| {
@@ -224,16 +228,7 @@ mod tests {
 
     #[test]
     fn a_jump_after_a_long_run_fetches_a_run_as_long_and_nothing_past_it() {
-        // 1 KiB blocks, windows from 4 MiB up to 16 MiB.
-        let cache = ReadCache::new(
-            Arc::new(MemCas::new()),
-            Arc::new(Stats::default()),
-            1 << 10,
-            64 << 20,
-            16 << 20,
-            Duration::from_secs(1),
-        );
-        let p = ReadPath::new(Arc::new(cache), 16384, 64 << 20);
+        let p = large_path();
         let mut ra = ReadAhead::default();
         let kib = |n: u64| n << 10;
         // A tensor of 8 MiB at 100 MiB, read in 128 KiB pieces.

@@ -473,3 +473,54 @@ pub async fn xet_upload(
         .map(|r| r.expect("upload of one file").id)
         .collect()
 }
+
+/// Run the official-client script `tests/hf/SCRIPT` (huggingface_hub + hf_xet, from the venv)
+/// against a server with alice's write token and bob's read token, in phases: `first`,
+/// then, after the server restarts on its directory, `after-restart`. Each phase gets a
+/// fresh `HF_HOME` (nothing from the client's own caches) and the scratch directory the
+/// script keeps its expectations in; a failing phase panics with its output and the
+/// server's log.
+pub fn run_hf_script_across_a_restart(script: &str) {
+    let venv = hf_venv();
+    let d = tempfile::tempdir().unwrap();
+    let server = Serve::with_tokens(
+        d.path(),
+        "alice-token alice write\nreader-token bob read alice/*\n",
+    );
+    let scratch = d.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let run = |server: &Serve, phase: &str| {
+        let mut cmd = Command::new(venv.join("python"));
+        cmd.arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/hf")
+                .join(script),
+        )
+        .arg(&scratch)
+        .arg(phase)
+        .env("READ_TOKEN", "reader-token");
+        let home = d.path().join(format!("hfhome-{phase}"));
+        hf_env(&mut cmd, &server.url, &home, Some("alice-token"));
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{phase}: {text}\nserver log:\n{}",
+            std::fs::read_to_string(&server.log).unwrap_or_default()
+        );
+        eprintln!("{text}");
+    };
+    run(&server, "first");
+    server.stop();
+    let server = Serve::start(
+        &d.path().join("srv"),
+        &d.path().join("serve2.log"),
+        &["--token-file", d.path().join("tokens").to_str().unwrap()],
+    );
+    run(&server, "after-restart");
+    server.stop();
+}

@@ -492,15 +492,8 @@ impl<'a> Plan<'a> {
 #[async_trait]
 impl Catalog for PlainCatalog {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            hard_links: false,
-            symlinks: false,
-            special_files: false,
-            empty_dirs: false,
-            fixed_owner: Some(self.owner),
-            // The Hub's batch API has no preconditions: last writer wins.
-            compare_and_swap: false,
-        }
+        // The Hub's batch API has no preconditions: last writer wins.
+        Capabilities::files_only(self.owner)
     }
 
     fn check_path(&self, path: &str) -> Result<(), crate::remote::names::BadPath> {

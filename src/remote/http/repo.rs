@@ -226,14 +226,7 @@ impl RepoCatalog {
 #[async_trait]
 impl Catalog for RepoCatalog {
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            hard_links: false,
-            symlinks: false,
-            special_files: false,
-            empty_dirs: false,
-            fixed_owner: Some(self.owner),
-            compare_and_swap: false,
-        }
+        Capabilities::files_only(self.owner)
     }
 
     async fn list_dir(&self, dir: &str) -> RemoteResult<Vec<Entry>> {
