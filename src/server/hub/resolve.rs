@@ -42,6 +42,23 @@ pub async fn resolve(
         .map_or(EMPTY_HASH.to_string(), |c| c.hash.clone());
     let range = parse_range(&headers, size)?;
     let mut hm = identity_headers(&s, &b.id, &hash, size);
+    let (status, span) = answer_span(&mut hm, range, size);
+    if method == Method::HEAD || span.is_empty() {
+        return Ok((status, hm).into_response());
+    }
+    let Some(content) = entry.content else {
+        return Ok((status, hm).into_response());
+    };
+    Ok((status, hm, stream(&s, content, span)).into_response())
+}
+
+/// The status and byte span answering `range` (`None`: the whole body) of a `size`-byte body,
+/// with its `Content-Range` (for a range) and `Content-Length` added to `hm`.
+pub(crate) fn answer_span(
+    hm: &mut HeaderMap,
+    range: Option<Range<u64>>,
+    size: u64,
+) -> (StatusCode, Range<u64>) {
     let (status, span) = match range {
         Some(r) => {
             hm.insert(
@@ -57,13 +74,7 @@ pub async fn resolve(
         header::CONTENT_LENGTH,
         HeaderValue::from(span.end - span.start),
     );
-    if method == Method::HEAD || span.is_empty() {
-        return Ok((status, hm).into_response());
-    }
-    let Some(content) = entry.content else {
-        return Ok((status, hm).into_response());
-    };
-    Ok((status, hm, stream(&s, content, span)).into_response())
+    (status, span)
 }
 
 /// What names file `hash` of bucket `id` to a client: its hash, size, etag, and where a

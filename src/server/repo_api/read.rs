@@ -248,20 +248,7 @@ pub async fn resolve(
         }
         None => put("etag", format!("\"{}\"", file.oid)),
     }
-    let (status, span) = match range {
-        Some(rg) => {
-            put(
-                "content-range",
-                format!("bytes {}-{}/{size}", rg.start, rg.end - 1),
-            );
-            (StatusCode::PARTIAL_CONTENT, rg)
-        }
-        None => (StatusCode::OK, 0..size),
-    };
-    hm.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(span.end - span.start),
-    );
+    let (status, span) = crate::server::hub::resolve::answer_span(&mut hm, range, size);
     if method == Method::HEAD || span.is_empty() {
         return Ok((status, hm).into_response());
     }
