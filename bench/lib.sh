@@ -37,3 +37,16 @@ announced() { # stdout-file pid
   echo "did not start: $(cat "$1" "${1%.out}.log" 2>/dev/null)" >&2
   exit 1
 }
+
+# route_counts URL: `xetmount serve`'s request counts as `METHOD ROUTE COUNT` lines (summed
+# over statuses) and `fetch_bytes N`, from its OpenMetrics text at URL/v1/xetmount/metrics.
+route_counts() {
+  curl -sf "$1/v1/xetmount/metrics" | awk '
+    /^xetmount_serve_requests_total\{/ {
+      m = $0; sub(/.*method="/, "", m); sub(/".*/, "", m)
+      r = $0; sub(/.*route="/, "", r); sub(/".*/, "", r)
+      n[m " " r] += $NF
+    }
+    /^xetmount_serve_fetch_bytes_total / { f = $NF }
+    END { for (k in n) print k, n[k]; print "fetch_bytes", f + 0 }' || true
+}

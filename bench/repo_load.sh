@@ -116,7 +116,7 @@ stop_mount() {
   pid=""
   rm -rf "$work/cache-$ncache"
 }
-metrics() { curl -sf "$direct/v1/xetmount/metrics" || true; }
+metrics() { route_counts "$direct"; }
 
 # gen: the safetensors file; load: the loader's reads (prints "seconds bytes sha256");
 # download: hf_hub_download then the same reads (prints "seconds download-seconds bytes sha256");

@@ -144,7 +144,7 @@ fio_iops() { # jobs
     --output-format=json --output="$work/fio.json" >/dev/null 2>&1 || return 1
   python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"]))' "$work/fio.json"
 }
-metrics() { curl -sf "${direct[$1]}/v1/xetmount/metrics" || true; }
+metrics() { route_counts "${direct[$1]}"; }
 
 for delay in "${delays[@]}"; do
   for k in full plain; do

@@ -8,7 +8,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-pkgs=(fuse3 libfuse3-dev pkg-config libacl1-dev libnfs-utils strace)
+pkgs=(fuse3 libfuse3-dev pkg-config libacl1-dev libnfs-utils strace systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,17 +35,18 @@ install_crate() { # name version
 install_crate pjdfstest 0.2.2
 install_crate fsx 0.3.2
 
-# The official Hugging Face clients, the judge of `xetmount serve`'s protocol compatibility.
+# The official Hugging Face clients, the judge of `xetmount serve`'s protocol compatibility,
+# and Prometheus's own Python client, whose OpenMetrics parser judges the metrics endpoints.
 venv="$tools/hf-venv"
-want_hf='import importlib.metadata as m; assert m.version("huggingface-hub") == "2.4.0" and m.version("hf-xet") == "1.8.0"'
+want_hf='import importlib.metadata as m; assert m.version("huggingface-hub") == "2.4.0" and m.version("hf-xet") == "1.8.0" and m.version("prometheus-client") == "0.26.0"'
 if ! "$venv/bin/python" -c "$want_hf" 2>/dev/null; then
-  echo "== venv with huggingface-hub 2.4.0 and hf-xet 1.8.0"
+  echo "== venv with huggingface-hub 2.4.0, hf-xet 1.8.0 and prometheus-client 0.26.0"
   if ! python3 -m venv --help >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q python3 python3-venv
   fi
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check huggingface-hub==2.4.0 hf-xet==1.8.0
+  "$venv/bin/pip" install --quiet --disable-pip-version-check huggingface-hub==2.4.0 hf-xet==1.8.0 prometheus-client==0.26.0
   "$venv/bin/python" -c "$want_hf"
 fi

@@ -12,7 +12,11 @@ if ! command -v fusermount3 >/dev/null; then
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q fuse3
 fi
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
+if [ ! -x "$repo/target/release/xetmount" ]; then
+  echo "building xetmount (cargo build --release): the first build compiles xet-core and takes about 8 minutes on 2 cores"
+fi
+# Cargo's progress line stays visible; only an up-to-date build is silent.
+cargo build --release --bin xetmount --manifest-path "$repo/Cargo.toml"
 mkdir -p "$mp"
 echo "mounting $store at $mp (in another shell: ls $mp; stop with Ctrl-C)"
 exec "$repo/target/release/xetmount" mount "$store" "$mp"

@@ -7,5 +7,7 @@ pub mod frontend;
 pub mod lru;
 pub mod remote;
 pub mod server;
+pub mod service;
 pub mod signals;
+pub mod telemetry;
 pub mod vfs;

@@ -18,6 +18,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::remote::EntryKind;
+use crate::telemetry::OpTimer;
 use crate::vfs::time_to_ns;
 use crate::vfs::Invalidation;
 use crate::vfs::{Attr, Caller, Errno, SetAttr, TimeSet, Vfs};
@@ -108,12 +109,17 @@ impl FuseFs {
     /// hand-offs on the common path (cold 4 KiB random reads: 15k -> 19k IOPS). The runtime
     /// context is entered so timers, spawns and blocking tasks work; a future that waits
     /// registers the runtime's waker when the runtime polls it again.
-    fn run<F>(&self, f: impl FnOnce(Arc<Vfs>) -> F)
+    /// `timer` records the request's latency when it is answered.
+    fn run<F>(&self, timer: OpTimer, f: impl FnOnce(Arc<Vfs>) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let _runtime = self.rt.enter();
-        let mut fut = Box::pin(f(self.vfs.clone()));
+        let inner = f(self.vfs.clone());
+        let mut fut = Box::pin(async move {
+            inner.await;
+            drop(timer);
+        });
         let waker = futures::task::noop_waker();
         // A panic must not unwind the FUSE thread (a spawned task's panic is contained by the
         // runtime); the request's reply is dropped with its future, which answers EIO.
@@ -161,11 +167,14 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let t = crate::telemetry::timings().op("fuse", "lookup");
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.run(|vfs| async move { reply_entry(reply, &vfs, vfs.lookup(parent.0, &name).await) });
+        self.run(t, |vfs| async move {
+            reply_entry(reply, &vfs, vfs.lookup(parent.0, &name).await)
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -173,6 +182,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = crate::telemetry::timings().op("fuse", "getattr");
         reply_attr(reply, &self.vfs, self.vfs.getattr(ino.0));
     }
 
@@ -194,6 +204,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let t = crate::telemetry::timings().op("fuse", "setattr");
         let set = SetAttr {
             mode,
             uid,
@@ -202,10 +213,13 @@ impl Filesystem for FuseFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
-        self.run(|vfs| async move { reply_attr(reply, &vfs, vfs.setattr(ino.0, set).await) });
+        self.run(t, |vfs| async move {
+            reply_attr(reply, &vfs, vfs.setattr(ino.0, set).await)
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = crate::telemetry::timings().op("fuse", "readlink");
         match self.vfs.readlink(ino.0) {
             Ok(t) => reply.data(t.as_bytes()),
             Err(e) => reply.error(errno(e)),
@@ -222,12 +236,13 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let t = crate::telemetry::timings().op("fuse", "mknod");
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let who = caller(req);
-        self.run(|vfs| async move {
+        self.run(t, |vfs| async move {
             reply_entry(
                 reply,
                 &vfs,
@@ -245,30 +260,37 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let t = crate::telemetry::timings().op("fuse", "mkdir");
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let who = caller(req);
-        self.run(|vfs| async move {
+        self.run(t, |vfs| async move {
             reply_entry(reply, &vfs, vfs.mkdir(parent.0, &name, mode, who).await)
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let t = crate::telemetry::timings().op("fuse", "unlink");
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.run(|vfs| async move { reply_empty(reply, vfs.remove(parent.0, &name, false).await) });
+        self.run(t, |vfs| async move {
+            reply_empty(reply, vfs.remove(parent.0, &name, false).await)
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let t = crate::telemetry::timings().op("fuse", "rmdir");
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.run(|vfs| async move { reply_empty(reply, vfs.remove(parent.0, &name, true).await) });
+        self.run(t, |vfs| async move {
+            reply_empty(reply, vfs.remove(parent.0, &name, true).await)
+        });
     }
 
     fn symlink(
@@ -279,12 +301,13 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let t = crate::telemetry::timings().op("fuse", "symlink");
         let (name, target) = match (utf8(link_name), utf8(target.as_os_str())) {
             (Ok(n), Ok(t)) => (n, t),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let who = caller(req);
-        self.run(|vfs| async move {
+        self.run(t, |vfs| async move {
             reply_entry(
                 reply,
                 &vfs,
@@ -303,6 +326,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let t = crate::telemetry::timings().op("fuse", "rename");
         if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
             return reply.error(fuser::Errno::from_i32(libc::EINVAL));
         }
@@ -311,7 +335,7 @@ impl Filesystem for FuseFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        self.run(|vfs| async move {
+        self.run(t, |vfs| async move {
             reply_empty(
                 reply,
                 vfs.rename(parent.0, &name, newparent.0, &newname, noreplace)
@@ -328,20 +352,22 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let t = crate::telemetry::timings().op("fuse", "link");
         let name = match utf8(newname) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.run(|vfs| async move {
+        self.run(t, |vfs| async move {
             reply_entry(reply, &vfs, vfs.link(ino.0, newparent.0, &name).await)
         });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let t = crate::telemetry::timings().op("fuse", "open");
         let acc = flags.0 & libc::O_ACCMODE;
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        self.run(|vfs| async move {
+        self.run(t, |vfs| async move {
             match vfs.open(ino.0, write, truncate).await {
                 Ok(o) => {
                     let f = if o.keep_cache {
@@ -367,7 +393,8 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.run(|vfs| async move {
+        let t = crate::telemetry::timings().op("fuse", "read");
+        self.run(t, |vfs| async move {
             match vfs.read(fh.0, offset, size).await {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(errno(e)),
@@ -387,6 +414,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let t = crate::telemetry::timings().op("fuse", "write");
         // Most writes land in an existing staging copy: do those right here, without a copy
         // of the data or a hop to the runtime.
         if let Some(r) = self.vfs.try_write_now(fh.0, offset, data) {
@@ -396,7 +424,7 @@ impl Filesystem for FuseFs {
             };
         }
         let data = data.to_vec();
-        self.run(|vfs| async move {
+        self.run(t, |vfs| async move {
             match vfs.write(fh.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
@@ -412,7 +440,11 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.run(|vfs| async move { reply_empty(reply, vfs.close(fh.0).await) });
+        let t = crate::telemetry::timings().op("fuse", "flush");
+        self.run(
+            t,
+            |vfs| async move { reply_empty(reply, vfs.close(fh.0).await) },
+        );
     }
 
     fn release(
@@ -425,6 +457,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = crate::telemetry::timings().op("fuse", "release");
         reply_empty(reply, self.vfs.release(fh.0));
     }
 
@@ -436,7 +469,10 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(|vfs| async move { reply_empty(reply, vfs.fsync(ino.0).await) });
+        let t = crate::telemetry::timings().op("fuse", "fsync");
+        self.run(t, |vfs| async move {
+            reply_empty(reply, vfs.fsync(ino.0).await)
+        });
     }
 
     fn fallocate(
@@ -449,13 +485,15 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.run(|vfs| async move {
+        let t = crate::telemetry::timings().op("fuse", "fallocate");
+        self.run(t, |vfs| async move {
             reply_empty(reply, vfs.fallocate(fh.0, offset, length, mode).await)
         });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.run(|vfs| async move {
+        let t = crate::telemetry::timings().op("fuse", "opendir");
+        self.run(t, |vfs| async move {
             match vfs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
@@ -471,6 +509,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = crate::telemetry::timings().op("fuse", "readdir");
         match self.vfs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate() {
@@ -493,6 +532,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = crate::telemetry::timings().op("fuse", "releasedir");
         self.vfs.releasedir(fh.0);
         reply.ok();
     }
@@ -505,8 +545,11 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let t = crate::telemetry::timings().op("fuse", "fsyncdir");
         // The directory's entries are namespace changes: commit them.
-        self.run(|vfs| async move { reply_empty(reply, vfs.sync_namespace().await) });
+        self.run(t, |vfs| async move {
+            reply_empty(reply, vfs.sync_namespace().await)
+        });
     }
 
     // No extended attributes: ENOSYS tells the kernel so once, and it answers every later
@@ -548,6 +591,7 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = crate::telemetry::timings().op("fuse", "statfs");
         match self.vfs.statfs() {
             Ok(st) => reply.statfs(
                 st.f_blocks,
@@ -564,6 +608,7 @@ impl Filesystem for FuseFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = crate::telemetry::timings().op("fuse", "access");
         // Permission checks are the kernel's (default_permissions); this only says it exists.
         reply_empty(reply, self.vfs.getattr(ino.0).map(|_| ()));
     }
@@ -578,12 +623,13 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let t = crate::telemetry::timings().op("fuse", "create");
         let name = match utf8(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let who = caller(req);
-        self.run(|vfs| async move {
+        self.run(t, |vfs| async move {
             match vfs.create(parent.0, &name, mode, who).await {
                 Ok((a, o)) => reply.created(
                     &vfs.config().attr_ttl,

@@ -232,6 +232,7 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn lookup(&self, dirid: fileid3, filename: &filename3) -> Result<fileid3, nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "lookup");
         self.known(dirid).await?;
         let n = name(filename)?;
         match n.as_str() {
@@ -242,11 +243,13 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn getattr(&self, id: fileid3) -> Result<fattr3, nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "getattr");
         self.known(id).await?;
         self.vfs.getattr(id).map(|a| fattr(&a)).map_err(by_handle)
     }
 
     async fn setattr(&self, id: fileid3, setattr: sattr3) -> Result<fattr3, nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "setattr");
         self.known(id).await?;
         let s = setattr_of(&setattr);
         if is_noop(&s) {
@@ -263,6 +266,7 @@ impl NFSFileSystem for NfsFs {
         offset: u64,
         count: u32,
     ) -> Result<(Vec<u8>, bool), nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "read");
         self.known(id).await?;
         let (data, eof) = self
             .pool
@@ -273,6 +277,7 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn write(&self, id: fileid3, offset: u64, data: &[u8]) -> Result<fattr3, nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "write");
         self.known(id).await?;
         self.pool
             .write(&self.vfs, id, offset, data.to_vec())
@@ -287,6 +292,7 @@ impl NFSFileSystem for NfsFs {
         filename: &filename3,
         attr: sattr3,
     ) -> Result<(fileid3, fattr3), nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "create");
         self.known(dirid).await?;
         let n = name(filename)?;
         let mut s = setattr_of(&attr);
@@ -319,6 +325,7 @@ impl NFSFileSystem for NfsFs {
         dirid: fileid3,
         filename: &filename3,
     ) -> Result<fileid3, nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "create_exclusive");
         self.known(dirid).await?;
         let n = name(filename)?;
         let a = self.create_file(dirid, &n, 0o644).await.map_err(stat)?;
@@ -331,6 +338,7 @@ impl NFSFileSystem for NfsFs {
         dirid: fileid3,
         dirname: &filename3,
     ) -> Result<(fileid3, fattr3), nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "mkdir");
         self.known(dirid).await?;
         let n = name(dirname)?;
         let a = self
@@ -344,6 +352,7 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn remove(&self, dirid: fileid3, filename: &filename3) -> Result<(), nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "remove");
         self.known(dirid).await?;
         let n = name(filename)?;
         let a = self.vfs.find(dirid, &n).await.map_err(stat)?;
@@ -361,6 +370,7 @@ impl NFSFileSystem for NfsFs {
         to_dirid: fileid3,
         to_filename: &filename3,
     ) -> Result<(), nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "rename");
         self.known(from_dirid).await?;
         self.known(to_dirid).await?;
         let (from, to) = (name(from_filename)?, name(to_filename)?);
@@ -380,6 +390,7 @@ impl NFSFileSystem for NfsFs {
         start_after: fileid3,
         max_entries: usize,
     ) -> Result<ReadDirResult, nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "readdir");
         self.known(dirid).await?;
         // The cookie is the last entry's file id: the next page starts after its name.
         let after = (start_after != 0).then_some(start_after);
@@ -409,6 +420,7 @@ impl NFSFileSystem for NfsFs {
         symlink: &nfspath3,
         _attr: &sattr3,
     ) -> Result<(fileid3, fattr3), nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "symlink");
         self.known(dirid).await?;
         let n = name(linkname)?;
         let target = name(symlink)?;
@@ -423,6 +435,7 @@ impl NFSFileSystem for NfsFs {
     }
 
     async fn readlink(&self, id: fileid3) -> Result<nfspath3, nfsstat3> {
+        let _t = crate::telemetry::timings().op("nfs", "readlink");
         self.known(id).await?;
         let t = self.vfs.readlink(id).map_err(by_handle)?;
         Ok(t.into_bytes().into())

@@ -1,39 +1,83 @@
-//! Request counts per route, and the bytes of xorb data served: what `GET /v1/xetmount/metrics`
-//! answers, so tests and operators can see the load clients put on the server (how many
-//! requests a poll round costs, whether a remount re-downloaded anything).
+//! The server's Prometheus metrics: requests by route and status, their latency, and the
+//! bytes of xorb data served, so tests and operators can see the load clients put on the
+//! server (how many requests a poll round costs, whether a remount re-downloaded anything).
+//! Served at `GET /v1/xetmount/metrics` and on `--metrics-listen`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::HttpBody;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 use super::Server;
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    /// The route template (`/api/buckets/{namespace}/{name}/tree`), not the path.
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
 pub struct Metrics {
-    /// "METHOD /route/{template}" → requests answered.
-    requests: Mutex<BTreeMap<String, u64>>,
+    registry: Arc<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// Bytes answered on the fetch route and with chunk lists (which may carry stored chunks).
-    fetch_bytes: AtomicU64,
+    fetch_bytes: Counter,
+}
+
+fn latency_buckets() -> Histogram {
+    // 100 µs to 13 s.
+    Histogram::new(exponential_buckets(0.000_1, 4.0, 9))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::new_with_constructor(latency_buckets as fn() -> Histogram);
+        let fetch_bytes = Counter::default();
+        let mut registry = Registry::default();
+        registry.register(
+            "xetmount_serve_requests",
+            "Requests answered, by method, route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "xetmount_serve_request_seconds",
+            "Time to answer a request (until its body starts), by method and route",
+            latency.clone(),
+        );
+        registry.register(
+            "xetmount_serve_fetch_bytes",
+            "Bytes of xorb data answered on the fetch and chunk-list routes",
+            fetch_bytes.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            requests,
+            latency,
+            fetch_bytes,
+        }
+    }
 }
 
 impl Metrics {
-    /// One line per route, `METHOD ROUTE COUNT`, then `fetch_bytes N`.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (route, n) in self.requests.lock().iter() {
-            out.push_str(&format!("{route} {n}\n"));
-        }
-        out.push_str(&format!(
-            "fetch_bytes {}\n",
-            self.fetch_bytes.load(Ordering::Relaxed)
-        ));
-        out
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 }
 
@@ -44,20 +88,34 @@ pub async fn count(State(s): State<Arc<Server>>, req: Request, next: Next) -> Re
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_default();
-    let key = format!("{} {route}", req.method());
+    let method = req.method().to_string();
     let fetch = route.starts_with("/fetch/") || route.starts_with("/v1/xetmount/chunks/");
-    tracing::debug!("request {key}");
+    tracing::debug!("request {method} {route}");
+    let started = Instant::now();
     let r = next.run(req).await;
-    tracing::debug!("answered {key}");
-    *s.metrics.requests.lock().entry(key).or_default() += 1;
+    tracing::debug!("answered {method} {route}");
+    let m = &s.metrics;
+    m.latency
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: r.status().as_u16(),
+        })
+        .inc();
     if fetch {
-        let len = r.body().size_hint().exact().unwrap_or(0);
-        s.metrics.fetch_bytes.fetch_add(len, Ordering::Relaxed);
+        m.fetch_bytes
+            .inc_by(r.body().size_hint().exact().unwrap_or(0));
     }
     r
 }
 
 /// `GET /v1/xetmount/metrics`.
-pub async fn render(State(s): State<Arc<Server>>) -> String {
-    s.metrics.render()
+pub async fn render(State(s): State<Arc<Server>>) -> Response {
+    crate::telemetry::export::response(&s.metrics.registry)
 }

@@ -43,7 +43,7 @@ use crate::remote::local::{lock_store, XetCas};
 pub type Answer = Result<axum::response::Response, axum::response::Response>;
 
 const MARKER: &str = "XETMOUNT_SERVE";
-const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 1;
 
 pub struct ServeOptions {
     pub token_file: Option<PathBuf>,

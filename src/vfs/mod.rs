@@ -60,7 +60,7 @@ use namespace::Namespace;
 use read::ReadPath;
 use readcache::ReadCache;
 use refresh::Refresher;
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{LastError, Pending, Stats, StatsSnapshot};
 use write::staging::{Falloc, StagingArea};
 use write::{Budget, WritePath};
 
@@ -362,6 +362,24 @@ impl Vfs {
 
     pub fn config(&self) -> &VfsConfig {
         &self.config
+    }
+
+    /// What this mount holds that the store does not yet (for `status` and metrics). Walks
+    /// the staged files only, not the whole table.
+    pub fn pending(&self) -> Pending {
+        let (files, bytes, oldest) = self.files.unsettled();
+        Pending {
+            files,
+            bytes,
+            namespace_changes: !self.ns.log().is_empty(),
+            oldest,
+            last_error: self.stats.last_error(),
+        }
+    }
+
+    /// Bytes the read cache holds, and the staging files' allocated bytes.
+    pub fn cache_usage(&self) -> (u64, u64) {
+        (self.reads.cached_bytes(), self.files.area().usage().bytes())
     }
 
     /// Current attributes. A staged file's size lives in its staging state.

@@ -77,6 +77,10 @@ pub(in crate::vfs) struct ReadPath {
 }
 
 impl ReadPath {
+    pub(in crate::vfs) fn cached_bytes(&self) -> u64 {
+        self.cache.used_bytes()
+    }
+
     /// `readahead_blocks`: the largest window; read-ahead must not evict itself (nor
     /// everything else) from the cache, so the windows together are at most half of it.
     pub(in crate::vfs) fn new(cache: Arc<ReadCache>, readahead_blocks: u64, capacity: u64) -> Self {

@@ -93,6 +93,12 @@ impl ReadCache {
         self.block
     }
 
+    /// Bytes held (landed blocks and read-ahead in flight).
+    pub fn used_bytes(&self) -> u64 {
+        let g = self.inner.lock();
+        g.ready.used() + g.loading_bytes
+    }
+
     /// Bytes `range` of `id`, clipped to its size.
     pub async fn read(&self, id: &FileId, range: Range<u64>) -> VfsResult<Bytes> {
         let end = range.end.min(id.size);

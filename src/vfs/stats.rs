@@ -1,6 +1,9 @@
 //! Per-mount counters. Tests and benchmarks read them to prove what crossed the wire.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
 
 #[derive(Default, Debug)]
 pub struct Stats {
@@ -51,6 +54,39 @@ pub struct Stats {
     pub listings_dropped: AtomicU64,
     /// When the catalog was last asked for changes successfully (unix ms).
     last_refresh_ms: AtomicU64,
+    /// The most recent failed commit attempt.
+    last_error: Mutex<Option<LastError>>,
+}
+
+/// A commit that failed: of which file (or the namespace changes), why, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastError {
+    pub at: SystemTime,
+    /// `/path`, or `(namespace changes)`.
+    pub path: String,
+    pub message: String,
+}
+
+/// What this mount holds that the store does not (`Vfs::pending`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Files whose content differs from the store's.
+    pub files: usize,
+    /// Their bytes the store lacks: whole new files, the edited ranges of the others.
+    pub bytes: u64,
+    /// Whether namespace changes (creates, renames, removals) wait for their commit.
+    pub namespace_changes: bool,
+    /// When the longest-waiting of those files started to differ.
+    pub oldest: Option<SystemTime>,
+    /// The most recent failed commit attempt (it may have succeeded since, on a retry).
+    pub last_error: Option<LastError>,
+}
+
+impl Pending {
+    /// Nothing waits for the store.
+    pub fn is_empty(&self) -> bool {
+        self.files == 0 && !self.namespace_changes
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -95,6 +131,19 @@ impl Stats {
 
     pub fn set(gauge: &AtomicU64, v: u64) {
         gauge.store(v, Ordering::Relaxed);
+    }
+
+    /// A commit of `path` failed with `message`.
+    pub fn note_error(&self, path: &str, message: String) {
+        *self.last_error.lock() = Some(LastError {
+            at: SystemTime::now(),
+            path: path.to_string(),
+            message,
+        });
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().clone()
     }
 
     /// The catalog was just asked for changes successfully.

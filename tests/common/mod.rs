@@ -135,15 +135,21 @@ impl Mount {
 
 impl Mount {
     /// Unmount and wait for the process to exit, whatever its status; returns the status and
-    /// the mount's log.
+    /// the mount's log. `xetmount unmount` waits for the commits and reports the mount's
+    /// outcome: it must agree with the mount's own exit status.
     pub fn unmount(mut self) -> (std::process::ExitStatus, String) {
-        let status = Command::new(bin())
+        let said = Command::new(bin())
             .arg("unmount")
             .arg(&self.mountpoint)
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "xetmount unmount failed");
         let code = self.child.take().unwrap().wait().unwrap();
+        assert_eq!(
+            said.status.success(),
+            code.success(),
+            "xetmount unmount ({}) disagrees with the mount's exit ({code})",
+            String::from_utf8_lossy(&said.stderr)
+        );
         (code, self.log_text())
     }
 
@@ -399,16 +405,31 @@ pub fn http(url: &str, method: &str, route: &str, token: &str, body: &[u8]) -> (
     (status, raw[split + 4..].to_vec())
 }
 
-/// `xetmount serve`'s request counts and fetched bytes (`GET /v1/xetmount/metrics`), as
-/// `route → count` plus `fetch_bytes`.
+/// `xetmount serve`'s request counts and fetched bytes (`GET /v1/xetmount/metrics`, in the
+/// OpenMetrics format), as `"METHOD ROUTE" → count` (summed over statuses) plus `fetch_bytes`.
 pub fn serve_metrics(url: &str) -> std::collections::BTreeMap<String, u64> {
     let body = http_get(url, "/v1/xetmount/metrics");
-    body.lines()
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
+    let mut out = std::collections::BTreeMap::new();
+    for l in body.lines() {
+        let label = |name: &str| {
+            let at = l.find(&format!("{name}=\"",))? + name.len() + 2;
+            Some(l[at..].split('"').next()?.to_string())
+        };
+        let Some((_, v)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = v.parse::<f64>() else { continue };
+        if l.starts_with("xetmount_serve_requests_total{") {
+            let (Some(m), Some(r)) = (label("method"), label("route")) else {
+                continue;
+            };
+            *out.entry(format!("{m} {r}")).or_insert(0) += v as u64;
+        } else if l.starts_with("xetmount_serve_fetch_bytes_total ") {
+            out.insert("fetch_bytes".to_string(), v as u64);
+        }
+    }
+    out.entry("fetch_bytes".to_string()).or_insert(0);
+    out
 }
 
 impl Serve {

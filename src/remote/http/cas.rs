@@ -13,6 +13,7 @@
 //! (content-defined chunking still stores only the changed chunks; the cost is reading the
 //! base); the mount's `compose_fallbacks` counter counts those.
 
+use crate::remote::http::SendTimed;
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -230,7 +231,7 @@ impl RemoteChunks {
             .http
             .get(&url)
             .bearer_auth(self.token().await?)
-            .send()
+            .send_timed("chunk lists")
             .await
             .map_err(|e| RemoteError::Other(format!("chunk lists: {e}")))?;
         if r.status() == reqwest::StatusCode::NOT_FOUND {
@@ -413,7 +414,7 @@ impl ChunkHashes for RemoteChunks {
                 "X-Range-Dirty",
                 format!("bytes={}", cas_wire::format_ranges(dirty)),
             )
-            .send()
+            .send_timed("file chunk hashes")
             .await
             .map_err(|e| RemoteError::Other(format!("file chunk hashes: {e}")))?;
         let status = r.status();

@@ -10,6 +10,8 @@
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+
+use super::SendTimed;
 use serde_json::Value;
 
 use crate::remote::{RemoteError, RemoteResult};
@@ -130,7 +132,7 @@ impl Hub {
     /// not retried (or still fails) becomes the mapped error.
     pub async fn send(
         &self,
-        what: &str,
+        what: &'static str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> RemoteResult<Response> {
         let mut attempt = 0;
@@ -141,7 +143,7 @@ impl Hub {
                 req = req.bearer_auth(t);
             }
             let backoff = Duration::from_millis(200 << attempt.min(5));
-            match req.send().await {
+            match req.send_timed(what).await {
                 Ok(r) if r.status().is_success() => return Ok(r),
                 Ok(r) if retryable(r.status()) && attempt < ATTEMPTS => {
                     let wait = asked_wait(&r).unwrap_or(backoff).min(MAX_WAIT);
@@ -168,7 +170,7 @@ impl Hub {
         }
     }
 
-    pub async fn get_json(&self, what: &str, url: &str) -> RemoteResult<Value> {
+    pub async fn get_json(&self, what: &'static str, url: &str) -> RemoteResult<Value> {
         self.send(what, |c| c.get(url))
             .await?
             .json()
@@ -176,7 +178,12 @@ impl Hub {
             .map_err(|e| RemoteError::Other(format!("{what}: bad answer: {e}")))
     }
 
-    pub async fn post_json(&self, what: &str, url: &str, body: &Value) -> RemoteResult<Value> {
+    pub async fn post_json(
+        &self,
+        what: &'static str,
+        url: &str,
+        body: &Value,
+    ) -> RemoteResult<Value> {
         self.send(what, |c| c.request(Method::POST, url).json(body))
             .await?
             .json()
@@ -185,7 +192,7 @@ impl Hub {
     }
 
     /// Every page of a `Link`-paginated JSON array, starting at `url`.
-    pub async fn get_pages(&self, what: &str, url: &str) -> RemoteResult<Vec<Value>> {
+    pub async fn get_pages(&self, what: &'static str, url: &str) -> RemoteResult<Vec<Value>> {
         let mut out = Vec::new();
         let mut next = Some(url.to_string());
         while let Some(url) = next.take() {
@@ -203,7 +210,7 @@ impl Hub {
     /// One page of a paged GET: its items and the URL of the next page (`Link: rel="next"`).
     pub async fn get_page(
         &self,
-        what: &str,
+        what: &'static str,
         url: &str,
     ) -> RemoteResult<(Vec<Value>, Option<String>)> {
         let r = self.send(what, |c| c.get(url)).await?;
@@ -216,7 +223,12 @@ impl Hub {
     }
 
     /// POST an NDJSON body (one JSON value per line).
-    pub async fn post_ndjson(&self, what: &str, url: &str, lines: &[Value]) -> RemoteResult<Value> {
+    pub async fn post_ndjson(
+        &self,
+        what: &'static str,
+        url: &str,
+        lines: &[Value],
+    ) -> RemoteResult<Value> {
         let mut body = String::new();
         for l in lines {
             body.push_str(&l.to_string());

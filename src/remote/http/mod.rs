@@ -15,6 +15,28 @@ mod room;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Send a request and record its latency and status under `route` (the metrics' purpose
+/// label).
+pub(crate) trait SendTimed {
+    fn send_timed(
+        self,
+        route: &'static str,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send;
+}
+
+impl SendTimed for reqwest::RequestBuilder {
+    async fn send_timed(self, route: &'static str) -> reqwest::Result<reqwest::Response> {
+        let started = std::time::Instant::now();
+        let answer = self.send().await;
+        crate::telemetry::timings().remote(
+            route,
+            answer.as_ref().ok().map(|r| r.status().as_u16()),
+            started.elapsed(),
+        );
+        answer
+    }
+}
+
 use xet_runtime::core::XetContext;
 
 use crate::remote::{Catalog, CatalogOp, Entry, FixedOwner, Meta, RemoteError, RemoteResult};

@@ -7,6 +7,7 @@
 //! reconstruction instead, as before plans existed. Plans load in the background: the first
 //! read of a file never waits for one.
 
+use crate::remote::http::SendTimed;
 use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 use std::ops::Range;
@@ -383,7 +384,7 @@ impl PlannedReads {
             .http
             .get(url)
             .header(reqwest::header::RANGE, range)
-            .send()
+            .send_timed("fetch range")
             .await
             .map_err(|e| Got::Other(format!("fetch: {e}")))?;
         let status = r.status();
@@ -508,7 +509,7 @@ impl PlannedReads {
                 .http
                 .get(&*url)
                 .header(reqwest::header::RANGE, &range)
-                .send()
+                .send_timed("fetch range")
                 .await
                 .map_err(|e| FetchError::Other(format!("fetch: {e}")))?;
             let status = r.status();

@@ -134,7 +134,11 @@ impl Flusher {
             }
         }
         if !ready.is_empty() || !self.ns.log().is_empty() {
-            results.extend(self.upload_and_commit(ready).await);
+            let started = std::time::Instant::now();
+            let committed = self.upload_and_commit(ready).await;
+            let ok = committed.iter().all(|(_, r)| r.is_ok());
+            crate::telemetry::timings().commit(ok, started.elapsed());
+            results.extend(committed);
         }
         for (_, r) in &results {
             if r.is_err() {

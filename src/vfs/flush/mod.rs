@@ -364,6 +364,11 @@ impl Flusher {
                         }
                         path
                     };
+                    let shown = match ino {
+                        NS_INO => path.clone(),
+                        _ => format!("/{path}"),
+                    };
+                    self.stats.note_error(&shown, f.to_string());
                     if f.permanent {
                         tracing::error!(
                             ino,

@@ -41,6 +41,7 @@ impl Flusher {
                 }
                 Err(f) => {
                     let path = self.ns.table().path_of(ino).unwrap_or_default();
+                    self.stats.note_error(&format!("/{path}"), f.to_string());
                     tracing::warn!(ino, "fsync of /{path}: {f}");
                     return Err(f.errno);
                 }
@@ -95,6 +96,7 @@ impl Flusher {
                     NS_INO => "(namespace changes)".to_string(),
                     _ => format!("/{}", self.ns.table().path_of(ino).unwrap_or_default()),
                 };
+                self.stats.note_error(&path, f.to_string());
                 if f.permanent {
                     tracing::error!(
                         ino,

@@ -289,6 +289,29 @@ impl WritePath {
         Ok(())
     }
 
+    /// Linked files whose staging differs from what the store holds: how many, their bytes
+    /// the store lacks, and since when the longest-waiting one has differed.
+    pub(in crate::vfs) fn unsettled(&self) -> (usize, u64, Option<std::time::SystemTime>) {
+        let staged: Vec<Arc<Staged>> = self
+            .ns
+            .table()
+            .staged_inodes()
+            .filter(|i| i.linked)
+            .filter_map(|i| i.staged().cloned())
+            .collect();
+        let mut out = (0, 0, None);
+        for s in staged {
+            s.with_io(|io| {
+                if let (true, Some(since)) = (io.state.is_dirty(), io.dirty_since()) {
+                    out.0 += 1;
+                    out.1 += io.state.unsettled_bytes();
+                    out.2 = Some(out.2.map_or(since, |o: std::time::SystemTime| o.min(since)));
+                }
+            });
+        }
+        out
+    }
+
     /// Linked inodes whose staging differs from what the store holds.
     pub(in crate::vfs) fn dirty_inodes(&self) -> Vec<Ino> {
         let staged: Vec<(Ino, Arc<Staged>)> = self

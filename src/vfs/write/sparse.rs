@@ -112,6 +112,15 @@ impl SparseState {
         self.coverage.covers(0..self.size)
     }
 
+    /// Bytes the store does not hold yet: the whole file without a base, else what was
+    /// written (growth included: it is always dirty).
+    pub fn unsettled_bytes(&self) -> u64 {
+        match self.base {
+            None => self.size,
+            Some(_) => self.dirty.len_bytes(),
+        }
+    }
+
     /// Whether the content differs from the base (no base counts as different).
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty() || self.base.as_ref().map(|b| b.size) != Some(self.size)

@@ -22,6 +22,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
@@ -163,11 +164,17 @@ pub struct StagedIo {
     unlinked: bool,
     /// The allocated bytes of the data file charged to the area's [`Usage`].
     charged: u64,
-    /// Whether this copy is counted clean in the area's [`Usage`].
-    counted_clean: bool,
+    /// Since when this copy is counted dirty in the area's [`Usage`] (`None`: counted clean):
+    /// how long its changes have waited for the store.
+    dirty_since: Option<SystemTime>,
 }
 
 impl StagedIo {
+    /// When the content last went from what the store holds to something else.
+    pub fn dirty_since(&self) -> Option<SystemTime> {
+        self.dirty_since
+    }
+
     fn journal(&mut self, r: &Record) -> std::io::Result<()> {
         journal::append(&*self.log.get()?, r)
     }
@@ -204,7 +211,7 @@ impl Drop for Staged {
         let usage = &self.area.usage;
         usage.bytes.fetch_sub(io.charged, Ordering::SeqCst);
         usage.files.fetch_sub(1, Ordering::SeqCst);
-        if io.counted_clean {
+        if io.dirty_since.is_none() {
             usage.clean.fetch_sub(1, Ordering::SeqCst);
         }
         usage.freed.notify_waiters();
@@ -333,7 +340,7 @@ impl Staged {
             journaled_path,
             unlinked: false,
             charged: 0,
-            counted_clean: false,
+            dirty_since: Some(SystemTime::now()),
         };
         fds.put(id, Part::Data, Arc::new(file));
         fds.put(id, Part::Log, Arc::new(log));
@@ -375,14 +382,15 @@ impl Staged {
                 Err(e) => tracing::debug!(path = %self.path.display(), "cannot measure: {e}"),
             }
         }
-        let clean = !io.state.is_dirty();
-        if clean != io.counted_clean {
-            if clean {
-                self.area.usage.clean.fetch_add(1, Ordering::SeqCst);
-            } else {
+        let dirty = io.state.is_dirty();
+        if dirty != io.dirty_since.is_some() {
+            if dirty {
                 self.area.usage.clean.fetch_sub(1, Ordering::SeqCst);
+                io.dirty_since = Some(SystemTime::now());
+            } else {
+                self.area.usage.clean.fetch_add(1, Ordering::SeqCst);
+                io.dirty_since = None;
             }
-            io.counted_clean = clean;
         }
     }
 

@@ -1,5 +1,13 @@
 //! The command line: what each subcommand takes, and the checks of its arguments that come
 //! before anything is opened. Every failure the user can act on is a [`UserError`].
+//!
+//! - `argv.rs`: the arguments as given, as `mount.xetmount`, and from config files;
+//! - `run.rs`: the long-running commands (mount, serve-nfs, serve);
+//! - `admin.rs`: the commands that talk to a running mount (status, unmount, stats).
+
+pub mod admin;
+pub mod argv;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,12 +15,26 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use xetmount::remote::open::OpenOptions;
 use xetmount::remote::xet::budget::{MemoryBudget, DEFAULT_MIB};
+use xetmount::service::logging::LogFormat;
 use xetmount::vfs::VfsConfig;
+
+/// `xetmount --version`: the build, and the formats and protocols it speaks.
+fn version() -> &'static str {
+    static V: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{} (local store format {}, serve store format {}; Xet CAS API with xet-core 1.8 clients; Hugging Face bucket and repo API as huggingface_hub 2.4 uses it)",
+            env!("CARGO_PKG_VERSION"),
+            xetmount::remote::local::FORMAT_VERSION,
+            xetmount::server::FORMAT_VERSION,
+        )
+    });
+    V.as_str()
+}
 
 #[derive(Parser)]
 #[command(
     name = "xetmount",
-    version,
+    version = version(),
     about = "Mount a Xet-backed bucket as a POSIX filesystem"
 )]
 pub struct Cli {
@@ -22,10 +44,26 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Mount the bucket stored in STORE at MOUNTPOINT (runs in the foreground until unmounted).
+    /// Mount the bucket stored in STORE at MOUNTPOINT (in the foreground until unmounted, or
+    /// in the background with --daemon).
     Mount(MountArgs),
-    /// Unmount a mounted bucket; the mount process commits pending writes, then exits.
-    Unmount { mountpoint: PathBuf },
+    /// Unmount a mounted bucket and wait until the mount process has committed every pending
+    /// write (showing what is left when that takes more than a second).
+    Unmount {
+        mountpoint: PathBuf,
+        /// Longest wait for the commits, in seconds (default: the mount's own shutdown
+        /// timeout plus 30 s); past it, unmount exits non-zero and the mount keeps committing.
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+    },
+    /// List live mounts (or one): source, pid, uptime, what is not committed yet, the last
+    /// commit error, how fresh the view of the remote is.
+    Status {
+        mountpoint: Option<PathBuf>,
+        /// One JSON object per mount, one per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a mount's counters (bytes fetched and stored, files uploaded and composed).
     Stats { mountpoint: PathBuf },
     /// Serve the bucket over NFSv3 on 127.0.0.1 without mounting it (for machines with a
@@ -34,6 +72,26 @@ pub enum Command {
     /// Host buckets over HTTP from DIR: the Hugging Face bucket API and the Xet CAS API on one
     /// address, for `huggingface_hub`/`hf` clients and for `xetmount mount hf://buckets/...`.
     Serve(HttpServeArgs),
+}
+
+/// Options every long-running command takes.
+#[derive(clap::Args, Clone)]
+pub struct ServiceArgs {
+    /// Read options from this TOML file (a table per command: [mount], [serve], [serve-nfs];
+    /// keys are the long option names). Default: $XETMOUNT_CONFIG, else
+    /// ~/.config/xetmount/config.toml (/etc/xetmount/config.toml for root) if it exists.
+    /// Options on the command line win.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Write the log to this file instead of stderr (reopened on SIGHUP, for logrotate).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -63,6 +121,8 @@ pub struct HttpServeArgs {
     /// routes, so clients see a plain bucket (for testing mounts against a Hub-like server).
     #[arg(long)]
     pub hub_only: bool,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 #[derive(clap::Args)]
@@ -72,6 +132,8 @@ pub struct ServeArgs {
     /// TCP port (0 = any free port).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 #[derive(clap::Args)]
@@ -89,6 +151,13 @@ pub struct MountArgs {
     /// With --nfs: the server's TCP port (0 = any free port).
     #[arg(long, default_value_t = 0)]
     pub nfs_port: u16,
+    /// Run in the background: return once the mount is live (non-zero with the reason if it
+    /// cannot mount), logging to --log-file or a file in the state directory. Ignored under
+    /// systemd's Type=notify, which wants the process in the foreground.
+    #[arg(long, short = 'd')]
+    pub daemon: bool,
+    #[command(flatten)]
+    pub service: ServiceArgs,
 }
 
 /// The bucket and how the VFS serves it (shared by every frontend).
