@@ -70,6 +70,25 @@ fn assert_one_sentence(out: &Output, want: &str) {
     assert!(said[0].contains(want), "{want:?} not in {err}");
 }
 
+/// A background mount of the served bucket `local/data` at `mp` where nothing commits before
+/// the unmount (the debounce outlasts the test).
+fn daemon_mount_served(state: &Path, url: &str, mp: &Path, cache: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "mount",
+        "--daemon",
+        "hf://buckets/local/data",
+        mp.to_str().unwrap(),
+        "--endpoint",
+        url,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--flush-debounce-ms",
+        "600000",
+    ];
+    args.extend_from_slice(extra);
+    xm(state, &args)
+}
+
 #[test]
 fn a_background_mount_reports_its_state_and_unmount_waits_for_its_commits() {
     let d = tempfile::tempdir().unwrap();
@@ -83,20 +102,12 @@ fn a_background_mount_reports_its_state_and_unmount_waits_for_its_commits() {
     let cache = d.join("cache");
     let metrics_port = proxy::free_port().to_string();
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let out = xm(
+    let out = daemon_mount_served(
         &state,
+        &proxy.url,
+        &mp,
+        &cache,
         &[
-            "mount",
-            "--daemon",
-            "hf://buckets/local/data",
-            mp.to_str().unwrap(),
-            "--endpoint",
-            &proxy.url,
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            // Nothing commits before the unmount.
-            "--flush-debounce-ms",
-            "600000",
             "--flush-max-batch-window-ms",
             "600000",
             "--metrics-listen",
@@ -174,21 +185,7 @@ fn a_background_mount_reports_its_state_and_unmount_waits_for_its_commits() {
 
     // An unmount whose own timeout passes first says what stays journaled, and the mount
     // finishes its commits in the background.
-    let out = xm(
-        &state,
-        &[
-            "mount",
-            "-d",
-            "hf://buckets/local/data",
-            mp.to_str().unwrap(),
-            "--endpoint",
-            &proxy.url,
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--flush-debounce-ms",
-            "600000",
-        ],
-    );
+    let out = daemon_mount_served(&state, &proxy.url, &mp, &cache, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let pid = announced_pid(&text(&out.stdout));
     let second = random_bytes(4 << 20, 8);

@@ -82,19 +82,32 @@ impl Served {
         Ok(())
     }
 
-    /// Serve the mount's metrics on `--metrics-listen`, if given.
-    fn serve_metrics(&self, addr: Option<&str>) -> Result<(), UserError> {
-        let Some(addr) = addr else { return Ok(()) };
-        let mut registry = Registry::default();
-        telemetry::timings().register(&mut registry);
-        registry.register_collector(Box::new(MountCollector::new(self.vfs.clone())));
-        let listener = self
-            .rt
-            .block_on(telemetry::export::bind(addr))
-            .map_err(UserError)?;
+    /// Serve the mount's metrics on `--metrics-listen` (if given), and reopen the log file on
+    /// SIGHUP (if there is one).
+    fn start_service(
+        &self,
+        service: &ServiceArgs,
+        log: Option<&Arc<LogFile>>,
+    ) -> Result<(), UserError> {
+        let listener = match service.metrics_listen.as_deref() {
+            Some(addr) => Some(
+                self.rt
+                    .block_on(telemetry::export::bind(addr))
+                    .map_err(UserError)?,
+            ),
+            None => None,
+        };
         let _g = self.rt.enter();
-        telemetry::export::spawn(listener, Arc::new(registry));
-        tracing::info!("metrics at http://{addr}/metrics");
+        if let Some(l) = log {
+            l.reopen_on_hangup();
+        }
+        if let Some(listener) = listener {
+            let mut registry = Registry::default();
+            telemetry::timings().register(&mut registry);
+            registry.register_collector(Box::new(MountCollector::new(self.vfs.clone())));
+            tracing::info!("metrics at http://{}/metrics", listener.local_addr()?);
+            telemetry::export::spawn(listener, Arc::new(registry));
+        }
         Ok(())
     }
 
@@ -258,11 +271,7 @@ fn mount_fuse(
     log: Option<&Arc<LogFile>>,
 ) -> Result<(), UserError> {
     let served = open_store(&args.store, false)?;
-    served.serve_metrics(args.service.metrics_listen.as_deref())?;
-    if let Some(l) = log {
-        let _g = served.rt.enter();
-        l.reopen_on_hangup();
-    }
+    served.start_service(&args.service, log)?;
     let opts = FuseOptions {
         fs_name: served.source.clone(),
         read_only: served.read_only,
@@ -339,11 +348,7 @@ pub fn serve_nfs(args: ServeArgs) -> Result<(), UserError> {
     let log = open_log(&args.service, None)?;
     logging::init(args.service.log_format, log.clone());
     let served = open_store(&args.store, true)?;
-    served.serve_metrics(args.service.metrics_listen.as_deref())?;
-    if let Some(l) = &log {
-        let _g = served.rt.enter();
-        l.reopen_on_hangup();
-    }
+    served.start_service(&args.service, log.as_ref())?;
     let (fs, port) = start_nfs(&served, args.port)?;
     tracing::info!("serving {} over NFSv3 on 127.0.0.1:{port}", served.source);
     // A closed stdout (the caller stopped reading) must not stop the server.
@@ -371,11 +376,7 @@ fn mount_nfs(
     log: Option<&Arc<LogFile>>,
 ) -> Result<(), UserError> {
     let served = open_store(&args.store, true)?;
-    served.serve_metrics(args.service.metrics_listen.as_deref())?;
-    if let Some(l) = log {
-        let _g = served.rt.enter();
-        l.reopen_on_hangup();
-    }
+    served.start_service(&args.service, log)?;
     let (fs, port) = start_nfs(&served, args.nfs_port)?;
     let status = std::process::Command::new("mount")
         .args(["-t", "nfs", "-o"])
