@@ -176,6 +176,7 @@ macro_rules! contract {
             one!(tree_pages_run_in_path_order);
             one!(a_failed_expectation_applies_nothing_and_names_every_conflict);
             one!(rename_moves_a_subtree);
+            one!(renaming_a_non_ascii_directory_moves_its_children_whole);
             one!(delete_removes_a_subtree_and_nothing_beside_it);
             one!(revisions_increase_and_changes_name_the_directories);
             one!(hard_links_share_a_body_or_are_refused);
@@ -624,6 +625,39 @@ async fn rename_moves_a_subtree(r: Remote) {
     .await;
     assert!(r.head("r/src.txt").await.is_none());
     assert!(r.holds("r/dst/sub/b", Some(&b)).await);
+}
+
+async fn renaming_a_non_ascii_directory_moves_its_children_whole(r: Remote) {
+    let a = r.upload(&bytes_of(1500, 9)).await;
+    r.commit(vec![
+        put("ü/café/a", Some(&a)),
+        put("ü/café/日本/b", Some(&a)),
+    ])
+    .await;
+    r.commit(vec![CatalogOp::Rename {
+        from: "ü/café".into(),
+        to: "ü/thé-vert".into(),
+    }])
+    .await;
+    assert!(r.holds("ü/thé-vert/a", Some(&a)).await);
+    assert!(r.holds("ü/thé-vert/日本/b", Some(&a)).await);
+    assert_eq!(r.names("ü").await, strings(&["ü/thé-vert"]));
+    assert_eq!(
+        r.names("ü/thé-vert").await,
+        strings(&["ü/thé-vert/a", "ü/thé-vert/日本"])
+    );
+    assert_eq!(
+        r.names("ü/thé-vert/日本").await,
+        strings(&["ü/thé-vert/日本/b"])
+    );
+    // And back, to a shorter ASCII name.
+    r.commit(vec![CatalogOp::Rename {
+        from: "ü/thé-vert".into(),
+        to: "x".into(),
+    }])
+    .await;
+    assert!(r.holds("x/日本/b", Some(&a)).await);
+    assert_eq!(r.names("x").await, strings(&["x/a", "x/日本"]));
 }
 
 async fn delete_removes_a_subtree_and_nothing_beside_it(r: Remote) {

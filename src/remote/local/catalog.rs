@@ -645,15 +645,16 @@ fn rename(tx: &Transaction<'_>, from: &str, to: &str, rev: i64) -> RemoteResult<
     )
     .map_err(db_err)?;
     let (lo, hi) = subtree_bounds(from);
-    let n = from.len() as i64;
+    // `substr` and `length` count characters, not bytes: the prefix's length must be taken
+    // in SQL too (a byte count cut names below a non-ASCII directory in the wrong place).
     exec(
         tx,
         "UPDATE entries SET
-            path = ?1 || substr(path, ?2 + 1),
-            parent = ?1 || substr(parent, ?2 + 1),
+            path = ?1 || substr(path, length(?2) + 1),
+            parent = ?1 || substr(parent, length(?2) + 1),
             revision = ?5
          WHERE path >= ?3 AND path < ?4",
-        params![to, n, lo, hi, rev],
+        params![to, from, lo, hi, rev],
     )
     .map_err(db_err)?;
     Ok(())
