@@ -7,6 +7,8 @@
 //! A new remote joins with one `contract!(name, Kind::…)` line (and its opener in `open`).
 
 mod common;
+#[path = "common/pg.rs"]
+mod pg;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -43,6 +45,8 @@ enum Kind {
     Local,
     Http,
     Plain,
+    /// `serve`'s catalog on PostgreSQL (a throwaway cluster), with the in-memory CAS.
+    Pg,
 }
 
 /// One fresh remote, and what keeps it alive.
@@ -53,11 +57,35 @@ struct Remote {
     dir: tempfile::TempDir,
     _store: Option<LocalStore>,
     _serve: Option<common::Serve>,
+    _pg: Option<pg::Pg>,
 }
 
 async fn open(kind: Kind) -> Remote {
     let dir = tempfile::tempdir().unwrap();
+    let mut postgres = None;
     let (catalog, cas, store, serve): (Arc<dyn Catalog>, Arc<dyn Cas>, _, _) = match kind {
+        Kind::Pg => {
+            let cluster = pg::Pg::start();
+            let pool = xetmount::server::pg::connect(&cluster.url()).await.unwrap();
+            // Another bucket beside it in the same tables: nothing of it may show.
+            let other = xetmount::server::pg::PgCatalog::open(pool.clone(), "other/b")
+                .await
+                .unwrap();
+            other
+                .commit(vec![CatalogOp::Put(Entry::dir("r".into(), meta(0o700)))])
+                .await
+                .unwrap();
+            let catalog = xetmount::server::pg::PgCatalog::open(pool, "local/data")
+                .await
+                .unwrap();
+            postgres = Some(cluster);
+            (
+                Arc::new(catalog) as Arc<dyn Catalog>,
+                Arc::new(MemCas::new()) as Arc<dyn Cas>,
+                None,
+                None,
+            )
+        }
         Kind::Mem => (
             Arc::new(MemCatalog::posix()),
             Arc::new(MemCas::new()),
@@ -121,7 +149,7 @@ async fn open(kind: Kind) -> Remote {
     };
     let caps = catalog.capabilities();
     match kind {
-        Kind::Mem | Kind::Local | Kind::Http => assert_eq!(caps, Capabilities::POSIX),
+        Kind::Mem | Kind::Local | Kind::Http | Kind::Pg => assert_eq!(caps, Capabilities::POSIX),
         Kind::MemPlain | Kind::Plain => assert_eq!(caps.fixed_owner, Some(OWNER)),
     }
     Remote {
@@ -131,6 +159,7 @@ async fn open(kind: Kind) -> Remote {
         dir,
         _store: store,
         _serve: serve,
+        _pg: postgres,
     }
 }
 
@@ -198,6 +227,7 @@ contract!(mem_plain, Kind::MemPlain);
 contract!(local, Kind::Local);
 contract!(http, Kind::Http);
 contract!(plain, Kind::Plain);
+contract!(postgres, Kind::Pg);
 
 // ---------------------------------------------------------------------------------------
 // Helpers.

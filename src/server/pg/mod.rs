@@ -1,0 +1,46 @@
+//! `xetmount serve`'s metadata in PostgreSQL (`--catalog postgres://...`), for several
+//! stateless replicas over one database. Every bucket's catalog lives in shared tables keyed
+//! by bucket ([`catalog`]); a batch is one transaction that holds the bucket's head row
+//! locked (`SELECT ... FOR UPDATE`), so two replicas never interleave batches of one bucket
+//! and compare-and-swap expectations are checked against what the batch will replace.
+
+pub mod catalog;
+
+pub use catalog::PgCatalog;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+
+use crate::remote::RemoteError;
+
+/// Connections each replica keeps open (PostgreSQL allows 100 by default).
+pub const POOL_SIZE: usize = 8;
+
+/// A pool of connections to the database at `url` (`postgres://user@host/db`, or
+/// `host=/run/postgresql dbname=xet user=xetmount`); the error is one sentence.
+pub async fn connect(url: &str) -> Result<Pool, String> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a PostgreSQL connection string: {e}"))?;
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .build()
+        .map_err(|e| format!("cannot set up a PostgreSQL pool: {e}"))?;
+    // Connect once now, so a wrong address or password is reported at start.
+    drop(
+        pool.get()
+            .await
+            .map_err(|e| format!("cannot connect to PostgreSQL at {url}: {e}"))?,
+    );
+    Ok(pool)
+}
+
+pub(crate) fn db_err(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::Other(format!("catalog database: {e}"))
+}
