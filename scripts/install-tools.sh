@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the test suites need on a fresh Debian machine: FUSE (fusermount3 and the
 # library headers), libacl (pjdfstest links it), libnfs-utils (the NFS client used by the NFS
-# tests), strace (tests/durable.rs reads the order of fsyncs around a commit from it), the
-# `tests` user pjdfstest switches to, and the pjdfstest and fsx binaries into ./.tools, and a
-# Python venv with the official Hugging Face clients (.tools/hf-venv).
+# tests), strace (tests/durable.rs reads the order of fsyncs around a commit from it), systemd
+# (systemd-analyze checks the unit template in tests/service.rs), PostgreSQL (throwaway
+# clusters for `serve` on PostgreSQL, tests/common/pg.rs), the `tests` user pjdfstest switches
+# to, the pjdfstest, fsx and s3s-fs binaries into ./.tools, and a Python venv with the
+# official Hugging Face clients and Prometheus's parser (.tools/hf-venv).
 # Idempotent: a second run installs nothing.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,14 +34,19 @@ if [ "$(id -u)" -eq 0 ] && ! getent passwd tests >/dev/null; then
 fi
 
 tools="$repo/.tools"
-install_crate() { # name version
-  if ! "$tools/bin/$1" --version 2>/dev/null | grep -q "$2"; then
-    echo "== cargo install $1 $2"
-    cargo install --locked --quiet --root "$tools" "$1" --version "$2"
+install_crate() { # name version [cargo install args]
+  local name="$1" version="$2"
+  shift 2
+  if ! "$tools/bin/$name" --version 2>/dev/null | grep -q "$version"; then
+    echo "== cargo install $name $version"
+    cargo install --locked --quiet --root "$tools" "$name" --version "$version" "$@"
   fi
 }
 install_crate pjdfstest 0.2.2
 install_crate fsx 0.3.2
+# A real S3-compatible server for `serve --objects s3://...` (tests/common/s3.rs). 0.14.1: later
+# versions need a newer Rust than this toolchain.
+install_crate s3s-fs 0.14.1 --features binary
 
 # The official Hugging Face clients, the judge of `xetmount serve`'s protocol compatibility,
 # and Prometheus's own Python client, whose OpenMetrics parser judges the metrics endpoints.

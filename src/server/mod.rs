@@ -24,6 +24,7 @@ pub mod hub;
 pub mod limit;
 pub mod metrics;
 pub mod native;
+pub mod objects;
 pub mod pg;
 pub mod repo_api;
 pub mod repos;
