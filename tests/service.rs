@@ -306,6 +306,25 @@ fn sigterm_and_umount_commit_what_was_just_written() {
     assert!(status_json(&state).is_empty());
 }
 
+#[test]
+fn a_foreground_mount_whose_terminal_hangs_up_unmounts_and_commits() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let store = d.join("store");
+    // Logging to its terminal (no --log-file): SIGHUP is the terminal going away.
+    let mut m = Mount::start(&store, &d.join("mnt"), &["--flush-debounce-ms", "600000"]);
+    std::fs::write(m.path("h.txt"), b"before the hangup\n").unwrap();
+    let status = m.signal(libc::SIGHUP);
+    assert!(status.success(), "{status}: {}", m.log_text());
+    assert!(!is_mounted(&m.mountpoint), "left mounted");
+    let check = Mount::start(&store, &d.join("check"), &[]);
+    assert_eq!(
+        std::fs::read(check.path("h.txt")).unwrap(),
+        b"before the hangup\n"
+    );
+    check.stop();
+}
+
 fn scrape(url: &str) -> Value {
     let py = common::hf_venv().join("python");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ops/scrape.py");

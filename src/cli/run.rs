@@ -288,8 +288,9 @@ fn mount_fuse(
     let control = served.announce(mountpoint, "fuse", &args.service, log);
     report_when_live(mountpoint.to_path_buf(), served.source.clone());
     let c = control.clone();
+    let hangup_stops = log.is_none();
     served.rt.spawn(async move {
-        xetmount::signals::wait_for_signal().await;
+        xetmount::signals::wait_for_stop(hangup_stops).await;
         tracing::info!("signal received; unmounting");
         c.committing.store(true, Ordering::SeqCst);
         if let Err(e) = unmounter.unmount() {
@@ -363,7 +364,9 @@ pub fn serve_nfs(args: ServeArgs) -> Result<(), UserError> {
         "serving {} over NFSv3 on 127.0.0.1:{port}",
         served.source
     ));
-    served.rt.block_on(xetmount::signals::wait_for_signal());
+    served
+        .rt
+        .block_on(xetmount::signals::wait_for_stop(log.is_none()));
     tracing::info!("signal received; stopping");
     daemon::report_stopping("committing pending writes");
     fs.close_handles();
@@ -411,7 +414,9 @@ fn mount_nfs(
             served.source,
             mountpoint.display()
         ));
-        served.rt.block_on(xetmount::signals::wait_for_signal());
+        served
+            .rt
+            .block_on(xetmount::signals::wait_for_stop(log.is_none()));
         c.committing.store(true, Ordering::SeqCst);
         daemon::report_stopping("committing pending writes");
         let _ = std::process::Command::new("umount")
@@ -474,7 +479,8 @@ pub fn serve_http(args: HttpServeArgs) -> Result<(), UserError> {
         println!("xetmount serve: listening on {}", server.public_url);
         std::io::stdout().flush()?;
         daemon::report_ready(&format!("serving on {}", server.public_url));
-        xetmount::server::run(listener, server, xetmount::signals::wait_for_signal()).await?;
+        let stop = xetmount::signals::wait_for_stop(log.is_none());
+        xetmount::server::run(listener, server, stop).await?;
         tracing::info!("stopped");
         Ok(())
     })

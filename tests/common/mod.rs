@@ -168,6 +168,14 @@ impl Mount {
         });
     }
 
+    /// Send `sig` and wait for the process to exit; returns its status.
+    pub fn signal(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("mount already stopped");
+        // SAFETY: kill on our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        child.wait().unwrap()
+    }
+
     /// Send SIGTERM and wait for the process to exit; returns its status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("mount already stopped");
