@@ -17,11 +17,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::remote::local::SqliteCatalog;
 use crate::remote::{RemoteError, RemoteResult};
+use crate::server::catalog::ServedCatalog;
 
 /// One hosted bucket.
 pub struct Bucket {
     pub id: String,
-    pub catalog: SqliteCatalog,
+    pub catalog: Arc<dyn ServedCatalog>,
     /// Held while a batch is validated and applied: batches of one bucket run one at a time.
     pub batch_lock: tokio::sync::Mutex<()>,
     /// The revision of the last commit made through this server: change-feed readers wait
@@ -32,7 +33,6 @@ pub struct Bucket {
 impl Bucket {
     /// Apply `ops` all or none, and wake whoever waits for a change.
     pub async fn commit(&self, ops: Vec<crate::remote::CatalogOp>) -> RemoteResult<u64> {
-        use crate::remote::Catalog;
         let rev = self.catalog.commit(ops).await?;
         self.committed.send_replace(rev);
         Ok(rev)
@@ -314,7 +314,7 @@ impl Buckets {
             .map_err(|e| RemoteError::Other(format!("catalog of {id}: {e}")))?;
         let b = Arc::new(Bucket {
             id: id.to_string(),
-            catalog,
+            catalog: Arc::new(catalog),
             batch_lock: tokio::sync::Mutex::new(()),
             committed: tokio::sync::watch::Sender::new(0),
         });

@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod buckets;
 pub mod cas;
+pub mod catalog;
 pub mod extract;
 pub mod hub;
 pub mod limit;

@@ -19,7 +19,7 @@ use super::{Answer, Server};
 use crate::remote::cas_wire;
 use crate::remote::names::check_posix_path;
 use crate::remote::wire::{WireEntry, WireOp};
-use crate::remote::{Catalog, CatalogOp, Changes, FileId, RemoteError};
+use crate::remote::{CatalogOp, Changes, FileId, RemoteError};
 
 type S = State<Arc<Server>>;
 

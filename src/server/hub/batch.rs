@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{error, internal, Field, EMPTY_HASH, MAX_MTIME_MS, S};
-use crate::remote::{Catalog, CatalogOp, Entry, EntryKind, FileId, Meta};
+use crate::remote::{CatalogOp, Entry, EntryKind, FileId, Meta};
 use crate::server::buckets::{now_ms, Bucket};
 use crate::server::extract::{OpenBucket, Write};
 use crate::server::{auth::Scope, Answer, Server};

@@ -29,7 +29,6 @@ use super::buckets::BucketInfo;
 use super::extract::{BucketAccess, Need, Read, Write};
 use super::{Answer, Server};
 use crate::remote::names::valid_bucket_name;
-use crate::remote::Catalog;
 
 pub use super::scope::EMPTY_HASH;
 /// Tree entries per page unless the caller asks for another `limit` (at most 10,000).

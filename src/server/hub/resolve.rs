@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::IntoResponse;
 
 use super::{bad_path, error, internal, EMPTY_HASH, S};
-use crate::remote::{Catalog, EntryKind, FileId};
+use crate::remote::{EntryKind, FileId};
 use crate::server::cas::parse_range;
 use crate::server::extract::{OpenBucket, Read};
 use crate::server::{Answer, Server};

@@ -11,8 +11,8 @@ use super::{
     bad_path, decode_cursor, encode_cursor, error, internal, iso, object_fields, with_next, Field,
     EMPTY_HASH, MAX_PATHS_INFO, PAGE, S,
 };
-use crate::remote::local::SqliteCatalog;
-use crate::remote::{Catalog, Entry, EntryKind};
+use crate::remote::{Entry, EntryKind};
+use crate::server::catalog::ServedCatalog;
 use crate::server::extract::{OpenBucket, Read};
 use crate::server::{Answer, Server};
 
@@ -73,7 +73,7 @@ async fn tree_page(s: &Server, prefix: String, q: TreeQuery, b: OpenBucket<Read>
     };
     let after = decode_cursor(q.cursor.as_deref())?;
     let limit = q.limit.unwrap_or(PAGE).clamp(1, 10_000);
-    let catalog = &b.bucket.catalog;
+    let catalog = b.bucket.catalog.as_ref();
     let (items, next_after) = if recursive {
         files_below(catalog, &prefix, &after, limit).await?
     } else {
@@ -104,7 +104,7 @@ type TreeItems = (Vec<Value>, Option<String>);
 
 /// A recursive page: every file below `prefix` after `after`.
 async fn files_below(
-    catalog: &SqliteCatalog,
+    catalog: &dyn ServedCatalog,
     prefix: &str,
     after: &str,
     limit: usize,
@@ -125,7 +125,7 @@ async fn files_below(
 
 /// A page of the files and non-empty folders directly in `prefix`.
 async fn entries_in(
-    catalog: &SqliteCatalog,
+    catalog: &dyn ServedCatalog,
     prefix: &str,
     after: &str,
     limit: usize,
