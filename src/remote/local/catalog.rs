@@ -53,6 +53,16 @@ CREATE TABLE IF NOT EXISTS changed (
 /// Entries per page of [`Catalog::list_tree`], as the Hub's tree listing pages.
 pub const TREE_PAGE: usize = 1000;
 
+/// A [`Catalog::list_tree`] page from up to `TREE_PAGE + 1` entries read: the one past the
+/// page only says that another page follows, after the page's last path.
+pub(crate) fn tree_page_of(mut entries: Vec<Entry>) -> TreePage {
+    let next = (entries.len() > TREE_PAGE).then(|| {
+        entries.truncate(TREE_PAGE);
+        entries.last().map(|e| e.path.clone()).unwrap_or_default()
+    });
+    TreePage { entries, next }
+}
+
 /// Revisions of change history kept (`changed`); a reader further behind is told to re-list
 /// everything.
 const HISTORY: i64 = 100_000;
@@ -738,14 +748,10 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn list_tree(&self, dir: &str, cursor: Option<&str>) -> RemoteResult<Option<TreePage>> {
-        let mut entries = self
+        let entries = self
             .tree_page(dir, cursor.unwrap_or(""), TREE_PAGE + 1)
             .await?;
-        let next = (entries.len() > TREE_PAGE).then(|| {
-            entries.truncate(TREE_PAGE);
-            entries.last().map(|e| e.path.clone()).unwrap_or_default()
-        });
-        Ok(Some(TreePage { entries, next }))
+        Ok(Some(tree_page_of(entries)))
     }
 
     async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {

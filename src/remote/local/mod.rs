@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use cas::{xet_config, XetCas};
-pub(crate) use catalog::parent_of;
+pub(crate) use catalog::{parent_of, tree_page_of};
 pub use catalog::{SqliteCatalog, TREE_PAGE};
 pub use durable::{remove_crash_leftovers, Durable};
 pub use reader::{ChunkReader, Located, LocatedTerm};

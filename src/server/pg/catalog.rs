@@ -17,7 +17,7 @@ use deadpool_postgres::{Pool, Transaction};
 use tokio_postgres::Row;
 
 use super::db_err;
-use crate::remote::local::{parent_of, TREE_PAGE};
+use crate::remote::local::{parent_of, tree_page_of, TREE_PAGE};
 use crate::remote::record::EntryRecord;
 use crate::remote::{
     Capabilities, Catalog, CatalogOp, Changes, Conflict, Entry, EntryKind, Meta, RemoteError,
@@ -677,14 +677,10 @@ impl Catalog for PgCatalog {
     }
 
     async fn list_tree(&self, dir: &str, cursor: Option<&str>) -> RemoteResult<Option<TreePage>> {
-        let mut entries = self
+        let entries = self
             .tree_page(dir, cursor.unwrap_or(""), TREE_PAGE + 1)
             .await?;
-        let next = (entries.len() > TREE_PAGE).then(|| {
-            entries.truncate(TREE_PAGE);
-            entries.last().map(|e| e.path.clone()).unwrap_or_default()
-        });
-        Ok(Some(TreePage { entries, next }))
+        Ok(Some(tree_page_of(entries)))
     }
 
     async fn link_paths(&self, link: u64) -> RemoteResult<Vec<String>> {
