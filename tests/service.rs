@@ -61,6 +61,19 @@ fn status_json(state: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Detaches what a failing test left mounted: background mounts outlive the test's panic.
+struct Detach(Vec<PathBuf>);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if is_mounted(p) {
+                let _ = Command::new("fusermount3").arg("-uz").arg(p).status();
+            }
+        }
+    }
+}
+
 /// A one-sentence error: one `xetmount:` line, containing `want`.
 fn assert_one_sentence(out: &Output, want: &str) {
     assert!(!out.status.success(), "expected a failure");
@@ -99,6 +112,7 @@ fn a_background_mount_reports_its_state_and_unmount_waits_for_its_commits() {
     let state = d.join("state");
     let mp = d.join("mnt");
     std::fs::create_dir_all(&mp).unwrap();
+    let _detach = Detach(vec![mp.clone()]);
     let cache = d.join("cache");
     let metrics_port = proxy::free_port().to_string();
     let metrics = format!("127.0.0.1:{metrics_port}");
@@ -262,6 +276,7 @@ fn mount_write_stop(d: &Path, state: &Path, name: &str, stop: impl FnOnce(&Path,
     let store = d.join("store");
     let mp = d.join(name);
     std::fs::create_dir_all(&mp).unwrap();
+    let _detach = Detach(vec![mp.clone()]);
     let out = xm(
         state,
         &[
@@ -448,6 +463,7 @@ fn logs_are_json_lines_reopened_on_sighup_and_config_files_are_checked() {
     let store = d.join("store");
     let mp = d.join("mnt");
     std::fs::create_dir_all(&mp).unwrap();
+    let _detach = Detach(vec![mp.clone()]);
     let log = d.join("logs/x.log");
     // A config file holding the positional arguments and options; the command line adds to it.
     let config = d.join("x.toml");
@@ -596,6 +612,7 @@ fn mount_t_xetmount_and_fstab_lines_work_through_the_helper() {
     for p in [&local, &remote] {
         std::fs::create_dir_all(p).unwrap();
     }
+    let _detach = Detach(vec![local.clone(), remote.clone()]);
 
     // mount -t xetmount, a local store: options map to flags, mount(8)'s own are dropped.
     let out = mount_t(
