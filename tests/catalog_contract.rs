@@ -169,12 +169,7 @@ where
     F: FnOnce(Remote) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { f(open(kind).await).await });
+    common::runtime().block_on(async { f(open(kind).await).await });
 }
 
 /// Every contract test, instantiated for one remote; `ignore: [test = "why"]` marks the

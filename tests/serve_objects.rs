@@ -2,6 +2,7 @@
 //! directory and against a real S3-compatible server (`s3s-fs`), and, for S3, presigned URLs
 //! a client without credentials uses: ranged GETs, and PUTs whose CRC64-NVME is signed in.
 
+mod common;
 #[path = "common/s3.rs"]
 mod s3;
 
@@ -9,14 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use xetmount::server::objects::{crc64nvme_header, Objects, CHECKSUM_HEADER};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn bytes(n: usize, seed: u8) -> Bytes {
     (0..n)
@@ -64,7 +57,7 @@ async fn contract(o: &Objects) {
 #[test]
 fn a_directory_keeps_objects_and_signs_nothing() {
     let d = tempfile::tempdir().unwrap();
-    rt().block_on(async {
+    common::runtime().block_on(async {
         let o = Objects::open(d.path().join("objects").to_str().unwrap()).unwrap();
         contract(&o).await;
         assert!(!o.signs());
@@ -82,7 +75,7 @@ fn an_s3_server_keeps_objects_and_clients_use_presigned_urls_without_keys() {
     for (k, v) in server.env() {
         std::env::set_var(k, v);
     }
-    rt().block_on(async {
+    common::runtime().block_on(async {
         let o = Objects::open("s3://xet/deployment-1").unwrap();
         assert!(o.signs());
         contract(&o).await;

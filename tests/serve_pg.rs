@@ -4,6 +4,7 @@
 //! the running totals equal a recount; the change history names what changed; buckets do not
 //! see each other.
 
+mod common;
 #[path = "common/pg.rs"]
 mod pg;
 
@@ -46,18 +47,10 @@ fn file(path: &str, n: u64) -> Entry {
     file_with(path, Some(body(n)))
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn batches_from_several_replicas_never_interleave_and_compare_and_swap_holds() {
     let cluster = pg::Pg::start();
-    rt().block_on(async {
+    common::runtime().block_on(async {
         // Three replicas: three pools over one database, each with its catalog of the bucket.
         let mut replicas = Vec::new();
         for _ in 0..3 {
@@ -129,7 +122,7 @@ fn batches_from_several_replicas_never_interleave_and_compare_and_swap_holds() {
 #[test]
 fn totals_history_and_buckets_stay_exact() {
     let cluster = pg::Pg::start();
-    rt().block_on(async {
+    common::runtime().block_on(async {
         let pool = connect(&cluster.url()).await.unwrap();
         let a = PgCatalog::open(pool.clone(), "ns/a").await.unwrap();
         let b = PgCatalog::open(pool.clone(), "ns/b").await.unwrap();

@@ -174,30 +174,28 @@ mod tests {
     use crate::remote::mem::MemCas;
     use crate::vfs::stats::Stats;
 
-    /// A path with 1 KiB blocks, a 64-block cache and windows of at most 16 blocks.
-    fn path() -> ReadPath {
-        let cache = ReadCache::new(
+    /// A path with 1 KiB blocks, a cache of `cache` bytes and windows (and read-ahead in
+    /// flight) of at most `window` bytes.
+    fn path_of(cache: u64, window: u64) -> ReadPath {
+        let read_cache = ReadCache::new(
             Arc::new(MemCas::new()),
             Arc::new(Stats::default()),
             1 << 10,
-            64 << 10,
-            16 << 10,
+            cache,
+            window,
             Duration::from_secs(1),
         );
-        ReadPath::new(Arc::new(cache), 16, 64 << 10)
+        ReadPath::new(Arc::new(read_cache), window >> 10, cache)
+    }
+
+    /// A path with 1 KiB blocks, a 64-block cache and windows of at most 16 blocks.
+    fn path() -> ReadPath {
+        path_of(64 << 10, 16 << 10)
     }
 
     /// 1 KiB blocks, windows from 4 MiB up to 16 MiB, a 64 MiB cache that does not limit them.
     fn large_path() -> ReadPath {
-        let cache = ReadCache::new(
-            Arc::new(MemCas::new()),
-            Arc::new(Stats::default()),
-            1 << 10,
-            64 << 20,
-            16 << 20,
-            Duration::from_secs(1),
-        );
-        ReadPath::new(Arc::new(cache), 16384, 64 << 20)
+        path_of(64 << 20, 16 << 20)
     }
 
     /// Read `n` KiB sequentially from the start on `ra`; the last refill's window.

@@ -10,6 +10,15 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_xetmount")
 }
 
+/// A two-worker runtime for a test that drives async code itself.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Whether `path` is a mount point right now.
 pub fn is_mounted(path: &Path) -> bool {
     let target = path.to_string_lossy();

@@ -157,6 +157,15 @@ impl PgCatalog {
         })
     }
 
+    /// Whether `sql` finds a row.
+    async fn exists(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> RemoteResult<bool> {
+        Ok(!self.query(sql, params).await?.is_empty())
+    }
+
     async fn query(
         &self,
         sql: &str,
@@ -276,25 +285,21 @@ impl PgCatalog {
 
     /// Whether some entry's body is `hash`.
     pub async fn references(&self, hash: &str) -> RemoteResult<bool> {
-        Ok(!self
-            .query(
-                "SELECT 1 FROM catalog_entries WHERE bucket = $1 AND hash = $2 LIMIT 1",
-                &[&self.bucket, &hash],
-            )
-            .await?
-            .is_empty())
+        self.exists(
+            "SELECT 1 FROM catalog_entries WHERE bucket = $1 AND hash = $2 LIMIT 1",
+            &[&self.bucket, &hash],
+        )
+        .await
     }
 
     /// Whether some file is empty (its body has no hash).
     pub async fn has_empty_file(&self) -> RemoteResult<bool> {
-        Ok(!self
-            .query(
-                "SELECT 1 FROM catalog_entries WHERE bucket = $1 AND kind = 0 AND hash IS NULL \
+        self.exists(
+            "SELECT 1 FROM catalog_entries WHERE bucket = $1 AND kind = 0 AND hash IS NULL \
                  AND path <> '' LIMIT 1",
-                &[&self.bucket],
-            )
-            .await?
-            .is_empty())
+            &[&self.bucket],
+        )
+        .await
     }
 
     /// The directories whose listings changed after revision `since`.
@@ -354,14 +359,12 @@ impl PgCatalog {
     /// Whether any file lies below directory `dir`.
     pub async fn has_file_under(&self, dir: &str) -> RemoteResult<bool> {
         let (lo, hi) = subtree_bounds(dir);
-        Ok(!self
-            .query(
-                "SELECT 1 FROM catalog_entries WHERE bucket = $1 AND kind = 0 AND path >= $2 \
+        self.exists(
+            "SELECT 1 FROM catalog_entries WHERE bucket = $1 AND kind = 0 AND path >= $2 \
                  AND path < $3 LIMIT 1",
-                &[&self.bucket, &lo, &hi],
-            )
-            .await?
-            .is_empty())
+            &[&self.bucket, &lo, &hi],
+        )
+        .await
     }
 }
 
