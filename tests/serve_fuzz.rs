@@ -2008,8 +2008,20 @@ fn setup(server: &Serve, d: &std::path::Path) -> (World, Model) {
             });
         }
     }
-    let own_key = Auth::new(None, "x".into(), &d.join("srv/secret"), 3600).unwrap();
-    let expired = Auth::new(None, "x".into(), &d.join("srv/secret"), 0).unwrap();
+    let own_key = Auth::new(
+        None,
+        "x".into(),
+        xetmount::server::auth::load_or_create_secret(&d.join("srv/secret")).unwrap(),
+        3600,
+    )
+    .unwrap();
+    let expired = Auth::new(
+        None,
+        "x".into(),
+        xetmount::server::auth::load_or_create_secret(&d.join("srv/secret")).unwrap(),
+        0,
+    )
+    .unwrap();
     for (id, a) in [
         ("alice/pub", &expired),
         ("bob/secret", &expired),

@@ -96,8 +96,20 @@ pub struct ServiceArgs {
 
 #[derive(clap::Args)]
 pub struct HttpServeArgs {
-    /// Directory holding the served buckets; created if missing or empty.
-    pub dir: PathBuf,
+    /// Directory holding the served buckets; created if missing or empty. Not with
+    /// --catalog postgres://...
+    pub dir: Option<PathBuf>,
+    /// Where bucket metadata lives: `sqlite:DIR` (the same as giving DIR) or a PostgreSQL
+    /// connection string (`postgres://USER@HOST/DB`, `host=/run/postgresql dbname=DB`), which
+    /// any number of replicas may share. With PostgreSQL, --objects is needed too.
+    #[arg(long)]
+    pub catalog: Option<String>,
+    /// With --catalog postgres://...: where xorbs and shards live, a directory or
+    /// `s3://BUCKET[/PREFIX]` of any S3-compatible store (AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY from the environment). S3 stores hand
+    /// clients signed URLs, so bytes go straight between client and store.
+    #[arg(long)]
+    pub objects: Option<String>,
     /// Address to listen on (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,

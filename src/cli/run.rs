@@ -434,7 +434,37 @@ fn mount_nfs(
     mounted
 }
 
+/// The stores `serve` was pointed at; the error is one sentence.
+fn serve_stores(args: &HttpServeArgs) -> Result<xetmount::server::Stores, UserError> {
+    use xetmount::server::Stores;
+    let catalog = args.catalog.as_deref();
+    let sqlite = catalog.and_then(|c| c.strip_prefix("sqlite:"));
+    match (&args.dir, catalog, sqlite, &args.objects) {
+        (Some(_), Some(_), _, _) => Err(UserError(
+            "give either a directory or --catalog, not both".into(),
+        )),
+        (Some(_), None, _, Some(_)) | (None, Some(_), Some(_), Some(_)) => Err(UserError(
+            "--objects needs --catalog postgres://...; a directory store keeps its objects inside it"
+                .into(),
+        )),
+        (Some(dir), None, _, None) => Ok(Stores::Dir(dir.clone())),
+        (None, Some(_), Some(dir), None) => Ok(Stores::Dir(dir.into())),
+        (None, Some(c), None, Some(o)) => Ok(Stores::Shared {
+            catalog: c.to_string(),
+            objects: o.clone(),
+        }),
+        (None, Some(_), None, None) => Err(UserError(
+            "--catalog postgres://... needs --objects DIR|s3://BUCKET[/PREFIX] for the file bytes"
+                .into(),
+        )),
+        (None, None, _, _) => Err(UserError(
+            "give the directory to serve, or --catalog postgres://... and --objects URL".into(),
+        )),
+    }
+}
+
 pub fn serve_http(args: HttpServeArgs) -> Result<(), UserError> {
+    let stores = serve_stores(&args)?;
     let log = open_log(&args.service, None)?;
     logging::init(args.service.log_format, log.clone());
     let rt = runtime("xetmount-serve")?;
@@ -470,7 +500,7 @@ pub fn serve_http(args: HttpServeArgs) -> Result<(), UserError> {
             hub_rate_limit: args.hub_rate_limit,
             hub_only: args.hub_only,
         };
-        let server = xetmount::server::Server::open(&args.dir, ctx, opts)
+        let server = xetmount::server::Server::open(&stores, ctx, opts)
             .await
             .map_err(|e| UserError(e.to_string()))?;
         if let Some(l) = metrics_listener {

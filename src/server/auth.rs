@@ -110,14 +110,14 @@ impl Auth {
     pub fn new(
         token_file: Option<&Path>,
         default_user: String,
-        secret_path: &Path,
+        key: [u8; 32],
         cas_token_ttl_secs: u64,
     ) -> Result<Self, AuthError> {
         let tokens = token_file.map(parse_token_file).transpose()?;
         Ok(Auth {
             tokens,
             default_user,
-            key: load_or_create_secret(secret_path)?,
+            key,
             cas_token_ttl_secs,
         })
     }
@@ -240,17 +240,8 @@ fn parse_token_file(path: &Path) -> Result<Vec<HubToken>, AuthError> {
     Ok(out)
 }
 
-fn load_or_create_secret(path: &Path) -> Result<[u8; 32], AuthError> {
-    let err = |source| AuthError::Secret {
-        path: path.display().to_string(),
-        source,
-    };
-    if let Ok(bytes) = std::fs::read(path) {
-        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
-            return Ok(key);
-        }
-    }
-    let mut key = [0u8; 32];
+/// 32 bytes no one can guess: the kernel's randomness, mixed with the time and process.
+pub fn random_key() -> [u8; 32] {
     let seed = format!(
         "{:?}{}{:?}",
         SystemTime::now(),
@@ -265,7 +256,29 @@ fn load_or_create_secret(path: &Path) -> Result<[u8; 32], AuthError> {
     let mut h = blake3::Hasher::new();
     h.update(seed.as_bytes());
     h.update(&urandom);
-    key.copy_from_slice(h.finalize().as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// A fresh identifier no one can guess (32 hex digits), for upload grants.
+pub fn random_id() -> String {
+    random_key()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The key in `path` (32 bytes), made and written there (0600) first if there is none.
+pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], AuthError> {
+    let err = |source| AuthError::Secret {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Ok(bytes) = std::fs::read(path) {
+        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(key);
+        }
+    }
+    let key = random_key();
     let tmp = path.with_extension("tmp");
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -296,7 +309,13 @@ mod tests {
             "# comment\nabc alice write\nro bob read alice/shared *\n",
         )
         .unwrap();
-        let a = Auth::new(Some(&tf), "local".into(), &d.path().join("secret"), 60).unwrap();
+        let a = Auth::new(
+            Some(&tf),
+            "local".into(),
+            load_or_create_secret(&d.path().join("secret")).unwrap(),
+            60,
+        )
+        .unwrap();
         let alice = a.caller(Some("abc")).unwrap().unwrap();
         assert_eq!(alice.scope_on("alice/x"), Some(Scope::Write));
         assert_eq!(alice.scope_on("bob/x"), None);
@@ -329,7 +348,13 @@ mod tests {
         forged.replace_range(6..7, if &t[6..7] == "A" { "B" } else { "A" });
         assert_eq!(a.check_cas_token(&forged), None);
         // The secret persists: a restarted server accepts the token.
-        let b = Auth::new(Some(&tf), "local".into(), &d.path().join("secret"), 60).unwrap();
+        let b = Auth::new(
+            Some(&tf),
+            "local".into(),
+            load_or_create_secret(&d.path().join("secret")).unwrap(),
+            60,
+        )
+        .unwrap();
         assert!(b.check_cas_token(&t).is_some());
         let exp = now_secs() + 10;
         let q = a.sign_fetch("ab12", exp);
@@ -337,10 +362,22 @@ mod tests {
         assert!(a.check_fetch("ab12", exp, sig));
         assert!(!a.check_fetch("ab13", exp, sig));
         assert!(!a.check_fetch("ab12", exp + 1, sig));
-        let expired = Auth::new(None, "local".into(), &d.path().join("secret"), 0).unwrap();
+        let expired = Auth::new(
+            None,
+            "local".into(),
+            load_or_create_secret(&d.path().join("secret")).unwrap(),
+            0,
+        )
+        .unwrap();
         let (t, _) = expired.mint_cas_token("a/b", Scope::Read);
         assert_eq!(expired.check_cas_token(&t), None);
         std::fs::write(&tf, "abc alice admin\n").unwrap();
-        assert!(Auth::new(Some(&tf), "l".into(), &d.path().join("secret"), 1).is_err());
+        assert!(Auth::new(
+            Some(&tf),
+            "l".into(),
+            load_or_create_secret(&d.path().join("secret")).unwrap(),
+            1
+        )
+        .is_err());
     }
 }

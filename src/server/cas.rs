@@ -1,11 +1,12 @@
 //! The Xet CAS routes xet-client 1.8.0's `RemoteClient` calls (shared/protocol/
-//! XET_CAS_AND_HUB_CLIENTS.md §2.3), over the store's `LocalClient` and its xorb files.
+//! XET_CAS_AND_HUB_CLIENTS.md §2.3), over the server's store (`store/`).
 //!
 //! Reconstructions name whole chunks narrowed to the requested range, and hand out fetch URLs
-//! signed with an expiry (no bearer token needed, as for a presigned storage URL). Upload
-//! grants are not offered (the client falls back to direct xorb uploads). A shard is accepted
-//! only if every xorb its files use is stored, so a file the catalog can name is always
-//! reconstructible.
+//! with an expiry (no bearer token needed): the object store's own presigned URLs where it
+//! signs them, else URLs of this server's fetch route, signed by it. Upload grants (presigned
+//! PUTs to the object store) are offered where the store signs; elsewhere the grant route
+//! answers 404 and the client uploads to `/v1/xorbs`. A shard is accepted only if every xorb
+//! its files use is stored, so a file the catalog can name is always reconstructible.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -20,13 +21,12 @@ use serde_json::{json, Value};
 use xet_client::cas_types::FileRange;
 use xet_core_structures::merklehash::MerkleHash;
 use xet_core_structures::metadata_shard::streaming_shard::MDBMinimalShard;
-use xet_core_structures::xorb_object::SerializedXorbObject;
 
 use super::auth::now_secs;
 use super::extract::{CasToken, Read, Write};
 use super::hub::{error, internal};
+use super::store::{GrantCommit, LocatedTerm, PutError};
 use super::{Answer, Server};
-use crate::remote::local::LocatedTerm;
 use crate::remote::{cas_wire, RemoteError};
 
 /// Lifetime of a fetch URL.
@@ -117,20 +117,22 @@ impl Server {
     pub async fn file_size(&self, hash: &str) -> Result<Option<u64>, RemoteError> {
         let h = MerkleHash::from_hex(hash)
             .map_err(|_| RemoteError::NotFound(format!("{hash} is not a hash")))?;
-        match self.cas.reader().body_size(h).await {
-            Ok(n) => Ok(Some(n)),
-            Err(RemoteError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.cas.file_size(&h).await
     }
 
-    fn fetch_url(&self, xorb: &str) -> String {
+    /// Where a client GETs (ranges of) xorb `xorb`: the object store itself where it signs
+    /// URLs, else this server's fetch route.
+    async fn fetch_url(&self, xorb: &str) -> Result<String, Response> {
+        let h = parse_hash(xorb)?;
+        if let Some(url) = self.cas.xorb_url(&h).await.map_err(internal)? {
+            return Ok(url);
+        }
         let exp = now_secs() + FETCH_TTL_SECS;
-        format!(
+        Ok(format!(
             "{}/fetch/{xorb}?{}",
             self.public_url,
             self.auth.sign_fetch(xorb, exp)
-        )
+        ))
     }
 }
 
@@ -158,13 +160,7 @@ async fn reconstruction(
         None => return Err(no_file(file)),
     };
     let range = parse_range(headers, size)?;
-    let Some(located) = s
-        .cas
-        .reader()
-        .locate(hash, range)
-        .await
-        .map_err(remote_err)?
-    else {
+    let Some(located) = s.cas.locate(hash, range).await.map_err(remote_err)? else {
         return Err(error(
             StatusCode::RANGE_NOT_SATISFIABLE,
             None,
@@ -184,20 +180,22 @@ async fn reconstruction(
         .collect();
     let per_xorb = fetch_ranges(&located.terms, v2);
     let offset = located.offset_into_first;
+    let mut urls = Vec::with_capacity(per_xorb.len());
+    for h in per_xorb.keys() {
+        urls.push(s.fetch_url(h).await?);
+    }
     let body = if v2 {
         let xorbs: serde_json::Map<String, Value> = per_xorb
             .into_iter()
-            .map(|(h, ranges)| {
-                let url = s.fetch_url(&h);
-                (h, json!([{"url": url, "ranges": ranges}]))
-            })
+            .zip(urls)
+            .map(|((h, ranges), url)| (h, json!([{"url": url, "ranges": ranges}])))
             .collect();
         json!({"offset_into_first_range": offset, "terms": terms, "xorbs": xorbs})
     } else {
         let fetch: serde_json::Map<String, Value> = per_xorb
             .into_iter()
-            .map(|(h, ranges)| {
-                let url = s.fetch_url(&h);
+            .zip(urls)
+            .map(|((h, ranges), url)| {
                 let list: Vec<Value> = ranges
                     .into_iter()
                     .map(|mut r| {
@@ -296,14 +294,16 @@ pub async fn fetch(
         ));
     }
     let hash = parse_hash(&xorb)?;
-    let reader = s.cas.reader().clone();
-    let len = reader.raw_len(&hash).map_err(remote_err)?;
+    let Some(len) = s.cas.xorb_len(&hash).await.map_err(remote_err)? else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            None,
+            format!("xorb {xorb} not found"),
+        ));
+    };
     let range = parse_range(&headers, len)?;
     let span = range.clone().unwrap_or(0..len);
-    let bytes = tokio::task::spawn_blocking(move || reader.raw(&hash, span))
-        .await
-        .map_err(internal)?
-        .map_err(remote_err)?;
+    let bytes = s.cas.xorb_bytes(&hash, span).await.map_err(remote_err)?;
     Ok(match range {
         Some(r) => (
             StatusCode::PARTIAL_CONTENT,
@@ -324,13 +324,7 @@ pub async fn dedup(
     _: CasToken<Read>,
 ) -> Answer {
     let hash = parse_hash(&chunk)?;
-    let shard = match s
-        .cas
-        .client()
-        .query_for_global_dedup_shard(&prefix, &hash)
-        .await
-        .map_err(internal)?
-    {
+    let shard = match s.cas.dedup_shard(&prefix, &hash).await.map_err(internal)? {
         Some(shard) => shard,
         None => return Ok(StatusCode::NOT_FOUND.into_response()),
     };
@@ -359,18 +353,82 @@ pub async fn dedup(
     })
 }
 
-/// Grants are not offered: the client uploads straight to `/v1/xorbs`.
-pub async fn no_grants() -> Response {
-    StatusCode::NOT_FOUND.into_response()
+/// `POST /v1/xorb-grants/{prefix}/{xorb}` with `{"length", "checksum": {"algo": "crc64nvme",
+/// "value": "<decimal>"}}`: 201 with a grant (a presigned PUT to the object store) where the
+/// store signs, 200 if the xorb is stored already, else 404 (the client then uploads to
+/// `/v1/xorbs`).
+pub async fn grant(
+    State(s): S,
+    Path((_prefix, xorb)): Path<(String, String)>,
+    _: CasToken<Write>,
+    axum::Json(req): axum::Json<xet_client::cas_types::XorbUploadGrantRequest>,
+) -> Answer {
+    let hash = parse_hash(&xorb)?;
+    if s.cas.has_xorb(&hash).await.map_err(remote_err)? {
+        return Ok(StatusCode::OK.into_response());
+    }
+    if req.length > MAX_XORB_BYTES {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            None,
+            format!("a xorb holds at most {MAX_XORB_BYTES} bytes"),
+        ));
+    }
+    let xet_client::cas_types::Checksum::Crc64Nvme(crc) = req.checksum;
+    let Some(g) = s
+        .cas
+        .grant(hash, req.length, crc)
+        .await
+        .map_err(remote_err)?
+    else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    let grant = xet_client::cas_types::XorbUploadGrant {
+        id: g.id,
+        method: "PUT".into(),
+        url: g.url,
+        headers: g.headers.into_iter().collect(),
+    };
+    Ok((StatusCode::CREATED, axum::Json(grant)).into_response())
+}
+
+/// `POST /v1/xorb-commits/{prefix}/{xorb}/grant/{id}`: check what was uploaded for the grant
+/// and store it as the xorb. 404 if nothing (or not the promised bytes) was uploaded: the
+/// client asks for a new grant.
+pub async fn commit_grant(
+    State(s): S,
+    Path((_prefix, xorb, id)): Path<(String, String, String)>,
+    _: CasToken<Write>,
+) -> Answer {
+    let hash = parse_hash(&xorb)?;
+    match s.cas.commit_grant(hash, &id).await {
+        Ok(GrantCommit::Stored) => Ok(axum::Json(json!({"was_inserted": true})).into_response()),
+        Ok(GrantCommit::NotUploaded) => Err(error(
+            StatusCode::NOT_FOUND,
+            None,
+            format!("no upload for grant {id} of xorb {xorb}"),
+        )),
+        Err(e) => Err(put_err(e)),
+    }
+}
+
+/// Largest serialized xorb a client may send (xet-core cuts them at 64 MiB of chunks).
+const MAX_XORB_BYTES: u64 = 80 << 20;
+
+fn put_err(e: PutError) -> Response {
+    match e {
+        PutError::Refused(m) => error(StatusCode::BAD_REQUEST, None, m),
+        PutError::Store(e) => internal(e),
+    }
 }
 
 pub async fn upload_xorb(
     State(s): S,
-    Path((prefix, xorb)): Path<(String, String)>,
+    Path((_prefix, xorb)): Path<(String, String)>,
     _: CasToken<Write>,
     body: Bytes,
 ) -> Response {
-    match store_xorb(&s, &prefix, &xorb, body).await {
+    match store_xorb(&s, &xorb, body).await {
         Ok(inserted) => axum::Json(json!({"was_inserted": inserted})).into_response(),
         Err(r) => r,
     }
@@ -378,30 +436,9 @@ pub async fn upload_xorb(
 
 /// Store serialized xorb `xorb` (checked against its hash), on disk before this returns:
 /// the client's shard or commit naming it comes after. Whether it was new.
-async fn store_xorb(s: &Server, prefix: &str, xorb: &str, body: Bytes) -> Result<bool, Response> {
+async fn store_xorb(s: &Server, xorb: &str, body: Bytes) -> Result<bool, Response> {
     let hash = parse_hash(xorb)?;
-    let existed = s.cas.reader().has_xorb(&hash);
-    let obj = SerializedXorbObject {
-        raw_num_bytes: body.len() as u64,
-        serialized_data: body.to_vec(),
-        hash,
-        num_chunks: 0,
-        footer_start: None,
-    };
-    let client = s.cas.client();
-    let permit = client.acquire_upload_permit().await.map_err(internal)?;
-    client
-        .upload_xorb(prefix, obj, None, permit)
-        .await
-        .map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                None,
-                format!("xorb {xorb} refused: {e}"),
-            )
-        })?;
-    s.cas.durable().xorb(&hash).await.map_err(internal)?;
-    Ok(!existed)
+    s.cas.put_xorb(hash, body).await.map_err(put_err)
 }
 
 /// Store an upload's xorbs, then its shard, for `bucket`; how many xorbs were new.
@@ -416,7 +453,7 @@ pub(super) async fn store_upload(
         .map_err(|e| error(StatusCode::BAD_REQUEST, None, e))?;
     let mut inserted = 0;
     for (x, bytes) in xorbs {
-        inserted += u64::from(store_xorb(s, &x.prefix, &x.hash, bytes).await?);
+        inserted += u64::from(store_xorb(s, &x.hash, bytes).await?);
     }
     store_shard(s, bucket, shard).await?;
     Ok(inserted)
@@ -431,7 +468,7 @@ async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Respon
         let f = shard.file(i).expect("index below num_files");
         for k in 0..f.num_entries() {
             let x = f.entry(k).xorb_hash;
-            if !s.cas.reader().has_xorb(&x) {
+            if !s.cas.has_xorb(&x).await.map_err(remote_err)? {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
                     None,
@@ -501,18 +538,19 @@ async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Respon
                 .map(|m| (m.sha256.hex(), f.file_hash().hex()))
         })
         .collect();
-    let client = s.cas.client();
-    let permit = client.acquire_upload_permit().await.map_err(internal)?;
-    let stored = client
-        .upload_shard(body, permit, None)
-        .await
-        .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("shard refused: {e}")))?;
-    s.cas.durable().shard(stored).await.map_err(internal)?;
-    s.repos
-        .note_sha256(shas.iter().map(|(a, b)| (a.as_str(), b.as_str())))
-        .map_err(internal)?;
+    s.cas.put_shard(body, &shard).await.map_err(put_err)?;
+    if let Some(repos) = &s.repos {
+        repos
+            .note_sha256(shas.iter().map(|(a, b)| (a.as_str(), b.as_str())))
+            .map_err(internal)?;
+    }
     s.buckets
-        .note_hashes(bucket, files.iter().map(String::as_str), true)
+        .note_hashes(
+            bucket,
+            &files.iter().map(String::as_str).collect::<Vec<_>>(),
+            true,
+        )
+        .await
         .map_err(internal)
 }
 
@@ -566,12 +604,11 @@ pub async fn file_chunk_hashes(
         return Err(bad());
     };
     ranges.sort_by_key(|r| r.start);
-    Ok(
-        match s.cas.client().get_file_chunk_hashes(&hash, ranges).await {
-            Ok(resp) => axum::Json(resp).into_response(),
-            Err(e) => error(StatusCode::NOT_FOUND, None, e.to_string()),
-        },
-    )
+    Ok(match s.cas.file_chunk_hashes(&hash, ranges).await {
+        Ok(resp) => axum::Json(resp).into_response(),
+        Err(e @ RemoteError::NotFound(_)) => error(StatusCode::NOT_FOUND, None, e.to_string()),
+        Err(e) => internal(e),
+    })
 }
 
 pub async fn telemetry() -> Response {
@@ -589,7 +626,6 @@ pub async fn chunk_lists(
     Query(q): Query<ChunkListsQuery>,
     t: CasToken<Read>,
 ) -> Answer {
-    use crate::remote::xet::compose::ChunkMap;
     let hash = s.readable_file(&t.bucket, &file).await?;
     let wanted = match q.bytes.as_deref().map(cas_wire::parse_ranges) {
         None => Vec::new(),
@@ -609,13 +645,7 @@ pub async fn chunk_lists(
             ))
         }
     };
-    let Some(lists) = s
-        .cas
-        .chunk_map()
-        .chunk_lists(&hash)
-        .await
-        .map_err(remote_err)?
-    else {
+    let Some(lists) = s.cas.chunk_lists(&hash).await.map_err(remote_err)? else {
         return Err(no_file(&file));
     };
     let segments: Vec<cas_wire::WireSegment> = lists
@@ -661,7 +691,6 @@ async fn stored_pieces(
     for r in wanted {
         let Some(located) = s
             .cas
-            .reader()
             .locate(hash, Some(r.clone()))
             .await
             .map_err(remote_err)?
@@ -670,10 +699,10 @@ async fn stored_pieces(
         };
         let mut at = r.start - located.offset_into_first;
         for t in located.terms {
-            let reader = s.cas.reader().clone();
-            let bytes = tokio::task::spawn_blocking(move || reader.raw(&t.xorb, t.packed))
+            let bytes = s
+                .cas
+                .xorb_bytes(&t.xorb, t.packed)
                 .await
-                .map_err(internal)?
                 .map_err(remote_err)?;
             pieces.push(cas_wire::WirePiece {
                 at,

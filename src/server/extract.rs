@@ -60,7 +60,7 @@ impl<N: Need> FromRequestParts<Arc<Server>> for BucketAccess<N> {
             .await
             .map_err(IntoResponse::into_response)?;
         let id = format!("{}/{}", p.ns, p.name);
-        let (info, _) = s.access(&parts.headers, &id, N::SCOPE)?;
+        let (info, _) = s.access(&parts.headers, &id, N::SCOPE).await?;
         Ok(BucketAccess {
             id,
             info,
@@ -82,7 +82,7 @@ impl<N: Need> FromRequestParts<Arc<Server>> for OpenBucket<N> {
 
     async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> Result<Self, Response> {
         let a = BucketAccess::<N>::from_request_parts(parts, s).await?;
-        let bucket = s.buckets.bucket(&a.id).map_err(internal)?;
+        let bucket = s.buckets.bucket(&a.id).await.map_err(internal)?;
         Ok(OpenBucket {
             id: a.id,
             bucket,
@@ -137,14 +137,14 @@ impl Server {
     }
 
     /// The bucket, if the caller may `need` it (see [`Self::decide`] for the refusals).
-    pub(super) fn access(
+    pub(super) async fn access(
         &self,
         headers: &HeaderMap,
         id: &str,
         need: Scope,
     ) -> Result<(BucketInfo, Option<Caller>), Response> {
         let caller = self.caller(headers)?;
-        let info = self.buckets.info(id).map_err(internal)?;
+        let info = self.buckets.info(id).await.map_err(internal)?;
         let private = info.as_ref().map(|i| i.private);
         Self::decide(caller.as_ref(), private, id, &format!("Bucket {id}"), need)?;
         Ok((info.expect("decide refuses a missing bucket"), caller))

@@ -38,6 +38,10 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// Bytes answered on the fetch route and with chunk lists (which may carry stored chunks).
     fetch_bytes: Counter,
+    /// Bytes of xorbs and shards clients sent to this server (not to an object store).
+    upload_bytes: Counter,
+    /// Bytes read back from the object store to check what clients uploaded there.
+    pub verify_bytes: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -50,6 +54,8 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::new_with_constructor(latency_buckets as fn() -> Histogram);
         let fetch_bytes = Counter::default();
+        let upload_bytes = Counter::default();
+        let verify_bytes = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "xetmount_serve_requests",
@@ -66,11 +72,23 @@ impl Default for Metrics {
             "Bytes of xorb data answered on the fetch and chunk-list routes",
             fetch_bytes.clone(),
         );
+        registry.register(
+            "xetmount_serve_upload_bytes",
+            "Bytes of xorb and shard uploads clients sent to this server",
+            upload_bytes.clone(),
+        );
+        registry.register(
+            "xetmount_serve_verify_bytes",
+            "Bytes read back from the object store to check uploads clients made there",
+            verify_bytes.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             requests,
             latency,
             fetch_bytes,
+            upload_bytes,
+            verify_bytes,
         }
     }
 }
@@ -90,6 +108,16 @@ pub async fn count(State(s): State<Arc<Server>>, req: Request, next: Next) -> Re
         .unwrap_or_default();
     let method = req.method().to_string();
     let fetch = route.starts_with("/fetch/") || route.starts_with("/v1/xetmount/chunks/");
+    // Every route a client sends xorb or shard bytes to (a framed commit carries uploads).
+    let upload = route.starts_with("/v1/xorbs/")
+        || route.starts_with("/v1/shards")
+        || route.starts_with("/v2/shards")
+        || route.ends_with("/xetmount/commit");
+    let sent: u64 = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
     tracing::debug!("request {method} {route}");
     let started = Instant::now();
     let r = next.run(req).await;
@@ -108,6 +136,9 @@ pub async fn count(State(s): State<Arc<Server>>, req: Request, next: Next) -> Re
             status: r.status().as_u16(),
         })
         .inc();
+    if upload {
+        m.upload_bytes.inc_by(sent);
+    }
     if fetch {
         m.fetch_bytes
             .inc_by(r.body().size_hint().exact().unwrap_or(0));

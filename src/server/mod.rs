@@ -1,6 +1,13 @@
-//! `xetmount serve`: hosts buckets and repos from one store directory and speaks the
-//! protocols their clients need: the Hugging Face bucket API (hub/), the repo API (repo_api/)
-//! and the Xet CAS API (cas.rs), on one listener. Layout of the directory:
+//! `xetmount serve`: hosts buckets and repos and speaks the protocols their clients need: the
+//! Hugging Face bucket API (hub/), the repo API (repo_api/) and the Xet CAS API (cas.rs), on
+//! one listener. Two deployments ([`Stores`]):
+//!
+//! - one directory on one machine (SQLite catalogs, xet-core's local CAS), laid out below;
+//! - shared stores for any number of replicas: metadata in PostgreSQL (`pg/`: registry,
+//!   catalogs, the CAS index) and xorbs and shards in an object store (`store/object.rs`).
+//!   Repos are not hosted there yet.
+//!
+//! Layout of the directory:
 //!
 //! ```text
 //! <dir>/XETMOUNT_SERVE          marker with the format version
@@ -30,6 +37,7 @@ pub mod pg;
 pub mod repo_api;
 pub mod repos;
 pub mod scope;
+pub mod store;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -41,12 +49,22 @@ use axum::Router;
 use xet_runtime::core::XetContext;
 
 use crate::remote::local::{lock_store, XetCas};
+use store::ServedCas;
 
 /// A handler's answer: `Err` is an early refusal, answered as it is.
 pub type Answer = Result<axum::response::Response, axum::response::Response>;
 
 const MARKER: &str = "XETMOUNT_SERVE";
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Where a server keeps what it hosts.
+pub enum Stores {
+    /// One directory (see the module's documentation).
+    Dir(PathBuf),
+    /// PostgreSQL (a connection string) and an object store (`objects.rs`'s URL), shared
+    /// by every replica started with the same two.
+    Shared { catalog: String, objects: String },
+}
 
 pub struct ServeOptions {
     pub token_file: Option<PathBuf>,
@@ -76,18 +94,23 @@ pub enum ServeError {
     Store(#[from] crate::remote::local::StoreError),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    /// A shared store could not be reached or set up: the sentence says which and why.
+    #[error("{0}")]
+    Shared(String),
 }
 
 pub struct Server {
     pub buckets: buckets::Buckets,
-    pub repos: repos::Repos,
-    pub cas: Arc<XetCas>,
+    /// `None` on shared stores (repos are hosted from a directory only, for now).
+    pub repos: Option<repos::Repos>,
+    pub cas: Arc<dyn ServedCas>,
     pub auth: auth::Auth,
     pub public_url: String,
     hub_rate_limit: u32,
     pub hub_only: bool,
     pub metrics: metrics::Metrics,
-    _lock: File,
+    /// The serve directory's lock, held while serving one.
+    _lock: Option<File>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
@@ -98,8 +121,73 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
 }
 
 impl Server {
-    /// Open (or create) the served store at `root`. Must run inside the runtime `ctx` wraps.
+    /// Open (or create) the stores. Must run inside the runtime `ctx` wraps.
     pub async fn open(
+        stores: &Stores,
+        ctx: XetContext,
+        opts: ServeOptions,
+    ) -> Result<Arc<Self>, ServeError> {
+        match stores {
+            Stores::Dir(root) => Self::open_dir(root, ctx, opts).await,
+            Stores::Shared { catalog, objects } => Self::open_shared(catalog, objects, opts).await,
+        }
+    }
+
+    /// Repos, or the answer that this server does not host them.
+    pub fn repos(&self) -> Result<&repos::Repos, axum::response::Response> {
+        self.repos.as_ref().ok_or_else(|| {
+            hub::error(
+                axum::http::StatusCode::NOT_IMPLEMENTED,
+                None,
+                "this server keeps its data in PostgreSQL and an object store, where repos are \
+                 not hosted yet; use buckets, or serve repos from a directory",
+            )
+        })
+    }
+
+    async fn open_shared(
+        catalog: &str,
+        objects: &str,
+        opts: ServeOptions,
+    ) -> Result<Arc<Self>, ServeError> {
+        let shared = |what: &str| {
+            let what = what.to_string();
+            move |e: crate::remote::RemoteError| ServeError::Shared(format!("{what}: {e}"))
+        };
+        let pool = pg::connect(catalog).await.map_err(ServeError::Shared)?;
+        let registry = pg::PgBuckets::open(pool.clone())
+            .await
+            .map_err(shared("cannot set up the catalog database"))?;
+        let key = registry
+            .shared_secret()
+            .await
+            .map_err(shared("cannot read the signing key"))?;
+        let index = pg::CasIndex::open(pool)
+            .await
+            .map_err(shared("cannot set up the CAS index"))?;
+        let objects = Arc::new(objects::Objects::open(objects).map_err(ServeError::Shared)?);
+        let metrics = metrics::Metrics::default();
+        let cas = store::object::ObjectCas::new(objects, index, metrics.verify_bytes.clone());
+        let auth = auth::Auth::new(
+            opts.token_file.as_deref(),
+            opts.user,
+            key,
+            opts.cas_token_ttl_secs,
+        )?;
+        Ok(Arc::new(Server {
+            buckets: buckets::Buckets::new(Box::new(registry)),
+            repos: None,
+            cas: Arc::new(cas),
+            auth,
+            public_url: opts.public_url.trim_end_matches('/').to_string(),
+            hub_rate_limit: opts.hub_rate_limit,
+            hub_only: opts.hub_only,
+            metrics,
+            _lock: None,
+        }))
+    }
+
+    async fn open_dir(
         root: &Path,
         ctx: XetContext,
         opts: ServeOptions,
@@ -142,7 +230,7 @@ impl Server {
                 path: cas_root.clone(),
                 detail: e.to_string(),
             })?;
-        let buckets = buckets::Buckets::open(&root).map_err(|e| ServeError::Io {
+        let buckets = buckets::sqlite::SqliteBuckets::open(&root).map_err(|e| ServeError::Io {
             path: root.join("server.db"),
             detail: e.to_string(),
         })?;
@@ -153,19 +241,19 @@ impl Server {
         let auth = auth::Auth::new(
             opts.token_file.as_deref(),
             opts.user,
-            &root.join("secret"),
+            auth::load_or_create_secret(&root.join("secret"))?,
             opts.cas_token_ttl_secs,
         )?;
         Ok(Arc::new(Server {
-            buckets,
-            repos,
+            buckets: buckets::Buckets::new(Box::new(buckets)),
+            repos: Some(repos),
             cas: Arc::new(cas),
             auth,
             public_url: opts.public_url.trim_end_matches('/').to_string(),
             hub_rate_limit: opts.hub_rate_limit,
             hub_only: opts.hub_only,
             metrics: metrics::Metrics::default(),
-            _lock: lock,
+            _lock: Some(lock),
         }))
     }
 }
@@ -195,13 +283,19 @@ pub fn router(state: Arc<Server>) -> Router {
         .route("/v1/reconstructions/{file}", get(cas::reconstruction_v1))
         .route("/fetch/{xorb}", get(cas::fetch))
         .route("/v1/chunks/{prefix}/{chunk}", get(cas::dedup))
-        .route("/v1/xorb-grants/{prefix}/{xorb}", post(cas::no_grants))
+        .route("/v1/xorb-grants/{prefix}/{xorb}", post(cas::grant))
+        .route(
+            "/v1/xorb-commits/{prefix}/{xorb}/grant/{id}",
+            post(cas::commit_grant),
+        )
         .route("/v1/xorbs/{prefix}/{xorb}", post(cas::upload_xorb))
         .route("/v2/shards", post(cas::shard_v2))
         .route("/v1/shards", post(cas::shard_v1))
         .route("/v2/file-chunk-hashes/{file}", get(cas::file_chunk_hashes))
         .route("/v1/telemetry", post(cas::telemetry));
-    r = repo_api::routes(r);
+    if state.repos.is_some() {
+        r = repo_api::routes(r);
+    }
     if !state.hub_only {
         r = r
             // xetmount's own catalog routes.
@@ -252,9 +346,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn serve_startup_removes_what_a_crash_left() {
         let d = tempfile::tempdir().unwrap();
+        let stores = Stores::Dir(d.path().to_path_buf());
         let open = || {
             Server::open(
-                d.path(),
+                &stores,
                 XetContext::from_external(tokio::runtime::Handle::current(), xet_config()),
                 ServeOptions {
                     token_file: None,

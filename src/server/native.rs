@@ -177,9 +177,14 @@ pub async fn commit(State(s): S, b: OpenBucket<Write>, headers: HeaderMap, body:
     let _one_batch_at_a_time = b.bucket.batch_lock.lock().await;
     let rev = b.bucket.commit(ops).await.map_err(remote_err)?;
     s.buckets
-        .note_hashes(&b.id, added.iter().map(String::as_str), false)
-        .and_then(|()| s.buckets.touch(&b.id))
+        .note_hashes(
+            &b.id,
+            &added.iter().map(String::as_str).collect::<Vec<_>>(),
+            false,
+        )
+        .await
         .map_err(remote_err)?;
+    s.buckets.touch(&b.id).await.map_err(remote_err)?;
     Ok(axum::Json(json!({ "revision": rev })).into_response())
 }
 

@@ -43,7 +43,16 @@ fn err(what: &str, e: impl std::fmt::Display) -> RemoteError {
 /// The CRC64-NVME of `bytes`, as S3 wants it in [`CHECKSUM_HEADER`]: base64 of its 8
 /// big-endian bytes.
 pub fn crc64nvme_header(bytes: &[u8]) -> String {
-    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, bytes);
+    crc64nvme_value_header(crc64nvme(bytes))
+}
+
+/// The CRC64-NVME of `bytes` (what xet-core's upload grant requests carry, in decimal).
+pub fn crc64nvme(bytes: &[u8]) -> u64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, bytes)
+}
+
+/// CRC64-NVME `crc` as S3 wants it in [`CHECKSUM_HEADER`].
+pub fn crc64nvme_value_header(crc: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
 }
 
@@ -148,6 +157,14 @@ impl Objects {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(err(key, e)),
         }
+    }
+
+    /// Copy object `from` to `to`, inside the store (an S3 CopyObject: no bytes pass here).
+    pub async fn copy(&self, from: &str, to: &str) -> RemoteResult<()> {
+        self.store
+            .copy(&Path::from(from), &Path::from(to))
+            .await
+            .map_err(|e| err(from, e))
     }
 
     /// Remove the object (absent already is fine).

@@ -24,16 +24,24 @@ pub fn is_hash(h: &str) -> bool {
 impl Server {
     /// Whether body `hash` may be read through bucket or repo `id`.
     pub async fn bucket_has_body(&self, id: &str, hash: &str) -> RemoteResult<bool> {
-        if hash == EMPTY_HASH || self.buckets.was_uploaded(id, hash)? {
+        if hash == EMPTY_HASH || self.buckets.was_uploaded(id, hash).await? {
             return Ok(true);
         }
         if is_repo_key(id) {
-            return self.repos.references(id, hash);
+            return match &self.repos {
+                Some(r) => r.references(id, hash),
+                None => Ok(false),
+            };
         }
-        if self.buckets.info(id)?.is_none() {
+        if self.buckets.info(id).await?.is_none() {
             return Ok(false);
         }
-        self.buckets.bucket(id)?.catalog.references(hash).await
+        self.buckets
+            .bucket(id)
+            .await?
+            .catalog
+            .references(hash)
+            .await
     }
 
     /// Whether the caller of `headers` may name body `hash` in bucket `id` (which it may
@@ -49,9 +57,9 @@ impl Server {
             return Ok(true);
         }
         // The buckets the body was ever recorded in; each is checked as it is now.
-        for other in self.buckets.buckets_with(hash).map_err(internal)? {
+        for other in self.buckets.buckets_with(hash).await.map_err(internal)? {
             if other != id
-                && self.may_read(headers, &other)?
+                && self.may_read(headers, &other).await?
                 && self.bucket_has_body(&other, hash).await.map_err(internal)?
             {
                 return Ok(true);
@@ -61,12 +69,19 @@ impl Server {
     }
 
     /// Whether the caller of `headers` may read bucket or repo `key`.
-    pub fn may_read(&self, headers: &HeaderMap, key: &str) -> Result<bool, Response> {
+    pub async fn may_read(&self, headers: &HeaderMap, key: &str) -> Result<bool, Response> {
         let caller = self.caller(headers)?;
         let private = if is_repo_key(key) {
-            self.repos.info(key).map_err(internal)?.map(|i| i.private)
+            match &self.repos {
+                Some(r) => r.info(key).map_err(internal)?.map(|i| i.private),
+                None => None,
+            }
         } else {
-            self.buckets.info(key).map_err(internal)?.map(|i| i.private)
+            self.buckets
+                .info(key)
+                .await
+                .map_err(internal)?
+                .map(|i| i.private)
         };
         Ok(Self::decide(caller.as_ref(), private, key, key, Scope::Read).is_ok())
     }

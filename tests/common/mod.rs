@@ -283,9 +283,31 @@ impl Serve {
     /// On a given port (0: any free port).
     pub fn start_on(dir: &Path, log: &Path, port: u16, extra: &[&str]) -> Serve {
         let listen = format!("127.0.0.1:{port}");
-        let mut child = std::process::Command::new(bin())
-            .args(["serve", dir.to_str().unwrap(), "--listen", &listen])
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["serve", dir.to_str().unwrap(), "--listen", &listen])
+            .args(extra);
+        Self::spawn(cmd, log)
+    }
+
+    /// A replica on shared stores: PostgreSQL at `catalog` and objects at `objects`, with
+    /// `env` (an S3 server's endpoint and keys).
+    pub fn start_shared(
+        catalog: &str,
+        objects: &str,
+        env: &[(&str, String)],
+        log: &Path,
+        extra: &[&str],
+    ) -> Serve {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["serve", "--catalog", catalog, "--objects", objects])
+            .args(["--listen", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        Self::spawn(cmd, log)
+    }
+
+    fn spawn(mut cmd: std::process::Command, log: &Path) -> Serve {
+        let mut child = cmd
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
@@ -423,7 +445,8 @@ pub fn http(url: &str, method: &str, route: &str, token: &str, body: &[u8]) -> (
 }
 
 /// `xetmount serve`'s request counts and fetched bytes (`GET /v1/xetmount/metrics`, in the
-/// OpenMetrics format), as `"METHOD ROUTE" → count` (summed over statuses) plus `fetch_bytes`.
+/// OpenMetrics format), as `"METHOD ROUTE" → count` (summed over statuses) plus `fetch_bytes`,
+/// `upload_bytes` and `verify_bytes`.
 pub fn serve_metrics(url: &str) -> std::collections::BTreeMap<String, u64> {
     let body = http_get(url, "/v1/xetmount/metrics");
     let mut out = std::collections::BTreeMap::new();
@@ -441,11 +464,16 @@ pub fn serve_metrics(url: &str) -> std::collections::BTreeMap<String, u64> {
                 continue;
             };
             *out.entry(format!("{m} {r}")).or_insert(0) += v as u64;
-        } else if l.starts_with("xetmount_serve_fetch_bytes_total ") {
-            out.insert("fetch_bytes".to_string(), v as u64);
+        } else if let Some(name) = ["fetch_bytes", "upload_bytes", "verify_bytes"]
+            .into_iter()
+            .find(|n| l.starts_with(&format!("xetmount_serve_{n}_total ")))
+        {
+            out.insert(name.to_string(), v as u64);
         }
     }
-    out.entry("fetch_bytes".to_string()).or_insert(0);
+    for n in ["fetch_bytes", "upload_bytes", "verify_bytes"] {
+        out.entry(n.to_string()).or_insert(0);
+    }
     out
 }
 
@@ -519,12 +547,32 @@ pub async fn xet_upload(
 /// script keeps its expectations in; a failing phase panics with its output and the
 /// server's log.
 pub fn run_hf_script_across_a_restart(script: &str) {
+    let first = |d: &Path, log: &str| {
+        Serve::start(
+            &d.join("srv"),
+            &d.join(log),
+            &["--token-file", d.join("tokens").to_str().unwrap()],
+        )
+    };
+    run_hf_script_on(script, &first, &first);
+}
+
+/// [`run_hf_script_across_a_restart`] with the servers `first` and `second` start (given the
+/// scratch directory, which holds `tokens`, and a log name): phase `first` runs against the
+/// first, which is then stopped, and `after-restart` against the second.
+pub fn run_hf_script_on(
+    script: &str,
+    first: &dyn Fn(&Path, &str) -> Serve,
+    second: &dyn Fn(&Path, &str) -> Serve,
+) {
     let venv = hf_venv();
     let d = tempfile::tempdir().unwrap();
-    let server = Serve::with_tokens(
-        d.path(),
+    std::fs::write(
+        d.path().join("tokens"),
         "alice-token alice write\nreader-token bob read alice/*\n",
-    );
+    )
+    .unwrap();
+    let server = first(d.path(), "serve.log");
     let scratch = d.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     let run = |server: &Serve, phase: &str| {
@@ -554,11 +602,30 @@ pub fn run_hf_script_across_a_restart(script: &str) {
     };
     run(&server, "first");
     server.stop();
-    let server = Serve::start(
-        &d.path().join("srv"),
-        &d.path().join("serve2.log"),
-        &["--token-file", d.path().join("tokens").to_str().unwrap()],
-    );
+    let server = second(d.path(), "serve2.log");
     run(&server, "after-restart");
     server.stop();
+}
+
+/// Whether files `a` and `b` hold the same bytes (compared in pieces: they may be large).
+pub fn same_file_contents(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    if fa.metadata().unwrap().len() != fb.metadata().unwrap().len() {
+        return false;
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if n == 0 {
+            return true;
+        }
+        fb.read_exact(&mut bb[..n]).unwrap();
+        if ba[..n] != bb[..n] {
+            return false;
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub const SECRET_KEY: &str = "xetmount-test-secret";
 
 pub struct S3 {
     child: Option<Child>,
+    #[allow(dead_code)] // read by some of the test crates that include this file
     pub dir: tempfile::TempDir,
     pub endpoint: String,
 }

@@ -132,10 +132,12 @@ async fn apply(s: &Server, b: &OpenBucket<Write>, c: Checked) -> Answer {
     let processed = c.ops.len();
     if !c.ops.is_empty() {
         b.bucket.commit(c.ops).await.map_err(internal)?;
+        let added: Vec<&str> = c.added.iter().map(String::as_str).collect();
         s.buckets
-            .note_hashes(&b.id, c.added.iter().map(String::as_str), false)
-            .and_then(|()| s.buckets.touch(&b.id))
+            .note_hashes(&b.id, &added, false)
+            .await
             .map_err(internal)?;
+        s.buckets.touch(&b.id).await.map_err(internal)?;
     }
     let status = if processed == 0 && !c.failed.is_empty() {
         StatusCode::UNPROCESSABLE_ENTITY
@@ -334,20 +336,20 @@ async fn check_copy_source(
     };
     if let Some(key) = repo {
         // A repo source: readable by the caller, and some commit of it names the body.
-        let holds = hash == EMPTY_HASH || s.repos.references(&key, hash).map_err(internal)?;
-        if !s.may_read(headers, &key)? || !holds {
+        let holds = hash == EMPTY_HASH || s.repos()?.references(&key, hash).map_err(internal)?;
+        if !s.may_read(headers, &key).await? || !holds {
             return refuse(format!(
                 "{key} does not exist, you may not read it, or it holds no file with xetHash {hash}"
             ));
         }
         return Ok(Ok(()));
     }
-    if s.access(headers, src, Scope::Read).is_err() {
+    if s.access(headers, src, Scope::Read).await.is_err() {
         return refuse(format!(
             "source bucket {src} does not exist or you may not read it"
         ));
     }
-    let catalog = &s.buckets.bucket(src).map_err(internal)?.catalog;
+    let catalog = &s.buckets.bucket(src).await.map_err(internal)?.catalog;
     let holds = if hash == EMPTY_HASH {
         catalog.has_empty_file().await
     } else {

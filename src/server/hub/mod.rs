@@ -176,7 +176,7 @@ impl Server {
     }
 
     async fn info_json(&self, info: &BucketInfo) -> Result<Value, Response> {
-        let b = self.buckets.bucket(&info.id).map_err(internal)?;
+        let b = self.buckets.bucket(&info.id).await.map_err(internal)?;
         let (files, size) = b.catalog.totals().await.map_err(internal)?;
         let revision = b.catalog.revision().await.map_err(internal)?;
         let mut v = json!({
@@ -233,7 +233,7 @@ pub async fn create(
     }
     let body: CreateBody = json_body(&body)?;
     let private = body.private.unwrap_or(false) || body.visibility.as_deref() == Some("private");
-    Ok(match s.buckets.create(&id, private) {
+    Ok(match s.buckets.create(&id, private).await {
         Ok(true) => {
             axum::Json(json!({"url": s.bucket_url(&id), "name": name, "id": id})).into_response()
         }
@@ -319,6 +319,7 @@ async fn visible_buckets(
         let page = s
             .buckets
             .list_page(ns, search, after, limit)
+            .await
             .map_err(internal)?;
         let (n, full) = (page.len(), page.len() == limit);
         for (i, b) in page.into_iter().enumerate() {
@@ -339,7 +340,7 @@ async fn visible_buckets(
 }
 
 pub async fn delete(State(s): S, b: BucketAccess<Write>) -> Response {
-    match s.buckets.delete(&b.id) {
+    match s.buckets.delete(&b.id).await {
         Ok(true) => axum::Json(json!({})).into_response(),
         Ok(false) => no_bucket(&b.id),
         Err(e) => internal(e),
@@ -356,7 +357,7 @@ struct SettingsBody {
 pub async fn settings(State(s): S, b: BucketAccess<Write>, body: Bytes) -> Answer {
     let body: SettingsBody = object_fields(json_body(&body)?);
     if let Some(p) = body.private.given() {
-        s.buckets.set_private(&b.id, *p).map_err(internal)?;
+        s.buckets.set_private(&b.id, *p).await.map_err(internal)?;
     }
     Ok(axum::Json(json!({})).into_response())
 }
@@ -399,7 +400,7 @@ pub async fn move_repo(State(s): S, headers: HeaderMap, body: Bytes) -> Answer {
             format!("{to} is not a valid bucket id"),
         ));
     }
-    s.access(&headers, from, Scope::Write)?;
+    s.access(&headers, from, Scope::Write).await?;
     match s.caller(&headers)? {
         Some(c) if c.scope_on(to) == Some(Scope::Write) => {}
         _ => {
@@ -410,7 +411,7 @@ pub async fn move_repo(State(s): S, headers: HeaderMap, body: Bytes) -> Answer {
             ))
         }
     }
-    Ok(match s.buckets.rename(from, to) {
+    Ok(match s.buckets.rename(from, to).await {
         Ok(true) => axum::Json(json!({})).into_response(),
         Ok(false) => error(
             StatusCode::NOT_FOUND,

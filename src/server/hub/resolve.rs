@@ -110,7 +110,8 @@ pub(crate) fn stream(s: &Server, content: FileId, span: Range<u64>) -> Body {
                 return None;
             }
             let to = (at + (4 << 20)).min(end);
-            let piece = crate::remote::Cas::read_range(cas.as_ref(), &content, at..to)
+            let piece = cas
+                .read_range(&content, at..to)
                 .await
                 .map_err(std::io::Error::other);
             Some((piece, to))

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Pool, Transaction};
 use tokio_postgres::Row;
 
-use super::db_err;
+use super::{db_err, SCHEMA_LOCK};
 use crate::remote::local::{parent_of, tree_page_of, TREE_PAGE};
 use crate::remote::record::EntryRecord;
 use crate::remote::{
@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS catalog_changed (
 );
 CREATE OR REPLACE FUNCTION catalog_totals() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- A renamed bucket's rows move with its head row, totals and all.
+    IF TG_OP = 'UPDATE' AND OLD.bucket <> NEW.bucket THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP IN ('DELETE', 'UPDATE') AND OLD.kind = 0 THEN
         UPDATE catalog_heads SET files = files - 1, bytes = bytes - OLD.size
             WHERE bucket = OLD.bucket;
@@ -82,10 +86,6 @@ CREATE OR REPLACE TRIGGER catalog_totals AFTER INSERT OR UPDATE OR DELETE ON cat
 
 /// Revisions of change history kept (as the SQLite catalog keeps).
 const HISTORY: i64 = 100_000;
-
-/// Serialises schema creation between replicas starting at once (`CREATE ... IF NOT EXISTS`
-/// races on the catalog tables otherwise).
-const SCHEMA_LOCK: i64 = 0x7865_746d_6f75_6e74; // "xetmount"
 
 const COLUMNS: &str =
     "path, kind, hash, size, target, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, rdev, link";
@@ -128,6 +128,11 @@ fn subtree_bounds(path: &str) -> (String, String) {
 }
 
 impl PgCatalog {
+    /// Create the tables every bucket's catalog shares, if they are missing.
+    pub async fn create_schema(pool: &Pool) -> RemoteResult<()> {
+        super::create_schema(pool, SCHEMA).await
+    }
+
     /// The catalog of bucket `bucket` (created empty, with its root, if new).
     pub async fn open(pool: Pool, bucket: &str) -> RemoteResult<Self> {
         let mut c = pool.get().await.map_err(db_err)?;

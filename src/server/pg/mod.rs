@@ -4,9 +4,13 @@
 //! locked (`SELECT ... FOR UPDATE`), so two replicas never interleave batches of one bucket
 //! and compare-and-swap expectations are checked against what the batch will replace.
 
+pub mod cas_index;
 pub mod catalog;
+pub mod registry;
 
+pub use cas_index::CasIndex;
 pub use catalog::PgCatalog;
+pub use registry::PgBuckets;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
@@ -39,6 +43,21 @@ pub async fn connect(url: &str) -> Result<Pool, String> {
             .map_err(|e| format!("cannot connect to PostgreSQL at {url}: {e}"))?,
     );
     Ok(pool)
+}
+
+/// Serialises schema creation between replicas starting at once (`CREATE ... IF NOT EXISTS`
+/// races otherwise).
+pub(crate) const SCHEMA_LOCK: i64 = 0x7865_746d_6f75_6e74; // "xetmount"
+
+/// Run `schema` (idempotent DDL) with the schema lock held.
+pub(crate) async fn create_schema(pool: &Pool, schema: &str) -> Result<(), RemoteError> {
+    let mut c = pool.get().await.map_err(db_err)?;
+    let tx = c.transaction().await.map_err(db_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await
+        .map_err(db_err)?;
+    tx.batch_execute(schema).await.map_err(db_err)?;
+    tx.commit().await.map_err(db_err)
 }
 
 pub(crate) fn db_err(e: impl std::fmt::Display) -> RemoteError {

@@ -63,7 +63,7 @@ pub async fn preupload(
         return Err(bad(format!("at most {MAX_PREUPLOAD} files per preupload")));
     }
     // A new branch of a PR has nothing yet; its files are all new.
-    let at = s.repos.resolve(r.key(), r.rev()).map_err(internal)?;
+    let at = s.repos()?.resolve(r.key(), r.rev()).map_err(internal)?;
     let mut out = Vec::with_capacity(b.files.len());
     for f in &b.files {
         check_path(&f.path)?;
@@ -72,7 +72,7 @@ pub async fn preupload(
             .unwrap_or_default();
         let lfs = f.size > LFS_ABOVE || sample.contains(&0);
         let oid = match &at {
-            Some(c) => match entry_at(&s.repos, r.key(), c, &f.path).map_err(internal)? {
+            Some(c) => match entry_at(s.repos()?, r.key(), c, &f.path).map_err(internal)? {
                 Some(Node::File(n)) => {
                     Some(n.lfs.as_ref().map_or(n.oid.clone(), |l| l.sha256.clone()))
                 }
@@ -151,10 +151,15 @@ impl Server {
         sha256: &str,
         size: Option<u64>,
     ) -> Result<FileNode, Response> {
-        let mut candidates = self.repos.files_with_sha256(sha256).map_err(internal)?;
+        let candidates = self.repos()?.files_with_sha256(sha256).map_err(internal)?;
         // Bodies uploaded to this repo first: they stand for themselves.
-        candidates.sort_by_key(|h| !self.buckets.was_uploaded(key, h).unwrap_or(false));
-        for hash in candidates {
+        let mut ranked = Vec::with_capacity(candidates.len());
+        for h in candidates {
+            let own = self.buckets.was_uploaded(key, &h).await.map_err(internal)?;
+            ranked.push((!own, h));
+        }
+        ranked.sort_by_key(|(later, _)| *later);
+        for (_, hash) in ranked {
             if !self.may_add_body(headers, key, &hash).await? {
                 continue;
             }
@@ -271,16 +276,18 @@ pub async fn commit(
         .unwrap_or(r.rev())
         .to_string();
     let is_branch = s
-        .repos
+        .repos()?
         .refs(r.key(), RefKind::Branch)
         .map_err(internal)?
         .iter()
         .any(|b| b.name == branch);
     if !is_branch {
-        return Err(match s.repos.resolve(r.key(), r.rev()).map_err(internal)? {
-            Some(_) => bad(format!("{branch} is not a branch; commits go to branches")),
-            None => super::no_revision(&branch, &r.info.id),
-        });
+        return Err(
+            match s.repos()?.resolve(r.key(), r.rev()).map_err(internal)? {
+                Some(_) => bad(format!("{branch} is not a branch; commits go to branches")),
+                None => super::no_revision(&branch, &r.info.id),
+            },
+        );
     }
     let p = s.parse_commit(&headers, r.key(), &body).await?;
     if p.header.summary.trim().is_empty() {
@@ -299,7 +306,7 @@ pub async fn commit(
             _ => None,
         })
         .collect();
-    let done = s.repos.commit(
+    let done = s.repos()?.commit(
         r.key(),
         &branch,
         p.header.parent_commit.as_deref(),
@@ -333,7 +340,12 @@ pub async fn commit(
     };
     // Where to look for these bodies when someone names them elsewhere (scope.rs).
     s.buckets
-        .note_hashes(r.key(), xet.iter().map(String::as_str), false)
+        .note_hashes(
+            r.key(),
+            &xet.iter().map(String::as_str).collect::<Vec<_>>(),
+            false,
+        )
+        .await
         .map_err(internal)?;
     let url = format!("{}/commit/{}", s.repo_url(&r.info), c.oid);
     Ok(axum::Json(json!({"success": true, "commitOid": c.oid, "commitUrl": url})).into_response())

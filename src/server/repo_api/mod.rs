@@ -127,7 +127,7 @@ impl<N: Need> FromRequestParts<Arc<Server>> for RepoAccess<N> {
         );
         let key = key(kind, &id);
         let caller = s.caller(&parts.headers)?;
-        let info = s.repos.info(&key).map_err(internal)?;
+        let info = s.repos()?.info(&key).map_err(internal)?;
         Server::decide(
             caller.as_ref(),
             info.as_ref().map(|i| i.private),
@@ -155,7 +155,7 @@ fn no_revision(rev: &str, id: &str) -> Response {
 impl Server {
     /// The commit revision `rev` of `repo` names, or 404 `RevisionNotFound`.
     fn commit_at(&self, repo: &RepoInfo, rev: &str) -> Result<Commit, Response> {
-        self.repos
+        self.repos()?
             .resolve(&repo.key, rev)
             .map_err(internal)?
             .ok_or_else(|| no_revision(rev, &repo.id))
@@ -248,11 +248,11 @@ async fn create(State(s): S, headers: HeaderMap, body: Bytes) -> Answer {
     }
     let private = b.private.unwrap_or(false) || b.visibility.as_deref() == Some("private");
     let created = s
-        .repos
+        .repos()?
         .create(&k, private, &caller.user)
         .map_err(internal)?;
     let info = s
-        .repos
+        .repos()?
         .info(&k)
         .map_err(internal)?
         .ok_or_else(|| internal("a created repo is missing"))?;
@@ -274,7 +274,7 @@ async fn delete(State(s): S, headers: HeaderMap, body: Bytes) -> Answer {
         .ok_or_else(|| needs_token("Deleting a repo"))?;
     let (kind, id) = body_of(&body)?.target(&caller)?;
     let k = key(kind, &id);
-    let info = s.repos.info(&k).map_err(internal)?;
+    let info = s.repos()?.info(&k).map_err(internal)?;
     let private = info.map(|i| i.private);
     Server::decide(
         Some(&caller),
@@ -283,8 +283,8 @@ async fn delete(State(s): S, headers: HeaderMap, body: Bytes) -> Answer {
         &format!("Repository {id}"),
         Scope::Write,
     )?;
-    s.repos.delete(&k).map_err(internal)?;
-    s.buckets.forget(&k).map_err(internal)?;
+    s.repos()?.delete(&k).map_err(internal)?;
+    s.buckets.forget(&k).await.map_err(internal)?;
     Ok(axum::Json(json!({})).into_response())
 }
 
@@ -319,7 +319,7 @@ async fn info(
     let wants = |f: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == f));
     let blobs = q.blobs.as_deref() == Some("true") || q.blobs.as_deref() == Some("1");
     let files = if wants("siblings") {
-        s.repos
+        s.repos()?
             .with_trees(r.key(), |t| {
                 super::repos::tree::list(t, &c.tree, "", true, "", usize::MAX)
             })
@@ -372,8 +372,11 @@ fn ref_json(kind: &str, r: &super::repos::Ref) -> Value {
 }
 
 async fn refs(State(s): S, r: RepoAccess<Read>) -> Answer {
-    let branches = s.repos.refs(r.key(), RefKind::Branch).map_err(internal)?;
-    let tags = s.repos.refs(r.key(), RefKind::Tag).map_err(internal)?;
+    let branches = s
+        .repos()?
+        .refs(r.key(), RefKind::Branch)
+        .map_err(internal)?;
+    let tags = s.repos()?.refs(r.key(), RefKind::Tag).map_err(internal)?;
     Ok(axum::Json(json!({
         "branches": branches.iter().map(|b| ref_json("heads", b)).collect::<Vec<_>>(),
         "tags": tags.iter().map(|t| ref_json("tags", t)).collect::<Vec<_>>(),
@@ -397,7 +400,7 @@ async fn commits(State(s): S, r: RepoAccess<Read>, Query(q): Query<PageQuery>) -
     let page = q.p.unwrap_or(0);
     let limit = q.limit.unwrap_or(COMMITS_PAGE).clamp(1, 1000);
     let list = s
-        .repos
+        .repos()?
         .history(r.key(), &head.oid, page.saturating_mul(limit), limit + 1)
         .map_err(internal)?;
     let more = list.len() > limit;
@@ -464,7 +467,7 @@ fn made_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str, at: &Commit) ->
             format!("{name:?} is not a valid branch or tag name"),
         ));
     }
-    if s.repos
+    if s.repos()?
         .create_ref(&r.key, kind, name, &at.oid)
         .map_err(internal)?
     {
@@ -506,7 +509,10 @@ fn deleted_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str) -> Answer {
             "the main branch cannot be deleted",
         ));
     }
-    if s.repos.delete_ref(&r.key, kind, name).map_err(internal)? {
+    if s.repos()?
+        .delete_ref(&r.key, kind, name)
+        .map_err(internal)?
+    {
         Ok(axum::Json(json!({})).into_response())
     } else {
         Err(no_revision(name, &r.id))

@@ -63,10 +63,14 @@ impl Server {
         let mut last = head.clone();
         for _ in 0..EXPAND_DEPTH {
             let Some(parent) = &last.parent else { break };
-            let Some(p) = self.repos.commit_of(&repo.key, parent).map_err(internal)? else {
+            let Some(p) = self
+                .repos()?
+                .commit_of(&repo.key, parent)
+                .map_err(internal)?
+            else {
                 break;
             };
-            let there = entry_at(&self.repos, &repo.key, &p, path).map_err(internal)?;
+            let there = entry_at(self.repos()?, &repo.key, &p, path).map_err(internal)?;
             if there.as_ref() != Some(node) {
                 break;
             }
@@ -94,7 +98,7 @@ impl Server {
 pub async fn tree(State(s): S, r: RepoAccess<Read>, Query(q): Query<TreeQuery>) -> Answer {
     let c = s.commit_at(&r.info, r.rev())?;
     let path = r.param("path").trim_matches('/').to_string();
-    let folder = match entry_at(&s.repos, r.key(), &c, &path).map_err(internal)? {
+    let folder = match entry_at(s.repos()?, r.key(), &c, &path).map_err(internal)? {
         Some(Node::Dir(oid)) => oid,
         _ => return Err(no_entry(&path, &c, &r.info.id)),
     };
@@ -104,7 +108,7 @@ pub async fn tree(State(s): S, r: RepoAccess<Read>, Query(q): Query<TreeQuery>) 
     let limit = q.limit.unwrap_or(page).clamp(1, page);
     let after = crate::server::hub::decode_cursor(q.cursor.as_deref())?;
     let (entries, more) = s
-        .repos
+        .repos()?
         .with_trees(r.key(), |t| {
             tree::list(t, &folder, &path, recursive, &after, limit)
         })
@@ -197,7 +201,7 @@ pub async fn paths_info(
         if p.is_empty() {
             continue;
         }
-        if let Some(n) = entry_at(&s.repos, r.key(), &c, &p).map_err(internal)? {
+        if let Some(n) = entry_at(s.repos()?, r.key(), &c, &p).map_err(internal)? {
             out.push(if expand {
                 s.with_last_commit(&r.info, &c, &p, &n)?
             } else {
@@ -217,7 +221,7 @@ pub async fn resolve(
 ) -> Answer {
     let c = s.commit_at(&r.info, r.rev())?;
     let path = r.param("path").to_string();
-    let file = match entry_at(&s.repos, r.key(), &c, &path).map_err(internal)? {
+    let file = match entry_at(s.repos()?, r.key(), &c, &path).map_err(internal)? {
         Some(Node::File(f)) => f,
         _ => return Err(no_entry(&path, &c, &r.info.id)),
     };
@@ -263,7 +267,7 @@ pub async fn resolve(
         ),
         None => {
             let data = s
-                .repos
+                .repos()?
                 .blob(r.key(), &file.oid)
                 .map_err(internal)?
                 .ok_or_else(|| internal(format!("the content of {path} is missing")))?;

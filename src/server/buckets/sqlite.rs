@@ -1,56 +1,21 @@
-//! The buckets a server hosts: a registry (`server.db`: id, visibility, creation and update
-//! times) and one SQLite catalog per bucket (`buckets/<ns>/<name>/catalog.db`). Every
-//! bucket's bodies live in the server's one CAS.
-//!
-//! Bodies are shared, but what a caller may read is not (see `scope.rs`): `server.db` also
-//! records, per file body (xet hash), the buckets it was uploaded to (a shard accepted under
-//! a write token for the bucket) or committed in (`hash_buckets`). An upload record stands
-//! for itself; a commit record only says where to look, since the file may be gone since.
-//! Records go with their bucket.
+//! The registry and catalogs of a single-machine `serve`: `server.db` (buckets and the
+//! hash-to-bucket records) and one SQLite catalog per bucket (`buckets/<ns>/<name>/catalog.db`).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::{now_ms, BucketInfo, BucketStore};
 use crate::remote::local::SqliteCatalog;
 use crate::remote::{RemoteError, RemoteResult};
 use crate::server::catalog::ServedCatalog;
 
-/// One hosted bucket.
-pub struct Bucket {
-    pub id: String,
-    pub catalog: Arc<dyn ServedCatalog>,
-    /// Held while a batch is validated and applied: batches of one bucket run one at a time.
-    pub batch_lock: tokio::sync::Mutex<()>,
-    /// The revision of the last commit made through this server: change-feed readers wait
-    /// on it.
-    pub committed: tokio::sync::watch::Sender<u64>,
-}
-
-impl Bucket {
-    /// Apply `ops` all or none, and wake whoever waits for a change.
-    pub async fn commit(&self, ops: Vec<crate::remote::CatalogOp>) -> RemoteResult<u64> {
-        let rev = self.catalog.commit(ops).await?;
-        self.committed.send_replace(rev);
-        Ok(rev)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct BucketInfo {
-    pub id: String,
-    pub private: bool,
-    pub created_ms: i64,
-    pub updated_ms: i64,
-}
-
-pub struct Buckets {
+pub struct SqliteBuckets {
     root: PathBuf,
     db: Mutex<Connection>,
-    open: Mutex<HashMap<String, Arc<Bucket>>>,
 }
 
 fn db_err(e: rusqlite::Error) -> RemoteError {
@@ -62,11 +27,7 @@ fn db_err(e: rusqlite::Error) -> RemoteError {
 /// 3x over 100k files with SQLite's 2 MiB default, 2x with this).
 const BUCKET_PAGE_CACHE_MIB: i64 = 32;
 
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-impl Buckets {
+impl SqliteBuckets {
     pub fn open(root: &Path) -> RemoteResult<Self> {
         std::fs::create_dir_all(root.join("buckets"))?;
         let db = Connection::open(root.join("server.db")).map_err(db_err)?;
@@ -84,10 +45,9 @@ impl Buckets {
              CREATE INDEX IF NOT EXISTS hash_buckets_bucket ON hash_buckets(bucket);",
         )
         .map_err(db_err)?;
-        Ok(Buckets {
+        Ok(SqliteBuckets {
             root: root.to_path_buf(),
             db: Mutex::new(db),
-            open: Mutex::new(HashMap::new()),
         })
     }
 
@@ -103,8 +63,11 @@ impl Buckets {
             updated_ms: r.get(3)?,
         })
     }
+}
 
-    pub fn info(&self, id: &str) -> RemoteResult<Option<BucketInfo>> {
+#[async_trait]
+impl BucketStore for SqliteBuckets {
+    async fn info(&self, id: &str) -> RemoteResult<Option<BucketInfo>> {
         self.db
             .lock()
             .query_row(
@@ -117,7 +80,7 @@ impl Buckets {
     }
 
     /// Create bucket `id`; `false` if it exists.
-    pub fn create(&self, id: &str, private: bool) -> RemoteResult<bool> {
+    async fn create(&self, id: &str, private: bool) -> RemoteResult<bool> {
         std::fs::create_dir_all(self.dir(id))?;
         let now = now_ms();
         let n = self
@@ -131,14 +94,7 @@ impl Buckets {
         Ok(n == 1)
     }
 
-    /// Buckets of namespace `ns` whose name contains `search`, in id order.
-    pub fn list(&self, ns: &str, search: &str) -> RemoteResult<Vec<BucketInfo>> {
-        self.list_page(ns, search, "", usize::MAX)
-    }
-
-    /// At most `limit` buckets of [`Buckets::list`] whose ids come after `after`: a page of a
-    /// listing that stays exact whatever is created or deleted between pages.
-    pub fn list_page(
+    async fn list_page(
         &self,
         ns: &str,
         search: &str,
@@ -159,7 +115,8 @@ impl Buckets {
                     format!("{ns}/"),
                     format!("{ns}0"),
                     after,
-                    ns.len() as i64 + 2,
+                    // substr counts characters.
+                    ns.chars().count() as i64 + 2,
                     search,
                     i64::try_from(limit).unwrap_or(i64::MAX)
                 ],
@@ -170,12 +127,7 @@ impl Buckets {
     }
 
     /// Record that bodies `hashes` were uploaded to (`uploaded`) or committed in bucket `id`.
-    pub fn note_hashes<'a>(
-        &self,
-        id: &str,
-        hashes: impl IntoIterator<Item = &'a str>,
-        uploaded: bool,
-    ) -> RemoteResult<()> {
+    async fn note_hashes(&self, id: &str, hashes: &[&str], uploaded: bool) -> RemoteResult<()> {
         let mut db = self.db.lock();
         let tx = db.transaction().map_err(db_err)?;
         {
@@ -185,7 +137,7 @@ impl Buckets {
                      ON CONFLICT (hash, bucket) DO UPDATE SET uploaded = max(uploaded, ?3)",
                 )
                 .map_err(db_err)?;
-            for h in hashes {
+            for h in hashes.iter().copied() {
                 st.execute(params![h, id, uploaded]).map_err(db_err)?;
             }
         }
@@ -193,7 +145,7 @@ impl Buckets {
     }
 
     /// Whether body `hash` was uploaded to bucket `id`.
-    pub fn was_uploaded(&self, id: &str, hash: &str) -> RemoteResult<bool> {
+    async fn was_uploaded(&self, id: &str, hash: &str) -> RemoteResult<bool> {
         self.db
             .lock()
             .prepare_cached(
@@ -204,7 +156,7 @@ impl Buckets {
     }
 
     /// The buckets body `hash` was uploaded to or committed in.
-    pub fn buckets_with(&self, hash: &str) -> RemoteResult<Vec<String>> {
+    async fn buckets_with(&self, hash: &str) -> RemoteResult<Vec<String>> {
         let db = self.db.lock();
         let mut st = db
             .prepare_cached("SELECT bucket FROM hash_buckets WHERE hash = ?1")
@@ -213,7 +165,7 @@ impl Buckets {
         rows.collect::<Result<Vec<String>, _>>().map_err(db_err)
     }
 
-    pub fn set_private(&self, id: &str, private: bool) -> RemoteResult<()> {
+    async fn set_private(&self, id: &str, private: bool) -> RemoteResult<()> {
         self.db
             .lock()
             .execute(
@@ -225,7 +177,7 @@ impl Buckets {
     }
 
     /// Record a change of bucket `id` now.
-    pub fn touch(&self, id: &str) -> RemoteResult<()> {
+    async fn touch(&self, id: &str) -> RemoteResult<()> {
         self.db
             .lock()
             .execute(
@@ -237,7 +189,7 @@ impl Buckets {
     }
 
     /// Drop the hash records of owner `key` (a deleted repo's).
-    pub fn forget(&self, key: &str) -> RemoteResult<()> {
+    async fn forget(&self, key: &str) -> RemoteResult<()> {
         self.db
             .lock()
             .execute("DELETE FROM hash_buckets WHERE bucket = ?1", [key])
@@ -245,7 +197,7 @@ impl Buckets {
         Ok(())
     }
 
-    pub fn delete(&self, id: &str) -> RemoteResult<bool> {
+    async fn delete(&self, id: &str) -> RemoteResult<bool> {
         let n = {
             let mut db = self.db.lock();
             let tx = db.transaction().map_err(db_err)?;
@@ -257,7 +209,6 @@ impl Buckets {
             tx.commit().map_err(db_err)?;
             n
         };
-        self.open.lock().remove(id);
         if n == 1 {
             match std::fs::remove_dir_all(self.dir(id)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
@@ -268,9 +219,8 @@ impl Buckets {
     }
 
     /// Rename bucket `from` to `to` (which must not exist); `false` if `from` is missing.
-    pub fn rename(&self, from: &str, to: &str) -> RemoteResult<bool> {
+    async fn rename(&self, from: &str, to: &str) -> RemoteResult<bool> {
         let db = self.db.lock();
-        let mut open = self.open.lock();
         let exists = |id: &str| -> RemoteResult<bool> {
             db.query_row("SELECT 1 FROM buckets WHERE id = ?1", [id], |_| Ok(()))
                 .optional()
@@ -283,7 +233,6 @@ impl Buckets {
         if exists(to)? {
             return Err(RemoteError::Other(format!("bucket {to} already exists")));
         }
-        open.remove(from);
         std::fs::create_dir_all(self.dir(to).parent().expect("bucket dirs have a parent"))?;
         std::fs::rename(self.dir(from), self.dir(to))?;
         db.execute_batch("BEGIN").map_err(db_err)?;
@@ -303,53 +252,48 @@ impl Buckets {
         Ok(true)
     }
 
-    /// The open catalog of bucket `id` (which must exist).
-    pub fn bucket(&self, id: &str) -> RemoteResult<Arc<Bucket>> {
-        if let Some(b) = self.open.lock().get(id) {
-            return Ok(b.clone());
-        }
+    async fn open_catalog(&self, id: &str) -> RemoteResult<Arc<dyn ServedCatalog>> {
         let path = self.dir(id).join("catalog.db");
         let catalog = SqliteCatalog::open(&path)
             .and_then(|c| c.set_page_cache_mib(BUCKET_PAGE_CACHE_MIB).map(|()| c))
             .map_err(|e| RemoteError::Other(format!("catalog of {id}: {e}")))?;
-        let b = Arc::new(Bucket {
-            id: id.to_string(),
-            catalog: Arc::new(catalog),
-            batch_lock: tokio::sync::Mutex::new(()),
-            committed: tokio::sync::watch::Sender::new(0),
-        });
-        Ok(self.open.lock().entry(id.to_string()).or_insert(b).clone())
+        Ok(Arc::new(catalog))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::buckets::Buckets;
 
-    #[test]
-    fn the_registry_survives_a_reopen() {
+    #[tokio::test]
+    async fn the_registry_survives_a_reopen() {
         let d = tempfile::tempdir().unwrap();
-        let b = Buckets::open(d.path()).unwrap();
-        assert!(b.create("alice/one", false).unwrap());
-        assert!(!b.create("alice/one", true).unwrap());
-        assert!(b.create("alice/two", true).unwrap());
-        assert!(b.create("alicex/three", false).unwrap());
-        let before = b.info("alice/one").unwrap().unwrap().updated_ms;
-        b.touch("alice/one").unwrap();
-        assert!(b.info("alice/one").unwrap().unwrap().updated_ms > before);
+        let open = || Buckets::new(Box::new(SqliteBuckets::open(d.path()).unwrap()));
+        let b = open();
+        assert!(b.create("alice/one", false).await.unwrap());
+        assert!(!b.create("alice/one", true).await.unwrap());
+        assert!(b.create("alice/two", true).await.unwrap());
+        assert!(b.create("alicex/three", false).await.unwrap());
+        assert!(b.create("ünï/cödé", false).await.unwrap());
+        let before = b.info("alice/one").await.unwrap().unwrap().updated_ms;
+        b.touch("alice/one").await.unwrap();
+        assert!(b.info("alice/one").await.unwrap().unwrap().updated_ms > before);
         drop(b);
-        let b = Buckets::open(d.path()).unwrap();
+        let b = open();
         let ids: Vec<String> = b
             .list("alice", "")
+            .await
             .unwrap()
             .into_iter()
             .map(|i| i.id)
             .collect();
         assert_eq!(ids, ["alice/one", "alice/two"]);
-        assert_eq!(b.list("alice", "tw").unwrap().len(), 1);
-        assert!(b.rename("alice/two", "bob/two").unwrap());
-        assert!(b.info("bob/two").unwrap().unwrap().private);
-        assert!(b.delete("bob/two").unwrap());
-        assert!(!b.delete("bob/two").unwrap());
+        assert_eq!(b.list("alice", "tw").await.unwrap().len(), 1);
+        assert_eq!(b.list("ünï", "öd").await.unwrap().len(), 1);
+        assert!(b.rename("alice/two", "bob/two").await.unwrap());
+        assert!(b.info("bob/two").await.unwrap().unwrap().private);
+        assert!(b.delete("bob/two").await.unwrap());
+        assert!(!b.delete("bob/two").await.unwrap());
     }
 }
