@@ -6,6 +6,8 @@ mod common;
 mod pg;
 #[path = "common/s3.rs"]
 mod s3;
+#[path = "common/two_mounts.rs"]
+mod two_mounts;
 
 use std::path::Path;
 
@@ -37,6 +39,47 @@ impl Shared {
     }
 }
 
+/// Two replicas over `shared`, open (no token file), logs in `d`.
+fn two_open_replicas(shared: &Shared, d: &Path) -> (Serve, Serve) {
+    let open = |log: &str| {
+        Serve::start_shared(
+            &shared.pg.url(),
+            "s3://xet/deployment",
+            &shared.s3.env(),
+            &d.join(log),
+            &[],
+        )
+    };
+    (open("replica-a.log"), open("replica-b.log"))
+}
+
+#[test]
+fn mounts_on_different_replicas_see_each_others_changes_within_a_second() {
+    let shared = Shared::start();
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let (a, b) = two_open_replicas(&shared, d);
+    common::hf_cli(&a.url, d, &["buckets", "create", "local/data"]);
+    let mut delays = two_mounts::changes_reach_the_other_mount(d, &a.url, &b.url);
+    delays.sort_by_key(|(_, t)| *t);
+    let (what, slowest) = delays.last().unwrap();
+    assert!(
+        *slowest <= std::time::Duration::from_secs(1),
+        "{what} took {} ms to reach the mount on the other replica",
+        slowest.as_millis()
+    );
+}
+
+#[test]
+fn writers_on_different_replicas_conflict_as_on_one_server() {
+    let shared = Shared::start();
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let (a, b) = two_open_replicas(&shared, d);
+    common::hf_cli(&a.url, d, &["buckets", "create", "local/data"]);
+    two_mounts::concurrent_writers(d, &a.url, &b.url, &[], two_mounts::Policy::KeepBoth);
+}
+
 #[test]
 fn the_official_clients_upload_through_one_replica_and_read_through_another() {
     let shared = Shared::start();
@@ -51,16 +94,7 @@ const BIG: usize = 1 << 30;
 fn a_gib_goes_up_and_down_between_client_and_s3_not_through_the_replicas() {
     let shared = Shared::start();
     let d = tempfile::tempdir().unwrap();
-    let open = |log: &str| {
-        Serve::start_shared(
-            &shared.pg.url(),
-            "s3://xet/deployment",
-            &shared.s3.env(),
-            &d.path().join(log),
-            &[],
-        )
-    };
-    let (a, b) = (open("a.log"), open("b.log"));
+    let (a, b) = two_open_replicas(&shared, d.path());
     let src = d.path().join("big.bin");
     {
         use std::io::Write;

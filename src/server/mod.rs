@@ -155,6 +155,7 @@ impl Server {
             move |e: crate::remote::RemoteError| ServeError::Shared(format!("{what}: {e}"))
         };
         let pool = pg::connect(catalog).await.map_err(ServeError::Shared)?;
+        let feed_url = catalog.to_string();
         let registry = pg::PgBuckets::open(pool.clone())
             .await
             .map_err(shared("cannot set up the catalog database"))?;
@@ -174,7 +175,7 @@ impl Server {
             key,
             opts.cas_token_ttl_secs,
         )?;
-        Ok(Arc::new(Server {
+        let server = Arc::new(Server {
             buckets: buckets::Buckets::new(Box::new(registry)),
             repos: None,
             cas: Arc::new(cas),
@@ -184,7 +185,9 @@ impl Server {
             hub_only: opts.hub_only,
             metrics,
             _lock: None,
-        }))
+        });
+        pg::feed::spawn(feed_url, Arc::new(FeedWaker(Arc::downgrade(&server))));
+        Ok(server)
     }
 
     async fn open_dir(
@@ -255,6 +258,25 @@ impl Server {
             metrics: metrics::Metrics::default(),
             _lock: Some(lock),
         }))
+    }
+}
+
+/// Wakes this replica's change-feed readers when any replica commits.
+struct FeedWaker(std::sync::Weak<Server>);
+
+impl pg::feed::Listener for FeedWaker {
+    fn committed(&self, bucket: &str, revision: u64) {
+        let Some(s) = self.0.upgrade() else { return };
+        if let Some(b) = s.buckets.opened(bucket) {
+            b.announce(revision);
+        }
+    }
+
+    fn resync(&self) {
+        let Some(s) = self.0.upgrade() else { return };
+        for b in s.buckets.all_opened() {
+            b.committed.send_modify(|_| {});
+        }
     }
 }
 

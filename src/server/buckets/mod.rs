@@ -37,12 +37,18 @@ impl Bucket {
     /// Apply `ops` all or none, and wake whoever waits for a change.
     pub async fn commit(&self, ops: Vec<crate::remote::CatalogOp>) -> RemoteResult<u64> {
         let rev = self.catalog.commit(ops).await?;
+        self.announce(rev);
+        Ok(rev)
+    }
+
+    /// Revision `rev` was committed (here or on another replica): wake the readers, unless
+    /// they have seen a later one (announcements from replicas may come out of order).
+    pub fn announce(&self, rev: u64) {
         self.committed.send_if_modified(|r| {
             let newer = rev > *r;
             *r = (*r).max(rev);
             newer
         });
-        Ok(rev)
     }
 }
 
@@ -155,5 +161,10 @@ impl Buckets {
     /// Bucket `id` if this server has its catalog open (for change announcements).
     pub fn opened(&self, id: &str) -> Option<Arc<Bucket>> {
         self.open.lock().get(id).cloned()
+    }
+
+    /// Every bucket whose catalog this server has open.
+    pub fn all_opened(&self) -> Vec<Arc<Bucket>> {
+        self.open.lock().values().cloned().collect()
     }
 }

@@ -757,6 +757,16 @@ impl Catalog for PgCatalog {
         )
         .await
         .map_err(db_err)?;
+        // Delivered to every replica's listener when (and only if) the batch commits.
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[
+                &super::feed::CHANNEL,
+                &super::feed::payload(bucket, rev as u64),
+            ],
+        )
+        .await
+        .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(rev as u64)
     }

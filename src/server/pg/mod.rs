@@ -6,6 +6,7 @@
 
 pub mod cas_index;
 pub mod catalog;
+pub mod feed;
 pub mod registry;
 
 pub use cas_index::CasIndex;
