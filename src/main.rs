@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => cli::run::mount_command(args),
         Command::ServeNfs(args) => cli::run::serve_nfs(args),
         Command::Serve(args) => cli::run::serve_http(args),
+        Command::ServeMigrate(args) => cli::run::serve_migrate(args),
         Command::Unmount {
             mountpoint,
             timeout_secs,

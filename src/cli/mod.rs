@@ -72,6 +72,21 @@ pub enum Command {
     /// Host buckets over HTTP from DIR: the Hugging Face bucket API and the Xet CAS API on one
     /// address, for `huggingface_hub`/`hf` clients and for `xetmount mount hf://buckets/...`.
     Serve(HttpServeArgs),
+    /// Copy a `serve` directory (stopped) into PostgreSQL and an object store, and check
+    /// every file there: then serve the copy with `serve --catalog URL --objects URL`.
+    ServeMigrate(MigrateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    /// The directory `xetmount serve DIR` served.
+    pub dir: PathBuf,
+    /// PostgreSQL connection string (as for `serve --catalog`).
+    #[arg(long)]
+    pub catalog: String,
+    /// Object store for xorbs and shards (as for `serve --objects`).
+    #[arg(long)]
+    pub objects: String,
 }
 
 /// Options every long-running command takes.

@@ -20,8 +20,8 @@ use xetmount::telemetry::{self, MountCollector};
 use xetmount::vfs::Vfs;
 
 use super::{
-    check_fuse, check_mountpoint, HttpServeArgs, MountArgs, ServeArgs, ServiceArgs, StoreArgs,
-    UserError,
+    check_fuse, check_mountpoint, HttpServeArgs, MigrateArgs, MountArgs, ServeArgs, ServiceArgs,
+    StoreArgs, UserError,
 };
 
 /// The runtime, the open store and the VFS over it.
@@ -432,6 +432,37 @@ fn mount_nfs(
     }
     drained?;
     mounted
+}
+
+pub fn serve_migrate(args: MigrateArgs) -> Result<(), UserError> {
+    logging::init(Default::default(), None);
+    let rt = runtime("xetmount-migrate")?;
+    rt.block_on(async {
+        let ctx = xet_runtime::core::XetContext::from_external(
+            tokio::runtime::Handle::current(),
+            xetmount::remote::local::xet_config(),
+        );
+        let started = std::time::Instant::now();
+        let done = xetmount::server::migrate::migrate(
+            &args.dir,
+            &args.catalog,
+            &args.objects,
+            ctx,
+            &|line| println!("{line}"),
+        )
+        .await
+        .map_err(UserError)?;
+        println!(
+            "migrated {} buckets: {} files ({} bytes), {} xorbs copied, {} shards indexed, every file checked, in {:.1} s",
+            done.buckets,
+            done.files,
+            done.bytes,
+            done.xorbs,
+            done.shards,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
 }
 
 /// The stores `serve` was pointed at; the error is one sentence.

@@ -31,6 +31,7 @@ pub mod extract;
 pub mod hub;
 pub mod limit;
 pub mod metrics;
+pub mod migrate;
 pub mod native;
 pub mod objects;
 pub mod pg;
@@ -55,6 +56,11 @@ use store::ServedCas;
 pub type Answer = Result<axum::response::Response, axum::response::Response>;
 
 const MARKER: &str = "XETMOUNT_SERVE";
+
+/// How often a replica on shared stores collects abandoned uploads, and how old they must be:
+/// twice the life of a grant URL, so an upload still allowed is never taken.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+const COLLECT_GRACE: std::time::Duration = store::object::URL_TTL.saturating_mul(2);
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Where a server keeps what it hosts.
@@ -168,7 +174,12 @@ impl Server {
             .map_err(shared("cannot set up the CAS index"))?;
         let objects = Arc::new(objects::Objects::open(objects).map_err(ServeError::Shared)?);
         let metrics = metrics::Metrics::default();
-        let cas = store::object::ObjectCas::new(objects, index, metrics.verify_bytes.clone());
+        let cas = Arc::new(store::object::ObjectCas::new(
+            objects,
+            index,
+            metrics.verify_bytes.clone(),
+        ));
+        cas.spawn_collector(COLLECT_EVERY, COLLECT_GRACE);
         let auth = auth::Auth::new(
             opts.token_file.as_deref(),
             opts.user,
@@ -178,7 +189,7 @@ impl Server {
         let server = Arc::new(Server {
             buckets: buckets::Buckets::new(Box::new(registry)),
             repos: None,
-            cas: Arc::new(cas),
+            cas,
             auth,
             public_url: opts.public_url.trim_end_matches('/').to_string(),
             hub_rate_limit: opts.hub_rate_limit,

@@ -186,6 +186,23 @@ impl Objects {
             .map_err(|e| err(prefix, e))
     }
 
+    /// Keys of the objects under `prefix/` last written before `before`, in no set order.
+    pub async fn list_older(
+        &self,
+        prefix: &str,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> RemoteResult<Vec<String>> {
+        let p = Path::from(prefix);
+        self.store
+            .list(Some(&p))
+            .try_filter_map(|m| async move {
+                Ok((m.last_modified < before).then(|| m.location.to_string()))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| err(prefix, e))
+    }
+
     fn full(&self, key: &str) -> Option<(&AmazonS3, Path)> {
         let (s3, prefix) = self.signer.as_ref()?;
         let path = if prefix.as_ref().is_empty() {

@@ -296,11 +296,12 @@ impl Serve {
         objects: &str,
         env: &[(&str, String)],
         log: &Path,
+        port: u16,
         extra: &[&str],
     ) -> Serve {
         let mut cmd = std::process::Command::new(bin());
         cmd.args(["serve", "--catalog", catalog, "--objects", objects])
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         Self::spawn(cmd, log)

@@ -85,6 +85,39 @@ impl XetCas {
         compose::range_hashes(&self.xorb_dir, ranges).await
     }
 
+    /// The xorbs stored, by hash (a migration copies them all).
+    pub fn stored_xorbs(&self) -> RemoteResult<Vec<MerkleHash>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.xorb_dir)? {
+            let name = e?.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_prefix("default.")) else {
+                continue;
+            };
+            if let Ok(h) = MerkleHash::from_hex(hex) {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The shard files `LocalClient` keeps (`*.mdb`).
+    pub fn shard_files(&self) -> RemoteResult<Vec<PathBuf>> {
+        let dir = self
+            .xorb_dir
+            .parent()
+            .expect("xorbs/ has a parent")
+            .join("shards");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "mdb") {
+                out.push(p);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     pub fn durable(&self) -> &Durable {
         &self.durable
     }

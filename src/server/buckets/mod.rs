@@ -80,6 +80,12 @@ pub trait BucketStore: Send + Sync {
         after: &str,
         limit: usize,
     ) -> RemoteResult<Vec<BucketInfo>>;
+    /// At most `limit` buckets of every namespace whose ids come after `after`, in id order.
+    async fn all_page(&self, after: &str, limit: usize) -> RemoteResult<Vec<BucketInfo>>;
+    /// Bucket `info.id` as given (visibility and times), replacing what is there: a migration.
+    async fn import(&self, info: &BucketInfo) -> RemoteResult<()>;
+    /// The body records of bucket `id`: (hash, uploaded).
+    async fn hash_records(&self, id: &str) -> RemoteResult<Vec<(String, bool)>>;
     /// Record that bodies `hashes` were uploaded to (`uploaded`) or committed in bucket `id`.
     async fn note_hashes(&self, id: &str, hashes: &[&str], uploaded: bool) -> RemoteResult<()>;
     /// Whether body `hash` was uploaded to bucket `id`.

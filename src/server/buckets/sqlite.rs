@@ -126,6 +126,46 @@ impl BucketStore for SqliteBuckets {
         rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
     }
 
+    async fn all_page(&self, after: &str, limit: usize) -> RemoteResult<Vec<BucketInfo>> {
+        let db = self.db.lock();
+        let mut st = db
+            .prepare_cached(
+                "SELECT id, private, created_ms, updated_ms FROM buckets WHERE id > ?1 \
+                 ORDER BY id LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(
+                params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+                Self::row,
+            )
+            .map_err(db_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    async fn import(&self, info: &BucketInfo) -> RemoteResult<()> {
+        std::fs::create_dir_all(self.dir(&info.id))?;
+        self.db
+            .lock()
+            .execute(
+                "INSERT OR REPLACE INTO buckets VALUES (?1, ?2, ?3, ?4)",
+                params![info.id, info.private, info.created_ms, info.updated_ms],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn hash_records(&self, id: &str) -> RemoteResult<Vec<(String, bool)>> {
+        let db = self.db.lock();
+        let mut st = db
+            .prepare_cached("SELECT hash, uploaded FROM hash_buckets WHERE bucket = ?1")
+            .map_err(db_err)?;
+        let rows = st
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+
     /// Record that bodies `hashes` were uploaded to (`uploaded`) or committed in bucket `id`.
     async fn note_hashes(&self, id: &str, hashes: &[&str], uploaded: bool) -> RemoteResult<()> {
         let mut db = self.db.lock();

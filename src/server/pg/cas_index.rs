@@ -6,6 +6,7 @@
 //!   proof a xorb may be named.
 //! - `cas_files`: each file's segments as its shard gave them (xet-core's file info bytes,
 //!   verification included), and the shard that brought it.
+//! - `cas_shards`: the shards stored.
 //! - `cas_dedup`: for each global-dedup-eligible chunk, a shard that holds it.
 //! - `cas_grants`: upload grants handed out and not yet committed or collected.
 
@@ -27,6 +28,10 @@ CREATE TABLE IF NOT EXISTS cas_files (
     size  BIGINT NOT NULL,
     info  BYTEA NOT NULL,
     shard TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cas_shards (
+    hash      TEXT PRIMARY KEY,
+    stored_ms BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cas_dedup (
     chunk TEXT PRIMARY KEY,
@@ -151,6 +156,12 @@ impl CasIndex {
     ) -> RemoteResult<()> {
         let mut c = self.pool.get().await.map_err(db_err)?;
         let tx = c.transaction().await.map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO cas_shards (hash, stored_ms) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
+            &[&shard, &crate::server::buckets::now_ms()],
+        )
+        .await
+        .map_err(db_err)?;
         let file = tx
             .prepare_cached(
                 "INSERT INTO cas_files (hash, size, info, shard) VALUES ($1, $2, $3, $4) \
@@ -210,6 +221,31 @@ impl CasIndex {
         self.execute("DELETE FROM cas_grants WHERE id = $1", &[&id])
             .await
             .map(|_| ())
+    }
+
+    /// Of `keys` (`xorbs/<hash>` or `shards/<hash>` object keys), those no index row names.
+    pub async fn unindexed(&self, keys: &[String]) -> RemoteResult<Vec<String>> {
+        let mut out = Vec::new();
+        for (prefix, table) in [("xorbs/", "cas_xorbs"), ("shards/", "cas_shards")] {
+            let hashes: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix(prefix)).collect();
+            if hashes.is_empty() {
+                continue;
+            }
+            let rows = self
+                .query(
+                    &format!(
+                        "SELECT h FROM unnest($1::text[]) AS h \
+                         WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE hash = h)"
+                    ),
+                    &[&hashes],
+                )
+                .await?;
+            out.extend(
+                rows.iter()
+                    .map(|r| format!("{prefix}{}", r.get::<_, String>(0))),
+            );
+        }
+        Ok(out)
     }
 
     /// Grants handed out before `before_ms`: uploads that were never committed.

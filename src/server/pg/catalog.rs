@@ -162,6 +162,35 @@ impl PgCatalog {
         })
     }
 
+    /// Replace bucket `bucket`'s catalog with `entries` (the root among them) at revision
+    /// `revision`, in one transaction: a migration, rerun as often as needed. The change
+    /// history starts afresh at `revision` (readers older than it re-list).
+    pub async fn import(
+        pool: &Pool,
+        bucket: &str,
+        entries: &[Entry],
+        revision: u64,
+    ) -> RemoteResult<()> {
+        let mut c = pool.get().await.map_err(db_err)?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        for t in ["catalog_heads", "catalog_entries", "catalog_changed"] {
+            tx.execute(&format!("DELETE FROM {t} WHERE bucket = $1"), &[&bucket])
+                .await
+                .map_err(db_err)?;
+        }
+        let rev = revision as i64;
+        tx.execute(
+            "INSERT INTO catalog_heads (bucket, revision, changes_from) VALUES ($1, $2, $2)",
+            &[&bucket, &rev],
+        )
+        .await
+        .map_err(db_err)?;
+        for e in entries {
+            put_row(&tx, bucket, e, rev).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
     /// Whether `sql` finds a row.
     async fn exists(
         &self,

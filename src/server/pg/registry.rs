@@ -155,6 +155,43 @@ impl BucketStore for PgBuckets {
             .collect())
     }
 
+    async fn all_page(&self, after: &str, limit: usize) -> RemoteResult<Vec<BucketInfo>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .query(
+                "SELECT id, private, created_ms, updated_ms FROM serve_buckets WHERE id > $1 \
+                 ORDER BY id LIMIT $2",
+                &[&after, &limit],
+            )
+            .await?
+            .iter()
+            .map(row)
+            .collect())
+    }
+
+    async fn import(&self, info: &BucketInfo) -> RemoteResult<()> {
+        self.execute(
+            "INSERT INTO serve_buckets VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE \
+             SET private = EXCLUDED.private, created_ms = EXCLUDED.created_ms, \
+             updated_ms = EXCLUDED.updated_ms",
+            &[&info.id, &info.private, &info.created_ms, &info.updated_ms],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn hash_records(&self, id: &str) -> RemoteResult<Vec<(String, bool)>> {
+        Ok(self
+            .query(
+                "SELECT hash, uploaded FROM serve_hash_buckets WHERE bucket = $1",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     async fn note_hashes(&self, id: &str, hashes: &[&str], uploaded: bool) -> RemoteResult<()> {
         if hashes.is_empty() {
             return Ok(());

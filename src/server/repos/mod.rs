@@ -249,6 +249,15 @@ impl Repos {
         Ok(Repos { db: Mutex::new(db) })
     }
 
+    /// How many repos there are.
+    pub fn count(&self) -> RemoteResult<u64> {
+        self.db
+            .lock()
+            .query_row("SELECT count(*) FROM repos", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(db_err)
+    }
+
     pub fn info(&self, key: &str) -> RemoteResult<Option<RepoInfo>> {
         self.db
             .lock()

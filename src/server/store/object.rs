@@ -45,7 +45,7 @@ const FOOTERS: u64 = 1024;
 /// File descriptions kept in memory (a few KiB for a multi-GiB file).
 const FILES: u64 = 4096;
 /// How long a signed GET or an upload grant's PUT URL stays valid.
-const URL_TTL: Duration = Duration::from_secs(3600);
+pub const URL_TTL: Duration = Duration::from_secs(3600);
 
 fn xorb_key(h: &MerkleHash) -> String {
     format!("xorbs/{}", h.hex())
@@ -398,15 +398,60 @@ impl ObjectCas {
             .collect()
     }
 
-    /// Remove grants handed out more than `grace` ago that were never committed, and what was
-    /// uploaded for them; how many.
-    pub async fn collect_stale_grants(&self, grace: Duration) -> RemoteResult<usize> {
-        let before = crate::server::buckets::now_ms() - grace.as_millis() as i64;
-        let stale = self.index.stale_grants(before).await?;
-        for id in &stale {
-            self.objects.delete(&grant_key(id)).await?;
-            self.index.drop_grant(id).await?;
+    /// Remove what was left behind more than `grace` ago: grants never committed (and what
+    /// was uploaded for them), uploads under no grant, and xorbs and shards a crash stored
+    /// without their index row. Returns how many objects and grants went.
+    ///
+    /// `grace` must outlast a grant URL ([`URL_TTL`]) and a store-then-index step, so nothing
+    /// in flight is taken; replicas may collect at once (each removal is idempotent).
+    pub async fn collect(&self, grace: Duration) -> RemoteResult<usize> {
+        let before_ms = crate::server::buckets::now_ms() - grace.as_millis() as i64;
+        let before = chrono::Utc::now() - grace;
+        let mut gone = 0;
+        loop {
+            let stale = self.index.stale_grants(before_ms).await?;
+            for id in &stale {
+                self.objects.delete(&grant_key(id)).await?;
+                self.index.drop_grant(id).await?;
+            }
+            gone += stale.len();
+            if stale.is_empty() {
+                break;
+            }
         }
-        Ok(stale.len())
+        // Uploads whose grant row is gone (committed or collected) but whose object stayed.
+        for key in self.objects.list_older("grants", before).await? {
+            let id = key.trim_start_matches("grants/");
+            if self.index.grant(id).await?.is_none() {
+                self.objects.delete(&key).await?;
+                gone += 1;
+            }
+        }
+        for prefix in ["xorbs", "shards"] {
+            let old = self.objects.list_older(prefix, before).await?;
+            for chunk in old.chunks(1000) {
+                for key in self.index.unindexed(chunk).await? {
+                    self.objects.delete(&key).await?;
+                    gone += 1;
+                }
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Run [`Self::collect`] every `every` with grace `grace`, for the life of the process.
+    pub fn spawn_collector(self: &Arc<Self>, every: Duration, grace: Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(cas) = me.upgrade() else { return };
+                match cas.collect(grace).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("collected {n} abandoned uploads and grants"),
+                    Err(e) => tracing::warn!("collecting abandoned uploads: {e}"),
+                }
+            }
+        });
     }
 }
