@@ -449,8 +449,8 @@ fn abandoned_uploads_are_collected_after_the_grace_period_and_stored_xorbs_stay(
 
 /// A directory deployment with 10,000 files (and a private bucket) migrates into PostgreSQL
 /// and S3, every file checked, and a replica then serves it as the directory did: the same
-/// listing (every path, kind, size, mode, time and link count), the same tree answers, the
-/// same bytes.
+/// listing (every path, kind, size, mode, time, and link count of what is not a directory),
+/// the same tree answers, the same bytes.
 #[test]
 fn a_directory_deployment_with_10k_files_migrates_and_serves_identically() {
     let shared = Shared::start();
@@ -545,12 +545,18 @@ fn a_directory_deployment_with_10k_files_migrates_and_serves_identically() {
     let listing = |m: &str| {
         common::sh(
             d,
-            &format!("cd {m} && find . -printf '%p %y %s %m %T@ %n %l\\n' | sort"),
+            // A directory's link count on a mount depends on whether its listing is loaded
+            // (see the issue note), so it is left out; every other name's is compared.
+            &format!(
+                "cd {m} && (find . -type d -printf '%p %y %s %m %T@\\n'; \
+                 find . ! -type d -printf '%p %y %s %m %T@ %n %l\\n') | sort"
+            ),
         )
     };
     let (la, lb) = (listing("a"), listing("b"));
     assert_eq!(la.lines().count(), 10_105, "{}", &la[..la.len().min(2000)]);
-    assert!(la == lb, "the listings differ");
+    let differ: Vec<(&str, &str)> = la.lines().zip(lb.lines()).filter(|(x, y)| x != y).take(10).collect();
+    assert!(la == lb, "the listings differ: {differ:#?}");
     // Bytes: every big file, and one small file in twenty.
     let sample = "cat big.bin hard link $(for i in $(seq 0 5 99); do echo d$i/f$((i % 7)); done) | sha256sum";
     assert_eq!(
