@@ -1,7 +1,8 @@
 //! One contract for every remote behind `Catalog` and `Cas`: the same test functions run
 //! against the in-memory reference (`remote::mem`, in POSIX and in plain-bucket mode), the
-//! local store, `HttpCatalog`/`HttpCas` against a `xetmount serve` started here, and
-//! `PlainCatalog` against `serve --hub-only`. Each test checks what the catalog's
+//! local store, `HttpCatalog`/`HttpCas` against a `xetmount serve` started here (on its
+//! directory, and as a replica on PostgreSQL + an S3 server), and `PlainCatalog` against
+//! `serve --hub-only`. Each test checks what the catalog's
 //! `capabilities()` promise, so a catalog that keeps less is held to less, never to nothing.
 //!
 //! A new remote joins with one `contract!(name, Kind::…)` line (and its opener in `open`).
@@ -9,6 +10,8 @@
 mod common;
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/s3.rs"]
+mod s3;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -47,6 +50,8 @@ enum Kind {
     Plain,
     /// `serve`'s catalog on PostgreSQL (a throwaway cluster), with the in-memory CAS.
     Pg,
+    /// `HttpCatalog`/`HttpCas` against a `serve` replica on PostgreSQL and `s3s-fs`.
+    Shared,
 }
 
 /// One fresh remote, and what keeps it alive.
@@ -58,11 +63,13 @@ struct Remote {
     _store: Option<LocalStore>,
     _serve: Option<common::Serve>,
     _pg: Option<pg::Pg>,
+    _s3: Option<s3::S3>,
 }
 
 async fn open(kind: Kind) -> Remote {
     let dir = tempfile::tempdir().unwrap();
     let mut postgres = None;
+    let mut objects = None;
     let (catalog, cas, store, serve): (Arc<dyn Catalog>, Arc<dyn Cas>, _, _) = match kind {
         Kind::Pg => {
             let cluster = pg::Pg::start();
@@ -109,13 +116,27 @@ async fn open(kind: Kind) -> Remote {
             let (c, s) = (store.catalog.clone(), store.cas.clone());
             (c as Arc<dyn Catalog>, s as Arc<dyn Cas>, Some(store), None)
         }
-        Kind::Http | Kind::Plain => {
-            let extra: &[&str] = match kind {
-                Kind::Plain => &["--hub-only"],
-                _ => &[],
-            };
+        Kind::Http | Kind::Plain | Kind::Shared => {
             let d = dir.path();
-            let serve = common::Serve::start(&d.join("srv"), &d.join("serve.log"), extra);
+            let serve = match kind {
+                Kind::Plain => {
+                    common::Serve::start(&d.join("srv"), &d.join("serve.log"), &["--hub-only"])
+                }
+                Kind::Shared => {
+                    let (cluster, store) = (pg::Pg::start(), s3::S3::start(&["xet"]));
+                    let serve = common::Serve::start_shared(
+                        &cluster.url(),
+                        "s3://xet/contract",
+                        &store.env(),
+                        &d.join("serve.log"),
+                        0,
+                        &[],
+                    );
+                    (postgres, objects) = (Some(cluster), Some(store));
+                    serve
+                }
+                _ => common::Serve::start(&d.join("srv"), &d.join("serve.log"), &[]),
+            };
             let r = reqwest::Client::new()
                 .post(format!("{}/api/buckets/local/data", serve.url))
                 .bearer_auth("anything")
@@ -149,7 +170,9 @@ async fn open(kind: Kind) -> Remote {
     };
     let caps = catalog.capabilities();
     match kind {
-        Kind::Mem | Kind::Local | Kind::Http | Kind::Pg => assert_eq!(caps, Capabilities::POSIX),
+        Kind::Mem | Kind::Local | Kind::Http | Kind::Pg | Kind::Shared => {
+            assert_eq!(caps, Capabilities::POSIX)
+        }
         Kind::MemPlain | Kind::Plain => assert_eq!(caps.fixed_owner, Some(OWNER)),
     }
     Remote {
@@ -160,6 +183,7 @@ async fn open(kind: Kind) -> Remote {
         _store: store,
         _serve: serve,
         _pg: postgres,
+        _s3: objects,
     }
 }
 
@@ -223,6 +247,7 @@ contract!(local, Kind::Local);
 contract!(http, Kind::Http);
 contract!(plain, Kind::Plain);
 contract!(postgres, Kind::Pg);
+contract!(shared, Kind::Shared);
 
 // ---------------------------------------------------------------------------------------
 // Helpers.

@@ -555,7 +555,12 @@ fn a_directory_deployment_with_10k_files_migrates_and_serves_identically() {
     };
     let (la, lb) = (listing("a"), listing("b"));
     assert_eq!(la.lines().count(), 10_105, "{}", &la[..la.len().min(2000)]);
-    let differ: Vec<(&str, &str)> = la.lines().zip(lb.lines()).filter(|(x, y)| x != y).take(10).collect();
+    let differ: Vec<(&str, &str)> = la
+        .lines()
+        .zip(lb.lines())
+        .filter(|(x, y)| x != y)
+        .take(10)
+        .collect();
     assert!(la == lb, "the listings differ: {differ:#?}");
     // Bytes: every big file, and one small file in twenty.
     let sample = "cat big.bin hard link $(for i in $(seq 0 5 99); do echo d$i/f$((i % 7)); done) | sha256sum";

@@ -176,7 +176,7 @@ impl CasIndex {
         }
         // One statement for the chunks: a shard of a large upload names thousands.
         tx.execute(
-            "INSERT INTO cas_dedup (chunk, shard) SELECT c, $2 FROM unnest($1::text[]) AS c \
+            "INSERT INTO cas_dedup (chunk, shard) SELECT DISTINCT c, $2::text FROM unnest($1::text[]) AS c \
              ON CONFLICT (chunk) DO UPDATE SET shard = EXCLUDED.shard",
             &[&dedup, &shard],
         )

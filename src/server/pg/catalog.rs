@@ -381,9 +381,9 @@ impl PgCatalog {
                 &[&self.bucket],
             )
             .await?;
-        let r = rows
-            .first()
-            .ok_or_else(|| db_err("the bucket has no head row"))?;
+        let r = rows.first().ok_or_else(|| {
+            RemoteError::Other("catalog database: the bucket has no head row".into())
+        })?;
         Ok((
             r.get::<_, i64>(0).max(0) as u64,
             r.get::<_, i64>(1).max(0) as u64,

@@ -61,6 +61,11 @@ pub(crate) async fn create_schema(pool: &Pool, schema: &str) -> Result<(), Remot
     tx.commit().await.map_err(db_err)
 }
 
-pub(crate) fn db_err(e: impl std::fmt::Display) -> RemoteError {
-    RemoteError::Other(format!("catalog database: {e}"))
+pub(crate) fn db_err(e: impl std::error::Error) -> RemoteError {
+    // tokio-postgres says only "db error"; the server's message is the source.
+    let mut text = e.to_string();
+    if let Some(source) = e.source() {
+        text = format!("{text}: {source}");
+    }
+    RemoteError::Other(format!("catalog database: {text}"))
 }

@@ -198,7 +198,7 @@ impl BucketStore for PgBuckets {
         }
         self.execute(
             "INSERT INTO serve_hash_buckets (hash, bucket, uploaded) \
-             SELECT h, $2, $3 FROM unnest($1::text[]) AS h \
+             SELECT DISTINCT h, $2::text, $3::boolean FROM unnest($1::text[]) AS h \
              ON CONFLICT (hash, bucket) DO UPDATE \
              SET uploaded = serve_hash_buckets.uploaded OR EXCLUDED.uploaded",
             &[&hashes, &id, &uploaded],
