@@ -195,3 +195,83 @@ fn totals_history_and_buckets_stay_exact() {
         assert_eq!(again.totals().await.unwrap(), a.totals().await.unwrap());
     });
 }
+
+/// The bucket registry on PostgreSQL keeps what `server.db` keeps (listing by namespace and
+/// search, visibility, times, body records with duplicates in one call), and a rename or
+/// delete moves or removes the bucket's catalog rows with it, totals included. Two replicas
+/// opening the registry read one signing key.
+#[test]
+fn the_registry_moves_and_deletes_catalogs_whole_and_replicas_share_one_key() {
+    use xetmount::server::buckets::Buckets;
+    use xetmount::server::pg::PgBuckets;
+
+    let cluster = pg::Pg::start();
+    common::runtime().block_on(async {
+        let pool = connect(&cluster.url()).await.unwrap();
+        let first = PgBuckets::open(pool.clone()).await.unwrap();
+        let second = PgBuckets::open(connect(&cluster.url()).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            first.shared_secret().await.unwrap(),
+            second.shared_secret().await.unwrap()
+        );
+        let b = Buckets::new(Box::new(first));
+        assert!(b.create("alice/one", false).await.unwrap());
+        assert!(!b.create("alice/one", true).await.unwrap());
+        assert!(b.create("alice/two", true).await.unwrap());
+        assert!(b.create("alicex/three", false).await.unwrap());
+        assert!(b.create("ünï/cödé", false).await.unwrap());
+        let ids = |v: Vec<xetmount::server::buckets::BucketInfo>| -> Vec<String> {
+            v.into_iter().map(|i| i.id).collect()
+        };
+        assert_eq!(
+            ids(b.list("alice", "").await.unwrap()),
+            ["alice/one", "alice/two"]
+        );
+        assert_eq!(ids(b.list("alice", "tw").await.unwrap()), ["alice/two"]);
+        assert_eq!(ids(b.list("ünï", "öd").await.unwrap()), ["ünï/cödé"]);
+        assert_eq!(b.all_page("", 100).await.unwrap().len(), 4);
+        let before = b.info("alice/one").await.unwrap().unwrap().updated_ms;
+        b.touch("alice/one").await.unwrap();
+        assert!(b.info("alice/one").await.unwrap().unwrap().updated_ms > before);
+
+        let h = body(1).hash;
+        b.note_hashes("alice/two", &[&h, &h], false).await.unwrap();
+        b.note_hashes("alice/two", &[&h], true).await.unwrap();
+        b.note_hashes("alice/two", &[&h], false).await.unwrap();
+        assert!(b.was_uploaded("alice/two", &h).await.unwrap());
+        assert_eq!(b.buckets_with(&h).await.unwrap(), ["alice/two"]);
+
+        let two = b.bucket("alice/two").await.unwrap();
+        two.commit(vec![
+            CatalogOp::Put(Entry::dir("d".into(), meta())),
+            CatalogOp::Put(file("d/f", 1)),
+            CatalogOp::Put(file("g", 2)),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(two.catalog.totals().await.unwrap(), (2, 203));
+        assert!(b.rename("alice/two", "bob/two").await.unwrap());
+        assert!(!b.rename("alice/two", "bob/x").await.unwrap());
+        assert!(b.rename("alice/one", "bob/two").await.is_err());
+        assert!(b.info("bob/two").await.unwrap().unwrap().private);
+        assert_eq!(b.buckets_with(&h).await.unwrap(), ["bob/two"]);
+        let moved = b.bucket("bob/two").await.unwrap();
+        assert_eq!(moved.catalog.totals().await.unwrap(), (2, 203));
+        assert!(moved.catalog.head("d/f").await.unwrap().is_some());
+        // The old name opens empty if it is made again.
+        assert!(b.create("alice/two", false).await.unwrap());
+        let again = b.bucket("alice/two").await.unwrap();
+        assert!(again.catalog.head("d/f").await.unwrap().is_none());
+        assert_eq!(again.catalog.totals().await.unwrap(), (0, 0));
+
+        assert!(b.delete("bob/two").await.unwrap());
+        assert!(!b.delete("bob/two").await.unwrap());
+        assert!(b.buckets_with(&h).await.unwrap().is_empty());
+        assert!(b.create("bob/two", false).await.unwrap());
+        let fresh = b.bucket("bob/two").await.unwrap();
+        assert!(fresh.catalog.head("g").await.unwrap().is_none());
+        assert_eq!(fresh.catalog.totals().await.unwrap(), (0, 0));
+    });
+}

@@ -354,7 +354,7 @@ fn a_replica_killed_during_a_mounts_commit_loses_nothing() {
     for e in walk(&seen) {
         let rel = e.file_name().unwrap().to_str().unwrap().to_string();
         assert!(
-            &std::fs::read(&e).unwrap() == &files[&rel],
+            std::fs::read(&e).unwrap() == files[&rel],
             "{rel} is listed partial"
         );
     }

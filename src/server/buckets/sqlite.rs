@@ -177,7 +177,7 @@ impl BucketStore for SqliteBuckets {
                      ON CONFLICT (hash, bucket) DO UPDATE SET uploaded = max(uploaded, ?3)",
                 )
                 .map_err(db_err)?;
-            for h in hashes.iter().copied() {
+            for h in hashes {
                 st.execute(params![h, id, uploaded]).map_err(db_err)?;
             }
         }

@@ -104,8 +104,8 @@ impl ObjectCas {
     ) -> RemoteResult<std::collections::HashMap<MerkleHash, Arc<Footer>>> {
         let mut out = std::collections::HashMap::new();
         for s in &info.segments {
-            if !out.contains_key(&s.xorb_hash) {
-                out.insert(s.xorb_hash, self.footer(&s.xorb_hash).await?);
+            if let std::collections::hash_map::Entry::Vacant(e) = out.entry(s.xorb_hash) {
+                e.insert(self.footer(&s.xorb_hash).await?);
             }
         }
         Ok(out)
