@@ -481,42 +481,33 @@ fn a_directory_deployment_with_10k_files_migrates_and_serves_identically() {
     assert!(status.success(), "{log}");
     old.stop();
 
-    let out = std::process::Command::new(common::bin())
-        .args(["serve-migrate", srv.to_str().unwrap()])
-        .args([
-            "--catalog",
-            &shared.pg.url(),
-            "--objects",
-            "s3://xet/migrated",
-        ])
-        .envs(shared.s3.env())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{said}");
+    // What `serve-migrate` printed; it must succeed.
+    let migrate = || {
+        let out = std::process::Command::new(common::bin())
+            .args(["serve-migrate", srv.to_str().unwrap()])
+            .args([
+                "--catalog",
+                &shared.pg.url(),
+                "--objects",
+                "s3://xet/migrated",
+            ])
+            .envs(shared.s3.env())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{said}");
+        said
+    };
+    let said = migrate();
     assert!(said.contains("migrated 2 buckets: 10003 files"), "{said}");
     // A rerun replaces what the first one wrote, and copies no xorb twice.
-    let again = std::process::Command::new(common::bin())
-        .args(["serve-migrate", srv.to_str().unwrap()])
-        .args([
-            "--catalog",
-            &shared.pg.url(),
-            "--objects",
-            "s3://xet/migrated",
-        ])
-        .envs(shared.s3.env())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&again.stdout).to_string();
-    assert!(
-        again.status.success() && said.contains("0 xorbs copied"),
-        "{said}"
-    );
+    let said = migrate();
+    assert!(said.contains("0 xorbs copied"), "{said}");
 
     let old = Serve::start(&srv, &d.join("dir2.log"), &[]);
     let new = Serve::start_shared(
@@ -570,4 +561,55 @@ fn a_directory_deployment_with_10k_files_migrates_and_serves_identically() {
     );
     a.stop();
     b.stop();
+}
+
+/// A bucket deleted and made again through one replica starts afresh on the other: a reader
+/// waiting there on the new bucket's feed is woken by its first commit, though the old bucket
+/// had reached a higher revision.
+#[test]
+fn a_bucket_made_again_under_its_name_wakes_readers_on_every_replica() {
+    let shared = Shared::start();
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let (a, b) = two_open_replicas(&shared, d);
+    let hf = |url: &str, args: &[&str]| common::hf_cli(url, d, args);
+    hf(&a.url, &["buckets", "create", "local/data"]);
+    let changes = "/api/buckets/local/data/xetmount/changes";
+    // B opens the bucket first, so it hears every commit A makes.
+    common::http_get(&b.url, &format!("{changes}?since=0"));
+    for i in 0..4 {
+        std::fs::write(d.join(format!("x{i}")), format!("{i}\n")).unwrap();
+        let name = format!("x{i}");
+        hf(
+            &a.url,
+            &[
+                "buckets",
+                "cp",
+                &name,
+                &format!("hf://buckets/local/data/old/{name}"),
+            ],
+        );
+    }
+    // B follows the old bucket up to its last revision.
+    let seen = common::http_get(&b.url, &format!("{changes}?since=0"));
+    assert!(seen.contains("\"revision\":4"), "{seen}");
+    hf(&a.url, &["buckets", "delete", "-y", "local/data"]);
+    hf(&a.url, &["buckets", "create", "local/data"]);
+    let url = b.url.clone();
+    let waiting = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        let answer = common::http_get(&url, &format!("{changes}?since=0&wait=30"));
+        (t.elapsed(), answer)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    hf(
+        &a.url,
+        &["buckets", "cp", "x0", "hf://buckets/local/data/new/x0"],
+    );
+    let (waited, answer) = waiting.join().unwrap();
+    assert!(answer.contains("\"revision\":1"), "{answer}");
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "the reader on B waited {waited:?} for the new bucket's first commit"
+    );
 }

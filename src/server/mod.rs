@@ -278,7 +278,13 @@ struct FeedWaker(std::sync::Weak<Server>);
 impl pg::feed::Listener for FeedWaker {
     fn committed(&self, bucket: &str, revision: u64) {
         let Some(s) = self.0.upgrade() else { return };
-        if let Some(b) = s.buckets.opened(bucket) {
+        if revision == 0 {
+            // Gone: readers of the old catalog look again (and find it gone); the name opens
+            // afresh next time.
+            if let Some(b) = s.buckets.forget_opened(bucket) {
+                b.committed.send_modify(|_| {});
+            }
+        } else if let Some(b) = s.buckets.opened(bucket) {
             b.announce(revision);
         }
     }

@@ -169,6 +169,11 @@ impl Buckets {
         self.open.lock().get(id).cloned()
     }
 
+    /// Stop keeping bucket `id` open (another replica deleted or renamed it); what was kept.
+    pub fn forget_opened(&self, id: &str) -> Option<Arc<Bucket>> {
+        self.open.lock().remove(id)
+    }
+
     /// Every bucket whose catalog this server has open.
     pub fn all_opened(&self) -> Vec<Arc<Bucket>> {
         self.open.lock().values().cloned().collect()

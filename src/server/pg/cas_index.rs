@@ -76,21 +76,13 @@ impl CasIndex {
     async fn query(
         &self,
         sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        params: super::Params<'_>,
     ) -> RemoteResult<Vec<tokio_postgres::Row>> {
-        let c = self.pool.get().await.map_err(db_err)?;
-        let st = c.prepare_cached(sql).await.map_err(db_err)?;
-        c.query(&st, params).await.map_err(db_err)
+        super::query(&self.pool, sql, params).await
     }
 
-    async fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> RemoteResult<u64> {
-        let c = self.pool.get().await.map_err(db_err)?;
-        let st = c.prepare_cached(sql).await.map_err(db_err)?;
-        c.execute(&st, params).await.map_err(db_err)
+    async fn execute(&self, sql: &str, params: super::Params<'_>) -> RemoteResult<u64> {
+        super::execute(&self.pool, sql, params).await
     }
 
     /// Size and footer of stored xorb `hash`.

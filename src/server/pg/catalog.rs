@@ -203,11 +203,9 @@ impl PgCatalog {
     async fn query(
         &self,
         sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> RemoteResult<Vec<Row>> {
-        let c = self.pool.get().await.map_err(db_err)?;
-        let st = c.prepare_cached(sql).await.map_err(db_err)?;
-        c.query(&st, params).await.map_err(db_err)
+        params: super::Params<'_>,
+    ) -> RemoteResult<Vec<tokio_postgres::Row>> {
+        super::query(&self.pool, sql, params).await
     }
 
     /// Every file at `path` or below it (`""`: the whole tree), in path order.

@@ -23,9 +23,23 @@ fn parse(payload: &str) -> Option<(&str, u64)> {
     Some((bucket, rev.parse().ok()?))
 }
 
+/// Announce, in transaction `tx`, that bucket `bucket`'s catalog was deleted or moved away
+/// (revision 0, which no commit has): replicas drop what they keep of it, so a bucket made
+/// again under that name starts afresh everywhere.
+pub async fn notify_gone(
+    tx: &deadpool_postgres::Transaction<'_>,
+    bucket: &str,
+) -> crate::remote::RemoteResult<()> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload(bucket, 0)])
+        .await
+        .map(|_| ())
+        .map_err(super::db_err)
+}
+
 /// What the listener tells the server.
 pub trait Listener: Send + Sync + 'static {
-    /// Bucket `bucket` committed revision `revision` (on some replica).
+    /// Bucket `bucket` committed revision `revision` (on some replica); revision 0: its
+    /// catalog was deleted or renamed away.
     fn committed(&self, bucket: &str, revision: u64);
     /// Notifications may have been missed: every reader should look again.
     fn resync(&self);

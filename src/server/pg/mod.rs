@@ -15,7 +15,9 @@ pub use registry::PgBuckets;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
-use crate::remote::RemoteError;
+use tokio_postgres::Row;
+
+use crate::remote::{RemoteError, RemoteResult};
 
 /// Connections each replica keeps open (PostgreSQL allows 100 by default).
 pub const POOL_SIZE: usize = 8;
@@ -59,6 +61,23 @@ pub(crate) async fn create_schema(pool: &Pool, schema: &str) -> Result<(), Remot
         .map_err(db_err)?;
     tx.batch_execute(schema).await.map_err(db_err)?;
     tx.commit().await.map_err(db_err)
+}
+
+/// Parameters of a statement.
+pub(crate) type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+/// Run query `sql` on a pooled connection (its statement prepared once per connection).
+pub(crate) async fn query(pool: &Pool, sql: &str, params: Params<'_>) -> RemoteResult<Vec<Row>> {
+    let c = pool.get().await.map_err(db_err)?;
+    let st = c.prepare_cached(sql).await.map_err(db_err)?;
+    c.query(&st, params).await.map_err(db_err)
+}
+
+/// Run statement `sql` on a pooled connection; the rows it changed.
+pub(crate) async fn execute(pool: &Pool, sql: &str, params: Params<'_>) -> RemoteResult<u64> {
+    let c = pool.get().await.map_err(db_err)?;
+    let st = c.prepare_cached(sql).await.map_err(db_err)?;
+    c.execute(&st, params).await.map_err(db_err)
 }
 
 pub(crate) fn db_err(e: impl std::error::Error) -> RemoteError {

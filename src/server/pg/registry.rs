@@ -86,21 +86,13 @@ impl PgBuckets {
     async fn query(
         &self,
         sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> RemoteResult<Vec<Row>> {
-        let c = self.pool.get().await.map_err(db_err)?;
-        let st = c.prepare_cached(sql).await.map_err(db_err)?;
-        c.query(&st, params).await.map_err(db_err)
+        params: super::Params<'_>,
+    ) -> RemoteResult<Vec<tokio_postgres::Row>> {
+        super::query(&self.pool, sql, params).await
     }
 
-    async fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> RemoteResult<u64> {
-        let c = self.pool.get().await.map_err(db_err)?;
-        let st = c.prepare_cached(sql).await.map_err(db_err)?;
-        c.execute(&st, params).await.map_err(db_err)
+    async fn execute(&self, sql: &str, params: super::Params<'_>) -> RemoteResult<u64> {
+        super::execute(&self.pool, sql, params).await
     }
 }
 
@@ -268,6 +260,7 @@ impl BucketStore for PgBuckets {
                 .await
                 .map_err(db_err)?;
         }
+        super::feed::notify_gone(&tx, id).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(n == 1)
     }
@@ -315,6 +308,8 @@ impl BucketStore for PgBuckets {
             .await
             .map_err(db_err)?;
         }
+        super::feed::notify_gone(&tx, from).await?;
+        super::feed::notify_gone(&tx, to).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(true)
     }
