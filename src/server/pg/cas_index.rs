@@ -101,6 +101,26 @@ impl CasIndex {
         }))
     }
 
+    /// Hash, size and footer of those of xorbs `hashes` that are stored, in one query.
+    pub async fn xorbs(&self, hashes: &[String]) -> RemoteResult<Vec<(String, u64, Bytes)>> {
+        let rows = self
+            .query(
+                "SELECT hash, length, footer FROM cas_xorbs WHERE hash = ANY($1)",
+                &[&hashes],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get::<_, i64>(1) as u64,
+                    Bytes::from(r.get::<_, Vec<u8>>(2)),
+                )
+            })
+            .collect())
+    }
+
     pub async fn has_xorb(&self, hash: &str) -> RemoteResult<bool> {
         Ok(!self
             .query("SELECT 1 FROM cas_xorbs WHERE hash = $1", &[&hash])

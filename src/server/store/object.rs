@@ -97,16 +97,42 @@ impl ObjectCas {
         Ok(f)
     }
 
-    /// The footers of every xorb file `info` names, by hash.
+    /// The footers of every xorb file `info` names, by hash: those not in memory in one
+    /// query (a file of many xorbs costs one round trip to the database, not one each).
     async fn footers_of(
         &self,
         info: &MDBFileInfo,
     ) -> RemoteResult<std::collections::HashMap<MerkleHash, Arc<Footer>>> {
         let mut out = std::collections::HashMap::new();
-        for s in &info.segments {
-            if let std::collections::hash_map::Entry::Vacant(e) = out.entry(s.xorb_hash) {
-                e.insert(self.footer(&s.xorb_hash).await?);
+        let mut missing = Vec::new();
+        {
+            let mut cached = self.footers.lock();
+            for s in &info.segments {
+                if out.contains_key(&s.xorb_hash) {
+                    continue;
+                }
+                match cached.get(&s.xorb_hash).cloned() {
+                    Some(f) => {
+                        out.insert(s.xorb_hash, f);
+                    }
+                    None if !missing.contains(&s.xorb_hash) => missing.push(s.xorb_hash),
+                    None => {}
+                }
             }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let wanted: Vec<String> = missing.iter().map(MerkleHash::hex).collect();
+        for (hex, len, bytes) in self.index.xorbs(&wanted).await? {
+            let h = MerkleHash::from_hex(&hex)
+                .map_err(|_| RemoteError::Integrity(format!("the index names xorb {hex:?}")))?;
+            let f = Arc::new(Footer::parse(len, &bytes)?);
+            self.footers.lock().insert(h, f.clone(), 1);
+            out.insert(h, f);
+        }
+        if let Some(h) = missing.iter().find(|h| !out.contains_key(h)) {
+            return Err(RemoteError::NotFound(format!("xorb {}", h.hex())));
         }
         Ok(out)
     }
