@@ -173,11 +173,7 @@ impl PgCatalog {
     ) -> RemoteResult<()> {
         let mut c = pool.get().await.map_err(db_err)?;
         let tx = c.transaction().await.map_err(db_err)?;
-        for t in ["catalog_heads", "catalog_entries", "catalog_changed"] {
-            tx.execute(&format!("DELETE FROM {t} WHERE bucket = $1"), &[&bucket])
-                .await
-                .map_err(db_err)?;
-        }
+        delete_rows(&tx, bucket).await?;
         let rev = revision as i64;
         tx.execute(
             "INSERT INTO catalog_heads (bucket, revision, changes_from) VALUES ($1, $2, $2)",
@@ -401,6 +397,20 @@ impl PgCatalog {
 }
 
 type PgResult<T> = Result<T, tokio_postgres::Error>;
+
+/// The tables a bucket's catalog has rows in. The head row goes first, so the totals trigger
+/// finds no head to update for each entry deleted after it.
+pub(crate) const TABLES: [&str; 3] = ["catalog_heads", "catalog_entries", "catalog_changed"];
+
+/// Delete every row of bucket `bucket`'s catalog, in transaction `tx`.
+pub(crate) async fn delete_rows(tx: &Transaction<'_>, bucket: &str) -> RemoteResult<()> {
+    for t in TABLES {
+        tx.execute(&format!("DELETE FROM {t} WHERE bucket = $1"), &[&bucket])
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
 
 async fn put_row(tx: &Transaction<'_>, bucket: &str, e: &Entry, revision: i64) -> PgResult<()> {
     let (code, rdev) = e.kind.code();

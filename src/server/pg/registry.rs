@@ -35,10 +35,6 @@ CREATE TABLE IF NOT EXISTS serve_settings (
 );
 "#;
 
-/// The tables a bucket's catalog has rows in (see `catalog.rs`). The head row goes first, so
-/// the totals trigger finds no head to update for each entry deleted after it.
-const CATALOG_TABLES: [&str; 3] = ["catalog_heads", "catalog_entries", "catalog_changed"];
-
 pub struct PgBuckets {
     pool: Pool,
 }
@@ -255,11 +251,7 @@ impl BucketStore for PgBuckets {
         tx.execute("DELETE FROM serve_hash_buckets WHERE bucket = $1", &[&id])
             .await
             .map_err(db_err)?;
-        for t in CATALOG_TABLES {
-            tx.execute(&format!("DELETE FROM {t} WHERE bucket = $1"), &[&id])
-                .await
-                .map_err(db_err)?;
-        }
+        super::catalog::delete_rows(&tx, id).await?;
         super::feed::notify_gone(&tx, id).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(n == 1)
@@ -300,7 +292,7 @@ impl BucketStore for PgBuckets {
         )
         .await
         .map_err(db_err)?;
-        for t in CATALOG_TABLES {
+        for t in super::catalog::TABLES {
             tx.execute(
                 &format!("UPDATE {t} SET bucket = $2 WHERE bucket = $1"),
                 &[&from, &to],
