@@ -14,22 +14,6 @@ use common::{bin, random_bytes, sh, wait_for, Mount, Serve};
 
 const TOKENS: &str = "alice-token alice write\nreader-token bob read alice/*\n";
 
-/// Run repo_push.py `args` as alice; its one line of output.
-fn push(url: &str, d: &Path, args: &[&str]) -> String {
-    let mut cmd = Command::new(common::hf_venv().join("python"));
-    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf/repo_push.py"))
-        .args(args);
-    common::hf_env(&mut cmd, url, &d.join("hfhome"), Some("alice-token"));
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "repo_push.py {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// `sha256sum` of every file below `dir`, sorted by path, leaving out `.gitattributes` (the
 /// server's first commit adds it, as the Hub does).
 fn files(dir: &Path) -> String {
@@ -96,13 +80,16 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     let url = serve.url.clone();
     let src: PathBuf = d.join("src");
     source(&src);
-    push(&url, d, &["create", "alice/m", "model"]);
-    let first = push(
+    common::repo_push(&url, d, &["create", "alice/m", "model"]);
+    let first = common::repo_push(
         &url,
         d,
         &["upload", "alice/m", "model", src.to_str().unwrap()],
     );
-    assert_eq!(push(&url, d, &["tag", "alice/m", "model", "v1"]), first);
+    assert_eq!(
+        common::repo_push(&url, d, &["tag", "alice/m", "model", "v1"]),
+        first
+    );
     let want_v1 = files(&src);
 
     // At a tag: every file byte-exact; writes refused.
@@ -134,7 +121,7 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     assert_eq!(files(&main.mountpoint), want_v1);
     let new_weights = d.join("new.safetensors");
     std::fs::write(&new_weights, random_bytes(12 << 20, 3)).unwrap();
-    let second = push(
+    let second = common::repo_push(
         &url,
         d,
         &[
@@ -177,8 +164,8 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     std::fs::create_dir_all(dsrc.join("data")).unwrap();
     std::fs::write(dsrc.join("data/train.csv"), b"a,b\n1,2\n").unwrap();
     std::fs::write(dsrc.join("data/blob.bin"), random_bytes(3 << 20, 4)).unwrap();
-    push(&url, d, &["create", "alice/ds", "dataset"]);
-    let dc = push(
+    common::repo_push(&url, d, &["create", "alice/ds", "dataset"]);
+    let dc = common::repo_push(
         &url,
         d,
         &["upload", "alice/ds", "dataset", dsrc.to_str().unwrap()],
@@ -197,7 +184,7 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     // A revision with slashes, written as HfFileSystem accepts it.
     let convert = "refs/convert/parquet";
     assert_eq!(
-        push(&url, d, &["branch", "alice/ds", "dataset", convert]),
+        common::repo_push(&url, d, &["branch", "alice/ds", "dataset", convert]),
         dc
     );
     let conv = mount_repo(
@@ -212,7 +199,7 @@ fn repos_mount_read_only_at_a_tag_a_commit_and_a_followed_branch() {
     conv.stop();
 
     // A private repo: refused in one sentence without a token, mounted with a read token.
-    push(&url, d, &["create", "alice/secret", "model", "private"]);
+    common::repo_push(&url, d, &["create", "alice/secret", "model", "private"]);
     let mp = d.join("anon");
     std::fs::create_dir_all(&mp).unwrap();
     let out = Command::new(bin())

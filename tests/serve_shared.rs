@@ -94,6 +94,16 @@ fn the_official_clients_upload_through_one_replica_and_read_through_another() {
     common::run_hf_script_on("conformance.py", &replica, &replica);
 }
 
+/// Hub repos on replicas: the official client's repo suite (commits, branches, tags, parent
+/// checks, downloads, HfFileSystem, access rights) with its first phase through one replica
+/// and its second through another.
+#[test]
+fn the_official_client_works_repos_through_one_replica_and_reads_through_another() {
+    let shared = Shared::start();
+    let replica = |d: &Path, log: &str| shared.replica(d, log);
+    common::run_hf_script_on("repos.py", &replica, &replica);
+}
+
 /// Bytes of a file the byte-path test moves: 1 GiB, as the issue asks.
 const BIG: usize = 1 << 30;
 
@@ -479,6 +489,19 @@ fn a_directory_deployment_with_10k_files_migrates_and_serves_identically() {
     );
     let (status, log) = m.unmount();
     assert!(status.success(), "{log}");
+    // A model repo with two commits and a tag: a regular file and a xet one.
+    let src = d.join("repo-src");
+    std::fs::create_dir_all(src.join("w")).unwrap();
+    std::fs::write(src.join("config.json"), "{\"hidden\": 8}\n").unwrap();
+    std::fs::write(
+        src.join("w/model.safetensors"),
+        common::random_bytes(3 << 20, 9),
+    )
+    .unwrap();
+    let src = src.to_str().unwrap();
+    common::repo_push(&old.url, d, &["create", "alice/m", "model"]);
+    common::repo_push(&old.url, d, &["upload", "alice/m", "model", src]);
+    common::repo_push(&old.url, d, &["tag", "alice/m", "model", "v1"]);
     old.stop();
 
     // What `serve-migrate` printed; it must succeed.
@@ -504,7 +527,10 @@ fn a_directory_deployment_with_10k_files_migrates_and_serves_identically() {
         said
     };
     let said = migrate();
-    assert!(said.contains("migrated 2 buckets: 10003 files"), "{said}");
+    assert!(
+        said.contains("migrated 2 buckets and 1 repos: 10006 files"),
+        "{said}"
+    );
     // A rerun replaces what the first one wrote, and copies no xorb twice.
     let said = migrate();
     assert!(said.contains("0 xorbs copied"), "{said}");
@@ -524,6 +550,11 @@ fn a_directory_deployment_with_10k_files_migrates_and_serves_identically() {
         "/api/buckets/local/data/tree?recursive=true",
         "/api/buckets/local/data/tree/d7",
         "/api/buckets/local/data/xetmount/revision",
+        "/api/models/alice/m",
+        "/api/models/alice/m/revision/v1",
+        "/api/models/alice/m/refs",
+        "/api/models/alice/m/commits/main",
+        "/api/models/alice/m/tree/main?recursive=true",
     ] {
         assert_eq!(
             common::http_get(&old.url, route),
@@ -531,6 +562,14 @@ fn a_directory_deployment_with_10k_files_migrates_and_serves_identically() {
             "{route} differs"
         );
     }
+    let file = "/alice/m/resolve/v1/w/model.safetensors";
+    let (status, bytes) = common::http(&new.url, "GET", file, "anything", &[]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        bytes,
+        common::http(&old.url, "GET", file, "anything", &[]).1
+    );
+    assert_eq!(bytes, common::random_bytes(3 << 20, 9));
     let a = common::mount_served(&old.url, d, "a", &[]);
     let b = common::mount_served(&new.url, d, "b", &[]);
     let listing = |m: &str| {

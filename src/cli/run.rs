@@ -453,8 +453,9 @@ pub fn serve_migrate(args: MigrateArgs) -> Result<(), UserError> {
         .await
         .map_err(UserError)?;
         println!(
-            "migrated {} buckets: {} files ({} bytes), {} xorbs copied, {} shards indexed, every file checked, in {:.1} s",
+            "migrated {} buckets and {} repos: {} files ({} bytes), {} xorbs copied, {} shards indexed, every file checked, in {:.1} s",
             done.buckets,
+            done.repos,
             done.files,
             done.bytes,
             done.xorbs,

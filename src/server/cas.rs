@@ -539,11 +539,7 @@ async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Respon
         })
         .collect();
     s.cas.put_shard(body, &shard).await.map_err(put_err)?;
-    if let Some(repos) = &s.repos {
-        repos
-            .note_sha256(shas.iter().map(|(a, b)| (a.as_str(), b.as_str())))
-            .map_err(internal)?;
-    }
+    s.repos.note_sha256(&shas).await.map_err(internal)?;
     s.buckets
         .note_hashes(
             bucket,

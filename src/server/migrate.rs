@@ -4,13 +4,15 @@
 //! What moves: every xorb (each checked against its hash as the object store takes it, its
 //! footer rebuilt from its chunks), every shard (its files and dedup chunks indexed), every
 //! bucket with its visibility, times, body records and catalog (all entries, hard links and
-//! metadata, at the same revision). A rerun replaces each bucket's catalog and skips stored
+//! metadata, at the same revision), every repo with all its commits, branches, tags, trees and
+//! regular files, and the sha256 index repo commits resolve LFS files through. A rerun replaces each bucket's catalog and skips stored
 //! xorbs, so an interrupted migration is finished by running it again. The directory is
 //! locked throughout: `serve` must be stopped.
 //!
 //! The check: for each file a catalog names, the object store's index must describe it with
 //! its size, and its xet hash, recomputed from the hashes of the chunks the index lists (each
-//! checked against its bytes when its xorb was stored), must be its name.
+//! checked against its bytes when its xorb was stored), must be its name. The same for every
+//! xet file any tree of any repo commit names; a regular file's content must hash to its id.
 
 use std::sync::Arc;
 
@@ -20,6 +22,9 @@ use xet_runtime::core::XetContext;
 
 use super::buckets::sqlite::SqliteBuckets;
 use super::buckets::BucketStore;
+use super::repos::sqlite::SqliteRepos;
+use super::repos::tree::{self, Node};
+use super::repos::{RepoDump, RepoStore};
 use super::store::object::ObjectCas;
 use super::store::ServedCas;
 use super::{objects, pg};
@@ -30,6 +35,7 @@ use crate::remote::{Entry, EntryKind};
 #[derive(Debug, Default)]
 pub struct Migrated {
     pub buckets: u64,
+    pub repos: u64,
     pub files: u64,
     pub bytes: u64,
     pub xorbs: u64,
@@ -59,13 +65,7 @@ pub async fn migrate(
         ));
     }
     let _lock = lock_store(dir).map_err(|e| e.to_string())?;
-    let repos = super::repos::Repos::open(dir).map_err(fail("cannot read the repos"))?;
-    if repos.count().map_err(fail("cannot read the repos"))? > 0 {
-        return Err(format!(
-            "{} hosts repos, which PostgreSQL deployments do not hold yet; nothing was migrated",
-            dir.display()
-        ));
-    }
+    let source_repos = SqliteRepos::open(dir).map_err(fail("cannot read repos.db"))?;
     let source_cas = XetCas::open(ctx, &dir.join("cas"))
         .await
         .map_err(fail("cannot open the directory's CAS"))?;
@@ -75,6 +75,9 @@ pub async fn migrate(
     let registry = pg::PgBuckets::open(pool.clone())
         .await
         .map_err(fail("cannot set up the catalog database"))?;
+    let dest_repos = pg::PgRepos::open(pool.clone())
+        .await
+        .map_err(fail("cannot set up the repo tables"))?;
     let index = pg::CasIndex::open(pool.clone())
         .await
         .map_err(fail("cannot set up the CAS index"))?;
@@ -140,7 +143,76 @@ pub async fn migrate(
             done.bytes += bytes;
         }
     }
+
+    let pairs = source_repos
+        .sha256_pairs()
+        .await
+        .map_err(fail("cannot read the sha256 index"))?;
+    for chunk in pairs.chunks(PAGE) {
+        dest_repos
+            .note_sha256(chunk)
+            .await
+            .map_err(fail("cannot copy the sha256 index"))?;
+    }
+    for key in source_repos
+        .keys()
+        .await
+        .map_err(fail("cannot list the repos"))?
+    {
+        let dump = source_repos
+            .export(&key)
+            .await
+            .map_err(fail("cannot read a repo"))?
+            .ok_or_else(|| format!("repo {key} vanished while it was being migrated"))?;
+        let (files, bytes) = check_repo(&dest, &dump)
+            .await
+            .map_err(|m| format!("repo {key}: {m}"))?;
+        let fail = |e: crate::remote::RemoteError| format!("repo {key}: {e}");
+        // A rerun replaces what an earlier run copied.
+        if dest_repos.export(&key).await.map_err(fail)?.as_ref() != Some(&dump) {
+            dest_repos.delete(&key).await.map_err(fail)?;
+            dest_repos.import(&dump).await.map_err(fail)?;
+        }
+        progress(&format!(
+            "{key}: {} commits, {files} distinct files, {bytes} bytes, checked",
+            dump.commits.len()
+        ));
+        done.repos += 1;
+        done.files += files;
+        done.bytes += bytes;
+    }
     Ok(done)
+}
+
+/// Check every file of every commit of repo `d`: its xet files against `dest`'s index, its
+/// regular files against their ids. The distinct files and their bytes.
+async fn check_repo(dest: &ObjectCas, d: &RepoDump) -> Result<(u64, u64), String> {
+    let mut seen = std::collections::HashSet::new();
+    let (mut files, mut bytes) = (0, 0);
+    for (oid, data) in &d.blobs {
+        if tree::blob_oid(data) != *oid {
+            return Err(format!("the content stored as {oid} does not hash to it"));
+        }
+    }
+    for (oid, body) in &d.trees {
+        let t = tree::decode(body).map_err(|e| format!("tree {oid}: {e}"))?;
+        for (name, node) in t {
+            let Node::File(f) = node else { continue };
+            if !seen.insert(f.oid.clone()) {
+                continue;
+            }
+            match &f.lfs {
+                Some(l) => check_body(dest, &name, &l.xet, f.size).await?,
+                None if !d.blobs.iter().any(|(o, _)| *o == f.oid) => {
+                    return Err(format!("{name}: its content {} is missing", f.oid))
+                }
+                None => {}
+            }
+            files += 1;
+            bytes += f.size;
+        }
+    }
+    Ok((files, bytes))
 }
 
 /// Copy one bucket's registry row, body records and catalog, then check its files in `dest`.
@@ -198,22 +270,29 @@ async fn migrate_bucket(
 /// Check file `e` against the object store's index: its size, and its hash recomputed from
 /// the chunks the index lists.
 async fn check_file(dest: &ObjectCas, e: &Entry) -> Result<(), String> {
-    let Some(content) = &e.content else {
+    match &e.content {
+        Some(c) => check_body(dest, &e.path, &c.hash, c.size).await,
+        None => Ok(()),
+    }
+}
+
+/// Check body `hex` of `size` bytes (named `path` in messages) against `dest`'s index.
+async fn check_body(dest: &ObjectCas, path: &str, hex: &str, size: u64) -> Result<(), String> {
+    if hex == super::scope::EMPTY_HASH && size == 0 {
         return Ok(());
-    };
-    let hash = MerkleHash::from_hex(&content.hash)
-        .map_err(|_| format!("{} names {:?}, not a hash", e.path, content.hash))?;
+    }
+    let hash =
+        MerkleHash::from_hex(hex).map_err(|_| format!("{path} names {hex:?}, not a hash"))?;
     let lists = dest
         .chunk_lists(&hash)
         .await
-        .map_err(|err| format!("{}: {err}", e.path))?
-        .ok_or_else(|| format!("{}: its body {} is in no shard", e.path, content.hash))?;
+        .map_err(|err| format!("{path}: {err}"))?
+        .ok_or_else(|| format!("{path}: its body {hex} is in no shard"))?;
     let chunks: Vec<(MerkleHash, u64)> = lists.chunks.into_iter().flatten().collect();
-    let size: u64 = chunks.iter().map(|(_, n)| n).sum();
-    if size != content.size || file_hash(&chunks) != hash {
+    let found: u64 = chunks.iter().map(|(_, n)| n).sum();
+    if found != size || file_hash(&chunks) != hash {
         return Err(format!(
-            "{}: the migrated body does not reproduce {} ({size} bytes, {} expected)",
-            e.path, content.hash, content.size
+            "{path}: the migrated body does not reproduce {hex} ({found} bytes, {size} expected)"
         ));
     }
     Ok(())

@@ -4,8 +4,8 @@
 //!
 //! - one directory on one machine (SQLite catalogs, xet-core's local CAS), laid out below;
 //! - shared stores for any number of replicas: metadata in PostgreSQL (`pg/`: registry,
-//!   catalogs, the CAS index) and xorbs and shards in an object store (`store/object.rs`).
-//!   Repos are not hosted there yet.
+//!   catalogs, repos, the CAS index) and xorbs and shards in an object store
+//!   (`store/object.rs`).
 //!
 //! Layout of the directory:
 //!
@@ -107,8 +107,7 @@ pub enum ServeError {
 
 pub struct Server {
     pub buckets: buckets::Buckets,
-    /// `None` on shared stores (repos are hosted from a directory only, for now).
-    pub repos: Option<repos::Repos>,
+    pub repos: repos::Repos,
     pub cas: Arc<dyn ServedCas>,
     pub auth: auth::Auth,
     pub public_url: String,
@@ -139,18 +138,6 @@ impl Server {
         }
     }
 
-    /// Repos, or the answer that this server does not host them.
-    pub fn repos(&self) -> Result<&repos::Repos, axum::response::Response> {
-        self.repos.as_ref().ok_or_else(|| {
-            hub::error(
-                axum::http::StatusCode::NOT_IMPLEMENTED,
-                None,
-                "this server keeps its data in PostgreSQL and an object store, where repos are \
-                 not hosted yet; use buckets, or serve repos from a directory",
-            )
-        })
-    }
-
     async fn open_shared(
         catalog: &str,
         objects: &str,
@@ -169,6 +156,9 @@ impl Server {
             .shared_secret()
             .await
             .map_err(shared("cannot read the signing key"))?;
+        let repos = pg::PgRepos::open(pool.clone())
+            .await
+            .map_err(shared("cannot set up the repo tables"))?;
         let index = pg::CasIndex::open(pool)
             .await
             .map_err(shared("cannot set up the CAS index"))?;
@@ -188,7 +178,7 @@ impl Server {
         )?;
         let server = Arc::new(Server {
             buckets: buckets::Buckets::new(Box::new(registry)),
-            repos: None,
+            repos: repos::Repos::new(Box::new(repos)),
             cas,
             auth,
             public_url: opts.public_url.trim_end_matches('/').to_string(),
@@ -248,7 +238,7 @@ impl Server {
             path: root.join("server.db"),
             detail: e.to_string(),
         })?;
-        let repos = repos::Repos::open(&root).map_err(|e| ServeError::Io {
+        let repos = repos::sqlite::SqliteRepos::open(&root).map_err(|e| ServeError::Io {
             path: root.join("repos.db"),
             detail: e.to_string(),
         })?;
@@ -260,7 +250,7 @@ impl Server {
         )?;
         Ok(Arc::new(Server {
             buckets: buckets::Buckets::new(Box::new(buckets)),
-            repos: Some(repos),
+            repos: repos::Repos::new(Box::new(repos)),
             cas: Arc::new(cas),
             auth,
             public_url: opts.public_url.trim_end_matches('/').to_string(),
@@ -332,9 +322,7 @@ pub fn router(state: Arc<Server>) -> Router {
         .route("/v1/shards", post(cas::shard_v1))
         .route("/v2/file-chunk-hashes/{file}", get(cas::file_chunk_hashes))
         .route("/v1/telemetry", post(cas::telemetry));
-    if state.repos.is_some() {
-        r = repo_api::routes(r);
-    }
+    r = repo_api::routes(r);
     if !state.hub_only {
         r = r
             // xetmount's own catalog routes.

@@ -28,10 +28,7 @@ impl Server {
             return Ok(true);
         }
         if is_repo_key(id) {
-            return match &self.repos {
-                Some(r) => r.references(id, hash),
-                None => Ok(false),
-            };
+            return self.repos.references(id, hash).await;
         }
         if self.buckets.info(id).await?.is_none() {
             return Ok(false);
@@ -72,10 +69,11 @@ impl Server {
     pub async fn may_read(&self, headers: &HeaderMap, key: &str) -> Result<bool, Response> {
         let caller = self.caller(headers)?;
         let private = if is_repo_key(key) {
-            match &self.repos {
-                Some(r) => r.info(key).map_err(internal)?.map(|i| i.private),
-                None => None,
-            }
+            self.repos
+                .info(key)
+                .await
+                .map_err(internal)?
+                .map(|i| i.private)
         } else {
             self.buckets
                 .info(key)

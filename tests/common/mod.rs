@@ -630,3 +630,20 @@ pub fn same_file_contents(a: &Path, b: &Path) -> bool {
         }
     }
 }
+
+/// Run tests/hf/repo_push.py `args` as alice against the server at `url` (its home in `d`);
+/// its one line of output.
+pub fn repo_push(url: &str, d: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(hf_venv().join("python"));
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf/repo_push.py"))
+        .args(args);
+    hf_env(&mut cmd, url, &d.join("hfhome"), Some("alice-token"));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "repo_push.py {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -336,7 +336,7 @@ async fn check_copy_source(
     };
     if let Some(key) = repo {
         // A repo source: readable by the caller, and some commit of it names the body.
-        let holds = hash == EMPTY_HASH || s.repos()?.references(&key, hash).map_err(internal)?;
+        let holds = hash == EMPTY_HASH || s.repos.references(&key, hash).await.map_err(internal)?;
         if !s.may_read(headers, &key).await? || !holds {
             return refuse(format!(
                 "{key} does not exist, you may not read it, or it holds no file with xetHash {hash}"

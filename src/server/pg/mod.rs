@@ -8,10 +8,12 @@ pub mod cas_index;
 pub mod catalog;
 pub mod feed;
 pub mod registry;
+pub mod repos;
 
 pub use cas_index::CasIndex;
 pub use catalog::PgCatalog;
 pub use registry::PgBuckets;
+pub use repos::PgRepos;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 

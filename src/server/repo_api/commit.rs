@@ -15,7 +15,7 @@ use super::{RepoAccess, S};
 use crate::server::extract::Write;
 use crate::server::hub::{error, internal};
 use crate::server::repos::tree::{Change, FileNode, Node, TreeError};
-use crate::server::repos::{entry_at, CommitError, RefKind};
+use crate::server::repos::{CommitError, RefKind};
 use crate::server::{Answer, Server};
 
 /// Files above this size are uploaded through xet whatever they hold (the Hub's rule of
@@ -63,7 +63,7 @@ pub async fn preupload(
         return Err(bad(format!("at most {MAX_PREUPLOAD} files per preupload")));
     }
     // A new branch of a PR has nothing yet; its files are all new.
-    let at = s.repos()?.resolve(r.key(), r.rev()).map_err(internal)?;
+    let at = s.repos.resolve(r.key(), r.rev()).await.map_err(internal)?;
     let mut out = Vec::with_capacity(b.files.len());
     for f in &b.files {
         check_path(&f.path)?;
@@ -72,7 +72,12 @@ pub async fn preupload(
             .unwrap_or_default();
         let lfs = f.size > LFS_ABOVE || sample.contains(&0);
         let oid = match &at {
-            Some(c) => match entry_at(s.repos()?, r.key(), c, &f.path).map_err(internal)? {
+            Some(c) => match s
+                .repos
+                .entry_at(r.key(), c, &f.path)
+                .await
+                .map_err(internal)?
+            {
                 Some(Node::File(n)) => {
                     Some(n.lfs.as_ref().map_or(n.oid.clone(), |l| l.sha256.clone()))
                 }
@@ -151,7 +156,11 @@ impl Server {
         sha256: &str,
         size: Option<u64>,
     ) -> Result<FileNode, Response> {
-        let candidates = self.repos()?.files_with_sha256(sha256).map_err(internal)?;
+        let candidates = self
+            .repos
+            .files_with_sha256(sha256)
+            .await
+            .map_err(internal)?;
         // Bodies uploaded to this repo first: they stand for themselves.
         let mut ranked = Vec::with_capacity(candidates.len());
         for h in candidates {
@@ -276,14 +285,15 @@ pub async fn commit(
         .unwrap_or(r.rev())
         .to_string();
     let is_branch = s
-        .repos()?
+        .repos
         .refs(r.key(), RefKind::Branch)
+        .await
         .map_err(internal)?
         .iter()
         .any(|b| b.name == branch);
     if !is_branch {
         return Err(
-            match s.repos()?.resolve(r.key(), r.rev()).map_err(internal)? {
+            match s.repos.resolve(r.key(), r.rev()).await.map_err(internal)? {
                 Some(_) => bad(format!("{branch} is not a branch; commits go to branches")),
                 None => super::no_revision(&branch, &r.info.id),
             },
@@ -306,16 +316,19 @@ pub async fn commit(
             _ => None,
         })
         .collect();
-    let done = s.repos()?.commit(
-        r.key(),
-        &branch,
-        p.header.parent_commit.as_deref(),
-        &p.ops,
-        &p.blobs,
-        &p.header.summary,
-        &p.header.description,
-        &author,
-    );
+    let done = s
+        .repos
+        .commit(
+            r.key(),
+            &branch,
+            p.header.parent_commit.as_deref(),
+            &p.ops,
+            &p.blobs,
+            &p.header.summary,
+            &p.header.description,
+            &author,
+        )
+        .await;
     let c = match done {
         Ok(c) => c,
         Err(CommitError::NoBranch(b)) => return Err(super::no_revision(&b, &r.info.id)),

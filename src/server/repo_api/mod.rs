@@ -127,7 +127,7 @@ impl<N: Need> FromRequestParts<Arc<Server>> for RepoAccess<N> {
         );
         let key = key(kind, &id);
         let caller = s.caller(&parts.headers)?;
-        let info = s.repos()?.info(&key).map_err(internal)?;
+        let info = s.repos.info(&key).await.map_err(internal)?;
         Server::decide(
             caller.as_ref(),
             info.as_ref().map(|i| i.private),
@@ -154,9 +154,10 @@ fn no_revision(rev: &str, id: &str) -> Response {
 
 impl Server {
     /// The commit revision `rev` of `repo` names, or 404 `RevisionNotFound`.
-    fn commit_at(&self, repo: &RepoInfo, rev: &str) -> Result<Commit, Response> {
-        self.repos()?
+    async fn commit_at(&self, repo: &RepoInfo, rev: &str) -> Result<Commit, Response> {
+        self.repos
             .resolve(&repo.key, rev)
+            .await
             .map_err(internal)?
             .ok_or_else(|| no_revision(rev, &repo.id))
     }
@@ -248,12 +249,14 @@ async fn create(State(s): S, headers: HeaderMap, body: Bytes) -> Answer {
     }
     let private = b.private.unwrap_or(false) || b.visibility.as_deref() == Some("private");
     let created = s
-        .repos()?
+        .repos
         .create(&k, private, &caller.user)
+        .await
         .map_err(internal)?;
     let info = s
-        .repos()?
+        .repos
         .info(&k)
+        .await
         .map_err(internal)?
         .ok_or_else(|| internal("a created repo is missing"))?;
     let url = s.repo_url(&info);
@@ -274,7 +277,7 @@ async fn delete(State(s): S, headers: HeaderMap, body: Bytes) -> Answer {
         .ok_or_else(|| needs_token("Deleting a repo"))?;
     let (kind, id) = body_of(&body)?.target(&caller)?;
     let k = key(kind, &id);
-    let info = s.repos()?.info(&k).map_err(internal)?;
+    let info = s.repos.info(&k).await.map_err(internal)?;
     let private = info.map(|i| i.private);
     Server::decide(
         Some(&caller),
@@ -283,7 +286,7 @@ async fn delete(State(s): S, headers: HeaderMap, body: Bytes) -> Answer {
         &format!("Repository {id}"),
         Scope::Write,
     )?;
-    s.repos()?.delete(&k).map_err(internal)?;
+    s.repos.delete(&k).await.map_err(internal)?;
     s.buckets.forget(&k).await.map_err(internal)?;
     Ok(axum::Json(json!({})).into_response())
 }
@@ -314,15 +317,14 @@ async fn info(
     Query(q): Query<InfoQuery>,
     uri: axum::http::Uri,
 ) -> Answer {
-    let c = s.commit_at(&r.info, r.rev())?;
+    let c = s.commit_at(&r.info, r.rev()).await?;
     let only = expanded(uri.query());
     let wants = |f: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == f));
     let blobs = q.blobs.as_deref() == Some("true") || q.blobs.as_deref() == Some("1");
     let files = if wants("siblings") {
-        s.repos()?
-            .with_trees(r.key(), |t| {
-                super::repos::tree::list(t, &c.tree, "", true, "", usize::MAX)
-            })
+        s.repos
+            .list(r.key(), &c.tree, "", true, "", usize::MAX)
+            .await
             .map_err(internal)?
             .0
     } else {
@@ -373,10 +375,15 @@ fn ref_json(kind: &str, r: &super::repos::Ref) -> Value {
 
 async fn refs(State(s): S, r: RepoAccess<Read>) -> Answer {
     let branches = s
-        .repos()?
+        .repos
         .refs(r.key(), RefKind::Branch)
+        .await
         .map_err(internal)?;
-    let tags = s.repos()?.refs(r.key(), RefKind::Tag).map_err(internal)?;
+    let tags = s
+        .repos
+        .refs(r.key(), RefKind::Tag)
+        .await
+        .map_err(internal)?;
     Ok(axum::Json(json!({
         "branches": branches.iter().map(|b| ref_json("heads", b)).collect::<Vec<_>>(),
         "tags": tags.iter().map(|t| ref_json("tags", t)).collect::<Vec<_>>(),
@@ -396,12 +403,13 @@ struct PageQuery {
 const COMMITS_PAGE: usize = 50;
 
 async fn commits(State(s): S, r: RepoAccess<Read>, Query(q): Query<PageQuery>) -> Answer {
-    let head = s.commit_at(&r.info, r.rev())?;
+    let head = s.commit_at(&r.info, r.rev()).await?;
     let page = q.p.unwrap_or(0);
     let limit = q.limit.unwrap_or(COMMITS_PAGE).clamp(1, 1000);
     let list = s
-        .repos()?
+        .repos
         .history(r.key(), &head.oid, page.saturating_mul(limit), limit + 1)
+        .await
         .map_err(internal)?;
     let more = list.len() > limit;
     let out: Vec<Value> = list
@@ -459,7 +467,7 @@ fn valid_ref_name(n: &str) -> bool {
         && !n.starts_with("refs/tags/")
 }
 
-fn made_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str, at: &Commit) -> Answer {
+async fn made_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str, at: &Commit) -> Answer {
     if !valid_ref_name(name) {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -467,8 +475,9 @@ fn made_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str, at: &Commit) ->
             format!("{name:?} is not a valid branch or tag name"),
         ));
     }
-    if s.repos()?
+    if s.repos
         .create_ref(&r.key, kind, name, &at.oid)
+        .await
         .map_err(internal)?
     {
         Ok(axum::Json(json!({})).into_response())
@@ -484,13 +493,13 @@ fn made_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str, at: &Commit) ->
 async fn create_branch(State(s): S, r: RepoAccess<Write>, body: Bytes) -> Answer {
     let b: BranchBody = super::hub::json_body(&body)?;
     let from = b.starting_point.as_deref().unwrap_or(MAIN);
-    let at = s.commit_at(&r.info, from)?;
-    made_ref(&s, &r.info, RefKind::Branch, r.param("rev"), &at)
+    let at = s.commit_at(&r.info, from).await?;
+    made_ref(&s, &r.info, RefKind::Branch, r.param("rev"), &at).await
 }
 
 async fn create_tag(State(s): S, r: RepoAccess<Write>, body: Bytes) -> Answer {
     let b: TagBody = super::hub::json_body(&body)?;
-    let at = s.commit_at(&r.info, r.rev())?;
+    let at = s.commit_at(&r.info, r.rev()).await?;
     let Some(tag) = b.tag else {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -498,10 +507,10 @@ async fn create_tag(State(s): S, r: RepoAccess<Write>, body: Bytes) -> Answer {
             "the body names no tag",
         ));
     };
-    made_ref(&s, &r.info, RefKind::Tag, &tag, &at)
+    made_ref(&s, &r.info, RefKind::Tag, &tag, &at).await
 }
 
-fn deleted_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str) -> Answer {
+async fn deleted_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str) -> Answer {
     if kind == RefKind::Branch && name == MAIN {
         return Err(error(
             StatusCode::FORBIDDEN,
@@ -509,8 +518,9 @@ fn deleted_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str) -> Answer {
             "the main branch cannot be deleted",
         ));
     }
-    if s.repos()?
+    if s.repos
         .delete_ref(&r.key, kind, name)
+        .await
         .map_err(internal)?
     {
         Ok(axum::Json(json!({})).into_response())
@@ -520,17 +530,17 @@ fn deleted_ref(s: &Server, r: &RepoInfo, kind: RefKind, name: &str) -> Answer {
 }
 
 async fn delete_branch(State(s): S, r: RepoAccess<Write>) -> Answer {
-    deleted_ref(&s, &r.info, RefKind::Branch, r.param("rev"))
+    deleted_ref(&s, &r.info, RefKind::Branch, r.param("rev")).await
 }
 
 async fn delete_tag(State(s): S, r: RepoAccess<Write>) -> Answer {
-    deleted_ref(&s, &r.info, RefKind::Tag, r.param("rev"))
+    deleted_ref(&s, &r.info, RefKind::Tag, r.param("rev")).await
 }
 
 /// A token for the CAS: reads need the revision to exist; a write token's revision is
 /// checked by the commit (the client may send `None` there).
 async fn read_token(State(s): S, r: RepoAccess<Read>) -> Answer {
-    s.commit_at(&r.info, r.rev())?;
+    s.commit_at(&r.info, r.rev()).await?;
     Ok(super::hub::cas_token(&s, r.key(), Scope::Read))
 }
 

@@ -15,8 +15,8 @@ use crate::remote::FileId;
 use crate::server::cas::parse_range;
 use crate::server::extract::Read;
 use crate::server::hub::{error, internal, iso};
-use crate::server::repos::tree::{self, Node};
-use crate::server::repos::{entry_at, Commit, RepoInfo};
+use crate::server::repos::tree::Node;
+use crate::server::repos::{Commit, RepoInfo};
 use crate::server::{Answer, Server};
 
 /// Tree entries per page (the Hub's), and with `expand` (each needs a walk of history).
@@ -53,7 +53,7 @@ pub struct TreeQuery {
 
 impl Server {
     /// The last commit (from `head` back) that changed `path` to what it is at `head`.
-    fn last_change(
+    async fn last_change(
         &self,
         repo: &RepoInfo,
         head: &Commit,
@@ -64,13 +64,18 @@ impl Server {
         for _ in 0..EXPAND_DEPTH {
             let Some(parent) = &last.parent else { break };
             let Some(p) = self
-                .repos()?
+                .repos
                 .commit_of(&repo.key, parent)
+                .await
                 .map_err(internal)?
             else {
                 break;
             };
-            let there = entry_at(self.repos()?, &repo.key, &p, path).map_err(internal)?;
+            let there = self
+                .repos
+                .entry_at(&repo.key, &p, path)
+                .await
+                .map_err(internal)?;
             if there.as_ref() != Some(node) {
                 break;
             }
@@ -79,7 +84,7 @@ impl Server {
         Ok(last)
     }
 
-    fn with_last_commit(
+    async fn with_last_commit(
         &self,
         repo: &RepoInfo,
         head: &Commit,
@@ -87,7 +92,7 @@ impl Server {
         node: &Node,
     ) -> Result<Value, Response> {
         let mut v = entry_json(path, node);
-        let c = self.last_change(repo, head, path, node)?;
+        let c = self.last_change(repo, head, path, node).await?;
         v["lastCommit"] = json!({"id": c.oid, "title": c.title, "date": iso(c.date_ms)});
         Ok(v)
     }
@@ -96,9 +101,14 @@ impl Server {
 /// `GET …/tree/{rev}[/{path}]?recursive=&expand=`: the folder's entries, paged with a
 /// `Link` header; 404 `EntryNotFound` for a path that is not a folder.
 pub async fn tree(State(s): S, r: RepoAccess<Read>, Query(q): Query<TreeQuery>) -> Answer {
-    let c = s.commit_at(&r.info, r.rev())?;
+    let c = s.commit_at(&r.info, r.rev()).await?;
     let path = r.param("path").trim_matches('/').to_string();
-    let folder = match entry_at(s.repos()?, r.key(), &c, &path).map_err(internal)? {
+    let folder = match s
+        .repos
+        .entry_at(r.key(), &c, &path)
+        .await
+        .map_err(internal)?
+    {
         Some(Node::Dir(oid)) => oid,
         _ => return Err(no_entry(&path, &c, &r.info.id)),
     };
@@ -108,15 +118,14 @@ pub async fn tree(State(s): S, r: RepoAccess<Read>, Query(q): Query<TreeQuery>) 
     let limit = q.limit.unwrap_or(page).clamp(1, page);
     let after = crate::server::hub::decode_cursor(q.cursor.as_deref())?;
     let (entries, more) = s
-        .repos()?
-        .with_trees(r.key(), |t| {
-            tree::list(t, &folder, &path, recursive, &after, limit)
-        })
+        .repos
+        .list(r.key(), &folder, &path, recursive, &after, limit)
+        .await
         .map_err(internal)?;
     let mut out = Vec::with_capacity(entries.len());
     for (p, n) in &entries {
         out.push(if expand {
-            s.with_last_commit(&r.info, &c, p, n)?
+            s.with_last_commit(&r.info, &c, p, n).await?
         } else {
             entry_json(p, n)
         });
@@ -186,7 +195,7 @@ pub async fn paths_info(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let c = s.commit_at(&r.info, r.rev())?;
+    let c = s.commit_at(&r.info, r.rev()).await?;
     let (paths, expand) = paths_info_body(&headers, &body)?;
     if paths.len() > MAX_PATHS_INFO {
         return Err(error(
@@ -201,9 +210,9 @@ pub async fn paths_info(
         if p.is_empty() {
             continue;
         }
-        if let Some(n) = entry_at(s.repos()?, r.key(), &c, &p).map_err(internal)? {
+        if let Some(n) = s.repos.entry_at(r.key(), &c, &p).await.map_err(internal)? {
             out.push(if expand {
-                s.with_last_commit(&r.info, &c, &p, &n)?
+                s.with_last_commit(&r.info, &c, &p, &n).await?
             } else {
                 entry_json(&p, &n)
             });
@@ -219,9 +228,14 @@ pub async fn resolve(
     r: RepoAccess<Read>,
     headers: HeaderMap,
 ) -> Answer {
-    let c = s.commit_at(&r.info, r.rev())?;
+    let c = s.commit_at(&r.info, r.rev()).await?;
     let path = r.param("path").to_string();
-    let file = match entry_at(s.repos()?, r.key(), &c, &path).map_err(internal)? {
+    let file = match s
+        .repos
+        .entry_at(r.key(), &c, &path)
+        .await
+        .map_err(internal)?
+    {
         Some(Node::File(f)) => f,
         _ => return Err(no_entry(&path, &c, &r.info.id)),
     };
@@ -267,8 +281,9 @@ pub async fn resolve(
         ),
         None => {
             let data = s
-                .repos()?
+                .repos
                 .blob(r.key(), &file.oid)
+                .await
                 .map_err(internal)?
                 .ok_or_else(|| internal(format!("the content of {path} is missing")))?;
             Body::from(Bytes::from(data).slice(span.start as usize..span.end as usize))

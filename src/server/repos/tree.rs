@@ -7,8 +7,9 @@
 //! regular file) or of its LFS pointer (a file stored with xet); a folder's `oid` is its
 //! tree's id here (the sha1 of the tree's own encoding, not git's).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
@@ -92,11 +93,99 @@ pub fn decode(body: &[u8]) -> Result<Tree, TreeError> {
     serde_json::from_slice(body).map_err(|e| TreeError::Store(format!("a stored tree: {e}")))
 }
 
-/// Where trees are kept, by id.
+/// Where [`apply`] reads and writes trees, by id, without waiting on anything.
 pub trait Trees {
     fn get(&self, oid: &str) -> Result<Tree, TreeError>;
     /// Keep `t`; returns its id.
     fn put(&mut self, t: &Tree) -> Result<String, TreeError>;
+}
+
+/// Where trees are read from, by id: a repo store (see `Repos::trees`), or memory.
+#[async_trait::async_trait]
+pub trait TreeSource: Sync {
+    async fn get(&self, oid: &str) -> Result<Tree, TreeError>;
+
+    /// Trees `oids`, in order; a store answers them in one query.
+    async fn get_many(&self, oids: &[String]) -> Result<Vec<Tree>, TreeError> {
+        let mut out = Vec::with_capacity(oids.len());
+        for o in oids {
+            out.push(self.get(o).await?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: Trees + Sync> TreeSource for T {
+    async fn get(&self, oid: &str) -> Result<Tree, TreeError> {
+        Trees::get(self, oid)
+    }
+}
+
+/// The trees one commit reads, fetched ahead by [`prefetch`], and the trees it writes: [`apply`]
+/// runs on this in memory, and `written` is then stored with the commit in one transaction.
+#[derive(Default)]
+pub struct Staged {
+    read: HashMap<String, Tree>,
+    pub written: Vec<(String, Vec<u8>)>,
+}
+
+impl Trees for Staged {
+    fn get(&self, oid: &str) -> Result<Tree, TreeError> {
+        self.read
+            .get(oid)
+            .cloned()
+            .ok_or_else(|| TreeError::Store(format!("tree {oid} was not read ahead")))
+    }
+
+    fn put(&mut self, t: &Tree) -> Result<String, TreeError> {
+        let (body, oid) = encode(t);
+        if !self.read.contains_key(&oid) {
+            self.read.insert(oid.clone(), t.clone());
+            self.written.push((oid.clone(), body));
+        }
+        Ok(oid)
+    }
+}
+
+/// Everything [`apply`] of `ops` to tree `root` reads: the folders on the operations' paths
+/// (each path's proper prefixes), fetched one level at a time, one query per level.
+pub async fn prefetch(
+    src: &dyn TreeSource,
+    root: &str,
+    ops: &[(String, Change)],
+) -> Result<Staged, TreeError> {
+    let mut wanted = HashSet::new();
+    for (p, _) in ops {
+        let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+        for i in 1..parts.len() {
+            wanted.insert(parts[..i].join("/"));
+        }
+    }
+    let mut staged = Staged::default();
+    let mut level = vec![(String::new(), root.to_string())];
+    while !level.is_empty() {
+        let oids: Vec<String> = level.iter().map(|(_, o)| o.clone()).collect();
+        let trees = src.get_many(&oids).await?;
+        let mut next = Vec::new();
+        for ((path, oid), t) in level.into_iter().zip(trees) {
+            for (name, node) in &t {
+                let sub = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}/{name}")
+                };
+                if let Node::Dir(o) = node {
+                    if wanted.contains(&sub) && !staged.read.contains_key(o) {
+                        next.push((sub, o.clone()));
+                    }
+                }
+            }
+            staged.read.insert(oid, t);
+        }
+        level = next;
+    }
+    Ok(staged)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -224,13 +313,17 @@ fn descend(
 }
 
 /// The entry at `path` under tree `root` (`""`: the root folder itself).
-pub fn lookup(store: &dyn Trees, root: &str, path: &str) -> Result<Option<Node>, TreeError> {
+pub async fn lookup(
+    store: &dyn TreeSource,
+    root: &str,
+    path: &str,
+) -> Result<Option<Node>, TreeError> {
     let mut node = Node::Dir(root.to_string());
     for part in path.split('/').filter(|s| !s.is_empty()) {
         let Node::Dir(oid) = node else {
             return Ok(None);
         };
-        match store.get(&oid)?.remove(part) {
+        match store.get(&oid).await?.remove(part) {
             Some(n) => node = n,
             None => return Ok(None),
         }
@@ -241,8 +334,8 @@ pub fn lookup(store: &dyn Trees, root: &str, path: &str) -> Result<Option<Node>,
 /// Up to `limit` entries under folder `oid` (whose path is `prefix`), in pre-order with
 /// names sorted, all the way down if `recursive`, starting after path `after` (a listing's
 /// cursor). Each entry comes with its full path. The flag says whether more follow.
-pub fn list(
-    store: &dyn Trees,
+pub async fn list(
+    store: &dyn TreeSource,
     oid: &str,
     prefix: &str,
     recursive: bool,
@@ -264,44 +357,47 @@ pub fn list(
         &after,
         limit.saturating_add(1),
         &mut out,
-    )?;
+    )
+    .await?;
     let more = out.len() > limit;
     out.truncate(limit);
     Ok((out, more))
 }
 
-fn walk(
-    store: &dyn Trees,
-    oid: &str,
-    prefix: &str,
+fn walk<'a>(
+    store: &'a dyn TreeSource,
+    oid: &'a str,
+    prefix: &'a str,
     recursive: bool,
-    after: &[&str],
+    after: &'a [&'a str],
     limit: usize,
-    out: &mut Vec<(String, Node)>,
-) -> Result<(), TreeError> {
-    let t = store.get(oid)?;
-    let from = after.first().copied().unwrap_or("");
-    let from = (std::ops::Bound::Included(from), std::ops::Bound::Unbounded);
-    for (name, node) in t.range::<str, _>(from) {
-        if out.len() >= limit {
-            return Ok(());
+    out: &'a mut Vec<(String, Node)>,
+) -> BoxFuture<'a, Result<(), TreeError>> {
+    Box::pin(async move {
+        let t = store.get(oid).await?;
+        let from = after.first().copied().unwrap_or("");
+        let from = (std::ops::Bound::Included(from), std::ops::Bound::Unbounded);
+        for (name, node) in t.range::<str, _>(from) {
+            if out.len() >= limit {
+                return Ok(());
+            }
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            // The cursor's own entry was listed; only what is under it may remain.
+            let resumed = after.first() == Some(&name.as_str());
+            if !resumed {
+                out.push((path.clone(), node.clone()));
+            }
+            if let (true, Node::Dir(sub)) = (recursive, node) {
+                let rest = if resumed { &after[1..] } else { &[][..] };
+                walk(store, sub, &path, recursive, rest, limit, out).await?;
+            }
         }
-        let path = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        // The cursor's own entry was listed; only what is under it may remain.
-        let resumed = after.first() == Some(&name.as_str());
-        if !resumed {
-            out.push((path.clone(), node.clone()));
-        }
-        if let (true, Node::Dir(sub)) = (recursive, node) {
-            let rest = if resumed { &after[1..] } else { &[][..] };
-            walk(store, sub, &path, recursive, rest, limit, out)?;
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -329,8 +425,10 @@ mod tests {
         (p.into(), Change::Put(FileNode::regular(text.as_bytes())))
     }
 
+    use futures::executor::block_on;
+
     fn paths(s: &Mem, root: &str) -> Vec<String> {
-        list(s, root, "", true, "", usize::MAX)
+        block_on(list(s, root, "", true, "", usize::MAX))
             .unwrap()
             .0
             .into_iter()
@@ -371,11 +469,11 @@ mod tests {
             paths(&s, &r1),
             ["a/", "a/x", "a/y", "b/", "b/c/", "b/c/z", "top"]
         );
-        let b_before = lookup(&s, &r1, "b").unwrap();
+        let b_before = block_on(lookup(&s, &r1, "b")).unwrap();
         let writes = s.1;
         let r2 = apply(&mut s, Some(&r1), &[put("a/x", "new")]).unwrap();
         assert_eq!(s.1 - writes, 2, "the folder a and the root, nothing else");
-        assert_eq!(lookup(&s, &r2, "b").unwrap(), b_before);
+        assert_eq!(block_on(lookup(&s, &r2, "b")).unwrap(), b_before);
         // Deleting a folder's last file removes the folder; a later put on a path wins.
         let r3 = apply(
             &mut s,
@@ -389,7 +487,7 @@ mod tests {
         .unwrap();
         assert_eq!(paths(&s, &r3), ["a/", "a/x", "a/y", "top"]);
         assert_eq!(
-            lookup(&s, &r3, "top").unwrap(),
+            block_on(lookup(&s, &r3, "top")).unwrap(),
             Some(Node::File(FileNode::regular(b"y")))
         );
         // The old commits' trees are untouched.
@@ -405,6 +503,41 @@ mod tests {
         // Same content, same id.
         let again = apply(&mut s, None, &[put("a/n", "n"), put("top", "y")]).unwrap();
         assert_eq!(again, r4);
+    }
+
+    #[test]
+    fn a_commit_applied_to_the_trees_read_ahead_matches_one_applied_to_all_of_them() {
+        let mut s = Mem::default();
+        let ops: Vec<_> = ["a/1", "a/b/2", "a/b/c/3", "d/4", "e", "f/g/5"]
+            .iter()
+            .map(|p| put(p, p))
+            .collect();
+        let root = apply(&mut s, None, &ops).unwrap();
+        let cases: Vec<Vec<(String, Change)>> = vec![
+            vec![put("a/b/c/new", "n")],
+            vec![("a/b/".into(), Change::DeleteFolder), put("a/b/x", "x")],
+            vec![put("a/b/y", "y"), ("a/".into(), Change::DeleteFolder)],
+            vec![("f/g/5".into(), Change::DeleteFile), put("top", "t")],
+            vec![("/".into(), Change::DeleteFolder), put("z/z", "z")],
+            vec![put("e/under-a-file", "clash")],
+            vec![("d/nope".into(), Change::DeleteFile)],
+        ];
+        for ops in cases {
+            let mut all = Mem(s.0.clone(), 0);
+            let want = apply(&mut all, Some(&root), &ops);
+            let mut staged = block_on(prefetch(&s, &root, &ops)).unwrap();
+            // Only the folders on the operations' paths were read.
+            assert!(staged.read.len() <= 4, "{ops:?}: {}", staged.read.len());
+            assert_eq!(apply(&mut staged, Some(&root), &ops), want, "{ops:?}");
+            if let Ok(new) = want {
+                let mut written: Vec<_> = staged.written.iter().map(|(o, _)| o.clone()).collect();
+                written.sort();
+                assert!(written.binary_search(&new).is_ok());
+                for (oid, body) in &staged.written {
+                    assert_eq!(all.0.get(oid), Some(body), "{ops:?}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -443,7 +576,7 @@ mod tests {
         for limit in 1..all.len() + 1 {
             let (mut got, mut after) = (Vec::new(), String::new());
             loop {
-                let (page, more) = list(&s, &r, "", true, &after, limit).unwrap();
+                let (page, more) = block_on(list(&s, &r, "", true, &after, limit)).unwrap();
                 after = page.last().map(|(p, _)| p.clone()).unwrap_or_default();
                 got.extend(page.into_iter().map(|(p, n)| match n {
                     Node::Dir(_) => format!("{p}/"),
@@ -456,10 +589,10 @@ mod tests {
             assert_eq!(got, all, "pages of {limit}");
         }
         // A subfolder's listing, flat.
-        let Some(Node::Dir(a)) = lookup(&s, &r, "a").unwrap() else {
+        let Some(Node::Dir(a)) = block_on(lookup(&s, &r, "a")).unwrap() else {
             panic!()
         };
-        let (page, more) = list(&s, &a, "a", false, "", 10).unwrap();
+        let (page, more) = block_on(list(&s, &a, "a", false, "", 10)).unwrap();
         let names: Vec<_> = page.into_iter().map(|(p, _)| p).collect();
         assert_eq!(
             (names, more),
