@@ -457,6 +457,185 @@ fn abandoned_uploads_are_collected_after_the_grace_period_and_stored_xorbs_stay(
     });
 }
 
+/// Bodies no bucket and no repo names any more are collected, with the xorbs only they used,
+/// after the grace period (two passes: marked, then gone); everything still named stays and
+/// reads back byte-exact through the replica, and the collected content uploads again.
+#[test]
+fn what_no_bucket_or_repo_names_is_collected_and_everything_named_stays() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use xet_core_structures::merklehash::MerkleHash;
+    use xetmount::server::objects::Objects;
+    use xetmount::server::pg::CasIndex;
+    use xetmount::server::store::collect::{Retention, Unused};
+    use xetmount::server::store::object::ObjectCas;
+    use xetmount::server::store::ServedCas;
+
+    let pg = pg::Pg::start();
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let objects_dir = d.join("objects");
+    let replica = Serve::start_shared(
+        &pg.url(),
+        objects_dir.to_str().unwrap(),
+        &[],
+        &d.join("replica.log"),
+        0,
+        &[],
+    );
+    let hf = |cwd: &Path, args: &[&str]| common::hf_cli(&replica.url, cwd, args);
+    hf(d, &["buckets", "create", "local/data"]);
+    for (name, seed) in [("kept.bin", 1), ("gone.bin", 2)] {
+        std::fs::write(d.join(name), common::random_bytes(3 << 20, seed)).unwrap();
+        hf(
+            d,
+            &[
+                "buckets",
+                "cp",
+                d.join(name).to_str().unwrap(),
+                &format!("hf://buckets/local/data/{name}"),
+            ],
+        );
+    }
+    let src = d.join("repo-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("model.safetensors"),
+        common::random_bytes(3 << 20, 3),
+    )
+    .unwrap();
+    common::repo_push(&replica.url, d, &["create", "alice/m", "model"]);
+    common::repo_push(
+        &replica.url,
+        d,
+        &["upload", "alice/m", "model", src.to_str().unwrap()],
+    );
+    let listing = common::http_get(&replica.url, "/api/buckets/local/data/tree?recursive=true");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&listing).unwrap();
+    let hash_of = |name: &str| {
+        let e = entries.iter().find(|e| e["path"] == name).unwrap();
+        MerkleHash::from_hex(e["xetHash"].as_str().unwrap()).unwrap()
+    };
+    let (kept, gone) = (hash_of("kept.bin"), hash_of("gone.bin"));
+    hf(
+        d,
+        &["buckets", "rm", "--yes", "hf://buckets/local/data/gone.bin"],
+    );
+
+    common::runtime().block_on(async {
+        let pool = xetmount::server::pg::connect(&pg.url()).await.unwrap();
+        let index = CasIndex::open(pool).await.unwrap();
+        let objects = Arc::new(Objects::open(objects_dir.to_str().unwrap()).unwrap());
+        let cas = ObjectCas::new(objects.clone(), index.clone(), Default::default());
+        let xorbs_of = |h: MerkleHash| {
+            let cas = &cas;
+            async move {
+                let lists = cas.chunk_lists(&h).await.unwrap().unwrap();
+                let mut x: Vec<MerkleHash> = lists.segments.iter().map(|s| s.xorb_hash).collect();
+                x.dedup();
+                x
+            }
+        };
+        let (gone_xorbs, kept_xorbs) = (xorbs_of(gone).await, xorbs_of(kept).await);
+        assert!(gone_xorbs.iter().all(|x| !kept_xorbs.contains(x)));
+        let stored = |x: &MerkleHash| {
+            let objects = objects.clone();
+            let key = format!("xorbs/{}", x.hex());
+            async move { objects.get(&key).await.unwrap().is_some() }
+        };
+        let keep = |unnamed: u64, uploaded: u64| Retention {
+            unnamed: Duration::from_secs(unnamed),
+            uploaded: Duration::from_secs(uploaded),
+        };
+        // Uploaded within the hour: not even marked. Then marked, but named-by-nothing for
+        // less than the hour: kept.
+        for k in [keep(0, 3600), keep(3600, 0), keep(3600, 0)] {
+            assert_eq!(cas.collect_unused(k).await.unwrap(), Unused::default());
+        }
+        // Unnamed long enough: the file goes, but its xorbs were uploaded within the hour
+        // (a client may still dedup against them); then they go too.
+        let done = cas.collect_unused(keep(0, 3600)).await.unwrap();
+        assert_eq!((done.files, done.xorbs), (1, 0), "{done:?}");
+        for x in &gone_xorbs {
+            assert!(stored(x).await);
+        }
+        let done = cas.collect_unused(keep(0, 0)).await.unwrap();
+        assert_eq!((done.files, done.xorbs), (0, gone_xorbs.len()), "{done:?}");
+        for x in &gone_xorbs {
+            assert!(
+                !stored(x).await,
+                "xorb {} of the deleted file stayed",
+                x.hex()
+            );
+            assert!(!cas.has_xorb(x).await.unwrap());
+        }
+        for x in &kept_xorbs {
+            assert!(stored(x).await, "xorb {} of a named file went", x.hex());
+        }
+        assert!(cas.file_size(&gone).await.unwrap().is_none());
+        // A commit naming the collected body is refused; the named ones are claimed.
+        assert_eq!(
+            cas.claim_files(&[gone.hex(), kept.hex()]).await.unwrap(),
+            [gone.hex()]
+        );
+        let again = cas.collect_unused(keep(0, 0)).await.unwrap();
+        assert_eq!((again.files, again.xorbs), (0, 0), "{again:?}");
+    });
+
+    // The replica still serves what is named, byte-exact.
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    hf(
+        d,
+        &[
+            "buckets",
+            "cp",
+            "hf://buckets/local/data/kept.bin",
+            out.join("kept.bin").to_str().unwrap(),
+        ],
+    );
+    assert!(common::same_file_contents(
+        &out.join("kept.bin"),
+        &d.join("kept.bin")
+    ));
+    let (status, bytes) = common::http(
+        &replica.url,
+        "GET",
+        "/alice/m/resolve/main/model.safetensors",
+        "anything",
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(bytes, common::random_bytes(3 << 20, 3));
+    // The collected content uploads again (from a client without the old upload's caches)
+    // and reads back.
+    let fresh = d.join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    hf(
+        &fresh,
+        &[
+            "buckets",
+            "cp",
+            d.join("gone.bin").to_str().unwrap(),
+            "hf://buckets/local/data/back.bin",
+        ],
+    );
+    hf(
+        &fresh,
+        &[
+            "buckets",
+            "cp",
+            "hf://buckets/local/data/back.bin",
+            out.join("back.bin").to_str().unwrap(),
+        ],
+    );
+    assert!(common::same_file_contents(
+        &out.join("back.bin"),
+        &d.join("gone.bin")
+    ));
+    replica.stop();
+}
+
 /// A directory deployment with 10,000 files (and a private bucket) migrates into PostgreSQL
 /// and S3, every file checked, and a replica then serves it as the directory did: the same
 /// listing (every path, kind, size, mode, time, and link count of what is not a directory),

@@ -113,6 +113,28 @@ impl Server {
         }
     }
 
+    /// Keep bodies `hashes` from collection for a commit about to name them (the store
+    /// collects what nothing names); 400 naming the first that is no longer stored.
+    pub async fn claim_bodies(&self, hashes: &[String]) -> Result<(), Response> {
+        let wanted: Vec<String> = hashes
+            .iter()
+            .filter(|h| h.as_str() != crate::server::scope::EMPTY_HASH)
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let gone = self.cas.claim_files(&wanted).await.map_err(remote_err)?;
+        match gone.first() {
+            None => Ok(()),
+            Some(h) => Err(error(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("xet hash {h} is no longer stored; upload it again"),
+            )),
+        }
+    }
+
     /// Size of stored file `hash`, `None` if the CAS does not know it.
     pub async fn file_size(&self, hash: &str) -> Result<Option<u64>, RemoteError> {
         let h = MerkleHash::from_hex(hash)
@@ -464,17 +486,18 @@ pub(super) async fn store_upload(
 async fn store_shard(s: &Server, bucket: &str, body: Bytes) -> Result<(), Response> {
     let shard = MDBMinimalShard::from_reader(&mut std::io::Cursor::new(&body), true, true)
         .map_err(|e| error(StatusCode::BAD_REQUEST, None, format!("not a shard: {e}")))?;
+    let mut named = std::collections::BTreeSet::new();
     for i in 0..shard.num_files() {
         let f = shard.file(i).expect("index below num_files");
-        for k in 0..f.num_entries() {
-            let x = f.entry(k).xorb_hash;
-            if !s.cas.has_xorb(&x).await.map_err(remote_err)? {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    format!("shard names xorb {} which is not stored", x.hex()),
-                ));
-            }
+        named.extend((0..f.num_entries()).map(|k| f.entry(k).xorb_hash));
+    }
+    for x in named {
+        if !s.cas.has_xorb(&x).await.map_err(remote_err)? {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!("shard names xorb {} which is not stored", x.hex()),
+            ));
         }
     }
     // Every range of chunks a file names must come with the verification hash of those very

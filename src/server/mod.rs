@@ -169,7 +169,14 @@ impl Server {
             index,
             metrics.verify_bytes.clone(),
         ));
-        cas.spawn_collector(COLLECT_EVERY, COLLECT_GRACE);
+        cas.spawn_collector(
+            COLLECT_EVERY,
+            COLLECT_GRACE,
+            store::collect::Retention {
+                unnamed: COLLECT_GRACE,
+                uploaded: store::collect::CLIENT_SHARD_CACHE,
+            },
+        );
         let auth = auth::Auth::new(
             opts.token_file.as_deref(),
             opts.user,

@@ -174,6 +174,7 @@ pub async fn commit(State(s): S, b: OpenBucket<Write>, headers: HeaderMap, body:
         return Err(r);
     }
     let added = check_bodies(&s, &headers, &b.id, &ops).await?;
+    s.claim_bodies(&added).await?;
     let _one_batch_at_a_time = b.bucket.batch_lock.lock().await;
     let rev = b.bucket.commit(ops).await.map_err(remote_err)?;
     s.buckets

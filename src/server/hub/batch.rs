@@ -131,6 +131,7 @@ async fn validate(
 async fn apply(s: &Server, b: &OpenBucket<Write>, c: Checked) -> Answer {
     let processed = c.ops.len();
     if !c.ops.is_empty() {
+        s.claim_bodies(&c.added).await?;
         b.bucket.commit(c.ops).await.map_err(internal)?;
         let added: Vec<&str> = c.added.iter().map(String::as_str).collect();
         s.buckets

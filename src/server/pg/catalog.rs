@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS catalog_entries (
 CREATE INDEX IF NOT EXISTS catalog_entries_parent ON catalog_entries (bucket, parent, path);
 CREATE INDEX IF NOT EXISTS catalog_entries_hash ON catalog_entries (bucket, hash)
     WHERE hash IS NOT NULL;
+-- For collection: whether any bucket names a body (pg/cas_index.rs).
+CREATE INDEX IF NOT EXISTS catalog_entries_by_hash ON catalog_entries (hash)
+    WHERE hash IS NOT NULL;
 CREATE INDEX IF NOT EXISTS catalog_entries_link ON catalog_entries (bucket, link)
     WHERE link IS NOT NULL;
 CREATE INDEX IF NOT EXISTS catalog_entries_empty ON catalog_entries (bucket, path)

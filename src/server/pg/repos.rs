@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS repo_bodies (
     hash TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (repo, hash)
 );
+-- For collection: whether any repo names a body (pg/cas_index.rs).
+CREATE INDEX IF NOT EXISTS repo_bodies_by_hash ON repo_bodies (hash);
 CREATE TABLE IF NOT EXISTS repo_sha256 (
     sha256 TEXT COLLATE "C" NOT NULL,
     hash   TEXT COLLATE "C" NOT NULL,

@@ -316,6 +316,7 @@ pub async fn commit(
             _ => None,
         })
         .collect();
+    s.claim_bodies(&xet).await?;
     let done = s
         .repos
         .commit(

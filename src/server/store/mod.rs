@@ -12,6 +12,7 @@
 //! stored and checked against its hash, and a file only once every xorb it names is.
 
 pub mod chunks;
+pub mod collect;
 pub mod local;
 pub mod object;
 
@@ -100,4 +101,10 @@ pub trait ServedCas: Send + Sync {
     async fn grant(&self, hash: MerkleHash, length: u64, crc: u64) -> RemoteResult<Option<Grant>>;
     /// Check what was uploaded for grant `id` of xorb `hash` and store it as that xorb.
     async fn commit_grant(&self, hash: MerkleHash, id: &str) -> Result<GrantCommit, PutError>;
+    /// Keep files `hashes` from collection for a commit about to name them; those that are
+    /// no longer stored. A store that collects nothing has nothing to claim.
+    async fn claim_files(&self, hashes: &[String]) -> RemoteResult<Vec<String>> {
+        let _ = hashes;
+        Ok(Vec::new())
+    }
 }

@@ -47,23 +47,23 @@ const FILES: u64 = 4096;
 /// How long a signed GET or an upload grant's PUT URL stays valid.
 pub const URL_TTL: Duration = Duration::from_secs(3600);
 
-fn xorb_key(h: &MerkleHash) -> String {
+pub(super) fn xorb_key(h: &MerkleHash) -> String {
     format!("xorbs/{}", h.hex())
 }
 
-fn shard_key(h: &str) -> String {
+pub(super) fn shard_key(h: &str) -> String {
     format!("shards/{h}")
 }
 
-fn grant_key(id: &str) -> String {
+pub(super) fn grant_key(id: &str) -> String {
     format!("grants/{id}")
 }
 
 pub struct ObjectCas {
-    objects: Arc<Objects>,
-    index: CasIndex,
-    footers: Mutex<Lru<MerkleHash, Arc<Footer>>>,
-    files: Mutex<Lru<MerkleHash, Arc<MDBFileInfo>>>,
+    pub(super) objects: Arc<Objects>,
+    pub(super) index: CasIndex,
+    pub(super) footers: Mutex<Lru<MerkleHash, Arc<Footer>>>,
+    pub(super) files: Mutex<Lru<MerkleHash, Arc<MDBFileInfo>>>,
     /// Bytes read back from the store to check grant uploads.
     verify_bytes: Counter,
 }
@@ -144,16 +144,7 @@ impl ObjectCas {
         let Some((_, bytes)) = self.index.file(&h.hex()).await? else {
             return Ok(None);
         };
-        let info = MDBFileInfo::deserialize(&mut &bytes[..])
-            .ok()
-            .flatten()
-            .ok_or_else(|| {
-                RemoteError::Integrity(format!(
-                    "the index's description of file {} is bad",
-                    h.hex()
-                ))
-            })?;
-        let info = Arc::new(info);
+        let info = Arc::new(decode_file(&h.hex(), &bytes)?);
         self.files.lock().insert(*h, info.clone(), 1);
         Ok(Some(info))
     }
@@ -171,6 +162,24 @@ impl ObjectCas {
         self.objects.put(&xorb_key(hash), checked.stored).await?;
         self.index.add_xorb(&hash.hex(), len, &footer).await
     }
+}
+
+/// File `hex`'s description as the index keeps it.
+pub(super) fn decode_file(hex: &str, bytes: &[u8]) -> RemoteResult<MDBFileInfo> {
+    MDBFileInfo::deserialize(&mut &bytes[..])
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            RemoteError::Integrity(format!("the index's description of file {hex} is bad"))
+        })
+}
+
+/// The distinct xorbs file `info` uses.
+pub(super) fn xorbs_of(info: &MDBFileInfo) -> Vec<String> {
+    let mut out: Vec<String> = info.segments.iter().map(|s| s.xorb_hash.hex()).collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Check `body` against `hash` off the runtime's threads (it hashes every chunk).
@@ -252,9 +261,8 @@ impl ServedCas for ObjectCas {
     }
 
     async fn has_xorb(&self, xorb: &MerkleHash) -> RemoteResult<bool> {
-        if self.footers.lock().contains_key(xorb) {
-            return Ok(true);
-        }
+        // The index, never the footer cache: another replica may have collected the xorb,
+        // and a client told it is stored would not upload it again.
         self.index.has_xorb(&xorb.hex()).await
     }
 
@@ -298,12 +306,22 @@ impl ServedCas for ObjectCas {
             let size = (0..f.num_entries())
                 .map(|k| u64::from(f.entry(k).unpacked_segment_bytes))
                 .sum();
+            let mut xorbs: Vec<String> = (0..f.num_entries())
+                .map(|k| f.entry(k).xorb_hash.hex())
+                .collect();
+            xorbs.sort();
+            xorbs.dedup();
             files.push(IndexedFile {
                 hash: f.file_hash().hex(),
                 size,
                 info,
+                xorbs,
             });
         }
+        let described: Vec<String> = (0..shard.num_xorb())
+            .filter_map(|i| shard.xorb(i))
+            .map(|x| x.xorb_hash().hex())
+            .collect();
         let dedup: Vec<String> = shard
             .global_dedup_eligible_chunks()
             .iter()
@@ -312,14 +330,19 @@ impl ServedCas for ObjectCas {
         self.objects
             .put(&shard_key(&shard_hash), Bytes::from(bytes))
             .await?;
-        self.index.add_shard(&shard_hash, &files, &dedup).await?;
-        Ok(())
+        self.index
+            .add_shard(&shard_hash, &files, &described, &dedup)
+            .await?
+            .map_err(|x| PutError::Refused(format!("shard names xorb {x} which is not stored")))
     }
 
     async fn dedup_shard(&self, _: &str, chunk: &MerkleHash) -> RemoteResult<Option<Bytes>> {
         let Some(shard) = self.index.dedup(&chunk.hex()).await? else {
             return Ok(None);
         };
+        if !self.index.touch_shard(&shard).await? {
+            return Ok(None);
+        }
         self.objects.get(&shard_key(&shard)).await
     }
 
@@ -359,6 +382,10 @@ impl ServedCas for ObjectCas {
         };
         self.index.add_grant(&id, &hash.hex(), length, crc).await?;
         Ok(Some(Grant { id, url, headers }))
+    }
+
+    async fn claim_files(&self, hashes: &[String]) -> RemoteResult<Vec<String>> {
+        self.index.claim_files(hashes).await
     }
 
     async fn commit_grant(&self, hash: MerkleHash, id: &str) -> Result<GrantCommit, PutError> {
@@ -422,62 +449,5 @@ impl ObjectCas {
                     .map_err(|e| RemoteError::Integrity(format!("xorb {}: {e}", s.xorb_hash.hex())))
             })
             .collect()
-    }
-
-    /// Remove what was left behind more than `grace` ago: grants never committed (and what
-    /// was uploaded for them), uploads under no grant, and xorbs and shards a crash stored
-    /// without their index row. Returns how many objects and grants went.
-    ///
-    /// `grace` must outlast a grant URL ([`URL_TTL`]) and a store-then-index step, so nothing
-    /// in flight is taken; replicas may collect at once (each removal is idempotent).
-    pub async fn collect(&self, grace: Duration) -> RemoteResult<usize> {
-        let before_ms = crate::server::buckets::now_ms() - grace.as_millis() as i64;
-        let before = chrono::Utc::now() - grace;
-        let mut gone = 0;
-        loop {
-            let stale = self.index.stale_grants(before_ms).await?;
-            for id in &stale {
-                self.objects.delete(&grant_key(id)).await?;
-                self.index.drop_grant(id).await?;
-            }
-            gone += stale.len();
-            if stale.is_empty() {
-                break;
-            }
-        }
-        // Uploads whose grant row is gone (committed or collected) but whose object stayed.
-        for key in self.objects.list_older("grants", before).await? {
-            let id = key.trim_start_matches("grants/");
-            if self.index.grant(id).await?.is_none() {
-                self.objects.delete(&key).await?;
-                gone += 1;
-            }
-        }
-        for prefix in ["xorbs", "shards"] {
-            let old = self.objects.list_older(prefix, before).await?;
-            for chunk in old.chunks(1000) {
-                for key in self.index.unindexed(chunk).await? {
-                    self.objects.delete(&key).await?;
-                    gone += 1;
-                }
-            }
-        }
-        Ok(gone)
-    }
-
-    /// Run [`Self::collect`] every `every` with grace `grace`, for the life of the process.
-    pub fn spawn_collector(self: &Arc<Self>, every: Duration, grace: Duration) {
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(cas) = me.upgrade() else { return };
-                match cas.collect(grace).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!("collected {n} abandoned uploads and grants"),
-                    Err(e) => tracing::warn!("collecting abandoned uploads: {e}"),
-                }
-            }
-        });
     }
 }
