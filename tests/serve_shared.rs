@@ -754,15 +754,24 @@ fn a_directory_deployment_with_10k_files_migrates_and_serves_identically() {
     let listing = |m: &str| {
         common::sh(
             d,
-            // A directory's link count on a mount depends on whether its listing is loaded
-            // (see the issue note), so it is left out; every other name's is compared.
+            // A directory's link count is 2 + its subdirectories once it is listed (1 before:
+            // not known), so the first walk lists everything and the second prints.
             &format!(
-                "cd {m} && (find . -type d -printf '%p %y %s %m %T@\\n'; \
+                "cd {m} && find . > /dev/null && (find . -type d -printf '%p %y %s %m %T@ %n\\n'; \
                  find . ! -type d -printf '%p %y %s %m %T@ %n %l\\n') | sort"
             ),
         )
     };
     let (la, lb) = (listing("a"), listing("b"));
+    // The root holds 100 directories and `empty`; each `dN` none.
+    let nlink_of = |dir: &str| {
+        la.lines()
+            .find(|l| l.starts_with(&format!("{dir} d ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    assert_eq!(nlink_of(".").as_deref(), Some("103"));
+    assert_eq!(nlink_of("./d7").as_deref(), Some("2"));
     assert_eq!(la.lines().count(), 10_105, "{}", &la[..la.len().min(2000)]);
     let differ: Vec<(&str, &str)> = la
         .lines()

@@ -20,6 +20,54 @@ use crate::vfs::write::staging::Staged;
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
 
+/// A listed directory's entries by name, and how many of them are directories (a
+/// directory's link count is 2 + that). Read through `Deref`; changed only through
+/// [`Children::insert`] and [`Children::remove`], which keep the count. An inode's kind never
+/// changes in place (a different kind is a new inode), so the count stays true.
+#[derive(Clone, Debug, Default)]
+pub struct Children {
+    names: BTreeMap<String, Ino>,
+    dirs: u32,
+}
+
+impl Children {
+    /// Add `name` (a free slot) for `ino`, a directory or not.
+    pub fn insert(&mut self, name: String, ino: Ino, is_dir: bool) {
+        if self.names.insert(name, ino).is_none() && is_dir {
+            self.dirs += 1;
+        }
+    }
+
+    /// Remove `name`, whose inode is a directory or not.
+    pub fn remove(&mut self, name: &str, is_dir: bool) -> Option<Ino> {
+        let gone = self.names.remove(name);
+        if gone.is_some() && is_dir {
+            self.dirs -= 1;
+        }
+        gone
+    }
+
+    /// How many entries are directories.
+    pub fn subdirs(&self) -> u32 {
+        self.dirs
+    }
+}
+
+impl std::ops::Deref for Children {
+    type Target = BTreeMap<String, Ino>;
+    fn deref(&self) -> &Self::Target {
+        &self.names
+    }
+}
+
+impl IntoIterator for Children {
+    type Item = (String, Ino);
+    type IntoIter = std::collections::btree_map::IntoIter<String, Ino>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.names.into_iter()
+    }
+}
+
 pub struct Inode {
     pub ino: Ino,
     /// The primary name.
@@ -36,7 +84,7 @@ pub struct Inode {
     /// Symlinks: the target.
     pub target: Option<String>,
     /// Directories: name → child, once listed.
-    pub children: Option<BTreeMap<String, Ino>>,
+    pub children: Option<Children>,
     /// Directories: a prefetch of the subtree below it was started, or listed it (see
     /// `prefetch.rs`): no new one is started for it.
     pub prefetched: bool,
@@ -149,10 +197,9 @@ impl Inode {
             | EntryKind::CharDevice(_)
             | EntryKind::BlockDevice(_) => (0, names),
             EntryKind::Symlink => (self.target.as_ref().map_or(0, |t| t.len() as u64), names),
-            EntryKind::Dir => {
-                let subdirs = self.children.as_ref().map_or(0, |c| c.len());
-                (4096, 2 + subdirs as u32)
-            }
+            // Unlisted, the number of subdirectories is not known: 1 says so (as btrfs does),
+            // where 2 would tell `find` and `fts` there are none to descend into.
+            EntryKind::Dir => (4096, self.children.as_ref().map_or(1, |c| 2 + c.subdirs())),
         };
         Attr {
             ino: self.ino,
@@ -471,7 +518,7 @@ impl InodeTable {
         if self.dir(dir)?.children.is_some() {
             return Ok(Vec::new());
         }
-        self.get_mut(dir)?.children = Some(BTreeMap::new());
+        self.get_mut(dir)?.children = Some(Children::default());
         self.since_trim += entries.len();
         let mut new_links = Vec::new();
         for e in entries {
@@ -495,6 +542,7 @@ impl InodeTable {
         e: Entry,
     ) -> VfsResult<(Ino, Option<u64>)> {
         let known = e.link.and_then(|l| self.by_link.get(&l).copied());
+        let is_dir = e.kind == EntryKind::Dir;
         let (ino, new_link) = match known {
             Some(ino) => {
                 self.get_mut(ino)?.other_names.push((dir, name.clone()));
@@ -518,7 +566,7 @@ impl InodeTable {
             .children
             .as_mut()
             .ok_or(Errno::EIO)?
-            .insert(name, ino);
+            .insert(name, ino, is_dir);
         Ok((ino, new_link))
     }
 
@@ -672,15 +720,16 @@ impl InodeTable {
     pub fn insert_child(&mut self, parent: Ino, name: &str, e: Entry) -> VfsResult<Ino> {
         let ino = self.alloc();
         let mut node = Inode::from_entry(ino, parent, name.to_string(), e);
-        if node.is_dir() {
-            node.children = Some(BTreeMap::new());
+        let is_dir = node.is_dir();
+        if is_dir {
+            node.children = Some(Children::default());
         }
         self.map.insert(ino, node);
         self.get_mut(parent)?
             .children
             .as_mut()
             .ok_or(Errno::EIO)?
-            .insert(name.to_string(), ino);
+            .insert(name.to_string(), ino, is_dir);
         Ok(ino)
     }
 
@@ -688,8 +737,9 @@ impl InodeTable {
     /// (readable and writable through open handles until the last close). Returns whether it
     /// is still linked.
     pub fn unlink_name(&mut self, ino: Ino, parent: Ino, name: &str) -> VfsResult<bool> {
+        let is_dir = self.get(ino)?.is_dir();
         if let Some(c) = self.get_mut(parent)?.children.as_mut() {
-            c.remove(name);
+            c.remove(name, is_dir);
         }
         let i = self.get_mut(ino)?;
         if i.parent == parent && i.name == name {
@@ -708,11 +758,12 @@ impl InodeTable {
     /// catalog assigns the group's number when it commits the link; the table learns it at the
     /// next mount: every name is in the table already.)
     pub fn add_name(&mut self, ino: Ino, parent: Ino, name: &str) -> VfsResult<()> {
+        let is_dir = self.get(ino)?.is_dir();
         self.get_mut(parent)?
             .children
             .as_mut()
             .ok_or(Errno::EIO)?
-            .insert(name.to_string(), ino);
+            .insert(name.to_string(), ino, is_dir);
         self.get_mut(ino)?
             .other_names
             .push((parent, name.to_string()));
@@ -726,14 +777,15 @@ impl InodeTable {
         (parent, name): (Ino, &str),
         (new_parent, new_name): (Ino, &str),
     ) -> VfsResult<()> {
+        let is_dir = self.get(ino)?.is_dir();
         if let Some(c) = self.get_mut(parent)?.children.as_mut() {
-            c.remove(name);
+            c.remove(name, is_dir);
         }
         self.get_mut(new_parent)?
             .children
             .as_mut()
             .ok_or(Errno::EIO)?
-            .insert(new_name.to_string(), ino);
+            .insert(new_name.to_string(), ino, is_dir);
         let i = self.get_mut(ino)?;
         let slot = if i.parent == parent && i.name == name {
             Some((&mut i.parent, &mut i.name))
@@ -920,6 +972,41 @@ mod tests {
         assert_eq!((r.changed, r.invalidations.len()), (0, 0));
         t.reconcile(ROOT_INO, fresh, same, false).unwrap();
         assert!(ino(&t, "dir").is_none());
+    }
+
+    #[test]
+    fn a_directory_links_its_subdirectories_only_and_says_unknown_until_listed() {
+        let mut t = InodeTable::new(Entry::dir(String::new(), meta(0)));
+        let nlink = |t: &InodeTable, ino: Ino| t.get(ino).unwrap().attr(0).nlink;
+        assert_eq!(nlink(&t, ROOT_INO), 1, "not listed yet");
+        let dir = |p: &str| Entry::dir(p.into(), meta(0));
+        t.install_listing(ROOT_INO, vec![dir("a"), dir("b"), file("f", "h")])
+            .unwrap();
+        assert_eq!(nlink(&t, ROOT_INO), 4);
+        let a = t.child(ROOT_INO, "a").unwrap().unwrap();
+        assert_eq!(nlink(&t, a), 1);
+        t.install_listing(a, vec![file("a/x", "h")]).unwrap();
+        assert_eq!(nlink(&t, a), 2);
+        // mkdir and create; a directory and a file moved; a directory removed.
+        let c = t.insert_child(a, "c", dir("a/c")).unwrap();
+        let y = t.insert_child(a, "y", file("a/y", "h")).unwrap();
+        assert_eq!(nlink(&t, a), 3);
+        t.move_name(c, (a, "c"), (ROOT_INO, "c")).unwrap();
+        t.move_name(y, (a, "y"), (ROOT_INO, "y")).unwrap();
+        assert_eq!((nlink(&t, a), nlink(&t, ROOT_INO)), (2, 5));
+        let b = t.child(ROOT_INO, "b").unwrap().unwrap();
+        t.unlink_name(b, ROOT_INO, "b").unwrap();
+        assert_eq!(nlink(&t, ROOT_INO), 4);
+        // Another writer made `c` a file and added a directory `d`.
+        let fresh = vec![
+            dir("a"),
+            file("c", "h"),
+            file("f", "h"),
+            dir("d"),
+            file("y", "h"),
+        ];
+        t.reconcile(ROOT_INO, fresh, same, false).unwrap();
+        assert_eq!(nlink(&t, ROOT_INO), 4);
     }
 
     #[test]

@@ -677,7 +677,7 @@ impl Namespace {
             (false, true) => return Err(Errno::EISDIR),
             _ => {}
         }
-        let nonempty = |c: &std::collections::BTreeMap<String, Ino>| !c.is_empty();
+        let nonempty = |c: &inode::Children| !c.is_empty();
         if is_dir
             && self
                 .table()
