@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS cas_grants (
 );
 "#;
 
+/// The advisory lock a replica holds while it marks unused files.
+const MARK_LOCK: i64 = super::SCHEMA_LOCK + 1;
+
 /// A file as its shard described it.
 pub struct IndexedFile {
     pub hash: String,
@@ -370,25 +373,42 @@ impl CasIndex {
     /// A file is forgotten once marked for the whole grace period ([`Self::drop_unused_files`]);
     /// a commit claims what it names first ([`Self::claim_files`]), and the grace period
     /// outlasts the time between two marks, so a file named by a commit that landed after a
-    /// mark is unmarked before it can go. Returns how many files were marked.
-    pub async fn mark_unused(&self, now_ms: i64, cutoff_ms: i64) -> RemoteResult<u64> {
+    /// mark is unmarked before it can go. Returns how many files were marked, `None` if
+    /// another replica is marking.
+    pub async fn mark_unused(&self, now_ms: i64, cutoff_ms: i64) -> RemoteResult<Option<u64>> {
         const NAMED: &str = "(EXISTS (SELECT 1 FROM catalog_entries e WHERE e.hash = f.hash) \
              OR EXISTS (SELECT 1 FROM repo_bodies b WHERE b.hash = f.hash))";
-        self.execute(
+        let mut c = self.pool.get().await.map_err(db_err)?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        // One replica marks at a time (the pass reads every file); the others skip it.
+        let mine: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&MARK_LOCK])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        if !mine {
+            return Ok(None);
+        }
+        tx.execute(
             &format!(
                 "UPDATE cas_files f SET unused_ms = NULL WHERE unused_ms IS NOT NULL AND {NAMED}"
             ),
             &[],
         )
-        .await?;
-        self.execute(
-            &format!(
-                "UPDATE cas_files f SET unused_ms = $1 \
-                 WHERE unused_ms IS NULL AND stored_ms < $2 AND NOT {NAMED}"
-            ),
-            &[&now_ms, &cutoff_ms],
-        )
         .await
+        .map_err(db_err)?;
+        let marked = tx
+            .execute(
+                &format!(
+                    "UPDATE cas_files f SET unused_ms = $1 \
+                     WHERE unused_ms IS NULL AND stored_ms < $2 AND NOT {NAMED}"
+                ),
+                &[&now_ms, &cutoff_ms],
+            )
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(marked))
     }
 
     /// Forget the files marked unused before `cutoff_ms`; their hashes.
