@@ -1,8 +1,9 @@
 //! The change feed across replicas: every catalog commit notifies channel [`CHANNEL`] in its
 //! transaction (PostgreSQL delivers it only if the commit lands), and every replica listens on
-//! a connection of its own, waking the change-feed readers of the bucket it names. A replica
-//! whose listening connection drops reconnects and then wakes every reader, who re-read the
-//! change log: a notification missed while disconnected costs a look, never a change.
+//! a connection of its own, waking the change-feed readers of the bucket it names. Each time
+//! the listening connection subscribes (first at start, which is not instant, then after
+//! every reconnect), the replica wakes every reader, who re-read the change log: a
+//! notification missed while not listening costs a look, never a change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,9 +50,8 @@ pub trait Listener: Send + Sync + 'static {
 /// when the connection drops.
 pub fn spawn(url: String, listener: Arc<dyn Listener>) {
     tokio::spawn(async move {
-        let mut first = true;
         loop {
-            match listen(&url, &listener, &mut first).await {
+            match listen(&url, &listener).await {
                 Ok(()) => tracing::warn!("change feed: the database closed the connection"),
                 Err(e) => tracing::warn!("change feed: {e}"),
             }
@@ -60,11 +60,7 @@ pub fn spawn(url: String, listener: Arc<dyn Listener>) {
     });
 }
 
-async fn listen(
-    url: &str,
-    listener: &Arc<dyn Listener>,
-    first: &mut bool,
-) -> Result<(), tokio_postgres::Error> {
+async fn listen(url: &str, listener: &Arc<dyn Listener>) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     // The connection only makes progress while polled: LISTEN runs alongside it.
@@ -77,9 +73,9 @@ async fn listen(
             r = &mut subscribe, if !subscribed => {
                 r?;
                 subscribed = true;
-                if !std::mem::take(first) {
-                    listener.resync();
-                }
+                // Readers may have started waiting before this replica listened (it serves
+                // as soon as it starts), and commits may have landed since.
+                listener.resync();
                 tracing::info!("change feed: listening");
             }
             m = messages.next() => match m {
